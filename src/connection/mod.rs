@@ -1,0 +1,642 @@
+//! Connections: message-framed, duplex or one-way byte streams between processes.
+
+pub mod frame;
+
+use crate::codec;
+use crate::error::{RecvError, SendError};
+use crate::sys;
+use frame::{Header, MAX_HEADER_LEN, decode_header, encode_header};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::fmt;
+use std::io::{self, IoSlice};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// Socket buffer size asked for on new pipes: big enough that a 1 MiB message needs few wake-ups.
+const SOCKET_BUFFER: usize = 4 << 20;
+
+/// Up to this many payload bytes are allocated up front on the strength of the header alone; beyond
+/// it the buffer grows only as bytes actually arrive, so a forged length cannot allocate memory.
+const TRUSTED_PREALLOC: u64 = 16 << 20;
+
+/// Creates a duplex pipe: two connected [`Connection`]s, each of which can send and receive.
+///
+/// Like Python's `multiprocessing.Pipe()`, it is a Unix socket pair. Either end can be handed to a
+/// child process (as or inside its argument) or sent through another connection.
+///
+/// # Examples
+/// ```
+/// let (a, b) = multiprocess::pipe()?;
+/// a.send(&"ping")?;
+/// assert_eq!(b.recv::<String>()?, "ping");
+/// b.send_bytes(b"pong")?;
+/// assert_eq!(a.recv_bytes()?, b"pong");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn pipe() -> io::Result<(Connection, Connection)> {
+    let (a, b) = sys::socketpair()?;
+    for fd in [&a, &b] {
+        // Best effort: the kernel caps the size at net.core.wmem_max; a smaller buffer only costs speed.
+        let _ = sys::set_socket_buffers(fd.as_fd(), SOCKET_BUFFER);
+    }
+    Ok((
+        Connection::from_parts(a, true, true),
+        Connection::from_parts(b, true, true),
+    ))
+}
+
+/// Creates a one-way pipe: `(reader, writer)`, as Python's `Pipe(duplex=False)`.
+///
+/// Sending on the reader or receiving on the writer is an error
+/// ([`SendError::WrongDirection`], [`RecvError::WrongDirection`]). The ends are a socket pair shut down
+/// in one direction (not an OS pipe), so they too can carry connections and other OS objects.
+///
+/// # Examples
+/// ```
+/// let (rx, tx) = multiprocess::pipe_oneway()?;
+/// tx.send(&[1u8, 2, 3])?;
+/// assert_eq!(rx.recv::<[u8; 3]>()?, [1, 2, 3]);
+/// assert!(rx.send(&0).is_err());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn pipe_oneway() -> io::Result<(Connection, Connection)> {
+    let (r, w) = pipe()?;
+    sys::shutdown(r.fd()?, sys::Shutdown::Write)?;
+    sys::shutdown(w.fd()?, sys::Shutdown::Read)?;
+    Ok((r.with_direction(true, false), w.with_direction(false, true)))
+}
+
+/// One end of a pipe or socket that carries whole messages.
+///
+/// Messages are framed as in Python's `multiprocessing.connection` (a 32-bit big-endian length, or `-1`
+/// and a 64-bit length for messages over 2 GiB), so raw byte messages interoperate with Python. Typed
+/// messages ([`send`](Self::send)/[`recv`](Self::recv)) carry any serde value encoded with bincode, and
+/// may contain other connections (and later locks, queues, shared memory), whose descriptors travel
+/// beside the bytes (`SCM_RIGHTS`).
+///
+/// `send*` and `recv*` take `&self`: one thread may send while another receives, and concurrent
+/// senders never interleave their messages.
+///
+/// # Blocking
+/// `send` blocks while the socket buffer (4 MiB when the kernel allows) is full and the peer is not
+/// reading. `recv` blocks until a whole message has arrived; `recv_timeout`/`recv_bytes_timeout` and
+/// [`poll`](Self::poll) bound the wait. End-of-file (the peer closed its end or died) is reported as
+/// [`RecvError::Eof`], never as a hang, provided no other process still holds a copy of the peer's
+/// end.
+///
+/// # Examples
+/// ```
+/// use multiprocess::{pipe, Process};
+///
+/// fn child(conn: multiprocess::Connection) -> u64 {
+///     let n: u64 = conn.recv().unwrap();
+///     conn.send(&(n * 2)).unwrap();
+///     n
+/// }
+///
+/// let (here, there) = pipe()?;
+/// let p = Process::spawn(child, there)?;
+/// here.send(&21u64)?;
+/// assert_eq!(here.recv::<u64>()?, 42);
+/// assert_eq!(p.join()?, 21);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Connection {
+    fd: Option<OwnedFd>,
+    readable: bool,
+    writable: bool,
+    socket: bool,
+    rx: Mutex<Rx>,
+    tx: Mutex<()>,
+}
+
+/// A partly received message, kept across timeouts so that no byte is lost.
+#[derive(Default)]
+struct Rx {
+    header: [u8; MAX_HEADER_LEN],
+    header_got: usize,
+    /// Set once the header is complete: (payload length, payload so far).
+    payload: Option<(u64, Vec<u8>)>,
+    /// Descriptors that arrived with the current message.
+    fds: Vec<OwnedFd>,
+    /// Set when the stream can no longer be trusted to sit at a message boundary.
+    broken: Option<String>,
+}
+
+/// What the receive path produced: payload bytes and the descriptors that came with them.
+pub(crate) struct Frame {
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) fds: Vec<OwnedFd>,
+}
+
+impl Connection {
+    pub(crate) fn from_parts(fd: OwnedFd, readable: bool, writable: bool) -> Connection {
+        let socket = sys::is_socket(fd.as_fd());
+        Connection {
+            fd: Some(fd),
+            readable,
+            writable,
+            socket,
+            rx: Mutex::default(),
+            tx: Mutex::new(()),
+        }
+    }
+
+    fn with_direction(mut self, readable: bool, writable: bool) -> Connection {
+        self.readable = readable;
+        self.writable = writable;
+        self
+    }
+
+    /// Wraps an open descriptor (a socket, pipe end, or any stream) as a duplex connection. A pipe's read
+    /// end only receives and its write end only sends; the OS reports the wrong direction as an error.
+    ///
+    /// # Examples
+    /// ```
+    /// use std::os::unix::net::UnixStream;
+    /// let (a, b) = UnixStream::pair()?;
+    /// let (a, b) = (multiprocess::Connection::from_fd(a.into()), multiprocess::Connection::from_fd(b.into()));
+    /// a.send_bytes(b"raw")?;
+    /// assert_eq!(b.recv_bytes()?, b"raw");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn from_fd(fd: OwnedFd) -> Connection {
+        Connection::from_parts(fd, true, true)
+    }
+
+    fn fd(&self) -> io::Result<BorrowedFd<'_>> {
+        self.fd
+            .as_ref()
+            .map(|f| f.as_fd())
+            .ok_or_else(|| io::Error::other("connection is closed"))
+    }
+
+    /// Whether this end can receive (false for the write end of a one-way pipe, or once closed).
+    pub fn readable(&self) -> bool {
+        self.readable && self.fd.is_some()
+    }
+
+    /// Whether this end can send (false for the read end of a one-way pipe, or once closed).
+    pub fn writable(&self) -> bool {
+        self.writable && self.fd.is_some()
+    }
+
+    /// Whether [`close`](Self::close) was called.
+    pub fn is_closed(&self) -> bool {
+        self.fd.is_none()
+    }
+
+    /// Closes this end now (dropping it does the same). The peer sees end-of-file once every copy of
+    /// this end (in this and other processes) is closed. Later calls on this end return `Closed`.
+    pub fn close(&mut self) {
+        self.fd = None;
+    }
+
+    // ---------------------------------------------------------------------------------------------
+    // Sending
+
+    /// Sends a value of any serde type as one message.
+    ///
+    /// The value is serialized first; if that fails nothing is written ([`SendError::Encode`]).
+    /// Connections inside the value travel as descriptors: the receiver gets its own handle to the same
+    /// channel and this process keeps its own.
+    ///
+    /// # Errors
+    /// `Closed`, `WrongDirection`, `Encode`, `TooManyDescriptors`, `Disconnected` (the peer is gone),
+    /// `Io`.
+    pub fn send<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), SendError> {
+        self.check_send()?;
+        let (bytes, fds) = codec::encode(value).map_err(SendError::Encode)?;
+        self.send_frame(&bytes, &fds)
+    }
+
+    /// Sends `buf` as one raw message (no serialization), readable by Python's `recv_bytes`.
+    ///
+    /// # Examples
+    /// ```
+    /// let (a, b) = multiprocess::pipe()?;
+    /// a.send_bytes(b"")?; // empty messages are messages too
+    /// assert_eq!(b.recv_bytes()?, b"");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn send_bytes(&self, buf: &[u8]) -> Result<(), SendError> {
+        self.check_send()?;
+        self.send_frame(buf, &[])
+    }
+
+    /// Sends `size` bytes of `buf` starting at `offset` (all the rest when `size` is `None`), as Python's
+    /// `send_bytes(buffer, offset, size)`.
+    ///
+    /// # Examples
+    /// ```
+    /// let (a, b) = multiprocess::pipe()?;
+    /// a.send_bytes_range(b"hello world", 6, None)?;
+    /// a.send_bytes_range(b"hello world", 0, Some(4))?;
+    /// assert_eq!(b.recv_bytes()?, b"world");
+    /// assert_eq!(b.recv_bytes()?, b"hell");
+    /// assert!(a.send_bytes_range(b"abc", 2, Some(5)).is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn send_bytes_range(
+        &self,
+        buf: &[u8],
+        offset: usize,
+        size: Option<usize>,
+    ) -> Result<(), SendError> {
+        let len = buf.len();
+        let size = size.unwrap_or(len.saturating_sub(offset));
+        let range_err = SendError::Range { offset, size, len };
+        let end = offset
+            .checked_add(size)
+            .ok_or(SendError::Range { offset, size, len })?;
+        let part = buf.get(offset..end).ok_or(range_err)?;
+        self.send_bytes(part)
+    }
+
+    fn check_send(&self) -> Result<(), SendError> {
+        if self.fd.is_none() {
+            Err(SendError::Closed)
+        } else if !self.writable {
+            Err(SendError::WrongDirection)
+        } else {
+            Ok(())
+        }
+    }
+
+    pub(crate) fn send_frame(&self, payload: &[u8], fds: &[RawFd]) -> Result<(), SendError> {
+        self.send_frame_parts(&[payload], fds)
+    }
+
+    /// Sends one frame whose payload is the concatenation of `parts`, with `fds` attached to its first
+    /// byte. One `sendmsg` per attempt; partial writes continue where they stopped.
+    pub(crate) fn send_frame_parts(&self, parts: &[&[u8]], fds: &[RawFd]) -> Result<(), SendError> {
+        if fds.len() > sys::MAX_FDS_PER_MESSAGE {
+            return Err(SendError::TooManyDescriptors(fds.len()));
+        }
+        let fd = self.fd().map_err(|_| SendError::Closed)?;
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let mut hbuf = [0u8; MAX_HEADER_LEN];
+        let header = encode_header(len as u64, &mut hbuf);
+        let mut slices: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
+        slices.push(header);
+        slices.extend(parts.iter().copied().filter(|p| !p.is_empty()));
+        let total = header.len() + len;
+        let _guard = lock(&self.tx);
+        let mut sent = 0usize;
+        while sent < total {
+            // Skip what is already sent.
+            let mut skip = sent;
+            let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(slices.len());
+            for s in &slices {
+                if skip >= s.len() {
+                    skip -= s.len();
+                } else {
+                    iov.push(IoSlice::new(&s[skip..]));
+                    skip = 0;
+                }
+            }
+            let res = if self.socket {
+                sys::send_vectored(fd, &iov, if sent == 0 { fds } else { &[] })
+            } else {
+                sys::write(fd, &iov[0])
+            };
+            match res {
+                Ok(n) => sent += n,
+                Err(e) => {
+                    return Err(match e.raw_os_error() {
+                        Some(libc::EPIPE) | Some(libc::ECONNRESET) => SendError::Disconnected,
+                        _ => SendError::Io(e),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------------------------------------
+    // Receiving
+
+    /// Receives one message and deserializes it as a `T`. Blocks until a whole message arrives.
+    ///
+    /// # Errors
+    /// [`RecvError::Eof`] when the peer has closed its end (or died) and no message is left;
+    /// [`RecvError::Decode`] when the message is not a valid `T` (it is consumed); see [`RecvError`].
+    pub fn recv<T: DeserializeOwned>(&self) -> Result<T, RecvError> {
+        let frame = self.recv_frame(None, None)?;
+        codec::decode(&frame.bytes, frame.fds).map_err(RecvError::Decode)
+    }
+
+    /// Like [`recv`](Self::recv), but gives up with [`RecvError::Timeout`] after `timeout`. A message
+    /// that was partly received when the time ran out is kept and completed by the next receive.
+    ///
+    /// # Examples
+    /// ```
+    /// use std::time::Duration;
+    /// let (a, _b) = multiprocess::pipe()?;
+    /// let err = a.recv_timeout::<u32>(Duration::from_millis(10)).unwrap_err();
+    /// assert!(matches!(err, multiprocess::RecvError::Timeout));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn recv_timeout<T: DeserializeOwned>(&self, timeout: Duration) -> Result<T, RecvError> {
+        let frame = self.recv_frame(deadline(timeout), None)?;
+        codec::decode(&frame.bytes, frame.fds).map_err(RecvError::Decode)
+    }
+
+    /// Receives one raw message.
+    pub fn recv_bytes(&self) -> Result<Vec<u8>, RecvError> {
+        Ok(self.recv_frame(None, None)?.bytes)
+    }
+
+    /// Receives one raw message, failing with [`RecvError::TooLong`] if it is longer than `maxlength`
+    /// (the message is then left unread and the receiving side becomes unusable, as in Python).
+    ///
+    /// # Examples
+    /// ```
+    /// let (a, b) = multiprocess::pipe()?;
+    /// a.send_bytes(&[0; 100])?;
+    /// assert!(matches!(b.recv_bytes_max(10), Err(multiprocess::RecvError::TooLong { len: 100, max: 10 })));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn recv_bytes_max(&self, maxlength: usize) -> Result<Vec<u8>, RecvError> {
+        Ok(self.recv_frame(None, Some(maxlength as u64))?.bytes)
+    }
+
+    /// Like [`recv_bytes`](Self::recv_bytes), with a timeout (lossless, see
+    /// [`recv_timeout`](Self::recv_timeout)).
+    pub fn recv_bytes_timeout(&self, timeout: Duration) -> Result<Vec<u8>, RecvError> {
+        Ok(self.recv_frame(deadline(timeout), None)?.bytes)
+    }
+
+    /// Receives one raw message into `buf`, returning its length.
+    ///
+    /// # Errors
+    /// [`RecvError::BufferTooShort`] if the message does not fit; the message is consumed and handed back
+    /// inside the error.
+    pub fn recv_bytes_into(&self, buf: &mut [u8]) -> Result<usize, RecvError> {
+        self.recv_bytes_into_at(buf, 0)
+    }
+
+    /// Receives one raw message into `buf[offset..]`, as Python's `recv_bytes_into(buffer, offset)`.
+    ///
+    /// # Examples
+    /// ```
+    /// let (a, b) = multiprocess::pipe()?;
+    /// a.send_bytes(b"abc")?;
+    /// let mut buf = [0u8; 8];
+    /// assert_eq!(b.recv_bytes_into_at(&mut buf, 2)?, 3);
+    /// assert_eq!(&buf[..5], b"\0\0abc");
+    /// a.send_bytes(b"too long for it")?;
+    /// match b.recv_bytes_into(&mut buf) {
+    ///     Err(multiprocess::RecvError::BufferTooShort(msg)) => assert_eq!(msg, b"too long for it"),
+    ///     other => panic!("{other:?}"),
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn recv_bytes_into_at(&self, buf: &mut [u8], offset: usize) -> Result<usize, RecvError> {
+        if offset > buf.len() {
+            return Err(RecvError::Io(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "offset {offset} is past the end of a {}-byte buffer",
+                    buf.len()
+                ),
+            )));
+        }
+        let bytes = self.recv_frame(None, None)?.bytes;
+        match buf.get_mut(offset..offset + bytes.len()) {
+            Some(dst) => {
+                dst.copy_from_slice(&bytes);
+                Ok(bytes.len())
+            }
+            None => Err(RecvError::BufferTooShort(bytes)),
+        }
+    }
+
+    /// Whether a message (or end-of-file) is waiting, waiting up to `timeout` for one.
+    /// `Duration::ZERO` checks without blocking; `Duration::MAX` waits forever.
+    ///
+    /// # Examples
+    /// ```
+    /// use std::time::Duration;
+    /// let (a, b) = multiprocess::pipe()?;
+    /// assert!(!b.poll(Duration::ZERO)?);
+    /// a.send(&1)?;
+    /// assert!(b.poll(Duration::from_secs(5))?);
+    /// drop(a);
+    /// let _ = b.recv::<i32>()?;
+    /// assert!(b.poll(Duration::ZERO)?); // end-of-file is "ready" too
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn poll(&self, timeout: Duration) -> Result<bool, RecvError> {
+        self.check_recv()?;
+        let fd = self.fd().map_err(|_| RecvError::Closed)?;
+        sys::wait_readable(fd, Some(timeout)).map_err(RecvError::Io)
+    }
+
+    fn check_recv(&self) -> Result<(), RecvError> {
+        if self.fd.is_none() {
+            Err(RecvError::Closed)
+        } else if !self.readable {
+            Err(RecvError::WrongDirection)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The receive state machine. Reads exactly one frame: first exactly the header, then exactly the
+    /// payload, so descriptors attached to a message can only arrive while that message is being read.
+    /// `watch`, when given, is a descriptor (a child's pidfd) whose readiness also ends a blocking wait,
+    /// reported as `Timeout`.
+    pub(crate) fn recv_frame_watching(
+        &self,
+        deadline: Option<Instant>,
+        max: Option<u64>,
+        watch: Option<BorrowedFd<'_>>,
+    ) -> Result<Frame, RecvError> {
+        self.check_recv()?;
+        let fd = self.fd().map_err(|_| RecvError::Closed)?;
+        let mut guard = lock(&self.rx);
+        let rx: &mut Rx = &mut guard;
+        if let Some(why) = &rx.broken {
+            return Err(RecvError::Protocol(format!(
+                "connection unusable after an earlier error: {why}"
+            )));
+        }
+        let wait = |deadline: Option<Instant>| -> Result<(), RecvError> {
+            if deadline.is_none() && watch.is_none() {
+                return Ok(()); // plain blocking read
+            }
+            let ready = match watch {
+                Some(w) => sys::poll_readable(&[fd, w], deadline),
+                None => sys::poll_readable(&[fd], deadline),
+            }
+            .map_err(RecvError::Io)?;
+            if ready[0] {
+                Ok(())
+            } else {
+                Err(RecvError::Timeout)
+            }
+        };
+        // Header: read exactly as many bytes as the decoder says are still missing.
+        let len = loop {
+            let need = match decode_header(&rx.header[..rx.header_got]) {
+                Ok(Header::NeedMore(n)) => n,
+                Ok(Header::Complete { len, .. }) => break len,
+                Err(e) => return Err(rx.poison(RecvError::Protocol(e.to_string()))),
+            };
+            wait(deadline)?;
+            let n = sys::recv_into_slice(
+                fd,
+                &mut rx.header[rx.header_got..need],
+                &mut rx.fds,
+                self.socket,
+                false,
+            )
+            .map_err(RecvError::Io)?;
+            if n == 0 {
+                if rx.header_got == 0 {
+                    return Err(RecvError::Eof);
+                }
+                let received = rx.header_got as u64;
+                return Err(rx.poison(RecvError::Truncated {
+                    received,
+                    expected: need as u64,
+                }));
+            }
+            rx.header_got += n;
+        };
+        let header_len = rx.header_got as u64;
+        if let Some(max) = max
+            && len > max
+        {
+            return Err(rx.poison(RecvError::TooLong { len, max }));
+        }
+        let (_, buf) = rx
+            .payload
+            .get_or_insert_with(|| (len, Vec::with_capacity(len.min(TRUSTED_PREALLOC) as usize)));
+        // Payload: exactly `len` bytes.
+        loop {
+            let got = buf.len() as u64;
+            if got == len {
+                break;
+            }
+            let remaining = (len - got) as usize;
+            if buf.capacity() == buf.len() {
+                // Grow by what has already arrived (doubling), never by what is merely announced.
+                buf.reserve(remaining.min(buf.capacity().max(64 << 10)));
+            }
+            wait(deadline)?;
+            let n = sys::recv_into_spare(fd, buf, remaining, &mut rx.fds, self.socket, false)
+                .map_err(RecvError::Io)?;
+            if n == 0 {
+                let received = header_len + got;
+                return Err(rx.poison(RecvError::Truncated {
+                    received,
+                    expected: header_len + len,
+                }));
+            }
+        }
+        let (_, bytes) = rx.payload.take().unwrap_or_default();
+        rx.header_got = 0;
+        Ok(Frame {
+            bytes,
+            fds: std::mem::take(&mut rx.fds),
+        })
+    }
+
+    pub(crate) fn recv_frame(
+        &self,
+        deadline: Option<Instant>,
+        max: Option<u64>,
+    ) -> Result<Frame, RecvError> {
+        self.recv_frame_watching(deadline, max, None)
+    }
+}
+
+impl Rx {
+    fn poison(&mut self, err: RecvError) -> RecvError {
+        self.broken = Some(err.to_string());
+        self.payload = None;
+        self.fds.clear();
+        err
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding these locks cannot leave the state half-written in a way we rely on
+    // (partial frames are tracked explicitly), so poisoning is ignored.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// `Instant::now() + timeout`, or `None` (wait forever) when that overflows.
+pub(crate) fn deadline(timeout: Duration) -> Option<Instant> {
+    Instant::now().checked_add(timeout)
+}
+
+impl AsFd for Connection {
+    /// # Panics
+    /// If the connection was closed with [`close`](Connection::close).
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd()
+            .expect("AsFd on a closed multiprocess::Connection")
+    }
+}
+
+impl AsRawFd for Connection {
+    /// # Panics
+    /// If the connection was closed with [`close`](Connection::close).
+    fn as_raw_fd(&self) -> RawFd {
+        self.as_fd().as_raw_fd()
+    }
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("fd", &self.fd.as_ref().map(|f| f.as_raw_fd()))
+            .field("readable", &self.readable)
+            .field("writable", &self.writable)
+            .finish()
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireConnection {
+    fd: u32,
+    readable: bool,
+    writable: bool,
+}
+
+/// A connection serializes as a reference to its descriptor, which travels beside the message.
+/// This only works inside [`Connection::send`] and the arguments of [`Process`](crate::Process);
+/// anywhere else serialization fails with an error.
+impl Serialize for Connection {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::Error;
+        let fd = self
+            .fd
+            .as_ref()
+            .ok_or_else(|| S::Error::custom("cannot send a closed Connection"))?;
+        let index = codec::push_fd(fd.as_fd()).ok_or_else(|| {
+            S::Error::custom(
+                "a Connection can only be serialized by multiprocess (send or process arguments)",
+            )
+        })?;
+        WireConnection {
+            fd: index,
+            readable: self.readable,
+            writable: self.writable,
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Connection {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let w = WireConnection::deserialize(d)?;
+        let fd = codec::take_fd(w.fd).map_err(serde::de::Error::custom)?;
+        Ok(Connection::from_parts(fd, w.readable, w.writable))
+    }
+}

@@ -1,0 +1,129 @@
+//! Error types, one per family of operations, in the shape of crossbeam's and tokio's.
+
+use std::io;
+use thiserror::Error;
+
+/// Why a message could not be sent on a [`Connection`](crate::Connection).
+///
+/// When sending fails before any byte is written (`Closed`, `WrongDirection`, `Encode`, `Range`,
+/// `TooManyDescriptors`), the connection is untouched and can be used again. After `Disconnected` or
+/// `Io` the peer may have received part of the message; the connection should be dropped.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// This end was closed with [`Connection::close`](crate::Connection::close).
+    #[error("the connection is closed")]
+    Closed,
+    /// This end of a one-way pipe can only receive.
+    #[error("this end of a one-way pipe is read-only")]
+    WrongDirection,
+    /// The value could not be serialized; nothing was written.
+    #[error("failed to serialize the value (nothing was sent): {0}")]
+    Encode(String),
+    /// `offset`/`size` do not lie inside the buffer given to `send_bytes_range`; nothing was written.
+    #[error("offset {offset} + size {size} is outside a buffer of {len} bytes")]
+    Range {
+        /// The offset asked for.
+        offset: usize,
+        /// The size asked for.
+        size: usize,
+        /// The buffer's length.
+        len: usize,
+    },
+    /// The value holds more descriptor-carrying objects than one message can carry (253).
+    #[error("a message can carry at most 253 connections or other OS objects, this one has {0}")]
+    TooManyDescriptors(usize),
+    /// The peer closed its end or died (`EPIPE` / `ECONNRESET`).
+    #[error("the peer has disconnected")]
+    Disconnected,
+    /// Any other operating-system error.
+    #[error("I/O error while sending: {0}")]
+    Io(#[source] io::Error),
+}
+
+/// Why a message could not be received from a [`Connection`](crate::Connection).
+///
+/// After `Truncated`, `TooLong` and `Protocol` the stream can no longer be trusted to be at a message
+/// boundary, so the receiving side of the connection becomes unusable: later receives return
+/// `Protocol` again. After every other error the connection stays usable and nothing was lost: in
+/// particular `Timeout` keeps any partly received message and the next receive continues it.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum RecvError {
+    /// End of file at a message boundary: the peer closed its end, or exited, or died.
+    #[error("end of file: the peer closed the connection")]
+    Eof,
+    /// End of file in the middle of a message: the peer died or closed while sending.
+    #[error("end of file inside a message: got {received} of {expected} bytes")]
+    Truncated {
+        /// Bytes of the message (header included) received before the end.
+        received: u64,
+        /// Bytes the message should have had (header included), when known.
+        expected: u64,
+    },
+    /// The incoming message is longer than the maximum given to
+    /// [`recv_bytes_max`](crate::Connection::recv_bytes_max). The message was not read; the receiving
+    /// side is unusable afterwards (as in Python).
+    #[error(
+        "message of {len} bytes is longer than the maximum of {max}; the connection can no longer be read"
+    )]
+    TooLong {
+        /// Length announced by the message.
+        len: u64,
+        /// The maximum that was asked for.
+        max: u64,
+    },
+    /// The buffer given to [`recv_bytes_into`](crate::Connection::recv_bytes_into) is too short. The
+    /// message has been consumed and is returned here whole.
+    #[error("buffer too short for a message of {} bytes", .0.len())]
+    BufferTooShort(Vec<u8>),
+    /// The peer broke the framing protocol (for example a forged negative length).
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// A typed message arrived whole but could not be deserialized as the requested type. The message is
+    /// consumed; the connection stays usable.
+    #[error("failed to deserialize the message: {0}")]
+    Decode(String),
+    /// No message arrived within the timeout. Nothing was lost.
+    #[error("timed out waiting for a message")]
+    Timeout,
+    /// This end was closed with [`Connection::close`](crate::Connection::close).
+    #[error("the connection is closed")]
+    Closed,
+    /// This end of a one-way pipe can only send.
+    #[error("this end of a one-way pipe is write-only")]
+    WrongDirection,
+    /// Any other operating-system error.
+    #[error("I/O error while receiving: {0}")]
+    Io(#[source] io::Error),
+}
+
+impl RecvError {
+    /// Whether the peer is gone (end of file, before or inside a message).
+    pub fn is_disconnect(&self) -> bool {
+        matches!(self, RecvError::Eof | RecvError::Truncated { .. })
+    }
+}
+
+impl From<RecvError> for io::Error {
+    fn from(e: RecvError) -> io::Error {
+        let kind = match &e {
+            RecvError::Eof | RecvError::Truncated { .. } => io::ErrorKind::UnexpectedEof,
+            RecvError::Timeout => io::ErrorKind::TimedOut,
+            RecvError::Io(err) => err.kind(),
+            _ => io::ErrorKind::InvalidData,
+        };
+        io::Error::new(kind, e)
+    }
+}
+
+impl From<SendError> for io::Error {
+    fn from(e: SendError) -> io::Error {
+        let kind = match &e {
+            SendError::Disconnected => io::ErrorKind::BrokenPipe,
+            SendError::Io(err) => err.kind(),
+            _ => io::ErrorKind::InvalidInput,
+        };
+        io::Error::new(kind, e)
+    }
+}

@@ -1,0 +1,54 @@
+//! Processes that run your own functions, pipes between them, and (in later parts) queues, locks,
+//! shared memory, pools and managers: Python's `multiprocessing`, for Rust.
+//!
+//! # Hello, processes!
+//! ```
+//! use multiprocess::{pipe, Connection, Process};
+//!
+//! fn child(conn: Connection) -> usize {
+//!     let words: Vec<String> = conn.recv().unwrap();
+//!     conn.send(&words.join(" ")).unwrap();
+//!     words.len()
+//! }
+//!
+//! let (here, there) = pipe()?;
+//! let p = Process::spawn(child, there)?;              // `there` moves into the child
+//! here.send(&vec!["hello", "from", "the", "parent"])?;
+//! assert_eq!(here.recv::<String>()?, "hello from the parent");
+//! assert_eq!(p.join()?, 4);                            // the function's return value
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Start methods
+//! A child runs a plain function `fn(A) -> R` of this program, with `A` and `R` any serde types.
+//! [`StartMethod`] picks how it starts: `Fork`, `Spawn` (re-execute the program) or `ForkServer`
+//! (the default: fork from a clean helper). Nothing has to be added to `main`, or to a test, for any of
+//! them: the crate finds its way into re-executed children through a constructor that runs before
+//! `main`. [`init`] optionally starts the fork server early.
+//!
+//! # When a child fails
+//! [`Process::join`] never hangs on a dead child. A panic comes back as
+//! [`ProcessError::Panicked`] with its message, a signal as [`ProcessError::Signaled`], an exit without
+//! a result as [`ProcessError::Exited`]. Children die with their parent: each holds a *lifeline* pipe
+//! whose last write end lives in the parent, and the kernel sends the child `SIGKILL` when it closes.
+//!
+//! # Connections
+//! [`pipe`] and [`pipe_oneway`] give [`Connection`]s framed exactly like Python's
+//! `multiprocessing.connection`, so raw byte messages interoperate with Python. A connection passed to a
+//! child, or sent through another connection, arrives usable: its descriptor travels with `SCM_RIGHTS`.
+
+#![warn(missing_docs)]
+
+mod codec;
+mod connection;
+mod error;
+mod process;
+mod sys;
+
+pub use crate::connection::frame;
+pub use crate::connection::{Connection, pipe, pipe_oneway};
+pub use crate::error::{RecvError, SendError};
+pub use crate::process::{
+    Builder, Process, ProcessError, ProcessInfo, StartMethod, active_children, cpu_count,
+    current_process, get_start_method, init, parent_process, set_start_method,
+};

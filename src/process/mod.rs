@@ -1,0 +1,687 @@
+//! Processes that run a function of this program.
+
+pub(crate) mod bootstrap;
+pub(crate) mod forkserver;
+pub(crate) mod registry;
+pub(crate) mod state;
+
+use crate::codec;
+use crate::connection::{Connection, Frame, deadline};
+use crate::error::RecvError;
+use crate::sys::{self, FnPtr, WaitStatus};
+use bootstrap::{Boot, TAG_FAILED, TAG_PANICKED, TAG_RETURNED};
+use registry::{ChildEntry, Reaper};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::fmt;
+use std::io::{self, Write};
+use std::marker::PhantomData;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use thiserror::Error;
+
+/// How a child process is started.
+///
+/// | method | how | cost here | caveat |
+/// |---|---|---|---|
+/// | [`Fork`](Self::Fork) | `fork()` of the calling process | lowest | the child is a copy of a process that may have other threads: a lock another thread held at that instant (stdout's, a `static Mutex`, an allocator arena in some allocators) stays locked in the child |
+/// | [`Spawn`](Self::Spawn) | re-executes `/proc/self/exe` | highest (`execve` + loading) | none: the child starts clean |
+/// | [`ForkServer`](Self::ForkServer) | forks from a clean single-threaded server started once per process | low | none: the server never ran `main` or started a thread |
+///
+/// The default is `ForkServer`: as safe as `Spawn` (a multi-threaded parent, such as the `cargo test`
+/// harness or a tokio runtime, cannot leave a lock held in the child) at close to the cost of `Fork`.
+/// Python 3.14 made the same choice on Linux.
+///
+/// Under `Spawn` and `ForkServer` the function must live in the executable itself (not in a shared
+/// library loaded later): the child finds it by its offset inside the executable image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StartMethod {
+    /// `fork()` the calling process.
+    Fork,
+    /// Re-execute the current program.
+    Spawn,
+    /// Fork from the fork server (default).
+    ForkServer,
+}
+
+impl StartMethod {
+    /// Every start method, for tests and benchmarks that cover them all.
+    pub const ALL: [StartMethod; 3] = [
+        StartMethod::Fork,
+        StartMethod::Spawn,
+        StartMethod::ForkServer,
+    ];
+
+    /// Python's name for the method: `"fork"`, `"spawn"` or `"forkserver"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            StartMethod::Fork => "fork",
+            StartMethod::Spawn => "spawn",
+            StartMethod::ForkServer => "forkserver",
+        }
+    }
+}
+
+impl fmt::Display for StartMethod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for StartMethod {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "fork" => Ok(StartMethod::Fork),
+            "spawn" => Ok(StartMethod::Spawn),
+            "forkserver" => Ok(StartMethod::ForkServer),
+            _ => Err(format!(
+                "unknown start method {s:?} (expected fork, spawn or forkserver)"
+            )),
+        }
+    }
+}
+
+static DEFAULT_METHOD: AtomicU8 = AtomicU8::new(2);
+
+/// Sets the start method used by [`Process::spawn`] and builders that do not name one.
+///
+/// # Examples
+/// ```
+/// use multiprocess::{set_start_method, get_start_method, StartMethod};
+/// set_start_method(StartMethod::Spawn);
+/// assert_eq!(get_start_method(), StartMethod::Spawn);
+/// set_start_method(StartMethod::ForkServer);
+/// ```
+pub fn set_start_method(method: StartMethod) {
+    DEFAULT_METHOD.store(method as u8, Ordering::Relaxed);
+}
+
+/// The default start method (initially [`StartMethod::ForkServer`]).
+pub fn get_start_method() -> StartMethod {
+    match DEFAULT_METHOD.load(Ordering::Relaxed) {
+        0 => StartMethod::Fork,
+        1 => StartMethod::Spawn,
+        _ => StartMethod::ForkServer,
+    }
+}
+
+/// Starts the fork server now, ahead of the first child.
+///
+/// Optional. Children started with [`StartMethod::Spawn`] or [`StartMethod::ForkServer`] find their
+/// function through a constructor that the crate installs, so no line in `main` is needed for them to
+/// work, in a binary or in a test. Calling `init()` first thing in `main` only moves the fork server's
+/// start-up (about a millisecond) out of the first [`Process::spawn`].
+///
+/// # Examples
+/// ```
+/// fn main() -> std::io::Result<()> {
+///     multiprocess::init()?;
+///     // ...
+///     Ok(())
+/// }
+/// # main().unwrap();
+/// ```
+pub fn init() -> io::Result<()> {
+    forkserver_handle().map(drop)
+}
+
+fn forkserver_handle() -> io::Result<Arc<forkserver::ForkServer>> {
+    let mut g = state::lock();
+    if let Some(fs) = &g.forkserver
+        && !fs.is_broken()
+    {
+        return Ok(fs.clone());
+    }
+    let fs = Arc::new(forkserver::ForkServer::start()?);
+    g.forkserver = Some(fs.clone());
+    Ok(fs)
+}
+
+/// Why a child did not give back a result.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ProcessError {
+    /// The function panicked in the child; the message is the panic's. (`exitcode` is 1.)
+    #[error("the child process panicked: {message}")]
+    Panicked {
+        /// The panic message.
+        message: String,
+    },
+    /// The child exited with this code without giving back a result (for example it called
+    /// `std::process::exit`).
+    #[error("the child process exited with code {code} without a result")]
+    Exited {
+        /// The exit code.
+        code: i32,
+    },
+    /// The child was killed by this signal.
+    #[error("the child process was killed by signal {signal}{}", sys::signal_name(*.signal).map(|n| format!(" ({n})")).unwrap_or_default())]
+    Signaled {
+        /// The signal number.
+        signal: i32,
+    },
+    /// The argument could not be used in the child, or the result could not be serialized there
+    /// (the message says which).
+    #[error("{0}")]
+    Child(String),
+    /// The result arrived but could not be deserialized as `R`.
+    #[error("failed to deserialize the child's result: {0}")]
+    Decode(String),
+    /// The result was already taken by an earlier `join`.
+    #[error("the process was already joined")]
+    AlreadyJoined,
+    /// An operating-system error while waiting.
+    #[error("I/O error while joining: {0}")]
+    Io(#[from] io::Error),
+}
+
+impl ProcessError {
+    /// Python's `exitcode` for this outcome, when it is known.
+    pub fn exitcode(&self) -> Option<i32> {
+        match self {
+            ProcessError::Panicked { .. } | ProcessError::Child(_) => Some(1),
+            ProcessError::Exited { code } => Some(*code),
+            ProcessError::Signaled { signal } => Some(-signal),
+            _ => None,
+        }
+    }
+}
+
+/// Configures and starts a child process.
+///
+/// # Examples
+/// ```
+/// use multiprocess::{Process, StartMethod};
+///
+/// fn square(x: u64) -> u64 { x * x }
+///
+/// let p = Process::builder().name("squarer").start_method(StartMethod::Spawn).spawn(square, 7)?;
+/// assert_eq!(p.name(), "squarer");
+/// assert_eq!(p.join()?, 49);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Debug, Default)]
+#[must_use = "a builder does nothing until .spawn() is called"]
+pub struct Builder {
+    name: Option<String>,
+    daemon: bool,
+    method: Option<StartMethod>,
+}
+
+impl Builder {
+    /// A builder with the defaults: name `Process-N`, not a daemon, the default start method.
+    pub fn new() -> Builder {
+        Builder::default()
+    }
+
+    /// The child's name, as `current_process().name()` reports it inside the child.
+    pub fn name(mut self, name: impl Into<String>) -> Builder {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// A daemon child is terminated (`SIGTERM`) when this process exits normally; a non-daemon child is
+    /// waited for, as in Python. Either way every child is killed if this process dies abnormally.
+    pub fn daemon(mut self, daemon: bool) -> Builder {
+        self.daemon = daemon;
+        self
+    }
+
+    /// The start method; without it, [`get_start_method`].
+    pub fn start_method(mut self, method: StartMethod) -> Builder {
+        self.method = Some(method);
+        self
+    }
+
+    /// Starts a child that runs `f(arg)`.
+    ///
+    /// `arg` may contain [`Connection`]s (and other OS objects of this crate); they arrive usable in
+    /// the child under every start method. `f` is a plain function (a closure that captures nothing
+    /// coerces to one).
+    ///
+    /// # Errors
+    /// The OS refused to create the process or its pipes; the argument could not be serialized
+    /// (`InvalidInput`; no process was started); or, under `Spawn`/`ForkServer`, `f` does not live in
+    /// the executable (`Unsupported`).
+    pub fn spawn<A, R>(self, f: fn(A) -> R, arg: A) -> io::Result<Process<R>>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+    {
+        sys::entry::ensure_constructor_linked();
+        let method = self.method.unwrap_or_else(get_start_method);
+        let (parent_name, name) = {
+            let mut g = state::lock();
+            g.identity.counter += 1;
+            let name = self
+                .name
+                .clone()
+                .unwrap_or_else(|| match &g.identity.parent {
+                    None => format!("Process-{}", g.identity.counter),
+                    Some(_) => format!("{}:{}", g.name(), g.identity.counter),
+                });
+            (g.name(), name)
+        };
+        let (here, there) = sys::socketpair()?;
+        let (life_r, life_w) = sys::pipe()?;
+        let (pid, pidfd, reaper) = match method {
+            StartMethod::Fork => {
+                let (pid, pidfd) = fork_child(
+                    f,
+                    arg,
+                    there,
+                    life_r,
+                    life_w.as_raw_fd(),
+                    &name,
+                    self.daemon,
+                )?;
+                (pid, pidfd, Reaper::Direct)
+            }
+            StartMethod::Spawn | StartMethod::ForkServer => {
+                let boot = Boot {
+                    entry: (bootstrap::child_main::<A, R> as sys::entry::ChildEntryFn).token()?,
+                    func: f.token()?,
+                    signature: bootstrap::signature::<A, R>(),
+                    name: name.clone(),
+                    daemon: self.daemon,
+                    parent_pid: sys::getpid(),
+                    parent_name,
+                };
+                let (args, arg_fds) = codec::encode(&arg).map_err(|e| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("failed to serialize the argument: {e}"),
+                    )
+                })?;
+                let boot_bytes = codec::encode(&boot).map_err(io::Error::other)?.0;
+                let (pid, pidfd, reaper) = if method == StartMethod::Spawn {
+                    let pid = {
+                        // Holding the state lock keeps a concurrent fork from inheriting `there`.
+                        let _g = state::lock();
+                        sys::spawn_self(
+                            there.as_fd(),
+                            bootstrap::BOOT_FD,
+                            bootstrap::BOOT_ENV,
+                            "3",
+                        )?
+                    };
+                    drop(there);
+                    (pid, sys::pidfd_open(pid)?, Reaper::Direct)
+                } else {
+                    let server = forkserver_handle()?;
+                    let (pid, pidfd) = server.spawn_child(there)?;
+                    (pid, pidfd, Reaper::Server(server))
+                };
+                let mut fds = vec![life_r.as_raw_fd()];
+                fds.extend(arg_fds);
+                let here_conn = Connection::from_parts(here.try_clone()?, true, true);
+                let len = (boot_bytes.len() as u32).to_le_bytes();
+                // A child that died before reading shows up in join() with its exit status.
+                match here_conn.send_frame_parts(&[&len, &boot_bytes, &args], &fds) {
+                    Ok(()) | Err(crate::SendError::Disconnected) => {}
+                    Err(e) => {
+                        let _ = sys::pidfd_send_signal(pidfd.as_fd(), sys::SIGKILL);
+                        return Err(e.into());
+                    }
+                }
+                drop(arg);
+                drop(life_r);
+                (pid, pidfd, reaper)
+            }
+        };
+        let entry = Arc::new(ChildEntry {
+            pid,
+            name: name.clone(),
+            daemon: self.daemon,
+            pidfd,
+            reaper,
+            status: Mutex::new(None),
+            lifeline: Mutex::new(Some(life_w)),
+        });
+        registry::register(&mut state::lock(), entry.clone());
+        Ok(Process {
+            entry,
+            conn: Connection::from_parts(here, true, true),
+            method,
+            report: None,
+            taken: false,
+            _result: PhantomData,
+        })
+    }
+}
+
+/// The fork start method: the child runs `f(arg)` from its copy of our memory.
+fn fork_child<A, R: Serialize>(
+    f: fn(A) -> R,
+    arg: A,
+    there: OwnedFd,
+    life_r: OwnedFd,
+    life_w: std::os::fd::RawFd,
+    name: &str,
+    daemon: bool,
+) -> io::Result<(i32, OwnedFd)> {
+    // Flush our buffered output now, or the child would print a second copy of it.
+    let _ = io::stdout().flush();
+    let parent = (sys::getpid(), state::lock().name());
+    let name = name.to_string();
+    let mut guard = state::lock();
+    let pid = sys::fork_then(move || {
+        // Child. Only this thread exists; the state lock is held by it (taken before the fork).
+        guard.become_child(name, daemon, parent);
+        drop(guard);
+        // Our copy of our own lifeline's write end must go, or the lifeline could never break.
+        drop(sys::adopt_inherited(life_w));
+        if !sys::arm_lifeline(life_r.as_fd()).unwrap_or(false) {
+            sys::exit_now(bootstrap::EXIT_BOOT_FAILED);
+        }
+        std::mem::forget(life_r);
+        let conn = Connection::from_parts(there, true, true);
+        let code = bootstrap::run_and_report(f, arg, &conn);
+        bootstrap::finish(code)
+    })?;
+    Ok((pid, sys::pidfd_open(pid)?))
+}
+
+/// A child process running a function of this program; `join` gives back its result.
+///
+/// Dropping a `Process` neither kills nor detaches the child: like Python, a non-daemon child is still
+/// waited for when this process exits, and a daemon child is terminated then. If this process dies
+/// abnormally (a signal, `abort`), every child it started is killed by the kernel through its lifeline
+/// pipe, whatever its start method, so no child outlives its parent.
+///
+/// # Examples
+/// ```
+/// use multiprocess::Process;
+///
+/// fn greet(name: String) -> String {
+///     format!("hello {name} from {}", std::process::id())
+/// }
+///
+/// let p = Process::spawn(greet, "bob".to_string())?;
+/// let pid = p.pid();
+/// assert_eq!(p.join()?, format!("hello bob from {pid}"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Process<R> {
+    entry: Arc<ChildEntry>,
+    conn: Connection,
+    method: StartMethod,
+    /// The child's report, once read: its result or why there is none.
+    report: Option<Result<R, ProcessError>>,
+    taken: bool,
+    _result: PhantomData<fn() -> R>,
+}
+
+impl Process<()> {
+    /// A builder, for a name, daemon flag or start method.
+    pub fn builder() -> Builder {
+        Builder::new()
+    }
+}
+
+impl<R: Serialize + DeserializeOwned> Process<R> {
+    /// Starts a child running `f(arg)` with the default settings. See [`Builder::spawn`].
+    pub fn spawn<A>(f: fn(A) -> R, arg: A) -> io::Result<Process<R>>
+    where
+        A: Serialize + DeserializeOwned,
+    {
+        Builder::new().spawn(f, arg)
+    }
+}
+
+impl<R: DeserializeOwned> Process<R> {
+    /// Waits for the child to exit and returns what its function returned.
+    ///
+    /// Never hangs on a dead child: whenever the child ends (returns, panics, exits, is killed, even
+    /// before it started running the function) `join` returns.
+    ///
+    /// # Errors
+    /// [`ProcessError::Panicked`] with the panic message, [`ProcessError::Signaled`] /
+    /// [`ProcessError::Exited`] when it ended without a result, and the others listed there.
+    pub fn join(mut self) -> Result<R, ProcessError> {
+        match self.wait(None)? {
+            Some(r) => r,
+            None => unreachable!("wait without a deadline returns only when the child has ended"),
+        }
+    }
+
+    /// Waits up to `timeout` for the child to exit. `Ok(None)` means it is still running: nothing is
+    /// lost and `join_timeout` or [`join`](Self::join) can be called again. The child is not killed.
+    ///
+    /// # Examples
+    /// ```
+    /// use std::time::Duration;
+    /// fn nap(ms: u64) { std::thread::sleep(Duration::from_millis(ms)) }
+    ///
+    /// let mut p = multiprocess::Process::spawn(nap, 300)?;
+    /// assert!(p.join_timeout(Duration::from_millis(10))?.is_none());
+    /// assert!(p.is_alive());
+    /// assert_eq!(p.join_timeout(Duration::from_secs(30))?, Some(()));
+    /// assert_eq!(p.exitcode(), Some(0));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn join_timeout(&mut self, timeout: Duration) -> Result<Option<R>, ProcessError> {
+        match self.wait(deadline(timeout))? {
+            Some(r) => r.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Waits for the report and the exit. Outer `Err` only for `AlreadyJoined` and I/O failures.
+    fn wait(
+        &mut self,
+        deadline: Option<Instant>,
+    ) -> Result<Option<Result<R, ProcessError>>, ProcessError> {
+        if self.taken {
+            return Err(ProcessError::AlreadyJoined);
+        }
+        while self.report.is_none() {
+            match self
+                .conn
+                .recv_frame_watching(deadline, None, Some(self.entry.pidfd.as_fd()))
+            {
+                Ok(frame) => self.report = Some(parse_report(frame)),
+                Err(RecvError::Timeout) => {
+                    if self.entry.has_exited() {
+                        // Whatever it wrote before dying is already in the socket buffer.
+                        self.report =
+                            Some(match self.conn.recv_frame(Some(Instant::now()), None) {
+                                Ok(frame) => parse_report(frame),
+                                Err(_) => Err(ProcessError::AlreadyJoined), // placeholder: no report
+                            });
+                        if matches!(self.report, Some(Err(ProcessError::AlreadyJoined))) {
+                            self.report = None;
+                            break;
+                        }
+                    } else if deadline.is_some_and(|d| Instant::now() >= d) {
+                        return Ok(None);
+                    }
+                }
+                Err(RecvError::Io(e)) => return Err(ProcessError::Io(e)),
+                Err(_) => break, // end of file or a torn report: the child died without reporting
+            }
+        }
+        // The report is in (or never will be); now the exit itself.
+        let status = loop {
+            if let Some(st) = self.entry.reap(false)? {
+                break st;
+            }
+            if !sys::poll_readable(&[self.entry.pidfd.as_fd()], deadline)?[0] {
+                return Ok(None);
+            }
+        };
+        self.taken = true;
+        Ok(Some(match self.report.take() {
+            Some(r) => r,
+            None => Err(match status {
+                WaitStatus::Exited(code) => ProcessError::Exited { code },
+                WaitStatus::Signaled(signal) => ProcessError::Signaled { signal },
+            }),
+        }))
+    }
+}
+
+fn parse_report<R: DeserializeOwned>(frame: Frame) -> Result<R, ProcessError> {
+    let Frame { bytes, fds } = frame;
+    let text = || String::from_utf8_lossy(&bytes[1..]).into_owned();
+    match bytes.first() {
+        Some(&TAG_RETURNED) => codec::decode(&bytes[1..], fds).map_err(ProcessError::Decode),
+        Some(&TAG_PANICKED) => Err(ProcessError::Panicked { message: text() }),
+        Some(&TAG_FAILED) => Err(ProcessError::Child(text())),
+        _ => Err(ProcessError::Decode(
+            "malformed report from the child".into(),
+        )),
+    }
+}
+
+impl<R> Process<R> {
+    /// The child's process id.
+    pub fn pid(&self) -> i32 {
+        self.entry.pid
+    }
+
+    /// The child's name.
+    pub fn name(&self) -> &str {
+        &self.entry.name
+    }
+
+    /// Whether the child is a daemon (see [`Builder::daemon`]).
+    pub fn daemon(&self) -> bool {
+        self.entry.daemon
+    }
+
+    /// How the child was started.
+    pub fn start_method(&self) -> StartMethod {
+        self.method
+    }
+
+    /// Whether the child is still running.
+    pub fn is_alive(&self) -> bool {
+        !self.entry.has_exited()
+    }
+
+    /// Python's `exitcode`: `None` while running; then 0 after the function returned, 1 after a panic,
+    /// `n` after `exit(n)`, `-N` when killed by signal `N`.
+    pub fn exitcode(&self) -> Option<i32> {
+        self.entry
+            .reap(false)
+            .ok()
+            .flatten()
+            .map(WaitStatus::exitcode)
+    }
+
+    /// Sends `SIGTERM` (Python's `terminate`). Does nothing if the child has already ended.
+    pub fn terminate(&self) -> io::Result<()> {
+        self.entry.signal(sys::SIGTERM)
+    }
+
+    /// Sends `SIGKILL` (Python's `kill`). Does nothing if the child has already ended.
+    pub fn kill(&self) -> io::Result<()> {
+        self.entry.signal(sys::SIGKILL)
+    }
+
+    /// The child's pidfd, for use with `poll`/`epoll` (readable once the child has ended).
+    pub fn pidfd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.entry.pidfd.as_fd()
+    }
+}
+
+impl<R> fmt::Debug for Process<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Process")
+            .field("name", &self.entry.name)
+            .field("pid", &self.entry.pid)
+            .field("daemon", &self.entry.daemon)
+            .field("start_method", &self.method)
+            .field("exitcode", &self.exitcode())
+            .finish()
+    }
+}
+
+/// Identity of a process, as [`current_process`], [`parent_process`] and [`active_children`] report it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcessInfo {
+    /// The name: `"MainProcess"` for a program's first process, the builder's name (or `Process-N`) in a
+    /// child.
+    pub name: String,
+    /// The process id.
+    pub pid: i32,
+    /// Whether it is a daemon child.
+    pub daemon: bool,
+}
+
+/// This process: its name and pid.
+///
+/// # Examples
+/// ```
+/// let me = multiprocess::current_process();
+/// assert_eq!(me.pid, std::process::id() as i32);
+/// assert_eq!(me.name, "MainProcess");
+/// ```
+pub fn current_process() -> ProcessInfo {
+    let g = state::lock();
+    ProcessInfo {
+        name: g.name(),
+        pid: sys::getpid(),
+        daemon: g.identity.daemon,
+    }
+}
+
+/// The process that started this one, when this process is a child started by this crate.
+///
+/// # Examples
+/// ```
+/// assert!(multiprocess::parent_process().is_none()); // the test itself is no child
+/// fn parent(_: ()) -> (i32, String) {
+///     let p = multiprocess::parent_process().unwrap();
+///     (p.pid, p.name)
+/// }
+/// let (pid, name) = multiprocess::Process::spawn(parent, ())?.join()?;
+/// assert_eq!((pid, name.as_str()), (std::process::id() as i32, "MainProcess"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn parent_process() -> Option<ProcessInfo> {
+    let g = state::lock();
+    g.identity.parent.clone().map(|(pid, name)| ProcessInfo {
+        name,
+        pid,
+        daemon: false,
+    })
+}
+
+/// The children of this process that are still running (finished ones are reaped on the way).
+///
+/// # Examples
+/// ```
+/// use std::time::Duration;
+/// fn nap(ms: u64) { std::thread::sleep(Duration::from_millis(ms)) }
+/// let p = multiprocess::Process::spawn(nap, 200)?;
+/// assert!(multiprocess::active_children().iter().any(|c| c.pid == p.pid()));
+/// p.join()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn active_children() -> Vec<ProcessInfo> {
+    registry::active()
+        .iter()
+        .map(|c| ProcessInfo {
+            name: c.name.clone(),
+            pid: c.pid,
+            daemon: c.daemon,
+        })
+        .collect()
+}
+
+/// The number of CPUs this process may run on.
+///
+/// # Examples
+/// ```
+/// assert!(multiprocess::cpu_count() >= 1);
+/// ```
+pub fn cpu_count() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}

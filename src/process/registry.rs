@@ -1,0 +1,128 @@
+//! The children of this process: what `active_children()` lists and what happens at exit.
+//!
+//! Each child started by this process has an entry holding its pidfd (to wait and signal without ever
+//! hitting a recycled pid) and the write end of its *lifeline* pipe. The entry outlives the `Process`
+//! handle: dropping a handle does not kill or orphan the child, exactly as in Python; the child is
+//! still joined (non-daemon) or terminated (daemon) when this process exits normally.
+
+use super::forkserver::ForkServer;
+use super::state;
+use crate::sys::{self, WaitStatus};
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, Mutex, Once};
+
+/// How a child's exit status is collected.
+pub(crate) enum Reaper {
+    /// It is our child: `waitid` on its pidfd.
+    Direct,
+    /// It is a child of the fork server, which reports its status.
+    Server(Arc<ForkServer>),
+}
+
+pub(crate) struct ChildEntry {
+    pub(crate) pid: i32,
+    pub(crate) name: String,
+    pub(crate) daemon: bool,
+    pub(crate) pidfd: OwnedFd,
+    pub(crate) reaper: Reaper,
+    pub(crate) status: Mutex<Option<WaitStatus>>,
+    /// Write end of the lifeline pipe; closing it (with this process) sends the child SIGKILL.
+    pub(crate) lifeline: Mutex<Option<OwnedFd>>,
+}
+
+impl ChildEntry {
+    /// Whether the process has ended (it may not be reaped yet).
+    pub(crate) fn has_exited(&self) -> bool {
+        self.status().is_some()
+            || sys::wait_readable(self.pidfd.as_fd(), Some(std::time::Duration::ZERO))
+                .unwrap_or(true)
+    }
+
+    pub(crate) fn status(&self) -> Option<WaitStatus> {
+        *self.status.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Collects the exit status, waiting for the process to end if `block`.
+    pub(crate) fn reap(&self, block: bool) -> io::Result<Option<WaitStatus>> {
+        if let Some(s) = self.status() {
+            return Ok(Some(s));
+        }
+        if !block && !self.has_exited() {
+            return Ok(None);
+        }
+        let st = match &self.reaper {
+            Reaper::Direct => sys::waitid_pidfd(self.pidfd.as_fd(), !block)?,
+            Reaper::Server(server) => {
+                if block {
+                    sys::wait_readable(self.pidfd.as_fd(), None)?;
+                }
+                Some(server.wait_status(self.pid)?)
+            }
+        };
+        if let Some(s) = st {
+            *self.status.lock().unwrap_or_else(|p| p.into_inner()) = Some(s);
+            // The child is gone: its lifeline has nothing left to guard.
+            self.lifeline
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+        }
+        Ok(st)
+    }
+
+    pub(crate) fn signal(&self, sig: i32) -> io::Result<()> {
+        if self.status().is_some() {
+            return Ok(());
+        }
+        match sys::pidfd_send_signal(self.pidfd.as_fd(), sig) {
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+            other => other,
+        }
+    }
+}
+
+static AT_EXIT: Once = Once::new();
+
+/// Records a new child and makes sure the exit handler is installed.
+pub(crate) fn register(g: &mut state::Global, entry: Arc<ChildEntry>) {
+    AT_EXIT.call_once(|| {
+        // Best effort: without it children are still killed by their lifelines when we exit.
+        let _ = sys::at_exit(exit_handler);
+    });
+    g.children
+        .retain(|c| !(Arc::strong_count(c) == 1 && c.status().is_some()));
+    g.children.push(entry);
+}
+
+/// The live children, reaping those that ended and whose handles are gone.
+pub(crate) fn active() -> Vec<Arc<ChildEntry>> {
+    let list = state::lock().children.clone();
+    let mut live = Vec::new();
+    for c in list {
+        if c.has_exited() {
+            let _ = c.reap(false);
+        } else {
+            live.push(c);
+        }
+    }
+    state::lock()
+        .children
+        .retain(|c| !(Arc::strong_count(c) <= 2 && c.status().is_some()));
+    live
+}
+
+extern "C" fn exit_handler() {
+    join_children_at_exit();
+}
+
+/// What a normal exit does, as in Python: daemon children get SIGTERM, then every child is waited for.
+pub(crate) fn join_children_at_exit() {
+    let children = std::mem::take(&mut state::lock().children);
+    for c in children.iter().filter(|c| c.daemon) {
+        let _ = c.signal(sys::SIGTERM);
+    }
+    for c in &children {
+        let _ = c.reap(true);
+    }
+}

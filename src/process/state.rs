@@ -1,0 +1,64 @@
+//! Process-global state, kept under one lock that the fork path holds across `fork()`.
+//!
+//! After `fork()` only the forking thread exists in the child. Any lock another thread held at that
+//! instant stays locked forever in the child. So everything the child side of a fork must touch (the
+//! list of children, this process's identity, the fork-server handle) lives under this one mutex, which
+//! the forking thread itself holds while it forks and which the child releases before running user code.
+
+use super::forkserver::ForkServer;
+use super::registry::ChildEntry;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Who this process is, as Python's `current_process()` and `parent_process()` report it.
+#[derive(Clone, Debug)]
+pub(crate) struct Identity {
+    pub(crate) name: String,
+    pub(crate) daemon: bool,
+    pub(crate) parent: Option<(i32, String)>,
+    /// Children started so far, for default names ("Process-3").
+    pub(crate) counter: u64,
+}
+
+pub(crate) struct Global {
+    pub(crate) identity: Identity,
+    pub(crate) children: Vec<Arc<ChildEntry>>,
+    pub(crate) forkserver: Option<Arc<ForkServer>>,
+}
+
+static STATE: Mutex<Global> = Mutex::new(Global {
+    identity: Identity {
+        name: String::new(),
+        daemon: false,
+        parent: None,
+        counter: 0,
+    },
+    children: Vec::new(),
+    forkserver: None,
+});
+
+/// Locks the global state. Poisoning is ignored: every field stays consistent between statements.
+pub(crate) fn lock() -> MutexGuard<'static, Global> {
+    STATE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Global {
+    /// Makes this process a fresh child: no children of its own, no fork server, a new identity.
+    pub(crate) fn become_child(&mut self, name: String, daemon: bool, parent: (i32, String)) {
+        self.children.clear();
+        self.forkserver = None;
+        self.identity = Identity {
+            name,
+            daemon,
+            parent: Some(parent),
+            counter: 0,
+        };
+    }
+
+    pub(crate) fn name(&self) -> String {
+        if self.identity.name.is_empty() {
+            "MainProcess".to_string()
+        } else {
+            self.identity.name.clone()
+        }
+    }
+}

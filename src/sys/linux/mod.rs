@@ -1,0 +1,9 @@
+//! Linux backend. See the contract in `sys/mod.rs`.
+
+pub(crate) mod entry;
+pub(crate) mod fd;
+pub(crate) mod process;
+
+pub(crate) use entry::FnPtr;
+pub(crate) use fd::*;
+pub(crate) use process::*;

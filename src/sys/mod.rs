@@ -1,0 +1,24 @@
+//! The system layer: the only module of the crate that contains `unsafe` code or raw system calls.
+//!
+//! Everything above this module is safe Rust. Each file below opens with its safety contract and each
+//! `unsafe` block carries a `// SAFETY:` line stating the invariant it relies on.
+//!
+//! Every backend provides:
+//! - descriptors: [`socketpair`], [`pipe`], [`poll`], `send_frame` / `recv_into_spare` with `SCM_RIGHTS`,
+//!   socket options, `fcntl` helpers;
+//! - processes: [`fork`](process::fork), a `posix_spawn` of the running executable, pidfds,
+//!   `waitid`, signals, the parent-death *lifeline*, `_exit`;
+//! - entry: the `.init_array` constructor that turns a re-executed copy of this program into a child
+//!   or a fork server before `main` runs, and the translation of function pointers into offsets that
+//!   survive address-space randomisation.
+//!
+//! Only Linux is supported today: the crate relies on pidfds, `memfd`, `SCM_RIGHTS`, `F_SETSIG`,
+//! and futexes on shared memory. A port needs a file beside `linux/` that provides the same items.
+
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "multiprocess currently supports Linux only (it needs pidfds, F_SETSIG and SCM_RIGHTS)"
+);
+
+mod linux;
+pub(crate) use linux::*;
