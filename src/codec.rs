@@ -29,53 +29,75 @@ fn options() -> impl Options {
 /// Encodes `value`, collecting the descriptors of the objects it contains. The descriptors are
 /// borrowed from `value`: send them before `value` is dropped.
 pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<(Vec<u8>, Vec<RawFd>), String> {
-    OUTGOING.with(|o| o.borrow_mut().push(Some(Vec::new())));
-    let bytes = options().serialize(value);
-    let fds = OUTGOING.with(|o| o.borrow_mut().pop().flatten().unwrap_or_default());
+    // `try_with`: this also runs from the at-exit handler, after thread-locals are destroyed; then
+    // values simply cannot carry descriptors.
+    let _ = OUTGOING.try_with(|o| o.borrow_mut().push(Some(Vec::new())));
+    // `serialize_into`, not `serialize`: the latter runs a size-counting pass first, which would run
+    // every `Serialize` impl (and register every descriptor) twice.
+    let mut buf = Vec::new();
+    let bytes = options().serialize_into(&mut buf, value).map(|()| buf);
+    let fds = OUTGOING
+        .try_with(|o| o.borrow_mut().pop().flatten().unwrap_or_default())
+        .unwrap_or_default();
     bytes.map(|b| (b, fds)).map_err(|e| e.to_string())
+}
+
+/// The descriptors `value` would send, without producing its bytes (a size-counting pass).
+pub(crate) fn collect_fds<T: Serialize + ?Sized>(value: &T) -> Vec<RawFd> {
+    let _ = OUTGOING.try_with(|o| o.borrow_mut().push(Some(Vec::new())));
+    let _ = options().serialized_size(value);
+    OUTGOING
+        .try_with(|o| o.borrow_mut().pop().flatten().unwrap_or_default())
+        .unwrap_or_default()
 }
 
 /// Decodes a `T` from `bytes`, giving objects inside it the descriptors in `fds` (by index).
 /// Descriptors no object claimed are closed.
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<T, String> {
-    INCOMING.with(|i| i.borrow_mut().push(fds.into_iter().map(Some).collect()));
+    let _ = INCOMING.try_with(|i| i.borrow_mut().push(fds.into_iter().map(Some).collect()));
     // The limit bounds every length prefix inside the payload by the payload's own size, so a forged
     // inner length cannot make bincode allocate more than the message holds.
     let value = options().with_limit(bytes.len() as u64).deserialize(bytes);
-    INCOMING.with(|i| i.borrow_mut().pop());
+    let _ = INCOMING.try_with(|i| i.borrow_mut().pop());
     value.map_err(|e| e.to_string())
 }
 
 /// Called by `Serialize` impls of descriptor-owning objects: registers `fd` for the message being
 /// encoded and returns its index, or `None` when no encode of this crate is running.
 pub(crate) fn push_fd(fd: BorrowedFd<'_>) -> Option<u32> {
-    OUTGOING.with(|o| {
-        let mut o = o.borrow_mut();
-        let list = o.last_mut()?.as_mut()?;
-        list.push(fd.as_raw_fd());
-        Some(list.len() as u32 - 1)
-    })
+    OUTGOING
+        .try_with(|o| {
+            let mut o = o.borrow_mut();
+            let list = o.last_mut()?.as_mut()?;
+            list.push(fd.as_raw_fd());
+            Some(list.len() as u32 - 1)
+        })
+        .ok()
+        .flatten()
 }
 
 /// Called by `Deserialize` impls: takes the received descriptor at `index`.
 pub(crate) fn take_fd(index: u32) -> Result<OwnedFd, String> {
-    INCOMING.with(|i| {
-        let mut i = i.borrow_mut();
-        let Some(table) = i.last_mut() else {
-            return Err(
-                "descriptor-carrying objects can only be decoded by multiprocess".to_string(),
-            );
-        };
-        match table.get_mut(index as usize) {
-            Some(slot) => slot
-                .take()
-                .ok_or_else(|| format!("descriptor {index} claimed twice")),
-            None => Err(format!(
-                "message refers to descriptor {index}, but only {} arrived",
-                table.len()
-            )),
-        }
-    })
+    let gone = || "descriptor-carrying objects cannot be decoded during thread exit".to_string();
+    INCOMING
+        .try_with(|i| {
+            let mut i = i.borrow_mut();
+            let Some(table) = i.last_mut() else {
+                return Err(
+                    "descriptor-carrying objects can only be decoded by multiprocess".to_string(),
+                );
+            };
+            match table.get_mut(index as usize) {
+                Some(slot) => slot
+                    .take()
+                    .ok_or_else(|| format!("descriptor {index} claimed twice")),
+                None => Err(format!(
+                    "message refers to descriptor {index}, but only {} arrived",
+                    table.len()
+                )),
+            }
+        })
+        .unwrap_or_else(|_| Err(gone()))
 }
 
 #[cfg(test)]
@@ -98,6 +120,14 @@ mod tests {
         // A Vec<u8> claiming 2^60 elements in an 8-byte payload.
         let bytes = (1u64 << 60).to_le_bytes();
         assert!(decode::<Vec<u8>>(&bytes, vec![]).is_err());
+    }
+
+    #[test]
+    fn descriptors_are_collected_once() {
+        let (a, _b) = crate::pipe().unwrap();
+        let (_, fds) = encode(&vec![&a, &a]).unwrap();
+        assert_eq!(fds.len(), 2);
+        assert_eq!(collect_fds(&(&a, 1u8)).len(), 1);
     }
 
     #[test]

@@ -4,6 +4,7 @@ pub mod frame;
 
 use crate::codec;
 use crate::error::{RecvError, SendError};
+use crate::process::state::TrackedFd;
 use crate::sys;
 use frame::{Header, MAX_HEADER_LEN, decode_header, encode_header};
 use serde::de::DeserializeOwned;
@@ -76,6 +77,10 @@ pub fn pipe_oneway() -> io::Result<(Connection, Connection)> {
 /// may contain other connections (and later locks, queues, shared memory), whose descriptors travel
 /// beside the bytes (`SCM_RIGHTS`).
 ///
+/// Typed messages are encoded with bincode, which is not self-describing: the receiver must ask for the
+/// type that was sent (or one with the same encoding). A mismatch is usually caught as
+/// [`RecvError::Decode`], but not always (for example `[T; 2]` and `(T, T)` encode alike).
+///
 /// `send*` and `recv*` take `&self`: one thread may send while another receives, and concurrent
 /// senders never interleave their messages.
 ///
@@ -104,7 +109,7 @@ pub fn pipe_oneway() -> io::Result<(Connection, Connection)> {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct Connection {
-    fd: Option<OwnedFd>,
+    fd: Option<TrackedFd>,
     readable: bool,
     writable: bool,
     socket: bool,
@@ -135,7 +140,7 @@ impl Connection {
     pub(crate) fn from_parts(fd: OwnedFd, readable: bool, writable: bool) -> Connection {
         let socket = sys::is_socket(fd.as_fd());
         Connection {
-            fd: Some(fd),
+            fd: Some(TrackedFd::new(fd)),
             readable,
             writable,
             socket,
@@ -171,6 +176,27 @@ impl Connection {
             .as_ref()
             .map(|f| f.as_fd())
             .ok_or_else(|| io::Error::other("connection is closed"))
+    }
+
+    /// A second handle on the same end (a `dup` of its descriptor), with the same direction. Messages
+    /// sent through either handle go to the same peer; hand one to each of several children.
+    ///
+    /// Each handle frames its own messages, so two handles may send concurrently without interleaving
+    /// bytes only if each message is sent in one piece (the kernel does not promise that for large
+    /// messages); receive through one handle at a time.
+    ///
+    /// # Examples
+    /// ```
+    /// let (a, b) = multiprocess::pipe()?;
+    /// let a2 = a.try_clone()?;
+    /// a.send(&1u8)?;
+    /// a2.send(&2u8)?;
+    /// assert_eq!((b.recv::<u8>()?, b.recv::<u8>()?), (1, 2));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn try_clone(&self) -> io::Result<Connection> {
+        let fd = sys::dup_cloexec(self.fd()?, 0)?;
+        Ok(Connection::from_parts(fd, self.readable, self.writable))
     }
 
     /// Whether this end can receive (false for the write end of a one-way pipe, or once closed).
@@ -595,7 +621,7 @@ impl AsRawFd for Connection {
 impl fmt::Debug for Connection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Connection")
-            .field("fd", &self.fd.as_ref().map(|f| f.as_raw_fd()))
+            .field("fd", &self.fd.as_ref().map(|f| f.as_fd().as_raw_fd()))
             .field("readable", &self.readable)
             .field("writable", &self.writable)
             .finish()

@@ -11,8 +11,8 @@ use crate::error::RecvError;
 use crate::sys::{self, FnPtr, WaitStatus};
 use bootstrap::{Boot, TAG_FAILED, TAG_PANICKED, TAG_RETURNED};
 use registry::{ChildEntry, Reaper};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::io::{self, Write};
 use std::marker::PhantomData;
@@ -36,7 +36,7 @@ use thiserror::Error;
 ///
 /// Under `Spawn` and `ForkServer` the function must live in the executable itself (not in a shared
 /// library loaded later): the child finds it by its offset inside the executable image.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum StartMethod {
     /// `fork()` the calling process.
     Fork,
@@ -267,17 +267,10 @@ impl Builder {
         };
         let (here, there) = sys::socketpair()?;
         let (life_r, life_w) = sys::pipe()?;
+        let life_w = state::TrackedFd::new(life_w);
         let (pid, pidfd, reaper) = match method {
             StartMethod::Fork => {
-                let (pid, pidfd) = fork_child(
-                    f,
-                    arg,
-                    there,
-                    life_r,
-                    life_w.as_raw_fd(),
-                    &name,
-                    self.daemon,
-                )?;
+                let (pid, pidfd) = fork_child(f, arg, there, life_r, &name, self.daemon)?;
                 (pid, pidfd, Reaper::Direct)
             }
             StartMethod::Spawn | StartMethod::ForkServer => {
@@ -354,26 +347,37 @@ impl Builder {
 }
 
 /// The fork start method: the child runs `f(arg)` from its copy of our memory.
-fn fork_child<A, R: Serialize>(
+fn fork_child<A: Serialize, R: Serialize>(
     f: fn(A) -> R,
     arg: A,
     there: OwnedFd,
     life_r: OwnedFd,
-    life_w: std::os::fd::RawFd,
     name: &str,
     daemon: bool,
 ) -> io::Result<(i32, OwnedFd)> {
     // Flush our buffered output now, or the child would print a second copy of it.
     let _ = io::stdout().flush();
+    let keep = codec::collect_fds(&arg);
     let parent = (sys::getpid(), state::lock().name());
     let name = name.to_string();
+    // Both locks are held across fork(), so the child finds both consistent and releases them itself.
     let mut guard = state::lock();
+    let mut owned = state::owned_fds();
     let pid = sys::fork_then(move || {
-        // Child. Only this thread exists; the state lock is held by it (taken before the fork).
+        // Child. Only this thread exists. Release every crate descriptor that was not handed to us
+        // (other children's pipes, lifelines, the fork server's socket): see `state::owned_fds`.
+        let stale: Vec<_> = owned
+            .iter()
+            .copied()
+            .filter(|fd| !keep.contains(fd))
+            .collect();
+        for fd in &stale {
+            let _ = sys::neuter(*fd);
+            owned.remove(fd);
+        }
+        drop(owned);
         guard.become_child(name, daemon, parent);
         drop(guard);
-        // Our copy of our own lifeline's write end must go, or the lifeline could never break.
-        drop(sys::adopt_inherited(life_w));
         if !sys::arm_lifeline(life_r.as_fd()).unwrap_or(false) {
             sys::exit_now(bootstrap::EXIT_BOOT_FAILED);
         }

@@ -28,7 +28,7 @@ pub(crate) struct ChildEntry {
     pub(crate) reaper: Reaper,
     pub(crate) status: Mutex<Option<WaitStatus>>,
     /// Write end of the lifeline pipe; closing it (with this process) sends the child SIGKILL.
-    pub(crate) lifeline: Mutex<Option<OwnedFd>>,
+    pub(crate) lifeline: Mutex<Option<super::state::TrackedFd>>,
 }
 
 impl ChildEntry {
@@ -113,7 +113,8 @@ pub(crate) fn active() -> Vec<Arc<ChildEntry>> {
 }
 
 extern "C" fn exit_handler() {
-    join_children_at_exit();
+    // A panic cannot unwind out of an `extern "C"` function (it would abort the exiting process).
+    let _ = std::panic::catch_unwind(join_children_at_exit);
 }
 
 /// What a normal exit does, as in Python: daemon children get SIGTERM, then every child is waited for.

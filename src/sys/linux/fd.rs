@@ -200,8 +200,7 @@ pub(crate) fn send_vectored(
             let cmsg = libc::CMSG_FIRSTHDR(&msg);
             (*cmsg).cmsg_level = libc::SOL_SOCKET;
             (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-            (*cmsg).cmsg_len =
-                libc::CMSG_LEN(mem::size_of_val(fds) as u32) as usize;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(mem::size_of_val(fds) as u32) as usize;
             std::ptr::copy_nonoverlapping(
                 fds.as_ptr(),
                 libc::CMSG_DATA(cmsg).cast::<RawFd>(),
@@ -312,6 +311,9 @@ fn recvmsg_raw(
         let r = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, flags) };
         match cvt_size(r) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            // The peer closed (or died) with data we had sent it still unread: for us that is plain
+            // end-of-file.
+            Err(e) if e.raw_os_error() == Some(libc::ECONNRESET) => break 0,
             other => break other?,
         }
     };
@@ -342,6 +344,21 @@ fn recvmsg_raw(
         ));
     }
     Ok(n)
+}
+
+/// Atomically replaces descriptor `fd` with `/dev/null` (close-on-exec). Used in a forked child on
+/// descriptors it inherited but was not given: the object behind the number is released (so its peer
+/// can see end-of-file), while the number stays occupied, so a stale owner that closes it later cannot
+/// close someone else's descriptor.
+pub(crate) fn neuter(fd: RawFd) -> io::Result<()> {
+    // SAFETY: the path is a NUL-terminated literal.
+    let null = cvt(unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) })?;
+    // SAFETY: dup3 onto `fd` closes whatever `fd` named and installs /dev/null there; `null` is ours and
+    // is closed right after.
+    let r = unsafe { libc::dup3(null, fd, libc::O_CLOEXEC) };
+    // SAFETY: `null` is the descriptor opened above and owned by nobody else.
+    unsafe { libc::close(null) };
+    cvt(r).map(drop)
 }
 
 /// Takes ownership of a descriptor number inherited from the parent (named by an environment variable).

@@ -1,0 +1,459 @@
+//! A guided tour of `multiprocess`: every part built so far, run for real, with what each step did and
+//! how long it took.
+//!
+//! ```text
+//! cargo run --release --example tour
+//! ```
+//!
+//! Each section shows one part of the library and prints measured values (pids, return values, wall
+//! times, error messages as the library formats them). Sections for synchronization primitives, shared
+//! memory, queues, pools and managers join as those parts land. The whole tour takes about a second.
+
+use multiprocess::{
+    Connection, Process, RecvError, SendError, StartMethod, active_children, cpu_count,
+    current_process, get_start_method, parent_process, pipe, pipe_oneway,
+};
+use serde::{Deserialize, Serialize};
+use std::error::Error;
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+type Result<T = (), E = Box<dyn Error>> = std::result::Result<T, E>;
+
+fn main() -> Result {
+    let me = current_process();
+    println!(
+        "multiprocess tour: {} is pid {}, {} CPUs, default start method {}",
+        me.name,
+        me.pid,
+        cpu_count(),
+        get_start_method()
+    );
+    println!("parent_process() here: {:?}", parent_process());
+    let t = Instant::now();
+
+    section("1. Processes");
+    start_methods()?;
+    panicking_child()?;
+    exiting_child()?;
+    killed_child()?;
+    join_with_timeout()?;
+    listing_children()?;
+
+    section("2. Pipes and connections");
+    duplex_round_trip()?;
+    one_way()?;
+    end_of_file()?;
+    errors_from_bad_input()?;
+    passing_connections()?;
+    polling()?;
+
+    section("Still to come");
+    println!("   sync primitives and shared memory, queues, pool, manager, listener/client");
+    println!("\ntour finished in {}", ms(t.elapsed()));
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------
+// 1. Processes
+
+/// What a child reports about itself.
+#[derive(Debug, Serialize, Deserialize)]
+struct Who {
+    pid: i32,
+    name: String,
+    /// The process that asked for this child, as `parent_process()` says.
+    parent_pid: i32,
+    /// What the OS says (`getppid()`); under forkserver it is the fork server.
+    os_ppid: u32,
+    reply: String,
+}
+
+fn whoami(greeting: String) -> Who {
+    let me = current_process();
+    Who {
+        pid: me.pid,
+        parent_pid: parent_process().map_or(0, |p| p.pid),
+        os_ppid: std::os::unix::process::parent_id(),
+        reply: format!("{greeting}, back from {}", me.name),
+        name: me.name,
+    }
+}
+
+fn nothing(_: ()) {}
+
+fn start_methods() -> Result {
+    step("Start methods: `Process::builder().start_method(m).spawn(whoami, ..)?.join()?`");
+    println!(
+        "   {:<11} {:>7} {:>8} {:>8}  {:<17} {:>10} {:>13}",
+        "method", "pid", "parent", "getppid", "name", "first run", "median of 20"
+    );
+    for method in StartMethod::ALL {
+        let t = Instant::now();
+        let p = Process::builder()
+            .name(format!("{method}-child"))
+            .start_method(method)
+            .spawn(whoami, "hello".to_string())?;
+        let who = p.join()?;
+        let first = t.elapsed();
+        let median = median_of(20, || {
+            let t = Instant::now();
+            Process::builder()
+                .start_method(method)
+                .spawn(nothing, ())?
+                .join()?;
+            Ok(t.elapsed())
+        })?;
+        println!(
+            "   {:<11} {:>7} {:>8} {:>8}  {:<17} {:>10} {:>13}",
+            method.name(),
+            who.pid,
+            who.parent_pid,
+            who.os_ppid,
+            who.name,
+            ms(first),
+            ms(median)
+        );
+        if method == StartMethod::ForkServer {
+            println!("   returned: {who:?}");
+        }
+    }
+    println!(
+        "   (first forkserver start includes starting the server; its children's getppid() is the server)"
+    );
+    Ok(())
+}
+
+fn explode(index: usize) -> u32 {
+    // The default hook prints the panic (and, with RUST_BACKTRACE set, a backtrace) to stderr, as
+    // Python prints a child's traceback. One line is enough here.
+    std::panic::set_hook(Box::new(|info| {
+        let at = info.location().map(|l| format!(" at line {}", l.line()));
+        eprintln!("   [child's stderr] panicked{}", at.unwrap_or_default());
+    }));
+    let v = [1, 2, 3];
+    v[index % 8] // panics for index 7
+}
+
+fn panicking_child() -> Result {
+    step("A child that panics: the message comes back with the error");
+    let p = Process::spawn(explode, 7)?;
+    let pid = p.pid();
+    std::io::stdout().flush()?;
+    let err = p.join().expect_err("the child panics");
+    println!("   join() -> Err({err:?})");
+    println!("   message: {err}");
+    println!("   exitcode: {:?} (pid {pid})", err.exitcode());
+    Ok(())
+}
+
+fn exit_with(code: i32) {
+    std::process::exit(code);
+}
+
+fn exiting_child() -> Result {
+    step("A child that calls std::process::exit(3) before returning");
+    let err = Process::spawn(exit_with, 3)?.join().expect_err("no result");
+    println!(
+        "   join() -> Err({err:?}): {err}; exitcode {:?}",
+        err.exitcode()
+    );
+    Ok(())
+}
+
+fn sleep_ms(ms: u64) {
+    std::thread::sleep(Duration::from_millis(ms));
+}
+
+fn killed_child() -> Result {
+    step("kill(): a child sleeping for 10 s");
+    let mut p = Process::spawn(sleep_ms, 10_000)?;
+    let t = Instant::now();
+    p.kill()?;
+    let err = p.join_timeout(Duration::from_secs(5)).expect_err("killed");
+    println!(
+        "   kill() + join_timeout(5 s) -> Err({err:?}) after {}: {err}",
+        ms(t.elapsed())
+    );
+    println!(
+        "   exitcode: {:?} (Process::exitcode() says {:?}), is_alive() = {}",
+        err.exitcode(),
+        p.exitcode(),
+        p.is_alive()
+    );
+    Ok(())
+}
+
+fn join_with_timeout() -> Result {
+    step("join_timeout on a child that sleeps 300 ms");
+    let mut p = Process::spawn(sleep_ms, 300)?;
+    let t = Instant::now();
+    let r = p.join_timeout(Duration::from_millis(50))?;
+    println!(
+        "   join_timeout(50 ms) -> {r:?} after {}; is_alive() = {}, exitcode() = {:?}",
+        ms(t.elapsed()),
+        p.is_alive(),
+        p.exitcode()
+    );
+    let r = p.join_timeout(Duration::from_secs(5))?;
+    println!(
+        "   join_timeout(5 s)   -> {r:?} after {}; is_alive() = {}, exitcode() = {:?}",
+        ms(t.elapsed()),
+        p.is_alive(),
+        p.exitcode()
+    );
+    Ok(())
+}
+
+fn listing_children() -> Result {
+    step("active_children()");
+    let sleepers = (0..3)
+        .map(|i| {
+            Process::builder()
+                .name(format!("sleeper-{i}"))
+                .daemon(i == 2)
+                .spawn(sleep_ms, 100)
+        })
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let list: Vec<String> = active_children()
+        .iter()
+        .map(|c| {
+            let daemon = if c.daemon { ", daemon" } else { "" };
+            format!("{} (pid {}{daemon})", c.name, c.pid)
+        })
+        .collect();
+    println!("   while running: [{}]", list.join(", "));
+    for p in sleepers {
+        p.join()?;
+    }
+    println!("   after join:    {:?}", active_children());
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------
+// 2. Pipes and connections
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Order {
+    id: u32,
+    item: String,
+    prices: Vec<f64>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Receipt {
+    id: u32,
+    total: f64,
+    handled_by: i32,
+}
+
+/// Answers one typed `Order`, then echoes raw byte messages until end-of-file. Returns how many.
+fn echo(conn: Connection) -> u64 {
+    let order: Order = conn.recv().expect("an order");
+    let receipt = Receipt {
+        id: order.id,
+        total: order.prices.iter().sum(),
+        handled_by: current_process().pid,
+    };
+    conn.send(&receipt).expect("send receipt");
+    let mut n = 0;
+    while let Ok(msg) = conn.recv_bytes() {
+        conn.send_bytes(&msg).expect("echo");
+        n += 1;
+    }
+    n
+}
+
+fn duplex_round_trip() -> Result {
+    step("Duplex pipe: typed values and raw bytes to a child and back");
+    let (here, there) = pipe()?;
+    let child = Process::spawn(echo, there)?;
+    let order = Order {
+        id: 42,
+        item: "tea".into(),
+        prices: vec![1.5, 2.25, 0.25],
+    };
+    println!("   send  {order:?}");
+    here.send(&order)?;
+    let receipt: Receipt = here.recv()?;
+    println!("   recv  {receipt:?}");
+
+    const ROUNDS: u32 = 2000;
+    let mut times = Vec::with_capacity(ROUNDS as usize);
+    for i in 0..ROUNDS {
+        let t = Instant::now();
+        here.send_bytes(&u64::from(i).to_le_bytes())?;
+        let back = here.recv_bytes()?;
+        times.push(t.elapsed());
+        assert_eq!(back, u64::from(i).to_le_bytes());
+    }
+    times.sort();
+    println!(
+        "   {ROUNDS} round trips of 8 raw bytes: median {}, p99 {}",
+        us(times[times.len() / 2]),
+        us(times[times.len() * 99 / 100])
+    );
+    drop(here);
+    println!(
+        "   we drop our end; the child sees end-of-file and returns {}",
+        child.join()?
+    );
+    Ok(())
+}
+
+fn one_way() -> Result {
+    step("One-way pipe (Pipe(duplex=False)): each end only one way");
+    let (rx, tx) = pipe_oneway()?;
+    tx.send(&[1u16, 2, 3])?;
+    println!(
+        "   tx.send(&[1, 2, 3]); rx.recv() -> {:?}",
+        rx.recv::<[u16; 3]>()?
+    );
+    let e: SendError = rx.send(&0).unwrap_err();
+    println!("   rx.send(..)  -> Err({e:?}): {e}");
+    let e: RecvError = tx.recv::<u32>().unwrap_err();
+    println!("   tx.recv()    -> Err({e:?}): {e}");
+    Ok(())
+}
+
+fn send_three(conn: Connection) {
+    for word in ["one", "two", "three"] {
+        conn.send(word).expect("send");
+    }
+    // `conn` is dropped when the function returns: the parent sees end-of-file.
+}
+
+fn end_of_file() -> Result {
+    step("End of file: a child sends three messages and returns");
+    let (here, there) = pipe()?;
+    let child = Process::spawn(send_three, there)?;
+    let mut got = Vec::new();
+    let err = loop {
+        match here.recv::<String>() {
+            Ok(s) => got.push(s),
+            Err(e) => break e,
+        }
+    };
+    child.join()?;
+    println!(
+        "   received {got:?}, then Err({err:?}): {err}; is_disconnect() = {}",
+        err.is_disconnect()
+    );
+    Ok(())
+}
+
+fn errors_from_bad_input() -> Result {
+    step("Messages that do not fit, and a hostile peer");
+    let (a, b) = pipe()?;
+    a.send_bytes(b"twelve bytes")?;
+    let mut buf = [0u8; 4];
+    match b.recv_bytes_into(&mut buf) {
+        Err(RecvError::BufferTooShort(msg)) => println!(
+            "   recv_bytes_into(4-byte buffer) -> Err(BufferTooShort): the message is handed back: {:?}",
+            String::from_utf8_lossy(&msg)
+        ),
+        other => println!("   unexpected: {other:?}"),
+    }
+    a.send_bytes(&[0; 1000])?;
+    let e = b.recv_bytes_max(100).unwrap_err();
+    println!("   recv_bytes_max(100) of 1000 bytes -> Err(TooLong): {e}");
+
+    // A peer that writes raw bytes instead of frames.
+    let (mut raw, theirs) = UnixStream::pair()?;
+    let conn = Connection::from_fd(theirs.into());
+    raw.write_all(&(-2i32).to_be_bytes())?;
+    let e = conn.recv_bytes().unwrap_err();
+    println!("   header announcing length -2 -> Err(Protocol): {e}");
+
+    let (mut raw, theirs) = UnixStream::pair()?;
+    let conn = Connection::from_fd(theirs.into());
+    raw.write_all(&(1u32 << 30).to_be_bytes())?; // announces 1 GiB...
+    raw.write_all(b"short")?; // ...sends 5 bytes and hangs up
+    drop(raw);
+    let t = Instant::now();
+    let e = conn.recv_bytes().unwrap_err();
+    println!(
+        "   header announcing 1 GiB, 5 bytes, hang-up -> Err(Truncated) in {}: {e}",
+        ms(t.elapsed())
+    );
+    Ok(())
+}
+
+/// Receives a connection inside a message and answers through it.
+fn relay(control: Connection) -> i32 {
+    let conn: Connection = control.recv().expect("a connection");
+    let fd = conn.as_raw_fd();
+    conn.send(&format!(
+        "hello through a connection that came in a message (fd {fd} in pid {})",
+        std::process::id()
+    ))
+    .expect("send");
+    fd
+}
+
+fn passing_connections() -> Result {
+    step("Descriptor passing: a Connection sent through another Connection");
+    let (control, control_there) = pipe()?;
+    let child = Process::spawn(relay, control_there)?;
+    let (mine, theirs) = pipe()?;
+    let fd = theirs.as_raw_fd();
+    control.send(&theirs)?;
+    drop(theirs); // the child has its own handle now
+    let msg: String = mine.recv()?;
+    println!("   sent the end with fd {fd} in pid {}", std::process::id());
+    println!("   recv: {msg:?}");
+    child.join()?;
+    Ok(())
+}
+
+fn send_later(conn: Connection) {
+    sleep_ms(100);
+    conn.send("ready").expect("send");
+}
+
+fn polling() -> Result {
+    step("poll(timeout): is a message waiting?");
+    let (here, there) = pipe()?;
+    let child = Process::spawn(send_later, there)?;
+    let t = Instant::now();
+    let ready = here.poll(Duration::from_millis(20))?;
+    println!("   poll(20 ms) -> {ready} after {}", ms(t.elapsed()));
+    let ready = here.poll(Duration::from_secs(5))?;
+    println!(
+        "   poll(5 s)   -> {ready} after {} (the child sends at 100 ms): {:?}",
+        ms(t.elapsed()),
+        here.recv::<String>()?
+    );
+    child.join()?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Helpers
+
+fn section(title: &str) {
+    println!(
+        "\n== {title} {}",
+        "=".repeat(70usize.saturating_sub(title.len()))
+    );
+}
+
+fn step(title: &str) {
+    println!("\n-- {title}");
+}
+
+fn median_of(n: usize, mut f: impl FnMut() -> Result<Duration>) -> Result<Duration> {
+    let mut v = (0..n).map(|_| f()).collect::<Result<Vec<_>>>()?;
+    v.sort();
+    Ok(v[n / 2])
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+fn us(d: Duration) -> String {
+    format!("{:.1} µs", d.as_secs_f64() * 1e6)
+}

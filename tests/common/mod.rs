@@ -1,0 +1,61 @@
+//! Shared helpers for the integration tests: bounded joins and process inspection.
+#![allow(dead_code, unreachable_pub)]
+
+use multiprocess::{Process, ProcessError, StartMethod};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::time::{Duration, Instant};
+
+/// Every test that starts processes gives them this long at most.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Joins `p` within [`DEADLINE`]; on timeout kills it, reaps it, and fails the test.
+pub fn join<R: DeserializeOwned>(mut p: Process<R>) -> Result<R, ProcessError> {
+    match p.join_timeout(DEADLINE) {
+        Ok(Some(r)) => Ok(r),
+        Ok(None) => {
+            let _ = p.kill();
+            let _ = p.join_timeout(Duration::from_secs(10));
+            panic!("child {} did not finish within {DEADLINE:?}", p.pid());
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Starts `f(arg)` under `method`.
+pub fn start<A, R>(method: StartMethod, f: fn(A) -> R, arg: A) -> Process<R>
+where
+    A: Serialize + DeserializeOwned,
+    R: Serialize + DeserializeOwned,
+{
+    Process::builder()
+        .start_method(method)
+        .spawn(f, arg)
+        .expect("spawn")
+}
+
+/// Whether `pid` names a live (not zombie) process.
+pub fn pid_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat
+                .rsplit(')')
+                .next()
+                .and_then(|s| s.split_whitespace().next());
+            !matches!(state, Some("Z") | Some("X"))
+        }
+        Err(_) => false,
+    }
+}
+
+/// Waits up to [`DEADLINE`] for `cond`.
+pub fn eventually(mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + DEADLINE;
+    while Instant::now() < end {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    false
+}
