@@ -35,7 +35,8 @@ fn messages_keep_their_boundaries() {
 #[test]
 fn typed_values_round_trip() {
     let (a, b) = pipe().unwrap();
-    a.send(&(1u8, -2i64, "three", vec![4.0f32], Some('5'))).unwrap();
+    a.send(&(1u8, -2i64, "three", vec![4.0f32], Some('5')))
+        .unwrap();
     let v: (u8, i64, String, Vec<f32>, Option<char>) = b.recv().unwrap();
     assert_eq!(v, (1, -2, "three".to_string(), vec![4.0], Some('5')));
     b.send(&()).unwrap();
@@ -75,7 +76,12 @@ fn eof_at_a_boundary_and_inside_a_message() {
     drop(raw);
     assert_eq!(c.recv_bytes().unwrap(), b"hi");
     match c.recv_bytes() {
-        Err(e @ RecvError::Truncated { received: 5, expected: 14 }) => assert!(e.is_disconnect()),
+        Err(
+            e @ RecvError::Truncated {
+                received: 5,
+                expected: 14,
+            },
+        ) => assert!(e.is_disconnect()),
         other => panic!("{other:?}"),
     }
     // The stream cannot be trusted after that.
@@ -84,12 +90,21 @@ fn eof_at_a_boundary_and_inside_a_message() {
     let (c, mut raw) = raw_peer();
     raw.write_all(&[0, 0]).unwrap(); // half a header
     drop(raw);
-    assert!(matches!(c.recv_bytes(), Err(RecvError::Truncated { received: 2, expected: 4 })));
+    assert!(matches!(
+        c.recv_bytes(),
+        Err(RecvError::Truncated {
+            received: 2,
+            expected: 4
+        })
+    ));
 
     let (c, raw) = raw_peer();
     drop(raw);
     assert!(matches!(c.recv_bytes(), Err(RecvError::Eof)));
-    assert!(c.poll(Duration::ZERO).unwrap(), "end-of-file counts as ready");
+    assert!(
+        c.poll(Duration::ZERO).unwrap(),
+        "end-of-file counts as ready"
+    );
 }
 
 #[test]
@@ -97,7 +112,10 @@ fn forged_lengths_are_protocol_errors_not_allocations() {
     for bad in [-2i32, -100, i32::MIN] {
         let (c, mut raw) = raw_peer();
         raw.write_all(&bad.to_be_bytes()).unwrap();
-        assert!(matches!(c.recv_bytes(), Err(RecvError::Protocol(m)) if m.contains("negative")), "{bad}");
+        assert!(
+            matches!(c.recv_bytes(), Err(RecvError::Protocol(m)) if m.contains("negative")),
+            "{bad}"
+        );
     }
     // -1 then a 64-bit length beyond isize::MAX.
     let (c, mut raw) = raw_peer();
@@ -110,7 +128,10 @@ fn forged_lengths_are_protocol_errors_not_allocations() {
     raw.write_all(&(1u64 << 40).to_be_bytes()).unwrap();
     raw.write_all(b"tiny").unwrap();
     drop(raw);
-    assert!(matches!(c.recv_bytes(), Err(RecvError::Truncated { received: 16, .. })));
+    assert!(matches!(
+        c.recv_bytes(),
+        Err(RecvError::Truncated { received: 16, .. })
+    ));
 }
 
 #[test]
@@ -127,7 +148,10 @@ fn long_form_header_is_accepted() {
 fn too_long_leaves_the_connection_unreadable() {
     let (a, b) = pipe().unwrap();
     a.send_bytes(&[1; 50]).unwrap();
-    assert!(matches!(b.recv_bytes_max(49), Err(RecvError::TooLong { len: 50, max: 49 })));
+    assert!(matches!(
+        b.recv_bytes_max(49),
+        Err(RecvError::TooLong { len: 50, max: 49 })
+    ));
     assert!(matches!(b.recv_bytes(), Err(RecvError::Protocol(_))));
     // Sending still works.
     b.send_bytes(b"ok").unwrap();
@@ -176,8 +200,19 @@ fn send_bytes_range_checks_its_bounds() {
     assert_eq!(b.recv_bytes().unwrap(), b"");
     a.send_bytes_range(msg, 26, Some(0)).unwrap();
     assert_eq!(b.recv_bytes().unwrap(), b"");
-    for (offset, size) in [(27, None), (10, Some(30)), (usize::MAX, Some(2)), (2, Some(usize::MAX))] {
-        assert!(matches!(a.send_bytes_range(msg, offset, size), Err(SendError::Range { .. })), "{offset} {size:?}");
+    for (offset, size) in [
+        (27, None),
+        (10, Some(30)),
+        (usize::MAX, Some(2)),
+        (2, Some(usize::MAX)),
+    ] {
+        assert!(
+            matches!(
+                a.send_bytes_range(msg, offset, size),
+                Err(SendError::Range { .. })
+            ),
+            "{offset} {size:?}"
+        );
     }
     assert!(!b.poll(Duration::ZERO).unwrap());
 }
@@ -191,7 +226,10 @@ fn one_way_pipes_refuse_the_wrong_direction() {
     assert!(matches!(r.send(&1), Err(SendError::WrongDirection)));
     assert!(matches!(r.send_bytes(b"x"), Err(SendError::WrongDirection)));
     assert!(matches!(w.recv::<i32>(), Err(RecvError::WrongDirection)));
-    assert!(matches!(w.poll(Duration::ZERO), Err(RecvError::WrongDirection)));
+    assert!(matches!(
+        w.poll(Duration::ZERO),
+        Err(RecvError::WrongDirection)
+    ));
     assert!(r.readable() && !r.writable() && w.writable() && !w.readable());
 }
 
@@ -219,20 +257,38 @@ fn peer_gone_with_unread_data_is_end_of_file() {
 fn recv_timeout_waits_at_least_its_duration_and_loses_nothing() {
     let (c, mut raw) = raw_peer();
     let t = Instant::now();
-    assert!(matches!(c.recv_bytes_timeout(Duration::from_millis(50)), Err(RecvError::Timeout)));
+    assert!(matches!(
+        c.recv_bytes_timeout(Duration::from_millis(50)),
+        Err(RecvError::Timeout)
+    ));
     assert!(t.elapsed() >= Duration::from_millis(50));
     // Half a header, then a timeout, then the rest: the message arrives whole.
     raw.write_all(&[0, 0]).unwrap();
-    assert!(matches!(c.recv_bytes_timeout(Duration::from_millis(20)), Err(RecvError::Timeout)));
+    assert!(matches!(
+        c.recv_bytes_timeout(Duration::from_millis(20)),
+        Err(RecvError::Timeout)
+    ));
     raw.write_all(&[0, 6, b'a', b'b', b'c']).unwrap();
-    assert!(matches!(c.recv_bytes_timeout(Duration::from_millis(20)), Err(RecvError::Timeout)));
+    assert!(matches!(
+        c.recv_bytes_timeout(Duration::from_millis(20)),
+        Err(RecvError::Timeout)
+    ));
     raw.write_all(b"def").unwrap();
-    assert_eq!(c.recv_bytes_timeout(Duration::from_secs(5)).unwrap(), b"abcdef");
+    assert_eq!(
+        c.recv_bytes_timeout(Duration::from_secs(5)).unwrap(),
+        b"abcdef"
+    );
     // A typed message split the same way.
     let (a, b) = pipe().unwrap();
     a.send(&"typed").unwrap();
-    assert_eq!(b.recv_timeout::<String>(Duration::from_secs(5)).unwrap(), "typed");
-    assert!(matches!(b.recv_timeout::<String>(Duration::from_millis(10)), Err(RecvError::Timeout)));
+    assert_eq!(
+        b.recv_timeout::<String>(Duration::from_secs(5)).unwrap(),
+        "typed"
+    );
+    assert!(matches!(
+        b.recv_timeout::<String>(Duration::from_millis(10)),
+        Err(RecvError::Timeout)
+    ));
 }
 
 #[test]
@@ -274,7 +330,10 @@ fn too_many_descriptors_is_an_error_before_sending() {
     let (a, b) = pipe().unwrap();
     let many: Vec<Connection> = (0..254).map(|_| pipe().unwrap().0).collect();
     let r = a.send(&many);
-    assert!(matches!(r, Err(SendError::TooManyDescriptors(254))), "{r:?}");
+    assert!(
+        matches!(r, Err(SendError::TooManyDescriptors(254))),
+        "{r:?}"
+    );
     assert!(!b.poll(Duration::ZERO).unwrap());
 }
 
@@ -331,7 +390,10 @@ fn hundred_mebibyte_message_across_processes() {
         let p = start(m, stream_out, (there, 1, 100 << 20));
         let got = here.recv_bytes().unwrap();
         assert_eq!(got.len(), 100 << 20);
-        assert!(got.iter().enumerate().all(|(i, &b)| b == (i % 253) as u8), "{m}");
+        assert!(
+            got.iter().enumerate().all(|(i, &b)| b == (i % 253) as u8),
+            "{m}"
+        );
         join(p).unwrap();
         assert!(matches!(here.recv_bytes(), Err(RecvError::Eof)));
     }
@@ -352,10 +414,16 @@ fn peer_dying_mid_message_is_truncated_not_a_hang() {
         let (here, there) = pipe().unwrap();
         let p = start(m, die_mid_message, there);
         match here.recv_bytes() {
-            Err(RecvError::Truncated { received: 14, expected }) => assert_eq!(expected, 4 + (1 << 20)),
+            Err(RecvError::Truncated {
+                received: 14,
+                expected,
+            }) => assert_eq!(expected, 4 + (1 << 20)),
             other => panic!("{m}: {other:?}"),
         }
-        assert!(matches!(join(p), Err(multiprocess::ProcessError::Signaled { signal: 6 })));
+        assert!(matches!(
+            join(p),
+            Err(multiprocess::ProcessError::Signaled { signal: 6 })
+        ));
     }
 }
 
@@ -385,9 +453,16 @@ fn python_multiprocessing_connection_speaks_our_framing() {
     let path = dir.join("sock");
     let _ = std::fs::remove_file(&path);
     let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
-    let mut child = match std::process::Command::new(&python).arg("-c").arg(PY_PEER).arg(&path).spawn() {
+    let mut child = match std::process::Command::new(&python)
+        .arg("-c")
+        .arg(PY_PEER)
+        .arg(&path)
+        .spawn()
+    {
         Ok(c) => c,
-        Err(e) => panic!("this test needs python3 ({python}) as the peer and could not start it: {e}"),
+        Err(e) => {
+            panic!("this test needs python3 ({python}) as the peer and could not start it: {e}")
+        }
     };
     listener.set_nonblocking(false).unwrap();
     let (stream, _) = listener.accept().unwrap();
@@ -402,8 +477,14 @@ fn python_multiprocessing_connection_speaks_our_framing() {
     stream.shutdown(std::net::Shutdown::Write).unwrap();
     let r = conn;
     assert_eq!(r.recv_bytes_timeout(common::DEADLINE).unwrap(), b"");
-    assert_eq!(r.recv_bytes_timeout(common::DEADLINE).unwrap(), b"bye from python");
-    assert!(matches!(r.recv_bytes_timeout(common::DEADLINE), Err(RecvError::Eof)));
+    assert_eq!(
+        r.recv_bytes_timeout(common::DEADLINE).unwrap(),
+        b"bye from python"
+    );
+    assert!(matches!(
+        r.recv_bytes_timeout(common::DEADLINE),
+        Err(RecvError::Eof)
+    ));
     assert!(child.wait().unwrap().success());
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -25,7 +25,7 @@ use crate::sys::{self, WaitStatus};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Mutex;
 
 #[derive(Serialize, Deserialize)]
@@ -87,7 +87,7 @@ impl ForkServer {
     }
 
     /// Asks the server to fork a child that will bootstrap from `child_end`. Returns its pid and pidfd.
-    pub(crate) fn spawn_child(&self, child_end: OwnedFd) -> io::Result<(i32, OwnedFd)> {
+    pub(crate) fn spawn_child(&self, child_end: BorrowedFd<'_>) -> io::Result<(i32, OwnedFd)> {
         let mut c = self.client();
         let (bytes, _) = crate::codec::encode(&ToServer::Spawn).map_err(protocol)?;
         use std::os::fd::AsRawFd;
@@ -95,7 +95,6 @@ impl ForkServer {
             c.broken = true;
             return Err(io::Error::from(e));
         }
-        drop(child_end);
         loop {
             match c.read()? {
                 (FromServer::Spawned { pid }, mut fds) => {

@@ -117,12 +117,9 @@ pub fn get_start_method() -> StartMethod {
 ///
 /// # Examples
 /// ```
-/// fn main() -> std::io::Result<()> {
-///     multiprocess::init()?;
-///     // ...
-///     Ok(())
-/// }
-/// # main().unwrap();
+/// // First thing in `main`:
+/// multiprocess::init()?;
+/// # Ok::<(), std::io::Error>(())
 /// ```
 pub fn init() -> io::Result<()> {
     forkserver_handle().map(drop)
@@ -304,8 +301,17 @@ impl Builder {
                     drop(there);
                     (pid, sys::pidfd_open(pid)?, Reaper::Direct)
                 } else {
-                    let server = forkserver_handle()?;
-                    let (pid, pidfd) = server.spawn_child(there)?;
+                    let mut server = forkserver_handle()?;
+                    let spawned = match server.spawn_child(there.as_fd()) {
+                        // The server died (it was killed, say): start a new one and try once more.
+                        Err(_) if server.is_broken() => {
+                            server = forkserver_handle()?;
+                            server.spawn_child(there.as_fd())
+                        }
+                        other => other,
+                    };
+                    drop(there);
+                    let (pid, pidfd) = spawned?;
                     (pid, pidfd, Reaper::Server(server))
                 };
                 let mut fds = vec![life_r.as_raw_fd()];
@@ -510,8 +516,18 @@ impl<R: DeserializeOwned> Process<R> {
         }
         // The report is in (or never will be); now the exit itself.
         let status = loop {
-            if let Some(st) = self.entry.reap(false)? {
-                break st;
+            match self.entry.reap(false) {
+                Ok(Some(st)) => break st,
+                Ok(None) => {}
+                // The status is lost (the fork server that was this child's parent died), but the
+                // child has ended; its report, if any, is the answer.
+                Err(e) => match self.report.take() {
+                    Some(r) => {
+                        self.taken = true;
+                        return Ok(Some(r));
+                    }
+                    None => return Err(ProcessError::Io(e)),
+                },
             }
             if !sys::poll_readable(&[self.entry.pidfd.as_fd()], deadline)?[0] {
                 return Ok(None);

@@ -1,0 +1,259 @@
+//! Behaviours checked by CPython's `Lib/test/_test_multiprocessing.py`, in Rust terms.
+//!
+//! Where each applicable test of `_TestProcess`, `_TestConnection` and `_TestPoll` is ported:
+//!
+//! | CPython test | here |
+//! |---|---|
+//! | test_current, test_parent_process_attributes, test_daemon_argument | `process.rs::identity_inside_the_child` |
+//! | test_args_argument, test_process | `process.rs::returns_the_functions_value`, `join_timeout_*` |
+//! | test_parent_process (child sees its parent die) | `process.rs::children_die_with_their_parent` (here the child is killed) |
+//! | test_terminate, test_kill | `process.rs::kill_and_terminate_report_the_signal` |
+//! | test_cpu_count, test_active_children | `process.rs` |
+//! | test_recursion | `process.rs::children_can_have_children` |
+//! | test_sentinel | `process.rs::pidfd_identifies_the_child` |
+//! | test_many_processes | `process.rs::many_processes_some_terminated` |
+//! | test_child_fd_inflation | [`child_fd_inflation`] |
+//! | test_forkserver_sigkill | [`forkserver_killed_is_restarted`] |
+//! | test_sys_exit (subclassing) | `process.rs::exit_without_result_reports_the_code` |
+//! | test_connection | `connection.rs` (`typed_values_round_trip`, `recv_bytes_into_*`, `poll_*`, `closed_ends_*`) |
+//! | test_duplex_false | `connection.rs::one_way_pipes_refuse_the_wrong_direction` |
+//! | test_spawn_close | [`spawn_close`] |
+//! | test_sendbytes | `connection.rs::send_bytes_range_checks_its_bounds` |
+//! | test_fd_transfer, test_large_fd_transfer | `connection.rs::connections_travel_through_connections`, [`large_fd_transfer`] |
+//! | test_missing_fd_transfer | [`missing_fd_transfer`] |
+//! | _TestPoll test_empty_string, test_strings, test_boundaries, test_dont_merge | [`poll_strings_and_boundaries`], `connection.rs::messages_keep_their_boundaries` |
+//! | atexit joining of children (`util._exit_function`) | [`main_process_exit_joins_and_terminates_children`] |
+//!
+//! Not applicable: test_set_executable (no interpreter), test_close (Rust drops), test_lose_target_ref and
+//! test_wait_for_threads (Python object and thread lifetimes), test_error_on_stdio_flush_* (Python's
+//! stdio objects), test_process_mainthread_native_id.
+#![cfg(not(miri))]
+
+mod common;
+
+use common::{join, pid_alive, start};
+use multiprocess::{Connection, RecvError, StartMethod, pipe};
+use std::time::{Duration, Instant};
+
+fn count_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+fn fd_count_then_wait(args: (Connection, Connection)) {
+    let (report, gate) = args;
+    report.send(&count_fds()).unwrap();
+    let _ = gate.recv::<()>(); // until the parent says so (or goes away)
+}
+
+#[test]
+fn child_fd_inflation() {
+    // Children started with spawn or forkserver get only what they are given, however many of their
+    // siblings run. (Like CPython, not checked for fork, which inherits everything by design.)
+    for m in [StartMethod::Spawn, StartMethod::ForkServer] {
+        let mut procs = Vec::new();
+        let mut gates = Vec::new();
+        let mut counts = Vec::new();
+        for _ in 0..5 {
+            let (report, report_child) = pipe().unwrap();
+            let (gate, gate_child) = pipe().unwrap();
+            procs.push(start(m, fd_count_then_wait, (report_child, gate_child)));
+            counts.push(report.recv_timeout::<usize>(common::DEADLINE).unwrap());
+            gates.push(gate);
+        }
+        drop(gates);
+        for p in procs {
+            join(p).unwrap();
+        }
+        assert!(counts.windows(2).all(|w| w[0] == w[1]), "{m}: {counts:?}");
+    }
+}
+
+fn nothing(_: ()) {}
+
+#[test]
+fn starting_children_leaks_no_descriptor_in_the_parent() {
+    multiprocess::init().unwrap();
+    for m in StartMethod::ALL {
+        join(start(m, nothing, ())).unwrap(); // warm-up (the fork server's socket)
+    }
+    let before = count_fds();
+    for _ in 0..10 {
+        for m in StartMethod::ALL {
+            join(start(m, nothing, ())).unwrap();
+        }
+    }
+    // Other tests run concurrently in this process, so allow for their descriptors: a leak of one
+    // descriptor per child would show as 30.
+    let after = count_fds();
+    assert!(after < before + 20, "{before} -> {after}");
+}
+
+fn send_then_close(mut conn: Connection) {
+    conn.send_bytes(b"last words").unwrap();
+    conn.close();
+    std::thread::sleep(Duration::from_millis(100)); // still alive, but the end is closed
+}
+
+#[test]
+fn spawn_close() {
+    for m in StartMethod::ALL {
+        let (here, there) = pipe().unwrap();
+        let p = start(m, send_then_close, there);
+        assert_eq!(here.recv_bytes().unwrap(), b"last words");
+        assert!(matches!(here.recv_bytes(), Err(RecvError::Eof)), "{m}");
+        join(p).unwrap();
+    }
+}
+
+#[test]
+fn missing_fd_transfer() {
+    // A message that claims to carry a connection but came without a descriptor.
+    let (a, b) = pipe().unwrap();
+    let forged = bincode::serialize(&(0u32, true, true)).unwrap(); // the wire shape of a Connection
+    a.send_bytes(&forged).unwrap();
+    match b.recv::<Connection>() {
+        Err(RecvError::Decode(m)) => assert!(m.contains("descriptor"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    // The connection is still usable.
+    a.send(&1u8).unwrap();
+    assert_eq!(b.recv::<u8>().unwrap(), 1);
+}
+
+#[test]
+fn large_fd_transfer() {
+    // Descriptors numbered high travel as well.
+    let hold: Vec<_> = (0..600).map(|_| pipe().unwrap()).collect();
+    let (a, b) = pipe().unwrap();
+    let (x, y) = pipe().unwrap();
+    assert!(std::os::fd::AsRawFd::as_raw_fd(&y) > 1000);
+    a.send(&y).unwrap();
+    let y2: Connection = b.recv().unwrap();
+    x.send(&"high").unwrap();
+    assert_eq!(y2.recv::<String>().unwrap(), "high");
+    drop(hold);
+}
+
+#[test]
+fn poll_strings_and_boundaries() {
+    let (a, b) = pipe().unwrap();
+    let strings: [&[u8]; 6] = [b"hello", b"", b"a", b"b", b"", b"bye"];
+    for s in strings {
+        a.send_bytes(s).unwrap();
+    }
+    for s in strings {
+        assert!(b.poll(common::DEADLINE).unwrap());
+        assert_eq!(b.recv_bytes().unwrap(), s);
+    }
+    assert!(!b.poll(Duration::ZERO).unwrap());
+}
+
+fn parent_pid_of_self(_: ()) -> i32 {
+    std::os::unix::process::parent_id() as i32
+}
+
+#[test]
+fn forkserver_killed_is_restarted() {
+    let p = Process::builder()
+        .start_method(StartMethod::ForkServer)
+        .spawn(parent_pid_of_self, ())
+        .unwrap();
+    let server = join(p).unwrap();
+    assert_ne!(
+        server,
+        std::process::id() as i32,
+        "a fork server child's OS parent is the server"
+    );
+    let st = std::process::Command::new("kill")
+        .args(["-9", &server.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert!(common::eventually(|| !pid_alive(server)));
+    // The next children still start, from a new server.
+    for _ in 0..3 {
+        let p = Process::builder()
+            .start_method(StartMethod::ForkServer)
+            .spawn(parent_pid_of_self, ())
+            .unwrap();
+        assert_ne!(join(p).unwrap(), server);
+    }
+}
+
+use multiprocess::Process;
+
+fn sleeps(ms: u64) {
+    std::thread::sleep(Duration::from_millis(ms))
+}
+
+const EXIT_CASE: &str = "MULTIPROCESS_TEST_EXIT_CASE";
+
+#[test]
+fn main_process_exit_joins_and_terminates_children() {
+    if let Ok(case) = std::env::var(EXIT_CASE) {
+        // Child side: start one child, drop its handle, and let the test binary exit normally.
+        let (method, daemon) = case.split_once(',').unwrap();
+        let m: StartMethod = method.parse().unwrap();
+        let daemon = daemon == "daemon";
+        let p = Process::builder()
+            .daemon(daemon)
+            .start_method(m)
+            .spawn(sleeps, if daemon { 60_000 } else { 300 })
+            .unwrap();
+        println!("GRANDCHILD={}", p.pid());
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    for m in StartMethod::ALL {
+        for daemon in [false, true] {
+            let t = Instant::now();
+            let mut child = std::process::Command::new(&exe)
+                .args([
+                    "main_process_exit_joins_and_terminates_children",
+                    "--exact",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(
+                    EXIT_CASE,
+                    format!("{m},{}", if daemon { "daemon" } else { "normal" }),
+                )
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let end = Instant::now() + common::DEADLINE;
+            let status = loop {
+                if let Some(st) = child.try_wait().unwrap() {
+                    break st;
+                }
+                if Instant::now() > end {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("{m} daemon={daemon}: the exiting test binary did not finish");
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            };
+            let elapsed = t.elapsed();
+            let mut out = String::new();
+            std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut out).unwrap();
+            assert!(status.success(), "{m} daemon={daemon}: {status:?}\n{out}");
+            let pid: i32 = out
+                .lines()
+                .find_map(|l| l.split_once("GRANDCHILD=").map(|(_, p)| p))
+                .and_then(|p| p.trim().parse().ok())
+                .unwrap_or_else(|| panic!("no pid in {out}"));
+            if !daemon {
+                assert!(
+                    elapsed >= Duration::from_millis(300),
+                    "{m}: exited before its non-daemon child"
+                );
+            }
+            assert!(
+                common::eventually(|| !pid_alive(pid)),
+                "{m} daemon={daemon}: child {pid} survived"
+            );
+        }
+    }
+}
