@@ -19,14 +19,13 @@
 //! ```
 //!
 //! Python gives every child its own copy of `child_conn` behind the scenes. In Rust an end is moved
-//! into one child, so each child gets a duplicate of the descriptor made with `try_clone_to_owned`.
+//! into one child, so each child gets a duplicate of the descriptor made with `Connection::try_clone`.
 //! Each message goes out in one `sendmsg`, so concurrent senders never interleave their messages
 //! (the seed warns that Python's pipes may "corrupt" under concurrent writers).
 //!
 //! Run with `cargo run --example pipe_ten_senders`.
 
 use multiprocess::{Connection, Process, current_process, parent_process, pipe};
-use std::os::fd::AsFd;
 use std::time::Duration;
 
 fn f((conn, name): (Connection, u32)) {
@@ -41,7 +40,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut process_list = Vec::new();
     for i in 0..10 {
         // A second handle on the same end of the pipe, for this child to own.
-        let copy = Connection::from_fd(child_conn.as_fd().try_clone_to_owned()?);
+        let copy = child_conn.try_clone()?;
         process_list.push(Process::spawn(f, (copy, i))?);
     }
     for p in process_list {

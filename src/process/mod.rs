@@ -496,15 +496,11 @@ impl<R: DeserializeOwned> Process<R> {
                 Ok(frame) => self.report = Some(parse_report(frame)),
                 Err(RecvError::Timeout) => {
                     if self.entry.has_exited() {
-                        // Whatever it wrote before dying is already in the socket buffer.
-                        self.report =
-                            Some(match self.conn.recv_frame(Some(Instant::now()), None) {
-                                Ok(frame) => parse_report(frame),
-                                Err(_) => Err(ProcessError::AlreadyJoined), // placeholder: no report
-                            });
-                        if matches!(self.report, Some(Err(ProcessError::AlreadyJoined))) {
-                            self.report = None;
-                            break;
+                        // Whatever it wrote before dying is already in the socket buffer; a report
+                        // that is not complete now never will be.
+                        match self.conn.recv_frame(Some(Instant::now()), None) {
+                            Ok(frame) => self.report = Some(parse_report(frame)),
+                            Err(_) => break,
                         }
                     } else if deadline.is_some_and(|d| Instant::now() >= d) {
                         return Ok(None);
