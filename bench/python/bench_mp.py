@@ -1,0 +1,216 @@
+#!/usr/bin/env python3
+"""The Python side of multiprocess-bench: Python's multiprocessing on the same shapes.
+
+Run by the Rust harness (bench/src/python.rs), one figure per invocation:
+
+    bench_mp.py process     --method fork|spawn|forkserver   [plan]
+    bench_mp.py pipe-rt                  [--cpus PARENT,CHILD] [plan]
+    bench_mp.py pipe-oneway --size BYTES [--cpus PARENT,CHILD] [plan]
+    bench_mp.py codec       --shape small|vec-u64|bytes      [plan]
+
+    plan: [--warmup W] [--samples S] [--ops N] [--quick]
+
+Each figure runs W untimed batches, then S timed batches of N operations, and prints one JSON object
+on stdout: {"figure": ..., "seconds_per_op": [one value per timed batch]}. The harness takes the
+median. Without --warmup/--samples/--ops the defaults are the full run's (smaller with --quick); the
+harness always passes the same plan it uses for its own side.
+"""
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import pickle
+import sys
+import time
+
+# Default plans: (warmup, samples, ops) for full and quick runs.
+DEFAULTS = {
+    "process": {"full": (2, 100, 1), "quick": (2, 20, 1)},
+    "pipe-rt": {"full": (1, 51, 1000), "quick": (1, 15, 200)},
+    "pipe-oneway": {"full": (1, 21, 5000), "quick": (1, 7, 1000)},
+    "codec": {"full": (1, 31, 1000), "quick": (1, 9, 200)},
+}
+
+
+def run_plan(args, batch):
+    """Runs batch(ops) args.warmup times untimed, then args.samples times timed.
+    Returns seconds per operation for each timed batch."""
+    for _ in range(args.warmup):
+        batch(args.ops)
+    out = []
+    for _ in range(args.samples):
+        t0 = time.perf_counter()
+        batch(args.ops)
+        out.append((time.perf_counter() - t0) / args.ops)
+    return out
+
+
+# --- process: start + join of an empty function ---------------------------------------------------
+
+
+def empty():
+    pass
+
+
+def fig_process(args):
+    ctx = mp.get_context(args.method)
+
+    def batch(ops):
+        for _ in range(ops):
+            p = ctx.Process(target=empty)
+            p.start()
+            p.join()
+            if p.exitcode != 0:
+                raise RuntimeError(f"child exited with {p.exitcode}")
+
+    # The warmup batches start the fork server (forkserver) before anything is timed.
+    return run_plan(args, batch)
+
+
+# --- pipe: round trip and one-way throughput -------------------------------------------------------
+
+
+def echo(conn):
+    """Echoes every message until an empty one."""
+    while True:
+        msg = conn.recv_bytes()
+        if not msg:
+            return
+        conn.send_bytes(msg)
+
+
+def sender(conn, size):
+    """For each 8-byte little-endian count n received, sends n messages of size bytes; an empty
+    message ends it."""
+    msg = b"\x5a" * size
+    while True:
+        cmd = conn.recv_bytes()
+        if not cmd:
+            return
+        for _ in range(int.from_bytes(cmd, "little")):
+            conn.send_bytes(msg)
+
+
+def with_child(args, target, extra, measure):
+    """Starts target(child_end, *extra) with fork, runs measure(parent_end), stops and joins it.
+    With --cpus, the child runs on the CHILD CPU and this process on the PARENT one."""
+    ctx = mp.get_context("fork")
+    here, there = ctx.Pipe()
+    p = ctx.Process(target=target, args=(there, *extra))
+    if args.cpus:
+        parent, child = args.cpus
+        os.sched_setaffinity(0, {child})  # inherited by the forked child
+        p.start()
+        os.sched_setaffinity(0, {parent})
+    else:
+        p.start()
+    there.close()
+    try:
+        return measure(here)
+    finally:
+        here.send_bytes(b"")
+        here.close()
+        p.join()
+
+
+def fig_pipe_rt(args):
+    msg = b"\x07" * 8
+
+    def measure(here):
+        def batch(ops):
+            for _ in range(ops):
+                here.send_bytes(msg)
+                if len(here.recv_bytes()) != 8:
+                    raise RuntimeError("echo came back with the wrong size")
+
+        return run_plan(args, batch)
+
+    return with_child(args, echo, (), measure)
+
+
+def fig_pipe_oneway(args):
+    size = args.size
+
+    def measure(here):
+        def batch(ops):
+            here.send_bytes(ops.to_bytes(8, "little"))
+            for _ in range(ops):
+                if len(here.recv_bytes()) != size:
+                    raise RuntimeError("a message of the wrong size")
+
+        return run_plan(args, batch)
+
+    return with_child(args, sender, (size,), measure)
+
+
+# --- codec: pickle.dumps + pickle.loads, what multiprocessing does to every value ------------------
+
+
+def shape_value(shape):
+    if shape == "small":
+        # The Rust side's struct { id: u64, name: String, values: Vec<u32> } as a tuple.
+        return (1_234_567_890_123, "sixteen chars ok", [i * 1000 for i in range(1, 9)])
+    if shape == "vec-u64":
+        return [i * i for i in range(10_000)]
+    if shape == "bytes":
+        return bytes(i % 251 for i in range(1 << 20))
+    raise ValueError(f"unknown shape {shape!r}")
+
+
+def fig_codec(args):
+    value = shape_value(args.shape)
+    dumps, loads = pickle.dumps, pickle.loads
+    if loads(dumps(value)) != value:
+        raise RuntimeError("pickle round trip is not faithful")
+
+    def batch(ops):
+        for _ in range(ops):
+            loads(dumps(value))
+
+    return run_plan(args, batch)
+
+
+FIGURES = {
+    "process": fig_process,
+    "pipe-rt": fig_pipe_rt,
+    "pipe-oneway": fig_pipe_oneway,
+    "codec": fig_codec,
+}
+
+
+def cpu_pair(text):
+    parent, child = (int(c) for c in text.split(","))
+    return parent, child
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("figure", choices=sorted(FIGURES))
+    ap.add_argument("--method", choices=["fork", "spawn", "forkserver"], default="fork")
+    ap.add_argument("--size", type=int, default=64, help="message size for pipe-oneway")
+    ap.add_argument("--shape", choices=["small", "vec-u64", "bytes"], default="small")
+    ap.add_argument("--cpus", type=cpu_pair, help="PARENT,CHILD: pin the pipe figures' processes")
+    ap.add_argument("--warmup", type=int)
+    ap.add_argument("--samples", type=int)
+    ap.add_argument("--ops", type=int, help="operations per timed batch")
+    ap.add_argument("--quick", action="store_true", help="smaller default plan")
+    args = ap.parse_args(argv)
+    warmup, samples, ops = DEFAULTS[args.figure]["quick" if args.quick else "full"]
+    args.warmup = warmup if args.warmup is None else args.warmup
+    args.samples = samples if args.samples is None else args.samples
+    args.ops = ops if args.ops is None else args.ops
+    if args.samples < 1 or args.ops < 1 or args.warmup < 0:
+        ap.error("--samples and --ops must be at least 1, --warmup at least 0")
+    return args
+
+
+def main(argv):
+    args = parse_args(argv)
+    samples = FIGURES[args.figure](args)
+    json.dump({"figure": args.figure, "seconds_per_op": samples}, sys.stdout)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

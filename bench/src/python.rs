@@ -1,0 +1,129 @@
+//! The Python side: runs `bench/python/bench_mp.py` with `python3` (or `$PYTHON`) and reads its JSON.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde::Deserialize;
+
+use crate::measure::{Plan, median};
+use crate::table::{Cell, Unit};
+
+/// Where the script lives: found at run time next to this crate's sources.
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/python/bench_mp.py");
+
+/// The Python interpreter and the script, or why they cannot be used.
+#[derive(Debug)]
+pub(crate) struct Python {
+    found: Result<Found, String>,
+}
+
+#[derive(Debug)]
+struct Found {
+    exe: String,
+    version: String,
+    script: PathBuf,
+}
+
+/// What `bench_mp.py` prints on stdout (one JSON object).
+#[derive(Debug, Deserialize)]
+struct Output {
+    seconds_per_op: Vec<f64>,
+}
+
+impl Python {
+    /// Finds `$PYTHON` (default `python3`) and the script. When either is missing, says so loudly on
+    /// stderr: every Python column will then read `n/a`.
+    pub(crate) fn detect() -> Python {
+        let found = Self::find();
+        if let Err(e) = &found {
+            eprintln!("WARNING: ==========================================================");
+            eprintln!("WARNING: the Python side cannot run: {e}");
+            eprintln!("WARNING: every python column will read n/a; set $PYTHON to fix this");
+            eprintln!("WARNING: ==========================================================");
+        }
+        Python { found }
+    }
+
+    fn find() -> Result<Found, String> {
+        let exe = std::env::var("PYTHON")
+            .ok()
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| "python3".to_string());
+        let script = PathBuf::from(SCRIPT);
+        if !script.is_file() {
+            return Err(format!("{} not found", script.display()));
+        }
+        let out = Command::new(&exe)
+            .arg("--version")
+            .output()
+            .map_err(|e| format!("cannot run {exe:?}: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("{exe:?} --version failed ({})", out.status));
+        }
+        // Python 3.4+ prints the version on stdout, older ones on stderr.
+        let text = if out.stdout.is_empty() {
+            out.stderr
+        } else {
+            out.stdout
+        };
+        let version = String::from_utf8_lossy(&text).trim().to_string();
+        Ok(Found {
+            exe,
+            version,
+            script,
+        })
+    }
+
+    /// One line for the run's banner.
+    pub(crate) fn describe(&self) -> String {
+        match &self.found {
+            Ok(f) => format!("{} ({})", f.version, f.exe),
+            Err(_) => "unavailable".to_string(),
+        }
+    }
+
+    /// Runs `bench_mp.py FIGURE [extra...] --warmup W --samples S --ops N` and returns its median time
+    /// per operation in `unit`; `n/a` (with the reason) when Python is missing or the script fails.
+    pub(crate) fn measure(&self, figure: &str, extra: &[String], plan: Plan, unit: Unit) -> Cell {
+        let found = match &self.found {
+            Ok(f) => f,
+            // Already said loudly at start-up.
+            Err(_) => return Cell::Unavailable(None),
+        };
+        match run_script(found, figure, extra, plan) {
+            Ok(secs) => Cell::Value(unit.of_secs_per_op(secs)),
+            Err(e) => Cell::Unavailable(Some(e)),
+        }
+    }
+}
+
+fn run_script(found: &Found, figure: &str, extra: &[String], plan: Plan) -> Result<f64, String> {
+    let mut cmd = Command::new(&found.exe);
+    cmd.arg(&found.script)
+        .arg(figure)
+        .args(extra)
+        .args(plan.python_args());
+    let out = cmd
+        .output()
+        .map_err(|e| format!("cannot run {:?}: {e}", found.exe))?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = stderr.lines().rev().take(3).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        return Err(format!(
+            "bench_mp.py {figure} failed ({}): {}",
+            out.status,
+            tail.join(" | ")
+        ));
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
+    let mut parsed: Output = serde_json::from_str(last)
+        .map_err(|e| format!("bench_mp.py {figure}: unreadable output {last:?}: {e}"))?;
+    median(&mut parsed.seconds_per_op)
+        .ok_or_else(|| format!("bench_mp.py {figure}: no samples in its output"))
+}
