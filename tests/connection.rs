@@ -488,3 +488,13 @@ fn python_multiprocessing_connection_speaks_our_framing() {
     assert!(child.wait().unwrap().success());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn descriptors_cannot_travel_over_an_os_pipe() {
+    let (r, w) = std::io::pipe().unwrap();
+    let (r, w) = (Connection::from_fd(r.into()), Connection::from_fd(w.into()));
+    let (x, _y) = pipe().unwrap();
+    assert!(matches!(w.send(&x), Err(SendError::Io(_))));
+    w.send(&5u8).unwrap(); // plain values still work over a pipe
+    assert_eq!(r.recv::<u8>().unwrap(), 5);
+}

@@ -399,3 +399,139 @@ fn threads_starting_children_concurrently() {
         h.join().unwrap();
     }
 }
+
+// ---- Regressions found in review ---------------------------------------------------------------
+
+#[test]
+fn concurrent_reaping_gives_every_join_its_own_status() {
+    // One thread keeps reaping through active_children() while children come and go: every join must
+    // still see its child's real status (no ECHILD, no lost fork-server report, no hang).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reaper = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = multiprocess::active_children();
+            }
+        })
+    };
+    for m in StartMethod::ALL {
+        for _ in 0..30 {
+            let p = start(m, exits, 3);
+            let err = join(p).unwrap_err();
+            assert!(
+                matches!(err, ProcessError::Exited { code: 3 }),
+                "{m}: {err:?}"
+            );
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    reaper.join().unwrap();
+}
+
+#[test]
+fn fork_while_another_thread_prints() {
+    // stdout's lock may be held by another thread at the instant of fork(); the child must not
+    // inherit it locked (it flushes stdout when it exits).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let printer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                println!("printing while forking");
+            }
+        })
+    };
+    for i in 0..100 {
+        assert_eq!(join(start(StartMethod::Fork, square, i)).unwrap(), i * i);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    printer.join().unwrap();
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct PanicsWhenSerialized;
+
+impl serde::Serialize for PanicsWhenSerialized {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        panic!("serialize panicked")
+    }
+}
+
+fn returns_bad_value(_: ()) -> PanicsWhenSerialized {
+    PanicsWhenSerialized
+}
+
+#[test]
+fn a_result_that_panics_while_serializing_is_reported() {
+    for m in StartMethod::ALL {
+        let err = join(start(m, returns_bad_value, ())).unwrap_err();
+        assert!(
+            matches!(&err, ProcessError::Panicked { message } if message == "serialize panicked"),
+            "{m}: {err:?}"
+        );
+    }
+}
+
+fn returns_many_connections(n: usize) -> Vec<Connection> {
+    (0..n).map(|_| pipe().unwrap().0).collect()
+}
+
+#[test]
+fn a_result_that_cannot_be_sent_is_an_error_not_a_clean_exit() {
+    for m in StartMethod::ALL {
+        let err = join(start(m, returns_many_connections, 300)).unwrap_err();
+        assert!(
+            matches!(&err, ProcessError::Child(msg) if msg.contains("253")),
+            "{m}: {err:?}"
+        );
+        assert_eq!(
+            join(start(m, returns_many_connections, 3)).unwrap().len(),
+            3
+        );
+    }
+}
+
+fn fd3_flags(_: ()) -> String {
+    std::fs::read_to_string("/proc/self/fdinfo/3").unwrap_or_default()
+}
+
+#[test]
+fn bootstrap_socket_is_close_on_exec_in_the_child() {
+    for m in [StartMethod::Spawn, StartMethod::ForkServer] {
+        let info = join(start(m, fd3_flags, ())).unwrap();
+        let flags = info
+            .lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .map(|f| f.trim().to_string());
+        let flags = u32::from_str_radix(flags.as_deref().unwrap_or("0"), 8).unwrap();
+        assert!(flags & 0o2000000 != 0, "{m}: fd 3 lacks O_CLOEXEC: {info}");
+    }
+}
+
+fn count_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn dropped_handles_leak_neither_descriptors_nor_zombies() {
+    for m in StartMethod::ALL {
+        let before = count_fds();
+        let pids: Vec<i32> = (0..40).map(|i| start(m, square, i).pid()).collect(); // handles dropped
+        assert!(common::eventually(|| pids.iter().all(|&p| !pid_alive(p))));
+        join(start(m, square, 0)).unwrap(); // starting a child reaps the finished, forgotten ones
+        let after = count_fds();
+        // Tests run in parallel in this process: allow their descriptors, but not 2 per child.
+        assert!(after < before + 40, "{m}: {before} -> {after}");
+        if m != StartMethod::ForkServer {
+            // Direct children: no zombie left (a fork server's children are reaped by the server).
+            let zombies = pids
+                .iter()
+                .filter(|&&p| std::fs::metadata(format!("/proc/{p}")).is_ok())
+                .count();
+            assert!(zombies < 5, "{m}: {zombies} zombies");
+        }
+    }
+}

@@ -14,6 +14,7 @@
 use super::state;
 use crate::codec;
 use crate::connection::Connection;
+use crate::error::SendError;
 use crate::sys;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -64,7 +65,7 @@ pub(crate) fn on_load() {
     }
     if let Some(fd) = sys::entry::take_env_fd(FORKSERVER_ENV) {
         match sys::adopt_inherited(fd) {
-            Some(fd) => super::forkserver::serve(Connection::from_parts(fd, true, true)),
+            Some(fd) => super::forkserver::serve(Connection::from_socket(fd)),
             None => sys::exit_now(EXIT_BOOT_FAILED),
         }
     }
@@ -79,7 +80,7 @@ pub(crate) fn boot_from_fd(fd: RawFd) -> ! {
     let Some(fd) = sys::adopt_inherited(fd) else {
         sys::exit_now(EXIT_BOOT_FAILED)
     };
-    let conn = Connection::from_parts(fd, true, true);
+    let conn = Connection::from_socket(fd);
     let Ok(frame) = conn.recv_frame(None, None) else {
         sys::exit_now(EXIT_BOOT_FAILED); // the parent died before telling us what to do
     };
@@ -144,28 +145,38 @@ where
 
 /// Runs the user's function and sends the outcome to the parent. Returns the exit code.
 pub(crate) fn run_and_report<A, R: Serialize>(f: fn(A) -> R, arg: A, conn: &Connection) -> i32 {
-    match catch_unwind(AssertUnwindSafe(|| f(arg))) {
-        Ok(value) => match codec::encode(&value) {
-            Ok((bytes, fds)) => {
-                report(conn, TAG_RETURNED, &bytes, &fds);
-                0
-            }
-            Err(e) => {
-                let msg = format!("failed to serialize the result in the child: {e}");
-                report(conn, TAG_FAILED, msg.as_bytes(), &[]);
-                1
-            }
-        },
-        Err(payload) => {
-            let msg = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "Box<dyn Any>".to_string());
-            report(conn, TAG_PANICKED, msg.as_bytes(), &[]);
-            1
+    // The result is encoded and sent inside `catch_unwind` too: a `Serialize` impl may panic.
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        let value = f(arg);
+        match codec::encode(&value) {
+            Ok((bytes, fds)) => match conn.send_frame_parts(&[&[TAG_RETURNED], &bytes], &fds) {
+                Ok(()) | Err(SendError::Disconnected) => 0, // a vanished parent cannot be told
+                Err(e) => failed(
+                    conn,
+                    format!("failed to send the result to the parent: {e}"),
+                ),
+            },
+            Err(e) => failed(
+                conn,
+                format!("failed to serialize the result in the child: {e}"),
+            ),
         }
-    }
+    }));
+    outcome.unwrap_or_else(|payload| {
+        let msg = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "Box<dyn Any>".to_string());
+        report(conn, TAG_PANICKED, msg.as_bytes(), &[]);
+        1
+    })
+}
+
+/// Reports a failure that is not a panic; returns the exit code for it.
+fn failed(conn: &Connection, msg: String) -> i32 {
+    report(conn, TAG_FAILED, msg.as_bytes(), &[]);
+    1
 }
 
 fn report(conn: &Connection, tag: u8, body: &[u8], fds: &[RawFd]) {

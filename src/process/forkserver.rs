@@ -13,8 +13,9 @@
 //! - client → server: `Spawn`, with one descriptor: the child's end of its bootstrap socket. The server
 //!   forks; the child moves that descriptor to fd 3, closes everything else of the server's, and
 //!   bootstraps exactly like a *spawn* child (the client sends it the function and argument directly).
-//! - server → client: `Spawned { pid }` with the child's pidfd, or `Failed(reason)`; and, whenever a
-//!   child ends, `Exited { pid, status }` (the server is the children's parent, so only it can reap them).
+//! - server → client: `Spawned { pid, id }` with the child's pidfd, or `Failed(reason)`; and, whenever
+//!   a child ends, `Exited { id, status }` (the server is the children's parent, so only it can reap
+//!   them). Children are named by `id`, never by pid: a pid can be reused once its child is reaped.
 //!   The client stashes statuses until someone asks for them.
 //!
 //! The server exits when the client's end closes (the client process ended). Children do not depend on
@@ -35,9 +36,16 @@ enum ToServer {
 
 #[derive(Serialize, Deserialize)]
 enum FromServer {
-    Spawned { pid: i32 },
+    /// `id` names the child in later messages (pids get reused; ids do not).
+    Spawned {
+        pid: i32,
+        id: u64,
+    },
     Failed(String),
-    Exited { pid: i32, status: i32 },
+    Exited {
+        id: u64,
+        status: i32,
+    },
 }
 
 /// The client's handle on a running fork server.
@@ -47,7 +55,7 @@ pub(crate) struct ForkServer {
 
 struct Client {
     conn: Connection,
-    stash: HashMap<i32, WaitStatus>,
+    stash: HashMap<u64, WaitStatus>,
     broken: bool,
 }
 
@@ -67,7 +75,7 @@ impl ForkServer {
             "3",
         )?;
         drop(theirs);
-        let conn = Connection::from_parts(mine, true, true);
+        let conn = Connection::from_socket(mine);
         Ok(ForkServer {
             io: Mutex::new(Client {
                 conn,
@@ -86,8 +94,9 @@ impl ForkServer {
         self.client().broken
     }
 
-    /// Asks the server to fork a child that will bootstrap from `child_end`. Returns its pid and pidfd.
-    pub(crate) fn spawn_child(&self, child_end: BorrowedFd<'_>) -> io::Result<(i32, OwnedFd)> {
+    /// Asks the server to fork a child that will bootstrap from `child_end`. Returns its pid, pidfd,
+    /// and the id under which the server will report its exit.
+    pub(crate) fn spawn_child(&self, child_end: BorrowedFd<'_>) -> io::Result<(i32, OwnedFd, u64)> {
         let mut c = self.client();
         let (bytes, _) = crate::codec::encode(&ToServer::Spawn).map_err(protocol)?;
         use std::os::fd::AsRawFd;
@@ -97,32 +106,33 @@ impl ForkServer {
         }
         loop {
             match c.read()? {
-                (FromServer::Spawned { pid }, mut fds) => {
+                (FromServer::Spawned { pid, id }, mut fds) => {
                     let pidfd = fds
                         .pop()
                         .ok_or_else(|| protocol("Spawned without a pidfd"))?;
-                    return Ok((pid, pidfd));
+                    return Ok((pid, pidfd, id));
                 }
                 (FromServer::Failed(why), _) => {
                     return Err(io::Error::other(format!("fork server: {why}")));
                 }
-                (FromServer::Exited { pid, status }, _) => {
-                    c.stash.insert(pid, WaitStatus::from_raw(status));
+                (FromServer::Exited { id, status }, _) => {
+                    c.stash.insert(id, WaitStatus::from_raw(status));
                 }
             }
         }
     }
 
-    /// The exit status of child `pid`, which has ended (its pidfd is readable), as the server reports it.
-    pub(crate) fn wait_status(&self, pid: i32) -> io::Result<WaitStatus> {
+    /// The exit status of child `id`, which has ended (its pidfd is readable), as the server reports
+    /// it. Each status is reported once; the caller (`ChildEntry::reap`) asks for each id once.
+    pub(crate) fn wait_status(&self, id: u64) -> io::Result<WaitStatus> {
         let mut c = self.client();
         loop {
-            if let Some(s) = c.stash.remove(&pid) {
+            if let Some(s) = c.stash.remove(&id) {
                 return Ok(s);
             }
             match c.read()? {
-                (FromServer::Exited { pid, status }, _) => {
-                    c.stash.insert(pid, WaitStatus::from_raw(status));
+                (FromServer::Exited { id, status }, _) => {
+                    c.stash.insert(id, WaitStatus::from_raw(status));
                 }
                 _ => return Err(protocol("unexpected message")),
             }
@@ -150,7 +160,8 @@ impl Client {
 
 /// The server's main loop. Runs in the re-executed process, before `main`; never returns.
 pub(crate) fn serve(conn: Connection) -> ! {
-    let mut children: Vec<(i32, OwnedFd)> = Vec::new();
+    let mut children: Vec<(u64, OwnedFd)> = Vec::new();
+    let mut next_id = 0u64;
     loop {
         let ready = {
             let mut fds = vec![conn.as_fd()];
@@ -165,12 +176,12 @@ pub(crate) fn serve(conn: Connection) -> ! {
         while i > 0 {
             i -= 1;
             if ready[i + 1] {
-                let (pid, pidfd) = children.swap_remove(i);
+                let (id, pidfd) = children.swap_remove(i);
                 if let Ok(Some(st)) = sys::waitid_pidfd(pidfd.as_fd(), false) {
                     send(
                         &conn,
                         &FromServer::Exited {
-                            pid,
+                            id,
                             status: st.to_raw(),
                         },
                         &[],
@@ -199,8 +210,14 @@ pub(crate) fn serve(conn: Connection) -> ! {
             match fork_child(child_end) {
                 Ok((pid, mine, theirs)) => {
                     use std::os::fd::AsRawFd;
-                    send(&conn, &FromServer::Spawned { pid }, &[theirs.as_raw_fd()]);
-                    children.push((pid, mine));
+                    next_id += 1;
+                    let id = next_id;
+                    send(
+                        &conn,
+                        &FromServer::Spawned { pid, id },
+                        &[theirs.as_raw_fd()],
+                    );
+                    children.push((id, mine));
                 }
                 Err(e) => send(&conn, &FromServer::Failed(e.to_string()), &[]),
             }

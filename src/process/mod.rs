@@ -13,12 +13,13 @@ use bootstrap::{Boot, TAG_FAILED, TAG_PANICKED, TAG_RETURNED};
 use registry::{ChildEntry, Reaper};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use state::TrackedFd;
 use std::fmt;
 use std::io::{self, Write};
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
@@ -263,8 +264,10 @@ impl Builder {
             (g.name(), name)
         };
         let (here, there) = sys::socketpair()?;
+        // Tracked from the start, so that a concurrent fork elsewhere does not keep copies alive.
+        let (mut here, mut there) = (Connection::from_socket(here), TrackedFd::new(there));
         let (life_r, life_w) = sys::pipe()?;
-        let life_w = state::TrackedFd::new(life_w);
+        let (life_r, life_w) = (TrackedFd::new(life_r), TrackedFd::new(life_w));
         let (pid, pidfd, reaper) = match method {
             StartMethod::Fork => {
                 let (pid, pidfd) = fork_child(f, arg, there, life_r, &name, self.daemon)?;
@@ -286,40 +289,46 @@ impl Builder {
                         format!("failed to serialize the argument: {e}"),
                     )
                 })?;
+                if arg_fds.len() >= sys::MAX_FDS_PER_MESSAGE {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!(
+                            "an argument can carry at most 252 connections or other OS objects, not {}",
+                            arg_fds.len()
+                        ),
+                    ));
+                }
                 let boot_bytes = codec::encode(&boot).map_err(io::Error::other)?.0;
                 let (pid, pidfd, reaper) = if method == StartMethod::Spawn {
-                    let pid = {
-                        // Holding the state lock keeps a concurrent fork from inheriting `there`.
-                        let _g = state::lock();
-                        sys::spawn_self(
-                            there.as_fd(),
-                            bootstrap::BOOT_FD,
-                            bootstrap::BOOT_ENV,
-                            "3",
-                        )?
-                    };
-                    drop(there);
+                    let pid = sys::spawn_self(
+                        there.as_fd(),
+                        bootstrap::BOOT_FD,
+                        bootstrap::BOOT_ENV,
+                        "3",
+                    )?;
                     (pid, sys::pidfd_open(pid)?, Reaper::Direct)
                 } else {
-                    let mut server = forkserver_handle()?;
-                    let spawned = match server.spawn_child(there.as_fd()) {
-                        // The server died (it was killed, say): start a new one and try once more.
+                    let server = forkserver_handle()?;
+                    match server.spawn_child(there.as_fd()) {
+                        Ok((pid, pidfd, id)) => (pid, pidfd, Reaper::Server(server, id)),
+                        // The server died (it was killed, say): start a new one and try once more, on a
+                        // fresh socket pair (the dead server may have forked a child that holds `there`).
                         Err(_) if server.is_broken() => {
-                            server = forkserver_handle()?;
-                            server.spawn_child(there.as_fd())
+                            let (h, t) = sys::socketpair()?;
+                            (here, there) = (Connection::from_socket(h), TrackedFd::new(t));
+                            let server = forkserver_handle()?;
+                            let (pid, pidfd, id) = server.spawn_child(there.as_fd())?;
+                            (pid, pidfd, Reaper::Server(server, id))
                         }
-                        other => other,
-                    };
-                    drop(there);
-                    let (pid, pidfd) = spawned?;
-                    (pid, pidfd, Reaper::Server(server))
+                        Err(e) => return Err(e),
+                    }
                 };
-                let mut fds = vec![life_r.as_raw_fd()];
+                drop(there);
+                let mut fds = vec![life_r.as_fd().as_raw_fd()];
                 fds.extend(arg_fds);
-                let here_conn = Connection::from_parts(here.try_clone()?, true, true);
                 let len = (boot_bytes.len() as u32).to_le_bytes();
                 // A child that died before reading shows up in join() with its exit status.
-                match here_conn.send_frame_parts(&[&len, &boot_bytes, &args], &fds) {
+                match here.send_frame_parts(&[&len, &boot_bytes, &args], &fds) {
                     Ok(()) | Err(crate::SendError::Disconnected) => {}
                     Err(e) => {
                         let _ = sys::pidfd_send_signal(pidfd.as_fd(), sys::SIGKILL);
@@ -331,19 +340,18 @@ impl Builder {
                 (pid, pidfd, reaper)
             }
         };
-        let entry = Arc::new(ChildEntry {
+        let entry = Arc::new(ChildEntry::new(
             pid,
-            name: name.clone(),
-            daemon: self.daemon,
+            name,
+            self.daemon,
             pidfd,
             reaper,
-            status: Mutex::new(None),
-            lifeline: Mutex::new(Some(life_w)),
-        });
-        registry::register(&mut state::lock(), entry.clone());
+            life_w,
+        ));
+        registry::register(entry.clone());
         Ok(Process {
             entry,
-            conn: Connection::from_parts(here, true, true),
+            conn: here,
             method,
             report: None,
             taken: false,
@@ -356,17 +364,22 @@ impl Builder {
 fn fork_child<A: Serialize, R: Serialize>(
     f: fn(A) -> R,
     arg: A,
-    there: OwnedFd,
-    life_r: OwnedFd,
+    there: TrackedFd,
+    life_r: TrackedFd,
     name: &str,
     daemon: bool,
 ) -> io::Result<(i32, OwnedFd)> {
-    // Flush our buffered output now, or the child would print a second copy of it.
-    let _ = io::stdout().flush();
-    let keep = codec::collect_fds(&arg);
+    let mut keep = codec::collect_fds(&arg);
+    keep.extend([there.as_fd().as_raw_fd(), life_r.as_fd().as_raw_fd()]);
     let parent = (sys::getpid(), state::lock().name());
     let name = name.to_string();
-    // Both locks are held across fork(), so the child finds both consistent and releases them itself.
+    // Held across fork() and released by the child itself, so that the child finds each of them
+    // consistent and unlocked: stdout and stderr (another thread may be printing; the child prints its
+    // own panic message and flushes at exit), the state and the set of tracked descriptors.
+    // Flushing first keeps the child from printing a second copy of our buffered output.
+    let mut out = io::stdout().lock();
+    let _ = out.flush();
+    let err = io::stderr().lock();
     let mut guard = state::lock();
     let mut owned = state::owned_fds();
     let pid = sys::fork_then(move || {
@@ -377,18 +390,18 @@ fn fork_child<A: Serialize, R: Serialize>(
             .copied()
             .filter(|fd| !keep.contains(fd))
             .collect();
-        for fd in &stale {
-            let _ = sys::neuter(*fd);
-            owned.remove(fd);
-        }
+        let _ = sys::neuter(&stale);
+        owned.retain(|fd| keep.contains(fd));
         drop(owned);
         guard.become_child(name, daemon, parent);
         drop(guard);
+        drop((out, err));
+        let life_r = life_r.into_owned();
         if !sys::arm_lifeline(life_r.as_fd()).unwrap_or(false) {
             sys::exit_now(bootstrap::EXIT_BOOT_FAILED);
         }
-        std::mem::forget(life_r);
-        let conn = Connection::from_parts(there, true, true);
+        std::mem::forget(life_r); // stays open for the life of the process: it *is* the lifeline
+        let conn = Connection::from_socket(there.into_owned());
         let code = bootstrap::run_and_report(f, arg, &conn);
         bootstrap::finish(code)
     })?;

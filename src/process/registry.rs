@@ -7,6 +7,7 @@
 
 use super::forkserver::ForkServer;
 use super::state;
+use super::state::TrackedFd;
 use crate::sys::{self, WaitStatus};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
@@ -16,8 +17,8 @@ use std::sync::{Arc, Mutex, Once};
 pub(crate) enum Reaper {
     /// It is our child: `waitid` on its pidfd.
     Direct,
-    /// It is a child of the fork server, which reports its status.
-    Server(Arc<ForkServer>),
+    /// It is a child of the fork server, which reports its status under this id.
+    Server(Arc<ForkServer>, u64),
 }
 
 pub(crate) struct ChildEntry {
@@ -27,11 +28,34 @@ pub(crate) struct ChildEntry {
     pub(crate) pidfd: OwnedFd,
     pub(crate) reaper: Reaper,
     pub(crate) status: Mutex<Option<WaitStatus>>,
+    /// Held while the status is being collected, so that exactly one thread collects it: a second
+    /// `waitid` would fail with `ECHILD`, a second wait for the fork server's report would wait forever.
+    reaping: Mutex<()>,
     /// Write end of the lifeline pipe; closing it (with this process) sends the child SIGKILL.
-    pub(crate) lifeline: Mutex<Option<super::state::TrackedFd>>,
+    pub(crate) lifeline: Mutex<Option<TrackedFd>>,
 }
 
 impl ChildEntry {
+    pub(crate) fn new(
+        pid: i32,
+        name: String,
+        daemon: bool,
+        pidfd: OwnedFd,
+        reaper: Reaper,
+        lifeline: TrackedFd,
+    ) -> Self {
+        ChildEntry {
+            pid,
+            name,
+            daemon,
+            pidfd,
+            reaper,
+            status: Mutex::new(None),
+            reaping: Mutex::new(()),
+            lifeline: Mutex::new(Some(lifeline)),
+        }
+    }
+
     /// Whether the process has ended (it may not be reaped yet).
     pub(crate) fn has_exited(&self) -> bool {
         self.status().is_some()
@@ -43,22 +67,33 @@ impl ChildEntry {
         *self.status.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Collects the exit status, waiting for the process to end if `block`.
+    /// Collects the exit status, waiting for the process to end if `block`. Without `block`, returns
+    /// `None` while the child runs or while another thread is collecting its status.
     pub(crate) fn reap(&self, block: bool) -> io::Result<Option<WaitStatus>> {
         if let Some(s) = self.status() {
             return Ok(Some(s));
         }
-        if !block && !self.has_exited() {
+        if block {
+            // Wait outside the lock, so that `reap(false)` elsewhere never waits behind us.
+            sys::wait_readable(self.pidfd.as_fd(), None)?;
+        } else if !self.has_exited() {
             return Ok(None);
         }
-        let st = match &self.reaper {
-            Reaper::Direct => sys::waitid_pidfd(self.pidfd.as_fd(), !block)?,
-            Reaper::Server(server) => {
-                if block {
-                    sys::wait_readable(self.pidfd.as_fd(), None)?;
-                }
-                Some(server.wait_status(self.pid)?)
+        let _guard = if block {
+            self.reaping.lock().unwrap_or_else(|p| p.into_inner())
+        } else {
+            match self.reaping.try_lock() {
+                Ok(g) => g,
+                Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => return Ok(self.status()),
             }
+        };
+        if let Some(s) = self.status() {
+            return Ok(Some(s)); // collected by the thread we waited for
+        }
+        let st = match &self.reaper {
+            Reaper::Direct => sys::waitid_pidfd(self.pidfd.as_fd(), false)?,
+            Reaper::Server(server, id) => Some(server.wait_status(*id)?),
         };
         if let Some(s) = st {
             *self.status.lock().unwrap_or_else(|p| p.into_inner()) = Some(s);
@@ -85,17 +120,31 @@ impl ChildEntry {
 static AT_EXIT: Once = Once::new();
 
 /// Records a new child and makes sure the exit handler is installed.
-pub(crate) fn register(g: &mut state::Global, entry: Arc<ChildEntry>) {
+///
+/// Like Python's `_cleanup()`, this also reaps children that have ended and whose `Process` handles
+/// are gone, so that dropping handles leaks neither descriptors nor zombies.
+pub(crate) fn register(entry: Arc<ChildEntry>) {
     AT_EXIT.call_once(|| {
         // Best effort: without it children are still killed by their lifelines when we exit.
         let _ = sys::at_exit(exit_handler);
     });
-    g.children
-        .retain(|c| !(Arc::strong_count(c) == 1 && c.status().is_some()));
+    let orphans: Vec<_> = state::lock()
+        .children
+        .iter()
+        .filter(|c| Arc::strong_count(c) == 1 && c.status().is_none())
+        .cloned()
+        .collect();
+    for c in orphans {
+        if c.has_exited() {
+            let _ = c.reap(false);
+        }
+    }
+    let mut g = state::lock();
+    g.children.retain(|c| c.status().is_none());
     g.children.push(entry);
 }
 
-/// The live children, reaping those that ended and whose handles are gone.
+/// The live children, reaping those that ended.
 pub(crate) fn active() -> Vec<Arc<ChildEntry>> {
     let list = state::lock().children.clone();
     let mut live = Vec::new();
@@ -106,9 +155,8 @@ pub(crate) fn active() -> Vec<Arc<ChildEntry>> {
             live.push(c);
         }
     }
-    state::lock()
-        .children
-        .retain(|c| !(Arc::strong_count(c) <= 2 && c.status().is_some()));
+    // Ended children need nothing at exit; their handles (if any) keep what they need.
+    state::lock().children.retain(|c| c.status().is_none());
     live
 }
 

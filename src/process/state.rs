@@ -80,24 +80,33 @@ pub(crate) fn owned_fds() -> MutexGuard<'static, BTreeSet<RawFd>> {
 
 /// A descriptor owned by a crate object, registered in the tracked set for its lifetime.
 #[derive(Debug)]
-pub(crate) struct TrackedFd(OwnedFd);
+pub(crate) struct TrackedFd(Option<OwnedFd>);
 
 impl TrackedFd {
     pub(crate) fn new(fd: OwnedFd) -> TrackedFd {
         owned_fds().insert(fd.as_raw_fd());
-        TrackedFd(fd)
+        TrackedFd(Some(fd))
+    }
+
+    /// Stops tracking and hands the descriptor back.
+    pub(crate) fn into_owned(mut self) -> OwnedFd {
+        let fd = self.0.take().expect("present until dropped");
+        owned_fds().remove(&fd.as_raw_fd());
+        fd
     }
 }
 
 impl AsFd for TrackedFd {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.0.as_fd()
+        self.0.as_ref().expect("present until dropped").as_fd()
     }
 }
 
 impl Drop for TrackedFd {
     fn drop(&mut self) {
         // Untrack before the number is closed (and possibly reused by a new tracked descriptor).
-        owned_fds().remove(&self.0.as_raw_fd());
+        if let Some(fd) = &self.0 {
+            owned_fds().remove(&fd.as_raw_fd());
+        }
     }
 }

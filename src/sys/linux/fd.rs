@@ -231,6 +231,13 @@ pub(crate) fn write(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
     }
 }
 
+/// Descriptors received with a message, and whether the kernel had to drop some (`MSG_CTRUNC`).
+#[derive(Debug, Default)]
+pub(crate) struct Inbox {
+    pub(crate) fds: Vec<OwnedFd>,
+    pub(crate) truncated: bool,
+}
+
 /// Receives up to `max` bytes appended into the spare capacity of `buf` (which must already have that
 /// much capacity reserved), collecting any descriptors attached with `SCM_RIGHTS` into `fds`.
 /// `nonblocking` adds `MSG_DONTWAIT`. Returns the number of bytes read; 0 means end-of-file.
@@ -240,7 +247,7 @@ pub(crate) fn recv_into_spare(
     fd: BorrowedFd<'_>,
     buf: &mut Vec<u8>,
     max: usize,
-    fds: &mut Vec<OwnedFd>,
+    fds: &mut Inbox,
     socket: bool,
     nonblocking: bool,
 ) -> io::Result<usize> {
@@ -268,7 +275,7 @@ pub(crate) fn recv_into_spare(
 pub(crate) fn recv_into_slice(
     fd: BorrowedFd<'_>,
     buf: &mut [u8],
-    fds: &mut Vec<OwnedFd>,
+    fds: &mut Inbox,
     socket: bool,
     nonblocking: bool,
 ) -> io::Result<usize> {
@@ -290,7 +297,7 @@ fn recvmsg_raw(
     fd: BorrowedFd<'_>,
     ptr: *mut u8,
     len: usize,
-    fds: &mut Vec<OwnedFd>,
+    inbox: &mut Inbox,
     nonblocking: bool,
 ) -> io::Result<usize> {
     let mut control = [0u64; 130]; // 1040 bytes >= CMSG_SPACE(253 * 4): room for SCM_MAX_FD descriptors
@@ -331,34 +338,41 @@ fn recvmsg_raw(
                 for i in 0..count {
                     let raw = std::ptr::read_unaligned(data.add(i));
                     // SAFETY (inner): the kernel installed `raw` in our table for us alone.
-                    fds.push(OwnedFd::from_raw_fd(raw));
+                    inbox.fds.push(OwnedFd::from_raw_fd(raw));
                 }
             }
             cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
         }
     }
     if msg.msg_flags & libc::MSG_CTRUNC != 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "descriptors attached to a message were truncated by the kernel",
-        ));
+        // Some descriptors were dropped by the kernel (our descriptor table is full). The bytes were
+        // received all the same: report them, and let the caller fail the message they belong to.
+        inbox.truncated = true;
     }
     Ok(n)
 }
 
-/// Atomically replaces descriptor `fd` with `/dev/null` (close-on-exec). Used in a forked child on
-/// descriptors it inherited but was not given: the object behind the number is released (so its peer
-/// can see end-of-file), while the number stays occupied, so a stale owner that closes it later cannot
-/// close someone else's descriptor.
-pub(crate) fn neuter(fd: RawFd) -> io::Result<()> {
+/// Atomically replaces each descriptor in `fds` with `/dev/null` (close-on-exec). Used in a forked child
+/// on descriptors it inherited but was not given: the object behind each number is released (so its
+/// peer can see end-of-file), while the number stays occupied, so a stale owner that closes it later
+/// cannot close someone else's descriptor.
+pub(crate) fn neuter(fds: &[RawFd]) -> io::Result<()> {
+    if fds.is_empty() {
+        return Ok(());
+    }
     // SAFETY: the path is a NUL-terminated literal.
     let null = cvt(unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) })?;
-    // SAFETY: dup3 onto `fd` closes whatever `fd` named and installs /dev/null there; `null` is ours and
-    // is closed right after.
-    let r = unsafe { libc::dup3(null, fd, libc::O_CLOEXEC) };
+    let mut result = Ok(());
+    for &fd in fds {
+        // SAFETY: dup3 onto `fd` closes whatever `fd` named and installs /dev/null there; the caller
+        // abandons the old object behind `fd` (see above).
+        if let Err(e) = cvt(unsafe { libc::dup3(null, fd, libc::O_CLOEXEC) }) {
+            result = Err(e);
+        }
+    }
     // SAFETY: `null` is the descriptor opened above and owned by nobody else.
     unsafe { libc::close(null) };
-    cvt(r).map(drop)
+    result
 }
 
 /// Takes ownership of a descriptor number inherited from the parent (named by an environment variable).
@@ -368,6 +382,9 @@ pub(crate) fn adopt_inherited(raw: RawFd) -> Option<OwnedFd> {
     if raw < 0 || unsafe { libc::fcntl(raw, libc::F_GETFD) } == -1 {
         return None;
     }
+    // Inherited descriptors come without close-on-exec; a program this child executes must not get it.
+    // SAFETY: plain fcntl on the descriptor just checked to be open.
+    unsafe { libc::fcntl(raw, libc::F_SETFD, libc::FD_CLOEXEC) };
     // SAFETY: the parent placed this descriptor here for us (documented bootstrap protocol) and no other
     // code in this freshly started process knows its number, so we are its only owner.
     Some(unsafe { OwnedFd::from_raw_fd(raw) })

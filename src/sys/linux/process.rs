@@ -67,14 +67,20 @@ impl WaitStatus {
     }
 }
 
+/// Exit status of a forked child in which the crate's own child path panicked.
+pub(crate) const EXIT_PANIC_IN_FORK: i32 = 70;
+
 /// Runs `child` in a forked copy of this process and returns the child's pid in the parent. In the
 /// child, `child`'s return value is the exit status, passed to `_exit`.
 pub(crate) fn fork_then(child: impl FnOnce() -> i32) -> io::Result<i32> {
-    // SAFETY: see the module contract; the child runs only `child` and then `_exit`, never returning
-    // into the parent's stack frames.
+    // SAFETY: see the module contract; the child runs only `child` (a panic is caught) and then
+    // `_exit`, never returning into the parent's stack frames.
     let pid = cvt(unsafe { libc::fork() })?;
     if pid == 0 {
-        exit_now(child());
+        // A panic must never unwind out of here: the frames above belong to the parent's code.
+        let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(child))
+            .unwrap_or(EXIT_PANIC_IN_FORK);
+        exit_now(code);
     }
     Ok(pid)
 }
@@ -225,6 +231,7 @@ pub(crate) fn exit_now(code: i32) -> ! {
 ///
 /// This uses `O_ASYNC` with `F_SETSIG`, owned by this process, rather than `PR_SET_PDEATHSIG`, which
 /// fires when the parent *thread* that forked us exits, not the parent process.
+/// `fd` must be the read end of a pipe made by [`pipe`](super::fd::pipe) (no other status flags).
 /// Returns `Ok(false)` if the parent is already gone.
 pub(crate) fn arm_lifeline(fd: BorrowedFd<'_>) -> io::Result<bool> {
     let raw = fd.as_raw_fd();
@@ -232,8 +239,8 @@ pub(crate) fn arm_lifeline(fd: BorrowedFd<'_>) -> io::Result<bool> {
     unsafe {
         cvt(libc::fcntl(raw, libc::F_SETOWN, libc::getpid()))?;
         cvt(libc::fcntl(raw, F_SETSIG, libc::SIGKILL))?;
-        let fl = cvt(libc::fcntl(raw, libc::F_GETFL))?;
-        cvt(libc::fcntl(raw, libc::F_SETFL, fl | libc::O_ASYNC))?;
+        // A fresh pipe read end has no status flags but O_RDONLY, which F_SETFL ignores.
+        cvt(libc::fcntl(raw, libc::F_SETFL, libc::O_ASYNC))?;
     }
     // The parent may have died before O_ASYNC was set: then no signal comes, so look.
     Ok(!super::fd::wait_readable(
