@@ -30,7 +30,8 @@ pub enum SendError {
         /// The buffer's length.
         len: usize,
     },
-    /// The value holds more descriptor-carrying objects than one message can carry (253).
+    /// The value holds more descriptor-carrying objects than one message can carry (253; a child's
+    /// argument can carry 252, as its bootstrap message also carries the child's lifeline).
     #[error("a message can carry at most 253 connections or other OS objects, this one has {0}")]
     TooManyDescriptors(usize),
     /// The peer closed its end or died (`EPIPE` / `ECONNRESET`).

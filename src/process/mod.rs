@@ -35,8 +35,17 @@ use thiserror::Error;
 /// harness or a tokio runtime, cannot leave a lock held in the child) at close to the cost of `Fork`.
 /// Python 3.14 made the same choice on Linux.
 ///
-/// Under `Spawn` and `ForkServer` the function must live in the executable itself (not in a shared
-/// library loaded later): the child finds it by its offset inside the executable image.
+/// # Caveats
+/// - Under `Spawn` and `ForkServer` the function must live in the executable itself (not in a shared
+///   library loaded later): the child finds it by its offset inside the executable image.
+/// - Under `Spawn` and `ForkServer` the child runs from the crate's `.init_array` constructor, before
+///   `main` and before Rust's runtime set-up: a stack overflow in the child is a bare `SIGSEGV`
+///   (no "stack overflow" message), and constructors that run after this crate's (C++ static
+///   initialisers, `ctor` registrations of crates linked later) have not run in the child.
+/// - Under `Fork`, the child inherits every descriptor of the parent, but the crate's own objects
+///   (connection ends, lifelines) that were not handed to the child in its argument are replaced by
+///   `/dev/null` in the child, so that their peers still see end-of-file when the parent closes them.
+///   Such a copied `Connection` fails with an I/O error in the child; pass what the child needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum StartMethod {
     /// `fork()` the calling process.
