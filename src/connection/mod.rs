@@ -46,11 +46,13 @@ const TRUSTED_PREALLOC: u64 = 16 << 20;
 /// ```
 pub fn pipe() -> io::Result<(Connection, Connection)> {
     let (a, b) = sys::socketpair()?;
-    for fd in [&a, &b] {
+    // Wrapped (and so tracked, see `state::owned_fds`) before anything else happens to them.
+    let (a, b) = (Connection::from_socket(a), Connection::from_socket(b));
+    for conn in [&a, &b] {
         // Best effort: the kernel caps the size at net.core.wmem_max; a smaller buffer only costs speed.
-        let _ = sys::set_socket_buffers(fd.as_fd(), SOCKET_BUFFER);
+        let _ = sys::set_socket_buffers(conn.as_fd(), SOCKET_BUFFER);
     }
-    Ok((Connection::from_socket(a), Connection::from_socket(b)))
+    Ok((a, b))
 }
 
 /// Creates a one-way pipe: `(reader, writer)`, as Python's `Pipe(duplex=False)`.
