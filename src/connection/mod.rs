@@ -133,8 +133,11 @@ struct Rx {
     header_got: usize,
     /// Set once the header is complete: (payload length, payload so far).
     payload: Option<(u64, Vec<u8>)>,
-    /// Descriptors that arrived with the current message.
+    /// Descriptors that arrived with the current message, as the kernel delivered them.
     fds: sys::Inbox,
+    /// The same, tracked at once (see `state::owned_fds`): a message may stay partly received across
+    /// timeouts, and a concurrent fork must not keep copies of what it carries.
+    tracked: Vec<TrackedFd>,
     /// Set when the stream can no longer be trusted to sit at a message boundary.
     broken: Option<String>,
 }
@@ -573,6 +576,9 @@ impl Connection {
                 }));
             }
             rx.header_got += n;
+            // Descriptors come with a message's first bytes, which this loop reads.
+            let arrived: Vec<_> = rx.fds.fds.drain(..).map(TrackedFd::new).collect();
+            rx.tracked.extend(arrived);
         };
         let header_len = rx.header_got as u64;
         if let Some(max) = max
@@ -621,6 +627,8 @@ impl Connection {
         let (_, bytes) = rx.payload.take().unwrap_or_default();
         rx.header_got = 0;
         let inbox = std::mem::take(&mut rx.fds);
+        let mut fds: Vec<OwnedFd> = rx.tracked.drain(..).map(TrackedFd::into_owned).collect();
+        fds.extend(inbox.fds);
         if inbox.truncated {
             // The message is consumed and the stream is still in step; only this message is lost.
             return Err(RecvError::Io(io::Error::new(
@@ -629,10 +637,7 @@ impl Connection {
                  has reached its open-file limit (RLIMIT_NOFILE)",
             )));
         }
-        Ok(Frame {
-            bytes,
-            fds: inbox.fds,
-        })
+        Ok(Frame { bytes, fds })
     }
 
     /// Waits for the start of a message awake for a short, adaptive time before the caller blocks in
@@ -693,6 +698,7 @@ impl Rx {
         self.broken = Some(err.to_string());
         self.payload = None;
         self.fds = sys::Inbox::default();
+        self.tracked.clear();
         err
     }
 }
