@@ -100,6 +100,27 @@ pub(crate) fn take_fd(index: u32) -> Result<OwnedFd, String> {
         .unwrap_or_else(|_| Err(gone()))
 }
 
+/// Serializes an object that owns descriptor `fd` as its index in the message's descriptor list.
+pub(crate) fn serialize_fd<S: serde::Serializer>(
+    fd: BorrowedFd<'_>,
+    what: &str,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::Error;
+    match push_fd(fd) {
+        Some(index) => serde::Serialize::serialize(&index, s),
+        None => Err(S::Error::custom(format!(
+            "a {what} can only be serialized by multiprocess (a Connection's send, or a process argument)"
+        ))),
+    }
+}
+
+/// The inverse of [`serialize_fd`].
+pub(crate) fn deserialize_fd<'de, D: serde::Deserializer<'de>>(d: D) -> Result<OwnedFd, D::Error> {
+    let index = <u32 as serde::Deserialize>::deserialize(d)?;
+    take_fd(index).map_err(serde::de::Error::custom)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -43,6 +43,8 @@ mod codec;
 mod connection;
 mod error;
 mod process;
+mod shared;
+mod sync;
 mod sys;
 
 pub use crate::connection::frame;
@@ -52,3 +54,5 @@ pub use crate::process::{
     Builder, Process, ProcessError, ProcessInfo, StartMethod, active_children, cpu_count,
     current_process, get_start_method, init, parent_process, set_start_method,
 };
+pub use crate::shared::SharedMemory;
+pub use crate::sync::{Lock, LockGuard, LockResult, OwnerDied};

@@ -1,0 +1,219 @@
+//! `SharedMemory`: a byte region mapped by several processes.
+
+use crate::codec;
+use crate::sys::shm::{self, Region};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::fmt;
+use std::io;
+use std::os::fd::AsFd;
+use std::sync::Arc;
+
+/// A region of bytes shared between processes, for zero-copy bulk data.
+///
+/// - [`SharedMemory::new`] makes an *anonymous* region (a memfd): it has no name, cannot leak, and
+///   vanishes when the last process holding it unmaps it, even if every one of them crashes. Hand it
+///   to children in their argument or send it through a [`Connection`](crate::Connection).
+/// - [`SharedMemory::create`] makes a *named* region (`/dev/shm/<name>`) that unrelated processes can
+///   [`open`](SharedMemory::open). The handle that created it owns the name and removes it when
+///   dropped; [`unlink`](SharedMemory::unlink) removes it earlier. A name left behind by a crashed
+///   owner can be opened again, or removed with [`SharedMemory::remove`].
+///
+/// Every process sees the same bytes. [`read`](Self::read) and [`write`](Self::write) copy in and
+/// out safely (a copy racing with another process's write may mix old and new bytes); for direct
+/// access under a protocol of your own there are `unsafe` [`as_slice`](Self::as_slice) and
+/// [`as_mut_slice`](Self::as_mut_slice).
+///
+/// # Examples
+/// ```
+/// use multiprocess::{Process, SharedMemory};
+///
+/// fn fill(shm: SharedMemory) {
+///     shm.write(0, b"written by the child").unwrap();
+/// }
+///
+/// let shm = SharedMemory::new(64)?;
+/// Process::spawn(fill, shm.clone())?.join()?;
+/// let mut buf = [0u8; 20];
+/// shm.read(0, &mut buf)?;
+/// assert_eq!(&buf, b"written by the child");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct SharedMemory {
+    pub(crate) region: Arc<Region>,
+    name: Option<Arc<Owner>>,
+}
+
+/// The name of a named region, and whether this process created it (and so removes it).
+struct Owner {
+    name: String,
+    owner: bool,
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        if self.owner {
+            // Already removed (by `unlink`, or by another process) is fine; nothing else can be done here.
+            let _ = shm::unlink_named(&self.name);
+        }
+    }
+}
+
+impl SharedMemory {
+    /// A new anonymous region of `size` zeroed bytes.
+    ///
+    /// # Errors
+    /// The system is out of memory or address space.
+    pub fn new(size: usize) -> io::Result<SharedMemory> {
+        Ok(SharedMemory {
+            region: Arc::new(Region::anonymous("multiprocess-shm", size)?),
+            name: None,
+        })
+    }
+
+    /// Creates a named region of `size` zeroed bytes that other processes can [`open`](Self::open).
+    /// This handle (and its clones in this process) owns the name: it is removed when the last of them
+    /// is dropped.
+    ///
+    /// # Errors
+    /// `AlreadyExists` if the name is taken; `InvalidInput` for an empty name, one with `/`, or over 250
+    /// bytes.
+    ///
+    /// # Examples
+    /// ```
+    /// use multiprocess::SharedMemory;
+    /// let name = format!("mp-doc-{}", std::process::id());
+    /// let a = SharedMemory::create(&name, 16)?;
+    /// let b = SharedMemory::open(&name)?;
+    /// a.write(0, &[7; 16])?;
+    /// let mut buf = [0; 16];
+    /// b.read(0, &mut buf)?;
+    /// assert_eq!(buf, [7; 16]);
+    /// drop(a); // the creator removes the name
+    /// assert!(SharedMemory::open(&name).is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn create(name: &str, size: usize) -> io::Result<SharedMemory> {
+        let region = Region::named(name, true, size)?;
+        Ok(SharedMemory {
+            region: Arc::new(region),
+            name: Some(Arc::new(Owner {
+                name: name.to_string(),
+                owner: true,
+            })),
+        })
+    }
+
+    /// Attaches to the named region `name`. The handle does not own the name.
+    ///
+    /// # Errors
+    /// `NotFound` if there is no such region.
+    pub fn open(name: &str) -> io::Result<SharedMemory> {
+        let region = Region::named(name, false, 0)?;
+        Ok(SharedMemory {
+            region: Arc::new(region),
+            name: Some(Arc::new(Owner {
+                name: name.to_string(),
+                owner: false,
+            })),
+        })
+    }
+
+    /// Removes the name now (processes that have the region mapped keep it). Does nothing for an
+    /// anonymous region.
+    pub fn unlink(&self) -> io::Result<()> {
+        match &self.name {
+            Some(owner) => shm::unlink_named(&owner.name),
+            None => Ok(()),
+        }
+    }
+
+    /// Removes a named region by name, for example one left behind by a crashed owner.
+    pub fn remove(name: &str) -> io::Result<()> {
+        shm::unlink_named(name)
+    }
+
+    /// The name, for a named region.
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_ref().map(|o| o.name.as_str())
+    }
+
+    /// Size in bytes.
+    pub fn len(&self) -> usize {
+        self.region.len()
+    }
+
+    /// Whether the region has no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Copies `buf.len()` bytes starting at `offset` into `buf`.
+    ///
+    /// # Errors
+    /// `InvalidInput` if the range is outside the region.
+    pub fn read(&self, offset: usize, buf: &mut [u8]) -> io::Result<()> {
+        self.region.read_at(offset, buf)
+    }
+
+    /// Copies `buf` into the region at `offset`.
+    ///
+    /// # Errors
+    /// `InvalidInput` if the range is outside the region.
+    pub fn write(&self, offset: usize, buf: &[u8]) -> io::Result<()> {
+        self.region.write_at(offset, buf)
+    }
+}
+
+impl fmt::Debug for SharedMemory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedMemory")
+            .field("name", &self.name())
+            .field("len", &self.len())
+            .finish()
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Wire {
+    name: Option<String>,
+}
+
+/// A region travels as its descriptor (beside the message); the receiver maps it. The receiving side
+/// never owns a name.
+impl Serialize for SharedMemory {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        let mut t = s.serialize_tuple(2)?;
+        t.serialize_element(&FdRef(self))?;
+        t.serialize_element(&Wire {
+            name: self.name().map(str::to_string),
+        })?;
+        t.end()
+    }
+}
+
+struct FdRef<'a>(&'a SharedMemory);
+
+impl Serialize for FdRef<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        codec::serialize_fd(self.0.region.as_fd(), "SharedMemory", s)
+    }
+}
+
+impl<'de> Deserialize<'de> for SharedMemory {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Fd(std::os::fd::OwnedFd);
+        impl<'de> Deserialize<'de> for Fd {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                codec::deserialize_fd(d).map(Fd)
+            }
+        }
+        let (Fd(fd), wire): (Fd, Wire) = Deserialize::deserialize(d)?;
+        let region = Region::from_fd(fd).map_err(serde::de::Error::custom)?;
+        Ok(SharedMemory {
+            region: Arc::new(region),
+            name: wire.name.map(|name| Arc::new(Owner { name, owner: false })),
+        })
+    }
+}

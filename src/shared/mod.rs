@@ -1,0 +1,5 @@
+//! Memory shared between processes.
+
+mod memory;
+
+pub use memory::SharedMemory;

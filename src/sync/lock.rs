@@ -1,0 +1,328 @@
+//! `Lock`: a mutual-exclusion lock shared between processes that survives the death of its holder.
+//!
+//! # The state word
+//! One `u32` in shared memory:
+//!
+//! | bits | meaning |
+//! |---|---|
+//! | 0 | unlocked |
+//! | 0..=30 | the pid of the holding process (pids are below 2^22 on Linux) |
+//! | 31 (`WAITERS`) | some process may be asleep in `FUTEX_WAIT` on this word |
+//!
+//! *Acquire* is a compare-and-swap from 0 to our pid: no system call when uncontended. When contended,
+//! a waiter spins briefly (yielding the CPU after a few tries, so a holder sharing our CPU can run),
+//! then sets `WAITERS` and sleeps on the futex. It sleeps at most [`LIVENESS_PERIOD`] at a time: on
+//! waking to the same holder it asks the kernel whether that process still exists (`kill(pid, 0)`).
+//! If not, it takes the lock over with a compare-and-swap from the dead holder's word, and reports
+//! [`OwnerDied`] so the caller can repair what the dead holder was changing.
+//! *Release* swaps 0 in and wakes one sleeper if `WAITERS` was set. A woken waiter acquires with
+//! `WAITERS` set again, because other sleepers may remain: at worst one spare wake-up.
+//!
+//! Why not glibc's robust mutexes: the kernel's robust list is registered per thread by glibc, a
+//! second registration would replace it, and a robust pthread mutex must be unlocked by its owner
+//! thread, which Python's `Lock.release()` from another process does not respect. The pid in the word
+//! gives death detection and cross-process release at once.
+//!
+//! Limits: a holder that is a *thread* which exited while its process lives is not detected (as with
+//! any pid-based scheme), and a dead holder's pid reused by a new process looks alive until that
+//! process ends too.
+
+use crate::codec;
+use crate::sys::{self, shm::Region};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::fmt;
+use std::io;
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+const WAITERS: u32 = 1 << 31;
+const OWNER: u32 = !WAITERS;
+
+/// A sleeping waiter checks that the holder still exists at least this often.
+const LIVENESS_PERIOD: Duration = Duration::from_millis(20);
+
+/// Spins before sleeping (the first few with a CPU pause, the rest yielding).
+const SPINS: u32 = 40;
+
+/// A lock shared between processes, like Python's `multiprocessing.Lock`, that survives the death of
+/// its holder.
+///
+/// Hand it to children in their argument (or send it through a [`Connection`](crate::Connection)):
+/// every copy is the same lock. [`lock`](Self::lock) returns a guard that releases on drop. If the
+/// process holding the lock dies, the next process to acquire it gets it with
+/// [`OwnerDied`] (like a poisoned `std::sync::Mutex`), so it can repair the protected state.
+///
+/// # Examples
+/// ```
+/// use multiprocess::{Lock, Process, SharedMemory};
+///
+/// fn add(args: (Lock, SharedMemory)) {
+///     let (lock, counter) = args;
+///     for _ in 0..100 {
+///         let _guard = lock.lock().unwrap();
+///         let mut n = [0u8; 8];
+///         counter.read(0, &mut n).unwrap();
+///         counter.write(0, &(u64::from_le_bytes(n) + 1).to_le_bytes()).unwrap();
+///     }
+/// }
+///
+/// let (lock, counter) = (Lock::new()?, SharedMemory::new(8)?);
+/// let children: Vec<_> = (0..4)
+///     .map(|_| Process::spawn(add, (lock.clone(), counter.clone())))
+///     .collect::<Result<_, _>>()?;
+/// for c in children {
+///     c.join()?;
+/// }
+/// let mut n = [0u8; 8];
+/// counter.read(0, &mut n)?;
+/// assert_eq!(u64::from_le_bytes(n), 400);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct Lock {
+    region: Arc<Region>,
+}
+
+/// Holds a [`Lock`]; releases it when dropped.
+#[must_use = "if unused the Lock will immediately unlock"]
+pub struct LockGuard<'a> {
+    lock: &'a Lock,
+}
+
+/// The lock was acquired, but its previous holder died while holding it: what it protected may be
+/// half-updated. The guard is inside.
+pub struct OwnerDied<G> {
+    guard: G,
+}
+
+impl<G> OwnerDied<G> {
+    /// The guard: the lock is held.
+    pub fn into_inner(self) -> G {
+        self.guard
+    }
+}
+
+impl<G> fmt::Debug for OwnerDied<G> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("OwnerDied(..)")
+    }
+}
+
+impl<G> fmt::Display for OwnerDied<G> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the lock's previous holder died while holding it")
+    }
+}
+
+impl<G> std::error::Error for OwnerDied<G> {}
+
+/// `Ok(guard)`, or `Err(OwnerDied(guard))` when the previous holder died holding the lock.
+pub type LockResult<G> = Result<G, OwnerDied<G>>;
+
+impl Lock {
+    /// A new, unlocked lock.
+    ///
+    /// # Errors
+    /// The shared memory for it could not be created.
+    pub fn new() -> io::Result<Lock> {
+        Ok(Lock {
+            region: Arc::new(Region::anonymous("multiprocess-lock", 4)?),
+        })
+    }
+
+    fn word(&self) -> &AtomicU32 {
+        self.region.atomic_u32(0)
+    }
+
+    /// Acquires the lock, waiting as long as it takes.
+    pub fn lock(&self) -> LockResult<LockGuard<'_>> {
+        self.acquire(None).expect("no deadline")
+    }
+
+    /// Acquires the lock if it is free right now.
+    pub fn try_lock(&self) -> Option<LockResult<LockGuard<'_>>> {
+        let me = sys::getpid() as u32;
+        if self
+            .word()
+            .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+        {
+            return Some(Ok(LockGuard { lock: self }));
+        }
+        let v = self.word().load(Ordering::Relaxed);
+        if v & OWNER != 0 && !sys::shm::process_exists((v & OWNER) as i32) {
+            return self.take_over(v, me).map(|g| Err(OwnerDied { guard: g }));
+        }
+        None
+    }
+
+    /// Acquires the lock, waiting at most `timeout`; `None` if it stayed held.
+    ///
+    /// # Examples
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// let lock = multiprocess::Lock::new()?;
+    /// let _held = lock.lock().unwrap();
+    /// let t = Instant::now();
+    /// assert!(lock.try_lock_for(Duration::from_millis(30)).is_none());
+    /// assert!(t.elapsed() >= Duration::from_millis(30));
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn try_lock_for(&self, timeout: Duration) -> Option<LockResult<LockGuard<'_>>> {
+        match Instant::now().checked_add(timeout) {
+            Some(d) => self.acquire(Some(d)),
+            None => Some(self.lock()),
+        }
+    }
+
+    /// Whether some process holds the lock right now.
+    pub fn is_locked(&self) -> bool {
+        self.word().load(Ordering::Relaxed) & OWNER != 0
+    }
+
+    /// Releases the lock without a guard, from any thread or process, as Python's `Lock.release()`
+    /// allows (for example a lock acquired by one process and released by another). A guard of the
+    /// same lock still alive elsewhere will release it again when dropped: use this only with
+    /// [`LockGuard::leak`].
+    ///
+    /// # Errors
+    /// `InvalidInput` if the lock is not held.
+    pub fn release(&self) -> io::Result<()> {
+        let v = self.word().swap(0, Ordering::Release);
+        if v & OWNER == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "release of an unlocked Lock",
+            ));
+        }
+        if v & WAITERS != 0 {
+            sys::shm::futex_wake(self.word(), 1);
+        }
+        Ok(())
+    }
+
+    fn take_over(&self, seen: u32, me: u32) -> Option<LockGuard<'_>> {
+        // Keep WAITERS: others may sleep on the word.
+        let new = me | (seen & WAITERS);
+        self.word()
+            .compare_exchange(seen, new, Ordering::Acquire, Ordering::Relaxed)
+            .ok()
+            .map(|_| LockGuard { lock: self })
+    }
+
+    fn acquire(&self, deadline: Option<Instant>) -> Option<LockResult<LockGuard<'_>>> {
+        let me = sys::getpid() as u32;
+        let word = self.word();
+        for i in 0..SPINS {
+            let v = word.load(Ordering::Relaxed);
+            if v & OWNER == 0
+                && word
+                    .compare_exchange(v, me | (v & WAITERS), Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+            {
+                return Some(Ok(LockGuard { lock: self }));
+            }
+            if i < 4 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
+        let mut waited_on: Option<(u32, Instant)> = None;
+        loop {
+            let v = word.load(Ordering::Relaxed);
+            if v & OWNER == 0 {
+                // Free: take it, keeping WAITERS since others may be asleep.
+                if word
+                    .compare_exchange(v, me | WAITERS, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    return Some(Ok(LockGuard { lock: self }));
+                }
+                continue;
+            }
+            let owner = v & OWNER;
+            let now = Instant::now();
+            match waited_on {
+                Some((o, since)) if o == owner => {
+                    if now.duration_since(since) >= LIVENESS_PERIOD
+                        && !sys::shm::process_exists(owner as i32)
+                    {
+                        if let Some(g) = self.take_over(v, me) {
+                            return Some(Err(OwnerDied { guard: g }));
+                        }
+                        continue;
+                    }
+                }
+                _ => waited_on = Some((owner, now)),
+            }
+            if deadline.is_some_and(|d| now >= d) {
+                return None;
+            }
+            if v & WAITERS == 0
+                && word
+                    .compare_exchange(v, v | WAITERS, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_err()
+            {
+                continue;
+            }
+            let nap = deadline.map_or(LIVENESS_PERIOD, |d| {
+                d.saturating_duration_since(now).min(LIVENESS_PERIOD)
+            });
+            sys::shm::futex_wait(word, v | WAITERS, Some(nap));
+        }
+    }
+}
+
+impl LockGuard<'_> {
+    /// Keeps the lock held after the guard is gone, for a later [`Lock::release`] (possibly in another
+    /// process).
+    pub fn leak(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for LockGuard<'_> {
+    fn drop(&mut self) {
+        let _ = self.lock.release();
+    }
+}
+
+impl fmt::Debug for Lock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let v = self.word().load(Ordering::Relaxed);
+        f.debug_struct("Lock")
+            .field("holder", &(v & OWNER != 0).then_some(v & OWNER))
+            .finish()
+    }
+}
+
+impl fmt::Debug for LockGuard<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("LockGuard")
+    }
+}
+
+/// A lock travels as the descriptor of its shared memory (beside the message).
+impl Serialize for Lock {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        codec::serialize_fd(self.region.as_fd(), "Lock", s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Lock {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let fd = codec::deserialize_fd(d)?;
+        let region = Region::from_fd(fd).map_err(serde::de::Error::custom)?;
+        if region.len() < 4 {
+            return Err(serde::de::Error::custom(
+                "a Lock's shared memory is too small",
+            ));
+        }
+        Ok(Lock {
+            region: Arc::new(region),
+        })
+    }
+}

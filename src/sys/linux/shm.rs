@@ -1,0 +1,293 @@
+//! Shared memory regions (memfd or POSIX shm, mapped `MAP_SHARED`) and futexes on them.
+//!
+//! # Safety
+//! A [`Region`] owns one `mmap` of `len` bytes that stays mapped until the `Region` is dropped; every
+//! pointer handed out points inside it and lives no longer than a borrow of the `Region`. Other
+//! processes may write the same pages at any time, so the region is only ever exposed to safe code
+//! as atomics (whose every access is atomic in all processes, by the crate's protocols) or through
+//! copies made here with the explicit caveat that racing writers may tear what is copied. Plain
+//! references to its bytes are handed out only by `unsafe fn`s whose callers promise exclusivity.
+
+#![allow(unsafe_code)]
+
+use super::fd::cvt;
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::ptr::NonNull;
+use std::sync::atomic::AtomicU32;
+use std::time::Duration;
+
+/// A mapping of a shared-memory descriptor.
+#[derive(Debug)]
+pub(crate) struct Region {
+    ptr: NonNull<u8>,
+    len: usize,
+    fd: OwnedFd,
+}
+
+// SAFETY: the mapping is plain memory shared with other processes anyway; all access goes through
+// atomics or explicitly racy copies (see the module contract), so sharing across threads adds nothing.
+unsafe impl Send for Region {}
+// SAFETY: as above.
+unsafe impl Sync for Region {}
+
+impl Region {
+    /// A new anonymous region of `len` bytes (zeroed), backed by a memfd that vanishes with its last
+    /// descriptor and mapping.
+    pub(crate) fn anonymous(name: &str, len: usize) -> io::Result<Region> {
+        let cname = CString::new(name)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in name"))?;
+        // SAFETY: `cname` is a valid C string; the flags are plain integers.
+        let fd = cvt(unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC) })?;
+        // SAFETY: the kernel just returned this descriptor to us.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        set_len(fd.as_fd(), len)?;
+        Region::map(fd, len)
+    }
+
+    /// Creates (`create`) or opens a named POSIX shared-memory object (`/dev/shm/<name>`).
+    /// With `create`, fails with `AlreadyExists` if the name is taken, and sets the size.
+    pub(crate) fn named(name: &str, create: bool, len: usize) -> io::Result<Region> {
+        let cname = shm_name(name)?;
+        let flags = libc::O_RDWR
+            | libc::O_CLOEXEC
+            | if create {
+                libc::O_CREAT | libc::O_EXCL
+            } else {
+                0
+            };
+        // SAFETY: `cname` is a valid C string.
+        let fd = cvt(unsafe { libc::shm_open(cname.as_ptr(), flags, 0o600) })?;
+        // SAFETY: the kernel just returned this descriptor to us.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let len = if create {
+            if let Err(e) = set_len(fd.as_fd(), len) {
+                let _ = unlink_named(name);
+                return Err(e);
+            }
+            len
+        } else {
+            file_len(fd.as_fd())?
+        };
+        Region::map(fd, len)
+    }
+
+    /// Maps a received descriptor (its whole size).
+    pub(crate) fn from_fd(fd: OwnedFd) -> io::Result<Region> {
+        let len = file_len(fd.as_fd())?;
+        Region::map(fd, len)
+    }
+
+    fn map(fd: OwnedFd, len: usize) -> io::Result<Region> {
+        if len == 0 {
+            return Ok(Region {
+                ptr: NonNull::dangling(),
+                len: 0,
+                fd,
+            });
+        }
+        // SAFETY: a fresh shared mapping chosen by the kernel; `fd` is a valid shared-memory object of
+        // at least `len` bytes (set or measured above).
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = NonNull::new(p.cast()).ok_or_else(|| io::Error::other("mmap returned null"))?;
+        Ok(Region { ptr, len, fd })
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The 32-bit atomic at byte `offset` (which must be 4-aligned and in bounds).
+    pub(crate) fn atomic_u32(&self, offset: usize) -> &AtomicU32 {
+        assert!(
+            offset.is_multiple_of(4) && offset + 4 <= self.len,
+            "atomic outside the region"
+        );
+        // SAFETY: the address is inside the mapping (checked), 4-aligned (mappings are page-aligned and
+        // the offset is checked), lives as long as `&self`, and by the crate's protocols every process
+        // touches this word only atomically.
+        unsafe { &*self.ptr.as_ptr().add(offset).cast::<AtomicU32>() }
+    }
+
+    /// Copies `dst.len()` bytes from byte `offset`. Concurrent writers in other processes may make the
+    /// copy a mix of old and new bytes (never undefined behaviour for the caller's plain bytes).
+    pub(crate) fn read_at(&self, offset: usize, dst: &mut [u8]) -> io::Result<()> {
+        check_range(offset, dst.len(), self.len)?;
+        // SAFETY: the range is inside the mapping (checked) and `dst` is a distinct, writable buffer.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.ptr.as_ptr().add(offset),
+                dst.as_mut_ptr(),
+                dst.len(),
+            )
+        };
+        Ok(())
+    }
+
+    /// Copies `src` to byte `offset` (same caveat as [`read_at`](Self::read_at)).
+    pub(crate) fn write_at(&self, offset: usize, src: &[u8]) -> io::Result<()> {
+        check_range(offset, src.len(), self.len)?;
+        // SAFETY: the range is inside the mapping (checked); the mapping is writable (PROT_WRITE).
+        unsafe {
+            std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.as_ptr().add(offset), src.len())
+        };
+        Ok(())
+    }
+
+    /// The whole region as bytes.
+    ///
+    /// # Safety
+    /// For the lifetime of the slice, no process may write the region.
+    pub(crate) unsafe fn as_slice(&self) -> &[u8] {
+        // SAFETY: in bounds by construction; the caller guarantees the absence of writers.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// The whole region as mutable bytes.
+    ///
+    /// # Safety
+    /// For the lifetime of the slice, no other process or thread may read or write the region.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn as_mut_slice(&self) -> &mut [u8] {
+        // SAFETY: in bounds by construction; the caller guarantees exclusive access.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl AsFd for Region {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        if self.len > 0 {
+            // SAFETY: this exact mapping was created in `map` and nothing borrowed from it outlives
+            // `self`. An error here cannot be reported from `drop` and leaves only address space behind.
+            unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+        }
+    }
+}
+
+fn check_range(offset: usize, n: usize, len: usize) -> io::Result<()> {
+    match offset.checked_add(n) {
+        Some(end) if end <= len => Ok(()),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("range {offset}..{offset}+{n} is outside a region of {len} bytes"),
+        )),
+    }
+}
+
+fn set_len(fd: BorrowedFd<'_>, len: usize) -> io::Result<()> {
+    let len = libc::off_t::try_from(len)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "size too large"))?;
+    // SAFETY: plain syscall on a valid descriptor.
+    cvt(unsafe { libc::ftruncate(fd.as_raw_fd(), len) }).map(drop)
+}
+
+fn file_len(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: fstat fills `st` on success; we read it only then.
+    cvt(unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) })?;
+    // SAFETY: fstat succeeded.
+    let size = unsafe { st.assume_init() }.st_size;
+    usize::try_from(size).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "negative size"))
+}
+
+fn shm_name(name: &str) -> io::Result<CString> {
+    if name.is_empty() || name.contains('/') || name.len() > 250 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a shared memory name is 1 to 250 bytes without '/'",
+        ));
+    }
+    CString::new(format!("/{name}"))
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in name"))
+}
+
+/// Removes a named shared-memory object (mappings stay valid until unmapped).
+pub(crate) fn unlink_named(name: &str) -> io::Result<()> {
+    let cname = shm_name(name)?;
+    // SAFETY: `cname` is a valid C string.
+    cvt(unsafe { libc::shm_unlink(cname.as_ptr()) }).map(drop)
+}
+
+/// `FUTEX_WAIT` (shared, not `FUTEX_PRIVATE_FLAG`: waiters live in other processes) while `*word ==
+/// expected`, for at most `timeout`. Returns on wake-up, value change, timeout or signal alike; callers
+/// re-check their condition.
+pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
+    let ts = timeout.map(|d| libc::timespec {
+        tv_sec: d.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_nsec: d.subsec_nanos() as libc::c_long,
+    });
+    let ts_ptr = ts
+        .as_ref()
+        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: `word` is a valid, aligned u32 for the call; `ts_ptr` is null or points at `ts`.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT,
+            expected,
+            ts_ptr,
+        )
+    };
+}
+
+/// `FUTEX_WAKE` (shared) of up to `n` waiters.
+pub(crate) fn futex_wake(word: &AtomicU32, n: u32) {
+    // SAFETY: `word` is a valid, aligned u32 for the call.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE,
+            n.min(i32::MAX as u32),
+        )
+    };
+}
+
+/// Whether process `pid` exists (it may be a zombie). `false` only when the kernel says it does not.
+pub(crate) fn process_exists(pid: i32) -> bool {
+    // SAFETY: signal 0 performs only the existence and permission checks.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
+// The unsafe accessors of the public `SharedMemory` live here, beside the contract they rely on.
+impl crate::shared::SharedMemory {
+    /// The whole region as bytes, without copying.
+    ///
+    /// # Safety
+    /// While the slice lives, no process (including this one) may write the region.
+    pub unsafe fn as_slice(&self) -> &[u8] {
+        // SAFETY: forwarded from this function's contract.
+        unsafe { self.region.as_slice() }
+    }
+
+    /// The whole region as mutable bytes, without copying.
+    ///
+    /// # Safety
+    /// While the slice lives, no other process or thread may read or write the region.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn as_mut_slice(&self) -> &mut [u8] {
+        // SAFETY: forwarded from this function's contract.
+        unsafe { self.region.as_mut_slice() }
+    }
+}

@@ -1,0 +1,204 @@
+//! Shared memory and process-shared locks across real processes, under every start method.
+#![cfg(not(miri))]
+
+mod common;
+
+use common::{join, start};
+use multiprocess::{Connection, Lock, ProcessError, SharedMemory, StartMethod, pipe};
+use std::time::{Duration, Instant};
+
+fn read_u64(shm: &SharedMemory, at: usize) -> u64 {
+    let mut b = [0u8; 8];
+    shm.read(at, &mut b).unwrap();
+    u64::from_le_bytes(b)
+}
+
+fn write_u64(shm: &SharedMemory, at: usize, v: u64) {
+    shm.write(at, &v.to_le_bytes()).unwrap();
+}
+
+fn increment(args: (Lock, SharedMemory, u32)) {
+    let (lock, shm, n) = args;
+    for _ in 0..n {
+        let _g = lock.lock().unwrap();
+        // A deliberately non-atomic read-modify-write: only the lock keeps it correct.
+        let v = read_u64(&shm, 0);
+        std::hint::spin_loop();
+        write_u64(&shm, 0, v + 1);
+    }
+}
+
+#[test]
+fn lock_gives_mutual_exclusion_across_processes() {
+    for m in StartMethod::ALL {
+        let (lock, shm) = (Lock::new().unwrap(), SharedMemory::new(8).unwrap());
+        let kids: Vec<_> = (0..4)
+            .map(|_| start(m, increment, (lock.clone(), shm.clone(), 2000)))
+            .collect();
+        increment((lock.clone(), shm.clone(), 2000));
+        for k in kids {
+            join(k).unwrap();
+        }
+        assert_eq!(read_u64(&shm, 0), 10_000, "{m}");
+        assert!(!lock.is_locked());
+    }
+}
+
+fn hold_forever(args: (Lock, Connection)) {
+    let (lock, conn) = args;
+    let _g = lock.lock().unwrap();
+    conn.send(&"locked").unwrap();
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+fn wait_for_lock(args: (Lock, Connection)) -> bool {
+    let (lock, conn) = args;
+    conn.send(&"waiting").unwrap();
+    // The guard (inside either variant) is dropped right here, releasing the lock.
+    lock.lock().is_err()
+}
+
+#[test]
+fn holder_killed_the_next_acquirer_learns_and_gets_the_lock() {
+    for m in StartMethod::ALL {
+        let lock = Lock::new().unwrap();
+        let (here, there) = pipe().unwrap();
+        let holder = start(m, hold_forever, (lock.clone(), there));
+        assert_eq!(
+            here.recv_timeout::<String>(common::DEADLINE).unwrap(),
+            "locked"
+        );
+        // A second process already blocked in lock() when the holder dies learns it too.
+        let (here2, there2) = pipe().unwrap();
+        let waiter = start(m, wait_for_lock, (lock.clone(), there2));
+        assert_eq!(
+            here2.recv_timeout::<String>(common::DEADLINE).unwrap(),
+            "waiting"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+        holder.kill().unwrap();
+        assert!(matches!(
+            join(holder),
+            Err(ProcessError::Signaled { signal: 9 })
+        ));
+        assert!(
+            join(waiter).unwrap(),
+            "{m}: the blocked waiter must be told the holder died"
+        );
+        // The waiter released it (its guard was dropped): the lock is an ordinary lock again.
+        assert!(lock.lock().is_ok(), "{m}");
+
+        // With nobody waiting, the next acquirer learns it (here through try_lock_for).
+        let (here, there) = pipe().unwrap();
+        let holder = start(m, hold_forever, (lock.clone(), there));
+        assert_eq!(
+            here.recv_timeout::<String>(common::DEADLINE).unwrap(),
+            "locked"
+        );
+        holder.kill().unwrap();
+        let _ = join(holder);
+        let g = lock.try_lock_for(common::DEADLINE).expect("acquired");
+        assert!(g.is_err(), "{m}: OwnerDied expected");
+        drop(g);
+        assert!(lock.lock().is_ok());
+    }
+}
+
+fn release_it(lock: Lock) {
+    lock.release().unwrap();
+}
+
+#[test]
+fn another_process_may_release_a_leaked_guard() {
+    for m in StartMethod::ALL {
+        let lock = Lock::new().unwrap();
+        lock.lock().unwrap().leak();
+        assert!(lock.is_locked());
+        join(start(m, release_it, lock.clone())).unwrap();
+        assert!(lock.try_lock().is_some(), "{m}");
+        assert!(
+            matches!(Lock::new().unwrap().release(), Err(e) if e.kind() == std::io::ErrorKind::InvalidInput)
+        );
+    }
+}
+
+#[test]
+fn try_lock_for_waits_at_least_its_timeout() {
+    let lock = Lock::new().unwrap();
+    let _g = lock.lock().unwrap();
+    let t = Instant::now();
+    assert!(lock.try_lock_for(Duration::from_millis(70)).is_none());
+    assert!(t.elapsed() >= Duration::from_millis(70));
+    assert!(lock.try_lock().is_none());
+}
+
+fn reverse_in_place(shm: SharedMemory) -> usize {
+    let mut buf = vec![0u8; shm.len()];
+    shm.read(0, &mut buf).unwrap();
+    buf.reverse();
+    shm.write(0, &buf).unwrap();
+    shm.len()
+}
+
+#[test]
+fn shared_memory_is_shared_under_every_method() {
+    for m in StartMethod::ALL {
+        let shm = SharedMemory::new(1 << 20).unwrap();
+        let data: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 251) as u8).collect();
+        shm.write(0, &data).unwrap();
+        assert_eq!(
+            join(start(m, reverse_in_place, shm.clone())).unwrap(),
+            1 << 20
+        );
+        let mut back = vec![0u8; 1 << 20];
+        shm.read(0, &mut back).unwrap();
+        back.reverse();
+        assert!(back == data, "{m}");
+    }
+}
+
+#[test]
+fn shared_memory_travels_through_a_connection() {
+    let (a, b) = pipe().unwrap();
+    let shm = SharedMemory::new(16).unwrap();
+    a.send(&(shm.clone(), Lock::new().unwrap())).unwrap();
+    let (got, lock): (SharedMemory, Lock) = b.recv().unwrap();
+    got.write(3, b"xyz").unwrap();
+    let mut buf = [0u8; 3];
+    shm.read(3, &mut buf).unwrap();
+    assert_eq!(&buf, b"xyz");
+    assert!(lock.try_lock().is_some());
+    assert!(shm.read(14, &mut [0u8; 3]).is_err());
+    assert!(shm.write(usize::MAX, b"x").is_err());
+}
+
+fn open_and_write(name: String) {
+    SharedMemory::open(&name)
+        .unwrap()
+        .write(0, b"from the child")
+        .unwrap();
+}
+
+#[test]
+fn named_shared_memory_is_removed_by_its_owner() {
+    for m in StartMethod::ALL {
+        let name = format!("mp-test-{}-{m}", std::process::id());
+        let shm = SharedMemory::create(&name, 32).unwrap();
+        assert!(
+            matches!(SharedMemory::create(&name, 32), Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists)
+        );
+        join(start(m, open_and_write, name.clone())).unwrap();
+        let mut buf = [0u8; 14];
+        shm.read(0, &mut buf).unwrap();
+        assert_eq!(&buf, b"from the child");
+        assert!(std::path::Path::new(&format!("/dev/shm/{name}")).exists());
+        drop(shm);
+        assert!(
+            !std::path::Path::new(&format!("/dev/shm/{name}")).exists(),
+            "{m}: name leaked"
+        );
+        assert!(SharedMemory::open(&name).is_err());
+    }
+    assert!(SharedMemory::create("bad/name", 1).is_err());
+    assert!(SharedMemory::create("", 1).is_err());
+}
