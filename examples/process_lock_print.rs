@@ -16,38 +16,32 @@
 //!     p.start()
 //! ```
 //!
-//! This ports the process part. The version with a cross-process `Lock` comes with the sync issue.
-//! Until then, the two lines stay together without one: each child formats both lines first and hands
-//! them to the terminal in a single `write`, which POSIX makes atomic on a pipe for up to `PIPE_BUF`
-//! (4096) bytes. The children also run side by side instead of one after the other, so the run takes
-//! one sleep rather than ten.
+//! The lock is a `multiprocess::Lock` handed to each child in its argument: while a child holds it,
+//! no other child can print, so each pair of lines stays together. The seed sleeps 1 s with the lock
+//! held; here 100 ms, so the ten children take about one second in all.
 //!
 //! Run with `cargo run --example process_lock_print`.
 
-use multiprocess::{Process, current_process, parent_process};
-use std::io::Write;
+use multiprocess::{Lock, Process, current_process, parent_process};
 use std::time::Duration;
 
-/// Returns the write error as text: `io::Error` is not a serde type.
-fn f(name: u32) -> Result<(), String> {
-    std::thread::sleep(Duration::from_millis(100)); // the seed sleeps 1 s, holding the lock
+fn f(args: (u32, Lock)) {
+    let (name, lock) = args;
+    // `unwrap_or_else(into_inner)`: if a previous holder died mid-print, print anyway.
+    let _guard = lock.lock().unwrap_or_else(|died| died.into_inner());
+    std::thread::sleep(Duration::from_millis(100));
+    println!("hello--{name}");
     let ppid = parent_process().map_or(0, |p| p.pid);
-    let text = format!(
-        "hello--{name}\n{ppid} ----------- {}\n",
-        current_process().pid
-    );
-    // One write for both lines (stdout is line-buffered; a buffer ending in '\n' goes out at once).
-    std::io::stdout()
-        .write_all(text.as_bytes())
-        .map_err(|e| e.to_string())
+    println!("{ppid} ----------- {}", current_process().pid);
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let lock = Lock::new()?;
     let process_list = (0..10)
-        .map(|i| Process::spawn(f, i))
+        .map(|i| Process::spawn(f, (i, lock.clone())))
         .collect::<Result<Vec<_>, _>>()?;
     for p in process_list {
-        p.join()??; // outer: the process failed; inner: its write failed
+        p.join()?;
     }
     Ok(())
 }

@@ -20,27 +20,31 @@
 //!     ...
 //! ```
 //!
-//! This port keeps the process part and leaves the lock out: the seed takes it only so that two
-//! workers do not print at the same time. Here each worker prints its line with a single `println!`,
-//! which reaches the terminal as one `write`, so lines cannot interleave. The version with a
-//! cross-process `Lock` comes with the sync issue.
+//! One `multiprocess::Lock` serves both halves: it works between threads of one process as well as
+//! between processes, so the same `worker` runs in either.
 //!
 //! Run with `cargo run --example process_vs_thread`.
 
-use multiprocess::Process;
+use multiprocess::{Lock, Process};
 use std::thread;
 
 /// Runs in a thread or in a child process alike: a plain function.
-fn worker(sign: String) -> u32 {
+fn worker(args: (String, Lock)) -> u32 {
+    let (sign, lock) = args;
+    let _guard = lock.lock().unwrap_or_else(|died| died.into_inner());
     println!("{sign} {}", std::process::id());
     std::process::id()
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("main {}", std::process::id());
+    let lock = Lock::new()?;
 
     let threads: Vec<_> = (0..5)
-        .map(|_| thread::spawn(|| worker("thread".to_string())))
+        .map(|_| {
+            let lock = lock.clone();
+            thread::spawn(move || worker(("thread".to_string(), lock)))
+        })
         .collect();
     let thread_pids: Vec<u32> = threads
         .into_iter()
@@ -51,7 +55,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|i| {
             Process::builder()
                 .name(format!("worker-{i}"))
-                .spawn(worker, "process".to_string())
+                .spawn(worker, ("process".to_string(), lock.clone()))
         })
         .collect::<Result<Vec<_>, _>>()?;
     let mut process_pids = Vec::new();

@@ -10,8 +10,8 @@
 //! memory, queues, pools and managers join as those parts land. The whole tour takes about a second.
 
 use multiprocess::{
-    Connection, Process, RecvError, SendError, StartMethod, active_children, cpu_count,
-    current_process, get_start_method, parent_process, pipe, pipe_oneway,
+    Connection, Lock, Process, RecvError, SendError, SharedMemory, StartMethod, active_children,
+    cpu_count, current_process, get_start_method, parent_process, pipe, pipe_oneway,
 };
 use serde::{Deserialize, Serialize};
 use std::error::Error;
@@ -50,8 +50,15 @@ fn main() -> Result {
     passing_connections()?;
     polling()?;
 
+    section("3. Shared memory and locks (in progress)");
+    shared_memory()?;
+    lock_counter()?;
+    lock_holder_killed()?;
+
     section("Still to come");
-    println!("   sync primitives and shared memory, queues, pool, manager, listener/client");
+    println!(
+        "   RLock, Semaphore, Event, Condition, Barrier, Value/Array, queues, pool, manager, listener/client"
+    );
     println!("\ntour finished in {}", ms(t.elapsed()));
     Ok(())
 }
@@ -432,6 +439,97 @@ fn polling() -> Result {
 
 // ---------------------------------------------------------------------------------------------------
 // Helpers
+
+// ---------------------------------------------------------------------------------------------------
+// 3. Shared memory and locks
+
+fn upper_in_place(shm: SharedMemory) -> usize {
+    let mut buf = vec![0u8; shm.len()];
+    shm.read(0, &mut buf).expect("in bounds");
+    buf.make_ascii_uppercase();
+    shm.write(0, &buf).expect("in bounds");
+    shm.len()
+}
+
+fn shared_memory() -> Result {
+    step("SharedMemory: an anonymous memfd region handed to a child, changed in place");
+    let shm = SharedMemory::new(32)?;
+    shm.write(0, b"shared bytes, no copies in pipes")?;
+    let n = Process::spawn(upper_in_place, shm.clone())?.join()?;
+    let mut buf = [0u8; 32];
+    shm.read(0, &mut buf)?;
+    println!(
+        "   the child uppercased {n} bytes: {:?}",
+        String::from_utf8_lossy(&buf)
+    );
+    Ok(())
+}
+
+fn add_under_lock(args: (Lock, SharedMemory, u32)) {
+    let (lock, counter, times) = args;
+    for _ in 0..times {
+        let _guard = lock.lock().unwrap_or_else(|died| died.into_inner());
+        let mut n = [0u8; 8];
+        counter.read(0, &mut n).expect("in bounds");
+        counter
+            .write(0, &(u64::from_le_bytes(n) + 1).to_le_bytes())
+            .expect("in bounds");
+    }
+}
+
+fn lock_counter() -> Result {
+    step("Lock: 4 children each add 10 000 to one counter, read-modify-write under the lock");
+    let (lock, counter) = (Lock::new()?, SharedMemory::new(8)?);
+    let t = Instant::now();
+    let kids = (0..4)
+        .map(|_| Process::spawn(add_under_lock, (lock.clone(), counter.clone(), 10_000)))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    for k in kids {
+        k.join()?;
+    }
+    let mut n = [0u8; 8];
+    counter.read(0, &mut n)?;
+    println!(
+        "   counter = {} (expected 40000) in {}",
+        u64::from_le_bytes(n),
+        ms(t.elapsed())
+    );
+    Ok(())
+}
+
+fn hold_lock(args: (Lock, Connection)) {
+    let (lock, conn) = args;
+    let _guard = lock.lock().unwrap_or_else(|died| died.into_inner());
+    conn.send(&()).expect("parent listening");
+    std::thread::sleep(Duration::from_secs(10));
+}
+
+fn lock_holder_killed() -> Result {
+    step("A child holding the lock is killed: the next acquirer is told, and gets the lock");
+    let lock = Lock::new()?;
+    let (here, there) = pipe()?;
+    let holder = Process::spawn(hold_lock, (lock.clone(), there))?;
+    here.recv::<()>()?;
+    holder.kill()?;
+    let outcome = holder.join();
+    let t = Instant::now();
+    match lock.lock() {
+        Ok(_) => println!("   lock() -> Ok (unexpected)"),
+        Err(died) => {
+            println!("   holder: {outcome:?}");
+            println!(
+                "   lock() -> Err(OwnerDied): \"{died}\" after {}; the guard is inside",
+                ms(t.elapsed())
+            );
+            drop(died.into_inner());
+        }
+    }
+    println!(
+        "   then lock() -> {}",
+        if lock.lock().is_ok() { "Ok" } else { "Err" }
+    );
+    Ok(())
+}
 
 fn section(title: &str) {
     println!(

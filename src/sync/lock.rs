@@ -11,8 +11,9 @@
 //!
 //! *Acquire* is a compare-and-swap from 0 to our pid: no system call when uncontended. When contended,
 //! a waiter spins briefly (yielding the CPU after a few tries, so a holder sharing our CPU can run),
-//! then sets `WAITERS` and sleeps on the futex. It sleeps at most [`LIVENESS_PERIOD`] at a time: on
-//! waking to the same holder it asks the kernel whether that process still exists (`kill(pid, 0)`).
+//! then asks the kernel whether the holder is still alive (`kill(pid, 0)`, and not a zombie in
+//! `/proc/<pid>/stat`), sets `WAITERS` and sleeps on
+//! the futex, at most [`LIVENESS_PERIOD`] at a time, asking again each time it wakes to the same holder.
 //! If not, it takes the lock over with a compare-and-swap from the dead holder's word, and reports
 //! [`OwnerDied`] so the caller can repair what the dead holder was changing.
 //! *Release* swaps 0 in and wakes one sleeper if `WAITERS` was set. A woken waiter acquires with
@@ -152,7 +153,7 @@ impl Lock {
             return Some(Ok(LockGuard { lock: self }));
         }
         let v = self.word().load(Ordering::Relaxed);
-        if v & OWNER != 0 && !sys::shm::process_exists((v & OWNER) as i32) {
+        if v & OWNER != 0 && !sys::shm::process_alive((v & OWNER) as i32) {
             return self.take_over(v, me).map(|g| Err(OwnerDied { guard: g }));
         }
         None
@@ -248,7 +249,7 @@ impl Lock {
             match waited_on {
                 Some((o, since)) if o == owner => {
                     if now.duration_since(since) >= LIVENESS_PERIOD
-                        && !sys::shm::process_exists(owner as i32)
+                        && !sys::shm::process_alive(owner as i32)
                     {
                         if let Some(g) = self.take_over(v, me) {
                             return Some(Err(OwnerDied { guard: g }));
@@ -256,7 +257,16 @@ impl Lock {
                         continue;
                     }
                 }
-                _ => waited_on = Some((owner, now)),
+                // A new holder: look at once (it may be dead already), then every LIVENESS_PERIOD.
+                _ => {
+                    if !sys::shm::process_alive(owner as i32) {
+                        if let Some(g) = self.take_over(v, me) {
+                            return Some(Err(OwnerDied { guard: g }));
+                        }
+                        continue;
+                    }
+                    waited_on = Some((owner, now));
+                }
             }
             if deadline.is_some_and(|d| now >= d) {
                 return None;

@@ -263,11 +263,24 @@ pub(crate) fn futex_wake(word: &AtomicU32, n: u32) {
     };
 }
 
-/// Whether process `pid` exists (it may be a zombie). `false` only when the kernel says it does not.
-pub(crate) fn process_exists(pid: i32) -> bool {
+/// Whether process `pid` is alive: it exists and is not a zombie (a killed lock holder stays a
+/// zombie until its parent reaps it, which may be the very process waiting for the lock).
+pub(crate) fn process_alive(pid: i32) -> bool {
     // SAFETY: signal 0 performs only the existence and permission checks.
     let r = unsafe { libc::kill(pid, 0) };
-    r == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+    if r != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state is the first field after the command name, which is in parentheses.
+        Ok(stat) => !matches!(
+            stat.rsplit(')')
+                .next()
+                .and_then(|s| s.split_whitespace().next()),
+            Some("Z" | "X")
+        ),
+        Err(_) => true, // no /proc: trust kill()
+    }
 }
 
 // The unsafe accessors of the public `SharedMemory` live here, beside the contract they rely on.
@@ -276,6 +289,16 @@ impl crate::shared::SharedMemory {
     ///
     /// # Safety
     /// While the slice lives, no process (including this one) may write the region.
+    ///
+    /// # Examples
+    /// ```
+    /// let shm = multiprocess::SharedMemory::new(4)?;
+    /// shm.write(0, b"abcd")?;
+    /// // SAFETY: no process writes `shm` while `bytes` lives.
+    /// let bytes = unsafe { shm.as_slice() };
+    /// assert_eq!(bytes, b"abcd");
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub unsafe fn as_slice(&self) -> &[u8] {
         // SAFETY: forwarded from this function's contract.
         unsafe { self.region.as_slice() }
@@ -285,6 +308,17 @@ impl crate::shared::SharedMemory {
     ///
     /// # Safety
     /// While the slice lives, no other process or thread may read or write the region.
+    ///
+    /// # Examples
+    /// ```
+    /// let shm = multiprocess::SharedMemory::new(4)?;
+    /// // SAFETY: nothing else uses `shm` while `bytes` lives.
+    /// unsafe { shm.as_mut_slice() }.copy_from_slice(b"wxyz");
+    /// let mut out = [0; 4];
+    /// shm.read(0, &mut out)?;
+    /// assert_eq!(&out, b"wxyz");
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     #[allow(clippy::mut_from_ref)]
     pub unsafe fn as_mut_slice(&self) -> &mut [u8] {
         // SAFETY: forwarded from this function's contract.
