@@ -54,5 +54,5 @@ pub use crate::process::{
     Builder, Process, ProcessError, ProcessInfo, StartMethod, active_children, cpu_count,
     current_process, get_start_method, init, parent_process, set_start_method,
 };
-pub use crate::shared::SharedMemory;
+pub use crate::shared::{Array, ArrayGuard, AtomicInt, SharedMemory, Value, ValueGuard};
 pub use crate::sync::{Lock, LockGuard, LockResult, OwnerDied};

@@ -1,5 +1,7 @@
 //! Memory shared between processes.
 
 mod memory;
+mod value;
 
 pub use memory::SharedMemory;
+pub use value::{Array, ArrayGuard, AtomicInt, Value, ValueGuard};

@@ -99,6 +99,10 @@ pub struct OwnerDied<G> {
 }
 
 impl<G> OwnerDied<G> {
+    pub(crate) fn new(guard: G) -> OwnerDied<G> {
+        OwnerDied { guard }
+    }
+
     /// The guard: the lock is held.
     pub fn into_inner(self) -> G {
         self.guard

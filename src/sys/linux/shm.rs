@@ -325,3 +325,94 @@ impl crate::shared::SharedMemory {
         unsafe { self.region.as_mut_slice() }
     }
 }
+
+/// Atomic integer types that may live in a region (same size and alignment as their integer).
+pub(crate) trait AtomicCell: Sized + sealed::Sealed {}
+
+mod sealed {
+    pub(crate) trait Sealed {}
+}
+
+macro_rules! atomic_cell {
+    ($($a:ty),*) => {$( impl sealed::Sealed for $a {} impl AtomicCell for $a {} )*};
+}
+atomic_cell!(
+    std::sync::atomic::AtomicI32,
+    std::sync::atomic::AtomicU32,
+    std::sync::atomic::AtomicI64,
+    std::sync::atomic::AtomicU64,
+    std::sync::atomic::AtomicIsize,
+    std::sync::atomic::AtomicUsize
+);
+
+impl Region {
+    /// The atomic `A` at byte `offset` (which must be aligned for `A` and in bounds).
+    pub(crate) fn atomic<A: AtomicCell>(&self, offset: usize) -> &A {
+        assert!(
+            offset.is_multiple_of(std::mem::align_of::<A>())
+                && offset + std::mem::size_of::<A>() <= self.len,
+            "atomic outside the region"
+        );
+        // SAFETY: in bounds and aligned (checked; mappings are page-aligned), lives as long as `&self`,
+        // and by the crate's protocol this word is only accessed atomically in every process.
+        unsafe { &*self.ptr.as_ptr().add(offset).cast::<A>() }
+    }
+
+    /// The first `len` elements of type `T` as a raw pointer, checked to fit and be aligned.
+    fn elements<T>(&self, len: usize) -> *mut T {
+        if std::mem::size_of::<T>() == 0 || len == 0 {
+            return NonNull::<T>::dangling().as_ptr();
+        }
+        let bytes = len
+            .checked_mul(std::mem::size_of::<T>())
+            .expect("checked at construction");
+        assert!(bytes <= self.len, "elements outside the region");
+        assert!(
+            std::mem::align_of::<T>() <= 4096,
+            "types aligned beyond a page are not supported"
+        );
+        self.ptr.as_ptr().cast::<T>()
+    }
+}
+
+// Guards of `Value` and `Array` dereference into the region. They exist only while the object's
+// `Lock` is held, and every accessor of these bytes in every process (the guards, and `get`/`set`/
+// `copy_*`) takes that lock first, so a guard's reference is exclusive for its lifetime. `T: Pod`
+// makes every bit pattern another process may have written a valid `T`.
+impl<T: bytemuck::Pod> std::ops::Deref for crate::shared::ValueGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        let p = self.value.region.elements::<T>(1);
+        // SAFETY: `p` points at an in-bounds, aligned `T` (checked by `elements`); exclusive under the
+        // lock this guard holds (see above); any bit pattern is a valid `T` (`Pod`).
+        unsafe { &*p }
+    }
+}
+
+impl<T: bytemuck::Pod> std::ops::DerefMut for crate::shared::ValueGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        let p = self.value.region.elements::<T>(1);
+        // SAFETY: as in `deref`; `&mut self` makes this the only reference through the guard.
+        unsafe { &mut *p }
+    }
+}
+
+impl<T: bytemuck::Pod> std::ops::Deref for crate::shared::ArrayGuard<'_, T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        let len = self.array.len;
+        let p = self.array.region.elements::<T>(len);
+        // SAFETY: `len` elements fit, aligned (checked by `elements`); exclusive under the lock this
+        // guard holds; any bit pattern is a valid `T` (`Pod`).
+        unsafe { std::slice::from_raw_parts(p, len) }
+    }
+}
+
+impl<T: bytemuck::Pod> std::ops::DerefMut for crate::shared::ArrayGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        let len = self.array.len;
+        let p = self.array.region.elements::<T>(len);
+        // SAFETY: as in `deref`; `&mut self` makes this the only reference through the guard.
+        unsafe { std::slice::from_raw_parts_mut(p, len) }
+    }
+}

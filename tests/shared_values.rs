@@ -1,0 +1,182 @@
+//! `Value` and `Array` across real processes, under every start method.
+#![cfg(not(miri))]
+
+mod common;
+
+use common::{join, start};
+use multiprocess::{Array, Connection, ProcessError, StartMethod, Value, pipe};
+use std::time::Duration;
+
+fn seed_f(args: (Value<f64>, Array<i32>, i64)) {
+    // The seed: n.value = name * name; for i in range(len(a)): a[i] = -i
+    let (n, a, name) = args;
+    std::thread::sleep(Duration::from_millis(10));
+    n.set((name * name) as f64);
+    for i in 0..a.len() {
+        a.set(i, -(i as i32)).unwrap();
+    }
+}
+
+#[test]
+fn the_seed_value_and_array_example() {
+    for m in StartMethod::ALL {
+        let num = Value::new(0.0f64).unwrap();
+        let arr = Array::from_slice(&(0..10).collect::<Vec<i32>>()).unwrap();
+        let kids: Vec<_> = (0..10)
+            .map(|i| start(m, seed_f, (num.clone(), arr.clone(), i)))
+            .collect();
+        for k in kids {
+            join(k).unwrap();
+        }
+        let v = num.get();
+        assert!((0..10).any(|i| v == (i * i) as f64), "{m}: {v}");
+        assert_eq!(
+            arr.to_vec(),
+            (0..10).map(|i: i32| -i).collect::<Vec<_>>(),
+            "{m}"
+        );
+    }
+}
+
+fn add_locked(args: (Value<u64>, u32)) {
+    let (v, n) = args;
+    for _ in 0..n {
+        *v.lock().unwrap().unwrap() += 1;
+    }
+}
+
+fn add_atomic(args: (Value<u64>, u32)) {
+    let (v, n) = args;
+    for _ in 0..n {
+        v.fetch_add(1);
+    }
+}
+
+#[test]
+fn increments_under_the_lock_and_atomically() {
+    for m in StartMethod::ALL {
+        let v = Value::new(0u64).unwrap();
+        let kids: Vec<_> = (0..3)
+            .map(|_| start(m, add_locked, (v.clone(), 3000)))
+            .collect();
+        add_locked((v.clone(), 3000));
+        for k in kids {
+            join(k).unwrap();
+        }
+        assert_eq!(v.get(), 12_000, "{m}");
+
+        let raw = Value::new_raw(0u64).unwrap();
+        assert!(raw.lock().is_none());
+        let kids: Vec<_> = (0..3)
+            .map(|_| start(m, add_atomic, (raw.clone(), 5000)))
+            .collect();
+        add_atomic((raw.clone(), 5000));
+        for k in kids {
+            join(k).unwrap();
+        }
+        assert_eq!(raw.load(), 20_000, "{m}");
+        assert_eq!(raw.compare_exchange(20_000, 1), Ok(20_000));
+        assert_eq!(raw.compare_exchange(20_000, 2), Err(1));
+    }
+}
+
+fn hold_value_lock(args: (Value<i64>, Connection)) {
+    let (v, conn) = args;
+    let mut g = v.lock().unwrap().unwrap();
+    *g = -1; // half-way through an update
+    conn.send(&()).unwrap();
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+#[test]
+fn a_dead_holder_of_a_values_lock_is_reported() {
+    for m in StartMethod::ALL {
+        let v = Value::new(5i64).unwrap();
+        let (here, there) = pipe().unwrap();
+        let p = start(m, hold_value_lock, (v.clone(), there));
+        here.recv_timeout::<()>(common::DEADLINE).unwrap();
+        p.kill().unwrap();
+        assert!(matches!(join(p), Err(ProcessError::Signaled { signal: 9 })));
+        match v.lock().unwrap() {
+            Err(died) => {
+                let mut g = died.into_inner();
+                assert_eq!(*g, -1, "{m}: the dead holder's partial update is visible");
+                *g = 5; // repaired
+            }
+            Ok(_) => panic!("{m}: OwnerDied expected"),
+        }
+        assert_eq!(v.get(), 5);
+    }
+}
+
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    bytemuck::Pod,
+    bytemuck::Zeroable,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[repr(C)]
+struct Point {
+    x: f64,
+    y: f64,
+    id: u32,
+    pad: u32,
+}
+
+fn move_point(v: Value<Point>) -> Point {
+    let mut g = v.lock().unwrap().unwrap();
+    g.x += 1.0;
+    g.id = 7;
+    *g
+}
+
+#[test]
+fn repr_c_structs_and_bounds() {
+    for m in StartMethod::ALL {
+        let v = Value::new(Point {
+            x: 1.0,
+            y: 2.0,
+            id: 0,
+            pad: 0,
+        })
+        .unwrap();
+        let seen = join(start(m, move_point, v.clone())).unwrap();
+        assert_eq!(v.get(), seen);
+        assert_eq!(
+            seen,
+            Point {
+                x: 2.0,
+                y: 2.0,
+                id: 7,
+                pad: 0
+            }
+        );
+    }
+    let a = Array::<u16>::new(4).unwrap();
+    assert_eq!(a.get(4), None);
+    assert!(a.set(4, 1).is_err());
+    assert!(a.copy_from_slice(&[1, 2, 3]).is_err());
+    assert_eq!(a.to_vec(), [0; 4]);
+    let empty = Array::<u64>::new_raw(0).unwrap();
+    assert!(empty.is_empty() && empty.to_vec().is_empty());
+}
+
+#[test]
+fn values_travel_through_connections() {
+    let (a, b) = pipe().unwrap();
+    let v = Value::new(1i32).unwrap();
+    let arr = Array::from_slice(&[1u8, 2, 3]).unwrap();
+    a.send(&(v.clone(), arr.clone())).unwrap();
+    let (v2, arr2): (Value<i32>, Array<u8>) = b.recv().unwrap();
+    v2.set(42);
+    arr2.set(0, 9).unwrap();
+    assert_eq!(v.get(), 42);
+    assert_eq!(arr.to_vec(), [9, 2, 3]);
+    // A receiver asking for a bigger type than the memory holds gets an error, not a wild read.
+    a.send(&v).unwrap();
+    assert!(b.recv::<Value<u64>>().is_err());
+}
