@@ -203,3 +203,71 @@ fn named_shared_memory_is_removed_by_its_owner() {
     assert!(SharedMemory::create("bad/name", 1).is_err());
     assert!(SharedMemory::create("", 1).is_err());
 }
+
+// ---- RLock ------------------------------------------------------------------------------------
+
+use multiprocess::RLock;
+
+fn nested_increment(args: (RLock, SharedMemory, u32)) {
+    let (lock, shm, n) = args;
+    for _ in 0..n {
+        let _outer = lock.lock().unwrap();
+        let _inner = lock.lock().unwrap();
+        let v = read_u64(&shm, 0);
+        write_u64(&shm, 0, v + 1);
+    }
+}
+
+#[test]
+fn rlock_is_reentrant_and_exclusive_across_processes() {
+    for m in StartMethod::ALL {
+        let (lock, shm) = (RLock::new().unwrap(), SharedMemory::new(8).unwrap());
+        let kids: Vec<_> = (0..3)
+            .map(|_| start(m, nested_increment, (lock.clone(), shm.clone(), 1000)))
+            .collect();
+        nested_increment((lock.clone(), shm.clone(), 1000));
+        for k in kids {
+            join(k).unwrap();
+        }
+        assert_eq!(read_u64(&shm, 0), 4000, "{m}");
+        assert!(!lock.is_locked());
+    }
+}
+
+#[test]
+fn rlock_belongs_to_one_thread() {
+    let lock = RLock::new().unwrap();
+    let g1 = lock.lock().unwrap();
+    let g2 = lock.try_lock().expect("reentrant").unwrap();
+    let other = {
+        let lock = lock.clone();
+        std::thread::spawn(move || lock.try_lock_for(Duration::from_millis(30)).is_some())
+    };
+    assert!(!other.join().unwrap(), "another thread must not get it");
+    drop(g2);
+    assert!(lock.is_locked(), "still held once");
+    drop(g1);
+    assert!(!lock.is_locked());
+}
+
+#[test]
+fn rlock_holder_thread_that_exits_is_detected() {
+    let lock = RLock::new().unwrap();
+    let l2 = lock.clone();
+    std::thread::spawn(move || l2.lock().unwrap().leak_for_test())
+        .join()
+        .unwrap();
+    assert!(lock.is_locked());
+    let g = lock.try_lock_for(common::DEADLINE).expect("acquired");
+    assert!(g.is_err(), "OwnerDied expected");
+}
+
+trait LeakForTest {
+    fn leak_for_test(self);
+}
+
+impl LeakForTest for multiprocess::RLockGuard<'_> {
+    fn leak_for_test(self) {
+        std::mem::forget(self); // the thread ends holding the lock
+    }
+}

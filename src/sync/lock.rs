@@ -137,18 +137,37 @@ impl Lock {
         })
     }
 
+    /// A lock whose word is the first 4 bytes of `region` (for primitives built on it).
+    pub(crate) fn in_region(region: Arc<Region>) -> Lock {
+        Lock { region }
+    }
+
+    pub(crate) fn region(&self) -> &Arc<Region> {
+        &self.region
+    }
+
+    /// The id of the holder in the word (0 when free).
+    pub(crate) fn holder(&self) -> u32 {
+        self.word().load(Ordering::Relaxed) & OWNER
+    }
+
     fn word(&self) -> &AtomicU32 {
         self.region.atomic_u32(0)
     }
 
     /// Acquires the lock, waiting as long as it takes.
     pub fn lock(&self) -> LockResult<LockGuard<'_>> {
-        self.acquire(None).expect("no deadline")
+        self.acquire(sys::getpid() as u32, None)
+            .expect("no deadline")
     }
 
     /// Acquires the lock if it is free right now.
     pub fn try_lock(&self) -> Option<LockResult<LockGuard<'_>>> {
-        let me = sys::getpid() as u32;
+        self.try_lock_as(sys::getpid() as u32)
+    }
+
+    /// [`try_lock`](Self::try_lock) on behalf of holder id `me` (a pid or a thread id).
+    pub(crate) fn try_lock_as(&self, me: u32) -> Option<LockResult<LockGuard<'_>>> {
         if self
             .word()
             .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
@@ -177,7 +196,7 @@ impl Lock {
     /// ```
     pub fn try_lock_for(&self, timeout: Duration) -> Option<LockResult<LockGuard<'_>>> {
         match Instant::now().checked_add(timeout) {
-            Some(d) => self.acquire(Some(d)),
+            Some(d) => self.acquire(sys::getpid() as u32, Some(d)),
             None => Some(self.lock()),
         }
     }
@@ -217,8 +236,13 @@ impl Lock {
             .map(|_| LockGuard { lock: self })
     }
 
-    fn acquire(&self, deadline: Option<Instant>) -> Option<LockResult<LockGuard<'_>>> {
-        let me = sys::getpid() as u32;
+    /// Acquires on behalf of holder id `me`: a pid (`Lock`) or a thread id (`RLock`). Either is a
+    /// process-table entry whose liveness `process_alive` can check.
+    pub(crate) fn acquire(
+        &self,
+        me: u32,
+        deadline: Option<Instant>,
+    ) -> Option<LockResult<LockGuard<'_>>> {
         let word = self.word();
         for i in 0..SPINS {
             let v = word.load(Ordering::Relaxed);

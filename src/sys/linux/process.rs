@@ -25,6 +25,12 @@ pub(crate) fn getpid() -> i32 {
     std::process::id() as i32
 }
 
+/// This thread's id (unique system-wide while the thread lives, like a pid).
+pub(crate) fn gettid() -> i32 {
+    // SAFETY: gettid cannot fail and touches no memory.
+    unsafe { libc::gettid() }
+}
+
 /// How a process ended, as `waitid` reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum WaitStatus {
