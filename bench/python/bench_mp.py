@@ -7,6 +7,10 @@ Run by the Rust harness (bench/src/python.rs), one figure per invocation:
     bench_mp.py pipe-rt                  [--cpus PARENT,CHILD] [plan]
     bench_mp.py pipe-oneway --size BYTES [--cpus PARENT,CHILD] [plan]
     bench_mp.py codec       --shape small|vec-u64|bytes      [plan]
+    bench_mp.py lock                                         [plan]
+    bench_mp.py lock-incr                [--cpus PARENT,CHILD] [plan]
+    bench_mp.py shm-write   --size BYTES                     [plan]
+    bench_mp.py shm-read    --size BYTES                     [plan]
 
     plan: [--warmup W] [--samples S] [--ops N] [--quick]
 
@@ -30,6 +34,10 @@ DEFAULTS = {
     "pipe-rt": {"full": (1, 51, 1000), "quick": (1, 15, 200)},
     "pipe-oneway": {"full": (1, 21, 5000), "quick": (1, 7, 1000)},
     "codec": {"full": (1, 31, 1000), "quick": (1, 9, 200)},
+    "lock": {"full": (1, 31, 200_000), "quick": (1, 9, 200_000)},
+    "lock-incr": {"full": (1, 21, 100_000), "quick": (1, 7, 40_000)},
+    "shm-write": {"full": (1, 31, 1), "quick": (1, 9, 1)},
+    "shm-read": {"full": (1, 31, 1), "quick": (1, 9, 1)},
 }
 
 
@@ -171,11 +179,91 @@ def fig_codec(args):
     return run_plan(args, batch)
 
 
+# --- sync: Lock, a lock-protected Value, SharedMemory -----------------------------------------------
+
+
+def fig_lock(args):
+    lock = mp.Lock()
+
+    def batch(ops):
+        for _ in range(ops):
+            lock.acquire()
+            lock.release()
+
+    return run_plan(args, batch)
+
+
+def increment(v, n):
+    for _ in range(n):
+        with v.get_lock():
+            v.value += 1
+
+
+def incrementer(conn, v):
+    """For each 8-byte little-endian count n received, does n increments of v and answers with one
+    byte; an empty message ends it."""
+    while True:
+        cmd = conn.recv_bytes()
+        if not cmd:
+            return
+        increment(v, int.from_bytes(cmd, "little"))
+        conn.send_bytes(b"k")
+
+
+def fig_lock_incr(args):
+    """A batch of ops increments: ops // 2 in the child, the rest here, at once."""
+    v = mp.get_context("fork").Value("q", 0)
+    expected = 0
+
+    def measure(here):
+        def batch(ops):
+            nonlocal expected
+            theirs = ops // 2
+            here.send_bytes(theirs.to_bytes(8, "little"))
+            increment(v, ops - theirs)
+            here.recv_bytes()
+            expected += ops
+
+        return run_plan(args, batch)
+
+    out = with_child(args, incrementer, (v,), measure)
+    if v.value != expected:
+        raise RuntimeError(f"the counter reads {v.value} after {expected} increments")
+    return out
+
+
+def fig_shm(args, write):
+    from multiprocessing import shared_memory
+
+    data = b"\x5a" * args.size
+    shm = shared_memory.SharedMemory(create=True, size=args.size)
+    try:
+        shm.buf[:] = data  # touch every page before timing
+        if bytes(shm.buf) != data:
+            raise RuntimeError("read back other bytes than were written")
+
+        def batch(ops):
+            for _ in range(ops):
+                if write:
+                    shm.buf[:] = data
+                else:
+                    bytes(shm.buf)
+
+        return run_plan(args, batch)
+    finally:
+        shm.close()
+        shm.unlink()
+
+
 FIGURES = {
     "process": fig_process,
     "pipe-rt": fig_pipe_rt,
     "pipe-oneway": fig_pipe_oneway,
     "codec": fig_codec,
+    "lock": fig_lock,
+    "lock-incr": fig_lock_incr,
+    "shm-write": lambda args: fig_shm(args, write=True),
+    "shm-read": lambda args: fig_shm(args, write=False),
 }
 
 
@@ -188,9 +276,13 @@ def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("figure", choices=sorted(FIGURES))
     ap.add_argument("--method", choices=["fork", "spawn", "forkserver"], default="fork")
-    ap.add_argument("--size", type=int, default=64, help="message size for pipe-oneway")
+    ap.add_argument(
+        "--size", type=int, default=64, help="bytes: pipe-oneway's messages, shm-*'s region"
+    )
     ap.add_argument("--shape", choices=["small", "vec-u64", "bytes"], default="small")
-    ap.add_argument("--cpus", type=cpu_pair, help="PARENT,CHILD: pin the pipe figures' processes")
+    ap.add_argument(
+        "--cpus", type=cpu_pair, help="PARENT,CHILD: pin the two processes of pipe-* and lock-incr"
+    )
     ap.add_argument("--warmup", type=int)
     ap.add_argument("--samples", type=int)
     ap.add_argument("--ops", type=int, help="operations per timed batch")

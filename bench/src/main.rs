@@ -11,14 +11,16 @@
 //! stays a clean table.
 //!
 //! Usage: `cargo run --release -p multiprocess-bench -- [--quick] [GROUP...]` with groups `process`,
-//! `pipe` and `codec` (all of them when none is named). See `bench/README.md`.
+//! `pipe`, `codec` and `sync` (all of them when none is named). See `bench/README.md`.
 
 mod codec;
 mod measure;
+mod pin;
 mod pipe;
 mod process;
 mod python;
 mod raw;
+mod sync;
 mod table;
 
 use std::process::ExitCode;
@@ -28,7 +30,7 @@ use python::Python;
 use table::Table;
 
 /// The groups, in the order they run when none is named.
-const GROUPS: [&str; 3] = ["process", "pipe", "codec"];
+const GROUPS: [&str; 4] = ["process", "pipe", "codec", "sync"];
 
 /// What every group needs: the run's mode and the Python side.
 #[derive(Debug)]
@@ -52,7 +54,7 @@ usage: multiprocess-bench [--quick] [GROUP...]
 Measures multiprocess against Python's multiprocessing and prints
 figure<TAB>multiprocess<TAB>python<TAB>unit<TAB>speedup   (speedup > 1: multiprocess is better)
 
-groups: process, pipe, codec (default: all)
+groups: process, pipe, codec, sync (default: all)
 options:
   --quick     fewer samples (the whole run takes well under a minute)
   -h, --help  this text
@@ -124,6 +126,7 @@ fn main() -> ExitCode {
             "process" => process::run(&ctx, &mut table),
             "pipe" => pipe::run(&ctx, &mut table),
             "codec" => codec::run(&ctx, &mut table),
+            "sync" => sync::run(&ctx, &mut table),
             _ => unreachable!("parse_args accepts only the names in GROUPS"),
         }
     }

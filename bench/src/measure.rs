@@ -65,7 +65,25 @@ impl Plan {
     }
 }
 
-/// The samples of one figure of [`Plan::run_alternating`], or its error.
+impl Plan {
+    /// [`Plan::run_alternating`] for any number of figures: batch `i` of every figure runs, in order,
+    /// before batch `i + 1` of any. Returns one result per figure, in order.
+    pub(crate) fn run_interleaved(
+        &self,
+        figures: &mut [&mut dyn FnMut(usize) -> Result<(), String>],
+    ) -> Vec<Result<f64, String>> {
+        let mut timed: Vec<Timed> = figures.iter().map(|_| Timed::default()).collect();
+        for i in 0..self.warmup + self.samples {
+            let is_timed = i >= self.warmup;
+            for (f, t) in figures.iter_mut().zip(&mut timed) {
+                t.batch(self.ops, is_timed, f);
+            }
+        }
+        timed.into_iter().map(Timed::finish).collect()
+    }
+}
+
+/// The samples of one figure of [`Plan::run_alternating`] or [`Plan::run_interleaved`], or its error.
 #[derive(Debug, Default)]
 struct Timed {
     per_op: Vec<f64>,
@@ -162,5 +180,31 @@ mod tests {
         assert_eq!(*order.borrow(), "abaa");
         assert!(a.is_ok());
         assert_eq!(b, Err("b failed".to_string()));
+    }
+
+    #[test]
+    fn interleaved_runs_take_turns() {
+        let order = std::cell::RefCell::new(String::new());
+        let plan = Plan {
+            warmup: 1,
+            samples: 2,
+            ops: 1,
+        };
+        let mut a = |_| {
+            order.borrow_mut().push('a');
+            Ok(())
+        };
+        let mut b = |_| {
+            order.borrow_mut().push('b');
+            Err("b failed".to_string())
+        };
+        let mut c = |_| {
+            order.borrow_mut().push('c');
+            Ok(())
+        };
+        let r = plan.run_interleaved(&mut [&mut a, &mut b, &mut c]);
+        assert_eq!(*order.borrow(), "abcacac");
+        assert!(r[0].is_ok() && r[2].is_ok());
+        assert_eq!(r[1], Err("b failed".to_string()));
     }
 }

@@ -14,6 +14,8 @@ pub(crate) enum Unit {
     Nanos,
     /// Millions of messages per second (one operation = one message).
     MegaMsgsPerSec,
+    /// Millions of operations per second (lock acquisitions, increments).
+    MegaOpsPerSec,
     /// 10⁹ bytes per second, when one operation moves this many bytes.
     GigabytesPerSec(f64),
     /// A dimensionless ratio of two figures (a figure over its raw baseline).
@@ -27,7 +29,7 @@ impl Unit {
             Unit::Millis => secs * 1e3,
             Unit::Micros => secs * 1e6,
             Unit::Nanos => secs * 1e9,
-            Unit::MegaMsgsPerSec => 1e-6 / secs,
+            Unit::MegaMsgsPerSec | Unit::MegaOpsPerSec => 1e-6 / secs,
             Unit::GigabytesPerSec(bytes) => bytes * 1e-9 / secs,
             Unit::Ratio => secs,
         }
@@ -40,13 +42,17 @@ impl Unit {
             Unit::Micros => "µs",
             Unit::Nanos => "ns",
             Unit::MegaMsgsPerSec => "M msg/s",
+            Unit::MegaOpsPerSec => "M ops/s",
             Unit::GigabytesPerSec(_) => "GB/s",
             Unit::Ratio => "x",
         }
     }
 
     fn higher_is_better(self) -> bool {
-        matches!(self, Unit::MegaMsgsPerSec | Unit::GigabytesPerSec(_))
+        matches!(
+            self,
+            Unit::MegaMsgsPerSec | Unit::MegaOpsPerSec | Unit::GigabytesPerSec(_)
+        )
     }
 }
 
@@ -300,6 +306,9 @@ mod tests {
         assert_eq!(time.speedup(), Some(3.0));
         let rate = Row::compare("r", Unit::GigabytesPerSec(1e9), Ok(0.5), Cell::Value(1.0));
         assert_eq!(rate.speedup(), Some(2.0));
+        let ops = Row::compare("o", Unit::MegaOpsPerSec, Ok(1e-8), Cell::Value(25.0));
+        assert_eq!(ops.ours, Cell::Value(100.0));
+        assert_eq!(ops.speedup(), Some(4.0));
         let base = Row::baseline("b", Unit::Millis, Ok(0.0005));
         assert_eq!(base.speedup(), None);
         let ratio = Row::ratio("x", &time, &time, &base);

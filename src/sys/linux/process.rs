@@ -20,15 +20,52 @@ use std::os::unix::ffi::OsStringExt;
 
 use super::fd::cvt;
 
-/// This process's id.
-pub(crate) fn getpid() -> i32 {
-    std::process::id() as i32
+static PID: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+thread_local! {
+    static TID: std::cell::Cell<i32> = const { std::cell::Cell::new(0) };
 }
 
-/// This thread's id (unique system-wide while the thread lives, like a pid).
+/// Runs in the child after every `fork()` made through glibc (ours or anyone's), in the forking
+/// thread: the cached ids belong to the parent.
+extern "C" fn forget_ids_after_fork() {
+    PID.store(0, std::sync::atomic::Ordering::Relaxed);
+    let _ = TID.try_with(|t| t.set(0));
+}
+
+fn install_fork_handler() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: registers a plain C-ABI function with static lifetime that only stores to an atomic
+        // and a thread-local cell (async-signal-safe enough for the post-fork child).
+        unsafe { libc::pthread_atfork(None, None, Some(forget_ids_after_fork)) };
+    });
+}
+
+/// This process's id, cached: glibc no longer caches `getpid`, and the lock fast path needs it.
+pub(crate) fn getpid() -> i32 {
+    let p = PID.load(std::sync::atomic::Ordering::Relaxed);
+    if p != 0 {
+        return p;
+    }
+    install_fork_handler();
+    let p = std::process::id() as i32;
+    PID.store(p, std::sync::atomic::Ordering::Relaxed);
+    p
+}
+
+/// This thread's id (unique system-wide while the thread lives, like a pid), cached per thread.
 pub(crate) fn gettid() -> i32 {
-    // SAFETY: gettid cannot fail and touches no memory.
-    unsafe { libc::gettid() }
+    TID.try_with(|t| {
+        if t.get() == 0 {
+            install_fork_handler();
+            // SAFETY: gettid cannot fail and touches no memory.
+            t.set(unsafe { libc::gettid() });
+        }
+        t.get()
+    })
+    // SAFETY: as above (thread-local storage is being torn down: ask the kernel).
+    .unwrap_or_else(|_| unsafe { libc::gettid() })
 }
 
 /// How a process ended, as `waitid` reports it.

@@ -1,0 +1,250 @@
+//! Group `sync`: `multiprocess::Lock` and `multiprocess::SharedMemory`.
+//!
+//! Figures (medians):
+//! - `lock acquire+release uncontended` (M ops/s): `drop(lock.lock())` in a loop, one process. Python:
+//!   `multiprocessing.Lock()` `acquire()` + `release()`. DESIGN.md: ≥ 75 M/s.
+//! - `lock-protected increment, 2 processes` (M ops/s): the parent and a forked child (on two CPUs,
+//!   see [`Pinning`]) each add 1 to a `u64` in a `SharedMemory` half the batch's times, reading and
+//!   writing its 8 bytes under the `Lock`; the figure is total increments / wall time, and the final
+//!   count is checked. Python: `Value('q', 0)` with `with v.get_lock(): v.value += 1`. DESIGN.md:
+//!   ≥ 10 M/s.
+//! - `SharedMemory bulk write 64 MiB` / `read` (GB/s): `SharedMemory::write` / `read` of a 64 MiB
+//!   buffer into / out of a region already written once (no page faults in the timing). Python:
+//!   `shared_memory.SharedMemory` with `shm.buf[:] = data` / `bytes(shm.buf)` (which allocates its
+//!   result each time: Python has no read into an existing buffer that plain code would use).
+//! - `raw memcpy 64 MiB` (GB/s): `copy_from_slice` between two touched `Vec`s, sampled in alternation
+//!   with the two above, and the ratios `shm write / memcpy`, `shm read / memcpy` (DESIGN.md: ≥ 0.8).
+
+use std::cell::RefCell;
+use std::hint::black_box;
+
+use multiprocess::{Connection, Lock, Process, SharedMemory, StartMethod, pipe};
+
+use crate::Ctx;
+use crate::measure::Plan;
+use crate::pin::Pinning;
+use crate::table::{Row, Table, Target, Unit};
+
+/// The size of the bulk figures.
+const BULK: usize = 64 << 20;
+
+/// The bytes written by the bulk figures.
+const FILL: u8 = 0x5a;
+
+/// `lock acquire+release uncontended`: seconds per acquire + release.
+fn uncontended(plan: Plan) -> Result<f64, String> {
+    let lock = Lock::new().map_err(|e| format!("Lock::new failed: {e}"))?;
+    plan.run(|ops| {
+        for _ in 0..ops {
+            drop(lock.lock());
+        }
+        Ok::<(), String>(())
+    })
+}
+
+/// Adds 1 to the little-endian `u64` at the start of `counter`, `n` times, each under `lock`.
+fn increment(lock: &Lock, counter: &SharedMemory, n: u64) -> Result<(), String> {
+    let mut word = [0u8; 8];
+    for _ in 0..n {
+        let _guard = lock
+            .lock()
+            .map_err(|_| "the lock's previous holder died".to_string())?;
+        counter
+            .read(0, &mut word)
+            .map_err(|e| format!("read: {e}"))?;
+        counter
+            .write(0, &(u64::from_le_bytes(word) + 1).to_le_bytes())
+            .map_err(|e| format!("write: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Child of the increment figure: for each 8-byte little-endian count `n` it receives, does `n`
+/// increments and answers with one byte; an empty message ends it. Returns how many it did.
+fn incrementer((conn, lock, counter): (Connection, Lock, SharedMemory)) -> Result<u64, String> {
+    let mut done = 0;
+    loop {
+        let cmd = conn
+            .recv_bytes()
+            .map_err(|e| format!("incrementer: recv: {e}"))?;
+        if cmd.is_empty() {
+            return Ok(done);
+        }
+        let n = u64::from_le_bytes(
+            cmd.try_into()
+                .map_err(|c: Vec<u8>| format!("incrementer: a {}-byte command", c.len()))?,
+        );
+        increment(&lock, &counter, n).map_err(|e| format!("incrementer: {e}"))?;
+        conn.send_bytes(b"k")
+            .map_err(|e| format!("incrementer: send: {e}"))?;
+        done += n;
+    }
+}
+
+/// `lock-protected increment, 2 processes`: seconds per increment, over both processes. A batch of
+/// `ops` increments is split between the child (`ops / 2`) and the parent (the rest), run at once.
+fn contended(pin: &Pinning, plan: Plan) -> Result<f64, String> {
+    let lock = Lock::new().map_err(|e| format!("Lock::new failed: {e}"))?;
+    let counter = SharedMemory::new(8).map_err(|e| format!("SharedMemory::new failed: {e}"))?;
+    let (here, there) = pipe().map_err(|e| format!("pipe failed: {e}"))?;
+    let child = pin
+        .start(|| {
+            Process::builder()
+                .start_method(StartMethod::Fork)
+                .spawn(incrementer, (there, lock.clone(), counter.clone()))
+        })
+        .map_err(|e| format!("start failed: {e}"))?;
+    let mut expected = 0u64;
+    let result = plan.run(|ops| {
+        let theirs = (ops / 2) as u64;
+        here.send_bytes(&theirs.to_le_bytes())
+            .map_err(|e| format!("send: {e}"))?;
+        increment(&lock, &counter, ops as u64 - theirs)?;
+        here.recv_bytes().map_err(|e| format!("recv: {e}"))?;
+        expected += ops as u64;
+        Ok::<(), String>(())
+    });
+    let _ = here.send_bytes(b"");
+    drop(here);
+    let joined = child.join();
+    let secs = result?;
+    match joined {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return Err(format!("the child failed: {e}")),
+        Err(e) => return Err(format!("join failed: {e}")),
+    }
+    let mut word = [0u8; 8];
+    counter
+        .read(0, &mut word)
+        .map_err(|e| format!("read: {e}"))?;
+    let count = u64::from_le_bytes(word);
+    if count != expected {
+        return Err(format!(
+            "the counter reads {count} after {expected} increments"
+        ));
+    }
+    Ok(secs)
+}
+
+/// A region of [`BULK`] bytes holding `src`, every page touched and the contents checked.
+fn bulk_region(src: &[u8], dst: &mut [u8]) -> Result<SharedMemory, String> {
+    let shm = SharedMemory::new(BULK).map_err(|e| format!("SharedMemory::new failed: {e}"))?;
+    shm.write(0, src)
+        .map_err(|e| format!("first write failed: {e}"))?;
+    shm.read(0, dst)
+        .map_err(|e| format!("first read failed: {e}"))?;
+    if dst != src {
+        return Err("read back other bytes than were written".to_string());
+    }
+    Ok(shm)
+}
+
+/// The bulk figures, sampled in alternation: seconds per 64 MiB for (shm write, shm read, memcpy).
+fn bulk(plan: Plan) -> [Result<f64, String>; 3] {
+    // Nonzero fills, so that every page of both buffers is touched before timing (as is the region's,
+    // by its first write).
+    let src = vec![FILL; BULK];
+    let dst = RefCell::new(vec![!FILL; BULK]);
+    let shm = bulk_region(&src, &mut dst.borrow_mut());
+    let mut memcpy = |_| {
+        let mut dst = dst.borrow_mut();
+        dst.copy_from_slice(black_box(&src));
+        black_box(&mut *dst);
+        Ok(())
+    };
+    let shm = match shm {
+        Ok(shm) => shm,
+        Err(e) => {
+            let memcpy = plan.run(memcpy);
+            return [Err(e.clone()), Err(e), memcpy];
+        }
+    };
+    let mut write = |_| {
+        shm.write(0, black_box(&src))
+            .map_err(|e| format!("write: {e}"))
+    };
+    let mut read = |_| {
+        let mut dst = dst.borrow_mut();
+        shm.read(0, &mut dst).map_err(|e| format!("read: {e}"))?;
+        black_box(&mut *dst);
+        Ok(())
+    };
+    let mut results = plan
+        .run_interleaved(&mut [&mut write, &mut read, &mut memcpy])
+        .into_iter();
+    let mut next = || {
+        results
+            .next()
+            .unwrap_or_else(|| Err("no result".to_string()))
+    };
+    [next(), next(), next()]
+}
+
+/// Runs the group.
+pub(crate) fn run(ctx: &Ctx, table: &mut Table) {
+    let unit = Unit::MegaOpsPerSec;
+    let plan = Plan {
+        warmup: 1,
+        samples: ctx.pick(9, 31),
+        ops: 200_000,
+    };
+    table.push(
+        Row::compare(
+            "lock acquire+release uncontended",
+            unit,
+            uncontended(plan),
+            ctx.python.measure("lock", &[], plan, unit),
+        )
+        .target(Target::AtLeast(75.0)),
+    );
+
+    let pin = Pinning::new("sync");
+    let plan = Plan {
+        warmup: 1,
+        samples: ctx.pick(7, 21),
+        ops: ctx.pick(40_000, 100_000),
+    };
+    let ours = contended(&pin, plan);
+    table.push(
+        Row::compare(
+            "lock-protected increment, 2 processes",
+            unit,
+            ours,
+            ctx.python
+                .measure("lock-incr", &pin.python_args(&[]), plan, unit),
+        )
+        .target(Target::AtLeast(10.0)),
+    );
+    drop(pin);
+
+    let unit = Unit::GigabytesPerSec(BULK as f64);
+    let plan = Plan {
+        warmup: 1,
+        samples: ctx.pick(9, 31),
+        ops: 1,
+    };
+    let size_arg = ["--size".to_string(), BULK.to_string()];
+    let [write, read, memcpy] = bulk(plan);
+    let write = Row::compare(
+        "SharedMemory bulk write 64 MiB",
+        unit,
+        write,
+        ctx.python.measure("shm-write", &size_arg, plan, unit),
+    );
+    let read = Row::compare(
+        "SharedMemory bulk read 64 MiB",
+        unit,
+        read,
+        ctx.python.measure("shm-read", &size_arg, plan, unit),
+    );
+    let memcpy = Row::baseline("raw memcpy 64 MiB", unit, memcpy);
+    let write_ratio =
+        Row::ratio("shm write / memcpy", &write, &write, &memcpy).target(Target::AtLeast(0.8));
+    let read_ratio =
+        Row::ratio("shm read / memcpy", &read, &read, &memcpy).target(Target::AtLeast(0.8));
+    table.push(write);
+    table.push(read);
+    table.push(memcpy);
+    table.push(write_ratio);
+    table.push(read_ratio);
+}
