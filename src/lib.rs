@@ -55,4 +55,6 @@ pub use crate::process::{
     current_process, get_start_method, init, parent_process, set_start_method,
 };
 pub use crate::shared::{Array, ArrayGuard, AtomicInt, SharedMemory, Value, ValueGuard};
-pub use crate::sync::{Lock, LockGuard, LockResult, OwnerDied, RLock, RLockGuard};
+pub use crate::sync::{
+    BoundedSemaphore, Event, Lock, LockGuard, LockResult, OwnerDied, RLock, RLockGuard, Semaphore,
+};

@@ -1,7 +1,11 @@
 //! Process-shared synchronisation primitives on futexes in shared memory.
 
+mod event;
 mod lock;
 mod rlock;
+mod semaphore;
 
+pub use event::Event;
 pub use lock::{Lock, LockGuard, LockResult, OwnerDied};
 pub use rlock::{RLock, RLockGuard};
+pub use semaphore::{BoundedSemaphore, Semaphore};

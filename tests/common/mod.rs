@@ -22,13 +22,15 @@ pub fn join<R: DeserializeOwned>(mut p: Process<R>) -> Result<R, ProcessError> {
     }
 }
 
-/// Starts `f(arg)` under `method`.
+/// Starts `f(arg)` under `method`, as a daemon: if a test fails while some of its children are still
+/// blocked, the test binary terminates them at exit instead of waiting for them forever.
 pub fn start<A, R>(method: StartMethod, f: fn(A) -> R, arg: A) -> Process<R>
 where
     A: Serialize + DeserializeOwned,
     R: Serialize + DeserializeOwned,
 {
     Process::builder()
+        .daemon(true)
         .start_method(method)
         .spawn(f, arg)
         .expect("spawn")

@@ -1,0 +1,277 @@
+//! `Event`: a flag shared between processes that they can wait for.
+//!
+//! # The state word
+//! One `u32` in shared memory:
+//!
+//! | bits | meaning |
+//! |---|---|
+//! | 0 (`SET`) | the flag |
+//! | 1 (`WAITERS`) | some process may be asleep in `FUTEX_WAIT` on this word |
+//! | 2..=31 (`GENERATION`) | how many times the flag went from clear to set, modulo 2^30 |
+//!
+//! *Wait* reads the word; if `SET` is there it returns at once. Otherwise it remembers the
+//! generation, spins briefly (yielding the CPU after a few tries), then sets `WAITERS` with a
+//! compare-and-swap and sleeps in `FUTEX_WAIT`, telling the kernel the exact word it saw (a set
+//! between our read and our sleep changes the word, and the wait returns at once). It returns when it
+//! sees `SET` *or a new generation*, and that is the point of the generation: a `set` followed at once
+//! by a `clear` still releases every process that was waiting when `set` ran, even one that did not
+//! run before the `clear` (Python's `threading.Event` promises the same).
+//!
+//! *Set* swaps in `SET` with the next generation, clearing `WAITERS`, and if `WAITERS` was there wakes
+//! every sleeper (`FUTEX_WAKE` of `i32::MAX`). Setting a set flag changes nothing and wakes nobody.
+//! *Clear* removes `SET` and keeps the rest. While `SET` is there no process sleeps, so `WAITERS` is
+//! only ever seen without it; setting an event nobody waits for makes no system call.
+//!
+//! # Dead participants
+//! Nothing to recover: the state is a flag, and no process holds anything. A process that dies
+//! while asleep in `wait` leaves `WAITERS` set, which costs the next `set` one spare `FUTEX_WAKE`.
+//!
+//! A waiter that stays asleep across exactly 2^30 set-and-clear cycles (the generation wrapped
+//! around to the value it remembered) would miss them all and wait for the next `set`.
+
+use crate::codec;
+use crate::sys::shm::{self, Region};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::fmt;
+use std::io;
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+const SET: u32 = 1;
+const WAITERS: u32 = 1 << 1;
+const GENERATION: u32 = !(SET | WAITERS);
+const ONE_GENERATION: u32 = 1 << 2;
+
+/// Looks before sleeping (the first few with a CPU pause, the rest yielding).
+const SPINS: u32 = 40;
+
+/// A flag shared between processes, like Python's `multiprocessing.Event`: processes
+/// [`wait`](Self::wait) until some process [`set`](Self::set)s it.
+///
+/// Hand it to children in their argument (or send it through a [`Connection`](crate::Connection)):
+/// every copy, and every clone, is the same event. A [`set`](Self::set) wakes every waiting process;
+/// the flag stays set (and later waits return at once) until [`clear`](Self::clear). A `set` followed
+/// at once by a `clear` still releases every process that was already waiting.
+///
+/// A process that dies while setting, clearing or waiting leaves nothing to repair: the state is a
+/// flag.
+///
+/// # Examples
+/// Children wait for the parent's signal to start:
+/// ```
+/// use multiprocess::{Event, Process};
+///
+/// fn runner(go: Event) -> bool {
+///     go.wait();
+///     go.is_set()
+/// }
+///
+/// let go = Event::new()?;
+/// let children: Vec<_> = (0..3)
+///     .map(|_| Process::spawn(runner, go.clone()))
+///     .collect::<Result<_, _>>()?;
+/// go.set();
+/// for c in children {
+///     assert!(c.join()?);
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct Event {
+    region: Arc<Region>,
+}
+
+impl Event {
+    /// A new event, not set.
+    ///
+    /// # Errors
+    /// The shared memory for it could not be created.
+    ///
+    /// # Examples
+    /// ```
+    /// let event = multiprocess::Event::new()?;
+    /// assert!(!event.is_set());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn new() -> io::Result<Event> {
+        Ok(Event {
+            region: Arc::new(Region::anonymous("multiprocess-event", 4)?),
+        })
+    }
+
+    fn word(&self) -> &AtomicU32 {
+        self.region.atomic_u32(0)
+    }
+
+    /// Whether the flag is set right now.
+    ///
+    /// # Examples
+    /// ```
+    /// let event = multiprocess::Event::new()?;
+    /// event.set();
+    /// assert!(event.is_set());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn is_set(&self) -> bool {
+        self.word().load(Ordering::Acquire) & SET != 0
+    }
+
+    /// Sets the flag and wakes every process waiting for it. Setting a set flag does nothing.
+    ///
+    /// # Examples
+    /// A child sets the event the parent waits for:
+    /// ```
+    /// use multiprocess::{Event, Process};
+    ///
+    /// fn ready(event: Event) {
+    ///     event.set();
+    /// }
+    ///
+    /// let event = Event::new()?;
+    /// let child = Process::spawn(ready, event.clone())?;
+    /// event.wait();
+    /// child.join()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn set(&self) {
+        let word = self.word();
+        let mut v = word.load(Ordering::Relaxed);
+        loop {
+            if v & SET != 0 {
+                return;
+            }
+            let next = ((v & GENERATION).wrapping_add(ONE_GENERATION) & GENERATION) | SET;
+            match word.compare_exchange_weak(v, next, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => break,
+                Err(now) => v = now,
+            }
+        }
+        if v & WAITERS != 0 {
+            shm::futex_wake(word, i32::MAX as u32);
+        }
+    }
+
+    /// Clears the flag: later waits wait for the next [`set`](Self::set).
+    ///
+    /// # Examples
+    /// ```
+    /// use std::time::Duration;
+    /// let event = multiprocess::Event::new()?;
+    /// event.set();
+    /// event.clear();
+    /// assert!(!event.is_set());
+    /// assert!(!event.wait_timeout(Duration::from_millis(10)));
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn clear(&self) {
+        self.word().fetch_and(!SET, Ordering::AcqRel);
+    }
+
+    /// Waits until the flag is set, as long as it takes. Returns at once if it is set already.
+    ///
+    /// # Examples
+    /// ```
+    /// let event = multiprocess::Event::new()?;
+    /// event.set();
+    /// event.wait(); // set already: returns at once
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn wait(&self) {
+        self.wait_until(None);
+    }
+
+    /// Waits at most `timeout` for the flag to be set; whether it was (`true` also when it was set
+    /// during the wait and cleared again before this process saw it). A `timeout` too large to be a
+    /// deadline (such as `Duration::MAX`) waits as long as it takes.
+    ///
+    /// # Examples
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// let event = multiprocess::Event::new()?;
+    /// let t = Instant::now();
+    /// assert!(!event.wait_timeout(Duration::from_millis(30)));
+    /// assert!(t.elapsed() >= Duration::from_millis(30));
+    /// event.set();
+    /// assert!(event.wait_timeout(Duration::from_millis(30)));
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        // A deadline past what `Instant` can hold is no deadline.
+        self.wait_until(Instant::now().checked_add(timeout))
+    }
+
+    fn wait_until(&self, deadline: Option<Instant>) -> bool {
+        let word = self.word();
+        let first = word.load(Ordering::Acquire);
+        if first & SET != 0 {
+            return true;
+        }
+        let released = |v: u32| v & SET != 0 || (v ^ first) & GENERATION != 0;
+        for i in 0..SPINS {
+            if released(word.load(Ordering::Acquire)) {
+                return true;
+            }
+            if i < 4 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
+        loop {
+            let v = word.load(Ordering::Acquire);
+            if released(v) {
+                return true;
+            }
+            let nap = match deadline {
+                None => None,
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return false;
+                    }
+                    Some(left)
+                }
+            };
+            if v & WAITERS == 0
+                && word
+                    .compare_exchange(v, v | WAITERS, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_err()
+            {
+                continue;
+            }
+            shm::futex_wait(word, v | WAITERS, nap);
+        }
+    }
+}
+
+impl fmt::Debug for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Event")
+            .field("is_set", &self.is_set())
+            .finish()
+    }
+}
+
+/// An event travels as the descriptor of its shared memory (beside the message).
+impl Serialize for Event {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        codec::serialize_fd(self.region.as_fd(), "Event", s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Event {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let fd = codec::deserialize_fd(d)?;
+        let region = Region::from_fd(fd).map_err(serde::de::Error::custom)?;
+        if region.len() < 4 {
+            return Err(serde::de::Error::custom(
+                "an Event's shared memory is too small",
+            ));
+        }
+        Ok(Event {
+            region: Arc::new(region),
+        })
+    }
+}

@@ -1,0 +1,508 @@
+//! `Semaphore` and `BoundedSemaphore`: counters of free slots shared between processes.
+//!
+//! # The state words
+//! Three `u32`s in shared memory:
+//!
+//! | offset | word | meaning |
+//! |---|---|---|
+//! | 0 | `count` | the value: how many slots are free. The futex word. |
+//! | 4 | `sleepers` | how many processes may be asleep in `FUTEX_WAIT` on `count` (or about to be) |
+//! | 8 | `max` | the value a release may not pass: the initial value of a `BoundedSemaphore`, `u32::MAX` for a `Semaphore`. Written once, at creation. |
+//!
+//! *Acquire* is a compare-and-swap of `count` from `c > 0` to `c - 1`: no system call when a slot is
+//! free. When none is, a waiter spins briefly (yielding the CPU after a few tries, so a releaser
+//! sharing our CPU can run), then increments `sleepers`, reads `count` again and, while it is still 0,
+//! sleeps in `FUTEX_WAIT` on it, telling the kernel the 0 it saw (the kernel compares atomically, so
+//! a release between our read and our sleep makes the wait return at once). On every wake-up it reads
+//! `count` before it looks at its deadline, so a wake-up meant for it is never wasted while a slot is
+//! free, and it decrements `sleepers` when it leaves.
+//!
+//! *Release* is a compare-and-swap of `count` from `c < max` to `c + 1`, then, if `sleepers` is not
+//! 0, a `FUTEX_WAKE` of one sleeper: one slot, one wake-up. The release writes `count` then reads
+//! `sleepers`; the waiter writes `sleepers` then reads `count`; all four accesses are sequentially
+//! consistent, so at least one side sees the other: the waiter sees the slot or the releaser sees the
+//! waiter. No wake-up is lost. A woken waiter may find its slot taken by a process that arrived in the
+//! meantime (there is no queue order, as with Python's and POSIX semaphores); it sleeps again, and
+//! nothing was lost: a process holds that slot.
+//!
+//! Why a counter of sleepers rather than a flag bit in `count` as in [`Lock`](crate::Lock): a flag
+//! that a release clears and a woken waiter sets again works for one slot, but with two releases in
+//! a row the second finds the flag cleared by the first and wakes nobody, leaving a sleeper asleep
+//! beside a free slot.
+//!
+//! # Dead participants
+//! A counter does not know who holds its slots. A process that dies between acquire and release
+//! takes its slot with it: the value stays one lower until some process calls `release` on its
+//! behalf, which any process may do (as in Python). A parent that learns from
+//! [`Process::join`](crate::Process::join) that a worker died can release the worker's slot. Where the
+//! holder must be known, use a [`Lock`](crate::Lock), which records its holder and reports its death.
+//! A process that dies while asleep in acquire leaves `sleepers` one too high: every later release
+//! makes one spare `FUTEX_WAKE` system call; nothing blocks and nothing is lost.
+
+use crate::codec;
+use crate::sys::shm::{self, Region};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::fmt;
+use std::io;
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+const COUNT: usize = 0;
+const SLEEPERS: usize = 4;
+const MAX: usize = 8;
+const LEN: usize = 12;
+
+/// Tries before sleeping (the first few with a CPU pause, the rest yielding).
+const SPINS: u32 = 40;
+
+/// The shared counter behind both semaphores.
+#[derive(Clone)]
+struct Counter {
+    region: Arc<Region>,
+}
+
+impl Counter {
+    fn new(name: &str, value: u32, max: u32) -> io::Result<Counter> {
+        let region = Region::anonymous(name, LEN)?;
+        region.atomic_u32(COUNT).store(value, Ordering::Relaxed);
+        region.atomic_u32(MAX).store(max, Ordering::Relaxed);
+        Ok(Counter {
+            region: Arc::new(region),
+        })
+    }
+
+    fn count(&self) -> &AtomicU32 {
+        self.region.atomic_u32(COUNT)
+    }
+
+    fn sleepers(&self) -> &AtomicU32 {
+        self.region.atomic_u32(SLEEPERS)
+    }
+
+    fn max(&self) -> u32 {
+        self.region.atomic_u32(MAX).load(Ordering::Relaxed)
+    }
+
+    fn value(&self) -> u32 {
+        self.count().load(Ordering::Relaxed)
+    }
+
+    fn try_acquire(&self) -> bool {
+        let count = self.count();
+        let mut c = count.load(Ordering::Relaxed);
+        while c > 0 {
+            match count.compare_exchange_weak(c, c - 1, Ordering::Acquire, Ordering::Relaxed) {
+                Ok(_) => return true,
+                Err(now) => c = now,
+            }
+        }
+        false
+    }
+
+    fn acquire_until(&self, deadline: Option<Instant>) -> bool {
+        for i in 0..SPINS {
+            if self.try_acquire() {
+                return true;
+            }
+            if i < 4 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
+        let (count, sleepers) = (self.count(), self.sleepers());
+        sleepers.fetch_add(1, Ordering::SeqCst);
+        let got = loop {
+            let c = count.load(Ordering::SeqCst);
+            if c > 0 {
+                if count
+                    .compare_exchange(c, c - 1, Ordering::SeqCst, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    break true;
+                }
+                continue;
+            }
+            let nap = match deadline {
+                None => None,
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break false;
+                    }
+                    Some(left)
+                }
+            };
+            shm::futex_wait(count, 0, nap);
+        };
+        sleepers.fetch_sub(1, Ordering::Relaxed);
+        got
+    }
+
+    fn acquire_timeout(&self, timeout: Duration) -> bool {
+        // A deadline past what `Instant` can hold is no deadline.
+        self.acquire_until(Instant::now().checked_add(timeout))
+    }
+
+    fn release(&self, too_many: impl FnOnce(u32) -> String) -> io::Result<()> {
+        let (count, max) = (self.count(), self.max());
+        let mut c = count.load(Ordering::Relaxed);
+        loop {
+            if c >= max {
+                return Err(io::Error::new(io::ErrorKind::InvalidInput, too_many(max)));
+            }
+            match count.compare_exchange_weak(c, c + 1, Ordering::SeqCst, Ordering::Relaxed) {
+                Ok(_) => break,
+                Err(now) => c = now,
+            }
+        }
+        if self.sleepers().load(Ordering::SeqCst) != 0 {
+            shm::futex_wake(count, 1);
+        }
+        Ok(())
+    }
+
+    fn serialize<S: Serializer>(&self, what: &str, s: S) -> Result<S::Ok, S::Error> {
+        codec::serialize_fd(self.region.as_fd(), what, s)
+    }
+
+    fn deserialize<'de, D: Deserializer<'de>>(what: &str, d: D) -> Result<Counter, D::Error> {
+        let fd = codec::deserialize_fd(d)?;
+        let region = Region::from_fd(fd).map_err(serde::de::Error::custom)?;
+        if region.len() < LEN {
+            return Err(serde::de::Error::custom(format!(
+                "a {what}'s shared memory is too small"
+            )));
+        }
+        Ok(Counter {
+            region: Arc::new(region),
+        })
+    }
+}
+
+/// A counter of free slots shared between processes, like Python's `multiprocessing.Semaphore`.
+///
+/// [`acquire`](Self::acquire) takes a slot, waiting while there is none; [`release`](Self::release)
+/// gives one back (any process may release, not only one that acquired). Hand it to children in
+/// their argument (or send it through a [`Connection`](crate::Connection)): every copy, and every
+/// clone, is the same semaphore.
+///
+/// # Caveats
+/// A process that dies holding a slot takes it with it: the value stays one lower until another
+/// process calls [`release`](Self::release) on its behalf (a semaphore cannot tell who holds its
+/// slots; a [`Lock`](crate::Lock) can). There is no queue order among waiters.
+///
+/// # Examples
+/// At most two children work at a time:
+/// ```
+/// use multiprocess::{Process, Semaphore};
+///
+/// fn work(slots: Semaphore) -> u32 {
+///     slots.acquire();
+///     let free_now = slots.get_value(); // 0 or 1: this child holds one of the two slots
+///     slots.release().unwrap();
+///     free_now
+/// }
+///
+/// let slots = Semaphore::new(2)?;
+/// let children: Vec<_> = (0..4)
+///     .map(|_| Process::spawn(work, slots.clone()))
+///     .collect::<Result<_, _>>()?;
+/// for c in children {
+///     assert!(c.join()? <= 1);
+/// }
+/// assert_eq!(slots.get_value(), 2);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct Semaphore {
+    counter: Counter,
+}
+
+impl Semaphore {
+    /// A new semaphore with `value` free slots.
+    ///
+    /// # Errors
+    /// The shared memory for it could not be created.
+    ///
+    /// # Examples
+    /// ```
+    /// let sem = multiprocess::Semaphore::new(3)?;
+    /// assert_eq!(sem.get_value(), 3);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn new(value: u32) -> io::Result<Semaphore> {
+        Ok(Semaphore {
+            counter: Counter::new("multiprocess-semaphore", value, u32::MAX)?,
+        })
+    }
+
+    /// Takes a slot, waiting as long as it takes for one to be free.
+    ///
+    /// # Examples
+    /// A child releases the slot the parent waits for:
+    /// ```
+    /// use multiprocess::{Process, Semaphore};
+    ///
+    /// fn give(sem: Semaphore) {
+    ///     sem.release().unwrap();
+    /// }
+    ///
+    /// let sem = Semaphore::new(0)?;
+    /// let child = Process::spawn(give, sem.clone())?;
+    /// sem.acquire(); // returns once the child released
+    /// child.join()?;
+    /// assert_eq!(sem.get_value(), 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn acquire(&self) {
+        self.counter.acquire_until(None);
+    }
+
+    /// Takes a slot if one is free right now; whether it did.
+    ///
+    /// # Examples
+    /// ```
+    /// let sem = multiprocess::Semaphore::new(1)?;
+    /// assert!(sem.try_acquire());
+    /// assert!(!sem.try_acquire());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    #[must_use = "if false, no slot was taken"]
+    pub fn try_acquire(&self) -> bool {
+        self.counter.try_acquire()
+    }
+
+    /// Takes a slot, waiting at most `timeout` for one; whether it did. A `timeout` too large to be
+    /// a deadline (such as `Duration::MAX`) waits as long as it takes.
+    ///
+    /// # Examples
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// let sem = multiprocess::Semaphore::new(0)?;
+    /// let t = Instant::now();
+    /// assert!(!sem.acquire_timeout(Duration::from_millis(30)));
+    /// assert!(t.elapsed() >= Duration::from_millis(30));
+    /// sem.release()?;
+    /// assert!(sem.acquire_timeout(Duration::MAX));
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    #[must_use = "if false, no slot was taken"]
+    pub fn acquire_timeout(&self, timeout: Duration) -> bool {
+        self.counter.acquire_timeout(timeout)
+    }
+
+    /// Gives a slot back, waking one waiting process if there is one. Any process may release,
+    /// including one that never acquired (for example on behalf of a process that died holding a
+    /// slot).
+    ///
+    /// # Errors
+    /// `InvalidInput` if the value is already `u32::MAX`; it is left unchanged.
+    ///
+    /// # Examples
+    /// ```
+    /// let sem = multiprocess::Semaphore::new(0)?;
+    /// sem.release()?;
+    /// sem.release()?;
+    /// assert_eq!(sem.get_value(), 2);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn release(&self) -> io::Result<()> {
+        self.counter.release(|_| {
+            "Semaphore released too many times (its value is already u32::MAX)".to_string()
+        })
+    }
+
+    /// How many slots are free right now (Python's `get_value`). Other processes may change it
+    /// the moment after.
+    ///
+    /// # Examples
+    /// ```
+    /// let sem = multiprocess::Semaphore::new(2)?;
+    /// sem.acquire();
+    /// assert_eq!(sem.get_value(), 1);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn get_value(&self) -> u32 {
+        self.counter.value()
+    }
+}
+
+/// A [`Semaphore`] whose value may never exceed its initial value, like Python's
+/// `multiprocessing.BoundedSemaphore`: a [`release`](Self::release) without a matching acquire is
+/// an error instead of a silent extra slot.
+///
+/// The bound lives in the shared memory with the count, so every copy in every process enforces it.
+///
+/// # Caveats
+/// As with [`Semaphore`], a process that dies holding a slot takes it with it, until another
+/// process releases it on its behalf.
+///
+/// # Examples
+/// ```
+/// use multiprocess::{BoundedSemaphore, Process};
+///
+/// fn borrow(sem: BoundedSemaphore) {
+///     sem.acquire();
+///     sem.release().unwrap();
+/// }
+///
+/// let sem = BoundedSemaphore::new(1)?;
+/// Process::spawn(borrow, sem.clone())?.join()?;
+/// assert_eq!(sem.get_value(), 1);
+/// assert!(sem.release().is_err()); // one release too many
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct BoundedSemaphore {
+    counter: Counter,
+}
+
+impl BoundedSemaphore {
+    /// A new bounded semaphore with `value` free slots, which is also its bound.
+    ///
+    /// # Errors
+    /// The shared memory for it could not be created.
+    ///
+    /// # Examples
+    /// ```
+    /// let sem = multiprocess::BoundedSemaphore::new(2)?;
+    /// assert_eq!(sem.get_value(), 2);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn new(value: u32) -> io::Result<BoundedSemaphore> {
+        Ok(BoundedSemaphore {
+            counter: Counter::new("multiprocess-bounded-semaphore", value, value)?,
+        })
+    }
+
+    /// Takes a slot, waiting as long as it takes for one to be free.
+    ///
+    /// # Examples
+    /// ```
+    /// let sem = multiprocess::BoundedSemaphore::new(1)?;
+    /// sem.acquire();
+    /// assert_eq!(sem.get_value(), 0);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn acquire(&self) {
+        self.counter.acquire_until(None);
+    }
+
+    /// Takes a slot if one is free right now; whether it did.
+    ///
+    /// # Examples
+    /// ```
+    /// let sem = multiprocess::BoundedSemaphore::new(1)?;
+    /// assert!(sem.try_acquire());
+    /// assert!(!sem.try_acquire());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    #[must_use = "if false, no slot was taken"]
+    pub fn try_acquire(&self) -> bool {
+        self.counter.try_acquire()
+    }
+
+    /// Takes a slot, waiting at most `timeout` for one; whether it did. A `timeout` too large to be
+    /// a deadline (such as `Duration::MAX`) waits as long as it takes.
+    ///
+    /// # Examples
+    /// ```
+    /// use std::time::Duration;
+    /// let sem = multiprocess::BoundedSemaphore::new(1)?;
+    /// assert!(sem.acquire_timeout(Duration::from_millis(10)));
+    /// assert!(!sem.acquire_timeout(Duration::from_millis(10)));
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    #[must_use = "if false, no slot was taken"]
+    pub fn acquire_timeout(&self, timeout: Duration) -> bool {
+        self.counter.acquire_timeout(timeout)
+    }
+
+    /// Gives a slot back, waking one waiting process if there is one. Any process may release.
+    ///
+    /// # Errors
+    /// `InvalidInput` if the value is already the initial value (a release without a matching
+    /// acquire); the value is left unchanged.
+    ///
+    /// # Examples
+    /// ```
+    /// use std::io::ErrorKind;
+    /// let sem = multiprocess::BoundedSemaphore::new(1)?;
+    /// sem.acquire();
+    /// sem.release()?;
+    /// assert_eq!(sem.release().unwrap_err().kind(), ErrorKind::InvalidInput);
+    /// assert_eq!(sem.get_value(), 1);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn release(&self) -> io::Result<()> {
+        self.counter.release(|max| {
+            format!(
+                "BoundedSemaphore released too many times (its value is already its bound, {max})"
+            )
+        })
+    }
+
+    /// How many slots are free right now (Python's `get_value`). Other processes may change it
+    /// the moment after.
+    ///
+    /// # Examples
+    /// ```
+    /// let sem = multiprocess::BoundedSemaphore::new(2)?;
+    /// assert!(sem.try_acquire());
+    /// assert_eq!(sem.get_value(), 1);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn get_value(&self) -> u32 {
+        self.counter.value()
+    }
+}
+
+impl fmt::Debug for Semaphore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Semaphore")
+            .field("value", &self.counter.value())
+            .finish()
+    }
+}
+
+impl fmt::Debug for BoundedSemaphore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BoundedSemaphore")
+            .field("value", &self.counter.value())
+            .field("bound", &self.counter.max())
+            .finish()
+    }
+}
+
+/// A semaphore travels as the descriptor of its shared memory (beside the message).
+impl Serialize for Semaphore {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.counter.serialize("Semaphore", s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Semaphore {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Semaphore {
+            counter: Counter::deserialize("Semaphore", d)?,
+        })
+    }
+}
+
+/// A bounded semaphore travels as the descriptor of its shared memory (beside the message).
+impl Serialize for BoundedSemaphore {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.counter.serialize("BoundedSemaphore", s)
+    }
+}
+
+impl<'de> Deserialize<'de> for BoundedSemaphore {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(BoundedSemaphore {
+            counter: Counter::deserialize("BoundedSemaphore", d)?,
+        })
+    }
+}
