@@ -10,8 +10,9 @@
 //! memory, queues, pools and managers join as those parts land. The whole tour takes about a second.
 
 use multiprocess::{
-    Connection, Lock, Process, RecvError, SendError, SharedMemory, StartMethod, active_children,
-    cpu_count, current_process, get_start_method, parent_process, pipe, pipe_oneway,
+    Connection, Event, Lock, Process, RecvError, Semaphore, SendError, SharedMemory, StartMethod,
+    Value, active_children, cpu_count, current_process, get_start_method, parent_process, pipe,
+    pipe_oneway,
 };
 use serde::{Deserialize, Serialize};
 use std::error::Error;
@@ -50,15 +51,14 @@ fn main() -> Result {
     passing_connections()?;
     polling()?;
 
-    section("3. Shared memory and locks (in progress)");
+    section("3. Shared memory and synchronization (in progress)");
     shared_memory()?;
     lock_counter()?;
     lock_holder_killed()?;
+    semaphore_and_event()?;
 
     section("Still to come");
-    println!(
-        "   RLock, Semaphore, Event, Condition, Barrier, Value/Array, queues, pool, manager, listener/client"
-    );
+    println!("   Condition, Barrier, queues, pool, manager, listener/client");
     println!("\ntour finished in {}", ms(t.elapsed()));
     Ok(())
 }
@@ -527,6 +527,49 @@ fn lock_holder_killed() -> Result {
     println!(
         "   then lock() -> {}",
         if lock.lock().is_ok() { "Ok" } else { "Err" }
+    );
+    Ok(())
+}
+
+fn gatekept(args: (Semaphore, Event, Value<i32>, Value<i32>)) {
+    let (sem, go, inside, most) = args;
+    go.wait();
+    sem.acquire();
+    let now = inside.fetch_add(1) + 1;
+    let mut m = most.load();
+    while now > m {
+        match most.compare_exchange(m, now) {
+            Ok(_) => break,
+            Err(seen) => m = seen,
+        }
+    }
+    std::thread::sleep(Duration::from_millis(20));
+    inside.fetch_add(-1);
+    sem.release().expect("acquired above");
+}
+
+fn semaphore_and_event() -> Result {
+    step("Semaphore(2) and an Event: 6 children wait for the event, then at most 2 run at once");
+    let (sem, go) = (Semaphore::new(2)?, Event::new()?);
+    let (inside, most) = (Value::new_raw(0i32)?, Value::new_raw(0i32)?);
+    let t = Instant::now();
+    let kids = (0..6)
+        .map(|_| {
+            Process::spawn(
+                gatekept,
+                (sem.clone(), go.clone(), inside.clone(), most.clone()),
+            )
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    go.set();
+    for k in kids {
+        k.join()?;
+    }
+    println!(
+        "   most inside at once: {} (cap 2); get_value() = {}; all done in {}",
+        most.load(),
+        sem.get_value(),
+        ms(t.elapsed())
     );
     Ok(())
 }
