@@ -3,19 +3,9 @@
 
 mod common;
 
-use common::{join, start};
+use common::{join, read_u64, start, write_u64};
 use multiprocess::{Connection, Lock, ProcessError, SharedMemory, StartMethod, pipe};
 use std::time::{Duration, Instant};
-
-fn read_u64(shm: &SharedMemory, at: usize) -> u64 {
-    let mut b = [0u8; 8];
-    shm.read(at, &mut b).unwrap();
-    u64::from_le_bytes(b)
-}
-
-fn write_u64(shm: &SharedMemory, at: usize, v: u64) {
-    shm.write(at, &v.to_le_bytes()).unwrap();
-}
 
 fn increment(args: (Lock, SharedMemory, u32)) {
     let (lock, shm, n) = args;

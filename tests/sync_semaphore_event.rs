@@ -3,39 +3,13 @@
 
 mod common;
 
-use common::join;
+use common::{join, read_u64, start, write_u64};
 use multiprocess::{
-    BoundedSemaphore, Connection, Event, Lock, Process, ProcessError, Semaphore, SharedMemory,
-    StartMethod, pipe,
+    BoundedSemaphore, Connection, Event, Lock, ProcessError, Semaphore, SharedMemory, StartMethod,
+    pipe,
 };
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 use std::io::ErrorKind;
 use std::time::{Duration, Instant};
-
-/// Starts `f(arg)` under `method` as a daemon: if an assertion fails while children still wait on a
-/// primitive, they are terminated when the test binary exits instead of being waited for forever.
-fn start<A, R>(method: StartMethod, f: fn(A) -> R, arg: A) -> Process<R>
-where
-    A: Serialize + DeserializeOwned,
-    R: Serialize + DeserializeOwned,
-{
-    Process::builder()
-        .start_method(method)
-        .daemon(true)
-        .spawn(f, arg)
-        .expect("spawn")
-}
-
-fn read_u64(shm: &SharedMemory, at: usize) -> u64 {
-    let mut b = [0u8; 8];
-    shm.read(at, &mut b).unwrap();
-    u64::from_le_bytes(b)
-}
-
-fn write_u64(shm: &SharedMemory, at: usize, v: u64) {
-    shm.write(at, &v.to_le_bytes()).unwrap();
-}
 
 // The shared bookkeeping of the concurrency test, all under `lock`: processes inside now (at 0),
 // the most ever inside at once (at 8), entries in all (at 16).

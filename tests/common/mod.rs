@@ -1,7 +1,7 @@
 //! Shared helpers for the integration tests: bounded joins and process inspection.
 #![allow(dead_code, unreachable_pub)]
 
-use multiprocess::{Process, ProcessError, StartMethod};
+use multiprocess::{Process, ProcessError, SharedMemory, StartMethod};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::time::{Duration, Instant};
@@ -60,4 +60,16 @@ pub fn eventually(mut cond: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(5));
     }
     false
+}
+
+/// The little-endian `u64` at byte `at` of `shm`.
+pub fn read_u64(shm: &SharedMemory, at: usize) -> u64 {
+    let mut b = [0u8; 8];
+    shm.read(at, &mut b).unwrap();
+    u64::from_le_bytes(b)
+}
+
+/// Stores `v` little-endian at byte `at` of `shm`.
+pub fn write_u64(shm: &SharedMemory, at: usize, v: u64) {
+    shm.write(at, &v.to_le_bytes()).unwrap();
 }
