@@ -56,5 +56,6 @@ pub use crate::process::{
 };
 pub use crate::shared::{Array, ArrayGuard, AtomicInt, SharedMemory, Value, ValueGuard};
 pub use crate::sync::{
-    BoundedSemaphore, Event, Lock, LockGuard, LockResult, OwnerDied, RLock, RLockGuard, Semaphore,
+    BoundedSemaphore, Condition, Event, Lock, LockGuard, LockResult, OwnerDied, RLock, RLockGuard,
+    Semaphore,
 };

@@ -261,3 +261,87 @@ impl LeakForTest for multiprocess::RLockGuard<'_> {
         std::mem::forget(self); // the thread ends holding the lock
     }
 }
+
+// ---- Condition --------------------------------------------------------------------------------
+
+use multiprocess::{Condition, Value};
+
+fn wait_for_go(args: (Condition, Value<u32>, Value<u32>)) -> u32 {
+    let (cond, go, waiting) = args;
+    let guard = cond.lock().unwrap();
+    waiting.fetch_add(1);
+    let _g = cond.wait_while(guard, || go.load() == 0).unwrap();
+    go.load()
+}
+
+#[test]
+fn notify_all_wakes_every_waiting_process() {
+    for m in StartMethod::ALL {
+        let (cond, go, waiting) = (
+            Condition::new().unwrap(),
+            Value::new_raw(0u32).unwrap(),
+            Value::new_raw(0u32).unwrap(),
+        );
+        let kids: Vec<_> = (0..4)
+            .map(|_| start(m, wait_for_go, (cond.clone(), go.clone(), waiting.clone())))
+            .collect();
+        assert!(common::eventually(|| waiting.load() == 4));
+        {
+            let _g = cond.lock().unwrap();
+            go.store(7);
+            cond.notify_all();
+        }
+        for k in kids {
+            assert_eq!(join(k).unwrap(), 7, "{m}");
+        }
+    }
+}
+
+fn ping_pong(args: (Condition, Value<u32>, u32)) {
+    // Takes turns with the parent: waits for an odd counter, makes it even.
+    let (cond, turn, rounds) = args;
+    for _ in 0..rounds {
+        let g = cond.lock().unwrap();
+        let _g = cond.wait_while(g, || turn.load() % 2 == 0).unwrap();
+        turn.fetch_add(1);
+        cond.notify();
+    }
+}
+
+#[test]
+fn notify_hands_turns_back_and_forth() {
+    for m in StartMethod::ALL {
+        let (cond, turn) = (Condition::new().unwrap(), Value::new_raw(0u32).unwrap());
+        let kid = start(m, ping_pong, (cond.clone(), turn.clone(), 200));
+        for _ in 0..200 {
+            let g = cond.lock().unwrap();
+            let _g = cond.wait_while(g, || turn.load() % 2 == 1).unwrap();
+            turn.fetch_add(1);
+            cond.notify();
+        }
+        join(kid).unwrap();
+        assert_eq!(turn.load(), 400, "{m}");
+    }
+}
+
+#[test]
+fn condition_timeouts_wait_at_least_their_duration() {
+    let cond = Condition::new().unwrap();
+    let g = cond.lock().unwrap();
+    let t = Instant::now();
+    let (g, timed_out) = cond.wait_timeout(g, Duration::from_millis(150));
+    assert!(timed_out && t.elapsed() >= Duration::from_millis(150));
+    let t = Instant::now();
+    let (g, gave_up) = cond.wait_while_timeout(g.unwrap(), Duration::from_millis(50), || true);
+    assert!(gave_up && t.elapsed() >= Duration::from_millis(50));
+    drop(g);
+    assert!(!cond.get_lock().is_locked());
+}
+
+#[test]
+#[should_panic(expected = "another lock")]
+fn waiting_with_another_locks_guard_panics() {
+    let (cond, other) = (Condition::new().unwrap(), Lock::new().unwrap());
+    let g = other.lock().unwrap();
+    let _ = cond.wait(g);
+}

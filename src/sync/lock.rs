@@ -89,7 +89,7 @@ pub struct Lock {
 /// Holds a [`Lock`]; releases it when dropped.
 #[must_use = "if unused the Lock will immediately unlock"]
 pub struct LockGuard<'a> {
-    lock: &'a Lock,
+    pub(crate) lock: &'a Lock,
 }
 
 /// The lock was acquired, but its previous holder died while holding it: what it protected may be

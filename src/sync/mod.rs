@@ -1,10 +1,12 @@
 //! Process-shared synchronisation primitives on futexes in shared memory.
 
+mod condition;
 mod event;
 mod lock;
 mod rlock;
 mod semaphore;
 
+pub use condition::Condition;
 pub use event::Event;
 pub use lock::{Lock, LockGuard, LockResult, OwnerDied};
 pub use rlock::{RLock, RLockGuard};
