@@ -9,6 +9,7 @@ Run by the Rust harness (bench/src/python.rs), one figure per invocation:
     bench_mp.py codec       --shape small|vec-u64|bytes      [plan]
     bench_mp.py lock                                         [plan]
     bench_mp.py lock-incr                [--cpus PARENT,CHILD] [plan]
+    bench_mp.py event-rt                 [--cpus PARENT,CHILD] [plan]
     bench_mp.py shm-write   --size BYTES                     [plan]
     bench_mp.py shm-read    --size BYTES                     [plan]
 
@@ -36,6 +37,7 @@ DEFAULTS = {
     "codec": {"full": (1, 31, 1000), "quick": (1, 9, 200)},
     "lock": {"full": (1, 31, 200_000), "quick": (1, 9, 200_000)},
     "lock-incr": {"full": (1, 21, 100_000), "quick": (1, 7, 40_000)},
+    "event-rt": {"full": (1, 51, 1_000), "quick": (1, 15, 300)},
     "shm-write": {"full": (1, 31, 1), "quick": (1, 9, 1)},
     "shm-read": {"full": (1, 31, 1), "quick": (1, 9, 1)},
 }
@@ -232,6 +234,38 @@ def fig_lock_incr(args):
     return out
 
 
+def ponger(conn, ping, pong, stop):
+    """Answers every ping with a pong until it finds stop set after a ping."""
+    while True:
+        ping.wait()
+        if stop.is_set():
+            return
+        ping.clear()
+        pong.set()
+
+
+def fig_event_rt(args):
+    """The parent sets ping and waits on pong; the child waits on ping, clears it, sets pong; the
+    parent clears pong. One round trip per operation."""
+    ctx = mp.get_context("fork")
+    ping, pong, stop = ctx.Event(), ctx.Event(), ctx.Event()
+
+    def measure(_here):
+        def batch(ops):
+            for _ in range(ops):
+                ping.set()
+                pong.wait()
+                pong.clear()
+
+        try:
+            return run_plan(args, batch)
+        finally:
+            stop.set()
+            ping.set()
+
+    return with_child(args, ponger, (ping, pong, stop), measure)
+
+
 def fig_shm(args, write):
     from multiprocessing import shared_memory
 
@@ -262,6 +296,7 @@ FIGURES = {
     "codec": fig_codec,
     "lock": fig_lock,
     "lock-incr": fig_lock_incr,
+    "event-rt": fig_event_rt,
     "shm-write": lambda args: fig_shm(args, write=True),
     "shm-read": lambda args: fig_shm(args, write=False),
 }
@@ -281,7 +316,7 @@ def parse_args(argv):
     )
     ap.add_argument("--shape", choices=["small", "vec-u64", "bytes"], default="small")
     ap.add_argument(
-        "--cpus", type=cpu_pair, help="PARENT,CHILD: pin the two processes of pipe-* and lock-incr"
+        "--cpus", type=cpu_pair, help="PARENT,CHILD: pin the two processes of pipe-*, lock-incr and event-rt"
     )
     ap.add_argument("--warmup", type=int)
     ap.add_argument("--samples", type=int)

@@ -1,4 +1,4 @@
-//! Group `sync`: `multiprocess::Lock` and `multiprocess::SharedMemory`.
+//! Group `sync`: `multiprocess::Lock`, `multiprocess::Event` and `multiprocess::SharedMemory`.
 //!
 //! Figures (medians):
 //! - `lock acquire+release uncontended` (M ops/s): `drop(lock.lock())` in a loop, one process. Python:
@@ -8,6 +8,10 @@
 //!   writing its 8 bytes under the `Lock`; the figure is total increments / wall time, and the final
 //!   count is checked. Python: `Value('q', 0)` with `with v.get_lock(): v.value += 1`. DESIGN.md:
 //!   ≥ 10 M/s.
+//! - `event ping-pong round trip` (µs): the parent and a forked child (on two CPUs) hand a turn back
+//!   and forth with two `Event`s: the parent sets `ping` and waits on `pong`, the child waits on
+//!   `ping`, clears it and sets `pong`, the parent clears `pong`. Python: `multiprocessing.Event()`
+//!   with the same calls. DESIGN.md: ≤ 5 µs.
 //! - `SharedMemory bulk write 64 MiB` / `read` (GB/s): `SharedMemory::write` / `read` of a 64 MiB
 //!   buffer into / out of a region already written once (no page faults in the timing). Python:
 //!   `shared_memory.SharedMemory` with `shm.buf[:] = data` / `bytes(shm.buf)` (which allocates its
@@ -18,7 +22,7 @@
 use std::cell::RefCell;
 use std::hint::black_box;
 
-use multiprocess::{Connection, Lock, Process, SharedMemory, StartMethod, pipe};
+use multiprocess::{Connection, Event, Lock, Process, SharedMemory, StartMethod, pipe};
 
 use crate::Ctx;
 use crate::measure::Plan;
@@ -126,6 +130,54 @@ fn contended(pin: &Pinning, plan: Plan) -> Result<f64, String> {
     Ok(secs)
 }
 
+/// Child of the ping-pong figure: answers every `ping` with a `pong` until it finds `stop` set after
+/// a `ping`. Returns how many it answered.
+fn ponger((ping, pong, stop): (Event, Event, Event)) -> Result<u64, String> {
+    let mut answered = 0;
+    loop {
+        ping.wait();
+        if stop.is_set() {
+            return Ok(answered);
+        }
+        ping.clear();
+        pong.set();
+        answered += 1;
+    }
+}
+
+/// `event ping-pong round trip`: seconds per round trip (`ping` set, `pong` seen and cleared).
+fn ping_pong(pin: &Pinning, plan: Plan) -> Result<f64, String> {
+    let new = || Event::new().map_err(|e| format!("Event::new failed: {e}"));
+    let (ping, pong, stop) = (new()?, new()?, new()?);
+    let child = pin
+        .start(|| {
+            Process::builder()
+                .start_method(StartMethod::Fork)
+                .spawn(ponger, (ping.clone(), pong.clone(), stop.clone()))
+        })
+        .map_err(|e| format!("start failed: {e}"))?;
+    let mut rounds = 0u64;
+    let result = plan.run(|ops| {
+        for _ in 0..ops {
+            ping.set();
+            pong.wait();
+            pong.clear();
+        }
+        rounds += ops as u64;
+        Ok::<(), String>(())
+    });
+    stop.set();
+    ping.set();
+    let joined = child.join();
+    let secs = result?;
+    match joined {
+        Ok(Ok(n)) if n == rounds => Ok(secs),
+        Ok(Ok(n)) => Err(format!("the child answered {n} of {rounds} pings")),
+        Ok(Err(e)) => Err(format!("the child failed: {e}")),
+        Err(e) => Err(format!("join failed: {e}")),
+    }
+}
+
 /// A region of [`BULK`] bytes holding `src`, every page touched and the contents checked.
 fn bulk_region(src: &[u8], dst: &mut [u8]) -> Result<SharedMemory, String> {
     let shm = SharedMemory::new(BULK).map_err(|e| format!("SharedMemory::new failed: {e}"))?;
@@ -214,6 +266,22 @@ pub(crate) fn run(ctx: &Ctx, table: &mut Table) {
                 .measure("lock-incr", &pin.python_args(&[]), plan, unit),
         )
         .target(Target::AtLeast(10.0)),
+    );
+
+    let plan = Plan {
+        warmup: 1,
+        samples: ctx.pick(15, 51),
+        ops: ctx.pick(300, 1_000),
+    };
+    table.push(
+        Row::compare(
+            "event ping-pong round trip",
+            Unit::Micros,
+            ping_pong(&pin, plan),
+            ctx.python
+                .measure("event-rt", &pin.python_args(&[]), plan, Unit::Micros),
+        )
+        .target(Target::AtMost(5.0)),
     );
     drop(pin);
 
