@@ -115,6 +115,24 @@ pub(crate) fn serialize_fd<S: serde::Serializer>(
     }
 }
 
+/// Deserializes a shared-memory object: takes its descriptor, maps it, and checks that it holds at
+/// least `min_len` bytes (a smaller region sent by a confused or hostile peer is an error, not a read
+/// past the mapping).
+pub(crate) fn deserialize_region<'de, D: serde::Deserializer<'de>>(
+    d: D,
+    min_len: usize,
+    what: &str,
+) -> Result<crate::sys::shm::Region, D::Error> {
+    use serde::de::Error;
+    let region = crate::sys::shm::Region::from_fd(deserialize_fd(d)?).map_err(D::Error::custom)?;
+    if region.len() < min_len {
+        return Err(D::Error::custom(format!(
+            "a {what}'s shared memory is too small"
+        )));
+    }
+    Ok(region)
+}
+
 /// The inverse of [`serialize_fd`].
 pub(crate) fn deserialize_fd<'de, D: serde::Deserializer<'de>>(d: D) -> Result<OwnedFd, D::Error> {
     let index = <u32 as serde::Deserialize>::deserialize(d)?;

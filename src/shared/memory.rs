@@ -203,14 +203,13 @@ impl Serialize for FdRef<'_> {
 
 impl<'de> Deserialize<'de> for SharedMemory {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Fd(std::os::fd::OwnedFd);
-        impl<'de> Deserialize<'de> for Fd {
+        struct Mapped(Region);
+        impl<'de> Deserialize<'de> for Mapped {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                codec::deserialize_fd(d).map(Fd)
+                codec::deserialize_region(d, 0, "SharedMemory").map(Mapped)
             }
         }
-        let (Fd(fd), wire): (Fd, Wire) = Deserialize::deserialize(d)?;
-        let region = Region::from_fd(fd).map_err(serde::de::Error::custom)?;
+        let (Mapped(region), wire): (Mapped, Wire) = Deserialize::deserialize(d)?;
         Ok(SharedMemory {
             region: Arc::new(region),
             name: wire.name.map(|name| Arc::new(Owner { name, owner: false })),

@@ -1,7 +1,7 @@
 //! `Value<T>` and `Array<T>`: plain-old-data in shared memory, with a lock by default.
 
 use crate::codec;
-use crate::sync::{Lock, LockResult, OwnerDied};
+use crate::sync::{Lock, LockGuard, LockResult, OwnerDied};
 use crate::sys::shm::Region;
 use bytemuck::Pod;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -54,7 +54,7 @@ pub struct Value<T: Pod> {
 #[must_use = "if unused the Value's lock will immediately unlock"]
 pub struct ValueGuard<'a, T: Pod> {
     pub(crate) value: &'a Value<T>,
-    _lock: crate::LockGuard<'a>,
+    _lock: LockGuard<'a>,
 }
 
 /// A `[T; len]` in shared memory, like Python's `multiprocessing.Array('i', range(10))`.
@@ -90,7 +90,24 @@ pub struct Array<T: Pod> {
 #[must_use = "if unused the Array's lock will immediately unlock"]
 pub struct ArrayGuard<'a, T: Pod> {
     pub(crate) array: &'a Array<T>,
-    _lock: crate::LockGuard<'a>,
+    _lock: LockGuard<'a>,
+}
+
+/// Holds `lock` (if any) for a copy in or out; a dead holder's partial update is taken as it is.
+fn hold(lock: &Option<Lock>) -> Option<LockGuard<'_>> {
+    lock.as_ref()
+        .map(|l| l.lock().unwrap_or_else(OwnerDied::into_inner))
+}
+
+/// Locks `lock` (if any) and wraps its guard, keeping an `OwnerDied` outcome.
+fn lock_into<'a, G>(
+    lock: &'a Option<Lock>,
+    wrap: impl FnOnce(LockGuard<'a>) -> G,
+) -> Option<LockResult<G>> {
+    Some(match lock.as_ref()?.lock() {
+        Ok(g) => Ok(wrap(g)),
+        Err(died) => Err(OwnerDied::new(wrap(died.into_inner()))),
+    })
 }
 
 fn region_for(bytes: usize) -> io::Result<Region> {
@@ -131,25 +148,15 @@ impl<T: Pod> Value<T> {
 
     /// Locks the value; `None` for a raw value.
     pub fn lock(&self) -> Option<LockResult<ValueGuard<'_, T>>> {
-        let lock = self.lock.as_ref()?;
-        Some(match lock.lock() {
-            Ok(g) => Ok(ValueGuard {
-                value: self,
-                _lock: g,
-            }),
-            Err(died) => Err(OwnerDied::new(ValueGuard {
-                value: self,
-                _lock: died.into_inner(),
-            })),
+        lock_into(&self.lock, |g| ValueGuard {
+            value: self,
+            _lock: g,
         })
     }
 
     /// Reads the value (under its lock, if it has one; a dead holder's partial update is read as is).
     pub fn get(&self) -> T {
-        let _g = self
-            .lock
-            .as_ref()
-            .map(|l| l.lock().unwrap_or_else(OwnerDied::into_inner));
+        let _g = hold(&self.lock);
         let mut v = T::zeroed();
         let _ = self.region.read_at(0, bytemuck::bytes_of_mut(&mut v));
         v
@@ -157,10 +164,7 @@ impl<T: Pod> Value<T> {
 
     /// Writes the value (under its lock, if it has one).
     pub fn set(&self, value: T) {
-        let _g = self
-            .lock
-            .as_ref()
-            .map(|l| l.lock().unwrap_or_else(OwnerDied::into_inner));
+        let _g = hold(&self.lock);
         let _ = self.region.write_at(0, bytemuck::bytes_of(&value));
     }
 }
@@ -212,16 +216,9 @@ impl<T: Pod> Array<T> {
 
     /// Locks the array; `None` for a raw array.
     pub fn lock(&self) -> Option<LockResult<ArrayGuard<'_, T>>> {
-        let lock = self.lock.as_ref()?;
-        Some(match lock.lock() {
-            Ok(g) => Ok(ArrayGuard {
-                array: self,
-                _lock: g,
-            }),
-            Err(died) => Err(OwnerDied::new(ArrayGuard {
-                array: self,
-                _lock: died.into_inner(),
-            })),
+        lock_into(&self.lock, |g| ArrayGuard {
+            array: self,
+            _lock: g,
         })
     }
 
@@ -230,10 +227,7 @@ impl<T: Pod> Array<T> {
         if i >= self.len {
             return None;
         }
-        let _g = self
-            .lock
-            .as_ref()
-            .map(|l| l.lock().unwrap_or_else(OwnerDied::into_inner));
+        let _g = hold(&self.lock);
         let mut v = T::zeroed();
         self.region
             .read_at(i * size_of::<T>(), bytemuck::bytes_of_mut(&mut v))
@@ -252,10 +246,7 @@ impl<T: Pod> Array<T> {
                 format!("index {i} out of {}", self.len),
             ));
         }
-        let _g = self
-            .lock
-            .as_ref()
-            .map(|l| l.lock().unwrap_or_else(OwnerDied::into_inner));
+        let _g = hold(&self.lock);
         self.region
             .write_at(i * size_of::<T>(), bytemuck::bytes_of(&value))
     }
@@ -271,10 +262,7 @@ impl<T: Pod> Array<T> {
                 format!("{} items for an array of {}", items.len(), self.len),
             ));
         }
-        let _g = self
-            .lock
-            .as_ref()
-            .map(|l| l.lock().unwrap_or_else(OwnerDied::into_inner));
+        let _g = hold(&self.lock);
         self.region.write_at(0, bytemuck::cast_slice(items))
     }
 
@@ -296,10 +284,7 @@ impl<T: Pod> Array<T> {
                 format!("{} slots for an array of {}", out.len(), self.len),
             ));
         }
-        let _g = self
-            .lock
-            .as_ref()
-            .map(|l| l.lock().unwrap_or_else(OwnerDied::into_inner));
+        let _g = hold(&self.lock);
         self.region.read_at(0, bytemuck::cast_slice_mut(out))
     }
 }
@@ -411,10 +396,7 @@ struct RegionIn(Region);
 
 impl<'de> Deserialize<'de> for RegionIn {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let fd = codec::deserialize_fd(d)?;
-        Region::from_fd(fd)
-            .map(RegionIn)
-            .map_err(serde::de::Error::custom)
+        codec::deserialize_region(d, 0, "Value or Array").map(RegionIn)
     }
 }
 

@@ -114,44 +114,37 @@ impl Condition {
     /// with the lock held.
     pub fn wait_while<'a>(
         &'a self,
-        mut guard: LockGuard<'a>,
-        mut condition: impl FnMut() -> bool,
+        guard: LockGuard<'a>,
+        condition: impl FnMut() -> bool,
     ) -> LockResult<LockGuard<'a>> {
-        let mut died = false;
-        while condition() {
-            match self.wait(guard) {
-                Ok(g) => guard = g,
-                Err(d) => {
-                    died = true;
-                    guard = d.into_inner();
-                }
-            }
-        }
-        if died {
-            Err(OwnerDied::new(guard))
-        } else {
-            Ok(guard)
-        }
+        self.wait_while_until(guard, None, condition).0
     }
 
     /// Like [`wait_while`](Self::wait_while), for at most `timeout`; the flag says whether it gave up
     /// with the condition still true.
     pub fn wait_while_timeout<'a>(
         &'a self,
-        mut guard: LockGuard<'a>,
+        guard: LockGuard<'a>,
         timeout: Duration,
+        condition: impl FnMut() -> bool,
+    ) -> (LockResult<LockGuard<'a>>, bool) {
+        self.wait_while_until(guard, Instant::now().checked_add(timeout), condition)
+    }
+
+    /// Waits while `condition()` holds, until `deadline` (never, for `None`). Reports `OwnerDied` if the
+    /// lock's holder died during any of the waits.
+    fn wait_while_until<'a>(
+        &'a self,
+        mut guard: LockGuard<'a>,
+        deadline: Option<Instant>,
         mut condition: impl FnMut() -> bool,
     ) -> (LockResult<LockGuard<'a>>, bool) {
-        let deadline = Instant::now().checked_add(timeout);
         let mut died = false;
+        let mut gave_up = false;
         while condition() {
             if deadline.is_some_and(|d| Instant::now() >= d) {
-                let r = if died {
-                    Err(OwnerDied::new(guard))
-                } else {
-                    Ok(guard)
-                };
-                return (r, true);
+                gave_up = true;
+                break;
             }
             match self.wait_until(guard, deadline).0 {
                 Ok(g) => guard = g,
@@ -161,14 +154,12 @@ impl Condition {
                 }
             }
         }
-        (
-            if died {
-                Err(OwnerDied::new(guard))
-            } else {
-                Ok(guard)
-            },
-            false,
-        )
+        let guard = if died {
+            Err(OwnerDied::new(guard))
+        } else {
+            Ok(guard)
+        };
+        (guard, gave_up)
     }
 
     fn wait_until<'a>(
@@ -238,12 +229,8 @@ impl Serialize for Condition {
 
 impl<'de> Deserialize<'de> for Condition {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let lock = Lock::deserialize(d)?;
-        if lock.region().len() < 8 {
-            return Err(serde::de::Error::custom(
-                "a Condition's shared memory is too small",
-            ));
-        }
-        Ok(Condition { lock })
+        Ok(Condition {
+            lock: Lock::deserialize_sized(d, 8, "Condition")?,
+        })
     }
 }

@@ -263,15 +263,8 @@ impl Serialize for Event {
 
 impl<'de> Deserialize<'de> for Event {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let fd = codec::deserialize_fd(d)?;
-        let region = Region::from_fd(fd).map_err(serde::de::Error::custom)?;
-        if region.len() < 4 {
-            return Err(serde::de::Error::custom(
-                "an Event's shared memory is too small",
-            ));
-        }
         Ok(Event {
-            region: Arc::new(region),
+            region: Arc::new(codec::deserialize_region(d, 4, "Event")?),
         })
     }
 }

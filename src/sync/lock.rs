@@ -352,15 +352,20 @@ impl Serialize for Lock {
 
 impl<'de> Deserialize<'de> for Lock {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let fd = codec::deserialize_fd(d)?;
-        let region = Region::from_fd(fd).map_err(serde::de::Error::custom)?;
-        if region.len() < 4 {
-            return Err(serde::de::Error::custom(
-                "a Lock's shared memory is too small",
-            ));
-        }
+        Lock::deserialize_sized(d, 4, "Lock")
+    }
+}
+
+impl Lock {
+    /// Deserializes a lock whose shared memory must hold at least `min_len` bytes (primitives built on
+    /// a lock keep more words after it).
+    pub(crate) fn deserialize_sized<'de, D: Deserializer<'de>>(
+        d: D,
+        min_len: usize,
+        what: &str,
+    ) -> Result<Lock, D::Error> {
         Ok(Lock {
-            region: Arc::new(region),
+            region: Arc::new(codec::deserialize_region(d, min_len, what)?),
         })
     }
 }

@@ -160,12 +160,8 @@ impl Serialize for RLock {
 
 impl<'de> Deserialize<'de> for RLock {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let lock = Lock::deserialize(d)?;
-        if lock.region().len() < 8 {
-            return Err(serde::de::Error::custom(
-                "an RLock's shared memory is too small",
-            ));
-        }
-        Ok(RLock { lock })
+        Ok(RLock {
+            lock: Lock::deserialize_sized(d, 8, "RLock")?,
+        })
     }
 }

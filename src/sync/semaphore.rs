@@ -169,15 +169,8 @@ impl Counter {
     }
 
     fn deserialize<'de, D: Deserializer<'de>>(what: &str, d: D) -> Result<Counter, D::Error> {
-        let fd = codec::deserialize_fd(d)?;
-        let region = Region::from_fd(fd).map_err(serde::de::Error::custom)?;
-        if region.len() < LEN {
-            return Err(serde::de::Error::custom(format!(
-                "a {what}'s shared memory is too small"
-            )));
-        }
         Ok(Counter {
-            region: Arc::new(region),
+            region: Arc::new(codec::deserialize_region(d, LEN, what)?),
         })
     }
 }
