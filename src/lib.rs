@@ -1,5 +1,5 @@
-//! Processes that run your own functions, pipes between them, and (in later parts) queues, locks,
-//! shared memory, pools and managers: Python's `multiprocessing`, for Rust.
+//! Processes that run your own functions, pipes between them, shared memory and locks (and, in later
+//! parts, queues, pools and managers): Python's `multiprocessing`, for Rust.
 //!
 //! # Hello, processes!
 //! ```
@@ -37,6 +37,14 @@
 //! `multiprocessing.connection`, so raw byte messages interoperate with Python. A connection passed to a
 //! child, or sent through another connection, arrives usable: its descriptor travels with `SCM_RIGHTS`.
 
+//!
+//! # Shared memory and synchronisation
+//! [`SharedMemory`], [`Value`] and [`Array`] share bytes and plain numbers; [`Lock`], [`RLock`],
+//! [`Semaphore`], [`BoundedSemaphore`], [`Event`], [`Condition`] and [`Barrier`] coordinate processes.
+//! All live in shared memory and sleep on futexes after a brief adaptive spin, so an uncontended lock
+//! makes no system call. A process that dies holding a lock does not wedge the others: the next
+//! acquirer gets it with [`OwnerDied`]. Every one of them travels to children and through connections.
+
 #![warn(missing_docs)]
 
 mod codec;
@@ -56,6 +64,6 @@ pub use crate::process::{
 };
 pub use crate::shared::{Array, ArrayGuard, AtomicInt, SharedMemory, Value, ValueGuard};
 pub use crate::sync::{
-    BoundedSemaphore, Condition, Event, Lock, LockGuard, LockResult, OwnerDied, RLock, RLockGuard,
-    Semaphore,
+    Barrier, BarrierError, BoundedSemaphore, Condition, Event, Lock, LockGuard, LockResult,
+    MAX_PARTIES, OwnerDied, RLock, RLockGuard, Semaphore,
 };

@@ -1,11 +1,13 @@
 //! Process-shared synchronisation primitives on futexes in shared memory.
 
+mod barrier;
 mod condition;
 mod event;
 mod lock;
 mod rlock;
 mod semaphore;
 
+pub use barrier::{Barrier, BarrierError, MAX_PARTIES};
 pub use condition::Condition;
 pub use event::Event;
 pub use lock::{Lock, LockGuard, LockResult, OwnerDied};
