@@ -10,9 +10,9 @@
 //! memory, queues, pools and managers join as those parts land. The whole tour takes about a second.
 
 use multiprocess::{
-    Connection, Event, Lock, Process, RecvError, Semaphore, SendError, SharedMemory, StartMethod,
-    Value, active_children, cpu_count, current_process, get_start_method, parent_process, pipe,
-    pipe_oneway,
+    Array, Barrier, BarrierError, Condition, Connection, Event, Lock, Process, RLock, RecvError,
+    Semaphore, SendError, SharedMemory, StartMethod, Value, active_children, cpu_count,
+    current_process, get_start_method, parent_process, pipe, pipe_oneway,
 };
 use serde::{Deserialize, Serialize};
 use std::error::Error;
@@ -51,14 +51,19 @@ fn main() -> Result {
     passing_connections()?;
     polling()?;
 
-    section("3. Shared memory and synchronization (in progress)");
+    section("3. Shared memory and synchronization");
     shared_memory()?;
+    value_and_array()?;
     lock_counter()?;
     lock_holder_killed()?;
+    reentrant_lock()?;
     semaphore_and_event()?;
+    condition_handoff()?;
+    barrier_rounds()?;
+    barrier_party_killed()?;
 
     section("Still to come");
-    println!("   Condition, Barrier, queues, pool, manager, listener/client");
+    println!("   queues, pool, manager, listener/client");
     println!("\ntour finished in {}", ms(t.elapsed()));
     Ok(())
 }
@@ -465,6 +470,33 @@ fn shared_memory() -> Result {
     Ok(())
 }
 
+fn negate(args: (Value<f64>, Array<i32>)) {
+    let (num, arr) = args;
+    num.set(3.1415927);
+    let mut items = arr.lock().expect("locked array").unwrap_or_else(|d| d.into_inner());
+    for x in items.iter_mut() {
+        *x = -*x;
+    }
+}
+
+fn value_and_array() -> Result {
+    step("Value<f64> and Array<i32> (the seed's Value('d', 0.0), Array('i', range(10)))");
+    let num = Value::new(0.0f64)?;
+    let arr = Array::from_slice(&(0..10).collect::<Vec<i32>>())?;
+    Process::spawn(negate, (num.clone(), arr.clone()))?.join()?;
+    println!("   the child set num = {} and arr = {:?}", num.get(), arr.to_vec());
+    let hits = Value::new_raw(0u64)?;
+    let t = Instant::now();
+    for _ in 0..1_000_000 {
+        hits.fetch_add(1);
+    }
+    println!(
+        "   1 000 000 atomic fetch_add on a raw Value<u64> (no lock): {}",
+        ms(t.elapsed())
+    );
+    Ok(())
+}
+
 fn add_under_lock(args: (Lock, SharedMemory, u32)) {
     let (lock, counter, times) = args;
     for _ in 0..times {
@@ -531,6 +563,23 @@ fn lock_holder_killed() -> Result {
     Ok(())
 }
 
+fn try_rlock(rlock: RLock) -> bool {
+    rlock.try_lock().is_some()
+}
+
+fn reentrant_lock() -> Result {
+    step("RLock: the owning thread takes it again; another process cannot");
+    let rlock = RLock::new()?;
+    let outer = rlock.lock().unwrap_or_else(|d| d.into_inner());
+    let inner = rlock.lock().unwrap_or_else(|d| d.into_inner());
+    let child_got_it = Process::spawn(try_rlock, rlock.clone())?.join()?;
+    println!("   held twice here; a child's try_lock() -> {child_got_it}");
+    drop((inner, outer));
+    let child_got_it = Process::spawn(try_rlock, rlock.clone())?.join()?;
+    println!("   after both guards are dropped, a child's try_lock() -> {child_got_it}");
+    Ok(())
+}
+
 fn gatekept(args: (Semaphore, Event, Value<i32>, Value<i32>)) {
     let (sem, go, inside, most) = args;
     go.wait();
@@ -571,6 +620,94 @@ fn semaphore_and_event() -> Result {
         sem.get_value(),
         ms(t.elapsed())
     );
+    Ok(())
+}
+
+fn consumer(args: (Condition, Value<u32>)) -> u32 {
+    let (cond, item) = args;
+    let guard = cond.lock().unwrap_or_else(|d| d.into_inner());
+    let guard = cond
+        .wait_while(guard, || item.load() == 0)
+        .unwrap_or_else(|d| d.into_inner());
+    let got = item.load();
+    drop(guard);
+    got
+}
+
+fn condition_handoff() -> Result {
+    step("Condition: a child waits for an item; the parent produces it and notifies");
+    let (cond, item) = (Condition::new()?, Value::new_raw(0u32)?);
+    let child = Process::spawn(consumer, (cond.clone(), item.clone()))?;
+    std::thread::sleep(Duration::from_millis(20));
+    let t = {
+        let _guard = cond.lock().unwrap_or_else(|d| d.into_inner());
+        item.store(42);
+        cond.notify_all();
+        Instant::now()
+    };
+    let got = child.join()?;
+    println!(
+        "   the child woke and took item {got}; notify-to-join {}",
+        ms(t.elapsed())
+    );
+    Ok(())
+}
+
+fn rounds(args: (Barrier, u32)) -> u32 {
+    let (barrier, n) = args;
+    let mut last = 0;
+    for _ in 0..n {
+        if barrier.wait().expect("no party fails") == barrier.parties() - 1 {
+            last += 1;
+        }
+    }
+    last
+}
+
+fn barrier_rounds() -> Result {
+    step("Barrier(4): 3 children and the parent pass it 1000 times together");
+    let barrier = Barrier::new(4)?;
+    let t = Instant::now();
+    let kids = (0..3)
+        .map(|_| Process::spawn(rounds, (barrier.clone(), 1000)))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let mut last = rounds((barrier.clone(), 1000));
+    for k in kids {
+        last += k.join()?;
+    }
+    let took = t.elapsed();
+    println!(
+        "   {last} rounds had exactly one last arrival each; {} per round (with 4 processes on {} CPUs)",
+        us(took / 1000),
+        cpu_count()
+    );
+    Ok(())
+}
+
+fn wait_at(barrier: Barrier) -> std::result::Result<usize, BarrierError> {
+    barrier.wait()
+}
+
+fn barrier_party_killed() -> Result {
+    step("Barrier(3): one waiting party is killed; the other waiter learns the barrier broke");
+    let barrier = Barrier::new(3)?;
+    let victim = Process::spawn(wait_at, barrier.clone())?;
+    let other = Process::spawn(wait_at, barrier.clone())?;
+    while barrier.n_waiting() < 2 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    victim.kill()?;
+    let t = Instant::now();
+    let outcome = other.join()?;
+    println!(
+        "   victim: {:?}; the other waiter got {outcome:?} after {}",
+        victim.join().err(),
+        ms(t.elapsed())
+    );
+    let e = outcome.expect_err("broken");
+    println!("   ({e}); broken = {}", barrier.is_broken());
+    barrier.reset();
+    println!("   after reset(): broken = {}", barrier.is_broken());
     Ok(())
 }
 
