@@ -12,6 +12,9 @@ Run by the Rust harness (bench/src/python.rs), one figure per invocation:
     bench_mp.py event-rt                 [--cpus PARENT,CHILD] [plan]
     bench_mp.py shm-write   --size BYTES                     [plan]
     bench_mp.py shm-read    --size BYTES                     [plan]
+    bench_mp.py barrier-rt               [--cpus PARENT,CHILD] [plan]
+    bench_mp.py array-write --size BYTES                     [plan]
+    bench_mp.py array-read  --size BYTES                     [plan]
 
     plan: [--warmup W] [--samples S] [--ops N] [--quick]
 
@@ -40,6 +43,9 @@ DEFAULTS = {
     "event-rt": {"full": (1, 51, 1_000), "quick": (1, 15, 300)},
     "shm-write": {"full": (1, 31, 1), "quick": (1, 9, 1)},
     "shm-read": {"full": (1, 31, 1), "quick": (1, 9, 1)},
+    "barrier-rt": {"full": (1, 51, 1_000), "quick": (1, 15, 300)},
+    "array-write": {"full": (1, 31, 1), "quick": (1, 9, 1)},
+    "array-read": {"full": (1, 31, 1), "quick": (1, 9, 1)},
 }
 
 
@@ -289,6 +295,54 @@ def fig_shm(args, write):
         shm.unlink()
 
 
+def barrier_party(conn, barrier):
+    """Passes the barrier until it is aborted."""
+    import threading
+
+    try:
+        while True:
+            barrier.wait()
+    except threading.BrokenBarrierError:
+        pass
+
+
+def fig_barrier_rt(args):
+    """A two-party barrier, the parent and a forked child: one round per operation."""
+    barrier = mp.get_context("fork").Barrier(2)
+
+    def measure(_here):
+        def batch(ops):
+            for _ in range(ops):
+                barrier.wait()
+
+        try:
+            return run_plan(args, batch)
+        finally:
+            barrier.abort()
+
+    return with_child(args, barrier_party, (barrier,), measure)
+
+
+def fig_array(args, write):
+    """A raw Array('Q') of SIZE bytes, copied in and out through a byte view of its buffer: the
+    fastest way plain Python has (item-wise `arr[:] = ...` is far slower)."""
+    arr = mp.get_context("fork").Array("Q", args.size // 8, lock=False)
+    view = memoryview(arr).cast("B")
+    data = b"\x5a" * args.size
+    view[:] = data  # touch every page before timing
+    if bytes(view) != data:
+        raise RuntimeError("read back other bytes than were written")
+
+    def batch(ops):
+        for _ in range(ops):
+            if write:
+                view[:] = data
+            else:
+                bytes(view)
+
+    return run_plan(args, batch)
+
+
 FIGURES = {
     "process": fig_process,
     "pipe-rt": fig_pipe_rt,
@@ -299,6 +353,9 @@ FIGURES = {
     "event-rt": fig_event_rt,
     "shm-write": lambda args: fig_shm(args, write=True),
     "shm-read": lambda args: fig_shm(args, write=False),
+    "barrier-rt": fig_barrier_rt,
+    "array-write": lambda args: fig_array(args, write=True),
+    "array-read": lambda args: fig_array(args, write=False),
 }
 
 
