@@ -180,3 +180,58 @@ fn values_travel_through_connections() {
     a.send(&v).unwrap();
     assert!(b.recv::<Value<u64>>().is_err());
 }
+
+/// Creates one of every shared object, reports that it has, and waits to be killed.
+fn create_everything_then_hang(conn: Connection) {
+    let objects = (
+        multiprocess::SharedMemory::new(1 << 20).unwrap(),
+        Value::new(1u64).unwrap(),
+        Array::<u8>::new(4096).unwrap(),
+        multiprocess::Lock::new().unwrap(),
+        multiprocess::RLock::new().unwrap(),
+        multiprocess::Semaphore::new(1).unwrap(),
+        multiprocess::Event::new().unwrap(),
+        multiprocess::Condition::new().unwrap(),
+        multiprocess::Barrier::new(2).unwrap(),
+    );
+    conn.send(&()).unwrap();
+    std::thread::sleep(Duration::from_secs(60));
+    drop(objects);
+}
+
+fn dev_shm() -> std::collections::BTreeSet<String> {
+    std::fs::read_dir("/dev/shm")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Anonymous objects are memfds: a creator killed while they live leaves no name in `/dev/shm` (and
+/// the memory goes with the last descriptor). No test of this binary creates named regions, so any
+/// new entry would be a leak.
+#[test]
+fn a_killed_creator_of_anonymous_objects_leaves_nothing_behind() {
+    for m in StartMethod::ALL {
+        let before = dev_shm();
+        let (here, there) = pipe().unwrap();
+        let kid = start(m, create_everything_then_hang, there);
+        here.recv_timeout::<()>(common::DEADLINE).unwrap();
+        let fds: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", kid.pid()))
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .map(|p| p.to_string_lossy().into_owned())
+            .filter(|p| p.contains("multiprocess"))
+            .collect();
+        assert!(
+            fds.len() >= 9 && fds.iter().all(|p| p.starts_with("/memfd:")),
+            "{m}: {fds:?}"
+        );
+        kid.kill().unwrap();
+        assert!(matches!(join(kid), Err(ProcessError::Signaled { .. })));
+        let new: Vec<_> = dev_shm().difference(&before).cloned().collect();
+        assert!(new.is_empty(), "{m}: new in /dev/shm: {new:?}");
+    }
+}
