@@ -472,8 +472,11 @@ fn shared_memory() -> Result {
 
 fn negate(args: (Value<f64>, Array<i32>)) {
     let (num, arr) = args;
-    num.set(3.1415927);
-    let mut items = arr.lock().expect("locked array").unwrap_or_else(|d| d.into_inner());
+    num.set(std::f64::consts::PI);
+    let mut items = arr
+        .lock()
+        .expect("locked array")
+        .unwrap_or_else(|d| d.into_inner());
     for x in items.iter_mut() {
         *x = -*x;
     }
@@ -484,7 +487,11 @@ fn value_and_array() -> Result {
     let num = Value::new(0.0f64)?;
     let arr = Array::from_slice(&(0..10).collect::<Vec<i32>>())?;
     Process::spawn(negate, (num.clone(), arr.clone()))?.join()?;
-    println!("   the child set num = {} and arr = {:?}", num.get(), arr.to_vec());
+    println!(
+        "   the child set num = {} and arr = {:?}",
+        num.get(),
+        arr.to_vec()
+    );
     let hits = Value::new_raw(0u64)?;
     let t = Instant::now();
     for _ in 0..1_000_000 {

@@ -12,7 +12,8 @@
 //! A dead participant costs nothing here: a process that dies while waiting simply never wakes, and
 //! one that dies while holding the lock is reported to the next acquirer as [`OwnerDied`], by the lock.
 
-use super::lock::{Lock, LockGuard, LockResult, OwnerDied};
+use super::futex::FutexWord;
+use super::lock::{Acquired, Lock, LockGuard, LockResult, LockWord, OwnerDied};
 use crate::sys::{self, shm::Region};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
@@ -171,10 +172,51 @@ impl Condition {
             std::ptr::eq(guard.lock, &self.lock),
             "Condition::wait with a guard of another lock"
         );
-        let seq = self.seq();
-        let seen = seq.load(Ordering::SeqCst);
         guard.leak();
-        let _ = self.lock.release();
+        let core = CondWords {
+            lock: self.lock.core(),
+            seq: self.seq(),
+        };
+        let (how, timed_out) = core.wait(sys::getpid() as u32, deadline);
+        (self.lock.guard(how), timed_out)
+    }
+
+    /// Wakes one waiting process (or thread). Call it holding the lock, as in Python.
+    pub fn notify(&self) {
+        self.notify_n(1);
+    }
+
+    /// Wakes `n` waiters.
+    pub fn notify_n(&self, n: u32) {
+        notify(self.seq(), n);
+    }
+
+    /// Wakes every waiter.
+    pub fn notify_all(&self) {
+        self.notify_n(u32::MAX);
+    }
+}
+
+/// Bumps the sequence and wakes `n` sleepers.
+pub(crate) fn notify<W: FutexWord>(seq: &W, n: u32) {
+    seq.fetch_add(1, Ordering::SeqCst);
+    seq.wake(n);
+}
+
+/// The condition's state machine: a lock's word and the sequence word (see the module notes), written
+/// over [`FutexWord`] so that the model tests run this very code.
+pub(crate) struct CondWords<'a, W> {
+    pub(crate) lock: LockWord<'a, W>,
+    pub(crate) seq: &'a W,
+}
+
+impl<W: FutexWord> CondWords<'_, W> {
+    /// Called holding the lock as `me`: releases it, sleeps until the sequence moves (or `deadline`),
+    /// and acquires the lock again. Returns how it was re-acquired and whether the deadline passed.
+    pub(crate) fn wait(&self, me: u32, deadline: Option<Instant>) -> (Acquired, bool) {
+        let seq = self.seq;
+        let seen = seq.load(Ordering::SeqCst);
+        self.lock.release();
         let timed_out = loop {
             if seq.load(Ordering::SeqCst) != seen {
                 break false; // notified
@@ -189,26 +231,10 @@ impl Condition {
                     left.min(NAP)
                 }
             };
-            sys::shm::futex_wait(seq, seen, Some(nap));
+            seq.wait(seen, Some(nap));
         };
-        (self.lock.lock(), timed_out)
-    }
-
-    /// Wakes one waiting process (or thread). Call it holding the lock, as in Python.
-    pub fn notify(&self) {
-        self.seq().fetch_add(1, Ordering::SeqCst);
-        sys::shm::futex_wake(self.seq(), 1);
-    }
-
-    /// Wakes `n` waiters.
-    pub fn notify_n(&self, n: u32) {
-        self.seq().fetch_add(1, Ordering::SeqCst);
-        sys::shm::futex_wake(self.seq(), n);
-    }
-
-    /// Wakes every waiter.
-    pub fn notify_all(&self) {
-        self.notify_n(u32::MAX);
+        let how = self.lock.acquire(me, None).unwrap_or(Acquired::Free);
+        (how, timed_out)
     }
 }
 

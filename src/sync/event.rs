@@ -29,8 +29,9 @@
 //! A waiter that stays asleep across exactly 2^30 set-and-clear cycles (the generation wrapped
 //! around to the value it remembered) would miss them all and wait for the next `set`.
 
+use super::futex::{FutexWord, spin};
 use crate::codec;
-use crate::sys::shm::{self, Region};
+use crate::sys::shm::Region;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 use std::io;
@@ -40,7 +41,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 const SET: u32 = 1;
-const WAITERS: u32 = 1 << 1;
+pub(crate) const WAITERS: u32 = 1 << 1;
 const GENERATION: u32 = !(SET | WAITERS);
 const ONE_GENERATION: u32 = 1 << 2;
 
@@ -105,6 +106,13 @@ impl Event {
         self.region.atomic_u32(0)
     }
 
+    fn core(&self) -> EventWord<'_, AtomicU32> {
+        EventWord {
+            word: self.word(),
+            spins: SPINS,
+        }
+    }
+
     /// Whether the flag is set right now.
     ///
     /// # Examples
@@ -115,7 +123,7 @@ impl Event {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn is_set(&self) -> bool {
-        self.word().load(Ordering::Acquire) & SET != 0
+        self.core().is_set()
     }
 
     /// Sets the flag and wakes every process waiting for it. Setting a set flag does nothing.
@@ -136,21 +144,7 @@ impl Event {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn set(&self) {
-        let word = self.word();
-        let mut v = word.load(Ordering::Relaxed);
-        loop {
-            if v & SET != 0 {
-                return;
-            }
-            let next = ((v & GENERATION).wrapping_add(ONE_GENERATION) & GENERATION) | SET;
-            match word.compare_exchange_weak(v, next, Ordering::AcqRel, Ordering::Relaxed) {
-                Ok(_) => break,
-                Err(now) => v = now,
-            }
-        }
-        if v & WAITERS != 0 {
-            shm::futex_wake(word, i32::MAX as u32);
-        }
+        self.core().set();
     }
 
     /// Clears the flag: later waits wait for the next [`set`](Self::set).
@@ -166,7 +160,7 @@ impl Event {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn clear(&self) {
-        self.word().fetch_and(!SET, Ordering::AcqRel);
+        self.core().clear();
     }
 
     /// Waits until the flag is set, as long as it takes. Returns at once if it is set already.
@@ -179,7 +173,7 @@ impl Event {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn wait(&self) {
-        self.wait_until(None);
+        self.core().wait_until(None);
     }
 
     /// Waits at most `timeout` for the flag to be set; whether it was (`true` also when it was set
@@ -199,25 +193,59 @@ impl Event {
     /// ```
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
         // A deadline past what `Instant` can hold is no deadline.
-        self.wait_until(Instant::now().checked_add(timeout))
+        self.core().wait_until(Instant::now().checked_add(timeout))
+    }
+}
+
+/// The event's state machine on one word (see the module notes), written over [`FutexWord`] so that
+/// the model tests run this very code.
+pub(crate) struct EventWord<'a, W> {
+    pub(crate) word: &'a W,
+    /// Looks before sleeping.
+    pub(crate) spins: u32,
+}
+
+impl<W: FutexWord> EventWord<'_, W> {
+    pub(crate) fn is_set(&self) -> bool {
+        self.word.load(Ordering::Acquire) & SET != 0
     }
 
-    fn wait_until(&self, deadline: Option<Instant>) -> bool {
-        let word = self.word();
+    pub(crate) fn set(&self) {
+        let word = self.word;
+        let mut v = word.load(Ordering::Relaxed);
+        loop {
+            if v & SET != 0 {
+                return;
+            }
+            let next = ((v & GENERATION).wrapping_add(ONE_GENERATION) & GENERATION) | SET;
+            match word.compare_exchange(v, next, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => break,
+                Err(now) => v = now,
+            }
+        }
+        if v & WAITERS != 0 {
+            word.wake(i32::MAX as u32);
+        }
+    }
+
+    pub(crate) fn clear(&self) {
+        self.word.fetch_and(!SET, Ordering::AcqRel);
+    }
+
+    /// Waits until the flag is set or a new generation begins, or `deadline` passes; whether the
+    /// flag was set.
+    pub(crate) fn wait_until(&self, deadline: Option<Instant>) -> bool {
+        let word = self.word;
         let first = word.load(Ordering::Acquire);
         if first & SET != 0 {
             return true;
         }
         let released = |v: u32| v & SET != 0 || (v ^ first) & GENERATION != 0;
-        for i in 0..SPINS {
+        for i in 0..self.spins {
             if released(word.load(Ordering::Acquire)) {
                 return true;
             }
-            if i < 4 {
-                std::hint::spin_loop();
-            } else {
-                std::thread::yield_now();
-            }
+            spin(i);
         }
         loop {
             let v = word.load(Ordering::Acquire);
@@ -241,7 +269,7 @@ impl Event {
             {
                 continue;
             }
-            shm::futex_wait(word, v | WAITERS, nap);
+            word.wait(v | WAITERS, nap);
         }
     }
 }

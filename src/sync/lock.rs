@@ -28,6 +28,7 @@
 //! any pid-based scheme), and a dead holder's pid reused by a new process looks alive until that
 //! process ends too.
 
+use super::futex::{FutexWord, spin};
 use crate::codec;
 use crate::sys::{self, shm::Region};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -168,18 +169,24 @@ impl Lock {
 
     /// [`try_lock`](Self::try_lock) on behalf of holder id `me` (a pid or a thread id).
     pub(crate) fn try_lock_as(&self, me: u32) -> Option<LockResult<LockGuard<'_>>> {
-        if self
-            .word()
-            .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
-            .is_ok()
-        {
-            return Some(Ok(LockGuard { lock: self }));
+        self.core().try_lock_as(me).map(|a| self.guard(a))
+    }
+
+    /// The state machine, on this lock's word.
+    pub(crate) fn core(&self) -> LockWord<'_, AtomicU32> {
+        LockWord {
+            word: self.word(),
+            spins: SPINS,
+            alive: &alive,
         }
-        let v = self.word().load(Ordering::Relaxed);
-        if v & OWNER != 0 && !sys::shm::process_alive((v & OWNER) as i32) {
-            return self.take_over(v, me).map(|g| Err(OwnerDied { guard: g }));
+    }
+
+    pub(crate) fn guard(&self, how: Acquired) -> LockResult<LockGuard<'_>> {
+        let guard = LockGuard { lock: self };
+        match how {
+            Acquired::Free => Ok(guard),
+            Acquired::FromDead => Err(OwnerDied { guard }),
         }
-        None
     }
 
     /// Acquires the lock, waiting at most `timeout`; `None` if it stayed held.
@@ -214,26 +221,14 @@ impl Lock {
     /// # Errors
     /// `InvalidInput` if the lock is not held.
     pub fn release(&self) -> io::Result<()> {
-        let v = self.word().swap(0, Ordering::Release);
-        if v & OWNER == 0 {
-            return Err(io::Error::new(
+        if self.core().release() {
+            Ok(())
+        } else {
+            Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "release of an unlocked Lock",
-            ));
+            ))
         }
-        if v & WAITERS != 0 {
-            sys::shm::futex_wake(self.word(), 1);
-        }
-        Ok(())
-    }
-
-    fn take_over(&self, seen: u32, me: u32) -> Option<LockGuard<'_>> {
-        // Keep WAITERS: others may sleep on the word.
-        let new = me | (seen & WAITERS);
-        self.word()
-            .compare_exchange(seen, new, Ordering::Acquire, Ordering::Relaxed)
-            .ok()
-            .map(|_| LockGuard { lock: self })
     }
 
     /// Acquires on behalf of holder id `me`: a pid (`Lock`) or a thread id (`RLock`). Either is a
@@ -243,21 +238,78 @@ impl Lock {
         me: u32,
         deadline: Option<Instant>,
     ) -> Option<LockResult<LockGuard<'_>>> {
-        let word = self.word();
-        for i in 0..SPINS {
+        self.core().acquire(me, deadline).map(|a| self.guard(a))
+    }
+}
+
+fn alive(id: u32) -> bool {
+    sys::shm::process_alive(id as i32)
+}
+
+/// How a lock was acquired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Acquired {
+    /// It was free.
+    Free,
+    /// Taken over from a holder that died holding it.
+    FromDead,
+}
+
+/// The lock's state machine on one word (see the module notes), written over [`FutexWord`] so that
+/// the model tests run this very code.
+pub(crate) struct LockWord<'a, W> {
+    pub(crate) word: &'a W,
+    /// Tries before sleeping.
+    pub(crate) spins: u32,
+    /// Whether holder id `id` is alive.
+    pub(crate) alive: &'a dyn Fn(u32) -> bool,
+}
+
+impl<W: FutexWord> LockWord<'_, W> {
+    pub(crate) fn try_lock_as(&self, me: u32) -> Option<Acquired> {
+        if self
+            .word
+            .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+        {
+            return Some(Acquired::Free);
+        }
+        let v = self.word.load(Ordering::Relaxed);
+        if v & OWNER != 0 && !(self.alive)(v & OWNER) && self.take_over(v, me) {
+            return Some(Acquired::FromDead);
+        }
+        None
+    }
+
+    /// Releases; false if the lock was not held.
+    pub(crate) fn release(&self) -> bool {
+        let v = self.word.swap(0, Ordering::Release);
+        if v & WAITERS != 0 {
+            self.word.wake(1);
+        }
+        v & OWNER != 0
+    }
+
+    fn take_over(&self, seen: u32, me: u32) -> bool {
+        // Keep WAITERS: others may sleep on the word.
+        let new = me | (seen & WAITERS);
+        self.word
+            .compare_exchange(seen, new, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    pub(crate) fn acquire(&self, me: u32, deadline: Option<Instant>) -> Option<Acquired> {
+        let word = self.word;
+        for i in 0..self.spins {
             let v = word.load(Ordering::Relaxed);
             if v & OWNER == 0
                 && word
                     .compare_exchange(v, me | (v & WAITERS), Ordering::Acquire, Ordering::Relaxed)
                     .is_ok()
             {
-                return Some(Ok(LockGuard { lock: self }));
+                return Some(Acquired::Free);
             }
-            if i < 4 {
-                std::hint::spin_loop();
-            } else {
-                std::thread::yield_now();
-            }
+            spin(i);
         }
         let mut waited_on: Option<(u32, Instant)> = None;
         loop {
@@ -268,33 +320,25 @@ impl Lock {
                     .compare_exchange(v, me | WAITERS, Ordering::Acquire, Ordering::Relaxed)
                     .is_ok()
                 {
-                    return Some(Ok(LockGuard { lock: self }));
+                    return Some(Acquired::Free);
                 }
                 continue;
             }
             let owner = v & OWNER;
             let now = Instant::now();
-            match waited_on {
-                Some((o, since)) if o == owner => {
-                    if now.duration_since(since) >= LIVENESS_PERIOD
-                        && !sys::shm::process_alive(owner as i32)
-                    {
-                        if let Some(g) = self.take_over(v, me) {
-                            return Some(Err(OwnerDied { guard: g }));
-                        }
-                        continue;
+            // A new holder: look at once (it may be dead already), then every LIVENESS_PERIOD.
+            let look = match waited_on {
+                Some((o, since)) if o == owner => now.duration_since(since) >= LIVENESS_PERIOD,
+                _ => true,
+            };
+            if look {
+                if !(self.alive)(owner) {
+                    if self.take_over(v, me) {
+                        return Some(Acquired::FromDead);
                     }
+                    continue;
                 }
-                // A new holder: look at once (it may be dead already), then every LIVENESS_PERIOD.
-                _ => {
-                    if !sys::shm::process_alive(owner as i32) {
-                        if let Some(g) = self.take_over(v, me) {
-                            return Some(Err(OwnerDied { guard: g }));
-                        }
-                        continue;
-                    }
-                    waited_on = Some((owner, now));
-                }
+                waited_on = Some((owner, now));
             }
             if deadline.is_some_and(|d| now >= d) {
                 return None;
@@ -309,7 +353,7 @@ impl Lock {
             let nap = deadline.map_or(LIVENESS_PERIOD, |d| {
                 d.saturating_duration_since(now).min(LIVENESS_PERIOD)
             });
-            sys::shm::futex_wait(word, v | WAITERS, Some(nap));
+            word.wait(v | WAITERS, Some(nap));
         }
     }
 }

@@ -3,7 +3,10 @@
 mod barrier;
 mod condition;
 mod event;
+mod futex;
 mod lock;
+#[cfg(test)]
+mod model;
 mod rlock;
 mod semaphore;
 

@@ -1,0 +1,333 @@
+//! Model tests: `loom` runs the state machines of `Lock`, `Event`, `Semaphore` and `Condition`, the
+//! same code the library runs, through every interleaving of their atomic steps (up to a preemption
+//! bound), on a modelled futex. See `futex.rs` for what the model covers and what it leaves to the
+//! tests across processes. A lost wake-up shows up as a deadlock, which `loom` reports.
+
+use super::condition::{CondWords, notify};
+use super::event::EventWord;
+use super::futex::FutexWord;
+use super::lock::{Acquired, LockWord};
+use super::semaphore::CounterWords;
+use loom::sync::atomic::AtomicU32;
+use loom::sync::{Arc, Condvar, Mutex};
+use loom::thread;
+use std::sync::atomic::Ordering::{self, Relaxed, SeqCst};
+use std::time::Duration;
+
+/// A word with futex semantics: `wait` compares and goes to sleep atomically with respect to `wake`
+/// (both hold `m`), as the kernel's hash-bucket lock makes them. Timeouts are ignored: a sleeper sleeps
+/// until woken.
+struct ModelWord {
+    v: AtomicU32,
+    m: Mutex<()>,
+    cv: Condvar,
+}
+
+impl ModelWord {
+    fn new(v: u32) -> ModelWord {
+        ModelWord {
+            v: AtomicU32::new(v),
+            m: Mutex::new(()),
+            cv: Condvar::new(),
+        }
+    }
+}
+
+impl FutexWord for ModelWord {
+    fn load(&self, order: Ordering) -> u32 {
+        self.v.load(order)
+    }
+    fn swap(&self, v: u32, order: Ordering) -> u32 {
+        self.v.swap(v, order)
+    }
+    fn compare_exchange(
+        &self,
+        current: u32,
+        new: u32,
+        success: Ordering,
+        failure: Ordering,
+    ) -> Result<u32, u32> {
+        self.v.compare_exchange(current, new, success, failure)
+    }
+    fn fetch_add(&self, v: u32, order: Ordering) -> u32 {
+        self.v.fetch_add(v, order)
+    }
+    fn fetch_sub(&self, v: u32, order: Ordering) -> u32 {
+        self.v.fetch_sub(v, order)
+    }
+    fn fetch_and(&self, v: u32, order: Ordering) -> u32 {
+        self.v.fetch_and(v, order)
+    }
+    fn wait(&self, expected: u32, _timeout: Option<Duration>) {
+        let g = self.m.lock().unwrap();
+        if self.v.load(SeqCst) == expected {
+            drop(self.cv.wait(g).unwrap());
+        }
+    }
+    fn wake(&self, n: u32) {
+        let _g = self.m.lock().unwrap();
+        if n == 1 {
+            self.cv.notify_one();
+        } else {
+            self.cv.notify_all();
+        }
+    }
+}
+
+fn model(f: impl Fn() + Sync + Send + 'static) {
+    let mut b = loom::model::Builder::new();
+    b.preemption_bound = Some(3);
+    b.check(f);
+}
+
+fn everyone_alive(_: u32) -> bool {
+    true
+}
+
+fn lock_word(w: &ModelWord) -> LockWord<'_, ModelWord> {
+    LockWord {
+        word: w,
+        spins: 1,
+        alive: &everyone_alive,
+    }
+}
+
+/// Adds 1 to `data` with a plain load and store under the lock, checking that nobody else is inside.
+fn locked_increment(lock: &LockWord<'_, ModelWord>, me: u32, inside: &AtomicU32, data: &AtomicU32) {
+    assert_eq!(lock.acquire(me, None), Some(Acquired::Free));
+    assert_eq!(inside.fetch_add(1, Relaxed), 0, "two holders at once");
+    let v = data.load(Relaxed);
+    data.store(v + 1, Relaxed);
+    inside.fetch_sub(1, Relaxed);
+    assert!(lock.release());
+}
+
+#[test]
+fn lock_excludes_and_loses_no_wakeup() {
+    model(|| {
+        let state = Arc::new((ModelWord::new(0), AtomicU32::new(0), AtomicU32::new(0)));
+        let other = {
+            let state = state.clone();
+            thread::spawn(move || {
+                let (w, inside, data) = &*state;
+                locked_increment(&lock_word(w), 2, inside, data);
+            })
+        };
+        let (w, inside, data) = &*state;
+        locked_increment(&lock_word(w), 1, inside, data);
+        other.join().unwrap();
+        // Relaxed data: only the lock's acquire/release ordering makes both increments visible.
+        assert_eq!(data.load(Relaxed), 2);
+        assert_eq!(w.load(Relaxed), 0);
+    });
+}
+
+/// Three parties: two may sleep at once, a release wakes one, and the woken one must keep `WAITERS`
+/// set for the other.
+#[test]
+fn lock_with_two_sleepers_wakes_both_in_turn() {
+    model(|| {
+        let state = Arc::new((ModelWord::new(0), AtomicU32::new(0), AtomicU32::new(0)));
+        let others: Vec<_> = (2..4)
+            .map(|me| {
+                let state = state.clone();
+                thread::spawn(move || {
+                    let (w, inside, data) = &*state;
+                    locked_increment(&lock_word(w), me, inside, data);
+                })
+            })
+            .collect();
+        let (w, inside, data) = &*state;
+        locked_increment(&lock_word(w), 1, inside, data);
+        for t in others {
+            t.join().unwrap();
+        }
+        assert_eq!(data.load(Relaxed), 3);
+    });
+}
+
+#[test]
+fn lock_of_a_dead_holder_is_taken_over_exactly_once() {
+    const DEAD: u32 = 7;
+    fn alive(id: u32) -> bool {
+        id != DEAD
+    }
+    model(|| {
+        let state = Arc::new((ModelWord::new(DEAD), AtomicU32::new(0)));
+        let take = |state: &(ModelWord, AtomicU32), me: u32| {
+            let (w, from_dead) = state;
+            let lock = LockWord {
+                word: w,
+                spins: 1,
+                alive: &alive,
+            };
+            if lock.acquire(me, None) == Some(Acquired::FromDead) {
+                from_dead.fetch_add(1, Relaxed);
+            }
+            assert!(lock.release());
+        };
+        let other = {
+            let state = state.clone();
+            thread::spawn(move || take(&state, 2))
+        };
+        take(&state, 1);
+        other.join().unwrap();
+        assert_eq!(state.1.load(Relaxed), 1, "exactly one acquirer is told");
+    });
+}
+
+#[test]
+fn event_set_wakes_every_waiter() {
+    model(|| {
+        let w = Arc::new(ModelWord::new(0));
+        let waiters: Vec<_> = (0..2)
+            .map(|_| {
+                let w = w.clone();
+                thread::spawn(move || {
+                    let ev = EventWord {
+                        word: &*w,
+                        spins: 1,
+                    };
+                    assert!(ev.wait_until(None));
+                })
+            })
+            .collect();
+        let ev = EventWord {
+            word: &*w,
+            spins: 1,
+        };
+        ev.set();
+        for t in waiters {
+            t.join().unwrap();
+        }
+        assert!(ev.is_set());
+    });
+}
+
+/// Python's promise, kept by the generation: a `set` at once followed by a `clear` still releases a
+/// process that was asleep in `wait`, even if it runs only after the `clear`.
+#[test]
+fn event_set_then_clear_releases_a_sleeping_waiter() {
+    model(|| {
+        let w = Arc::new(ModelWord::new(0));
+        let waiter = {
+            let w = w.clone();
+            thread::spawn(move || {
+                assert!(
+                    EventWord {
+                        word: &*w,
+                        spins: 1
+                    }
+                    .wait_until(None)
+                );
+            })
+        };
+        // Wait until the waiter has announced that it goes to sleep.
+        while w.load(SeqCst) & super::event::WAITERS == 0 {
+            thread::yield_now();
+        }
+        let ev = EventWord {
+            word: &*w,
+            spins: 1,
+        };
+        ev.set();
+        ev.clear();
+        waiter.join().unwrap();
+        assert!(!ev.is_set());
+    });
+}
+
+fn counter<'a>(
+    count: &'a ModelWord,
+    sleepers: &'a ModelWord,
+    max: u32,
+) -> CounterWords<'a, ModelWord> {
+    CounterWords {
+        count,
+        sleepers,
+        max,
+        spins: 1,
+    }
+}
+
+/// The case the sleeper counter exists for: two releases in a row, two sleepers.
+#[test]
+fn semaphore_two_releases_wake_two_sleepers() {
+    model(|| {
+        let words = Arc::new((ModelWord::new(0), ModelWord::new(0)));
+        let acquirers: Vec<_> = (0..2)
+            .map(|_| {
+                let words = words.clone();
+                thread::spawn(move || {
+                    assert!(counter(&words.0, &words.1, u32::MAX).acquire_until(None));
+                })
+            })
+            .collect();
+        let sem = counter(&words.0, &words.1, u32::MAX);
+        assert!(sem.release());
+        assert!(sem.release());
+        for t in acquirers {
+            t.join().unwrap();
+        }
+        assert_eq!(words.0.load(Relaxed), 0);
+        assert_eq!(words.1.load(Relaxed), 0);
+    });
+}
+
+#[test]
+fn bounded_semaphore_excludes_and_refuses_over_release() {
+    model(|| {
+        let words = Arc::new((ModelWord::new(1), ModelWord::new(0), AtomicU32::new(0)));
+        let use_slot = |words: &(ModelWord, ModelWord, AtomicU32)| {
+            let sem = counter(&words.0, &words.1, 1);
+            assert!(sem.acquire_until(None));
+            assert_eq!(
+                words.2.fetch_add(1, Relaxed),
+                0,
+                "two inside a 1-slot semaphore"
+            );
+            words.2.fetch_sub(1, Relaxed);
+            assert!(sem.release());
+        };
+        let other = {
+            let words = words.clone();
+            thread::spawn(move || use_slot(&words))
+        };
+        use_slot(&words);
+        other.join().unwrap();
+        assert!(!counter(&words.0, &words.1, 1).release(), "over-release");
+        assert_eq!(words.0.load(Relaxed), 1);
+    });
+}
+
+#[test]
+fn condition_notify_is_not_lost() {
+    model(|| {
+        // The lock's word, the sequence, and the flag the waiter waits for (changed under the lock).
+        let state = Arc::new((ModelWord::new(0), ModelWord::new(0), AtomicU32::new(0)));
+        let waiter = {
+            let state = state.clone();
+            thread::spawn(move || {
+                let (lock, seq, flag) = &*state;
+                let cond = CondWords {
+                    lock: lock_word(lock),
+                    seq,
+                };
+                assert_eq!(cond.lock.acquire(1, None), Some(Acquired::Free));
+                while flag.load(Relaxed) == 0 {
+                    let (how, timed_out) = cond.wait(1, None);
+                    assert_eq!(how, Acquired::Free);
+                    assert!(!timed_out);
+                }
+                assert!(cond.lock.release());
+            })
+        };
+        let (lock, seq, flag) = &*state;
+        let lock = lock_word(lock);
+        assert_eq!(lock.acquire(2, None), Some(Acquired::Free));
+        flag.store(1, Relaxed);
+        notify(seq, 1);
+        assert!(lock.release());
+        waiter.join().unwrap();
+    });
+}
