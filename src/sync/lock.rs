@@ -282,6 +282,7 @@ impl<W: FutexWord> LockWord<'_, W> {
     }
 
     /// Releases; false if the lock was not held.
+    #[inline]
     pub(crate) fn release(&self) -> bool {
         let v = self.word.swap(0, Ordering::Release);
         if v & WAITERS != 0 {
@@ -298,7 +299,21 @@ impl<W: FutexWord> LockWord<'_, W> {
             .is_ok()
     }
 
+    #[inline]
     pub(crate) fn acquire(&self, me: u32, deadline: Option<Instant>) -> Option<Acquired> {
+        // The uncontended case, inlined into the caller: one compare-and-swap.
+        if self
+            .word
+            .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+        {
+            return Some(Acquired::Free);
+        }
+        self.acquire_contended(me, deadline)
+    }
+
+    #[inline(never)]
+    fn acquire_contended(&self, me: u32, deadline: Option<Instant>) -> Option<Acquired> {
         let word = self.word;
         for i in 0..self.spins {
             let v = word.load(Ordering::Relaxed);
