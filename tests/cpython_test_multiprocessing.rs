@@ -24,6 +24,21 @@
 //! | _TestPoll test_empty_string, test_strings, test_boundaries, test_dont_merge | [`poll_strings_and_boundaries`], `connection.rs::messages_keep_their_boundaries` |
 //! | atexit joining of children (`util._exit_function`) | [`main_process_exit_joins_and_terminates_children`] |
 //!
+//! The synchronisation and shared-memory classes are ported beside their primitives:
+//!
+//! | CPython test | here |
+//! |---|---|
+//! | _TestLock test_lock, test_lock_context | `sync.rs::lock_gives_mutual_exclusion_across_processes`, `another_process_may_release_a_leaked_guard`, `Lock::release` doc test (release of an unlocked lock is an error) |
+//! | _TestLock test_rlock | `sync.rs::rlock_is_reentrant_and_exclusive_across_processes`, `rlock_belongs_to_one_thread` |
+//! | _TestSemaphore test_semaphore, test_bounded_semaphore, test_timeout | `sync_semaphore_event.rs` (`semaphore_of_two_*`, `get_value_is_shared`, `bounded_semaphore_*`, `acquire_timeout_*`) |
+//! | _TestCondition test_notify, test_notify_all, test_timeout, test_waitfor, test_waitfor_timeout | `sync.rs` (`notify_hands_turns_back_and_forth`, `notify_all_wakes_every_waiting_process`, `condition_timeouts_wait_at_least_their_duration`) |
+//! | _TestCondition test_notify_n | not ported: `Condition::notify_n` may release more than n waiters (see its docs) |
+//! | _TestEvent test_event | `sync_semaphore_event.rs` (`set_wakes_every_waiting_process`, `clear_is_seen_by_every_process`, `wait_timeout_*`) |
+//! | _TestBarrier (every test, the action as `wait_with`) | `sync_barrier.rs` |
+//! | _TestValue, _TestArray | `shared_values.rs` |
+//! | _TestSharedMemory basics, across processes | `sync.rs` (`shared_memory_*`, `named_shared_memory_is_removed_by_its_owner`) |
+//! | test_shared_memory_cleaned_after_process_termination | differs by design: regions are anonymous unless named, and a named one belongs to its creator; `shared_values.rs::a_killed_creator_of_anonymous_objects_leaves_nothing_behind` |
+//!
 //! Not applicable: test_set_executable (no interpreter), test_close (Rust drops), test_lose_target_ref and
 //! test_wait_for_threads (Python object and thread lifetimes), test_error_on_stdio_flush_* (Python's
 //! stdio objects), test_process_mainthread_native_id.

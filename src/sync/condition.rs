@@ -186,7 +186,13 @@ impl Condition {
         self.notify_n(1);
     }
 
-    /// Wakes `n` waiters.
+    /// Wakes up to `n` sleeping waiters.
+    ///
+    /// Unlike Python's `notify(n)`, it may release more than `n`: a waiter that was between releasing
+    /// the lock and falling asleep when the notification came returns too, and so does one whose
+    /// periodic look (every 100 ms, which keeps waiters from sleeping forever if a notifier dies
+    /// between its two steps) finds that a notification happened. These are spurious wake-ups as far
+    /// as the caller can tell: wait in a loop, or use [`wait_while`](Self::wait_while).
     pub fn notify_n(&self, n: u32) {
         notify(self.seq(), n);
     }
