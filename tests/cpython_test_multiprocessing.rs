@@ -32,7 +32,7 @@
 //! | _TestLock test_rlock | `sync.rs::rlock_is_reentrant_and_exclusive_across_processes`, `rlock_belongs_to_one_thread` |
 //! | _TestSemaphore test_semaphore, test_bounded_semaphore, test_timeout | `sync_semaphore_event.rs` (`semaphore_of_two_*`, `get_value_is_shared`, `bounded_semaphore_*`, `acquire_timeout_*`) |
 //! | _TestCondition test_notify, test_notify_all, test_timeout, test_waitfor, test_waitfor_timeout | `sync.rs` (`notify_hands_turns_back_and_forth`, `notify_all_wakes_every_waiting_process`, `condition_timeouts_wait_at_least_their_duration`) |
-//! | _TestCondition test_notify_n | not ported: `Condition::notify_n` may release more than n waiters (see its docs) |
+//! | _TestCondition test_notify_n | `sync.rs::notify_n_releases_exactly_n` |
 //! | _TestEvent test_event | `sync_semaphore_event.rs` (`set_wakes_every_waiting_process`, `clear_is_seen_by_every_process`, `wait_timeout_*`) |
 //! | _TestBarrier (every test, the action as `wait_with`) | `sync_barrier.rs` |
 //! | _TestValue, _TestArray | `shared_values.rs` |

@@ -345,3 +345,46 @@ fn waiting_with_another_locks_guard_panics() {
     let g = other.lock().unwrap();
     let _ = cond.wait(g);
 }
+
+fn wait_once(args: (Condition, Value<u32>, Value<u32>)) {
+    let (cond, waiting, woken) = args;
+    let guard = cond.lock().unwrap();
+    waiting.fetch_add(1);
+    let _g = cond.wait(guard).unwrap();
+    woken.fetch_add(1);
+}
+
+/// CPython's `test_notify_n`: `notify(n)` releases n of the waiters, no more; then the rest.
+#[test]
+fn notify_n_releases_exactly_n() {
+    for m in StartMethod::ALL {
+        let (cond, waiting, woken) = (
+            Condition::new().unwrap(),
+            Value::new_raw(0u32).unwrap(),
+            Value::new_raw(0u32).unwrap(),
+        );
+        let kids: Vec<_> = (0..3)
+            .map(|_| start(m, wait_once, (cond.clone(), waiting.clone(), woken.clone())))
+            .collect();
+        // Each registers holding the lock: once the lock is ours with all three counted, all wait.
+        assert!(common::eventually(|| {
+            let _g = cond.lock().unwrap();
+            waiting.load() == 3
+        }));
+        {
+            let _g = cond.lock().unwrap();
+            cond.notify_n(2);
+        }
+        assert!(common::eventually(|| woken.load() == 2), "{m}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert_eq!(woken.load(), 2, "{m}: notify_n(2) released more than 2");
+        {
+            let _g = cond.lock().unwrap();
+            cond.notify_all();
+        }
+        for k in kids {
+            join(k).unwrap();
+        }
+        assert_eq!(woken.load(), 3, "{m}");
+    }
+}

@@ -1,16 +1,31 @@
 //! `Condition`: a condition variable shared between processes.
 //!
-//! It is a [`Lock`] (the word at offset 0 of its shared memory) and a *sequence* word at offset 4.
-//! `wait` reads the sequence while holding the lock, releases the lock, and sleeps on the futex only
-//! while the sequence still has that value; `notify` bumps the sequence and wakes one sleeper,
-//! `notify_all` bumps it and wakes them all. A notification that lands between the unlock and the
-//! futex call changes the sequence, so the futex call returns at once: no wake-up is lost. A waiter
-//! returns once the sequence has moved past the value it read (or its deadline passed). It sleeps at
-//! most [`NAP`] at a time and then looks again, so `notify` (which wakes one sleeper) can also release
-//! a waiter whose nap ended meanwhile: wake-ups may be spurious, and callers wait in a loop, or use
-//! [`Condition::wait_while`], as with any condition variable.
-//! A dead participant costs nothing here: a process that dies while waiting simply never wakes, and
-//! one that dies while holding the lock is reported to the next acquirer as [`OwnerDied`], by the lock.
+//! # The words
+//! | offset | word |
+//! |---|---|
+//! | 0 | the [`Lock`] |
+//! | 4 | *sequence*: bumped by every notification; the futex word waiters sleep on |
+//! | 8 | *sleepers*: waiters registered and not yet picked by a notification |
+//! | 12 | *permits*: notifications handed out and not yet taken by a waiter |
+//!
+//! `wait` (holding the lock) registers in *sleepers*, remembers the sequence, releases the lock and
+//! sleeps on the sequence. `notify_n(n)` (holding the lock, as in Python) moves up to `n`
+//! registrations from *sleepers* to *permits*, bumps the sequence and wakes that many sleepers. A
+//! waiter returns, notified, only by taking a permit, and only once the sequence has moved past the
+//! value it remembered: so `notify_n(n)` releases at most `n` waiters, and never one that began to wait
+//! after the notification (registration and notification both happen under the lock). A notification
+//! that lands between the unlock and the futex call changes the sequence, so the futex call returns at
+//! once: no wake-up is lost. Every waiter inside `wait` is counted exactly once, in *sleepers* or in
+//! *permits*; a waiter whose deadline passes leaves by taking its registration back from *sleepers*,
+//! or, if every registration was already turned into a permit, by taking a permit (it was notified).
+//! Permits are not addressed to one waiter: any eligible waiter may take one, as with the semaphores
+//! of Python's implementation.
+//!
+//! # Dead participants
+//! One that dies holding the lock is reported to the next acquirer as [`OwnerDied`], by the lock. A
+//! waiter that dies while registered stays counted: a later `notify_all` hands it a permit that a
+//! later waiter may take (a spurious wake-up, which callers of any condition variable handle). A
+//! notifier that dies inside `notify` (holding the lock) may lose that notification.
 
 use super::futex::FutexWord;
 use super::lock::{Acquired, Lock, LockGuard, LockResult, LockWord, OwnerDied};
@@ -22,8 +37,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-/// Longest single futex sleep of a waiter.
-const NAP: Duration = Duration::from_millis(100);
+const SEQ: usize = 4;
+const SLEEPERS: usize = 8;
+const PERMITS: usize = 12;
+const LEN: usize = 16;
 
 /// A condition variable shared between processes, like Python's `multiprocessing.Condition`: a lock,
 /// and a way to sleep until another process says something changed.
@@ -59,14 +76,24 @@ impl Condition {
     /// # Errors
     /// The shared memory for it could not be created.
     pub fn new() -> io::Result<Condition> {
-        let region = Region::anonymous("multiprocess-condition", 8)?;
+        let region = Region::anonymous("multiprocess-condition", LEN)?;
         Ok(Condition {
             lock: Lock::in_region(Arc::new(region)),
         })
     }
 
     fn seq(&self) -> &AtomicU32 {
-        self.lock.region().atomic_u32(4)
+        self.lock.region().atomic_u32(SEQ)
+    }
+
+    fn core(&self) -> CondWords<'_, AtomicU32> {
+        let region = self.lock.region();
+        CondWords {
+            lock: self.lock.core(),
+            seq: self.seq(),
+            sleepers: region.atomic_u32(SLEEPERS),
+            permits: region.atomic_u32(PERMITS),
+        }
     }
 
     /// The condition's lock (hold it while changing the state the condition is about).
@@ -173,11 +200,7 @@ impl Condition {
             "Condition::wait with a guard of another lock"
         );
         guard.leak();
-        let core = CondWords {
-            lock: self.lock.core(),
-            seq: self.seq(),
-        };
-        let (how, timed_out) = core.wait(sys::getpid() as u32, deadline);
+        let (how, timed_out) = self.core().wait(sys::getpid() as u32, deadline);
         (self.lock.guard(how), timed_out)
     }
 
@@ -186,58 +209,101 @@ impl Condition {
         self.notify_n(1);
     }
 
-    /// Wakes up to `n` sleeping waiters.
+    /// Wakes up to `n` waiters: at most `n` of those waiting now return from their wait (notified),
+    /// and none that begins to wait later. Call it holding the lock, as in Python.
     ///
-    /// Unlike Python's `notify(n)`, it may release more than `n`: a waiter that was between releasing
-    /// the lock and falling asleep when the notification came returns too, and so does one whose
-    /// periodic look (every 100 ms, which keeps waiters from sleeping forever if a notifier dies
-    /// between its two steps) finds that a notification happened. These are spurious wake-ups as far
-    /// as the caller can tell: wait in a loop, or use [`wait_while`](Self::wait_while).
+    /// # Examples
+    /// ```
+    /// let cond = multiprocess::Condition::new()?;
+    /// let _guard = cond.lock().unwrap();
+    /// cond.notify_n(2); // nobody waits: nothing happens, and no later wait is released by it
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn notify_n(&self, n: u32) {
-        notify(self.seq(), n);
+        self.core().notify(n);
     }
 
-    /// Wakes every waiter.
+    /// Wakes every waiter. Call it holding the lock, as in Python.
     pub fn notify_all(&self) {
         self.notify_n(u32::MAX);
     }
 }
 
-/// Bumps the sequence and wakes `n` sleepers.
-pub(crate) fn notify<W: FutexWord>(seq: &W, n: u32) {
-    seq.fetch_add(1, Ordering::SeqCst);
-    seq.wake(n);
-}
-
-/// The condition's state machine: a lock's word and the sequence word (see the module notes), written
-/// over [`FutexWord`] so that the model tests run this very code.
+/// The condition's state machine: a lock's word and three words (see the module notes), written over
+/// [`FutexWord`] so that the model tests run this very code.
 pub(crate) struct CondWords<'a, W> {
     pub(crate) lock: LockWord<'a, W>,
     pub(crate) seq: &'a W,
+    pub(crate) sleepers: &'a W,
+    pub(crate) permits: &'a W,
+}
+
+/// Decrements `w` if it is above 0; whether it did.
+fn take_one<W: FutexWord>(w: &W) -> bool {
+    let mut v = w.load(Ordering::SeqCst);
+    while v > 0 {
+        match w.compare_exchange(v, v - 1, Ordering::SeqCst, Ordering::SeqCst) {
+            Ok(_) => return true,
+            Err(now) => v = now,
+        }
+    }
+    false
 }
 
 impl<W: FutexWord> CondWords<'_, W> {
-    /// Called holding the lock as `me`: releases it, sleeps until the sequence moves (or `deadline`),
-    /// and acquires the lock again. Returns how it was re-acquired and whether the deadline passed.
+    /// Hands up to `n` registered waiters a permit and wakes them (holding the lock).
+    pub(crate) fn notify(&self, n: u32) {
+        let mut s = self.sleepers.load(Ordering::SeqCst);
+        let picked = loop {
+            let k = s.min(n);
+            if k == 0 {
+                return;
+            }
+            match self
+                .sleepers
+                .compare_exchange(s, s - k, Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) => break k,
+                Err(now) => s = now,
+            }
+        };
+        self.permits.fetch_add(picked, Ordering::SeqCst);
+        self.seq.fetch_add(1, Ordering::SeqCst);
+        self.seq.wake(picked);
+    }
+
+    /// Called holding the lock as `me`: releases it, sleeps until notified (or `deadline`), and
+    /// acquires the lock again. Returns how it was re-acquired and whether the deadline passed.
     pub(crate) fn wait(&self, me: u32, deadline: Option<Instant>) -> (Acquired, bool) {
         let seq = self.seq;
+        self.sleepers.fetch_add(1, Ordering::SeqCst);
         let seen = seq.load(Ordering::SeqCst);
         self.lock.release();
         let timed_out = loop {
-            if seq.load(Ordering::SeqCst) != seen {
+            let now_seq = seq.load(Ordering::SeqCst);
+            if now_seq != seen && take_one(self.permits) {
                 break false; // notified
             }
             let nap = match deadline {
-                None => NAP,
+                None => None,
                 Some(d) => {
                     let left = d.saturating_duration_since(Instant::now());
                     if left.is_zero() {
-                        break true;
+                        if take_one(self.sleepers) {
+                            break true;
+                        }
+                        // Our registration became a permit: it is ours to take, and is on its way
+                        // (the notifier adds it right after taking the registration).
+                        if take_one(self.permits) {
+                            break false;
+                        }
+                        std::thread::yield_now();
+                        continue;
                     }
-                    left.min(NAP)
+                    Some(left)
                 }
             };
-            seq.wait(seen, Some(nap));
+            seq.wait(now_seq, nap);
         };
         let how = self.lock.acquire(me, None).unwrap_or(Acquired::Free);
         (how, timed_out)
@@ -262,7 +328,7 @@ impl Serialize for Condition {
 impl<'de> Deserialize<'de> for Condition {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         Ok(Condition {
-            lock: Lock::deserialize_sized(d, 8, "Condition")?,
+            lock: Lock::deserialize_sized(d, LEN, "Condition")?,
         })
     }
 }

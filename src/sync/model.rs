@@ -3,7 +3,7 @@
 //! bound), on a modelled futex. See `futex.rs` for what the model covers and what it leaves to the
 //! tests across processes. A lost wake-up shows up as a deadlock, which `loom` reports.
 
-use super::condition::{CondWords, notify};
+use super::condition::CondWords;
 use super::event::EventWord;
 use super::futex::FutexWord;
 use super::lock::{Acquired, LockWord};
@@ -75,8 +75,12 @@ impl FutexWord for ModelWord {
 }
 
 fn model(f: impl Fn() + Sync + Send + 'static) {
+    model_bounded(3, f);
+}
+
+fn model_bounded(preemptions: usize, f: impl Fn() + Sync + Send + 'static) {
     let mut b = loom::model::Builder::new();
-    b.preemption_bound = Some(3);
+    b.preemption_bound = Some(preemptions);
     b.check(f);
 }
 
@@ -300,19 +304,29 @@ fn bounded_semaphore_excludes_and_refuses_over_release() {
     });
 }
 
+fn cond<'a>(words: &'a [ModelWord; 4]) -> CondWords<'a, ModelWord> {
+    CondWords {
+        lock: lock_word(&words[0]),
+        seq: &words[1],
+        sleepers: &words[2],
+        permits: &words[3],
+    }
+}
+
+fn words4() -> [ModelWord; 4] {
+    [0, 0, 0, 0].map(ModelWord::new)
+}
+
 #[test]
 fn condition_notify_is_not_lost() {
     model(|| {
-        // The lock's word, the sequence, and the flag the waiter waits for (changed under the lock).
-        let state = Arc::new((ModelWord::new(0), ModelWord::new(0), AtomicU32::new(0)));
+        // The condition's words, and the flag the waiter waits for (changed under the lock).
+        let state = Arc::new((words4(), AtomicU32::new(0)));
         let waiter = {
             let state = state.clone();
             thread::spawn(move || {
-                let (lock, seq, flag) = &*state;
-                let cond = CondWords {
-                    lock: lock_word(lock),
-                    seq,
-                };
+                let (words, flag) = &*state;
+                let cond = cond(words);
                 assert_eq!(cond.lock.acquire(1, None), Some(Acquired::Free));
                 while flag.load(Relaxed) == 0 {
                     let (how, timed_out) = cond.wait(1, None);
@@ -322,12 +336,54 @@ fn condition_notify_is_not_lost() {
                 assert!(cond.lock.release());
             })
         };
-        let (lock, seq, flag) = &*state;
-        let lock = lock_word(lock);
-        assert_eq!(lock.acquire(2, None), Some(Acquired::Free));
+        let (words, flag) = &*state;
+        let cond = cond(words);
+        assert_eq!(cond.lock.acquire(2, None), Some(Acquired::Free));
         flag.store(1, Relaxed);
-        notify(seq, 1);
-        assert!(lock.release());
+        cond.notify(1);
+        assert!(cond.lock.release());
         waiter.join().unwrap();
+    });
+}
+
+/// `notify(1)` with two waiters releases exactly one; the next `notify(1)` the other.
+#[test]
+fn condition_notify_one_releases_exactly_one() {
+    // Four threads: a preemption bound of 2 keeps it to seconds.
+    model_bounded(2, || {
+        let state = Arc::new((words4(), AtomicU32::new(0)));
+        let waiters: Vec<_> = (1..3)
+            .map(|me| {
+                let state = state.clone();
+                thread::spawn(move || {
+                    let (words, returned) = &*state;
+                    let cond = cond(words);
+                    assert_eq!(cond.lock.acquire(me, None), Some(Acquired::Free));
+                    let (_, timed_out) = cond.wait(me, None);
+                    assert!(!timed_out);
+                    returned.fetch_add(1, SeqCst);
+                    assert!(cond.lock.release());
+                })
+            })
+            .collect();
+        let (words, returned) = &*state;
+        let cond = cond(words);
+        // Both registered (they register holding the lock, before they sleep).
+        while words[2].load(SeqCst) < 2 {
+            thread::yield_now();
+        }
+        for round in 1..=2 {
+            assert_eq!(cond.lock.acquire(9, None), Some(Acquired::Free));
+            cond.notify(1);
+            assert!(cond.lock.release());
+            while returned.load(SeqCst) < round {
+                thread::yield_now();
+            }
+            assert_eq!(returned.load(SeqCst), round, "notify(1) released two");
+        }
+        for t in waiters {
+            t.join().unwrap();
+        }
+        assert_eq!((words[2].load(SeqCst), words[3].load(SeqCst)), (0, 0));
     });
 }
