@@ -408,51 +408,54 @@ pub(crate) fn run(ctx: &Ctx, table: &mut Table) {
         ops: 1,
     };
     let size_arg = ["--size".to_string(), BULK.to_string()];
-    let [write, read, memcpy] = bulk(plan);
-    let write = Row::compare(
-        "SharedMemory bulk write 64 MiB",
-        unit,
-        write,
-        ctx.python.measure("shm-write", &size_arg, plan, unit),
-    );
-    let read = Row::compare(
-        "SharedMemory bulk read 64 MiB",
-        unit,
-        read,
-        ctx.python.measure("shm-read", &size_arg, plan, unit),
-    );
-    let memcpy = Row::baseline("raw memcpy 64 MiB", unit, memcpy);
-    let write_ratio =
-        Row::ratio("shm write / memcpy", &write, &write, &memcpy).target(Target::AtLeast(0.8));
-    let read_ratio =
-        Row::ratio("shm read / memcpy", &read, &read, &memcpy).target(Target::AtLeast(0.8));
-    table.push(write);
-    table.push(read);
-    table.push(memcpy);
-    table.push(write_ratio);
-    table.push(read_ratio);
+    let labels = [
+        "SharedMemory",
+        "raw memcpy 64 MiB",
+        "shm",
+        "shm-write",
+        "shm-read",
+    ];
+    push_bulk(ctx, table, plan, &size_arg, labels, bulk(plan));
+    let labels = [
+        "Array<u64>",
+        "raw memcpy 64 MiB (again)",
+        "Array",
+        "array-write",
+        "array-read",
+    ];
+    push_bulk(ctx, table, plan, &size_arg, labels, array_bulk(plan));
+}
 
-    let [write, read, memcpy] = array_bulk(plan);
+/// The five rows of one bulk comparison: write and read beside Python's, the memcpy sampled with them,
+/// and the two ratios to it. `labels`: the figures' subject, the memcpy row, the ratios' subject, and
+/// Python's two figure names.
+fn push_bulk(
+    ctx: &Ctx,
+    table: &mut Table,
+    plan: Plan,
+    size_arg: &[String],
+    [what, memcpy_label, short, py_write, py_read]: [&str; 5],
+    [write, read, memcpy]: [Result<f64, String>; 3],
+) {
+    let unit = Unit::GigabytesPerSec(BULK as f64);
     let write = Row::compare(
-        "Array<u64> bulk write 64 MiB",
+        format!("{what} bulk write 64 MiB"),
         unit,
         write,
-        ctx.python.measure("array-write", &size_arg, plan, unit),
+        ctx.python.measure(py_write, size_arg, plan, unit),
     );
     let read = Row::compare(
-        "Array<u64> bulk read 64 MiB",
+        format!("{what} bulk read 64 MiB"),
         unit,
         read,
-        ctx.python.measure("array-read", &size_arg, plan, unit),
+        ctx.python.measure(py_read, size_arg, plan, unit),
     );
-    let memcpy = Row::baseline("raw memcpy 64 MiB (again)", unit, memcpy);
-    let write_ratio =
-        Row::ratio("Array write / memcpy", &write, &write, &memcpy).target(Target::AtLeast(0.8));
-    let read_ratio =
-        Row::ratio("Array read / memcpy", &read, &read, &memcpy).target(Target::AtLeast(0.8));
-    table.push(write);
-    table.push(read);
-    table.push(memcpy);
-    table.push(write_ratio);
-    table.push(read_ratio);
+    let memcpy = Row::baseline(memcpy_label, unit, memcpy);
+    let write_ratio = Row::ratio(format!("{short} write / memcpy"), &write, &write, &memcpy)
+        .target(Target::AtLeast(0.8));
+    let read_ratio = Row::ratio(format!("{short} read / memcpy"), &read, &read, &memcpy)
+        .target(Target::AtLeast(0.8));
+    for row in [write, read, memcpy, write_ratio, read_ratio] {
+        table.push(row);
+    }
 }
