@@ -42,6 +42,30 @@ pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<(Vec<u8>, Vec<R
     bytes.map(|b| (b, fds)).map_err(|e| e.to_string())
 }
 
+/// Encodes `value` into `buf` (cleared first) for a channel that cannot carry descriptors (a queue's
+/// shared memory): a value holding a descriptor-carrying object is an error.
+pub(crate) fn encode_plain_into<T: Serialize + ?Sized>(
+    buf: &mut Vec<u8>,
+    value: &T,
+) -> Result<(), String> {
+    buf.clear();
+    let _ = OUTGOING.try_with(|o| o.borrow_mut().push(Some(Vec::new())));
+    let done = options().serialize_into(&mut *buf, value);
+    let fds = OUTGOING
+        .try_with(|o| o.borrow_mut().pop().flatten().unwrap_or_default())
+        .unwrap_or_default();
+    done.map_err(|e| e.to_string())?;
+    if fds.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "the value holds {} connection(s) or other OS objects, which cannot travel through a \
+             queue's shared memory; send them through a Connection or a process argument",
+            fds.len()
+        ))
+    }
+}
+
 /// The descriptors `value` would send, without producing its bytes (a size-counting pass).
 pub(crate) fn collect_fds<T: Serialize + ?Sized>(value: &T) -> Vec<RawFd> {
     let _ = OUTGOING.try_with(|o| o.borrow_mut().push(Some(Vec::new())));

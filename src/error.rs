@@ -128,3 +128,111 @@ impl From<SendError> for io::Error {
         io::Error::new(kind, e)
     }
 }
+
+/// Why an item could not be put on a [`Queue`](crate::Queue). Every variant hands the item back
+/// ([`into_inner`](Self::into_inner)); nothing was put.
+#[derive(Error)]
+#[non_exhaustive]
+pub enum PutError<T> {
+    /// The queue is bounded and full: right now ([`try_put`](crate::Queue::try_put)) or until the
+    /// timeout ran out ([`put_timeout`](crate::Queue::put_timeout)). Python's `queue.Full`.
+    #[error("the queue is full")]
+    Full(T),
+    /// This handle was closed with [`close`](crate::Queue::close).
+    #[error("the queue is closed")]
+    Closed(T),
+    /// The item could not be serialized.
+    #[error("failed to serialize the item (nothing was put): {reason}")]
+    Encode {
+        /// The item.
+        item: T,
+        /// What the serializer said.
+        reason: String,
+    },
+    /// The queue's shared state contradicts itself (memory written by something other than this
+    /// crate); the queue cannot be trusted any more.
+    #[error("the queue's shared state is corrupt: {reason}")]
+    Corrupt {
+        /// The item.
+        item: T,
+        /// What was found.
+        reason: String,
+    },
+    /// The operating system refused to store the item (out of memory for a large item).
+    #[error("I/O error while putting an item: {error}")]
+    Io {
+        /// The item.
+        item: T,
+        /// The error.
+        #[source]
+        error: io::Error,
+    },
+}
+
+impl<T> PutError<T> {
+    /// The item that was not put.
+    pub fn into_inner(self) -> T {
+        match self {
+            PutError::Full(item) | PutError::Closed(item) => item,
+            PutError::Encode { item, .. }
+            | PutError::Corrupt { item, .. }
+            | PutError::Io { item, .. } => item,
+        }
+    }
+
+    /// Whether the queue was full (the only error that waiting could cure).
+    pub fn is_full(&self) -> bool {
+        matches!(self, PutError::Full(_))
+    }
+}
+
+impl<T> std::fmt::Debug for PutError<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PutError::Full(_) => f.write_str("Full(..)"),
+            PutError::Closed(_) => f.write_str("Closed(..)"),
+            PutError::Encode { reason, .. } => f
+                .debug_struct("Encode")
+                .field("reason", reason)
+                .finish_non_exhaustive(),
+            PutError::Corrupt { reason, .. } => f
+                .debug_struct("Corrupt")
+                .field("reason", reason)
+                .finish_non_exhaustive(),
+            PutError::Io { error, .. } => f
+                .debug_struct("Io")
+                .field("error", error)
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+/// Why no item could be taken from a [`Queue`](crate::Queue).
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum GetError {
+    /// The queue is empty: right now ([`try_get`](crate::Queue::try_get)) or until the timeout ran
+    /// out ([`get_timeout`](crate::Queue::get_timeout)). Python's `queue.Empty`. Nothing was taken.
+    #[error("the queue is empty")]
+    Empty,
+    /// This handle was closed with [`close`](crate::Queue::close). Nothing was taken.
+    #[error("the queue is closed")]
+    Closed,
+    /// The item was taken but could not be deserialized as the queue's item type; it is dropped and
+    /// the next item is unaffected.
+    #[error("failed to deserialize an item (it was taken and dropped): {0}")]
+    Decode(String),
+    /// The queue's shared state contradicts itself (memory written by something other than this
+    /// crate): a length or header failed its checks. Nothing was taken or allocated.
+    #[error("the queue's shared state is corrupt: {0}")]
+    Corrupt(String),
+    /// The operating system failed to read an item from the queue's overflow file. Nothing was taken.
+    #[error("I/O error while taking an item: {0}")]
+    Io(#[source] io::Error),
+}
+
+/// [`JoinableQueue::task_done`](crate::JoinableQueue::task_done) was called more times than items
+/// were put (Python's `ValueError: task_done() called too many times`).
+#[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
+#[error("task_done() called more times than items were put")]
+pub struct TaskDoneError;

@@ -51,16 +51,20 @@ mod codec;
 mod connection;
 mod error;
 mod process;
+mod queue;
 mod shared;
 mod sync;
 mod sys;
 
 pub use crate::connection::frame;
 pub use crate::connection::{Connection, pipe, pipe_oneway};
-pub use crate::error::{RecvError, SendError};
+pub use crate::error::{GetError, PutError, RecvError, SendError, TaskDoneError};
 pub use crate::process::{
     Builder, Process, ProcessError, ProcessInfo, StartMethod, active_children, cpu_count,
     current_process, get_start_method, init, parent_process, set_start_method,
+};
+pub use crate::queue::{
+    DEFAULT_RING_BYTES, JoinableQueue, MAX_QUEUE_ITEMS, Queue, QueueBuilder, SimpleQueue,
 };
 pub use crate::shared::{Array, ArrayGuard, AtomicInt, SharedMemory, Value, ValueGuard};
 pub use crate::sync::{

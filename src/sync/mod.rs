@@ -3,8 +3,8 @@
 mod barrier;
 mod condition;
 mod event;
-mod futex;
-mod lock;
+pub(crate) mod futex;
+pub(crate) mod lock;
 #[cfg(test)]
 mod model;
 mod rlock;

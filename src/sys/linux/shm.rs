@@ -36,12 +36,7 @@ impl Region {
     /// A new anonymous region of `len` bytes (zeroed), backed by a memfd that vanishes with its last
     /// descriptor and mapping.
     pub(crate) fn anonymous(name: &str, len: usize) -> io::Result<Region> {
-        let cname = CString::new(name)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in name"))?;
-        // SAFETY: `cname` is a valid C string; the flags are plain integers.
-        let fd = cvt(unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC) })?;
-        // SAFETY: the kernel just returned this descriptor to us.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let fd = memfd(name)?;
         set_len(fd.as_fd(), len)?;
         Region::map(fd, len)
     }
@@ -183,6 +178,37 @@ impl Drop for Region {
     }
 }
 
+/// A new, empty anonymous memory file (`memfd_create`): gone with its last descriptor.
+pub(crate) fn memfd(name: &str) -> io::Result<OwnedFd> {
+    let cname = CString::new(name)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in name"))?;
+    // SAFETY: `cname` is a valid C string; the flags are plain integers.
+    let fd = cvt(unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC) })?;
+    // SAFETY: the kernel just returned this descriptor to us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Gives the memory behind bytes `offset..offset + len` of a memory file back to the system; they read
+/// as zeros afterwards and the file's size is unchanged (`fallocate(PUNCH_HOLE | KEEP_SIZE)`).
+pub(crate) fn punch_hole(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<()> {
+    let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "range too large",
+        ));
+    };
+    // SAFETY: plain syscall on a valid descriptor; it touches no memory of ours.
+    cvt(unsafe {
+        libc::fallocate(
+            fd.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset,
+            len,
+        )
+    })
+    .map(drop)
+}
+
 fn check_range(offset: usize, n: usize, len: usize) -> io::Result<()> {
     match offset.checked_add(n) {
         Some(end) if end <= len => Ok(()),
@@ -200,7 +226,7 @@ fn set_len(fd: BorrowedFd<'_>, len: usize) -> io::Result<()> {
     cvt(unsafe { libc::ftruncate(fd.as_raw_fd(), len) }).map(drop)
 }
 
-fn file_len(fd: BorrowedFd<'_>) -> io::Result<usize> {
+pub(crate) fn file_len(fd: BorrowedFd<'_>) -> io::Result<usize> {
     let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
     // SAFETY: fstat fills `st` on success; we read it only then.
     cvt(unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) })?;

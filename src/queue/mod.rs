@@ -1,0 +1,536 @@
+//! Queues between processes: [`Queue`], [`SimpleQueue`] and [`JoinableQueue`].
+//!
+//! All three sit on one shared state (see `ring.rs` for how it is built and why): a byte ring in
+//! shared memory for the common case and a sparse memory file for large items and overflow, with a
+//! lock per side whose holder pid lets the next process take over from a dead one. There is no feeder
+//! thread: `put` has stored the item in memory shared with every holder of the queue when it returns,
+//! so the producer can exit at once and the item outlives it.
+
+pub(crate) mod ring;
+
+mod joinable;
+mod simple;
+
+pub use joinable::JoinableQueue;
+pub use simple::SimpleQueue;
+
+use crate::codec;
+use crate::error::{GetError, PutError};
+use ring::{Fail, Shared, Wait};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::cell::RefCell;
+use std::fmt;
+use std::io;
+use std::marker::PhantomData;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// The ring of a queue built by [`Queue::new`] or [`Queue::bounded`]: 4 MiB of shared memory, of
+/// which only the pages the queue's traffic has reached are ever allocated.
+pub const DEFAULT_RING_BYTES: usize = 4 << 20;
+
+/// The most items a queue can hold at once (2^31 - 1); also the largest `maxsize`.
+pub const MAX_QUEUE_ITEMS: usize = ring::MAX_ITEMS as usize;
+
+thread_local! {
+    /// Encoding and decoding buffer, reused so that a small item costs no allocation.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with this thread's scratch buffer (or a fresh one if it is in use or already gone).
+fn with_scratch<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
+    let mut f = Some(f);
+    let reused = SCRATCH.try_with(|s| {
+        let mut buf = s.try_borrow_mut().ok()?;
+        let r = (f.take()?)(&mut buf);
+        // Do not keep a large item's buffer alive for the thread's lifetime.
+        if buf.capacity() > 1 << 20 {
+            *buf = Vec::new();
+        }
+        Some(r)
+    });
+    match (reused, f) {
+        (Ok(Some(r)), _) => r,
+        (_, Some(f)) => f(&mut Vec::new()),
+        (_, None) => unreachable!("`f` ran, so its result was returned"),
+    }
+}
+
+/// A first-in, first-out queue of `T` shared by any number of producer and consumer processes, like
+/// Python's `multiprocessing.Queue`.
+///
+/// Create it, hand clones to children in their argument (or send it through a
+/// [`Connection`](crate::Connection)): every copy is the same queue. Items are serialized with serde
+/// and stored in shared memory, so `T` is any `Serialize + DeserializeOwned` type; an item can be
+/// anything from a byte to hundreds of MiB.
+///
+/// - [`put`](Self::put) never waits on an unbounded queue ([`new`](Self::new)) and waits for room on
+///   a bounded one ([`bounded`](Self::bounded)); [`put_timeout`](Self::put_timeout) and
+///   [`try_put`](Self::try_put) give up with [`PutError::Full`], which hands the item back.
+/// - [`get`](Self::get) waits for an item; [`get_timeout`](Self::get_timeout) and
+///   [`try_get`](Self::try_get) give up with [`GetError::Empty`].
+/// - [`len`](Self::len) is exact: both counts live in shared memory.
+///
+/// Better than Python's: there is no feeder thread, so a process that put items (even one of 50 MiB)
+/// can exit and be joined at once, and its items are still delivered; a process killed in the middle
+/// of a `put` or a `get` loses at most that one item and blocks nobody; and what is read from shared
+/// memory is checked before it is trusted.
+///
+/// Items carrying descriptors ([`Connection`](crate::Connection), [`Lock`](crate::Lock), another
+/// `Queue`…) cannot travel through a queue's shared memory: putting one is [`PutError::Encode`]. Send
+/// those through a `Connection` or as a process argument.
+///
+/// # Examples
+/// ```
+/// use multiprocess::{Process, Queue};
+///
+/// fn produce(q: Queue<String>) {
+///     for i in 0..3 {
+///         q.put(format!("item {i}")).unwrap();
+///     }
+/// }
+///
+/// let q = Queue::new()?;
+/// let child = Process::spawn(produce, q.clone())?;
+/// child.join()?; // no feeder thread: joining before the items are taken is fine
+/// assert_eq!(q.len(), 3);
+/// assert_eq!(q.get()?, "item 0");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Queue<T> {
+    inner: Arc<Inner>,
+    _items: PhantomData<fn(T) -> T>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    shared: Shared,
+    closed: AtomicBool,
+}
+
+impl<T> Clone for Queue<T> {
+    fn clone(&self) -> Self {
+        Queue {
+            inner: self.inner.clone(),
+            _items: PhantomData,
+        }
+    }
+}
+
+/// Options for a new [`Queue`], [`SimpleQueue`] or [`JoinableQueue`].
+///
+/// # Examples
+/// ```
+/// let q = multiprocess::Queue::<u64>::builder()
+///     .maxsize(100)
+///     .ring_bytes(64 << 10)
+///     .build()?;
+/// assert_eq!(q.maxsize(), Some(100));
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct QueueBuilder {
+    maxsize: usize,
+    ring_bytes: usize,
+}
+
+impl Default for QueueBuilder {
+    fn default() -> Self {
+        QueueBuilder {
+            maxsize: 0,
+            ring_bytes: DEFAULT_RING_BYTES,
+        }
+    }
+}
+
+impl QueueBuilder {
+    /// At most `maxsize` items at once (`put` waits for room). 0, the default, means unbounded, as in
+    /// Python.
+    pub fn maxsize(mut self, maxsize: usize) -> Self {
+        self.maxsize = maxsize;
+        self
+    }
+
+    /// The size of the shared ring that holds items of up to half its size without a system call
+    /// (larger items, and items arriving while it is full, go to the overflow file). Rounded up to a
+    /// power of two between 4 KiB and 1 GiB; default [`DEFAULT_RING_BYTES`].
+    pub fn ring_bytes(mut self, bytes: usize) -> Self {
+        self.ring_bytes = bytes;
+        self
+    }
+
+    /// Creates the queue.
+    ///
+    /// # Errors
+    /// `InvalidInput` for a `maxsize` above [`MAX_QUEUE_ITEMS`] or a ring above 1 GiB; otherwise the
+    /// shared memory could not be created.
+    pub fn build<T>(&self) -> io::Result<Queue<T>> {
+        if self.maxsize > MAX_QUEUE_ITEMS {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("a queue holds at most {MAX_QUEUE_ITEMS} items"),
+            ));
+        }
+        let ring = self
+            .ring_bytes
+            .max(ring::MIN_RING as usize)
+            .checked_next_power_of_two()
+            .filter(|&r| r <= ring::MAX_RING as usize)
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "a queue's ring is at most 1 GiB",
+                )
+            })?;
+        let shared = Shared::create(ring as u32, self.maxsize as u32, type_id::<T>())?;
+        Ok(Queue::from_shared(shared))
+    }
+}
+
+fn type_id<T>() -> u64 {
+    ring::fingerprint(std::any::type_name::<T>())
+}
+
+impl<T> Queue<T> {
+    fn from_shared(shared: Shared) -> Queue<T> {
+        Queue {
+            inner: Arc::new(Inner {
+                shared,
+                closed: AtomicBool::new(false),
+            }),
+            _items: PhantomData,
+        }
+    }
+
+    fn shared(&self) -> &Shared {
+        &self.inner.shared
+    }
+
+    /// Options for a new queue.
+    pub fn builder() -> QueueBuilder {
+        QueueBuilder::default()
+    }
+
+    /// A new unbounded queue: [`put`](Self::put) never waits.
+    ///
+    /// # Errors
+    /// The shared memory could not be created.
+    ///
+    /// # Examples
+    /// ```
+    /// let q = multiprocess::Queue::new()?;
+    /// q.put(1u8).unwrap();
+    /// assert_eq!(q.maxsize(), None);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn new() -> io::Result<Queue<T>> {
+        QueueBuilder::default().build()
+    }
+
+    /// A new queue holding at most `maxsize` items: [`put`](Self::put) waits for room. Python's
+    /// `Queue(maxsize)`; a `maxsize` of 0 means unbounded, as in Python.
+    ///
+    /// # Errors
+    /// `InvalidInput` above [`MAX_QUEUE_ITEMS`]; otherwise the shared memory could not be created.
+    ///
+    /// # Examples
+    /// ```
+    /// let q = multiprocess::Queue::bounded(1)?;
+    /// q.put('a').unwrap();
+    /// assert!(q.try_put('b').unwrap_err().is_full());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn bounded(maxsize: usize) -> io::Result<Queue<T>> {
+        QueueBuilder::default().maxsize(maxsize).build()
+    }
+
+    /// The number of items in the queue: put, and not yet taken. Exact at the moment it is read
+    /// (Python's `qsize()`).
+    ///
+    /// # Examples
+    /// ```
+    /// let q = multiprocess::Queue::new()?;
+    /// q.put("a").unwrap();
+    /// q.put("b").unwrap();
+    /// assert_eq!(q.len(), 2);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn len(&self) -> usize {
+        self.shared().len() as usize
+    }
+
+    /// Whether the queue holds no item right now (Python's `empty()`).
+    ///
+    /// # Examples
+    /// ```
+    /// let q = multiprocess::Queue::<u8>::new()?;
+    /// assert!(q.is_empty());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether a bounded queue holds `maxsize` items right now (Python's `full()`); never for an
+    /// unbounded one.
+    ///
+    /// # Examples
+    /// ```
+    /// let q = multiprocess::Queue::bounded(1)?;
+    /// q.put(0u8).unwrap();
+    /// assert!(q.is_full());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn is_full(&self) -> bool {
+        self.maxsize().is_some_and(|m| self.len() >= m)
+    }
+
+    /// The bound given at creation; `None` for an unbounded queue.
+    ///
+    /// # Examples
+    /// ```
+    /// assert_eq!(multiprocess::Queue::<u8>::bounded(3)?.maxsize(), Some(3));
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn maxsize(&self) -> Option<usize> {
+        self.shared().maxsize().map(|m| m as usize)
+    }
+
+    /// The size of the shared ring (see [`QueueBuilder::ring_bytes`]).
+    ///
+    /// # Examples
+    /// ```
+    /// let q = multiprocess::Queue::<u8>::new()?;
+    /// assert_eq!(q.ring_bytes(), multiprocess::DEFAULT_RING_BYTES);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn ring_bytes(&self) -> usize {
+        self.shared().ring_bytes() as usize
+    }
+
+    /// Closes this process's handle, as Python's `close()`: afterwards `put`s and `get`s through it
+    /// (and through its clones in this process) fail with `Closed`, while `len` and the like still
+    /// answer. The queue itself is untouched: items already put stay for other processes to take (they
+    /// are in shared memory already; there is nothing to flush), and other processes' handles, and
+    /// handles later sent from this one, keep working.
+    ///
+    /// # Examples
+    /// ```
+    /// use multiprocess::{GetError, Queue};
+    ///
+    /// let q = Queue::new()?;
+    /// let other = q.clone();
+    /// q.put(1).unwrap();
+    /// q.close();
+    /// assert!(matches!(q.get(), Err(GetError::Closed)));
+    /// assert!(matches!(other.try_get(), Err(GetError::Closed))); // a clone in this process
+    /// assert_eq!(q.len(), 1);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn close(&self) {
+        self.inner.closed.store(true, Ordering::Release);
+    }
+
+    /// Whether [`close`](Self::close) was called on this handle or one of its clones.
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::Acquire)
+    }
+}
+
+impl<T: Serialize> Queue<T> {
+    /// Puts `item` at the back of the queue, waiting for room if the queue is bounded and full.
+    /// When it returns `Ok`, the item is in shared memory: this process may exit at once.
+    ///
+    /// # Errors
+    /// Every error hands the item back: [`PutError::Closed`], [`PutError::Encode`] (it does not
+    /// serialize), [`PutError::Io`] (no memory for it), [`PutError::Corrupt`].
+    ///
+    /// # Examples
+    /// ```
+    /// let q = multiprocess::Queue::new()?;
+    /// q.put(vec![1, 2, 3]).unwrap();
+    /// assert_eq!(q.get().unwrap(), [1, 2, 3]);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn put(&self, item: T) -> Result<(), PutError<T>> {
+        self.put_wait(item, Wait::Forever)
+    }
+
+    /// Like [`put`](Self::put), waiting at most `timeout` for room; then [`PutError::Full`].
+    ///
+    /// # Examples
+    /// ```
+    /// use std::time::{Duration, Instant};
+    ///
+    /// let q = multiprocess::Queue::bounded(1)?;
+    /// q.put(1).unwrap();
+    /// let t = Instant::now();
+    /// let err = q.put_timeout(2, Duration::from_millis(20)).unwrap_err();
+    /// assert!(err.is_full() && t.elapsed() >= Duration::from_millis(20));
+    /// assert_eq!(err.into_inner(), 2);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn put_timeout(&self, item: T, timeout: Duration) -> Result<(), PutError<T>> {
+        self.put_wait(item, Wait::timeout(timeout))
+    }
+
+    /// Like [`put`](Self::put) without waiting: [`PutError::Full`] if there is no room right now
+    /// (Python's `put_nowait`), also when another producer is in the middle of a put.
+    ///
+    /// # Examples
+    /// ```
+    /// let q = multiprocess::Queue::bounded(1)?;
+    /// assert!(q.try_put("a").is_ok());
+    /// assert_eq!(q.try_put("b").unwrap_err().into_inner(), "b");
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn try_put(&self, item: T) -> Result<(), PutError<T>> {
+        self.put_wait(item, Wait::Never)
+    }
+
+    fn put_wait(&self, item: T, wait: Wait) -> Result<(), PutError<T>> {
+        if self.is_closed() {
+            return Err(PutError::Closed(item));
+        }
+        let outcome = with_scratch(|buf| match codec::encode_plain_into(buf, &item) {
+            Err(reason) => Err(Err(reason)),
+            Ok(()) => self.shared().put(buf, wait).map_err(Ok),
+        });
+        match outcome {
+            Ok(()) => Ok(()),
+            Err(Err(reason)) => Err(PutError::Encode { item, reason }),
+            Err(Ok(Fail::WouldBlock)) => Err(PutError::Full(item)),
+            Err(Ok(Fail::Corrupt(reason))) => Err(PutError::Corrupt { item, reason }),
+            Err(Ok(Fail::Io(error))) => Err(PutError::Io { item, error }),
+        }
+    }
+}
+
+impl<T: DeserializeOwned> Queue<T> {
+    /// Takes the item at the front of the queue, waiting for one as long as it takes.
+    ///
+    /// # Errors
+    /// [`GetError::Closed`], [`GetError::Decode`] (the item did not deserialize as `T`; it is
+    /// dropped), [`GetError::Corrupt`], [`GetError::Io`].
+    ///
+    /// # Examples
+    /// ```
+    /// use multiprocess::{Process, Queue};
+    ///
+    /// fn answer(q: Queue<u32>) {
+    ///     q.put(42).unwrap();
+    /// }
+    ///
+    /// let q = Queue::new()?;
+    /// let child = Process::spawn(answer, q.clone())?;
+    /// assert_eq!(q.get()?, 42);
+    /// child.join()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn get(&self) -> Result<T, GetError> {
+        self.get_wait(Wait::Forever)
+    }
+
+    /// Like [`get`](Self::get), waiting at most `timeout`; then [`GetError::Empty`].
+    ///
+    /// # Examples
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// use multiprocess::GetError;
+    ///
+    /// let q = multiprocess::Queue::<u8>::new()?;
+    /// let t = Instant::now();
+    /// assert!(matches!(q.get_timeout(Duration::from_millis(20)), Err(GetError::Empty)));
+    /// assert!(t.elapsed() >= Duration::from_millis(20));
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn get_timeout(&self, timeout: Duration) -> Result<T, GetError> {
+        self.get_wait(Wait::timeout(timeout))
+    }
+
+    /// Like [`get`](Self::get) without waiting: [`GetError::Empty`] if there is no item right now
+    /// (Python's `get_nowait`), also when another consumer is in the middle of a get.
+    ///
+    /// # Examples
+    /// ```
+    /// use multiprocess::GetError;
+    ///
+    /// let q = multiprocess::Queue::new()?;
+    /// assert!(matches!(q.try_get(), Err(GetError::Empty)));
+    /// q.put(7).unwrap();
+    /// assert_eq!(q.try_get().unwrap(), 7);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn try_get(&self) -> Result<T, GetError> {
+        self.get_wait(Wait::Never)
+    }
+
+    fn get_wait(&self, wait: Wait) -> Result<T, GetError> {
+        if self.is_closed() {
+            return Err(GetError::Closed);
+        }
+        with_scratch(|buf| match self.shared().get(buf, wait) {
+            Ok(()) => codec::decode(buf, Vec::new()).map_err(GetError::Decode),
+            Err(Fail::WouldBlock) => Err(GetError::Empty),
+            Err(Fail::Corrupt(reason)) => Err(GetError::Corrupt(reason)),
+            Err(Fail::Io(e)) => Err(GetError::Io(e)),
+        })
+    }
+}
+
+impl<T> fmt::Debug for Queue<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Queue")
+            .field("len", &self.len())
+            .field("maxsize", &self.maxsize())
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+/// A descriptor written as its index in the message's descriptor list.
+struct FdOut<'a>(BorrowedFd<'a>);
+
+impl Serialize for FdOut<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        codec::serialize_fd(self.0, "Queue", s)
+    }
+}
+
+/// A received descriptor.
+struct FdIn(OwnedFd);
+
+impl<'de> Deserialize<'de> for FdIn {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        codec::deserialize_fd(d).map(FdIn)
+    }
+}
+
+/// A queue travels as its two descriptors (the shared mapping and the overflow file).
+impl<T> Serialize for Queue<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let shared = self.shared();
+        (
+            FdOut(shared.region().as_fd()),
+            FdOut(shared.log_file().as_fd()),
+        )
+            .serialize(s)
+    }
+}
+
+/// A received queue is checked before use: its shared memory must be a queue's, of a consistent size,
+/// created for the same item type. A fresh handle is open even if the sender's was closed.
+impl<'de, T> Deserialize<'de> for Queue<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (FdIn(region), FdIn(log)) = <(FdIn, FdIn)>::deserialize(d)?;
+        Shared::open(region, log, type_id::<T>())
+            .map(Queue::from_shared)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests;

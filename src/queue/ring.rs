@@ -1,0 +1,751 @@
+//! The shared state of a queue, and why it is built this way.
+//!
+//! # Two stores, one order
+//! A queue must carry an 8-byte item in a fraction of a microsecond *and* a 100 MiB item that no
+//! consumer is around to take, and a producer must be able to exit the moment `put` returns (there is
+//! no feeder thread to flush). One store cannot do both, so there are two:
+//!
+//! - the **ring**: a power-of-two byte ring in the queue's shared mapping. Records are
+//!   `[len: u32][!len: u32][payload, padded to 8]` at positions that only grow (wrapping at 2^32;
+//!   the ring index is the position modulo the capacity). Puts and gets are two `memcpy`s and a
+//!   handful of atomics; the pages stay mapped in every process, so nothing faults or syscalls.
+//! - the **log**: a second memory file (`memfd`), never mapped, written with `pwrite` and read with
+//!   `pread` at offsets that only grow. Records are `[len: u64][!len: u64][payload, padded to 8]`.
+//!   The file is sparse and its consumed pages are punched out (`fallocate(PUNCH_HOLE)`), so it holds
+//!   only what is queued, however much passed through it. It takes what the ring cannot: an item
+//!   larger than half the ring, or any item while the ring is full.
+//!
+//! FIFO order across the two follows from one rule: *a put goes to the ring only while the log is
+//! empty*. Then every record in the ring is older than every record in the log, and a consumer takes
+//! from the ring while it holds anything, else from the log.
+//!
+//! # Who writes what
+//! Producers take the **put lock**, consumers the **get lock** (the crate's [`LockWord`], whose holder
+//! pid lets the next acquirer take over from a dead holder). So one producer and one consumer run at a
+//! time, each side's words are written by one process at a time, and the two sides meet only through
+//! four published words: the item counts `put_count`/`got_count` (u32, wrapping) and the ring
+//! positions `tail`/`head` (plus `log_tail`/`log_head`). Each side's hot words share a cache line with
+//! its lock; the other side only reads them.
+//!
+//! An item exists when `put_count` says so: the count is the *commit*. A producer writes the record,
+//! publishes `tail` (or `log_tail`), then increments `put_count`; a consumer that sees the count
+//! therefore sees the record. A consumer reads the record, increments `got_count`, then publishes
+//! `head` (or `log_head`); a producer that sees the new `head` therefore knows the bytes are free.
+//! `len()` is `put_count - got_count`: exact, not an estimate.
+//!
+//! # Dying in the middle
+//! A process can be killed at any instruction. Each side keeps a **journal** in its cache line,
+//! written before it changes anything:
+//!
+//! - a producer records the old `tail`/`log_tail`, then the count it is about to commit. If the next
+//!   holder of the put lock finds the lock's holder dead and the journal's count not committed, it
+//!   rolls `tail`/`log_tail` back: the half-written record is forgotten (the one item in flight is
+//!   lost, nothing else).
+//! - a consumer records the count it is about to commit, then the new `head`/`log_head`. If the next
+//!   holder of the get lock finds the count committed, it rolls the positions forward (the dead
+//!   consumer took that item with it); if not, nothing changed and the item is still there for the
+//!   next consumer.
+//!
+//! Producers publish positions *before* their commit and consumers *after* theirs, so neither side
+//! can ever see a position the other side might roll back: a consumer never reads a record that is
+//! not committed, a producer never overwrites bytes that a consumer might still need.
+//!
+//! # Waiting
+//! Only the holder of a side's lock ever waits for the other side (a consumer for an item, a producer
+//! of a bounded queue for room); everyone else waits for the lock. Waiting spins briefly (yielding
+//! the CPU after a few tries, so the other side can run when both share a CPU), then registers in a
+//! `sleepers` word and sleeps on the count it waits to see change (`FUTEX_WAIT`). The other side
+//! commits with a read-modify-write and then reads `sleepers` with a read-modify-write too, which is
+//! what makes the hand-off free of lost wake-ups under acquire/release alone (the same argument as
+//! the semaphore's, checked by the loom model in `sync/model.rs`). With nobody asleep, a put or a get
+//! makes no system call.
+//!
+//! # Nothing read is trusted
+//! Every length is checked against what the positions say is there (and, in the log, against the
+//! file's size) before a byte is allocated; a record whose check word is wrong, or positions that
+//! contradict each other, is [`Fail::Corrupt`]. The pure checks are [`ring_record_len`] and
+//! [`log_record_len`], which the fuzz target drives.
+
+use crate::sync::futex::{FutexWord, spin};
+use crate::sync::lock::{Acquired, LockWord};
+use crate::sys::{self, shm::Region};
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// "mpQ1", little endian.
+const MAGIC: u32 = u32::from_le_bytes(*b"mpQ1");
+
+// The header's layout: byte offsets in the mapping.
+pub(crate) const O_MAGIC: usize = 0;
+pub(crate) const O_CAP: usize = 4;
+pub(crate) const O_MAXSIZE: usize = 8;
+pub(crate) const O_TYPE: usize = 16;
+// The producers' cache line.
+pub(crate) const O_PUT_LOCK: usize = 64;
+pub(crate) const O_GET_SLEEPERS: usize = 68;
+pub(crate) const O_PUT_COUNT: usize = 72;
+pub(crate) const O_TAIL: usize = 76;
+pub(crate) const O_LOG_TAIL: usize = 80;
+pub(crate) const O_PJ_TAIL: usize = 88;
+pub(crate) const O_PJ_COUNT: usize = 92;
+pub(crate) const O_PJ_LOG_TAIL: usize = 96;
+// The consumers' cache line.
+pub(crate) const O_GET_LOCK: usize = 128;
+pub(crate) const O_PUT_SLEEPERS: usize = 132;
+pub(crate) const O_GOT_COUNT: usize = 136;
+pub(crate) const O_HEAD: usize = 140;
+pub(crate) const O_LOG_HEAD: usize = 144;
+pub(crate) const O_GJ_HEAD: usize = 152;
+pub(crate) const O_GJ_COUNT: usize = 156;
+pub(crate) const O_GJ_LOG_HEAD: usize = 160;
+pub(crate) const O_PUNCHED: usize = 168;
+// `JoinableQueue`'s line.
+pub(crate) const O_DONE: usize = 192;
+pub(crate) const O_JOIN_SLEEPERS: usize = 196;
+/// Bytes before the ring.
+pub(crate) const HEADER: usize = 256;
+
+/// Most items a queue holds at once (the counts are 32-bit and wrap).
+pub(crate) const MAX_ITEMS: u32 = i32::MAX as u32;
+/// Smallest and largest ring.
+pub(crate) const MIN_RING: u32 = 4096;
+pub(crate) const MAX_RING: u32 = 1 << 30;
+/// The ring's record header.
+const RING_HDR: usize = 8;
+/// The log's record header.
+const LOG_HDR: u64 = 16;
+const PAGE: u64 = 4096;
+
+/// Tries before a lock holder sleeps waiting for the other side.
+const SPINS: u32 = 64;
+/// Tries before sleeping on a lock.
+const LOCK_SPINS: u32 = 40;
+/// A sleeper looks again at least this often, whatever it was told.
+const NAP: Duration = Duration::from_millis(500);
+
+/// How long an operation may wait.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Wait {
+    /// Not at all.
+    Never,
+    /// Until this instant.
+    Until(Instant),
+    /// As long as it takes.
+    Forever,
+}
+
+impl Wait {
+    pub(crate) fn timeout(d: Duration) -> Wait {
+        Instant::now()
+            .checked_add(d)
+            .map_or(Wait::Forever, Wait::Until)
+    }
+
+    /// The next sleep, or `None` when the time is up.
+    fn nap(self) -> Option<Duration> {
+        match self {
+            Wait::Never => None,
+            Wait::Forever => Some(NAP),
+            Wait::Until(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                (!left.is_zero()).then(|| left.min(NAP))
+            }
+        }
+    }
+}
+
+/// Why an operation on the shared state failed.
+#[derive(Debug)]
+pub(crate) enum Fail {
+    /// It would have had to wait longer than allowed (full for a put, empty for a get).
+    WouldBlock,
+    /// The shared state contradicts itself.
+    Corrupt(String),
+    /// The log file could not be written or read.
+    Io(io::Error),
+}
+
+impl From<io::Error> for Fail {
+    fn from(e: io::Error) -> Fail {
+        Fail::Io(e)
+    }
+}
+
+fn corrupt(what: impl Into<String>) -> Fail {
+    Fail::Corrupt(what.into())
+}
+
+/// Bytes a ring record of a `payload`-byte item takes.
+fn ring_need(payload: usize) -> Option<u64> {
+    (payload as u64)
+        .checked_add(7)
+        .map(|n| RING_HDR as u64 + (n & !7))
+}
+
+/// Bytes a log record of a `payload`-byte item takes.
+fn log_need(payload: u64) -> Option<u64> {
+    payload.checked_add(7).map(|n| LOG_HDR + (n & !7))
+}
+
+/// Checks a ring record header read at the head when `available` bytes are published there and a
+/// ring record may hold at most `max_record` bytes; gives the payload length.
+pub(crate) fn ring_record_len(
+    header: [u8; 8],
+    available: u64,
+    max_record: u64,
+) -> Result<u32, String> {
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+    let check = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    if check != !len {
+        return Err(format!(
+            "ring record header {len:#x}/{check:#x} fails its check"
+        ));
+    }
+    let need = ring_need(len as usize).unwrap_or(u64::MAX);
+    if need > available || need > max_record {
+        return Err(format!(
+            "ring record of {len} bytes does not fit the {available} bytes published (at most {max_record} per record)"
+        ));
+    }
+    Ok(len)
+}
+
+/// Checks a log record header read at the log's head when `available` bytes are published there
+/// (and exist in the file); gives the payload length.
+pub(crate) fn log_record_len(header: [u8; 16], available: u64) -> Result<u64, String> {
+    let mut a = [0u8; 8];
+    let mut b = [0u8; 8];
+    a.copy_from_slice(&header[..8]);
+    b.copy_from_slice(&header[8..]);
+    let (len, check) = (u64::from_le_bytes(a), u64::from_le_bytes(b));
+    if check != !len {
+        return Err(format!(
+            "log record header {len:#x}/{check:#x} fails its check"
+        ));
+    }
+    match log_need(len) {
+        Some(need) if need <= available && usize::try_from(len).is_ok() => Ok(len),
+        _ => Err(format!(
+            "log record of {len} bytes does not fit the {available} bytes published"
+        )),
+    }
+}
+
+/// A 64-bit fingerprint of an item type's name (FNV-1a), so that a queue received as the wrong type
+/// is refused at once rather than failing item by item.
+pub(crate) fn fingerprint(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Waits for a word to change, and wakes those waiting: the hand-off between the two sides (see the
+/// module notes), written over [`FutexWord`] so that the model tests run this very code.
+pub(crate) struct Signal<'a, W> {
+    /// The count whose change is awaited; changed only by read-modify-writes.
+    pub(crate) word: &'a W,
+    /// How many processes sleep (or are about to) on `word`.
+    pub(crate) sleepers: &'a W,
+    pub(crate) spins: u32,
+}
+
+impl<W: FutexWord> Signal<'_, W> {
+    /// Waits until `word` is no longer `seen`; false if `wait` ran out first.
+    pub(crate) fn wait_change(&self, seen: u32, wait: Wait) -> bool {
+        let (word, sleepers) = (self.word, self.sleepers);
+        if let Wait::Never = wait {
+            return word.load(Ordering::Acquire) != seen;
+        }
+        for i in 0..self.spins {
+            if word.load(Ordering::Acquire) != seen {
+                return true;
+            }
+            spin(i);
+        }
+        loop {
+            sleepers.fetch_add(1, Ordering::AcqRel);
+            if word.load(Ordering::Acquire) != seen {
+                sleepers.fetch_sub(1, Ordering::Release);
+                return true;
+            }
+            let Some(nap) = wait.nap() else {
+                sleepers.fetch_sub(1, Ordering::Release);
+                return false;
+            };
+            word.wait(seen, Some(nap));
+            sleepers.fetch_sub(1, Ordering::Release);
+        }
+    }
+
+    /// Wakes up to `n` sleepers, after the caller changed `word` with a read-modify-write. A
+    /// read-modify-write here too, not a load: see the module notes.
+    pub(crate) fn notify(&self, n: u32) {
+        if self.sleepers.fetch_add(0, Ordering::AcqRel) != 0 {
+            self.word.wake(n);
+        }
+    }
+}
+
+/// One process's handle on a queue's shared state.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    region: Region,
+    log: File,
+    cap: u32,
+}
+
+/// Releases a side's lock when dropped (also on a panic or an early return).
+struct Held<'a> {
+    word: &'a AtomicU32,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        lock_word(self.word).release();
+    }
+}
+
+fn lock_word(word: &AtomicU32) -> LockWord<'_, AtomicU32> {
+    LockWord {
+        word,
+        spins: LOCK_SPINS,
+        alive: &alive,
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    sys::shm::process_alive(pid as i32)
+}
+
+impl Shared {
+    /// A new, empty queue state: a ring of `cap` bytes (a power of two between [`MIN_RING`] and
+    /// [`MAX_RING`]), at most `maxsize` items (0: [`MAX_ITEMS`]), for items of type fingerprint `ty`.
+    pub(crate) fn create(cap: u32, maxsize: u32, ty: u64) -> io::Result<Shared> {
+        debug_assert!(cap.is_power_of_two() && (MIN_RING..=MAX_RING).contains(&cap));
+        let region = Region::anonymous("multiprocess-queue", HEADER + cap as usize)?;
+        let log = File::from(sys::shm::memfd("multiprocess-queue-log")?);
+        let s = Shared { region, log, cap };
+        s.u32(O_CAP).store(cap, Ordering::Relaxed);
+        s.u32(O_MAXSIZE).store(maxsize, Ordering::Relaxed);
+        s.u64(O_TYPE).store(ty, Ordering::Relaxed);
+        s.u32(O_MAGIC).store(MAGIC, Ordering::Release);
+        Ok(s)
+    }
+
+    /// The state behind two received descriptors, checked to be a queue for item type `ty`.
+    pub(crate) fn open(region: OwnedFd, log: OwnedFd, ty: u64) -> Result<Shared, String> {
+        let region = Region::from_fd(region).map_err(|e| e.to_string())?;
+        if region.len() < HEADER + MIN_RING as usize {
+            return Err("a Queue's shared memory is too small".into());
+        }
+        let magic = region.atomic_u32(O_MAGIC).load(Ordering::Acquire);
+        let cap = region.atomic_u32(O_CAP).load(Ordering::Relaxed);
+        if magic != MAGIC {
+            return Err(format!("not a Queue's shared memory (magic {magic:#x})"));
+        }
+        if !cap.is_power_of_two()
+            || !(MIN_RING..=MAX_RING).contains(&cap)
+            || region.len() != HEADER + cap as usize
+        {
+            return Err(format!(
+                "a Queue's ring of {cap} bytes does not match its {} bytes of shared memory",
+                region.len()
+            ));
+        }
+        if region.atomic::<AtomicU64>(O_TYPE).load(Ordering::Relaxed) != ty {
+            return Err("the Queue was created for a different item type".into());
+        }
+        Ok(Shared {
+            region,
+            log: File::from(log),
+            cap,
+        })
+    }
+
+    pub(crate) fn region(&self) -> &Region {
+        &self.region
+    }
+
+    pub(crate) fn log_file(&self) -> &File {
+        &self.log
+    }
+
+    fn u32(&self, at: usize) -> &AtomicU32 {
+        self.region.atomic_u32(at)
+    }
+
+    fn u64(&self, at: usize) -> &AtomicU64 {
+        self.region.atomic::<AtomicU64>(at)
+    }
+
+    /// The most items the queue holds (its `maxsize`, or [`MAX_ITEMS`]).
+    pub(crate) fn limit(&self) -> u32 {
+        match self.u32(O_MAXSIZE).load(Ordering::Relaxed) {
+            0 => MAX_ITEMS,
+            m => m.min(MAX_ITEMS),
+        }
+    }
+
+    /// The `maxsize` given at creation (`None`: unbounded).
+    pub(crate) fn maxsize(&self) -> Option<u32> {
+        match self.u32(O_MAXSIZE).load(Ordering::Relaxed) {
+            0 => None,
+            m => Some(m),
+        }
+    }
+
+    pub(crate) fn ring_bytes(&self) -> u32 {
+        self.cap
+    }
+
+    /// Items put and not yet taken.
+    pub(crate) fn len(&self) -> u32 {
+        let got = self.u32(O_GOT_COUNT).load(Ordering::Acquire);
+        let put = self.u32(O_PUT_COUNT).load(Ordering::Acquire);
+        put.wrapping_sub(got).min(MAX_ITEMS)
+    }
+
+    fn items(&self) -> Signal<'_, AtomicU32> {
+        Signal {
+            word: self.u32(O_PUT_COUNT),
+            sleepers: self.u32(O_GET_SLEEPERS),
+            spins: SPINS,
+        }
+    }
+
+    fn room(&self) -> Signal<'_, AtomicU32> {
+        Signal {
+            word: self.u32(O_GOT_COUNT),
+            sleepers: self.u32(O_PUT_SLEEPERS),
+            spins: SPINS,
+        }
+    }
+
+    fn done(&self) -> Signal<'_, AtomicU32> {
+        Signal {
+            word: self.u32(O_DONE),
+            sleepers: self.u32(O_JOIN_SLEEPERS),
+            spins: SPINS,
+        }
+    }
+
+    /// Takes a side's lock within `wait`, repairing after a holder that died.
+    fn lock(&self, at: usize, wait: Wait) -> Result<Held<'_>, Fail> {
+        let word = self.u32(at);
+        let core = lock_word(word);
+        let me = sys::getpid() as u32;
+        let how = match wait {
+            Wait::Never => core.try_lock_as(me),
+            Wait::Until(d) => core.acquire(me, Some(d)),
+            Wait::Forever => core.acquire(me, None),
+        }
+        .ok_or(Fail::WouldBlock)?;
+        let held = Held { word };
+        if how == Acquired::FromDead {
+            if at == O_PUT_LOCK {
+                self.recover_put();
+            } else {
+                self.recover_get();
+            }
+        }
+        Ok(held)
+    }
+
+    /// After a producer died holding the put lock: forget its uncommitted record.
+    fn recover_put(&self) {
+        let count = self.u32(O_PUT_COUNT).load(Ordering::Acquire);
+        if self.u32(O_PJ_COUNT).load(Ordering::Acquire) != count {
+            let tail = self.u32(O_PJ_TAIL).load(Ordering::Acquire);
+            let log_tail = self.u64(O_PJ_LOG_TAIL).load(Ordering::Acquire);
+            self.u32(O_TAIL).store(tail, Ordering::Release);
+            self.u64(O_LOG_TAIL).store(log_tail, Ordering::Release);
+            self.u32(O_PJ_COUNT).store(count, Ordering::Release);
+        }
+        // Only a holder of the put lock registers as waiting for room, and the holder is dead.
+        self.u32(O_PUT_SLEEPERS).store(0, Ordering::Release);
+    }
+
+    /// After a consumer died holding the get lock: finish its committed get.
+    fn recover_get(&self) {
+        let got = self.u32(O_GOT_COUNT).load(Ordering::Acquire);
+        if self.u32(O_GJ_COUNT).load(Ordering::Acquire) == got {
+            let head = self.u32(O_GJ_HEAD).load(Ordering::Acquire);
+            let log_head = self.u64(O_GJ_LOG_HEAD).load(Ordering::Acquire);
+            self.u32(O_HEAD).store(head, Ordering::Release);
+            self.u64(O_LOG_HEAD).store(log_head, Ordering::Release);
+        }
+        self.u32(O_GET_SLEEPERS).store(0, Ordering::Release);
+    }
+
+    /// Puts one item's encoded `payload`.
+    pub(crate) fn put(&self, payload: &[u8], wait: Wait) -> Result<(), Fail> {
+        let held = self.lock(O_PUT_LOCK, wait)?;
+        let put = self.u32(O_PUT_COUNT).load(Ordering::Relaxed);
+        let limit = self.limit();
+        loop {
+            let got = self.u32(O_GOT_COUNT).load(Ordering::Acquire);
+            let pending = put.wrapping_sub(got);
+            if pending > limit {
+                return Err(corrupt(format!(
+                    "{pending} items are queued, more than the limit of {limit}"
+                )));
+            }
+            if pending < limit {
+                break;
+            }
+            if !self.room().wait_change(got, wait) {
+                return Err(Fail::WouldBlock);
+            }
+        }
+
+        // The journal first (see the module notes): the old positions, then the count to commit.
+        let tail = self.u32(O_TAIL).load(Ordering::Relaxed);
+        let log_tail = self.u64(O_LOG_TAIL).load(Ordering::Relaxed);
+        self.u32(O_PJ_TAIL).store(tail, Ordering::Release);
+        self.u64(O_PJ_LOG_TAIL).store(log_tail, Ordering::Release);
+        self.u32(O_PJ_COUNT)
+            .store(put.wrapping_add(1), Ordering::Release);
+
+        let placed = self.place(payload, tail, log_tail);
+        if placed.is_err() {
+            // Nothing was published: the journal goes back to "committed".
+            self.u32(O_PJ_COUNT).store(put, Ordering::Release);
+            return placed;
+        }
+        self.u32(O_PUT_COUNT).fetch_add(1, Ordering::AcqRel);
+        drop(held);
+        self.items().notify(1);
+        Ok(())
+    }
+
+    /// Writes a record to the ring or the log and publishes its position (not yet the count).
+    fn place(&self, payload: &[u8], tail: u32, log_tail: u64) -> Result<(), Fail> {
+        let cap = u64::from(self.cap);
+        let head = self.u32(O_HEAD).load(Ordering::Acquire);
+        let used = u64::from(tail.wrapping_sub(head));
+        if used > cap {
+            return Err(corrupt(format!(
+                "the ring's tail is {used} bytes past its head, beyond its {cap} bytes"
+            )));
+        }
+        let log_empty = self.u64(O_LOG_HEAD).load(Ordering::Acquire) == log_tail;
+        match ring_need(payload.len()) {
+            Some(need) if log_empty && need <= cap / 2 && need <= cap - used => {
+                let len = payload.len() as u32;
+                let mut header = [0u8; RING_HDR];
+                header[..4].copy_from_slice(&len.to_le_bytes());
+                header[4..].copy_from_slice(&(!len).to_le_bytes());
+                self.ring_write(tail, &header)?;
+                self.ring_write(tail.wrapping_add(RING_HDR as u32), payload)?;
+                self.u32(O_TAIL)
+                    .store(tail.wrapping_add(need as u32), Ordering::Release);
+            }
+            _ => {
+                let len = payload.len() as u64;
+                let end = log_need(len)
+                    .and_then(|n| log_tail.checked_add(n))
+                    .filter(|&e| e <= i64::MAX as u64)
+                    .ok_or_else(|| corrupt("the log's offsets are exhausted"))?;
+                let mut header = [0u8; LOG_HDR as usize];
+                header[..8].copy_from_slice(&len.to_le_bytes());
+                header[8..].copy_from_slice(&(!len).to_le_bytes());
+                self.log.write_all_at(&header, log_tail)?;
+                self.log.write_all_at(payload, log_tail + LOG_HDR)?;
+                self.u64(O_LOG_TAIL).store(end, Ordering::Release);
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies `src` into the ring at position `pos`, wrapping around its end.
+    fn ring_write(&self, pos: u32, src: &[u8]) -> io::Result<()> {
+        let at = (pos & (self.cap - 1)) as usize;
+        let first = src.len().min(self.cap as usize - at);
+        self.region.write_at(HEADER + at, &src[..first])?;
+        self.region.write_at(HEADER, &src[first..])
+    }
+
+    /// Copies from the ring at position `pos` into `dst`, wrapping around its end.
+    fn ring_read(&self, pos: u32, dst: &mut [u8]) -> io::Result<()> {
+        let at = (pos & (self.cap - 1)) as usize;
+        let first = dst.len().min(self.cap as usize - at);
+        let (a, b) = dst.split_at_mut(first);
+        self.region.read_at(HEADER + at, a)?;
+        self.region.read_at(HEADER, b)
+    }
+
+    /// Takes the oldest item's encoded payload into `buf`.
+    pub(crate) fn get(&self, buf: &mut Vec<u8>, wait: Wait) -> Result<(), Fail> {
+        let held = self.lock(O_GET_LOCK, wait)?;
+        let got = self.u32(O_GOT_COUNT).load(Ordering::Relaxed);
+        loop {
+            let put = self.u32(O_PUT_COUNT).load(Ordering::Acquire);
+            let pending = put.wrapping_sub(got);
+            if pending > MAX_ITEMS {
+                return Err(corrupt(format!(
+                    "more items were taken than put ({} too many)",
+                    got.wrapping_sub(put)
+                )));
+            }
+            if pending > 0 {
+                break;
+            }
+            if !self.items().wait_change(put, wait) {
+                return Err(Fail::WouldBlock);
+            }
+        }
+
+        let head = self.u32(O_HEAD).load(Ordering::Relaxed);
+        let log_head = self.u64(O_LOG_HEAD).load(Ordering::Relaxed);
+        let (new_head, new_log_head) = self.take(buf, head, log_head)?;
+
+        // The journal (the count to commit, then the new positions), the commit, then the positions.
+        self.u32(O_GJ_COUNT)
+            .store(got.wrapping_add(1), Ordering::Release);
+        self.u32(O_GJ_HEAD).store(new_head, Ordering::Release);
+        self.u64(O_GJ_LOG_HEAD)
+            .store(new_log_head, Ordering::Release);
+        self.u32(O_GOT_COUNT).fetch_add(1, Ordering::AcqRel);
+        self.u32(O_HEAD).store(new_head, Ordering::Release);
+        self.u64(O_LOG_HEAD).store(new_log_head, Ordering::Release);
+        if new_log_head != log_head {
+            self.punch(new_log_head);
+        }
+        drop(held);
+        self.room().notify(1);
+        Ok(())
+    }
+
+    /// Reads the record at the head (ring first, then log) into `buf`; gives the new positions.
+    fn take(&self, buf: &mut Vec<u8>, head: u32, log_head: u64) -> Result<(u32, u64), Fail> {
+        let cap = u64::from(self.cap);
+        let tail = self.u32(O_TAIL).load(Ordering::Acquire);
+        let available = u64::from(tail.wrapping_sub(head));
+        if available > cap {
+            return Err(corrupt(format!(
+                "the ring's tail is {available} bytes past its head, beyond its {cap} bytes"
+            )));
+        }
+        if available > 0 {
+            let mut header = [0u8; RING_HDR];
+            self.ring_read(head, &mut header)?;
+            let len = ring_record_len(header, available, cap / 2).map_err(corrupt)?;
+            buf.clear();
+            buf.resize(len as usize, 0);
+            self.ring_read(head.wrapping_add(RING_HDR as u32), buf)?;
+            let need = ring_need(len as usize).unwrap_or(0) as u32;
+            return Ok((head.wrapping_add(need), log_head));
+        }
+        let log_tail = self.u64(O_LOG_TAIL).load(Ordering::Acquire);
+        let file_len = sys::shm::file_len(self.log.as_fd())? as u64;
+        let available = log_tail.checked_sub(log_head).ok_or_else(|| {
+            corrupt(format!(
+                "the log's head {log_head} is past its tail {log_tail}"
+            ))
+        })?;
+        // What the positions promise must also exist in the file (padding aside).
+        let in_file = file_len.saturating_sub(log_head);
+        if available < LOG_HDR || in_file < LOG_HDR {
+            return Err(corrupt(format!(
+                "an item is counted but the log holds only {available} bytes ({in_file} in its file)"
+            )));
+        }
+        let mut header = [0u8; LOG_HDR as usize];
+        self.log.read_exact_at(&mut header, log_head)?;
+        let len = log_record_len(header, available).map_err(corrupt)?;
+        if len > in_file - LOG_HDR {
+            return Err(corrupt(format!(
+                "log record of {len} bytes is longer than the {} bytes in the file",
+                in_file - LOG_HDR
+            )));
+        }
+        buf.clear();
+        buf.resize(len as usize, 0);
+        self.log.read_exact_at(buf, log_head + LOG_HDR)?;
+        let need = log_need(len).unwrap_or(0);
+        Ok((head, log_head + need))
+    }
+
+    /// Gives back the log's pages wholly below `log_head`.
+    fn punch(&self, log_head: u64) {
+        let punched = self.u64(O_PUNCHED);
+        let from = punched.load(Ordering::Relaxed);
+        let to = log_head & !(PAGE - 1);
+        if to > from {
+            // A failure leaves the pages allocated until the next punch covers them.
+            if sys::shm::punch_hole(self.log.as_fd(), from, to - from).is_ok() {
+                punched.store(to, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Marks one item done (`JoinableQueue::task_done`); false if every item put is already done.
+    pub(crate) fn task_done(&self) -> bool {
+        let done = self.u32(O_DONE);
+        let mut d = done.load(Ordering::Relaxed);
+        loop {
+            let put = self.u32(O_PUT_COUNT).load(Ordering::Acquire);
+            let unfinished = put.wrapping_sub(d);
+            if unfinished == 0 || unfinished > MAX_ITEMS {
+                return false;
+            }
+            match done.compare_exchange_weak(
+                d,
+                d.wrapping_add(1),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break,
+                Err(now) => d = now,
+            }
+        }
+        if self.unfinished() == 0 {
+            self.done().notify(u32::MAX);
+        }
+        true
+    }
+
+    /// Items put and not yet marked done.
+    pub(crate) fn unfinished(&self) -> u32 {
+        let d = self.u32(O_DONE).load(Ordering::Acquire);
+        let put = self.u32(O_PUT_COUNT).load(Ordering::Acquire);
+        put.wrapping_sub(d).min(MAX_ITEMS)
+    }
+
+    /// Waits until every item put is done; false if `wait` ran out first.
+    pub(crate) fn join(&self, wait: Wait) -> bool {
+        loop {
+            let d = self.u32(O_DONE).load(Ordering::Acquire);
+            if self.u32(O_PUT_COUNT).load(Ordering::Acquire) == d {
+                return true;
+            }
+            if !self.done().wait_change(d, wait) {
+                return self.unfinished() == 0;
+            }
+        }
+    }
+}
+
+/// Test and fuzzing access to the raw state.
+#[cfg(test)]
+impl Shared {
+    pub(crate) fn poke_u32(&self, at: usize, v: u32) {
+        self.u32(at).store(v, Ordering::SeqCst);
+    }
+
+    pub(crate) fn peek_u32(&self, at: usize) -> u32 {
+        self.u32(at).load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn poke_u64(&self, at: usize, v: u64) {
+        self.u64(at).store(v, Ordering::SeqCst);
+    }
+
+    pub(crate) fn peek_u64(&self, at: usize) -> u64 {
+        self.u64(at).load(Ordering::SeqCst)
+    }
+}

@@ -1,0 +1,247 @@
+//! Unit tests of the shared state: both stores, death in the middle of an operation (simulated by
+//! leaving the state exactly as a killed process would, with a dead pid holding the lock), and
+//! corrupt memory.
+
+use super::ring::*;
+use super::*;
+use crate::error::GetError;
+
+/// The pid of a process that has exited and been reaped.
+fn dead_pid() -> u32 {
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    pid
+}
+
+fn small<T>() -> Queue<T> {
+    Queue::<T>::builder().ring_bytes(4096).build().unwrap()
+}
+
+#[test]
+fn items_go_through_the_ring_the_log_and_back_in_order() {
+    let q = small::<Vec<u8>>();
+    let sizes = [
+        1usize,
+        100,
+        3000,
+        10,
+        5000,
+        7,
+        1 << 20,
+        0,
+        2000,
+        2000,
+        2000,
+        9,
+    ];
+    for (i, &n) in sizes.iter().enumerate() {
+        q.put(vec![i as u8; n]).unwrap();
+    }
+    assert_eq!(q.len(), sizes.len());
+    for (i, &n) in sizes.iter().enumerate() {
+        assert_eq!(q.get().unwrap(), vec![i as u8; n], "item {i}");
+    }
+    assert!(matches!(q.try_get(), Err(GetError::Empty)));
+    // The log emptied: puts use the ring again, and wrap around it many times.
+    for round in 0..2000u32 {
+        q.put(vec![round as u8; (round % 300) as usize]).unwrap();
+        assert_eq!(q.get().unwrap().len(), (round % 300) as usize);
+    }
+    assert!(q.shared().peek_u64(O_LOG_HEAD) > 0, "the log was used");
+}
+
+#[test]
+fn the_log_gives_its_pages_back() {
+    let q = small::<Vec<u8>>();
+    for _ in 0..8 {
+        q.put(vec![1; 1 << 20]).unwrap();
+        q.get().unwrap();
+    }
+    let log = q.shared().log_file().metadata().unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert!(log.len() >= 8 << 20, "the file's size grows");
+    assert!(
+        log.blocks() * 512 < 2 << 20,
+        "but only {} bytes stay allocated",
+        log.blocks() * 512
+    );
+}
+
+#[test]
+fn a_producer_dead_before_its_commit_loses_only_its_item() {
+    let q = small::<u64>();
+    q.put(1).unwrap();
+    let s = q.shared();
+    let (tail, count) = (s.peek_u32(O_TAIL), s.peek_u32(O_PUT_COUNT));
+    // The dead producer journaled, wrote half a record and published its tail, but did not commit.
+    s.poke_u32(O_PJ_TAIL, tail);
+    s.poke_u64(O_PJ_LOG_TAIL, s.peek_u64(O_LOG_TAIL));
+    s.poke_u32(O_PJ_COUNT, count + 1);
+    s.region()
+        .write_at(HEADER + tail as usize, &[0xff; 16])
+        .unwrap();
+    s.poke_u32(O_TAIL, tail + 16);
+    s.poke_u32(O_PUT_LOCK, dead_pid());
+    assert_eq!(q.len(), 1);
+    q.put(2).unwrap();
+    assert_eq!((q.get().unwrap(), q.get().unwrap()), (1, 2));
+    assert!(q.is_empty());
+}
+
+#[test]
+fn a_producer_dead_after_its_commit_loses_nothing() {
+    let q = small::<u64>();
+    q.put(1).unwrap();
+    q.put(2).unwrap();
+    // It committed, then died before unlocking.
+    q.shared().poke_u32(O_PUT_LOCK, dead_pid());
+    q.put(3).unwrap();
+    let got: Vec<u64> = (0..3).map(|_| q.get().unwrap()).collect();
+    assert_eq!(got, [1, 2, 3]);
+}
+
+#[test]
+fn a_producer_dead_in_the_log_is_rolled_back_too() {
+    let q = small::<Vec<u8>>();
+    q.put(vec![1; 3000]).unwrap(); // to the log
+    let s = q.shared();
+    let (log_tail, count) = (s.peek_u64(O_LOG_TAIL), s.peek_u32(O_PUT_COUNT));
+    s.poke_u32(O_PJ_TAIL, s.peek_u32(O_TAIL));
+    s.poke_u64(O_PJ_LOG_TAIL, log_tail);
+    s.poke_u32(O_PJ_COUNT, count + 1);
+    s.poke_u64(O_LOG_TAIL, log_tail + 4096);
+    s.poke_u32(O_PUT_LOCK, dead_pid());
+    q.put(vec![2; 3000]).unwrap();
+    assert_eq!(q.get().unwrap(), vec![1; 3000]);
+    assert_eq!(q.get().unwrap(), vec![2; 3000]);
+    assert!(q.is_empty());
+}
+
+#[test]
+fn a_consumer_dead_before_its_commit_leaves_the_item() {
+    let q = small::<u64>();
+    q.put(1).unwrap();
+    q.put(2).unwrap();
+    let s = q.shared();
+    let (head, got) = (s.peek_u32(O_HEAD), s.peek_u32(O_GOT_COUNT));
+    s.poke_u32(O_GJ_COUNT, got + 1);
+    s.poke_u32(O_GJ_HEAD, head + 16);
+    s.poke_u32(O_GET_LOCK, dead_pid());
+    assert_eq!(q.get().unwrap(), 1);
+    assert_eq!(q.get().unwrap(), 2);
+}
+
+#[test]
+fn a_consumer_dead_after_its_commit_took_exactly_one_item() {
+    let q = small::<u64>();
+    for i in 1..=3 {
+        q.put(i).unwrap();
+    }
+    let s = q.shared();
+    let (head, got) = (s.peek_u32(O_HEAD), s.peek_u32(O_GOT_COUNT));
+    s.poke_u32(O_GJ_COUNT, got + 1);
+    s.poke_u32(O_GJ_HEAD, head + 16);
+    s.poke_u64(O_GJ_LOG_HEAD, s.peek_u64(O_LOG_HEAD));
+    s.poke_u32(O_GOT_COUNT, got + 1); // committed; the head was never published
+    s.poke_u32(O_GET_LOCK, dead_pid());
+    assert_eq!(q.len(), 2);
+    assert_eq!(q.get().unwrap(), 2);
+    assert_eq!(q.get().unwrap(), 3);
+    assert!(q.is_empty());
+}
+
+#[test]
+fn a_corrupt_ring_header_is_an_error_not_an_allocation() {
+    let q = small::<Vec<u8>>();
+    q.put(vec![7; 10]).unwrap();
+    let s = q.shared();
+    let head = s.peek_u32(O_HEAD) as usize;
+    // A length of 3 GiB with a matching check word.
+    let len = 3u32 << 30;
+    let mut h = [0u8; 8];
+    h[..4].copy_from_slice(&len.to_le_bytes());
+    h[4..].copy_from_slice(&(!len).to_le_bytes());
+    s.region().write_at(HEADER + head, &h).unwrap();
+    assert!(matches!(q.try_get(), Err(GetError::Corrupt(_))));
+    // A broken check word.
+    s.region()
+        .write_at(HEADER + head, &[10, 0, 0, 0, 0, 0, 0, 0])
+        .unwrap();
+    let err = q.try_get().unwrap_err();
+    assert!(err.to_string().contains("fails its check"), "{err}");
+    // Nothing was taken.
+    assert_eq!(q.len(), 1);
+}
+
+#[test]
+fn contradictory_positions_are_errors() {
+    let q = small::<u64>();
+    q.put(1).unwrap();
+    let s = q.shared();
+    s.poke_u32(O_TAIL, s.peek_u32(O_HEAD).wrapping_add(1 << 20));
+    assert!(matches!(q.try_get(), Err(GetError::Corrupt(_))));
+    assert!(matches!(q.put(2), Err(PutError::Corrupt { item: 2, .. })));
+    // More taken than put.
+    let q = small::<u64>();
+    q.shared().poke_u32(O_GOT_COUNT, 5);
+    assert!(matches!(q.try_get(), Err(GetError::Corrupt(_))));
+}
+
+#[test]
+fn a_corrupt_log_is_an_error_not_an_allocation() {
+    use std::os::unix::fs::FileExt;
+    let q = small::<Vec<u8>>();
+    q.put(vec![1; 3000]).unwrap();
+    let s = q.shared();
+    let forged = 1u64 << 40;
+    let mut h = [0u8; 16];
+    h[..8].copy_from_slice(&forged.to_le_bytes());
+    h[8..].copy_from_slice(&(!forged).to_le_bytes());
+    s.log_file().write_all_at(&h, 0).unwrap();
+    // The record claims more than is published.
+    assert!(matches!(q.try_get(), Err(GetError::Corrupt(_))));
+    // Published, but not in the file.
+    s.poke_u64(O_LOG_TAIL, 1 << 50);
+    let err = q.try_get().unwrap_err();
+    assert!(err.to_string().contains("in the file"), "{err}");
+    // A head past the tail.
+    s.poke_u64(O_LOG_HEAD, 1 << 51);
+    assert!(matches!(q.try_get(), Err(GetError::Corrupt(_))));
+    assert_eq!(q.len(), 1);
+}
+
+#[test]
+fn bounded_queues_count_items_not_bytes() {
+    let q = Queue::<Vec<u8>>::builder()
+        .maxsize(2)
+        .ring_bytes(4096)
+        .build()
+        .unwrap();
+    q.put(vec![0; 10_000]).unwrap();
+    q.put(vec![0; 1]).unwrap();
+    assert!(q.is_full());
+    assert!(q.try_put(vec![]).unwrap_err().is_full());
+    q.get().unwrap();
+    q.try_put(vec![]).unwrap();
+}
+
+#[test]
+fn values_that_carry_descriptors_are_refused() {
+    let q = Queue::new().unwrap();
+    let lock = crate::Lock::new().unwrap();
+    let err = q.put(lock).unwrap_err();
+    assert!(matches!(err, PutError::Encode { .. }), "{err:?}");
+    assert!(err.to_string().contains("Connection"), "{err}");
+}
+
+#[test]
+fn a_queue_of_another_type_is_refused() {
+    let q = Queue::<u32>::new().unwrap();
+    let (a, b) = crate::pipe().unwrap();
+    a.send(&q).unwrap();
+    assert!(b.recv::<Queue<u32>>().is_ok());
+    a.send(&q).unwrap();
+    let err = b.recv::<Queue<String>>().unwrap_err();
+    assert!(err.to_string().contains("different item type"), "{err}");
+}
