@@ -233,6 +233,6 @@ pub enum GetError {
 
 /// [`JoinableQueue::task_done`](crate::JoinableQueue::task_done) was called more times than items
 /// were put (Python's `ValueError: task_done() called too many times`).
-#[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Error, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[error("task_done() called more times than items were put")]
 pub struct TaskDoneError;

@@ -25,7 +25,7 @@ use std::io;
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
 /// The ring of a queue built by [`Queue::new`] or [`Queue::bounded`]: 4 MiB of shared memory, of
@@ -108,7 +108,9 @@ pub struct Queue<T> {
 #[derive(Debug)]
 struct Inner {
     shared: Shared,
-    closed: AtomicBool,
+    /// The pid of the process that closed this handle (0: open). A pid, not a flag, so that a child
+    /// forked with a copy of a closed handle starts with an open one, as under the other methods.
+    closed_by: AtomicI32,
 }
 
 impl<T> Clone for Queue<T> {
@@ -131,22 +133,38 @@ impl<T> Clone for Queue<T> {
 /// assert_eq!(q.maxsize(), Some(100));
 /// # Ok::<(), std::io::Error>(())
 /// ```
-#[derive(Clone, Debug)]
-pub struct QueueBuilder {
+pub struct QueueBuilder<T> {
     maxsize: usize,
     ring_bytes: usize,
+    _items: PhantomData<fn(T) -> T>,
 }
 
-impl Default for QueueBuilder {
+impl<T> Clone for QueueBuilder<T> {
+    fn clone(&self) -> Self {
+        QueueBuilder { ..*self }
+    }
+}
+
+impl<T> fmt::Debug for QueueBuilder<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QueueBuilder")
+            .field("maxsize", &self.maxsize)
+            .field("ring_bytes", &self.ring_bytes)
+            .finish()
+    }
+}
+
+impl<T> Default for QueueBuilder<T> {
     fn default() -> Self {
         QueueBuilder {
             maxsize: 0,
             ring_bytes: DEFAULT_RING_BYTES,
+            _items: PhantomData,
         }
     }
 }
 
-impl QueueBuilder {
+impl<T> QueueBuilder<T> {
     /// At most `maxsize` items at once (`put` waits for room). 0, the default, means unbounded, as in
     /// Python.
     pub fn maxsize(mut self, maxsize: usize) -> Self {
@@ -167,7 +185,7 @@ impl QueueBuilder {
     /// # Errors
     /// `InvalidInput` for a `maxsize` above [`MAX_QUEUE_ITEMS`] or a ring above 1 GiB; otherwise the
     /// shared memory could not be created.
-    pub fn build<T>(&self) -> io::Result<Queue<T>> {
+    pub fn build(&self) -> io::Result<Queue<T>> {
         if self.maxsize > MAX_QUEUE_ITEMS {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -199,7 +217,7 @@ impl<T> Queue<T> {
         Queue {
             inner: Arc::new(Inner {
                 shared,
-                closed: AtomicBool::new(false),
+                closed_by: AtomicI32::new(0),
             }),
             _items: PhantomData,
         }
@@ -210,7 +228,7 @@ impl<T> Queue<T> {
     }
 
     /// Options for a new queue.
-    pub fn builder() -> QueueBuilder {
+    pub fn builder() -> QueueBuilder<T> {
         QueueBuilder::default()
     }
 
@@ -315,7 +333,7 @@ impl<T> Queue<T> {
     /// (and through its clones in this process) fail with `Closed`, while `len` and the like still
     /// answer. The queue itself is untouched: items already put stay for other processes to take (they
     /// are in shared memory already; there is nothing to flush), and other processes' handles, and
-    /// handles later sent from this one, keep working.
+    /// handles later sent from this one (under every start method, `Fork` included), keep working.
     ///
     /// # Examples
     /// ```
@@ -331,12 +349,14 @@ impl<T> Queue<T> {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn close(&self) {
-        self.inner.closed.store(true, Ordering::Release);
+        self.inner
+            .closed_by
+            .store(crate::sys::getpid(), Ordering::Release);
     }
 
     /// Whether [`close`](Self::close) was called on this handle or one of its clones.
     pub fn is_closed(&self) -> bool {
-        self.inner.closed.load(Ordering::Acquire)
+        self.inner.closed_by.load(Ordering::Acquire) == crate::sys::getpid()
     }
 }
 
