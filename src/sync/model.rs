@@ -1,4 +1,5 @@
-//! Model tests: `loom` runs the state machines of `Lock`, `Event`, `Semaphore` and `Condition`, the
+//! Model tests: `loom` runs the state machines of `Lock`, `Event`, `Semaphore`, `Condition` and the
+//! queue's hand-off between producers and consumers, the
 //! same code the library runs, through every interleaving of their atomic steps (up to a preemption
 //! bound), on a modelled futex. See `futex.rs` for what the model covers and what it leaves to the
 //! tests across processes. A lost wake-up shows up as a deadlock, which `loom` reports.
@@ -8,6 +9,7 @@ use super::event::EventWord;
 use super::futex::FutexWord;
 use super::lock::{Acquired, LockWord};
 use super::semaphore::CounterWords;
+use crate::queue::ring::{Signal, Wait};
 use loom::sync::atomic::AtomicU32;
 use loom::sync::{Arc, Condvar, Mutex};
 use loom::thread;
@@ -385,5 +387,43 @@ fn condition_notify_one_releases_exactly_one() {
             t.join().unwrap();
         }
         assert_eq!((words[2].load(SeqCst), words[3].load(SeqCst)), (0, 0));
+    });
+}
+
+fn signal<'a>(word: &'a ModelWord, sleepers: &'a ModelWord) -> Signal<'a, ModelWord> {
+    Signal {
+        word,
+        sleepers,
+        spins: 1,
+    }
+}
+
+/// The queue's hand-off: a producer writes an item and commits it (a read-modify-write of the count),
+/// then notifies; a consumer waiting for the count to move must wake, and must see the item. Two
+/// items, so that the second commit can race the consumer's re-registration after the first.
+#[test]
+fn queue_commit_wakes_the_waiting_consumer_and_publishes_the_item() {
+    model(|| {
+        let words = Arc::new((ModelWord::new(0), ModelWord::new(0), AtomicU32::new(0)));
+        let producer = {
+            let words = words.clone();
+            thread::spawn(move || {
+                for item in [7, 8] {
+                    words.2.store(item, Relaxed);
+                    words.0.fetch_add(1, Ordering::AcqRel);
+                    signal(&words.0, &words.1).notify(1);
+                }
+            })
+        };
+        let s = signal(&words.0, &words.1);
+        assert!(s.wait_change(0, Wait::Forever));
+        let first = words.2.load(Relaxed);
+        assert!(first == 7 || first == 8, "the committed item is visible");
+        if words.0.load(Ordering::Acquire) == 1 {
+            assert!(s.wait_change(1, Wait::Forever));
+        }
+        assert_eq!(words.2.load(Relaxed), 8);
+        producer.join().unwrap();
+        assert_eq!(words.1.load(Relaxed), 0, "no sleeper left registered");
     });
 }
