@@ -63,6 +63,8 @@ pub use crate::process::{
     Builder, Process, ProcessError, ProcessInfo, StartMethod, active_children, cpu_count,
     current_process, get_start_method, init, parent_process, set_start_method,
 };
+#[doc(hidden)]
+pub use crate::queue::fuzzing;
 pub use crate::queue::{
     DEFAULT_RING_BYTES, JoinableQueue, MAX_QUEUE_ITEMS, Queue, QueueBuilder, SimpleQueue,
 };

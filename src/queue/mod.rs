@@ -552,5 +552,45 @@ impl<'de, T> Deserialize<'de> for Queue<T> {
     }
 }
 
+/// Entry points for the fuzz targets (not a stable API).
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::{Queue, ring};
+    use crate::error::GetError;
+
+    /// A consumer's check of a ring record header.
+    pub fn ring_record_len(header: [u8; 8], available: u64, max_record: u64) -> Result<u32, String> {
+        ring::ring_record_len(header, available, max_record)
+    }
+
+    /// A consumer's check of a log record header.
+    pub fn log_record_len(header: [u8; 16], available: u64) -> Result<u64, String> {
+        ring::log_record_len(header, available)
+    }
+
+    /// The item type the forged queue holds.
+    pub type Item = (u64, String, Vec<u8>);
+
+    /// Forges a 4 KiB-ring queue's state from `data` (six words, then the ring, then the log file)
+    /// and takes one item from it without waiting, as a consumer meeting corrupt shared memory would.
+    pub fn get_from_forged_queue(data: &[u8]) -> Result<Item, GetError> {
+        let q: Queue<Item> = Queue::builder()
+            .ring_bytes(4096)
+            .build()
+            .map_err(GetError::Io)?;
+        let mut words = [0u64; 6];
+        for (i, w) in words.iter_mut().enumerate() {
+            let mut b = [0u8; 8];
+            let chunk = data.get(i * 8..(i + 1) * 8).unwrap_or(&[]);
+            b[..chunk.len()].copy_from_slice(chunk);
+            *w = u64::from_le_bytes(b);
+        }
+        let rest = data.get(48..).unwrap_or(&[]);
+        let (ring, log) = rest.split_at(rest.len().min(4096));
+        q.shared().forge(words, ring, log).map_err(GetError::Io)?;
+        q.try_get()
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -749,3 +749,20 @@ impl Shared {
         self.u64(at).load(Ordering::SeqCst)
     }
 }
+
+/// The words a fuzzer may forge (see `crate::fuzzing`).
+impl Shared {
+    /// Overwrites the published state with `words` (put count, got count, head, tail, log head, log
+    /// tail), the ring with `ring` and the log with `log`, as a confused or hostile process could.
+    pub(crate) fn forge(&self, words: [u64; 6], ring: &[u8], log: &[u8]) -> io::Result<()> {
+        self.u32(O_PUT_COUNT).store(words[0] as u32, Ordering::Release);
+        self.u32(O_GOT_COUNT).store(words[1] as u32, Ordering::Release);
+        self.u32(O_HEAD).store(words[2] as u32, Ordering::Release);
+        self.u32(O_TAIL).store(words[3] as u32, Ordering::Release);
+        self.u64(O_LOG_HEAD).store(words[4], Ordering::Release);
+        self.u64(O_LOG_TAIL).store(words[5], Ordering::Release);
+        let n = ring.len().min(self.cap as usize);
+        self.region.write_at(HEADER, &ring[..n])?;
+        self.log.write_all_at(log, 0)
+    }
+}
