@@ -15,6 +15,9 @@ Run by the Rust harness (bench/src/python.rs), one figure per invocation:
     bench_mp.py barrier-rt               [--cpus PARENT,CHILD] [plan]
     bench_mp.py array-write --size BYTES                     [plan]
     bench_mp.py array-read  --size BYTES                     [plan]
+    bench_mp.py queue-flow  --producers P --consumers C --size BYTES (0: int items) [--cpus ...] [plan]
+    bench_mp.py queue-rt                 [--cpus PARENT,CHILD] [plan]
+    bench_mp.py joinable                 [--cpus PARENT,CHILD] [plan]
 
     plan: [--warmup W] [--samples S] [--ops N] [--quick]
 
@@ -46,6 +49,9 @@ DEFAULTS = {
     "barrier-rt": {"full": (1, 51, 1_000), "quick": (1, 15, 300)},
     "array-write": {"full": (1, 31, 1), "quick": (1, 9, 1)},
     "array-read": {"full": (1, 31, 1), "quick": (1, 9, 1)},
+    "queue-flow": {"full": (1, 21, 200_000), "quick": (1, 7, 50_000)},
+    "queue-rt": {"full": (1, 51, 1_000), "quick": (1, 15, 300)},
+    "joinable": {"full": (1, 21, 200_000), "quick": (1, 7, 50_000)},
 }
 
 
@@ -343,6 +349,133 @@ def fig_array(args, write):
     return run_plan(args, batch)
 
 
+# --- queue: producers and consumers, round trip, JoinableQueue ------------------------------------
+
+
+STOP = -1
+
+
+def q_producer(conn, q, item):
+    """For each count n received, puts n items, then answers; STOP ends it."""
+    while True:
+        n = int.from_bytes(conn.recv_bytes(), "little", signed=True)
+        if n == STOP:
+            return
+        for _ in range(n):
+            q.put(item)
+        conn.send_bytes(b"k")
+
+
+def q_consumer(conn, q):
+    """For each count n received, takes n items, then answers; STOP ends it."""
+    while True:
+        n = int.from_bytes(conn.recv_bytes(), "little", signed=True)
+        if n == STOP:
+            return
+        for _ in range(n):
+            q.get()
+        conn.send_bytes(b"k")
+
+
+def fig_queue_flow(args):
+    """P producer and C consumer children (1 -> 1: the parent is the consumer, pinned with --cpus)."""
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    item = 7 if args.size == 0 else b"\x5a" * args.size
+    order = lambda c, n: c.send_bytes(n.to_bytes(8, "little", signed=True))
+    if args.producers == 1 and args.consumers == 1:
+
+        def measure(here):
+            def batch(ops):
+                order(here, ops)
+                for _ in range(ops):
+                    q.get()
+                here.recv_bytes()
+
+            try:
+                return run_plan(args, batch)
+            finally:
+                order(here, STOP)
+
+        return with_child(args, q_producer, (q, item), measure)
+
+    kids = []
+    for target, extra in [(q_producer, (q, item))] * args.producers + [(q_consumer, (q,))] * args.consumers:
+        here, there = ctx.Pipe()
+        p = ctx.Process(target=target, args=(there, *extra))
+        p.start()
+        there.close()
+        kids.append((here, p))
+
+    def batch(ops):
+        share = ops // 2
+        for here, _ in kids:
+            order(here, share)
+        for here, _ in kids:
+            here.recv_bytes()
+
+    try:
+        out = run_plan(args, batch)
+        return [s * args.ops / (2 * (args.ops // 2)) for s in out]
+    finally:
+        for here, p in kids:
+            order(here, STOP)
+        for here, p in kids:
+            p.join()
+
+
+def q_echo(conn, inq, out):
+    while True:
+        v = inq.get()
+        if v == STOP:
+            return
+        out.put(v)
+
+
+def fig_queue_rt(args):
+    ctx = mp.get_context("fork")
+    there, back = ctx.Queue(), ctx.Queue()
+
+    def measure(_here):
+        def batch(ops):
+            for i in range(ops):
+                there.put(i)
+                if back.get() != i:
+                    raise RuntimeError("echoed another item")
+
+        try:
+            return run_plan(args, batch)
+        finally:
+            there.put(STOP)
+
+    return with_child(args, q_echo, (there, back), measure)
+
+
+def q_worker(conn, q):
+    while True:
+        v = q.get()
+        q.task_done()
+        if v == STOP:
+            return
+
+
+def fig_joinable(args):
+    q = mp.get_context("fork").JoinableQueue()
+
+    def measure(_here):
+        def batch(ops):
+            for i in range(ops):
+                q.put(i)
+            q.join()
+
+        try:
+            return run_plan(args, batch)
+        finally:
+            q.put(STOP)
+
+    return with_child(args, q_worker, (q,), measure)
+
+
 FIGURES = {
     "process": fig_process,
     "pipe-rt": fig_pipe_rt,
@@ -356,6 +489,9 @@ FIGURES = {
     "barrier-rt": fig_barrier_rt,
     "array-write": lambda args: fig_array(args, write=True),
     "array-read": lambda args: fig_array(args, write=False),
+    "queue-flow": fig_queue_flow,
+    "queue-rt": fig_queue_rt,
+    "joinable": fig_joinable,
 }
 
 
@@ -371,6 +507,8 @@ def parse_args(argv):
     ap.add_argument(
         "--size", type=int, default=64, help="bytes: pipe-oneway's messages, shm-*'s region"
     )
+    ap.add_argument("--producers", type=int, default=1)
+    ap.add_argument("--consumers", type=int, default=1)
     ap.add_argument("--shape", choices=["small", "vec-u64", "bytes"], default="small")
     ap.add_argument(
         "--cpus", type=cpu_pair, help="PARENT,CHILD: pin the two processes of pipe-*, lock-incr and event-rt"

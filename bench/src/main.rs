@@ -11,7 +11,7 @@
 //! stays a clean table.
 //!
 //! Usage: `cargo run --release -p multiprocess-bench -- [--quick] [GROUP...]` with groups `process`,
-//! `pipe`, `codec` and `sync` (all of them when none is named). See `bench/README.md`.
+//! `pipe`, `codec`, `sync` and `queue` (all of them when none is named). See `bench/README.md`.
 
 mod codec;
 mod measure;
@@ -19,6 +19,7 @@ mod pin;
 mod pipe;
 mod process;
 mod python;
+mod queue;
 mod raw;
 mod sync;
 mod table;
@@ -30,7 +31,7 @@ use python::Python;
 use table::Table;
 
 /// The groups, in the order they run when none is named.
-const GROUPS: [&str; 4] = ["process", "pipe", "codec", "sync"];
+const GROUPS: [&str; 5] = ["process", "pipe", "codec", "sync", "queue"];
 
 /// What every group needs: the run's mode and the Python side.
 #[derive(Debug)]
@@ -54,7 +55,7 @@ usage: multiprocess-bench [--quick] [GROUP...]
 Measures multiprocess against Python's multiprocessing and prints
 figure<TAB>multiprocess<TAB>python<TAB>unit<TAB>speedup   (speedup > 1: multiprocess is better)
 
-groups: process, pipe, codec, sync (default: all)
+groups: process, pipe, codec, sync, queue (default: all)
 options:
   --quick     fewer samples (the whole run takes well under a minute)
   -h, --help  this text
@@ -127,6 +128,7 @@ fn main() -> ExitCode {
             "pipe" => pipe::run(&ctx, &mut table),
             "codec" => codec::run(&ctx, &mut table),
             "sync" => sync::run(&ctx, &mut table),
+            "queue" => queue::run(&ctx, &mut table),
             _ => unreachable!("parse_args accepts only the names in GROUPS"),
         }
     }

@@ -401,7 +401,6 @@ pub(crate) fn run(ctx: &Ctx, table: &mut Table) {
     ));
     drop(pin);
 
-    let unit = Unit::GigabytesPerSec(BULK as f64);
     let plan = Plan {
         warmup: 1,
         samples: ctx.pick(9, 31),

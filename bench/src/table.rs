@@ -16,6 +16,8 @@ pub(crate) enum Unit {
     MegaMsgsPerSec,
     /// Millions of operations per second (lock acquisitions, increments).
     MegaOpsPerSec,
+    /// Millions of queue items per second (one operation = one item put and taken).
+    MegaItemsPerSec,
     /// 10⁹ bytes per second, when one operation moves this many bytes.
     GigabytesPerSec(f64),
     /// A dimensionless ratio of two figures (a figure over its raw baseline).
@@ -29,7 +31,7 @@ impl Unit {
             Unit::Millis => secs * 1e3,
             Unit::Micros => secs * 1e6,
             Unit::Nanos => secs * 1e9,
-            Unit::MegaMsgsPerSec | Unit::MegaOpsPerSec => 1e-6 / secs,
+            Unit::MegaMsgsPerSec | Unit::MegaOpsPerSec | Unit::MegaItemsPerSec => 1e-6 / secs,
             Unit::GigabytesPerSec(bytes) => bytes * 1e-9 / secs,
             Unit::Ratio => secs,
         }
@@ -43,6 +45,7 @@ impl Unit {
             Unit::Nanos => "ns",
             Unit::MegaMsgsPerSec => "M msg/s",
             Unit::MegaOpsPerSec => "M ops/s",
+            Unit::MegaItemsPerSec => "M items/s",
             Unit::GigabytesPerSec(_) => "GB/s",
             Unit::Ratio => "x",
         }
@@ -51,7 +54,10 @@ impl Unit {
     fn higher_is_better(self) -> bool {
         matches!(
             self,
-            Unit::MegaMsgsPerSec | Unit::MegaOpsPerSec | Unit::GigabytesPerSec(_)
+            Unit::MegaMsgsPerSec
+                | Unit::MegaOpsPerSec
+                | Unit::MegaItemsPerSec
+                | Unit::GigabytesPerSec(_)
         )
     }
 }

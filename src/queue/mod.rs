@@ -35,6 +35,9 @@ pub const DEFAULT_RING_BYTES: usize = 4 << 20;
 /// The most items a queue can hold at once (2^31 - 1); also the largest `maxsize`.
 pub const MAX_QUEUE_ITEMS: usize = ring::MAX_ITEMS as usize;
 
+/// The largest scratch buffer a thread keeps between items (the default ring's size).
+const KEEP_SCRATCH: usize = DEFAULT_RING_BYTES;
+
 thread_local! {
     /// Encoding and decoding buffer, reused so that a small item costs no allocation.
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
@@ -47,7 +50,7 @@ fn with_scratch<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
         let mut buf = s.try_borrow_mut().ok()?;
         let r = (f.take()?)(&mut buf);
         // Do not keep a large item's buffer alive for the thread's lifetime.
-        if buf.capacity() > 1 << 20 {
+        if buf.capacity() > KEEP_SCRATCH {
             *buf = Vec::new();
         }
         Some(r)
@@ -559,7 +562,11 @@ pub mod fuzzing {
     use crate::error::GetError;
 
     /// A consumer's check of a ring record header.
-    pub fn ring_record_len(header: [u8; 8], available: u64, max_record: u64) -> Result<u32, String> {
+    pub fn ring_record_len(
+        header: [u8; 8],
+        available: u64,
+        max_record: u64,
+    ) -> Result<u32, String> {
         ring::ring_record_len(header, available, max_record)
     }
 

@@ -296,6 +296,24 @@ pub(crate) struct Shared {
     region: Region,
     log: File,
     cap: u32,
+    /// This process's last view of the other side's words, so that a put or a get need not read the
+    /// other side's cache line while its view already shows room or an item (see [`Seen`]).
+    seen: Seen,
+}
+
+/// What this process last read of the other side's published words. Each is a lower bound of the
+/// real value (the other side only moves them forward; consumers' recovery rolls *forward*), so a
+/// stale view can only make a put think there is less room or a get think there are fewer items,
+/// and then it reads the real word. Used only under the side's lock, which is why relaxed atomics do.
+#[derive(Debug, Default)]
+struct Seen {
+    /// For producers: `got_count` and `head`.
+    got: AtomicU32,
+    head: AtomicU32,
+    /// For consumers: `put_count` and `tail`. A producer's recovery can roll `tail` back, so a
+    /// consumer's view of it is re-read before a record that does not fit it is called corrupt.
+    put: AtomicU32,
+    tail: AtomicU32,
 }
 
 /// Releases a side's lock when dropped (also on a panic or an early return).
@@ -328,7 +346,12 @@ impl Shared {
         debug_assert!(cap.is_power_of_two() && (MIN_RING..=MAX_RING).contains(&cap));
         let region = Region::anonymous("multiprocess-queue", HEADER + cap as usize)?;
         let log = File::from(sys::shm::memfd("multiprocess-queue-log")?);
-        let s = Shared { region, log, cap };
+        let s = Shared {
+            region,
+            log,
+            cap,
+            seen: Seen::default(),
+        };
         s.u32(O_CAP).store(cap, Ordering::Relaxed);
         s.u32(O_MAXSIZE).store(maxsize, Ordering::Relaxed);
         s.u64(O_TYPE).store(ty, Ordering::Relaxed);
@@ -359,10 +382,23 @@ impl Shared {
         if region.atomic::<AtomicU64>(O_TYPE).load(Ordering::Relaxed) != ty {
             return Err("the Queue was created for a different item type".into());
         }
+        let seen = Seen::default();
+        for (mine, theirs) in [
+            (&seen.got, O_GOT_COUNT),
+            (&seen.head, O_HEAD),
+            (&seen.put, O_PUT_COUNT),
+            (&seen.tail, O_TAIL),
+        ] {
+            mine.store(
+                region.atomic_u32(theirs).load(Ordering::Acquire),
+                Ordering::Relaxed,
+            );
+        }
         Ok(Shared {
             region,
             log: File::from(log),
             cap,
+            seen,
         })
     }
 
@@ -486,8 +522,12 @@ impl Shared {
         let held = self.lock(O_PUT_LOCK, wait)?;
         let put = self.u32(O_PUT_COUNT).load(Ordering::Relaxed);
         let limit = self.limit();
+        let mut got = self.seen.got.load(Ordering::Relaxed);
+        if put.wrapping_sub(got) >= limit {
+            got = self.u32(O_GOT_COUNT).load(Ordering::Acquire);
+            self.seen.got.store(got, Ordering::Relaxed);
+        }
         loop {
-            let got = self.u32(O_GOT_COUNT).load(Ordering::Acquire);
             let pending = put.wrapping_sub(got);
             if pending > limit {
                 return Err(corrupt(format!(
@@ -500,6 +540,8 @@ impl Shared {
             if !self.room().wait_change(got, wait) {
                 return Err(Fail::WouldBlock);
             }
+            got = self.u32(O_GOT_COUNT).load(Ordering::Acquire);
+            self.seen.got.store(got, Ordering::Relaxed);
         }
 
         // The journal first (see the module notes): the old positions, then the count to commit.
@@ -524,17 +566,13 @@ impl Shared {
 
     /// Writes a record to the ring or the log and publishes its position (not yet the count).
     fn place(&self, payload: &[u8], tail: u32, log_tail: u64) -> Result<(), Fail> {
-        let cap = u64::from(self.cap);
-        let head = self.u32(O_HEAD).load(Ordering::Acquire);
-        let used = u64::from(tail.wrapping_sub(head));
-        if used > cap {
-            return Err(corrupt(format!(
-                "the ring's tail is {used} bytes past its head, beyond its {cap} bytes"
-            )));
-        }
         let log_empty = self.u64(O_LOG_HEAD).load(Ordering::Acquire) == log_tail;
         match ring_need(payload.len()) {
-            Some(need) if log_empty && need <= cap / 2 && need <= cap - used => {
+            Some(need)
+                if log_empty
+                    && need <= u64::from(self.cap / 2)
+                    && self.ring_room(tail, need)? =>
+            {
                 let len = payload.len() as u32;
                 let mut header = [0u8; RING_HDR];
                 header[..4].copy_from_slice(&len.to_le_bytes());
@@ -561,6 +599,46 @@ impl Shared {
         Ok(())
     }
 
+    /// Whether `need` bytes fit in the ring at `tail`. A full ring whose head is moving (a consumer
+    /// is taking) is waited for, briefly: going to the log would slow every item after this one
+    /// down until the log drains, while a consumer frees room in microseconds. A head that stands
+    /// still for [`STILL`] looks means nobody is taking: then the item goes to the log.
+    fn ring_room(&self, tail: u32, need: u64) -> Result<bool, Fail> {
+        const STILL: u32 = 32;
+        let cap = u64::from(self.cap);
+        let fits = |head: u32| -> Result<bool, Fail> {
+            let used = u64::from(tail.wrapping_sub(head));
+            if used > cap {
+                return Err(corrupt(format!(
+                    "the ring's tail is {used} bytes past its head, beyond its {cap} bytes"
+                )));
+            }
+            Ok(need <= cap - used)
+        };
+        // Our view of the head may be so old that other producers wrapped past it: only the real
+        // head can be corrupt.
+        if fits(self.seen.head.load(Ordering::Relaxed)).unwrap_or(false) {
+            return Ok(true);
+        }
+        let mut head = self.u32(O_HEAD).load(Ordering::Acquire);
+        let mut still = 0;
+        let mut i = 0;
+        loop {
+            self.seen.head.store(head, Ordering::Relaxed);
+            if fits(head)? {
+                return Ok(true);
+            }
+            if still == STILL {
+                return Ok(false);
+            }
+            spin(i);
+            i = i.saturating_add(1);
+            let now = self.u32(O_HEAD).load(Ordering::Acquire);
+            still = if now == head { still + 1 } else { 0 };
+            head = now;
+        }
+    }
+
     /// Copies `src` into the ring at position `pos`, wrapping around its end.
     fn ring_write(&self, pos: u32, src: &[u8]) -> io::Result<()> {
         let at = (pos & (self.cap - 1)) as usize;
@@ -582,8 +660,13 @@ impl Shared {
     pub(crate) fn get(&self, buf: &mut Vec<u8>, wait: Wait) -> Result<(), Fail> {
         let held = self.lock(O_GET_LOCK, wait)?;
         let got = self.u32(O_GOT_COUNT).load(Ordering::Relaxed);
+        let mut put = self.seen.put.load(Ordering::Relaxed);
         loop {
-            let put = self.u32(O_PUT_COUNT).load(Ordering::Acquire);
+            // Nothing, or less than nothing (other consumers took past our view): look again.
+            if put.wrapping_sub(got).wrapping_sub(1) >= MAX_ITEMS {
+                put = self.u32(O_PUT_COUNT).load(Ordering::Acquire);
+                self.seen.put.store(put, Ordering::Relaxed);
+            }
             let pending = put.wrapping_sub(got);
             if pending > MAX_ITEMS {
                 return Err(corrupt(format!(
@@ -623,8 +706,17 @@ impl Shared {
     /// Reads the record at the head (ring first, then log) into `buf`; gives the new positions.
     fn take(&self, buf: &mut Vec<u8>, head: u32, log_head: u64) -> Result<(u32, u64), Fail> {
         let cap = u64::from(self.cap);
-        let tail = self.u32(O_TAIL).load(Ordering::Acquire);
-        let available = u64::from(tail.wrapping_sub(head));
+        let mut tail = self.seen.tail.load(Ordering::Relaxed);
+        let mut fresh = false;
+        let available = loop {
+            let available = u64::from(tail.wrapping_sub(head));
+            if (available > 0 && available <= cap) || fresh {
+                break available;
+            }
+            tail = self.u32(O_TAIL).load(Ordering::Acquire);
+            self.seen.tail.store(tail, Ordering::Relaxed);
+            fresh = true;
+        };
         if available > cap {
             return Err(corrupt(format!(
                 "the ring's tail is {available} bytes past its head, beyond its {cap} bytes"
@@ -633,7 +725,22 @@ impl Shared {
         if available > 0 {
             let mut header = [0u8; RING_HDR];
             self.ring_read(head, &mut header)?;
-            let len = ring_record_len(header, available, cap / 2).map_err(corrupt)?;
+            let len = match ring_record_len(header, available, cap / 2) {
+                Ok(len) => len,
+                // Our view of the tail may predate a dead producer's rollback: look again.
+                Err(_) if !fresh => {
+                    let tail = self.u32(O_TAIL).load(Ordering::Acquire);
+                    self.seen.tail.store(tail, Ordering::Relaxed);
+                    let available = u64::from(tail.wrapping_sub(head));
+                    if available > cap {
+                        return Err(corrupt(format!(
+                            "the ring's tail is {available} bytes past its head, beyond its {cap} bytes"
+                        )));
+                    }
+                    ring_record_len(header, available, cap / 2).map_err(corrupt)?
+                }
+                Err(e) => return Err(corrupt(e)),
+            };
             buf.clear();
             buf.resize(len as usize, 0);
             self.ring_read(head.wrapping_add(RING_HDR as u32), buf)?;
@@ -755,8 +862,10 @@ impl Shared {
     /// Overwrites the published state with `words` (put count, got count, head, tail, log head, log
     /// tail), the ring with `ring` and the log with `log`, as a confused or hostile process could.
     pub(crate) fn forge(&self, words: [u64; 6], ring: &[u8], log: &[u8]) -> io::Result<()> {
-        self.u32(O_PUT_COUNT).store(words[0] as u32, Ordering::Release);
-        self.u32(O_GOT_COUNT).store(words[1] as u32, Ordering::Release);
+        self.u32(O_PUT_COUNT)
+            .store(words[0] as u32, Ordering::Release);
+        self.u32(O_GOT_COUNT)
+            .store(words[1] as u32, Ordering::Release);
         self.u32(O_HEAD).store(words[2] as u32, Ordering::Release);
         self.u32(O_TAIL).store(words[3] as u32, Ordering::Release);
         self.u64(O_LOG_HEAD).store(words[4], Ordering::Release);

@@ -245,3 +245,29 @@ fn a_queue_of_another_type_is_refused() {
     let err = b.recv::<Queue<String>>().unwrap_err();
     assert!(err.to_string().contains("different item type"), "{err}");
 }
+
+#[test]
+fn a_handle_whose_view_is_stale_looks_again() {
+    // Two handles on one queue, as two processes have: each keeps its own view of the other side.
+    let a = small::<u64>();
+    let (tx, rx) = crate::pipe().unwrap();
+    tx.send(&a).unwrap();
+    let b: Queue<u64> = rx.recv().unwrap();
+    for i in 0..3 {
+        a.put(i).unwrap();
+    }
+    assert_eq!(b.get().unwrap(), 0); // b's view: 3 put
+    for i in 3..400 {
+        a.put(i).unwrap(); // wraps the 4 KiB ring
+    }
+    for i in 1..400 {
+        assert_eq!(a.get().unwrap(), i); // a takes everything, far past b's view
+    }
+    assert!(matches!(b.try_get(), Err(GetError::Empty)), "not corrupt");
+    b.put(7).unwrap(); // b's view of the head is stale too
+    assert_eq!(b.get().unwrap(), 7);
+    for i in 0..300 {
+        b.put(i).unwrap();
+        assert_eq!(a.get().unwrap(), i);
+    }
+}
