@@ -10,11 +10,13 @@
 //! memory, queues, pools and managers join as those parts land. The whole tour takes about a second.
 
 use multiprocess::{
-    Array, Barrier, BarrierError, Condition, Connection, Event, Lock, Process, RLock, RecvError,
-    Semaphore, SendError, SharedMemory, StartMethod, Value, active_children, cpu_count,
-    current_process, get_start_method, parent_process, pipe, pipe_oneway,
+    Array, Barrier, BarrierError, Condition, Connection, Event, GetError, JoinableQueue, Lock,
+    Process, Queue, RLock, RecvError, Semaphore, SendError, SharedMemory, SimpleQueue, StartMethod,
+    Value, active_children, cpu_count, current_process, get_start_method, parent_process, pipe,
+    pipe_oneway,
 };
 use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
 use std::error::Error;
 use std::io::Write;
 use std::os::fd::AsRawFd;
@@ -62,8 +64,16 @@ fn main() -> Result {
     barrier_rounds()?;
     barrier_party_killed()?;
 
+    section("4. Queues");
+    queue_producers_consumers()?;
+    queue_exit_before_taken()?;
+    queue_bounded_and_timeouts()?;
+    queue_killed_producer()?;
+    joinable_queue()?;
+    simple_queue_round_trip()?;
+
     section("Still to come");
-    println!("   queues, pool, manager, listener/client");
+    println!("   pool, manager, listener/client");
     println!("\ntour finished in {}", ms(t.elapsed()));
     Ok(())
 }
@@ -715,6 +725,216 @@ fn barrier_party_killed() -> Result {
     println!("   ({e}); broken = {}", barrier.is_broken());
     barrier.reset();
     println!("   after reset(): broken = {}", barrier.is_broken());
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------
+// 4. Queues
+
+fn produce(args: (Queue<(u32, u32)>, u32, u32)) {
+    let (q, me, n) = args;
+    for i in 0..n {
+        q.put((me, i)).expect("unbounded put");
+    }
+}
+
+fn consume(q: Queue<(u32, u32)>) -> Vec<(u32, u32)> {
+    std::iter::from_fn(|| q.get().ok().filter(|&(who, _)| who != u32::MAX)).collect()
+}
+
+fn queue_producers_consumers() -> Result {
+    step("Queue: 3 producers and 3 consumers, 100 000 items each way, every item exactly once");
+    let q = Queue::new()?;
+    let t = Instant::now();
+    let consumers = (0..3)
+        .map(|_| Process::spawn(consume, q.clone()))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let producers = (0..3)
+        .map(|p| Process::spawn(produce, (q.clone(), p, 100_000)))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    for p in producers {
+        p.join()?;
+    }
+    for _ in 0..3 {
+        q.put((u32::MAX, 0))?; // one stop sentinel per consumer
+    }
+    let mut all = Vec::new();
+    let mut per_consumer = Vec::new();
+    for c in consumers {
+        let got = c.join()?;
+        per_consumer.push(got.len());
+        all.extend(got);
+    }
+    let took = t.elapsed();
+    all.sort_unstable();
+    all.dedup();
+    println!(
+        "   consumers took {per_consumer:?} items; {} distinct of 300 000; {} in all ({:.1} M items/s, 6 processes on {} CPUs)",
+        all.len(),
+        ms(took),
+        300_000.0 / took.as_secs_f64() / 1e6,
+        cpu_count()
+    );
+    Ok(())
+}
+
+fn put_big(q: Queue<ByteBuf>) {
+    q.put(ByteBuf::from(vec![7u8; 50 << 20])).expect("put");
+}
+
+fn queue_exit_before_taken() -> Result {
+    step("Queue: a child puts a 50 MiB item and exits; it is joined before anyone takes the item");
+    let q = Queue::new()?;
+    let t = Instant::now();
+    let child = Process::spawn(put_big, q.clone())?;
+    child.join()?;
+    let joined = t.elapsed();
+    let item = q.get()?;
+    println!(
+        "   joined after {} (no feeder thread to wait for); then took {} MiB, all 7s: {}; len now {}",
+        ms(joined),
+        item.len() >> 20,
+        item.iter().all(|&b| b == 7),
+        q.len()
+    );
+    Ok(())
+}
+
+fn queue_bounded_and_timeouts() -> Result {
+    step("Queue(2): put_timeout on a full queue hands the item back; get_timeout on an empty one");
+    let q = Queue::bounded(2)?;
+    q.put("a".to_string())?;
+    q.try_put("b".to_string())?;
+    let t = Instant::now();
+    let err = q
+        .put_timeout("c".to_string(), Duration::from_millis(20))
+        .expect_err("full");
+    let waited = t.elapsed();
+    let said = err.to_string();
+    println!(
+        "   len {} is_full={} after {}: \"{said}\", item back: {:?}",
+        q.len(),
+        q.is_full(),
+        ms(waited),
+        err.into_inner()
+    );
+    q.get()?;
+    q.get()?;
+    let t = Instant::now();
+    let empty = q.get_timeout(Duration::from_millis(20));
+    println!(
+        "   empty: {:?} after {}",
+        empty.map_err(|e| e.to_string()),
+        ms(t.elapsed())
+    );
+    Ok(())
+}
+
+fn put_numbers_forever(q: Queue<u64>) {
+    for i in 0.. {
+        q.put(i).expect("put");
+    }
+}
+
+fn queue_killed_producer() -> Result {
+    step("Queue: a producer is SIGKILLed in the middle of its puts; the queue stays consistent");
+    let q = Queue::new()?;
+    let child = Process::spawn(put_numbers_forever, q.clone())?;
+    while q.len() < 200_000 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    child.kill()?;
+    let status = child.join().err();
+    let mut n = 0u64;
+    let mut in_order = true;
+    while let Ok(v) = q.try_get() {
+        in_order &= v == n;
+        n += 1;
+    }
+    q.put(42)?;
+    println!(
+        "   child: {status:?}\n   drained {n} items, consecutive from 0: {in_order}; a new put/get works: {:?}",
+        q.get()?
+    );
+    Ok(())
+}
+
+fn worker(q: JoinableQueue<Option<u32>>) -> u32 {
+    let mut sum = 0;
+    while let Ok(Some(n)) = q.get() {
+        sum += n;
+        q.task_done().expect("one per item");
+    }
+    q.task_done().expect("the sentinel counts too");
+    sum
+}
+
+fn joinable_queue() -> Result {
+    step("JoinableQueue: 2 workers; join() returns when every item is marked done");
+    let q = JoinableQueue::new()?;
+    let workers = (0..2)
+        .map(|_| Process::spawn(worker, q.clone()))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let t = Instant::now();
+    for n in 1..=1000 {
+        q.put(Some(n))?;
+    }
+    q.join();
+    println!(
+        "   1000 items done after {}; unfinished = {}",
+        ms(t.elapsed()),
+        q.unfinished()
+    );
+    for _ in &workers {
+        q.put(None)?;
+    }
+    let sums: Vec<u32> = workers
+        .into_iter()
+        .map(|w| w.join())
+        .collect::<std::result::Result<_, _>>()?;
+    println!(
+        "   the workers' sums {sums:?} add up to {} (1 + … + 1000 = 500500)",
+        sums.iter().sum::<u32>()
+    );
+    println!(
+        "   one task_done too many: {}",
+        q.task_done().expect_err("all done")
+    );
+    Ok(())
+}
+
+fn shout(args: (SimpleQueue<String>, SimpleQueue<String>)) {
+    let (inq, out) = args;
+    while let Ok(s) = inq.get() {
+        if s.is_empty() {
+            return;
+        }
+        out.put(s.to_uppercase()).expect("put");
+    }
+}
+
+fn simple_queue_round_trip() -> Result {
+    step("SimpleQueue: a put→get round trip through a child and back, 10 000 times");
+    let (there, back) = (SimpleQueue::new()?, SimpleQueue::new()?);
+    let child = Process::spawn(shout, (there.clone(), back.clone()))?;
+    let t = Instant::now();
+    for _ in 0..10_000 {
+        there.put("ping".to_string())?;
+        back.get()?;
+    }
+    let took = t.elapsed();
+    there.put(String::new())?;
+    child.join()?;
+    println!("   {} per round trip", us(took / 10_000));
+    let closed = there.clone();
+    closed.close();
+    println!(
+        "   after close(): {}",
+        match closed.get() {
+            Err(e @ GetError::Closed) => e.to_string(),
+            other => format!("{other:?}"),
+        }
+    );
     Ok(())
 }
 
