@@ -1,5 +1,5 @@
-//! Processes that run your own functions, pipes between them, shared memory and locks (and, in later
-//! parts, queues, pools and managers): Python's `multiprocessing`, for Rust.
+//! Processes that run your own functions, pipes and queues between them, shared memory and locks (and,
+//! in later parts, pools and managers): Python's `multiprocessing`, for Rust.
 //!
 //! # Hello, processes!
 //! ```
@@ -44,6 +44,33 @@
 //! All live in shared memory and sleep on futexes after a brief adaptive spin, so an uncontended lock
 //! makes no system call. A process that dies holding a lock does not wedge the others: the next
 //! acquirer gets it with [`OwnerDied`]. Every one of them travels to children and through connections.
+//!
+//! # Queues
+//! [`Queue`] (bounded or not), [`SimpleQueue`] and [`JoinableQueue`] carry any serde type between any
+//! number of producer and consumer processes. Items sit in a shared-memory ring (large ones, and any
+//! that arrive while the ring is full, in a sparse memory file), so there is no feeder thread: when
+//! `put` returns the item is stored, and the producer may exit at once. A process killed in the middle
+//! of a `put` or a `get` loses at most that one item and blocks nobody; what is read from shared
+//! memory is checked before it is trusted.
+//! ```
+//! use multiprocess::{Process, Queue};
+//!
+//! fn square(q: (Queue<u64>, Queue<u64>)) {
+//!     let (jobs, results) = q;
+//!     while let Ok(Some(n)) = jobs.get().map(|n| (n != 0).then_some(n)) {
+//!         results.put(n * n).unwrap();
+//!     }
+//! }
+//!
+//! let (jobs, results) = (Queue::new()?, Queue::new()?);
+//! let worker = Process::spawn(square, (jobs.clone(), results.clone()))?;
+//! for n in [3, 4, 0] {
+//!     jobs.put(n).unwrap();
+//! }
+//! worker.join()?;
+//! assert_eq!((results.get()?, results.get()?), (9, 16));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 #![warn(missing_docs)]
 

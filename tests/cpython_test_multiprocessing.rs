@@ -37,7 +37,15 @@
 //! | _TestBarrier (every test, the action as `wait_with`) | `sync_barrier.rs` |
 //! | _TestValue, _TestArray | `shared_values.rs` |
 //! | _TestSharedMemory basics, across processes | `sync.rs` (`shared_memory_*`, `named_shared_memory_is_removed_by_its_owner`) |
+//! | _TestQueue test_put, test_get, test_fork, test_qsize, test_task_done, test_closed_queue_put_get_exceptions | `queue.rs::cpython_test_*` (every start method; timeouts assert lower bounds only) |
+//! | _TestQueue test_queue_feeder_donot_stop_onexc (an item that fails to pickle does not stop the queue) | `queue.rs::cpython_test_queue_feeder_donot_stop_onexc`: `PutError::Encode` hands the item back, the next put works |
+//! | _TestQueue test_timeout | `queue.rs::timeouts_wait_at_least_their_duration` |
+//! | TestSimpleQueue test_empty, test_close | `queue.rs::simple_queues_work_across_processes` |
 //! | test_shared_memory_cleaned_after_process_termination | differs by design: regions are anonymous unless named, and a named one belongs to its creator; `shared_values.rs::a_killed_creator_of_anonymous_objects_leaves_nothing_behind` |
+//!
+//! Not applicable to queues: test_no_import_lock_contention (Python's import lock),
+//! test_queue_feeder_on_queue_feeder_error and test_ignore (signals) are unrelated to queues; there is no feeder
+//! thread to hook; test_joinable_queue_* pickling-by-inheritance restrictions (queues travel freely).
 //!
 //! Not applicable: test_set_executable (no interpreter), test_close (Rust drops), test_lose_target_ref and
 //! test_wait_for_threads (Python object and thread lifetimes), test_error_on_stdio_flush_* (Python's
