@@ -82,7 +82,7 @@ impl<T> JoinableQueue<T> {
     /// # Examples
     /// ```
     /// let q = multiprocess::JoinableQueue::new()?;
-    /// q.put("job").unwrap();
+    /// q.put("job".to_string()).unwrap();
     /// q.get().unwrap();
     /// assert!(q.task_done().is_ok());
     /// assert!(q.task_done().is_err()); // one too many

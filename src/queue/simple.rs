@@ -75,7 +75,7 @@ impl<T: Serialize> SimpleQueue<T> {
     /// # Examples
     /// ```
     /// let q = multiprocess::SimpleQueue::new()?;
-    /// q.put((1, "one")).unwrap();
+    /// q.put((1, "one".to_string())).unwrap();
     /// assert_eq!(q.get().unwrap(), (1, "one".to_string()));
     /// # Ok::<(), std::io::Error>(())
     /// ```
