@@ -168,7 +168,7 @@ mod tests {
 
     #[test]
     fn unknown_names_are_errors() {
-        assert!(parse(&["queue"]).unwrap_err().contains("unknown group"));
+        assert!(parse(&["pool"]).unwrap_err().contains("unknown group"));
         assert!(parse(&["--fast"]).unwrap_err().contains("unknown option"));
         assert!(parse(&["-h"]).unwrap().is_none());
     }
