@@ -131,7 +131,10 @@ def with_child(args, target, extra, measure):
     try:
         return measure(here)
     finally:
-        here.send_bytes(b"")
+        try:
+            here.send_bytes(b"")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the child already ended on a stop item of its own (the queue figures)
         here.close()
         p.join()
 
