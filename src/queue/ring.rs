@@ -7,7 +7,8 @@
 //!
 //! - the **ring**: a power-of-two byte ring in the queue's shared mapping. Records are
 //!   `[len: u32][!len: u32][payload, padded to 8]` at positions that only grow (wrapping at 2^32;
-//!   the ring index is the position modulo the capacity). Puts and gets are two `memcpy`s and a
+//!   the ring index is the position modulo the capacity; positions and counts are 64-bit, so they
+//!   never wrap in practice and every difference between two of them is exact). Puts and gets are two `memcpy`s and a
 //!   handful of atomics; the pages stay mapped in every process, so nothing faults or syscalls.
 //! - the **log**: a second memory file (`memfd`), never mapped, written with `pwrite` and read with
 //!   `pread` at offsets that only grow. Records are `[len: u64][!len: u64][payload, padded to 8]`.
@@ -23,9 +24,9 @@
 //! Producers take the **put lock**, consumers the **get lock** (the crate's [`LockWord`], whose holder
 //! pid lets the next acquirer take over from a dead holder). So one producer and one consumer run at a
 //! time, each side's words are written by one process at a time, and the two sides meet only through
-//! four published words: the item counts `put_count`/`got_count` (u32, wrapping) and the ring
-//! positions `tail`/`head` (plus `log_tail`/`log_head`). Each side's hot words share a cache line with
-//! its lock; the other side only reads them.
+//! a few published words: the item counts `put_count`/`got_count` and the ring positions
+//! `tail`/`head` (plus `log_tail`/`log_head`), all 64-bit and only ever moving forward. Each side's
+//! hot words share a cache line with its lock; the other side only reads them.
 //!
 //! An item exists when `put_count` says so: the count is the *commit*. A producer writes the record,
 //! publishes `tail` (or `log_tail`), then increments `put_count`; a consumer that sees the count
@@ -37,25 +38,31 @@
 //! A process can be killed at any instruction. Each side keeps a **journal** in its cache line,
 //! written before it changes anything:
 //!
-//! - a producer records the old `tail`/`log_tail`, then the count it is about to commit. If the next
-//!   holder of the put lock finds the lock's holder dead and the journal's count not committed, it
-//!   rolls `tail`/`log_tail` back: the half-written record is forgotten (the one item in flight is
-//!   lost, nothing else).
+//! - a producer records the old `tail`/`log_tail`, then the count it is about to commit. Publishing
+//!   the position is the last thing it does to the record, so if the next holder of the put lock
+//!   finds the holder dead with the journal's count not committed, a position that moved past the
+//!   journal's proves the record complete: it commits it for the dead producer (the item is
+//!   delivered). A position that did not move means nothing was published: the half-written bytes
+//!   are simply overwritten (the one item in flight is lost, nothing else).
 //! - a consumer records the count it is about to commit, then the new `head`/`log_head`. If the next
 //!   holder of the get lock finds the count committed, it rolls the positions forward (the dead
 //!   consumer took that item with it); if not, nothing changed and the item is still there for the
 //!   next consumer.
 //!
-//! Producers publish positions *before* their commit and consumers *after* theirs, so neither side
-//! can ever see a position the other side might roll back: a consumer never reads a record that is
-//! not committed, a producer never overwrites bytes that a consumer might still need.
+//! So recovery only ever moves things *forward*. Producers publish positions before their commit and
+//! consumers after theirs: a consumer never reads a record that is not complete, a producer never
+//! overwrites bytes that a consumer might still need, and what one process last saw of the other
+//! side's words is always a lower bound of their real values. Each process keeps such a view
+//! ([`Seen`]) so that a put or a get reads the other side's cache line only when its view says
+//! "full" or "empty".
 //!
 //! # Waiting
 //! Only the holder of a side's lock ever waits for the other side (a consumer for an item, a producer
 //! of a bounded queue for room); everyone else waits for the lock. Waiting spins briefly (yielding
 //! the CPU after a few tries, so the other side can run when both share a CPU), then registers in a
-//! `sleepers` word and sleeps on the count it waits to see change (`FUTEX_WAIT`). The other side
-//! commits with a read-modify-write and then reads `sleepers` with a read-modify-write too, which is
+//! `sleepers` word and sleeps (`FUTEX_WAIT`) on the other side's 32-bit *sequence* word, which the
+//! other side bumps with a read-modify-write after every commit, and then reads `sleepers` with a
+//! read-modify-write too, which is
 //! what makes the hand-off free of lost wake-ups under acquire/release alone (the same argument as
 //! the semaphore's, checked by the loom model in `sync/model.rs`). With nobody asleep, a put or a get
 //! makes no system call.
@@ -76,40 +83,42 @@ use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// "mpQ1", little endian.
-const MAGIC: u32 = u32::from_le_bytes(*b"mpQ1");
+/// "mpQ2", little endian (version 2: 64-bit counts and positions).
+const MAGIC: u32 = u32::from_le_bytes(*b"mpQ2");
 
 // The header's layout: byte offsets in the mapping.
 pub(crate) const O_MAGIC: usize = 0;
 pub(crate) const O_CAP: usize = 4;
 pub(crate) const O_MAXSIZE: usize = 8;
 pub(crate) const O_TYPE: usize = 16;
-// The producers' cache line.
+// The producers' cache line: 32-bit words first, then 64-bit ones.
 pub(crate) const O_PUT_LOCK: usize = 64;
 pub(crate) const O_GET_SLEEPERS: usize = 68;
-pub(crate) const O_PUT_COUNT: usize = 72;
-pub(crate) const O_TAIL: usize = 76;
-pub(crate) const O_LOG_TAIL: usize = 80;
-pub(crate) const O_PJ_TAIL: usize = 88;
-pub(crate) const O_PJ_COUNT: usize = 92;
-pub(crate) const O_PJ_LOG_TAIL: usize = 96;
+pub(crate) const O_PUT_SEQ: usize = 72;
+pub(crate) const O_PUT_COUNT: usize = 80;
+pub(crate) const O_TAIL: usize = 88;
+pub(crate) const O_LOG_TAIL: usize = 96;
+pub(crate) const O_PJ_COUNT: usize = 104;
+pub(crate) const O_PJ_TAIL: usize = 112;
+pub(crate) const O_PJ_LOG_TAIL: usize = 120;
 // The consumers' cache line.
 pub(crate) const O_GET_LOCK: usize = 128;
 pub(crate) const O_PUT_SLEEPERS: usize = 132;
-pub(crate) const O_GOT_COUNT: usize = 136;
-pub(crate) const O_HEAD: usize = 140;
-pub(crate) const O_LOG_HEAD: usize = 144;
-pub(crate) const O_GJ_HEAD: usize = 152;
-pub(crate) const O_GJ_COUNT: usize = 156;
-pub(crate) const O_GJ_LOG_HEAD: usize = 160;
-pub(crate) const O_PUNCHED: usize = 168;
-// `JoinableQueue`'s line.
+pub(crate) const O_GOT_SEQ: usize = 136;
+pub(crate) const O_GOT_COUNT: usize = 144;
+pub(crate) const O_HEAD: usize = 152;
+pub(crate) const O_LOG_HEAD: usize = 160;
+pub(crate) const O_GJ_COUNT: usize = 168;
+pub(crate) const O_GJ_HEAD: usize = 176;
+pub(crate) const O_GJ_LOG_HEAD: usize = 184;
+// `JoinableQueue`'s line, and the log's punch mark (consumers, rarely).
 pub(crate) const O_DONE: usize = 192;
 pub(crate) const O_JOIN_SLEEPERS: usize = 196;
+pub(crate) const O_PUNCHED: usize = 200;
 /// Bytes before the ring.
 pub(crate) const HEADER: usize = 256;
 
-/// Most items a queue holds at once (the counts are 32-bit and wrap).
+/// Most items a queue holds at once (`JoinableQueue`'s done count is 32-bit and wraps).
 pub(crate) const MAX_ITEMS: u32 = i32::MAX as u32;
 /// Smallest and largest ring.
 pub(crate) const MIN_RING: u32 = 4096;
@@ -302,18 +311,18 @@ pub(crate) struct Shared {
 }
 
 /// What this process last read of the other side's published words. Each is a lower bound of the
-/// real value (the other side only moves them forward; consumers' recovery rolls *forward*), so a
-/// stale view can only make a put think there is less room or a get think there are fewer items,
-/// and then it reads the real word. Used only under the side's lock, which is why relaxed atomics do.
+/// real value (the other side only moves them forward, and so does recovery), so a stale view can
+/// only make a put think there is less room or a get think there are fewer items, and then it reads
+/// the real word. Used only under the side's lock, which is why relaxed atomics do.
 #[derive(Debug, Default)]
 struct Seen {
-    /// For producers: `got_count` and `head`.
-    got: AtomicU32,
-    head: AtomicU32,
-    /// For consumers: `put_count` and `tail`. A producer's recovery can roll `tail` back, so a
-    /// consumer's view of it is re-read before a record that does not fit it is called corrupt.
-    put: AtomicU32,
-    tail: AtomicU32,
+    /// For producers: `got_count`, `head` and `log_head`.
+    got: AtomicU64,
+    head: AtomicU64,
+    log_head: AtomicU64,
+    /// For consumers: `put_count` and `tail`.
+    put: AtomicU64,
+    tail: AtomicU64,
 }
 
 /// Releases a side's lock when dropped (also on a panic or an early return).
@@ -382,23 +391,12 @@ impl Shared {
         if region.atomic::<AtomicU64>(O_TYPE).load(Ordering::Relaxed) != ty {
             return Err("the Queue was created for a different item type".into());
         }
-        let seen = Seen::default();
-        for (mine, theirs) in [
-            (&seen.got, O_GOT_COUNT),
-            (&seen.head, O_HEAD),
-            (&seen.put, O_PUT_COUNT),
-            (&seen.tail, O_TAIL),
-        ] {
-            mine.store(
-                region.atomic_u32(theirs).load(Ordering::Acquire),
-                Ordering::Relaxed,
-            );
-        }
         Ok(Shared {
             region,
             log: File::from(log),
             cap,
-            seen,
+            // Zero is a lower bound of everything.
+            seen: Seen::default(),
         })
     }
 
@@ -440,14 +438,15 @@ impl Shared {
 
     /// Items put and not yet taken.
     pub(crate) fn len(&self) -> u32 {
-        let got = self.u32(O_GOT_COUNT).load(Ordering::Acquire);
-        let put = self.u32(O_PUT_COUNT).load(Ordering::Acquire);
-        put.wrapping_sub(got).min(MAX_ITEMS)
+        // `got` first: it only grows, and never past `put`.
+        let got = self.u64(O_GOT_COUNT).load(Ordering::Acquire);
+        let put = self.u64(O_PUT_COUNT).load(Ordering::Acquire);
+        put.saturating_sub(got).min(u64::from(MAX_ITEMS)) as u32
     }
 
     fn items(&self) -> Signal<'_, AtomicU32> {
         Signal {
-            word: self.u32(O_PUT_COUNT),
+            word: self.u32(O_PUT_SEQ),
             sleepers: self.u32(O_GET_SLEEPERS),
             spins: SPINS,
         }
@@ -455,7 +454,7 @@ impl Shared {
 
     fn room(&self) -> Signal<'_, AtomicU32> {
         Signal {
-            word: self.u32(O_GOT_COUNT),
+            word: self.u32(O_GOT_SEQ),
             sleepers: self.u32(O_PUT_SLEEPERS),
             spins: SPINS,
         }
@@ -491,86 +490,99 @@ impl Shared {
         Ok(held)
     }
 
-    /// After a producer died holding the put lock: forget its uncommitted record.
+    /// After a producer died holding the put lock: commit its record if it published one.
     fn recover_put(&self) {
-        let count = self.u32(O_PUT_COUNT).load(Ordering::Acquire);
-        if self.u32(O_PJ_COUNT).load(Ordering::Acquire) != count {
-            let tail = self.u32(O_PJ_TAIL).load(Ordering::Acquire);
-            let log_tail = self.u64(O_PJ_LOG_TAIL).load(Ordering::Acquire);
-            self.u32(O_TAIL).store(tail, Ordering::Release);
-            self.u64(O_LOG_TAIL).store(log_tail, Ordering::Release);
-            self.u32(O_PJ_COUNT).store(count, Ordering::Release);
+        let count = self.u64(O_PUT_COUNT).load(Ordering::Acquire);
+        if self.u64(O_PJ_COUNT).load(Ordering::Acquire) == count.wrapping_add(1) {
+            let moved = self.u64(O_TAIL).load(Ordering::Acquire)
+                != self.u64(O_PJ_TAIL).load(Ordering::Acquire)
+                || self.u64(O_LOG_TAIL).load(Ordering::Acquire)
+                    != self.u64(O_PJ_LOG_TAIL).load(Ordering::Acquire);
+            if moved {
+                self.u64(O_PUT_COUNT)
+                    .store(count.wrapping_add(1), Ordering::Release);
+            }
         }
-        // Only a holder of the put lock registers as waiting for room, and the holder is dead.
+        let count = self.u64(O_PUT_COUNT).load(Ordering::Acquire);
+        self.u64(O_PJ_COUNT).store(count, Ordering::Release);
+        // Only a holder of the put lock registers as waiting for room, and the holder is dead. A
+        // consumer asleep for a commit the dead producer made but did not announce is woken.
         self.u32(O_PUT_SLEEPERS).store(0, Ordering::Release);
+        self.u32(O_PUT_SEQ).fetch_add(1, Ordering::AcqRel);
+        self.items().notify(1);
     }
 
     /// After a consumer died holding the get lock: finish its committed get.
     fn recover_get(&self) {
-        let got = self.u32(O_GOT_COUNT).load(Ordering::Acquire);
-        if self.u32(O_GJ_COUNT).load(Ordering::Acquire) == got {
-            let head = self.u32(O_GJ_HEAD).load(Ordering::Acquire);
+        let got = self.u64(O_GOT_COUNT).load(Ordering::Acquire);
+        if self.u64(O_GJ_COUNT).load(Ordering::Acquire) == got {
+            let head = self.u64(O_GJ_HEAD).load(Ordering::Acquire);
             let log_head = self.u64(O_GJ_LOG_HEAD).load(Ordering::Acquire);
-            self.u32(O_HEAD).store(head, Ordering::Release);
+            self.u64(O_HEAD).store(head, Ordering::Release);
             self.u64(O_LOG_HEAD).store(log_head, Ordering::Release);
         }
         self.u32(O_GET_SLEEPERS).store(0, Ordering::Release);
+        self.u32(O_GOT_SEQ).fetch_add(1, Ordering::AcqRel);
+        self.room().notify(1);
     }
 
     /// Puts one item's encoded `payload`.
     pub(crate) fn put(&self, payload: &[u8], wait: Wait) -> Result<(), Fail> {
         let held = self.lock(O_PUT_LOCK, wait)?;
-        let put = self.u32(O_PUT_COUNT).load(Ordering::Relaxed);
-        let limit = self.limit();
+        let put = self.u64(O_PUT_COUNT).load(Ordering::Relaxed);
+        let limit = u64::from(self.limit());
         let mut got = self.seen.got.load(Ordering::Relaxed);
-        if put.wrapping_sub(got) >= limit {
-            got = self.u32(O_GOT_COUNT).load(Ordering::Acquire);
-            self.seen.got.store(got, Ordering::Relaxed);
-        }
         loop {
-            let pending = put.wrapping_sub(got);
-            if pending > limit {
-                return Err(corrupt(format!(
-                    "{pending} items are queued, more than the limit of {limit}"
-                )));
+            if got > put || put - got >= limit {
+                // Full by our view: look at the real count, noting the sequence first so that a
+                // get between the two is not slept through.
+                let seq = self.u32(O_GOT_SEQ).load(Ordering::Acquire);
+                got = self.u64(O_GOT_COUNT).load(Ordering::Acquire);
+                self.seen.got.store(got, Ordering::Relaxed);
+                let pending = put
+                    .checked_sub(got)
+                    .ok_or_else(|| corrupt(format!("{got} items were taken but only {put} put")))?;
+                if pending > limit {
+                    return Err(corrupt(format!(
+                        "{pending} items are queued, more than the limit of {limit}"
+                    )));
+                }
+                if pending == limit {
+                    if !self.room().wait_change(seq, wait) {
+                        return Err(Fail::WouldBlock);
+                    }
+                    continue;
+                }
             }
-            if pending < limit {
-                break;
-            }
-            if !self.room().wait_change(got, wait) {
-                return Err(Fail::WouldBlock);
-            }
-            got = self.u32(O_GOT_COUNT).load(Ordering::Acquire);
-            self.seen.got.store(got, Ordering::Relaxed);
+            break;
         }
 
         // The journal first (see the module notes): the old positions, then the count to commit.
-        let tail = self.u32(O_TAIL).load(Ordering::Relaxed);
+        let tail = self.u64(O_TAIL).load(Ordering::Relaxed);
         let log_tail = self.u64(O_LOG_TAIL).load(Ordering::Relaxed);
-        self.u32(O_PJ_TAIL).store(tail, Ordering::Release);
+        self.u64(O_PJ_TAIL).store(tail, Ordering::Release);
         self.u64(O_PJ_LOG_TAIL).store(log_tail, Ordering::Release);
-        self.u32(O_PJ_COUNT)
-            .store(put.wrapping_add(1), Ordering::Release);
+        self.u64(O_PJ_COUNT).store(put + 1, Ordering::Release);
 
         let placed = self.place(payload, tail, log_tail);
         if placed.is_err() {
             // Nothing was published: the journal goes back to "committed".
-            self.u32(O_PJ_COUNT).store(put, Ordering::Release);
+            self.u64(O_PJ_COUNT).store(put, Ordering::Release);
             return placed;
         }
-        self.u32(O_PUT_COUNT).fetch_add(1, Ordering::AcqRel);
+        self.u64(O_PUT_COUNT).store(put + 1, Ordering::Release);
+        self.u32(O_PUT_SEQ).fetch_add(1, Ordering::AcqRel);
         drop(held);
         self.items().notify(1);
         Ok(())
     }
 
     /// Writes a record to the ring or the log and publishes its position (not yet the count).
-    fn place(&self, payload: &[u8], tail: u32, log_tail: u64) -> Result<(), Fail> {
-        let log_empty = self.u64(O_LOG_HEAD).load(Ordering::Acquire) == log_tail;
+    fn place(&self, payload: &[u8], tail: u64, log_tail: u64) -> Result<(), Fail> {
         match ring_need(payload.len()) {
             Some(need)
-                if log_empty
-                    && need <= u64::from(self.cap / 2)
+                if need <= u64::from(self.cap / 2)
+                    && self.log_empty(log_tail)
                     && self.ring_room(tail, need)? =>
             {
                 let len = payload.len() as u32;
@@ -578,9 +590,8 @@ impl Shared {
                 header[..4].copy_from_slice(&len.to_le_bytes());
                 header[4..].copy_from_slice(&(!len).to_le_bytes());
                 self.ring_write(tail, &header)?;
-                self.ring_write(tail.wrapping_add(RING_HDR as u32), payload)?;
-                self.u32(O_TAIL)
-                    .store(tail.wrapping_add(need as u32), Ordering::Release);
+                self.ring_write(tail + RING_HDR as u64, payload)?;
+                self.u64(O_TAIL).store(tail + need, Ordering::Release);
             }
             _ => {
                 let len = payload.len() as u64;
@@ -599,28 +610,37 @@ impl Shared {
         Ok(())
     }
 
+    /// Whether the log holds nothing (then a put may use the ring).
+    fn log_empty(&self, log_tail: u64) -> bool {
+        // Our view of the log's head is a lower bound: equal to the tail means truly empty.
+        if self.seen.log_head.load(Ordering::Relaxed) == log_tail {
+            return true;
+        }
+        let log_head = self.u64(O_LOG_HEAD).load(Ordering::Acquire);
+        self.seen.log_head.store(log_head, Ordering::Relaxed);
+        log_head == log_tail
+    }
+
     /// Whether `need` bytes fit in the ring at `tail`. A full ring whose head is moving (a consumer
     /// is taking) is waited for, briefly: going to the log would slow every item after this one
     /// down until the log drains, while a consumer frees room in microseconds. A head that stands
-    /// still for [`STILL`] looks means nobody is taking: then the item goes to the log.
-    fn ring_room(&self, tail: u32, need: u64) -> Result<bool, Fail> {
+    /// still for `STILL` looks means nobody is taking: then the item goes to the log.
+    fn ring_room(&self, tail: u64, need: u64) -> Result<bool, Fail> {
         const STILL: u32 = 32;
         let cap = u64::from(self.cap);
-        let fits = |head: u32| -> Result<bool, Fail> {
-            let used = u64::from(tail.wrapping_sub(head));
-            if used > cap {
-                return Err(corrupt(format!(
-                    "the ring's tail is {used} bytes past its head, beyond its {cap} bytes"
-                )));
+        let fits = |head: u64| -> Result<bool, Fail> {
+            match tail.checked_sub(head) {
+                Some(used) if used <= cap => Ok(need <= cap - used),
+                _ => Err(corrupt(format!(
+                    "the ring's head {head} and tail {tail} are more than its {cap} bytes apart"
+                ))),
             }
-            Ok(need <= cap - used)
         };
-        // Our view of the head may be so old that other producers wrapped past it: only the real
-        // head can be corrupt.
+        // Our view of the head is a lower bound: if the record fits by it, it fits.
         if fits(self.seen.head.load(Ordering::Relaxed)).unwrap_or(false) {
             return Ok(true);
         }
-        let mut head = self.u32(O_HEAD).load(Ordering::Acquire);
+        let mut head = self.u64(O_HEAD).load(Ordering::Acquire);
         let mut still = 0;
         let mut i = 0;
         loop {
@@ -633,23 +653,23 @@ impl Shared {
             }
             spin(i);
             i = i.saturating_add(1);
-            let now = self.u32(O_HEAD).load(Ordering::Acquire);
+            let now = self.u64(O_HEAD).load(Ordering::Acquire);
             still = if now == head { still + 1 } else { 0 };
             head = now;
         }
     }
 
     /// Copies `src` into the ring at position `pos`, wrapping around its end.
-    fn ring_write(&self, pos: u32, src: &[u8]) -> io::Result<()> {
-        let at = (pos & (self.cap - 1)) as usize;
+    fn ring_write(&self, pos: u64, src: &[u8]) -> io::Result<()> {
+        let at = (pos & u64::from(self.cap - 1)) as usize;
         let first = src.len().min(self.cap as usize - at);
         self.region.write_at(HEADER + at, &src[..first])?;
         self.region.write_at(HEADER, &src[first..])
     }
 
     /// Copies from the ring at position `pos` into `dst`, wrapping around its end.
-    fn ring_read(&self, pos: u32, dst: &mut [u8]) -> io::Result<()> {
-        let at = (pos & (self.cap - 1)) as usize;
+    fn ring_read(&self, pos: u64, dst: &mut [u8]) -> io::Result<()> {
+        let at = (pos & u64::from(self.cap - 1)) as usize;
         let first = dst.len().min(self.cap as usize - at);
         let (a, b) = dst.split_at_mut(first);
         self.region.read_at(HEADER + at, a)?;
@@ -659,42 +679,43 @@ impl Shared {
     /// Takes the oldest item's encoded payload into `buf`.
     pub(crate) fn get(&self, buf: &mut Vec<u8>, wait: Wait) -> Result<(), Fail> {
         let held = self.lock(O_GET_LOCK, wait)?;
-        let got = self.u32(O_GOT_COUNT).load(Ordering::Relaxed);
+        let got = self.u64(O_GOT_COUNT).load(Ordering::Relaxed);
         let mut put = self.seen.put.load(Ordering::Relaxed);
-        loop {
-            // Nothing, or less than nothing (other consumers took past our view): look again.
-            if put.wrapping_sub(got).wrapping_sub(1) >= MAX_ITEMS {
-                put = self.u32(O_PUT_COUNT).load(Ordering::Acquire);
-                self.seen.put.store(put, Ordering::Relaxed);
-            }
-            let pending = put.wrapping_sub(got);
-            if pending > MAX_ITEMS {
+        while put <= got {
+            // Empty by our view (or other consumers took past it): look at the real count, noting
+            // the sequence first so that a put between the two is not slept through.
+            let seq = self.u32(O_PUT_SEQ).load(Ordering::Acquire);
+            put = self.u64(O_PUT_COUNT).load(Ordering::Acquire);
+            self.seen.put.store(put, Ordering::Relaxed);
+            if put < got {
                 return Err(corrupt(format!(
-                    "more items were taken than put ({} too many)",
-                    got.wrapping_sub(put)
+                    "{got} items were taken but only {put} put"
                 )));
             }
-            if pending > 0 {
-                break;
-            }
-            if !self.items().wait_change(put, wait) {
+            if put == got && !self.items().wait_change(seq, wait) {
                 return Err(Fail::WouldBlock);
             }
         }
+        if put - got > u64::from(MAX_ITEMS) {
+            return Err(corrupt(format!(
+                "{} items are queued, more than a queue holds",
+                put - got
+            )));
+        }
 
-        let head = self.u32(O_HEAD).load(Ordering::Relaxed);
+        let head = self.u64(O_HEAD).load(Ordering::Relaxed);
         let log_head = self.u64(O_LOG_HEAD).load(Ordering::Relaxed);
         let (new_head, new_log_head) = self.take(buf, head, log_head)?;
 
         // The journal (the count to commit, then the new positions), the commit, then the positions.
-        self.u32(O_GJ_COUNT)
-            .store(got.wrapping_add(1), Ordering::Release);
-        self.u32(O_GJ_HEAD).store(new_head, Ordering::Release);
+        self.u64(O_GJ_COUNT).store(got + 1, Ordering::Release);
+        self.u64(O_GJ_HEAD).store(new_head, Ordering::Release);
         self.u64(O_GJ_LOG_HEAD)
             .store(new_log_head, Ordering::Release);
-        self.u32(O_GOT_COUNT).fetch_add(1, Ordering::AcqRel);
-        self.u32(O_HEAD).store(new_head, Ordering::Release);
+        self.u64(O_GOT_COUNT).store(got + 1, Ordering::Release);
+        self.u64(O_HEAD).store(new_head, Ordering::Release);
         self.u64(O_LOG_HEAD).store(new_log_head, Ordering::Release);
+        self.u32(O_GOT_SEQ).fetch_add(1, Ordering::AcqRel);
         if new_log_head != log_head {
             self.punch(new_log_head);
         }
@@ -704,48 +725,31 @@ impl Shared {
     }
 
     /// Reads the record at the head (ring first, then log) into `buf`; gives the new positions.
-    fn take(&self, buf: &mut Vec<u8>, head: u32, log_head: u64) -> Result<(u32, u64), Fail> {
+    fn take(&self, buf: &mut Vec<u8>, head: u64, log_head: u64) -> Result<(u64, u64), Fail> {
         let cap = u64::from(self.cap);
+        // Our view of the tail is a lower bound: if it shows bytes past the head, they are there.
         let mut tail = self.seen.tail.load(Ordering::Relaxed);
-        let mut fresh = false;
-        let available = loop {
-            let available = u64::from(tail.wrapping_sub(head));
-            if (available > 0 && available <= cap) || fresh {
-                break available;
-            }
-            tail = self.u32(O_TAIL).load(Ordering::Acquire);
+        if tail <= head {
+            tail = self.u64(O_TAIL).load(Ordering::Acquire);
             self.seen.tail.store(tail, Ordering::Relaxed);
-            fresh = true;
-        };
-        if available > cap {
-            return Err(corrupt(format!(
-                "the ring's tail is {available} bytes past its head, beyond its {cap} bytes"
-            )));
         }
+        let available = match tail.checked_sub(head) {
+            Some(a) if a <= cap => a,
+            _ => {
+                return Err(corrupt(format!(
+                    "the ring's head {head} and tail {tail} are more than its {cap} bytes apart"
+                )));
+            }
+        };
         if available > 0 {
             let mut header = [0u8; RING_HDR];
             self.ring_read(head, &mut header)?;
-            let len = match ring_record_len(header, available, cap / 2) {
-                Ok(len) => len,
-                // Our view of the tail may predate a dead producer's rollback: look again.
-                Err(_) if !fresh => {
-                    let tail = self.u32(O_TAIL).load(Ordering::Acquire);
-                    self.seen.tail.store(tail, Ordering::Relaxed);
-                    let available = u64::from(tail.wrapping_sub(head));
-                    if available > cap {
-                        return Err(corrupt(format!(
-                            "the ring's tail is {available} bytes past its head, beyond its {cap} bytes"
-                        )));
-                    }
-                    ring_record_len(header, available, cap / 2).map_err(corrupt)?
-                }
-                Err(e) => return Err(corrupt(e)),
-            };
+            let len = ring_record_len(header, available, cap / 2).map_err(corrupt)?;
             buf.clear();
             buf.resize(len as usize, 0);
-            self.ring_read(head.wrapping_add(RING_HDR as u32), buf)?;
-            let need = ring_need(len as usize).unwrap_or(0) as u32;
-            return Ok((head.wrapping_add(need), log_head));
+            self.ring_read(head + RING_HDR as u64, buf)?;
+            let need = ring_need(len as usize).unwrap_or(0);
+            return Ok((head + need, log_head));
         }
         let log_tail = self.u64(O_LOG_TAIL).load(Ordering::Acquire);
         let file_len = sys::shm::file_len(self.log.as_fd())? as u64;
@@ -795,8 +799,7 @@ impl Shared {
         let done = self.u32(O_DONE);
         let mut d = done.load(Ordering::Relaxed);
         loop {
-            let put = self.u32(O_PUT_COUNT).load(Ordering::Acquire);
-            let unfinished = put.wrapping_sub(d);
+            let unfinished = self.put_low().wrapping_sub(d);
             if unfinished == 0 || unfinished > MAX_ITEMS {
                 return false;
             }
@@ -816,18 +819,22 @@ impl Shared {
         true
     }
 
+    /// The put count modulo 2^32, to compare with the (32-bit, futex) done count.
+    fn put_low(&self) -> u32 {
+        self.u64(O_PUT_COUNT).load(Ordering::Acquire) as u32
+    }
+
     /// Items put and not yet marked done.
     pub(crate) fn unfinished(&self) -> u32 {
         let d = self.u32(O_DONE).load(Ordering::Acquire);
-        let put = self.u32(O_PUT_COUNT).load(Ordering::Acquire);
-        put.wrapping_sub(d).min(MAX_ITEMS)
+        self.put_low().wrapping_sub(d).min(MAX_ITEMS)
     }
 
     /// Waits until every item put is done; false if `wait` ran out first.
     pub(crate) fn join(&self, wait: Wait) -> bool {
         loop {
             let d = self.u32(O_DONE).load(Ordering::Acquire);
-            if self.u32(O_PUT_COUNT).load(Ordering::Acquire) == d {
+            if self.put_low() == d {
                 return true;
             }
             if !self.done().wait_change(d, wait) {
@@ -844,10 +851,6 @@ impl Shared {
         self.u32(at).store(v, Ordering::SeqCst);
     }
 
-    pub(crate) fn peek_u32(&self, at: usize) -> u32 {
-        self.u32(at).load(Ordering::SeqCst)
-    }
-
     pub(crate) fn poke_u64(&self, at: usize, v: u64) {
         self.u64(at).store(v, Ordering::SeqCst);
     }
@@ -862,14 +865,19 @@ impl Shared {
     /// Overwrites the published state with `words` (put count, got count, head, tail, log head, log
     /// tail), the ring with `ring` and the log with `log`, as a confused or hostile process could.
     pub(crate) fn forge(&self, words: [u64; 6], ring: &[u8], log: &[u8]) -> io::Result<()> {
-        self.u32(O_PUT_COUNT)
-            .store(words[0] as u32, Ordering::Release);
-        self.u32(O_GOT_COUNT)
-            .store(words[1] as u32, Ordering::Release);
-        self.u32(O_HEAD).store(words[2] as u32, Ordering::Release);
-        self.u32(O_TAIL).store(words[3] as u32, Ordering::Release);
-        self.u64(O_LOG_HEAD).store(words[4], Ordering::Release);
-        self.u64(O_LOG_TAIL).store(words[5], Ordering::Release);
+        for (at, v) in [
+            O_PUT_COUNT,
+            O_GOT_COUNT,
+            O_HEAD,
+            O_TAIL,
+            O_LOG_HEAD,
+            O_LOG_TAIL,
+        ]
+        .into_iter()
+        .zip(words)
+        {
+            self.u64(at).store(v, Ordering::Release);
+        }
         let n = ring.len().min(self.cap as usize);
         self.region.write_at(HEADER, &ring[..n])?;
         self.log.write_all_at(log, 0)

@@ -68,25 +68,75 @@ fn the_log_gives_its_pages_back() {
     );
 }
 
+/// A second handle on `q`, as another process has: its own view of the other side's words.
+fn second_handle<T>(q: &Queue<T>) -> Queue<T> {
+    let (tx, rx) = crate::pipe().unwrap();
+    tx.send(q).unwrap();
+    rx.recv().unwrap()
+}
+
+/// Leaves `q` as a producer killed between publishing its last record and committing it.
+fn uncommit_last_put<T>(q: &Queue<T>, tail_before: u64, log_tail_before: u64) {
+    let s = q.shared();
+    let count = s.peek_u64(O_PUT_COUNT);
+    s.poke_u64(O_PJ_TAIL, tail_before);
+    s.poke_u64(O_PJ_LOG_TAIL, log_tail_before);
+    s.poke_u64(O_PJ_COUNT, count);
+    s.poke_u64(O_PUT_COUNT, count - 1);
+    s.poke_u32(O_PUT_LOCK, dead_pid());
+}
+
 #[test]
-fn a_producer_dead_before_its_commit_loses_only_its_item() {
+fn a_producer_dead_before_publishing_loses_only_its_item() {
     let q = small::<u64>();
     q.put(1).unwrap();
     let s = q.shared();
-    let (tail, count) = (s.peek_u32(O_TAIL), s.peek_u32(O_PUT_COUNT));
-    // The dead producer journaled, wrote half a record and published its tail, but did not commit.
-    s.poke_u32(O_PJ_TAIL, tail);
+    let (tail, count) = (s.peek_u64(O_TAIL), s.peek_u64(O_PUT_COUNT));
+    // The dead producer journaled and wrote half a record, but did not publish its tail.
+    s.poke_u64(O_PJ_TAIL, tail);
     s.poke_u64(O_PJ_LOG_TAIL, s.peek_u64(O_LOG_TAIL));
-    s.poke_u32(O_PJ_COUNT, count + 1);
+    s.poke_u64(O_PJ_COUNT, count + 1);
     s.region()
         .write_at(HEADER + tail as usize, &[0xff; 16])
         .unwrap();
-    s.poke_u32(O_TAIL, tail + 16);
     s.poke_u32(O_PUT_LOCK, dead_pid());
     assert_eq!(q.len(), 1);
     q.put(2).unwrap();
     assert_eq!((q.get().unwrap(), q.get().unwrap()), (1, 2));
     assert!(q.is_empty());
+}
+
+#[test]
+fn a_producer_dead_after_publishing_has_its_item_committed_for_it() {
+    let p = small::<u64>();
+    let c = second_handle(&p);
+    p.put(1).unwrap();
+    let (t, lt) = (p.shared().peek_u64(O_TAIL), p.shared().peek_u64(O_LOG_TAIL));
+    p.put(2).unwrap();
+    uncommit_last_put(&p, t, lt);
+    assert_eq!(c.len(), 1);
+    // The consumer's view now includes the published, uncommitted record: it must stay valid.
+    assert_eq!(c.get().unwrap(), 1);
+    assert!(matches!(c.try_get(), Err(GetError::Empty)));
+    p.put(3).unwrap(); // recovery commits 2 first
+    let got: Vec<u64> = (0..2).map(|_| c.get().unwrap()).collect();
+    assert_eq!(got, [2, 3]);
+    assert!(c.is_empty());
+}
+
+#[test]
+fn a_producer_dead_after_publishing_to_the_log_has_its_item_committed_for_it() {
+    let p = small::<Vec<u8>>();
+    let c = second_handle(&p);
+    p.put(vec![1; 8]).unwrap();
+    let (t, lt) = (p.shared().peek_u64(O_TAIL), p.shared().peek_u64(O_LOG_TAIL));
+    p.put(vec![2; 3000]).unwrap(); // to the log
+    uncommit_last_put(&p, t, lt);
+    assert_eq!(c.get().unwrap(), vec![1; 8]);
+    p.put(vec![3; 8]).unwrap();
+    assert_eq!(c.get().unwrap(), vec![2; 3000]);
+    assert_eq!(c.get().unwrap(), vec![3; 8]);
+    assert!(c.is_empty());
 }
 
 #[test]
@@ -102,31 +152,14 @@ fn a_producer_dead_after_its_commit_loses_nothing() {
 }
 
 #[test]
-fn a_producer_dead_in_the_log_is_rolled_back_too() {
-    let q = small::<Vec<u8>>();
-    q.put(vec![1; 3000]).unwrap(); // to the log
-    let s = q.shared();
-    let (log_tail, count) = (s.peek_u64(O_LOG_TAIL), s.peek_u32(O_PUT_COUNT));
-    s.poke_u32(O_PJ_TAIL, s.peek_u32(O_TAIL));
-    s.poke_u64(O_PJ_LOG_TAIL, log_tail);
-    s.poke_u32(O_PJ_COUNT, count + 1);
-    s.poke_u64(O_LOG_TAIL, log_tail + 4096);
-    s.poke_u32(O_PUT_LOCK, dead_pid());
-    q.put(vec![2; 3000]).unwrap();
-    assert_eq!(q.get().unwrap(), vec![1; 3000]);
-    assert_eq!(q.get().unwrap(), vec![2; 3000]);
-    assert!(q.is_empty());
-}
-
-#[test]
 fn a_consumer_dead_before_its_commit_leaves_the_item() {
     let q = small::<u64>();
     q.put(1).unwrap();
     q.put(2).unwrap();
     let s = q.shared();
-    let (head, got) = (s.peek_u32(O_HEAD), s.peek_u32(O_GOT_COUNT));
-    s.poke_u32(O_GJ_COUNT, got + 1);
-    s.poke_u32(O_GJ_HEAD, head + 16);
+    let (head, got) = (s.peek_u64(O_HEAD), s.peek_u64(O_GOT_COUNT));
+    s.poke_u64(O_GJ_COUNT, got + 1);
+    s.poke_u64(O_GJ_HEAD, head + 16);
     s.poke_u32(O_GET_LOCK, dead_pid());
     assert_eq!(q.get().unwrap(), 1);
     assert_eq!(q.get().unwrap(), 2);
@@ -139,11 +172,11 @@ fn a_consumer_dead_after_its_commit_took_exactly_one_item() {
         q.put(i).unwrap();
     }
     let s = q.shared();
-    let (head, got) = (s.peek_u32(O_HEAD), s.peek_u32(O_GOT_COUNT));
-    s.poke_u32(O_GJ_COUNT, got + 1);
-    s.poke_u32(O_GJ_HEAD, head + 16);
+    let (head, got) = (s.peek_u64(O_HEAD), s.peek_u64(O_GOT_COUNT));
+    s.poke_u64(O_GJ_COUNT, got + 1);
+    s.poke_u64(O_GJ_HEAD, head + 16);
     s.poke_u64(O_GJ_LOG_HEAD, s.peek_u64(O_LOG_HEAD));
-    s.poke_u32(O_GOT_COUNT, got + 1); // committed; the head was never published
+    s.poke_u64(O_GOT_COUNT, got + 1); // committed; the head was never published
     s.poke_u32(O_GET_LOCK, dead_pid());
     assert_eq!(q.len(), 2);
     assert_eq!(q.get().unwrap(), 2);
@@ -156,7 +189,7 @@ fn a_corrupt_ring_header_is_an_error_not_an_allocation() {
     let q = small::<Vec<u8>>();
     q.put(vec![7; 10]).unwrap();
     let s = q.shared();
-    let head = s.peek_u32(O_HEAD) as usize;
+    let head = s.peek_u64(O_HEAD) as usize;
     // A length of 3 GiB with a matching check word.
     let len = 3u32 << 30;
     let mut h = [0u8; 8];
@@ -179,12 +212,12 @@ fn contradictory_positions_are_errors() {
     let q = small::<u64>();
     q.put(1).unwrap();
     let s = q.shared();
-    s.poke_u32(O_TAIL, s.peek_u32(O_HEAD).wrapping_add(1 << 20));
+    s.poke_u64(O_TAIL, s.peek_u64(O_HEAD) + (1 << 20));
     assert!(matches!(q.try_get(), Err(GetError::Corrupt(_))));
     assert!(matches!(q.put(2), Err(PutError::Corrupt { item: 2, .. })));
     // More taken than put.
     let q = small::<u64>();
-    q.shared().poke_u32(O_GOT_COUNT, 5);
+    q.shared().poke_u64(O_GOT_COUNT, 5);
     assert!(matches!(q.try_get(), Err(GetError::Corrupt(_))));
 }
 
@@ -250,9 +283,7 @@ fn a_queue_of_another_type_is_refused() {
 fn a_handle_whose_view_is_stale_looks_again() {
     // Two handles on one queue, as two processes have: each keeps its own view of the other side.
     let a = small::<u64>();
-    let (tx, rx) = crate::pipe().unwrap();
-    tx.send(&a).unwrap();
-    let b: Queue<u64> = rx.recv().unwrap();
+    let b = second_handle(&a);
     for i in 0..3 {
         a.put(i).unwrap();
     }
@@ -269,5 +300,44 @@ fn a_handle_whose_view_is_stale_looks_again() {
     for i in 0..300 {
         b.put(i).unwrap();
         assert_eq!(a.get().unwrap(), i);
+    }
+}
+
+/// Leaves `q` as billions of 16-byte items through it would: every count and position moved by `n`.
+fn after_traffic<T>(q: &Queue<T>, n: u64) {
+    let s = q.shared();
+    let pos = n * 16;
+    for (at, v) in [
+        (O_PUT_COUNT, n),
+        (O_GOT_COUNT, n),
+        (O_PJ_COUNT, n),
+        (O_GJ_COUNT, n),
+        (O_HEAD, pos),
+        (O_TAIL, pos),
+        (O_GJ_HEAD, pos),
+        (O_PJ_TAIL, pos - 16),
+    ] {
+        s.poke_u64(at, v);
+    }
+}
+
+#[test]
+fn views_stale_by_billions_of_items_are_still_lower_bounds() {
+    // Past 2^31 items and 2^32 bytes, where 32-bit counts and positions would wrap.
+    for n in [(1u64 << 31) + 100, (1 << 28) - 253, (1 << 32) + 7] {
+        let a = small::<u64>();
+        let b = second_handle(&a); // b's view: nothing put, nothing taken
+        after_traffic(&a, n);
+        assert!(matches!(b.try_get(), Err(GetError::Empty)), "n = {n}");
+        // The ring fills up (256 records of 16 bytes) with nobody taking; b's stale view of the head
+        // must not let it overwrite them.
+        for i in 0..256u64 {
+            a.put(i).unwrap();
+        }
+        b.put(999).unwrap();
+        let got: Vec<u64> = (0..257).map(|_| a.get().unwrap()).collect();
+        assert_eq!(got[..256], (0..256).collect::<Vec<_>>()[..], "n = {n}");
+        assert_eq!(got[256], 999);
+        assert!(a.is_empty() && b.is_empty());
     }
 }
