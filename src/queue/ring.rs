@@ -6,9 +6,8 @@
 //! no feeder thread to flush). One store cannot do both, so there are two:
 //!
 //! - the **ring**: a power-of-two byte ring in the queue's shared mapping. Records are
-//!   `[len: u32][!len: u32][payload, padded to 8]` at positions that only grow (wrapping at 2^32;
-//!   the ring index is the position modulo the capacity; positions and counts are 64-bit, so they
-//!   never wrap in practice and every difference between two of them is exact). Puts and gets are two `memcpy`s and a
+//!   `[len: u32][!len: u32][payload, padded to 8]` at 64-bit positions that only grow (the ring
+//!   index is the position modulo the capacity). Puts and gets are two `memcpy`s and a
 //!   handful of atomics; the pages stay mapped in every process, so nothing faults or syscalls.
 //! - the **log**: a second memory file (`memfd`), never mapped, written with `pwrite` and read with
 //!   `pread` at offsets that only grow. Records are `[len: u64][!len: u64][payload, padded to 8]`.
@@ -752,7 +751,8 @@ impl Shared {
             return Ok((head + need, log_head));
         }
         let log_tail = self.u64(O_LOG_TAIL).load(Ordering::Acquire);
-        let file_len = sys::shm::file_len(self.log.as_fd())? as u64;
+        let meta = self.log.metadata()?;
+        let file_len = meta.len();
         let available = log_tail.checked_sub(log_head).ok_or_else(|| {
             corrupt(format!(
                 "the log's head {log_head} is past its tail {log_tail}"
@@ -768,9 +768,12 @@ impl Shared {
         let mut header = [0u8; LOG_HDR as usize];
         self.log.read_exact_at(&mut header, log_head)?;
         let len = log_record_len(header, available).map_err(corrupt)?;
-        if len > in_file - LOG_HDR {
+        // The file is sparse: its size costs nothing to forge, the memory behind it does. A real
+        // record's bytes were written, so they are allocated.
+        let allocated = std::os::unix::fs::MetadataExt::blocks(&meta).saturating_mul(512);
+        if len > in_file - LOG_HDR || len > allocated {
             return Err(corrupt(format!(
-                "log record of {len} bytes is longer than the {} bytes in the file",
+                "log record of {len} bytes is longer than the {} bytes in the file ({allocated} allocated)",
                 in_file - LOG_HDR
             )));
         }

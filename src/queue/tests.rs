@@ -341,3 +341,21 @@ fn views_stale_by_billions_of_items_are_still_lower_bounds() {
         assert!(a.is_empty() && b.is_empty());
     }
 }
+
+#[test]
+fn a_log_record_longer_than_the_memory_behind_the_file_is_refused() {
+    use std::os::unix::fs::FileExt;
+    let q = small::<Vec<u8>>();
+    q.put(vec![1; 3000]).unwrap();
+    let s = q.shared();
+    // A hostile process makes the sparse file huge for free, then forges a matching length.
+    let forged = 1u64 << 40;
+    s.log_file().write_all_at(&[0], forged + 64).unwrap();
+    let mut h = [0u8; 16];
+    h[..8].copy_from_slice(&forged.to_le_bytes());
+    h[8..].copy_from_slice(&(!forged).to_le_bytes());
+    s.log_file().write_all_at(&h, 0).unwrap();
+    s.poke_u64(O_LOG_TAIL, forged + 16);
+    let err = q.try_get().unwrap_err();
+    assert!(err.to_string().contains("allocated"), "{err}");
+}

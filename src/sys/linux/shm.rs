@@ -226,7 +226,7 @@ fn set_len(fd: BorrowedFd<'_>, len: usize) -> io::Result<()> {
     cvt(unsafe { libc::ftruncate(fd.as_raw_fd(), len) }).map(drop)
 }
 
-pub(crate) fn file_len(fd: BorrowedFd<'_>) -> io::Result<usize> {
+fn file_len(fd: BorrowedFd<'_>) -> io::Result<usize> {
     let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
     // SAFETY: fstat fills `st` on success; we read it only then.
     cvt(unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) })?;
