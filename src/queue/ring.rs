@@ -132,6 +132,8 @@ const PAGE: u64 = 4096;
 const SPINS: u32 = 64;
 /// Tries before sleeping on a lock.
 const LOCK_SPINS: u32 = 40;
+/// How long a producer waits for a full ring's head to move before it puts into the log instead.
+const STILL: Duration = Duration::from_micros(200);
 /// A sleeper looks again at least this often, whatever it was told.
 const NAP: Duration = Duration::from_millis(500);
 
@@ -621,11 +623,12 @@ impl Shared {
     }
 
     /// Whether `need` bytes fit in the ring at `tail`. A full ring whose head is moving (a consumer
-    /// is taking) is waited for, briefly: going to the log would slow every item after this one
-    /// down until the log drains, while a consumer frees room in microseconds. A head that stands
-    /// still for `STILL` looks means nobody is taking: then the item goes to the log.
+    /// is taking) is waited for: going to the log would slow every item after this one down until
+    /// the log drains, while a consumer frees room in microseconds. A head that stands still for
+    /// [`STILL`] means nobody is taking (or the consumer is busy with something else): then the item
+    /// goes to the log. (A count of looks instead of a time proved too short: a consumer's page fault
+    /// or a timer tick sent whole batches to the log.)
     fn ring_room(&self, tail: u64, need: u64) -> Result<bool, Fail> {
-        const STILL: u32 = 32;
         let cap = u64::from(self.cap);
         let fits = |head: u64| -> Result<bool, Fail> {
             match tail.checked_sub(head) {
@@ -640,20 +643,22 @@ impl Shared {
             return Ok(true);
         }
         let mut head = self.u64(O_HEAD).load(Ordering::Acquire);
-        let mut still = 0;
+        let mut moved = Instant::now();
         let mut i = 0;
         loop {
             self.seen.head.store(head, Ordering::Relaxed);
             if fits(head)? {
                 return Ok(true);
             }
-            if still == STILL {
+            if moved.elapsed() >= STILL {
                 return Ok(false);
             }
             spin(i);
             i = i.saturating_add(1);
             let now = self.u64(O_HEAD).load(Ordering::Acquire);
-            still = if now == head { still + 1 } else { 0 };
+            if now != head {
+                moved = Instant::now();
+            }
             head = now;
         }
     }
