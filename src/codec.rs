@@ -29,17 +29,24 @@ fn options() -> impl Options {
 /// Encodes `value`, collecting the descriptors of the objects it contains. The descriptors are
 /// borrowed from `value`: send them before `value` is dropped.
 pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<(Vec<u8>, Vec<RawFd>), String> {
+    let mut buf = Vec::new();
+    let fds = encode_into(&mut buf, value)?;
+    Ok((buf, fds))
+}
+
+/// [`encode`] into `buf` (cleared first); gives the descriptors collected.
+fn encode_into<T: Serialize + ?Sized>(buf: &mut Vec<u8>, value: &T) -> Result<Vec<RawFd>, String> {
+    buf.clear();
     // `try_with`: this also runs from the at-exit handler, after thread-locals are destroyed; then
     // values simply cannot carry descriptors.
     let _ = OUTGOING.try_with(|o| o.borrow_mut().push(Some(Vec::new())));
     // `serialize_into`, not `serialize`: the latter runs a size-counting pass first, which would run
     // every `Serialize` impl (and register every descriptor) twice.
-    let mut buf = Vec::new();
-    let bytes = options().serialize_into(&mut buf, value).map(|()| buf);
+    let done = options().serialize_into(&mut *buf, value);
     let fds = OUTGOING
         .try_with(|o| o.borrow_mut().pop().flatten().unwrap_or_default())
         .unwrap_or_default();
-    bytes.map(|b| (b, fds)).map_err(|e| e.to_string())
+    done.map(|()| fds).map_err(|e| e.to_string())
 }
 
 /// Encodes `value` into `buf` (cleared first) for a channel that cannot carry descriptors (a queue's
@@ -48,13 +55,7 @@ pub(crate) fn encode_plain_into<T: Serialize + ?Sized>(
     buf: &mut Vec<u8>,
     value: &T,
 ) -> Result<(), String> {
-    buf.clear();
-    let _ = OUTGOING.try_with(|o| o.borrow_mut().push(Some(Vec::new())));
-    let done = options().serialize_into(&mut *buf, value);
-    let fds = OUTGOING
-        .try_with(|o| o.borrow_mut().pop().flatten().unwrap_or_default())
-        .unwrap_or_default();
-    done.map_err(|e| e.to_string())?;
+    let fds = encode_into(buf, value)?;
     if fds.is_empty() {
         Ok(())
     } else {

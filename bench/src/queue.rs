@@ -219,11 +219,21 @@ fn round_trip(pin: &Pinning, plan: Plan) -> Result<f64, String> {
         Ok(())
     });
     let _ = there.put(STOP);
+    counted(result, child, total, "echoed")
+}
+
+/// The figure's time if the child, stopped by now, handled all `total` items.
+fn counted(
+    result: Result<f64, String>,
+    child: Process<Result<u64, String>>,
+    total: u64,
+    verb: &str,
+) -> Result<f64, String> {
     let joined = child.join();
     let secs = result?;
     match joined {
         Ok(Ok(n)) if n == total => Ok(secs),
-        Ok(Ok(n)) => Err(format!("the child echoed {n} of {total}")),
+        Ok(Ok(n)) => Err(format!("the child {verb} {n} of {total}")),
         Ok(Err(e)) => Err(format!("the child failed: {e}")),
         Err(e) => Err(format!("join failed: {e}")),
     }
@@ -262,14 +272,7 @@ fn joinable(pin: &Pinning, plan: Plan) -> Result<f64, String> {
         Ok::<(), String>(())
     });
     let _ = q.put(STOP);
-    let joined = child.join();
-    let secs = result?;
-    match joined {
-        Ok(Ok(n)) if n == total => Ok(secs),
-        Ok(Ok(n)) => Err(format!("the child took {n} of {total}")),
-        Ok(Err(e)) => Err(format!("the child failed: {e}")),
-        Err(e) => Err(format!("join failed: {e}")),
-    }
+    counted(result, child, total, "took")
 }
 
 /// `bench_mp.py queue-flow`'s shape arguments.

@@ -130,8 +130,6 @@ const PAGE: u64 = 4096;
 
 /// Tries before a lock holder sleeps waiting for the other side.
 const SPINS: u32 = 64;
-/// Tries before sleeping on a lock.
-const LOCK_SPINS: u32 = 40;
 /// How long a producer waits for a full ring's head to move before it puts into the log instead.
 const STILL: Duration = Duration::from_micros(200);
 /// A sleeper looks again at least this often, whatever it was told.
@@ -333,20 +331,8 @@ struct Held<'a> {
 
 impl Drop for Held<'_> {
     fn drop(&mut self) {
-        lock_word(self.word).release();
+        LockWord::on(self.word).release();
     }
-}
-
-fn lock_word(word: &AtomicU32) -> LockWord<'_, AtomicU32> {
-    LockWord {
-        word,
-        spins: LOCK_SPINS,
-        alive: &alive,
-    }
-}
-
-fn alive(pid: u32) -> bool {
-    sys::shm::process_alive(pid as i32)
 }
 
 impl Shared {
@@ -472,7 +458,7 @@ impl Shared {
     /// Takes a side's lock within `wait`, repairing after a holder that died.
     fn lock(&self, at: usize, wait: Wait) -> Result<Held<'_>, Fail> {
         let word = self.u32(at);
-        let core = lock_word(word);
+        let core = LockWord::on(word);
         let me = sys::getpid() as u32;
         let how = match wait {
             Wait::Never => core.try_lock_as(me),
@@ -630,14 +616,7 @@ impl Shared {
     /// or a timer tick sent whole batches to the log.)
     fn ring_room(&self, tail: u64, need: u64) -> Result<bool, Fail> {
         let cap = u64::from(self.cap);
-        let fits = |head: u64| -> Result<bool, Fail> {
-            match tail.checked_sub(head) {
-                Some(used) if used <= cap => Ok(need <= cap - used),
-                _ => Err(corrupt(format!(
-                    "the ring's head {head} and tail {tail} are more than its {cap} bytes apart"
-                ))),
-            }
-        };
+        let fits = |head: u64| self.span(head, tail).map(|used| need <= cap - used);
         // Our view of the head is a lower bound: if the record fits by it, it fits.
         if fits(self.seen.head.load(Ordering::Relaxed)).unwrap_or(false) {
             return Ok(true);
@@ -660,6 +639,17 @@ impl Shared {
                 moved = Instant::now();
             }
             head = now;
+        }
+    }
+
+    /// The ring bytes between `head` and `tail`, checked to be at most the ring's size.
+    fn span(&self, head: u64, tail: u64) -> Result<u64, Fail> {
+        let cap = u64::from(self.cap);
+        match tail.checked_sub(head) {
+            Some(used) if used <= cap => Ok(used),
+            _ => Err(corrupt(format!(
+                "the ring's head {head} and tail {tail} are more than its {cap} bytes apart"
+            ))),
         }
     }
 
@@ -737,14 +727,7 @@ impl Shared {
             tail = self.u64(O_TAIL).load(Ordering::Acquire);
             self.seen.tail.store(tail, Ordering::Relaxed);
         }
-        let available = match tail.checked_sub(head) {
-            Some(a) if a <= cap => a,
-            _ => {
-                return Err(corrupt(format!(
-                    "the ring's head {head} and tail {tail} are more than its {cap} bytes apart"
-                )));
-            }
-        };
+        let available = self.span(head, tail)?;
         if available > 0 {
             let mut header = [0u8; RING_HDR];
             self.ring_read(head, &mut header)?;

@@ -174,11 +174,7 @@ impl Lock {
 
     /// The state machine, on this lock's word.
     pub(crate) fn core(&self) -> LockWord<'_, AtomicU32> {
-        LockWord {
-            word: self.word(),
-            spins: SPINS,
-            alive: &alive,
-        }
+        LockWord::on(self.word())
     }
 
     pub(crate) fn guard(&self, how: Acquired) -> LockResult<LockGuard<'_>> {
@@ -263,6 +259,18 @@ pub(crate) struct LockWord<'a, W> {
     pub(crate) spins: u32,
     /// Whether holder id `id` is alive.
     pub(crate) alive: &'a dyn Fn(u32) -> bool,
+}
+
+impl LockWord<'_, AtomicU32> {
+    /// The lock's state machine on a word in shared memory, with the lock's spin count and liveness
+    /// check (also for locks embedded in other primitives' regions).
+    pub(crate) fn on(word: &AtomicU32) -> LockWord<'_, AtomicU32> {
+        LockWord {
+            word,
+            spins: SPINS,
+            alive: &alive,
+        }
+    }
 }
 
 impl<W: FutexWord> LockWord<'_, W> {
