@@ -19,17 +19,16 @@
 //!
 //! Run with `cargo run --example semaphore`.
 
-use multiprocess::{Process, Semaphore, Value};
+use multiprocess::{AtomicValue, Process, Semaphore, Value};
 use std::time::Duration;
 
-fn work(args: (Semaphore, Value<i32>, Value<i32>, u32)) {
+fn work(args: (Semaphore, AtomicValue<i32>, Value<i32>, u32)) {
     let (sem, inside, most, n) = args;
     sem.acquire();
     let now = inside.fetch_add(1) + 1;
-    let _ = most.lock().map(|g| {
-        let mut g = g.unwrap_or_else(|died| died.into_inner());
-        *g = (*g).max(now);
-    });
+    let mut g = most.lock().unwrap_or_else(|died| died.into_inner());
+    *g = (*g).max(now);
+    drop(g);
     println!(
         "process {n} in ({now} inside, {} slot(s) free)",
         sem.get_value()
@@ -41,7 +40,7 @@ fn work(args: (Semaphore, Value<i32>, Value<i32>, u32)) {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let sem = Semaphore::new(2)?;
-    let (inside, most) = (Value::new_raw(0i32)?, Value::new(0i32)?);
+    let (inside, most) = (AtomicValue::new(0i32)?, Value::new(0i32)?);
     let procs = (0..6)
         .map(|n| Process::spawn(work, (sem.clone(), inside.clone(), most.clone(), n)))
         .collect::<Result<Vec<_>, _>>()?;

@@ -10,10 +10,10 @@
 //! memory, queues, pools and managers join as those parts land. The whole tour takes about a second.
 
 use multiprocess::{
-    Array, Barrier, BarrierError, Condition, Connection, Event, GetError, JoinableQueue, Lock,
-    Process, Queue, RLock, RecvError, Semaphore, SendError, SharedMemory, SimpleQueue, StartMethod,
-    Value, active_children, cpu_count, current_process, get_start_method, parent_process, pipe,
-    pipe_oneway,
+    Array, AtomicValue, Barrier, BarrierError, Condition, Connection, Event, GetError,
+    JoinableQueue, Lock, Process, Queue, RLock, RecvError, Semaphore, SendError, SharedMemory,
+    SimpleQueue, StartMethod, Value, active_children, cpu_count, current_process, get_start_method,
+    parent_process, pipe, pipe_oneway,
 };
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
@@ -483,10 +483,7 @@ fn shared_memory() -> Result {
 fn negate(args: (Value<f64>, Array<i32>)) {
     let (num, arr) = args;
     num.set(std::f64::consts::PI);
-    let mut items = arr
-        .lock()
-        .expect("locked array")
-        .unwrap_or_else(|d| d.into_inner());
+    let mut items = arr.lock().unwrap_or_else(|d| d.into_inner());
     for x in items.iter_mut() {
         *x = -*x;
     }
@@ -502,13 +499,13 @@ fn value_and_array() -> Result {
         num.get(),
         arr.to_vec()
     );
-    let hits = Value::new_raw(0u64)?;
+    let hits = AtomicValue::new(0u64)?;
     let t = Instant::now();
     for _ in 0..1_000_000 {
         hits.fetch_add(1);
     }
     println!(
-        "   1 000 000 atomic fetch_add on a raw Value<u64> (no lock): {}",
+        "   1 000 000 fetch_add on an AtomicValue<u64> (lock-free): {}",
         ms(t.elapsed())
     );
     Ok(())
@@ -597,7 +594,7 @@ fn reentrant_lock() -> Result {
     Ok(())
 }
 
-fn gatekept(args: (Semaphore, Event, Value<i32>, Value<i32>)) {
+fn gatekept(args: (Semaphore, Event, AtomicValue<i32>, AtomicValue<i32>)) {
     let (sem, go, inside, most) = args;
     go.wait();
     sem.acquire();
@@ -617,7 +614,7 @@ fn gatekept(args: (Semaphore, Event, Value<i32>, Value<i32>)) {
 fn semaphore_and_event() -> Result {
     step("Semaphore(2) and an Event: 6 children wait for the event, then at most 2 run at once");
     let (sem, go) = (Semaphore::new(2)?, Event::new()?);
-    let (inside, most) = (Value::new_raw(0i32)?, Value::new_raw(0i32)?);
+    let (inside, most) = (AtomicValue::new(0i32)?, AtomicValue::new(0i32)?);
     let t = Instant::now();
     let kids = (0..6)
         .map(|_| {
@@ -640,7 +637,7 @@ fn semaphore_and_event() -> Result {
     Ok(())
 }
 
-fn consumer(args: (Condition, Value<u32>)) -> u32 {
+fn consumer(args: (Condition, AtomicValue<u32>)) -> u32 {
     let (cond, item) = args;
     let guard = cond.lock().unwrap_or_else(|d| d.into_inner());
     let guard = cond
@@ -653,7 +650,7 @@ fn consumer(args: (Condition, Value<u32>)) -> u32 {
 
 fn condition_handoff() -> Result {
     step("Condition: a child waits for an item; the parent produces it and notifies");
-    let (cond, item) = (Condition::new()?, Value::new_raw(0u32)?);
+    let (cond, item) = (Condition::new()?, AtomicValue::new(0u32)?);
     let child = Process::spawn(consumer, (cond.clone(), item.clone()))?;
     std::thread::sleep(Duration::from_millis(20));
     let t = {

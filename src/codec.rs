@@ -140,16 +140,37 @@ pub(crate) fn serialize_fd<S: serde::Serializer>(
     }
 }
 
-/// Deserializes a shared-memory object: takes its descriptor, maps it, and checks that it holds at
-/// least `min_len` bytes (a smaller region sent by a confused or hostile peer is an error, not a read
-/// past the mapping).
+/// A descriptor that serializes as its index in the message's descriptor list (see
+/// [`serialize_fd`]); the name says what owns it, for the error outside of this crate's encoders.
+pub(crate) struct FdRef<'a>(pub(crate) BorrowedFd<'a>, pub(crate) &'static str);
+
+impl serde::Serialize for FdRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        serialize_fd(self.0, self.1, s)
+    }
+}
+
+/// A received descriptor: the inverse of [`FdRef`].
+pub(crate) struct ReceivedFd(pub(crate) OwnedFd);
+
+impl<'de> serde::Deserialize<'de> for ReceivedFd {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        deserialize_fd(d).map(ReceivedFd)
+    }
+}
+
+/// Deserializes a shared-memory object: takes its descriptor, checks that it is a sealed memfd of
+/// kind `kind` (see `sys::shm`), maps it, and checks that it holds at least `min_len` bytes (a
+/// smaller region sent by a confused or hostile peer is an error, not a read past the mapping).
 pub(crate) fn deserialize_region<'de, D: serde::Deserializer<'de>>(
     d: D,
     min_len: usize,
+    kind: &str,
     what: &str,
 ) -> Result<crate::sys::shm::Region, D::Error> {
     use serde::de::Error;
-    let region = crate::sys::shm::Region::from_fd(deserialize_fd(d)?).map_err(D::Error::custom)?;
+    let fd = deserialize_fd(d)?;
+    let region = crate::sys::shm::Region::receive(fd, kind, false).map_err(D::Error::custom)?;
     if region.len() < min_len {
         return Err(D::Error::custom(format!(
             "a {what}'s shared memory is too small"

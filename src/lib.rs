@@ -95,8 +95,14 @@ pub use crate::queue::fuzzing;
 pub use crate::queue::{
     DEFAULT_RING_BYTES, JoinableQueue, MAX_QUEUE_ITEMS, Queue, QueueBuilder, SimpleQueue,
 };
-pub use crate::shared::{Array, ArrayGuard, AtomicInt, SharedMemory, Value, ValueGuard};
+pub use crate::shared::{
+    Array, ArrayGuard, AtomicInt, AtomicValue, RawArray, RawValue, SharedMemory, Value, ValueGuard,
+};
+// bytemuck's plain-old-data traits (the bound on the element types of the shared values) and their
+// derives, re-exported with the crate so that a struct value needs no dependency of its own: see
+// `Value`'s docs.
 pub use crate::sync::{
     Barrier, BarrierError, BoundedSemaphore, Condition, Event, Lock, LockGuard, LockResult,
     MAX_PARTIES, OwnerDied, RLock, RLockGuard, Semaphore,
 };
+pub use bytemuck::{self, Pod, Zeroable};

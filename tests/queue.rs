@@ -8,8 +8,8 @@ mod common;
 
 use common::{join, start};
 use multiprocess::{
-    Connection, Event, GetError, JoinableQueue, PutError, Queue, SimpleQueue, StartMethod,
-    TaskDoneError, Value, pipe,
+    AtomicValue, Connection, Event, GetError, JoinableQueue, PutError, Queue, SimpleQueue,
+    StartMethod, TaskDoneError, pipe,
 };
 use serde_bytes::ByteBuf;
 use std::collections::HashSet;
@@ -204,7 +204,7 @@ fn a_producer_killed_in_the_middle_of_a_put_loses_at_most_that_item() {
 }
 
 /// Takes items forever, reporting the last id taken (plus one) in `last`.
-fn get_forever(args: (Queue<Item>, Value<u64>)) {
+fn get_forever(args: (Queue<Item>, AtomicValue<u64>)) {
     let (q, last) = args;
     loop {
         let it = q.get().unwrap();
@@ -221,7 +221,7 @@ fn a_consumer_killed_in_the_middle_of_a_get_loses_at_most_that_item() {
             q.put(item(id, if id % 5 == 4 { 300_000 } else { 2_000 }))
                 .unwrap();
         }
-        let last = Value::new_raw(0u64).unwrap();
+        let last = AtomicValue::new(0u64).unwrap();
         let child = start(m, get_forever, (q.clone(), last.clone()));
         assert!(common::eventually(|| last.load() > 5 || q.is_empty()));
         std::thread::sleep(Duration::from_millis(round as u64));

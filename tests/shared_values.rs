@@ -1,10 +1,13 @@
-//! `Value` and `Array` across real processes, under every start method.
+//! `Value`, `Array`, `RawValue`, `RawArray` and `AtomicValue` across real processes, under every
+//! start method.
 #![cfg(not(miri))]
 
 mod common;
 
 use common::{join, start};
-use multiprocess::{Array, Connection, ProcessError, StartMethod, Value, pipe};
+use multiprocess::{
+    Array, AtomicValue, Connection, ProcessError, RawArray, RawValue, StartMethod, Value, pipe,
+};
 use std::time::Duration;
 
 fn seed_f(args: (Value<f64>, Array<i32>, i64)) {
@@ -41,11 +44,11 @@ fn the_seed_value_and_array_example() {
 fn add_locked(args: (Value<u64>, u32)) {
     let (v, n) = args;
     for _ in 0..n {
-        *v.lock().unwrap().unwrap() += 1;
+        *v.lock().unwrap() += 1;
     }
 }
 
-fn add_atomic(args: (Value<u64>, u32)) {
+fn add_atomic(args: (AtomicValue<u64>, u32)) {
     let (v, n) = args;
     for _ in 0..n {
         v.fetch_add(1);
@@ -65,8 +68,7 @@ fn increments_under_the_lock_and_atomically() {
         }
         assert_eq!(v.get(), 12_000, "{m}");
 
-        let raw = Value::new_raw(0u64).unwrap();
-        assert!(raw.lock().is_none());
+        let raw = AtomicValue::new(0u64).unwrap();
         let kids: Vec<_> = (0..3)
             .map(|_| start(m, add_atomic, (raw.clone(), 5000)))
             .collect();
@@ -82,7 +84,7 @@ fn increments_under_the_lock_and_atomically() {
 
 fn hold_value_lock(args: (Value<i64>, Connection)) {
     let (v, conn) = args;
-    let mut g = v.lock().unwrap().unwrap();
+    let mut g = v.lock().unwrap();
     *g = -1; // half-way through an update
     conn.send(&()).unwrap();
     std::thread::sleep(Duration::from_secs(60));
@@ -97,7 +99,7 @@ fn a_dead_holder_of_a_values_lock_is_reported() {
         here.recv_timeout::<()>(common::DEADLINE).unwrap();
         p.kill().unwrap();
         assert!(matches!(join(p), Err(ProcessError::Signaled { signal: 9 })));
-        match v.lock().unwrap() {
+        match v.lock() {
             Err(died) => {
                 let mut g = died.into_inner();
                 assert_eq!(*g, -1, "{m}: the dead holder's partial update is visible");
@@ -128,7 +130,7 @@ struct Point {
 }
 
 fn move_point(v: Value<Point>) -> Point {
-    let mut g = v.lock().unwrap().unwrap();
+    let mut g = v.lock().unwrap();
     g.x += 1.0;
     g.id = 7;
     *g
@@ -161,7 +163,7 @@ fn repr_c_structs_and_bounds() {
     assert!(a.set(4, 1).is_err());
     assert!(a.copy_from_slice(&[1, 2, 3]).is_err());
     assert_eq!(a.to_vec(), [0; 4]);
-    let empty = Array::<u64>::new_raw(0).unwrap();
+    let empty = RawArray::<u64>::new(0).unwrap();
     assert!(empty.is_empty() && empty.to_vec().is_empty());
 }
 
@@ -234,4 +236,94 @@ fn a_killed_creator_of_anonymous_objects_leaves_nothing_behind() {
         let new: Vec<_> = dev_shm().difference(&before).cloned().collect();
         assert!(new.is_empty(), "{m}: new in /dev/shm: {new:?}");
     }
+}
+
+fn raw_pair_swap(args: (multiprocess::Lock, RawValue<i64>, RawArray<u8>)) {
+    let (lock, v, a) = args;
+    let _both = lock.lock().unwrap();
+    v.set(v.get() * 2);
+    a.set(0, a.get(0).unwrap() + 1).unwrap();
+}
+
+#[test]
+fn raw_values_and_arrays_copy_under_a_lock_of_their_own() {
+    for m in StartMethod::ALL {
+        let lock = multiprocess::Lock::new().unwrap();
+        let (v, a) = (
+            RawValue::new(3i64).unwrap(),
+            RawArray::from_slice(&[1u8, 2]).unwrap(),
+        );
+        let kids: Vec<_> = (0..4)
+            .map(|_| start(m, raw_pair_swap, (lock.clone(), v.clone(), a.clone())))
+            .collect();
+        for k in kids {
+            join(k).unwrap();
+        }
+        assert_eq!(v.get(), 48, "{m}");
+        assert_eq!(a.to_vec(), [5, 2], "{m}");
+        assert_eq!(a.get(2), None);
+        assert!(a.set(2, 0).is_err());
+    }
+}
+
+#[test]
+fn atomic_values_offer_every_operation() {
+    let v = AtomicValue::new(10i32).unwrap();
+    assert_eq!(v.swap(3), 10);
+    assert_eq!(v.fetch_sub(5), 3);
+    assert_eq!(v.fetch_max(7), -2);
+    assert_eq!(v.load(), 7);
+    v.store(i32::MAX);
+    assert_eq!(v.fetch_add(1), i32::MAX);
+    assert_eq!(v.load(), i32::MIN, "wrapping");
+}
+
+/// Sends `value` through a pipe and receives it as an `R`.
+fn confuse<V: serde::Serialize, R: serde::de::DeserializeOwned>(
+    value: &V,
+) -> Result<R, multiprocess::RecvError> {
+    let (a, b) = pipe().unwrap();
+    a.send(value).unwrap();
+    b.recv::<R>()
+}
+
+/// The memory behind a `Value`'s guard must not come back as another type whose safe operations
+/// write it (through another mapping, behind the guard's back), nor the reverse. Each shared type
+/// checks the kind of memory it receives.
+#[test]
+fn a_region_cannot_be_received_as_another_kind() {
+    let v = Value::new(0u64).unwrap();
+    assert!(confuse::<_, (Value<u64>,)>(&(v.clone(),)).is_ok());
+    let e = confuse::<_, RawValue<u64>>(&v).unwrap_err();
+    assert!(e.to_string().contains("multiprocess-value"), "{e}");
+    assert!(confuse::<_, AtomicValue<u64>>(&v).is_err());
+    assert!(confuse::<_, multiprocess::Event>(&v).is_err());
+    assert!(confuse::<_, multiprocess::Lock>(&v).is_err());
+    // A SharedMemory travels as (descriptor, name): forge that shape around a Value's descriptor.
+    assert!(confuse::<_, multiprocess::SharedMemory>(&(v.clone(), None::<String>)).is_err());
+    // And the other way round: bytes anyone may write are not a Value.
+    let shm = multiprocess::SharedMemory::new(4096).unwrap();
+    assert!(confuse::<_, (Value<u64>, Option<String>)>(&shm).is_err());
+    let event = multiprocess::Event::new().unwrap();
+    assert!(confuse::<_, Value<u32>>(&event).is_err());
+    let raw = RawArray::<u64>::new(4).unwrap();
+    assert!(confuse::<_, Array<u64>>(&raw).is_err());
+    assert!(confuse::<_, RawArray<u64>>(&raw).is_ok());
+}
+
+#[test]
+fn a_guard_of_a_clone_is_exclusive_with_every_handle() {
+    let v = Value::new(1u32).unwrap();
+    let (a, b) = pipe().unwrap();
+    a.send(&v).unwrap();
+    let received: Value<u32> = b.recv().unwrap(); // another mapping of the same memory
+    let g = v.lock().unwrap();
+    assert!(
+        received.try_lock().is_none(),
+        "the lock lives in the memory"
+    );
+    assert!(v.clone().try_lock().is_none());
+    drop(g);
+    *received.lock().unwrap() = 9;
+    assert_eq!(v.get(), 9);
 }

@@ -264,9 +264,9 @@ impl LeakForTest for multiprocess::RLockGuard<'_> {
 
 // ---- Condition --------------------------------------------------------------------------------
 
-use multiprocess::{Condition, Value};
+use multiprocess::{AtomicValue, Condition};
 
-fn wait_for_go(args: (Condition, Value<u32>, Value<u32>)) -> u32 {
+fn wait_for_go(args: (Condition, AtomicValue<u32>, AtomicValue<u32>)) -> u32 {
     let (cond, go, waiting) = args;
     let guard = cond.lock().unwrap();
     waiting.fetch_add(1);
@@ -279,8 +279,8 @@ fn notify_all_wakes_every_waiting_process() {
     for m in StartMethod::ALL {
         let (cond, go, waiting) = (
             Condition::new().unwrap(),
-            Value::new_raw(0u32).unwrap(),
-            Value::new_raw(0u32).unwrap(),
+            AtomicValue::new(0u32).unwrap(),
+            AtomicValue::new(0u32).unwrap(),
         );
         let kids: Vec<_> = (0..4)
             .map(|_| start(m, wait_for_go, (cond.clone(), go.clone(), waiting.clone())))
@@ -297,7 +297,7 @@ fn notify_all_wakes_every_waiting_process() {
     }
 }
 
-fn ping_pong(args: (Condition, Value<u32>, u32)) {
+fn ping_pong(args: (Condition, AtomicValue<u32>, u32)) {
     // Takes turns with the parent: waits for an odd counter, makes it even.
     let (cond, turn, rounds) = args;
     for _ in 0..rounds {
@@ -311,7 +311,7 @@ fn ping_pong(args: (Condition, Value<u32>, u32)) {
 #[test]
 fn notify_hands_turns_back_and_forth() {
     for m in StartMethod::ALL {
-        let (cond, turn) = (Condition::new().unwrap(), Value::new_raw(0u32).unwrap());
+        let (cond, turn) = (Condition::new().unwrap(), AtomicValue::new(0u32).unwrap());
         let kid = start(m, ping_pong, (cond.clone(), turn.clone(), 200));
         for _ in 0..200 {
             let g = cond.lock().unwrap();
@@ -346,7 +346,7 @@ fn waiting_with_another_locks_guard_panics() {
     let _ = cond.wait(g);
 }
 
-fn wait_once(args: (Condition, Value<u32>, Value<u32>)) {
+fn wait_once(args: (Condition, AtomicValue<u32>, AtomicValue<u32>)) {
     let (cond, waiting, woken) = args;
     let guard = cond.lock().unwrap();
     waiting.fetch_add(1);
@@ -360,8 +360,8 @@ fn notify_n_releases_exactly_n() {
     for m in StartMethod::ALL {
         let (cond, waiting, woken) = (
             Condition::new().unwrap(),
-            Value::new_raw(0u32).unwrap(),
-            Value::new_raw(0u32).unwrap(),
+            AtomicValue::new(0u32).unwrap(),
+            AtomicValue::new(0u32).unwrap(),
         );
         let kids: Vec<_> = (0..3)
             .map(|_| start(m, wait_once, (cond.clone(), waiting.clone(), woken.clone())))

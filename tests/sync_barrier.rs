@@ -7,14 +7,15 @@ mod common;
 
 use common::{DEADLINE, eventually, join, start};
 use multiprocess::{
-    Barrier, BarrierError, Connection, Lock, ProcessError, StartMethod, Value, pipe, pipe_oneway,
+    AtomicValue, Barrier, BarrierError, Connection, Lock, ProcessError, StartMethod, pipe,
+    pipe_oneway,
 };
 use std::time::{Duration, Instant};
 
 /// CPython's `_TestBarrier.N`: four children and the test itself.
 const N: usize = 5;
 
-type Counters = (Value<u64>, Value<u64>);
+type Counters = (AtomicValue<u64>, AtomicValue<u64>);
 
 /// CPython's `multipass`: between two waits every party sees every other party's appends.
 fn multipass(args: (Barrier, Counters, usize)) {
@@ -46,7 +47,7 @@ where
 }
 
 fn counters() -> Counters {
-    (Value::new_raw(0).unwrap(), Value::new_raw(0).unwrap())
+    (AtomicValue::new(0).unwrap(), AtomicValue::new(0).unwrap())
 }
 
 #[test]
@@ -107,7 +108,7 @@ fn abort_breaks_the_barrier_for_every_waiter() {
 }
 
 /// CPython's `_test_reset_f`.
-fn reset_f(args: (Barrier, Counters, Value<u64>)) {
+fn reset_f(args: (Barrier, Counters, AtomicValue<u64>)) {
     let (barrier, (passed, broken), again) = args;
     let i = barrier.wait().unwrap();
     if i == N / 2 {
@@ -129,7 +130,7 @@ fn reset_f(args: (Barrier, Counters, Value<u64>)) {
 fn reset_frees_the_waiters_and_the_barrier_serves_again() {
     for m in StartMethod::ALL {
         let barrier = Barrier::with_timeout(N, DEADLINE).unwrap();
-        let (c, again) = (counters(), Value::new_raw(0).unwrap());
+        let (c, again) = (counters(), AtomicValue::new(0).unwrap());
         run_parties(m, reset_f, (barrier, c.clone(), again.clone()));
         assert_eq!(c.0.load(), 0, "{m}");
         assert_eq!(c.1.load(), N as u64 - 1, "{m}");
@@ -138,7 +139,7 @@ fn reset_frees_the_waiters_and_the_barrier_serves_again() {
 }
 
 /// CPython's `_test_abort_and_reset_f`.
-fn abort_and_reset_f(args: (Barrier, Barrier, Counters, Value<u64>)) {
+fn abort_and_reset_f(args: (Barrier, Barrier, Counters, AtomicValue<u64>)) {
     let (barrier, barrier2, (passed, broken), again) = args;
     match barrier.wait() {
         Ok(i) if i == N / 2 => barrier.abort(),
@@ -162,7 +163,7 @@ fn a_broken_barrier_works_again_after_reset() {
     for m in StartMethod::ALL {
         let barrier = Barrier::with_timeout(N, DEADLINE).unwrap();
         let barrier2 = Barrier::with_timeout(N, DEADLINE).unwrap();
-        let (c, again) = (counters(), Value::new_raw(0).unwrap());
+        let (c, again) = (counters(), AtomicValue::new(0).unwrap());
         run_parties(
             m,
             abort_and_reset_f,
@@ -175,7 +176,7 @@ fn a_broken_barrier_works_again_after_reset() {
 }
 
 /// CPython's `_test_timeout_f`: one party is late, the others' timeout breaks the barrier for all.
-fn timeout_f(args: (Barrier, Value<u64>, bool)) -> Option<BarrierError> {
+fn timeout_f(args: (Barrier, AtomicValue<u64>, bool)) -> Option<BarrierError> {
     let (barrier, failed, by_default) = args;
     let i = barrier.wait_timeout(DEADLINE).unwrap();
     if i == N / 2 {
@@ -203,7 +204,7 @@ fn a_timeout_breaks_the_barrier_for_every_party() {
             } else {
                 Barrier::new(N).unwrap()
             };
-            let failed = Value::new_raw(0).unwrap();
+            let failed = AtomicValue::new(0).unwrap();
             let (mine, theirs) =
                 run_parties(m, timeout_f, (barrier.clone(), failed.clone(), by_default));
             assert_eq!(failed.load(), N as u64, "{m}: every party failed");
@@ -279,7 +280,7 @@ fn a_thousand_passes_stay_in_rounds() {
     }
 }
 
-fn action_f(args: (Barrier, Value<u64>, usize)) {
+fn action_f(args: (Barrier, AtomicValue<u64>, usize)) {
     let (barrier, actions, rounds) = args;
     for round in 1..=rounds as u64 {
         barrier
@@ -297,7 +298,7 @@ fn action_f(args: (Barrier, Value<u64>, usize)) {
 fn the_last_arrival_runs_the_action_before_anyone_leaves() {
     for m in StartMethod::ALL {
         let barrier = Barrier::with_timeout(N, DEADLINE).unwrap();
-        let actions = Value::new_raw(0).unwrap();
+        let actions = AtomicValue::new(0).unwrap();
         run_parties(m, action_f, (barrier, actions.clone(), 5));
         assert_eq!(actions.load(), 5, "{m}");
     }
@@ -364,7 +365,7 @@ fn a_party_that_never_arrives_is_caught_by_the_timeout() {
 /// More threads than parties, in several processes, round after round: slots of finished rounds are
 /// handed back and reused, and every round has exactly `parties` members. Each wait takes a ticket
 /// first, and there are `3 × 100` tickets, so the waits always make whole rounds.
-fn crowd(args: (Barrier, Value<u64>, Value<u64>)) {
+fn crowd(args: (Barrier, AtomicValue<u64>, AtomicValue<u64>)) {
     let (barrier, tickets, passed) = args;
     std::thread::scope(|s| {
         for _ in 0..3 {
@@ -410,14 +411,14 @@ fn a_barrier_travels_through_a_connection() {
 #[test]
 fn shared_memory_that_is_not_a_barrier_is_refused_on_receipt() {
     let (a, b) = pipe().unwrap();
-    // Zeroed memory: zero parties.
+    // Another kind of memory (its zeroed bytes would also say zero parties).
     a.send(&multiprocess::SharedMemory::new(4096).unwrap())
         .unwrap();
     let e = b.recv::<Barrier>().unwrap_err();
-    assert!(e.to_string().contains("Barrier"), "{e}");
+    assert!(e.to_string().contains("barrier"), "{e}");
     // Too small for the header.
     a.send(&multiprocess::SharedMemory::new(8).unwrap())
         .unwrap();
     let e = b.recv::<Barrier>().unwrap_err();
-    assert!(e.to_string().contains("Barrier"), "{e}");
+    assert!(e.to_string().contains("barrier"), "{e}");
 }

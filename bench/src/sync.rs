@@ -20,8 +20,8 @@
 //!   buffer into / out of a region already written once (no page faults in the timing). Python:
 //!   `shared_memory.SharedMemory` with `shm.buf[:] = data` / `bytes(shm.buf)` (which allocates its
 //!   result each time: Python has no read into an existing buffer that plain code would use).
-//! - `Array<u64> bulk write 64 MiB` / `read` (GB/s): `copy_from_slice` / `copy_to_slice` of a raw
-//!   `Array<u64>`. Python: a raw `Array('Q', ...)` through `memoryview(arr).cast('B')`, with the same
+//! - `RawArray<u64> bulk write 64 MiB` / `read` (GB/s): `copy_from_slice` / `copy_to_slice` of a
+//!   `RawArray<u64>` (an array without a lock). Python: a raw `Array('Q', ...)` through `memoryview(arr).cast('B')`, with the same
 //!   two statements as for `SharedMemory` (item-wise `arr[:] = ...` would be far slower).
 //! - `raw memcpy 64 MiB` (GB/s): `copy_from_slice` between two touched `Vec`s, sampled in alternation
 //!   with the figures above it, and the ratios to it (DESIGN.md: ≥ 0.8).
@@ -30,7 +30,8 @@ use std::cell::RefCell;
 use std::hint::black_box;
 
 use multiprocess::{
-    Array, Barrier, Connection, Event, Lock, Process, SharedMemory, StartMethod, Value, pipe,
+    AtomicValue, Barrier, Connection, Event, Lock, Process, RawArray, SharedMemory, StartMethod,
+    Value, pipe,
 };
 
 use crate::Ctx;
@@ -55,27 +56,54 @@ fn uncontended(plan: Plan) -> Result<f64, String> {
     })
 }
 
-/// Adds 1 to `v` `n` times: under its lock, or with an atomic add (`atomic`).
-fn increment(v: &Value<u64>, n: u64, atomic: bool) -> Result<(), String> {
-    if atomic {
-        for _ in 0..n {
-            v.fetch_add(1);
-        }
-        return Ok(());
+/// The shared counter of the increment figures: a `Value` (incremented under its lock) or an
+/// `AtomicValue` (incremented with an atomic add).
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+enum Counter {
+    Locked(Value<u64>),
+    Atomic(AtomicValue<u64>),
+}
+
+impl Counter {
+    fn new(atomic: bool) -> std::io::Result<Counter> {
+        Ok(if atomic {
+            Counter::Atomic(AtomicValue::new(0)?)
+        } else {
+            Counter::Locked(Value::new(0)?)
+        })
     }
-    for _ in 0..n {
-        let mut guard = v
-            .lock()
-            .ok_or("the Value has no lock")?
-            .map_err(|_| "the lock's previous holder died".to_string())?;
-        *guard += 1;
+
+    fn get(&self) -> u64 {
+        match self {
+            Counter::Locked(v) => v.get(),
+            Counter::Atomic(v) => v.load(),
+        }
+    }
+}
+
+/// Adds 1 to `v` `n` times.
+fn increment(v: &Counter, n: u64) -> Result<(), String> {
+    match v {
+        Counter::Atomic(v) => {
+            for _ in 0..n {
+                v.fetch_add(1);
+            }
+        }
+        Counter::Locked(v) => {
+            for _ in 0..n {
+                let mut guard = v
+                    .lock()
+                    .map_err(|_| "the lock's previous holder died".to_string())?;
+                *guard += 1;
+            }
+        }
     }
     Ok(())
 }
 
 /// Child of the increment figures: for each 8-byte little-endian count `n` it receives, does `n`
 /// increments and answers with one byte; an empty message ends it. Returns how many it did.
-fn incrementer((conn, v, atomic): (Connection, Value<u64>, bool)) -> Result<u64, String> {
+fn incrementer((conn, v): (Connection, Counter)) -> Result<u64, String> {
     let mut done = 0;
     loop {
         let cmd = conn
@@ -88,7 +116,7 @@ fn incrementer((conn, v, atomic): (Connection, Value<u64>, bool)) -> Result<u64,
             cmd.try_into()
                 .map_err(|c: Vec<u8>| format!("incrementer: a {}-byte command", c.len()))?,
         );
-        increment(&v, n, atomic).map_err(|e| format!("incrementer: {e}"))?;
+        increment(&v, n).map_err(|e| format!("incrementer: {e}"))?;
         conn.send_bytes(b"k")
             .map_err(|e| format!("incrementer: send: {e}"))?;
         done += n;
@@ -99,13 +127,13 @@ fn incrementer((conn, v, atomic): (Connection, Value<u64>, bool)) -> Result<u64,
 /// processes. A batch of `ops` increments is split between the child (`ops / 2`) and the parent (the
 /// rest), run at once; the final count is checked.
 fn contended(pin: &Pinning, plan: Plan, atomic: bool) -> Result<f64, String> {
-    let v = Value::new(0u64).map_err(|e| format!("Value::new failed: {e}"))?;
+    let v = Counter::new(atomic).map_err(|e| format!("Value::new failed: {e}"))?;
     let (here, there) = pipe().map_err(|e| format!("pipe failed: {e}"))?;
     let child = pin
         .start(|| {
             Process::builder()
                 .start_method(StartMethod::Fork)
-                .spawn(incrementer, (there, v.clone(), atomic))
+                .spawn(incrementer, (there, v.clone()))
         })
         .map_err(|e| format!("start failed: {e}"))?;
     let mut expected = 0u64;
@@ -113,7 +141,7 @@ fn contended(pin: &Pinning, plan: Plan, atomic: bool) -> Result<f64, String> {
         let theirs = (ops / 2) as u64;
         here.send_bytes(&theirs.to_le_bytes())
             .map_err(|e| format!("send: {e}"))?;
-        increment(&v, ops as u64 - theirs, atomic)?;
+        increment(&v, ops as u64 - theirs)?;
         here.recv_bytes().map_err(|e| format!("recv: {e}"))?;
         expected += ops as u64;
         Ok::<(), String>(())
@@ -276,8 +304,8 @@ fn bulk(plan: Plan) -> [Result<f64, String>; 3] {
     [next(), next(), next()]
 }
 
-/// The Array bulk figures, sampled in alternation: seconds per 64 MiB for (write, read, memcpy),
-/// through `Array<u64>::copy_from_slice` / `copy_to_slice` of a raw (lock-free) array.
+/// The RawArray bulk figures, sampled in alternation: seconds per 64 MiB for (write, read, memcpy),
+/// through `RawArray<u64>::copy_from_slice` / `copy_to_slice` (an array without a lock).
 fn array_bulk(plan: Plan) -> [Result<f64, String>; 3] {
     let words = BULK / 8;
     let src = vec![u64::from_ne_bytes([FILL; 8]); words];
@@ -288,8 +316,8 @@ fn array_bulk(plan: Plan) -> [Result<f64, String>; 3] {
         black_box(&mut *dst);
         Ok(())
     };
-    let arr = Array::<u64>::new_raw(words)
-        .map_err(|e| format!("Array::new_raw failed: {e}"))
+    let arr = RawArray::<u64>::new(words)
+        .map_err(|e| format!("RawArray::new failed: {e}"))
         .and_then(|a| {
             a.copy_from_slice(&src)
                 .map_err(|e| format!("first write failed: {e}"))?;
@@ -416,9 +444,9 @@ pub(crate) fn run(ctx: &Ctx, table: &mut Table) {
     ];
     push_bulk(ctx, table, plan, &size_arg, labels, bulk(plan));
     let labels = [
-        "Array<u64>",
+        "RawArray<u64>",
         "raw memcpy 64 MiB (again)",
-        "Array",
+        "RawArray",
         "array-write",
         "array-read",
     ];

@@ -84,6 +84,9 @@ use std::time::{Duration, Instant};
 
 /// "mpQ2", little endian (version 2: 64-bit counts and positions).
 const MAGIC: u32 = u32::from_le_bytes(*b"mpQ2");
+/// The memfd names of the shared mapping and of the log.
+const KIND: &str = "multiprocess-queue";
+const LOG_KIND: &str = "multiprocess-queue-log";
 
 // The header's layout: byte offsets in the mapping.
 pub(crate) const O_MAGIC: usize = 0;
@@ -340,8 +343,8 @@ impl Shared {
     /// [`MAX_RING`]), at most `maxsize` items (0: [`MAX_ITEMS`]), for items of type fingerprint `ty`.
     pub(crate) fn create(cap: u32, maxsize: u32, ty: u64) -> io::Result<Shared> {
         debug_assert!(cap.is_power_of_two() && (MIN_RING..=MAX_RING).contains(&cap));
-        let region = Region::anonymous("multiprocess-queue", HEADER + cap as usize)?;
-        let log = File::from(sys::shm::memfd("multiprocess-queue-log")?);
+        let region = Region::anonymous(KIND, HEADER + cap as usize)?;
+        let log = File::from(sys::shm::memfd(LOG_KIND)?);
         let s = Shared {
             region,
             log,
@@ -357,7 +360,8 @@ impl Shared {
 
     /// The state behind two received descriptors, checked to be a queue for item type `ty`.
     pub(crate) fn open(region: OwnedFd, log: OwnedFd, ty: u64) -> Result<Shared, String> {
-        let region = Region::from_fd(region).map_err(|e| e.to_string())?;
+        let region = Region::receive(region, KIND, false).map_err(|e| e.to_string())?;
+        sys::shm::expect_memfd(log.as_fd(), LOG_KIND).map_err(|e| e.to_string())?;
         if region.len() < HEADER + MIN_RING as usize {
             return Err("a Queue's shared memory is too small".into());
         }

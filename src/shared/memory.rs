@@ -44,15 +44,21 @@ pub struct SharedMemory {
     name: Option<Arc<Owner>>,
 }
 
-/// The name of a named region, and whether this process created it (and so removes it).
+/// The memfd name of anonymous regions.
+const KIND: &str = "multiprocess-shm";
+
+/// The name of a named region, and the process that created it (and so removes it), or 0.
+///
+/// A pid, not a flag: a child started with `fork` gets a copy of its parent's handles, and dropping
+/// them there must not remove the parent's name.
 struct Owner {
     name: String,
-    owner: bool,
+    owner: i32,
 }
 
 impl Drop for Owner {
     fn drop(&mut self) {
-        if self.owner {
+        if self.owner == crate::sys::getpid() {
             // Already removed (by `unlink`, or by another process) is fine; nothing else can be done here.
             let _ = shm::unlink_named(&self.name);
         }
@@ -66,7 +72,7 @@ impl SharedMemory {
     /// The system is out of memory or address space.
     pub fn new(size: usize) -> io::Result<SharedMemory> {
         Ok(SharedMemory {
-            region: Arc::new(Region::anonymous("multiprocess-shm", size)?),
+            region: Arc::new(Region::anonymous(KIND, size)?),
             name: None,
         })
     }
@@ -99,7 +105,7 @@ impl SharedMemory {
             region: Arc::new(region),
             name: Some(Arc::new(Owner {
                 name: name.to_string(),
-                owner: true,
+                owner: crate::sys::getpid(),
             })),
         })
     }
@@ -114,7 +120,7 @@ impl SharedMemory {
             region: Arc::new(region),
             name: Some(Arc::new(Owner {
                 name: name.to_string(),
-                owner: false,
+                owner: 0,
             })),
         })
     }
@@ -174,45 +180,26 @@ impl fmt::Debug for SharedMemory {
     }
 }
 
-#[derive(Serialize, Deserialize)]
-struct Wire {
-    name: Option<String>,
-}
-
-/// A region travels as its descriptor (beside the message); the receiver maps it. The receiving side
-/// never owns a name.
+/// A region travels as its descriptor (beside the message) and its name; the receiver maps it (a
+/// memfd must be a `SharedMemory`'s and sealed; a named region's mapping is guarded against
+/// shrinking) and never owns the name.
 impl Serialize for SharedMemory {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeTuple;
-        let mut t = s.serialize_tuple(2)?;
-        t.serialize_element(&FdRef(self))?;
-        t.serialize_element(&Wire {
-            name: self.name().map(str::to_string),
-        })?;
-        t.end()
-    }
-}
-
-struct FdRef<'a>(&'a SharedMemory);
-
-impl Serialize for FdRef<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        codec::serialize_fd(self.0.region.as_fd(), "SharedMemory", s)
+        (
+            codec::FdRef(self.region.as_fd(), "SharedMemory"),
+            self.name(),
+        )
+            .serialize(s)
     }
 }
 
 impl<'de> Deserialize<'de> for SharedMemory {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Mapped(Region);
-        impl<'de> Deserialize<'de> for Mapped {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                codec::deserialize_region(d, 0, "SharedMemory").map(Mapped)
-            }
-        }
-        let (Mapped(region), wire): (Mapped, Wire) = Deserialize::deserialize(d)?;
+        let (fd, name) = <(codec::ReceivedFd, Option<String>)>::deserialize(d)?;
+        let region = Region::receive(fd.0, KIND, true).map_err(serde::de::Error::custom)?;
         Ok(SharedMemory {
             region: Arc::new(region),
-            name: wire.name.map(|name| Arc::new(Owner { name, owner: false })),
+            name: name.map(|name| Arc::new(Owner { name, owner: 0 })),
         })
     }
 }

@@ -4,4 +4,4 @@ mod memory;
 mod value;
 
 pub use memory::SharedMemory;
-pub use value::{Array, ArrayGuard, AtomicInt, Value, ValueGuard};
+pub use value::{Array, ArrayGuard, AtomicInt, AtomicValue, RawArray, RawValue, Value, ValueGuard};

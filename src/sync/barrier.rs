@@ -59,6 +59,7 @@ const HEADER: usize = 32;
 const SLOT: usize = 16;
 
 const BROKEN: u32 = 1;
+const KIND: &str = "multiprocess-barrier";
 
 const PENDING: u32 = 0;
 const TRIPPED: u32 = 1;
@@ -169,7 +170,7 @@ impl Barrier {
             ));
         }
         let slots = 2 * parties + 2;
-        let region = Region::anonymous("multiprocess-barrier", HEADER + SLOT * slots)?;
+        let region = Region::anonymous(KIND, HEADER + SLOT * slots)?;
         region
             .atomic_u32(PARTIES)
             .store(parties as u32, Ordering::Relaxed);
@@ -272,15 +273,15 @@ impl Barrier {
     ///
     /// # Examples
     /// ```
-    /// use multiprocess::{Barrier, Process, Value};
+    /// use multiprocess::{AtomicValue, Barrier, Process};
     ///
-    /// fn party(args: (Barrier, Value<u32>)) -> u32 {
+    /// fn party(args: (Barrier, AtomicValue<u32>)) -> u32 {
     ///     let (barrier, rounds) = args;
     ///     barrier.wait_with(|| { rounds.fetch_add(1); }).unwrap();
     ///     rounds.load() // every party sees the action's effect
     /// }
     ///
-    /// let (barrier, rounds) = (Barrier::new(2)?, Value::new_raw(0u32)?);
+    /// let (barrier, rounds) = (Barrier::new(2)?, AtomicValue::new(0u32)?);
     /// let kid = Process::spawn(party, (barrier.clone(), rounds.clone()))?;
     /// assert_eq!(party((barrier, rounds)), 1);
     /// assert_eq!(kid.join()?, 1);
@@ -522,7 +523,7 @@ impl Serialize for Barrier {
 impl<'de> Deserialize<'de> for Barrier {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         use serde::de::Error;
-        let lock = Lock::deserialize_sized(d, HEADER, "Barrier")?;
+        let lock = Lock::deserialize_sized(d, HEADER, KIND, "Barrier")?;
         let region = lock.region();
         let parties = region.atomic_u32(PARTIES).load(Ordering::Relaxed);
         let slots = region.atomic_u32(NSLOTS).load(Ordering::Relaxed) as usize;

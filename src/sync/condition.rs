@@ -41,22 +41,23 @@ const SEQ: usize = 4;
 const SLEEPERS: usize = 8;
 const PERMITS: usize = 12;
 const LEN: usize = 16;
+const KIND: &str = "multiprocess-condition";
 
 /// A condition variable shared between processes, like Python's `multiprocessing.Condition`: a lock,
 /// and a way to sleep until another process says something changed.
 ///
 /// # Examples
 /// ```
-/// use multiprocess::{Condition, Process, Value};
+/// use multiprocess::{AtomicValue, Condition, Process};
 ///
-/// fn producer(args: (Condition, Value<u32>)) {
+/// fn producer(args: (Condition, AtomicValue<u32>)) {
 ///     let (cond, ready) = args;
 ///     let _guard = cond.lock().unwrap();
 ///     ready.store(1);
 ///     cond.notify_all();
 /// }
 ///
-/// let (cond, ready) = (Condition::new()?, Value::new_raw(0u32)?);
+/// let (cond, ready) = (Condition::new()?, AtomicValue::new(0u32)?);
 /// let child = Process::spawn(producer, (cond.clone(), ready.clone()))?;
 /// let guard = cond.lock().unwrap();
 /// let _guard = cond.wait_while(guard, || ready.load() == 0).unwrap();
@@ -76,7 +77,7 @@ impl Condition {
     /// # Errors
     /// The shared memory for it could not be created.
     pub fn new() -> io::Result<Condition> {
-        let region = Region::anonymous("multiprocess-condition", LEN)?;
+        let region = Region::anonymous(KIND, LEN)?;
         Ok(Condition {
             lock: Lock::in_region(Arc::new(region)),
         })
@@ -195,8 +196,9 @@ impl Condition {
         guard: LockGuard<'a>,
         deadline: Option<Instant>,
     ) -> (LockResult<LockGuard<'a>>, bool) {
+        // A guard of a clone, or of another reception of this condition, is a guard of this lock.
         assert!(
-            std::ptr::eq(guard.lock, &self.lock),
+            guard.lock.region().same_memory(self.lock.region()),
             "Condition::wait with a guard of another lock"
         );
         guard.leak();
@@ -328,7 +330,7 @@ impl Serialize for Condition {
 impl<'de> Deserialize<'de> for Condition {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         Ok(Condition {
-            lock: Lock::deserialize_sized(d, LEN, "Condition")?,
+            lock: Lock::deserialize_sized(d, LEN, KIND, "Condition")?,
         })
     }
 }

@@ -44,6 +44,7 @@ const SET: u32 = 1;
 pub(crate) const WAITERS: u32 = 1 << 1;
 const GENERATION: u32 = !(SET | WAITERS);
 const ONE_GENERATION: u32 = 1 << 2;
+const KIND: &str = "multiprocess-event";
 
 /// Looks before sleeping (the first few with a CPU pause, the rest yielding).
 const SPINS: u32 = 40;
@@ -98,7 +99,7 @@ impl Event {
     /// ```
     pub fn new() -> io::Result<Event> {
         Ok(Event {
-            region: Arc::new(Region::anonymous("multiprocess-event", 4)?),
+            region: Arc::new(Region::anonymous(KIND, 4)?),
         })
     }
 
@@ -292,7 +293,7 @@ impl Serialize for Event {
 impl<'de> Deserialize<'de> for Event {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         Ok(Event {
-            region: Arc::new(codec::deserialize_region(d, 4, "Event")?),
+            region: Arc::new(codec::deserialize_region(d, 4, KIND, "Event")?),
         })
     }
 }

@@ -419,7 +419,7 @@ impl Serialize for Lock {
 
 impl<'de> Deserialize<'de> for Lock {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Lock::deserialize_sized(d, 4, "Lock")
+        Lock::deserialize_sized(d, 4, "multiprocess-lock", "Lock")
     }
 }
 
@@ -429,10 +429,11 @@ impl Lock {
     pub(crate) fn deserialize_sized<'de, D: Deserializer<'de>>(
         d: D,
         min_len: usize,
+        kind: &str,
         what: &str,
     ) -> Result<Lock, D::Error> {
         Ok(Lock {
-            region: Arc::new(codec::deserialize_region(d, min_len, what)?),
+            region: Arc::new(codec::deserialize_region(d, min_len, kind, what)?),
         })
     }
 }

@@ -15,6 +15,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+const KIND: &str = "multiprocess-rlock";
+
 /// A reentrant lock shared between processes, like Python's `multiprocessing.RLock`: the thread that
 /// holds it may lock it again, and it is released when every guard is gone.
 ///
@@ -56,7 +58,7 @@ impl RLock {
     /// # Errors
     /// The shared memory for it could not be created.
     pub fn new() -> io::Result<RLock> {
-        let region = Region::anonymous("multiprocess-rlock", 8)?;
+        let region = Region::anonymous(KIND, 8)?;
         Ok(RLock {
             lock: Lock::in_region(Arc::new(region)),
         })
@@ -161,7 +163,7 @@ impl Serialize for RLock {
 impl<'de> Deserialize<'de> for RLock {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         Ok(RLock {
-            lock: Lock::deserialize_sized(d, 8, "RLock")?,
+            lock: Lock::deserialize_sized(d, 8, KIND, "RLock")?,
         })
     }
 }

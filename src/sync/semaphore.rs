@@ -57,6 +57,8 @@ const COUNT: usize = 0;
 const SLEEPERS: usize = 4;
 const MAX: usize = 8;
 const LEN: usize = 12;
+const SEMAPHORE: &str = "multiprocess-semaphore";
+const BOUNDED: &str = "multiprocess-bounded-semaphore";
 
 /// Tries before sleeping (the first few with a CPU pause, the rest yielding).
 const SPINS: u32 = 40;
@@ -208,9 +210,13 @@ impl Counter {
         codec::serialize_fd(self.region.as_fd(), what, s)
     }
 
-    fn deserialize<'de, D: Deserializer<'de>>(what: &str, d: D) -> Result<Counter, D::Error> {
+    fn deserialize<'de, D: Deserializer<'de>>(
+        kind: &str,
+        what: &str,
+        d: D,
+    ) -> Result<Counter, D::Error> {
         Ok(Counter {
-            region: Arc::new(codec::deserialize_region(d, LEN, what)?),
+            region: Arc::new(codec::deserialize_region(d, LEN, kind, what)?),
         })
     }
 }
@@ -268,7 +274,7 @@ impl Semaphore {
     /// ```
     pub fn new(value: u32) -> io::Result<Semaphore> {
         Ok(Semaphore {
-            counter: Counter::new("multiprocess-semaphore", value, u32::MAX)?,
+            counter: Counter::new(SEMAPHORE, value, u32::MAX)?,
         })
     }
 
@@ -407,7 +413,7 @@ impl BoundedSemaphore {
     /// ```
     pub fn new(value: u32) -> io::Result<BoundedSemaphore> {
         Ok(BoundedSemaphore {
-            counter: Counter::new("multiprocess-bounded-semaphore", value, value)?,
+            counter: Counter::new(BOUNDED, value, value)?,
         })
     }
 
@@ -520,7 +526,7 @@ impl Serialize for Semaphore {
 impl<'de> Deserialize<'de> for Semaphore {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         Ok(Semaphore {
-            counter: Counter::deserialize("Semaphore", d)?,
+            counter: Counter::deserialize(SEMAPHORE, "Semaphore", d)?,
         })
     }
 }
@@ -535,7 +541,7 @@ impl Serialize for BoundedSemaphore {
 impl<'de> Deserialize<'de> for BoundedSemaphore {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         Ok(BoundedSemaphore {
-            counter: Counter::deserialize("BoundedSemaphore", d)?,
+            counter: Counter::deserialize(BOUNDED, "BoundedSemaphore", d)?,
         })
     }
 }

@@ -4,6 +4,7 @@ pub(crate) mod entry;
 pub(crate) mod fd;
 pub(crate) mod process;
 pub(crate) mod shm;
+pub(crate) mod sigbus;
 
 pub(crate) use entry::FnPtr;
 pub(crate) use fd::*;

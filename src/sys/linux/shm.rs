@@ -1,19 +1,40 @@
-//! Shared memory regions (memfd or POSIX shm, mapped `MAP_SHARED`) and futexes on them.
+//! Shared memory regions (sealed memfds, or POSIX shm names, mapped `MAP_SHARED`) and futexes on them.
+//!
+//! # What another process can do to a region
+//! A region is memory that other processes write too, so nothing in it is trusted, and nothing a
+//! peer does to it may crash us:
+//! - *Shrinking.* Accessing a mapping past the end of its file raises `SIGBUS`. Anonymous regions are
+//!   memfds created sealable and sealed (`F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL`) as soon as they
+//!   have their size, so nobody, not even their creator, can change it; a received memfd that is not
+//!   sealed against shrinking is refused before it is mapped. A name in `/dev/shm` cannot be sealed:
+//!   mappings of named regions are guarded instead (`sigbus.rs`), and their copies report an error
+//!   once the file was truncated under them.
+//! - *Passing off one kind of region as another.* A received descriptor must be a memfd of the
+//!   expected kind (its memfd name, as `/proc/self/fd` shows it: `multiprocess-value`,
+//!   `multiprocess-lock`, ...), or, where the type allows it, a named region. So memory that safe code
+//!   anywhere reaches through one type (a `SharedMemory`'s bytes, an `Event`'s word) cannot be
+//!   received as another type that hands out references into it (a `Value`'s guard).
+//! - *Writing at any moment.* Copies in and out of a region ([`Region::read_at`], [`Region::write_at`])
+//!   are made of relaxed byte- or word-wise atomic accesses (`rep movsb` on x86_64), so a copy racing
+//!   another process's writes may mix old and new bytes but is never undefined behaviour.
 //!
 //! # Safety
 //! A [`Region`] owns one `mmap` of `len` bytes that stays mapped until the `Region` is dropped; every
 //! pointer handed out points inside it and lives no longer than a borrow of the `Region`. Other
-//! processes may write the same pages at any time, so the region is only ever exposed to safe code
-//! as atomics (whose every access is atomic in all processes, by the crate's protocols) or through
-//! copies made here with the explicit caveat that racing writers may tear what is copied. Plain
-//! references to its bytes are handed out only by `unsafe fn`s whose callers promise exclusivity.
+//! processes may write the same pages at any time, so the region is exposed to safe code only as
+//! atomics (whose every access is atomic in all processes, by the crate's protocols) or through the
+//! atomic copies above. Plain references to its bytes are handed out only by `unsafe fn`s whose
+//! callers promise exclusivity, and by the guards of `Value` and `Array` (at the end of this file),
+//! whose exclusivity is the lock word inside the same region; a process that writes a value's bytes
+//! without taking that lock (which takes unsafe code or a foreign program) breaks that promise, as
+//! any process writing a file that another has mapped breaks `memmap2`'s.
 
 #![allow(unsafe_code)]
 
-use super::fd::cvt;
+use super::sigbus;
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::AtomicU32;
 use std::time::Duration;
@@ -24,62 +45,133 @@ pub(crate) struct Region {
     ptr: NonNull<u8>,
     len: usize,
     fd: OwnedFd,
+    /// Device and inode of the memory object: two regions with the same id are the same memory.
+    id: (u64, u64),
+    /// For a named region, which another process can shrink: its slot in the SIGBUS guard.
+    guard: Option<sigbus::Guard>,
 }
 
 // SAFETY: the mapping is plain memory shared with other processes anyway; all access goes through
-// atomics or explicitly racy copies (see the module contract), so sharing across threads adds nothing.
+// atomics or atomic copies (see the module contract), so sharing across threads adds nothing.
 unsafe impl Send for Region {}
 // SAFETY: as above.
 unsafe impl Sync for Region {}
 
+fn invalid(msg: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.into())
+}
+
+/// What a descriptor is, as `/proc/self/fd` names it.
+enum Identity {
+    /// A memfd with this name.
+    Memfd(String),
+    /// A file in `/dev/shm` (a named region).
+    Named,
+    Other(String),
+}
+
+fn identify(fd: BorrowedFd<'_>) -> io::Result<Identity> {
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot identify a received shared memory descriptor (is /proc mounted?): {e}"),
+        )
+    })?;
+    let link = link.to_string_lossy();
+    Ok(if let Some(rest) = link.strip_prefix("/memfd:") {
+        Identity::Memfd(rest.strip_suffix(" (deleted)").unwrap_or(rest).to_string())
+    } else if link.starts_with("/dev/shm/") {
+        Identity::Named
+    } else {
+        Identity::Other(link.into_owned())
+    })
+}
+
+/// Checks that a received descriptor is a memfd of kind `kind` (see the module notes).
+pub(crate) fn expect_memfd(fd: BorrowedFd<'_>, kind: &str) -> io::Result<()> {
+    match identify(fd)? {
+        Identity::Memfd(name) if name == kind => Ok(()),
+        other => Err(mismatch(kind, other)),
+    }
+}
+
+fn mismatch(kind: &str, found: Identity) -> io::Error {
+    let found = match found {
+        Identity::Memfd(name) => format!("the shared memory of a {name}"),
+        Identity::Named => "a named shared memory region".to_string(),
+        Identity::Other(what) => what,
+    };
+    invalid(format!(
+        "expected the shared memory of a {kind}, got {found}"
+    ))
+}
+
 impl Region {
-    /// A new anonymous region of `len` bytes (zeroed), backed by a memfd that vanishes with its last
-    /// descriptor and mapping.
-    pub(crate) fn anonymous(name: &str, len: usize) -> io::Result<Region> {
-        let fd = memfd(name)?;
-        set_len(fd.as_fd(), len)?;
-        Region::map(fd, len)
+    /// A new anonymous region of `len` bytes (zeroed), backed by a memfd named `kind` that vanishes
+    /// with its last descriptor and mapping, sealed so that nobody can change its size.
+    pub(crate) fn anonymous(kind: &str, len: usize) -> io::Result<Region> {
+        use rustix::fs::{MemfdFlags, SealFlags};
+        let fd = rustix::fs::memfd_create(kind, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
+        rustix::fs::ftruncate(&fd, len as u64)?;
+        rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)?;
+        Region::map(fd, len, false)
     }
 
     /// Creates (`create`) or opens a named POSIX shared-memory object (`/dev/shm/<name>`).
     /// With `create`, fails with `AlreadyExists` if the name is taken, and sets the size.
     pub(crate) fn named(name: &str, create: bool, len: usize) -> io::Result<Region> {
-        let cname = shm_name(name)?;
-        let flags = libc::O_RDWR
-            | libc::O_CLOEXEC
-            | if create {
-                libc::O_CREAT | libc::O_EXCL
-            } else {
-                0
-            };
-        // SAFETY: `cname` is a valid C string.
-        let fd = cvt(unsafe { libc::shm_open(cname.as_ptr(), flags, 0o600) })?;
-        // SAFETY: the kernel just returned this descriptor to us.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        use rustix::shm::{Mode, OFlags};
+        let flags = if create {
+            OFlags::RDWR | OFlags::CREATE | OFlags::EXCL
+        } else {
+            OFlags::RDWR
+        };
+        // rustix opens shared memory close-on-exec.
+        let fd = rustix::shm::open(shm_name(name)?.as_c_str(), flags, Mode::RUSR | Mode::WUSR)?;
         let len = if create {
-            if let Err(e) = set_len(fd.as_fd(), len) {
+            if let Err(e) = rustix::fs::ftruncate(&fd, len as u64) {
                 let _ = unlink_named(name);
-                return Err(e);
+                return Err(e.into());
             }
             len
         } else {
             file_len(fd.as_fd())?
         };
-        Region::map(fd, len)
+        Region::map(fd, len, true)
     }
 
-    /// Maps a received descriptor (its whole size).
-    pub(crate) fn from_fd(fd: OwnedFd) -> io::Result<Region> {
+    /// Maps a received descriptor (its whole size), which must be a sealed memfd of kind `kind`, or,
+    /// with `allow_named`, a named region (whose mapping is then guarded against shrinking).
+    pub(crate) fn receive(fd: OwnedFd, kind: &str, allow_named: bool) -> io::Result<Region> {
+        let guarded = match identify(fd.as_fd())? {
+            Identity::Named if allow_named => true,
+            Identity::Memfd(name) if name == kind => {
+                use rustix::fs::SealFlags;
+                let seals = rustix::fs::fcntl_get_seals(&fd)?;
+                if !seals.contains(SealFlags::SHRINK) {
+                    return Err(invalid(format!(
+                        "the shared memory of a received {kind} is not sealed against shrinking \
+                         (its sender could crash us with SIGBUS); refusing to map it"
+                    )));
+                }
+                false
+            }
+            other => return Err(mismatch(kind, other)),
+        };
         let len = file_len(fd.as_fd())?;
-        Region::map(fd, len)
+        Region::map(fd, len, guarded)
     }
 
-    fn map(fd: OwnedFd, len: usize) -> io::Result<Region> {
+    fn map(fd: OwnedFd, len: usize, guarded: bool) -> io::Result<Region> {
+        let st = rustix::fs::fstat(&fd)?;
+        let id = (st.st_dev, st.st_ino);
         if len == 0 {
             return Ok(Region {
                 ptr: NonNull::dangling(),
                 len: 0,
                 fd,
+                id,
+                guard: None,
             });
         }
         // SAFETY: a fresh shared mapping chosen by the kernel; `fd` is a valid shared-memory object of
@@ -98,48 +190,62 @@ impl Region {
             return Err(io::Error::last_os_error());
         }
         let ptr = NonNull::new(p.cast()).ok_or_else(|| io::Error::other("mmap returned null"))?;
-        Ok(Region { ptr, len, fd })
+        let mut region = Region {
+            ptr,
+            len,
+            fd,
+            id,
+            guard: None,
+        };
+        if guarded {
+            // On failure `region` drops and unmaps.
+            region.guard = Some(sigbus::Guard::register(ptr.as_ptr() as usize, len)?);
+        }
+        Ok(region)
     }
 
     pub(crate) fn len(&self) -> usize {
         self.len
     }
 
+    /// Whether `self` and `other` map the same memory (clones, or two receptions of one region).
+    pub(crate) fn same_memory(&self, other: &Region) -> bool {
+        self.id == other.id
+    }
+
+    /// `Err` once another process truncated the named file under this mapping.
+    fn intact(&self) -> io::Result<()> {
+        match &self.guard {
+            Some(g) if g.truncated() => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "another process truncated this shared memory region under us",
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// The 32-bit atomic at byte `offset` (which must be 4-aligned and in bounds).
     pub(crate) fn atomic_u32(&self, offset: usize) -> &AtomicU32 {
-        assert!(
-            offset.is_multiple_of(4) && offset + 4 <= self.len,
-            "atomic outside the region"
-        );
-        // SAFETY: the address is inside the mapping (checked), 4-aligned (mappings are page-aligned and
-        // the offset is checked), lives as long as `&self`, and by the crate's protocols every process
-        // touches this word only atomically.
-        unsafe { &*self.ptr.as_ptr().add(offset).cast::<AtomicU32>() }
+        self.atomic::<AtomicU32>(offset)
     }
 
     /// Copies `dst.len()` bytes from byte `offset`. Concurrent writers in other processes may make the
-    /// copy a mix of old and new bytes (never undefined behaviour for the caller's plain bytes).
+    /// copy a mix of old and new bytes; it is never undefined behaviour (see the module notes).
     pub(crate) fn read_at(&self, offset: usize, dst: &mut [u8]) -> io::Result<()> {
         check_range(offset, dst.len(), self.len)?;
+        self.intact()?;
         // SAFETY: the range is inside the mapping (checked) and `dst` is a distinct, writable buffer.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                self.ptr.as_ptr().add(offset),
-                dst.as_mut_ptr(),
-                dst.len(),
-            )
-        };
-        Ok(())
+        unsafe { copy_shared(dst.as_mut_ptr(), self.ptr.as_ptr().add(offset), dst.len()) };
+        self.intact()
     }
 
     /// Copies `src` to byte `offset` (same caveat as [`read_at`](Self::read_at)).
     pub(crate) fn write_at(&self, offset: usize, src: &[u8]) -> io::Result<()> {
         check_range(offset, src.len(), self.len)?;
+        self.intact()?;
         // SAFETY: the range is inside the mapping (checked); the mapping is writable (PROT_WRITE).
-        unsafe {
-            std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.as_ptr().add(offset), src.len())
-        };
-        Ok(())
+        unsafe { copy_shared(self.ptr.as_ptr().add(offset), src.as_ptr(), src.len()) };
+        self.intact()
     }
 
     /// The whole region as bytes.
@@ -162,6 +268,56 @@ impl Region {
     }
 }
 
+/// Copies `n` bytes between shared memory and a private buffer (either direction) as relaxed
+/// byte-wise atomic accesses: on x86_64 one `rep movsb`, which the compiler cannot see into and which
+/// touches each byte exactly once (each byte access is atomic on x86), so it is the byte-wise atomic
+/// copy of RFC 3301; elsewhere relaxed `AtomicU64`/`AtomicU8` accesses on the shared side.
+///
+/// # Safety
+/// `src..src+n` must be readable and `dst..dst+n` writable, and the two must not overlap.
+#[cfg(target_arch = "x86_64")]
+unsafe fn copy_shared(dst: *mut u8, src: *const u8, n: usize) {
+    // SAFETY: the caller guarantees both ranges; `rep movsb` with the direction flag clear (the ABI
+    // guarantees it is clear) copies rcx bytes forward from rsi to rdi and touches nothing else.
+    unsafe {
+        std::arch::asm!(
+            "rep movsb",
+            inout("rcx") n => _,
+            inout("rdi") dst => _,
+            inout("rsi") src => _,
+            options(nostack, preserves_flags)
+        );
+    }
+}
+
+/// See the x86_64 version. Either side may be the shared one, so both are accessed atomically.
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn copy_shared(dst: *mut u8, src: *const u8, n: usize) {
+    use std::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed};
+    let mut i = 0;
+    // SAFETY (whole block): the caller guarantees both ranges; every access below is inside them, and
+    // the 8-byte views are taken only at addresses that are 8-aligned on both sides.
+    unsafe {
+        if (src as usize ^ dst as usize) % 8 == 0 {
+            while i < n && (src as usize + i) % 8 != 0 {
+                let b = (*src.add(i).cast::<AtomicU8>()).load(Relaxed);
+                (*dst.add(i).cast::<AtomicU8>()).store(b, Relaxed);
+                i += 1;
+            }
+            while i + 8 <= n {
+                let w = (*src.add(i).cast::<AtomicU64>()).load(Relaxed);
+                (*dst.add(i).cast::<AtomicU64>()).store(w, Relaxed);
+                i += 8;
+            }
+        }
+        while i < n {
+            let b = (*src.add(i).cast::<AtomicU8>()).load(Relaxed);
+            (*dst.add(i).cast::<AtomicU8>()).store(b, Relaxed);
+            i += 1;
+        }
+    }
+}
+
 impl AsFd for Region {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
@@ -170,6 +326,8 @@ impl AsFd for Region {
 
 impl Drop for Region {
     fn drop(&mut self) {
+        // Release the guard's slot before the address range can be reused by another mapping.
+        self.guard = None;
         if self.len > 0 {
             // SAFETY: this exact mapping was created in `map` and nothing borrowed from it outlives
             // `self`. An error here cannot be reported from `drop` and leaves only address space behind.
@@ -178,35 +336,21 @@ impl Drop for Region {
     }
 }
 
-/// A new, empty anonymous memory file (`memfd_create`): gone with its last descriptor.
+/// A new, empty anonymous memory file (`memfd_create`) that is never mapped (it may grow), gone with
+/// its last descriptor.
 pub(crate) fn memfd(name: &str) -> io::Result<OwnedFd> {
-    let cname = CString::new(name)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in name"))?;
-    // SAFETY: `cname` is a valid C string; the flags are plain integers.
-    let fd = cvt(unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC) })?;
-    // SAFETY: the kernel just returned this descriptor to us.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    Ok(rustix::fs::memfd_create(
+        name,
+        rustix::fs::MemfdFlags::CLOEXEC,
+    )?)
 }
 
 /// Gives the memory behind bytes `offset..offset + len` of a memory file back to the system; they read
 /// as zeros afterwards and the file's size is unchanged (`fallocate(PUNCH_HOLE | KEEP_SIZE)`).
 pub(crate) fn punch_hole(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<()> {
-    let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "range too large",
-        ));
-    };
-    // SAFETY: plain syscall on a valid descriptor; it touches no memory of ours.
-    cvt(unsafe {
-        libc::fallocate(
-            fd.as_raw_fd(),
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-            offset,
-            len,
-        )
-    })
-    .map(drop)
+    use rustix::fs::FallocateFlags;
+    let mode = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
+    Ok(rustix::fs::fallocate(fd, mode, offset, len)?)
 }
 
 fn check_range(offset: usize, n: usize, len: usize) -> io::Result<()> {
@@ -219,20 +363,9 @@ fn check_range(offset: usize, n: usize, len: usize) -> io::Result<()> {
     }
 }
 
-fn set_len(fd: BorrowedFd<'_>, len: usize) -> io::Result<()> {
-    let len = libc::off_t::try_from(len)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "size too large"))?;
-    // SAFETY: plain syscall on a valid descriptor.
-    cvt(unsafe { libc::ftruncate(fd.as_raw_fd(), len) }).map(drop)
-}
-
 fn file_len(fd: BorrowedFd<'_>) -> io::Result<usize> {
-    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
-    // SAFETY: fstat fills `st` on success; we read it only then.
-    cvt(unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) })?;
-    // SAFETY: fstat succeeded.
-    let size = unsafe { st.assume_init() }.st_size;
-    usize::try_from(size).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "negative size"))
+    let size = rustix::fs::fstat(fd)?.st_size;
+    usize::try_from(size).map_err(|_| invalid("negative size"))
 }
 
 fn shm_name(name: &str) -> io::Result<CString> {
@@ -248,9 +381,7 @@ fn shm_name(name: &str) -> io::Result<CString> {
 
 /// Removes a named shared-memory object (mappings stay valid until unmapped).
 pub(crate) fn unlink_named(name: &str) -> io::Result<()> {
-    let cname = shm_name(name)?;
-    // SAFETY: `cname` is a valid C string.
-    cvt(unsafe { libc::shm_unlink(cname.as_ptr()) }).map(drop)
+    Ok(rustix::shm::unlink(shm_name(name)?.as_c_str())?)
 }
 
 /// `FUTEX_WAIT` (shared, not `FUTEX_PRIVATE_FLAG`: waiters live in other processes) while `*word ==
@@ -384,31 +515,38 @@ impl Region {
         unsafe { &*self.ptr.as_ptr().add(offset).cast::<A>() }
     }
 
-    /// The first `len` elements of type `T` as a raw pointer, checked to fit and be aligned.
-    fn elements<T>(&self, len: usize) -> *mut T {
+    /// `len` elements of type `T` from byte `offset`, as a raw pointer, checked to fit and be aligned.
+    fn elements<T>(&self, offset: usize, len: usize) -> *mut T {
         if std::mem::size_of::<T>() == 0 || len == 0 {
             return NonNull::<T>::dangling().as_ptr();
         }
-        let bytes = len
+        let end = len
             .checked_mul(std::mem::size_of::<T>())
+            .and_then(|b| b.checked_add(offset))
             .expect("checked at construction");
-        assert!(bytes <= self.len, "elements outside the region");
+        assert!(end <= self.len, "elements outside the region");
         assert!(
-            std::mem::align_of::<T>() <= 4096,
-            "types aligned beyond a page are not supported"
+            offset.is_multiple_of(std::mem::align_of::<T>()) && std::mem::align_of::<T>() <= 4096,
+            "misaligned elements"
         );
-        self.ptr.as_ptr().cast::<T>()
+        // SAFETY: `offset` is inside the mapping (checked above).
+        unsafe { self.ptr.as_ptr().add(offset).cast::<T>() }
     }
 }
 
-// Guards of `Value` and `Array` dereference into the region. They exist only while the object's
-// `Lock` is held, and every accessor of these bytes in every process (the guards, and `get`/`set`/
-// `copy_*`) takes that lock first, so a guard's reference is exclusive for its lifetime. `T: Pod`
-// makes every bit pattern another process may have written a valid `T`.
+// The guards of `Value` and `Array` dereference into the region. A guard exists only while this
+// process holds the lock word at offset 0 of *that same region* (the guard holds its `LockGuard`),
+// and the lock word is part of the memory, not of a handle: every handle on this memory, in any
+// process, is a `Value` or an `Array` (a received descriptor of that kind is checked to be a
+// `multiprocess-value` or `multiprocess-array` memfd, which only their constructors create), and
+// every accessor of their elements (the guards, and `get`/`set`/the copies) takes that lock first.
+// So a guard's reference is exclusive for its lifetime; a writer that bypasses the lock needs unsafe
+// code or a foreign program (see the module contract). `T: Pod` makes every bit pattern another
+// process may have written a valid `T`.
 impl<T: bytemuck::Pod> std::ops::Deref for crate::shared::ValueGuard<'_, T> {
     type Target = T;
     fn deref(&self) -> &T {
-        let p = self.value.region.elements::<T>(1);
+        let p = self.region().elements::<T>(self.offset(), 1);
         // SAFETY: `p` points at an in-bounds, aligned `T` (checked by `elements`); exclusive under the
         // lock this guard holds (see above); any bit pattern is a valid `T` (`Pod`).
         unsafe { &*p }
@@ -417,7 +555,7 @@ impl<T: bytemuck::Pod> std::ops::Deref for crate::shared::ValueGuard<'_, T> {
 
 impl<T: bytemuck::Pod> std::ops::DerefMut for crate::shared::ValueGuard<'_, T> {
     fn deref_mut(&mut self) -> &mut T {
-        let p = self.value.region.elements::<T>(1);
+        let p = self.region().elements::<T>(self.offset(), 1);
         // SAFETY: as in `deref`; `&mut self` makes this the only reference through the guard.
         unsafe { &mut *p }
     }
@@ -426,8 +564,8 @@ impl<T: bytemuck::Pod> std::ops::DerefMut for crate::shared::ValueGuard<'_, T> {
 impl<T: bytemuck::Pod> std::ops::Deref for crate::shared::ArrayGuard<'_, T> {
     type Target = [T];
     fn deref(&self) -> &[T] {
-        let len = self.array.len;
-        let p = self.array.region.elements::<T>(len);
+        let len = self.len();
+        let p = self.region().elements::<T>(self.offset(), len);
         // SAFETY: `len` elements fit, aligned (checked by `elements`); exclusive under the lock this
         // guard holds; any bit pattern is a valid `T` (`Pod`).
         unsafe { std::slice::from_raw_parts(p, len) }
@@ -436,8 +574,8 @@ impl<T: bytemuck::Pod> std::ops::Deref for crate::shared::ArrayGuard<'_, T> {
 
 impl<T: bytemuck::Pod> std::ops::DerefMut for crate::shared::ArrayGuard<'_, T> {
     fn deref_mut(&mut self) -> &mut [T] {
-        let len = self.array.len;
-        let p = self.array.region.elements::<T>(len);
+        let len = self.len();
+        let p = self.region().elements::<T>(self.offset(), len);
         // SAFETY: as in `deref`; `&mut self` makes this the only reference through the guard.
         unsafe { std::slice::from_raw_parts_mut(p, len) }
     }

@@ -1,0 +1,198 @@
+//! A guard for mappings of files that another process can shrink.
+//!
+//! # Why
+//! A shared mapping is backed only where its file has bytes. If another process truncates the file
+//! while we have it mapped, the next access past the new end raises `SIGBUS`, and by default that
+//! kills the process. Anonymous regions are protected by seals (`F_SEAL_SHRINK`, see `shm.rs`), but
+//! a name in `/dev/shm` cannot be sealed, and any process that can open it can truncate it. So every
+//! mapping of a named region is registered here, and a `SIGBUS` handler that finds the faulting
+//! address inside a registered mapping replaces the pages from the fault to the mapping's end with
+//! private zero pages (`mmap(MAP_FIXED | MAP_ANONYMOUS)`), marks the mapping as truncated and
+//! returns. The access that faulted is retried and completes (it reads zeros, or writes into memory
+//! nobody else sees), and the region's operations, which look at the mark after every copy, report
+//! an error instead of data. A fault anywhere else is handed on to whichever handler was installed
+//! before ours (Rust's own stack-overflow handler, typically), or kills the process as it would have.
+//! systemd's journal reader protects its mappings of journal files the same way.
+//!
+//! # Safety
+//! The handler is async-signal-safe: it reads atomics, makes one raw `mmap` system call and saves and
+//! restores `errno`. A slot is registered after its mapping exists and released before the mapping
+//! is unmapped (the mapping's owner holds `&mut` then, so no access can fault in between), so the
+//! handler only ever remaps pages of a live mapping that the crate owns.
+
+#![allow(unsafe_code)]
+
+use std::io;
+use std::sync::Once;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
+
+/// How many named mappings can be guarded at once.
+const SLOTS: usize = 1024;
+
+/// `si_code` of a `SIGBUS` raised by an access to a nonexistent page of a mapping (Linux).
+const BUS_ADRERR: i32 = 2;
+
+struct Slot {
+    /// Start of the mapping, 0 while the slot is free.
+    start: AtomicUsize,
+    len: AtomicUsize,
+    /// Set by the handler once it replaced some of the mapping's pages.
+    truncated: AtomicBool,
+}
+
+static TABLE: [Slot; SLOTS] = [const {
+    Slot {
+        start: AtomicUsize::new(0),
+        len: AtomicUsize::new(0),
+        truncated: AtomicBool::new(false),
+    }
+}; SLOTS];
+
+/// The disposition that was in place before ours (its handler address and flags).
+static PREVIOUS_HANDLER: AtomicUsize = AtomicUsize::new(libc::SIG_DFL);
+static PREVIOUS_FLAGS: AtomicI32 = AtomicI32::new(0);
+
+/// A registered mapping; dropping it releases the slot.
+#[derive(Debug)]
+pub(crate) struct Guard {
+    slot: usize,
+}
+
+impl Guard {
+    /// Registers the mapping `start..start + len`, installing the handler on first use.
+    pub(crate) fn register(start: usize, len: usize) -> io::Result<Guard> {
+        install()?;
+        for (i, slot) in TABLE.iter().enumerate() {
+            if slot.start.load(Ordering::Relaxed) != 0 {
+                continue;
+            }
+            // Claim with a placeholder, then publish the length before the real start.
+            if slot
+                .start
+                .compare_exchange(0, usize::MAX, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+            {
+                slot.len.store(len, Ordering::Relaxed);
+                slot.truncated.store(false, Ordering::Relaxed);
+                slot.start.store(start, Ordering::Release);
+                return Ok(Guard { slot: i });
+            }
+        }
+        Err(io::Error::other(format!(
+            "more than {SLOTS} named shared memory regions are mapped at once"
+        )))
+    }
+
+    /// Whether another process shrank the file under the mapping (some of its pages now read zeros).
+    pub(crate) fn truncated(&self) -> bool {
+        TABLE[self.slot].truncated.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        TABLE[self.slot].start.store(0, Ordering::Release);
+    }
+}
+
+fn install() -> io::Result<()> {
+    static ONCE: Once = Once::new();
+    static FAILED: AtomicBool = AtomicBool::new(false);
+    ONCE.call_once(|| {
+        // SAFETY: sigaction is plain old data; zeroed is a valid empty value. The first call only
+        // reads the current disposition; the second installs a handler that is async-signal-safe
+        // (see the module contract) with an empty mask.
+        unsafe {
+            let mut old: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(libc::SIGBUS, std::ptr::null(), &mut old) != 0 {
+                FAILED.store(true, Ordering::Relaxed);
+                return;
+            }
+            PREVIOUS_HANDLER.store(old.sa_sigaction, Ordering::Relaxed);
+            PREVIOUS_FLAGS.store(old.sa_flags, Ordering::Relaxed);
+            let mut new: libc::sigaction = std::mem::zeroed();
+            new.sa_sigaction =
+                on_sigbus as extern "C" fn(i32, *mut libc::siginfo_t, *mut libc::c_void) as usize;
+            new.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_RESTART;
+            libc::sigemptyset(&mut new.sa_mask);
+            if libc::sigaction(libc::SIGBUS, &new, std::ptr::null_mut()) != 0 {
+                FAILED.store(true, Ordering::Relaxed);
+            }
+        }
+    });
+    if FAILED.load(Ordering::Relaxed) {
+        Err(io::Error::other("could not install the SIGBUS guard"))
+    } else {
+        Ok(())
+    }
+}
+
+extern "C" fn on_sigbus(sig: i32, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo for a handler installed with SA_SIGINFO; for SIGBUS
+    // the fault address is the union member to read.
+    let (code, addr) = unsafe { ((*info).si_code, (*info).si_addr() as usize) };
+    if code == BUS_ADRERR && patch(addr) {
+        return;
+    }
+    let previous = PREVIOUS_HANDLER.load(Ordering::Relaxed);
+    if previous == libc::SIG_DFL || previous == libc::SIG_IGN {
+        // Restore the default and return: the access faults again and the process ends as it would
+        // have without us (a SIGBUS from a fault cannot be ignored).
+        // SAFETY: sigaction with a zeroed (default-action) disposition is async-signal-safe.
+        unsafe {
+            let mut dfl: libc::sigaction = std::mem::zeroed();
+            dfl.sa_sigaction = libc::SIG_DFL;
+            libc::sigaction(libc::SIGBUS, &dfl, std::ptr::null_mut());
+        }
+    } else if PREVIOUS_FLAGS.load(Ordering::Relaxed) & libc::SA_SIGINFO != 0 {
+        // SAFETY: the previous disposition was installed with SA_SIGINFO, so its handler has this
+        // signature; we pass on exactly what the kernel gave us.
+        let f: extern "C" fn(i32, *mut libc::siginfo_t, *mut libc::c_void) =
+            unsafe { std::mem::transmute(previous) };
+        f(sig, info, ctx);
+    } else {
+        // SAFETY: a handler installed without SA_SIGINFO takes only the signal number.
+        let f: extern "C" fn(i32) = unsafe { std::mem::transmute(previous) };
+        f(sig);
+    }
+}
+
+/// Replaces the pages of the registered mapping holding `addr`, from `addr`'s page to the mapping's
+/// end, with private zero pages; whether `addr` was in a registered mapping and the remap worked.
+fn patch(addr: usize) -> bool {
+    const PAGE: usize = 4096;
+    for slot in &TABLE {
+        let start = slot.start.load(Ordering::Acquire);
+        if start == 0 || start == usize::MAX || addr < start {
+            continue;
+        }
+        let end = start.saturating_add(slot.len.load(Ordering::Relaxed));
+        if addr >= end {
+            continue;
+        }
+        let page = addr & !(PAGE - 1);
+        // SAFETY: errno is thread-local; we restore what the interrupted code had.
+        let saved = unsafe { *libc::__errno_location() };
+        // SAFETY: `page..end` lies inside a live mapping the crate owns (the slot is registered); the
+        // raw system call replaces those pages with fresh anonymous memory and touches nothing else.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_mmap,
+                page,
+                end - page,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+                -1,
+                0,
+            )
+        };
+        // SAFETY: as above.
+        unsafe { *libc::__errno_location() = saved };
+        if r as usize == page {
+            slot.truncated.store(true, Ordering::Release);
+            return true;
+        }
+        return false;
+    }
+    false
+}
