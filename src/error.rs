@@ -5,15 +5,12 @@ use thiserror::Error;
 
 /// Why a message could not be sent on a [`Connection`](crate::Connection).
 ///
-/// When sending fails before any byte is written (`Closed`, `WrongDirection`, `Encode`, `Range`,
+/// When sending fails before any byte is written (`WrongDirection`, `Encode`, `Range`,
 /// `TooManyDescriptors`), the connection is untouched and can be used again. After `Disconnected` or
 /// `Io` the peer may have received part of the message; the connection should be dropped.
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum SendError {
-    /// This end was closed with [`Connection::close`](crate::Connection::close).
-    #[error("the connection is closed")]
-    Closed,
     /// This end of a one-way pipe can only receive.
     #[error("this end of a one-way pipe is read-only")]
     WrongDirection,
@@ -88,9 +85,6 @@ pub enum RecvError {
     /// No message arrived within the timeout. Nothing was lost.
     #[error("timed out waiting for a message")]
     Timeout,
-    /// This end was closed with [`Connection::close`](crate::Connection::close).
-    #[error("the connection is closed")]
-    Closed,
     /// This end of a one-way pipe can only send.
     #[error("this end of a one-way pipe is write-only")]
     WrongDirection,

@@ -234,13 +234,12 @@ fn one_way_pipes_refuse_the_wrong_direction() {
 }
 
 #[test]
-fn closed_ends_report_closed() {
-    let (mut a, b) = pipe().unwrap();
+fn a_closed_end_is_gone_and_its_peer_sees_end_of_file() {
+    // `close` consumes the end (a use after it does not compile: see its doc test), so `AsFd` and
+    // every other method always have a descriptor to work on.
+    let (a, b) = pipe().unwrap();
+    let _ = std::os::fd::AsFd::as_fd(&a);
     a.close();
-    assert!(a.is_closed());
-    assert!(matches!(a.send(&1), Err(SendError::Closed)));
-    assert!(matches!(a.recv::<i32>(), Err(RecvError::Closed)));
-    assert!(matches!(a.poll(Duration::ZERO), Err(RecvError::Closed)));
     assert!(matches!(b.recv_bytes(), Err(RecvError::Eof)));
     assert!(matches!(b.send_bytes(b"x"), Err(SendError::Disconnected)));
 }

@@ -113,7 +113,7 @@ fn starting_children_leaks_no_descriptor_in_the_parent() {
     assert!(after < before + 20, "{before} -> {after}");
 }
 
-fn send_then_close(mut conn: Connection) {
+fn send_then_close(conn: Connection) {
     conn.send_bytes(b"last words").unwrap();
     conn.close();
     std::thread::sleep(Duration::from_millis(100)); // still alive, but the end is closed
@@ -183,26 +183,28 @@ fn forkserver_killed_is_restarted() {
         .start_method(StartMethod::ForkServer)
         .spawn(parent_pid_of_self, ())
         .unwrap();
-    let server = join(p).unwrap();
-    assert_ne!(
-        server,
-        std::process::id() as i32,
-        "a fork server child's OS parent is the server"
-    );
+    // The child is ours, not the server's (it was forked with CLONE_PARENT).
+    assert_eq!(join(p).unwrap(), std::process::id() as i32);
+    let server = common::forkserver_pid().expect("a fork server is running");
     let st = std::process::Command::new("kill")
         .args(["-9", &server.to_string()])
         .status()
         .unwrap();
     assert!(st.success());
     assert!(common::eventually(|| !pid_alive(server)));
-    // The next children still start, from a new server.
+    // The next children still start, from a new server, and the dead one was reaped.
     for _ in 0..3 {
         let p = Process::builder()
             .start_method(StartMethod::ForkServer)
             .spawn(parent_pid_of_self, ())
             .unwrap();
-        assert_ne!(join(p).unwrap(), server);
+        assert_eq!(join(p).unwrap(), std::process::id() as i32);
     }
+    assert!(
+        std::fs::metadata(format!("/proc/{server}")).is_err(),
+        "left a zombie"
+    );
+    assert_ne!(common::forkserver_pid(), Some(server));
 }
 
 use multiprocess::Process;

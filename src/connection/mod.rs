@@ -71,8 +71,8 @@ pub fn pipe() -> io::Result<(Connection, Connection)> {
 /// ```
 pub fn pipe_oneway() -> io::Result<(Connection, Connection)> {
     let (r, w) = pipe()?;
-    sys::shutdown(r.fd()?, sys::Shutdown::Write)?;
-    sys::shutdown(w.fd()?, sys::Shutdown::Read)?;
+    sys::shutdown(r.fd(), sys::Shutdown::Write)?;
+    sys::shutdown(w.fd(), sys::Shutdown::Read)?;
     Ok((r.with_direction(true, false), w.with_direction(false, true)))
 }
 
@@ -116,7 +116,7 @@ pub fn pipe_oneway() -> io::Result<(Connection, Connection)> {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct Connection {
-    fd: Option<TrackedFd>,
+    fd: TrackedFd,
     readable: bool,
     writable: bool,
     socket: bool,
@@ -162,7 +162,7 @@ impl Connection {
 
     fn new(fd: OwnedFd, socket: bool, readable: bool, writable: bool) -> Connection {
         Connection {
-            fd: Some(TrackedFd::new(fd)),
+            fd: TrackedFd::new(fd),
             readable,
             writable,
             socket,
@@ -194,11 +194,8 @@ impl Connection {
         Connection::from_parts(fd, true, true)
     }
 
-    fn fd(&self) -> io::Result<BorrowedFd<'_>> {
-        self.fd
-            .as_ref()
-            .map(|f| f.as_fd())
-            .ok_or_else(|| io::Error::other("connection is closed"))
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
     }
 
     /// A second handle on the same end (a `dup` of its descriptor), with the same direction. Messages
@@ -218,7 +215,7 @@ impl Connection {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn try_clone(&self) -> io::Result<Connection> {
-        let fd = sys::dup_cloexec(self.fd()?, 0)?;
+        let fd = sys::dup_cloexec(self.fd(), 0)?;
         Ok(Connection::new(
             fd,
             self.socket,
@@ -227,25 +224,27 @@ impl Connection {
         ))
     }
 
-    /// Whether this end can receive (false for the write end of a one-way pipe, or once closed).
+    /// Whether this end can receive (false for the write end of a one-way pipe).
     pub fn readable(&self) -> bool {
-        self.readable && self.fd.is_some()
+        self.readable
     }
 
-    /// Whether this end can send (false for the read end of a one-way pipe, or once closed).
+    /// Whether this end can send (false for the read end of a one-way pipe).
     pub fn writable(&self) -> bool {
-        self.writable && self.fd.is_some()
+        self.writable
     }
 
-    /// Whether [`close`](Self::close) was called.
-    pub fn is_closed(&self) -> bool {
-        self.fd.is_none()
-    }
-
-    /// Closes this end now (dropping it does the same). The peer sees end-of-file once every copy of
-    /// this end (in this and other processes) is closed. Later calls on this end return `Closed`.
-    pub fn close(&mut self) {
-        self.fd = None;
+    /// Closes this end now, as dropping it does (Python's `close()`). The peer sees end-of-file once
+    /// every copy of this end (in this and other processes) is closed. The connection is consumed, so
+    /// nothing can use a closed end:
+    /// ```compile_fail,E0382
+    /// let (a, _b) = multiprocess::pipe()?;
+    /// a.close();
+    /// a.send(&1)?; // use of a moved value
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn close(self) {
+        drop(self);
     }
 
     // ---------------------------------------------------------------------------------------------
@@ -258,7 +257,7 @@ impl Connection {
     /// channel and this process keeps its own.
     ///
     /// # Errors
-    /// `Closed`, `WrongDirection`, `Encode`, `TooManyDescriptors`, `Disconnected` (the peer is gone),
+    /// `WrongDirection`, `Encode`, `TooManyDescriptors`, `Disconnected` (the peer is gone),
     /// `Io`.
     pub fn send<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), SendError> {
         self.check_send()?;
@@ -310,9 +309,7 @@ impl Connection {
     }
 
     fn check_send(&self) -> Result<(), SendError> {
-        if self.fd.is_none() {
-            Err(SendError::Closed)
-        } else if !self.writable {
+        if !self.writable {
             Err(SendError::WrongDirection)
         } else {
             Ok(())
@@ -329,7 +326,7 @@ impl Connection {
         if fds.len() > sys::MAX_FDS_PER_MESSAGE {
             return Err(SendError::TooManyDescriptors(fds.len()));
         }
-        let fd = self.fd().map_err(|_| SendError::Closed)?;
+        let fd = self.fd();
         if !fds.is_empty() && !self.socket {
             return Err(SendError::Io(io::Error::new(
                 io::ErrorKind::Unsupported,
@@ -342,14 +339,31 @@ impl Connection {
         let mut slices: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
         slices.push(header);
         slices.extend(parts.iter().copied().filter(|p| !p.is_empty()));
-        let total = header.len() + len;
+        self.write_all(fd, &slices, fds)
+    }
+
+    /// Sends `bytes` as they are, without a frame header (the child bootstrap's prelude).
+    pub(crate) fn send_unframed(&self, bytes: &[u8]) -> Result<(), SendError> {
+        let fd = self.fd();
+        self.write_all(fd, &[bytes], &[])
+    }
+
+    /// Writes the concatenation of `slices`, with `fds` attached to its first byte, under the send
+    /// lock. One `sendmsg` per attempt; partial writes continue where they stopped.
+    fn write_all(
+        &self,
+        fd: BorrowedFd<'_>,
+        slices: &[&[u8]],
+        fds: &[RawFd],
+    ) -> Result<(), SendError> {
+        let total: usize = slices.iter().map(|s| s.len()).sum();
         let _guard = lock(&self.tx);
         let mut sent = 0usize;
         while sent < total {
             // Skip what is already sent.
             let mut skip = sent;
             let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(slices.len());
-            for s in &slices {
+            for s in slices {
                 if skip >= s.len() {
                     skip -= s.len();
                 } else {
@@ -491,14 +505,12 @@ impl Connection {
     /// ```
     pub fn poll(&self, timeout: Duration) -> Result<bool, RecvError> {
         self.check_recv()?;
-        let fd = self.fd().map_err(|_| RecvError::Closed)?;
+        let fd = self.fd();
         sys::wait_readable(fd, Some(timeout)).map_err(RecvError::Io)
     }
 
     fn check_recv(&self) -> Result<(), RecvError> {
-        if self.fd.is_none() {
-            Err(RecvError::Closed)
-        } else if !self.readable {
+        if !self.readable {
             Err(RecvError::WrongDirection)
         } else {
             Ok(())
@@ -515,8 +527,32 @@ impl Connection {
         max: Option<u64>,
         watch: Option<BorrowedFd<'_>>,
     ) -> Result<Frame, RecvError> {
+        let (frame, complete) = self.recv_frame_inner(deadline, max, watch)?;
+        if !complete {
+            // The message is consumed and the stream is still in step; only this message is lost.
+            return Err(RecvError::Io(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "a message arrived without the connections or OS objects it carried: this process \
+                 has reached its open-file limit (RLIMIT_NOFILE)",
+            )));
+        }
+        Ok(frame)
+    }
+
+    /// Receives a frame even if the kernel had to drop some of its descriptors (our descriptor table
+    /// is full); the flag says whether every descriptor arrived.
+    pub(crate) fn recv_frame_keeping_bytes(&self) -> Result<(Frame, bool), RecvError> {
+        self.recv_frame_inner(None, None, None)
+    }
+
+    fn recv_frame_inner(
+        &self,
+        deadline: Option<Instant>,
+        max: Option<u64>,
+        watch: Option<BorrowedFd<'_>>,
+    ) -> Result<(Frame, bool), RecvError> {
         self.check_recv()?;
-        let fd = self.fd().map_err(|_| RecvError::Closed)?;
+        let fd = self.fd();
         let mut guard = lock(&self.rx);
         let rx: &mut Rx = &mut guard;
         if let Some(why) = &rx.broken {
@@ -629,15 +665,7 @@ impl Connection {
         let inbox = std::mem::take(&mut rx.fds);
         let mut fds: Vec<OwnedFd> = rx.tracked.drain(..).map(TrackedFd::into_owned).collect();
         fds.extend(inbox.fds);
-        if inbox.truncated {
-            // The message is consumed and the stream is still in step; only this message is lost.
-            return Err(RecvError::Io(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "a message arrived without the connections or OS objects it carried: this process \
-                 has reached its open-file limit (RLIMIT_NOFILE)",
-            )));
-        }
-        Ok(Frame { bytes, fds })
+        Ok((Frame { bytes, fds }, !inbox.truncated))
     }
 
     /// Waits for the start of a message awake for a short, adaptive time before the caller blocks in
@@ -715,67 +743,40 @@ pub(crate) fn deadline(timeout: Duration) -> Option<Instant> {
 }
 
 impl AsFd for Connection {
-    /// # Panics
-    /// If the connection was closed with [`close`](Connection::close).
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd()
-            .expect("AsFd on a closed multiprocess::Connection")
     }
 }
 
 impl AsRawFd for Connection {
-    /// # Panics
-    /// If the connection was closed with [`close`](Connection::close).
     fn as_raw_fd(&self) -> RawFd {
-        self.as_fd().as_raw_fd()
+        self.fd().as_raw_fd()
     }
 }
 
 impl fmt::Debug for Connection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Connection")
-            .field("fd", &self.fd.as_ref().map(|f| f.as_fd().as_raw_fd()))
+            .field("fd", &self.fd().as_raw_fd())
             .field("readable", &self.readable)
             .field("writable", &self.writable)
             .finish()
     }
 }
 
-#[derive(Serialize, Deserialize)]
-struct WireConnection {
-    fd: u32,
-    readable: bool,
-    writable: bool,
-}
-
-/// A connection serializes as a reference to its descriptor, which travels beside the message.
-/// This only works inside [`Connection::send`] and the arguments of [`Process`](crate::Process);
-/// anywhere else serialization fails with an error.
+/// A connection serializes as a reference to its descriptor, which travels beside the message, and
+/// its direction. This only works inside [`Connection::send`] and the arguments of
+/// [`Process`](crate::Process); anywhere else serialization fails with an error.
 impl Serialize for Connection {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::Error;
-        let fd = self
-            .fd
-            .as_ref()
-            .ok_or_else(|| S::Error::custom("cannot send a closed Connection"))?;
-        let index = codec::push_fd(fd.as_fd()).ok_or_else(|| {
-            S::Error::custom(
-                "a Connection can only be serialized by multiprocess (send or process arguments)",
-            )
-        })?;
-        WireConnection {
-            fd: index,
-            readable: self.readable,
-            writable: self.writable,
-        }
-        .serialize(s)
+        let fd = codec::FdRef(self.fd(), "Connection");
+        (fd, self.readable, self.writable).serialize(s)
     }
 }
 
 impl<'de> Deserialize<'de> for Connection {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let w = WireConnection::deserialize(d)?;
-        let fd = codec::take_fd(w.fd).map_err(serde::de::Error::custom)?;
-        Ok(Connection::from_parts(fd, w.readable, w.writable))
+        let (fd, readable, writable) = <(codec::ReceivedFd, bool, bool)>::deserialize(d)?;
+        Ok(Connection::from_parts(fd.0, readable, writable))
     }
 }

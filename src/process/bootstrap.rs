@@ -7,51 +7,93 @@
 //!   before `main` and calls [`boot_from_fd`].
 //! - *forkserver*: the fork server forks, moves the bootstrap socket to fd 3 and calls [`boot_from_fd`].
 //!
-//! The bootstrap message is one frame: `[u32 LE n][n bytes: Boot][argument bytes]` with descriptors
-//! `[lifeline read end, descriptors of the argument...]`. The report is one frame: a tag byte, then the
-//! encoded result (with its descriptors), or a UTF-8 message. The child exits right after reporting.
+//! On the bootstrap socket the parent first sends the *prelude* (which entry and function to run;
+//! read and checked by `sys::entry`, never by this module), then one frame:
+//! `[u32 LE n][n bytes: Boot][argument bytes]` with descriptors `[lifeline read end, descriptors of
+//! the argument...]`. The report is one frame: a tag byte, then the encoded result (with its
+//! descriptors), or a UTF-8 message. The child exits right after reporting.
 
 use super::state;
 use crate::codec;
 use crate::connection::Connection;
 use crate::error::SendError;
 use crate::sys;
+use crate::sys::entry::Func;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use std::ffi::OsString;
 use std::io::Write;
 use std::os::fd::{OwnedFd, RawFd};
+use std::os::unix::ffi::OsStringExt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 pub(crate) const BOOT_ENV: &str = "MULTIPROCESS_BOOT";
 pub(crate) const FORKSERVER_ENV: &str = "MULTIPROCESS_FORKSERVER";
 pub(crate) const BOOT_FD: RawFd = 3;
 
-/// Exit code of a child that could not even read its bootstrap message (its parent died first).
+/// Exit code of a child that could not even read its bootstrap message (its parent died first, or
+/// it refused the parent).
 pub(crate) const EXIT_BOOT_FAILED: i32 = 255;
 
 pub(crate) const TAG_RETURNED: u8 = 0;
 pub(crate) const TAG_PANICKED: u8 = 1;
 pub(crate) const TAG_FAILED: u8 = 2;
 
-/// What the parent tells a re-executed child.
+/// What the parent tells a re-executed child, beside the prelude.
 #[derive(Serialize, Deserialize)]
 pub(crate) struct Boot {
-    /// Token of `child_main::<A, R>`.
-    pub(crate) entry: i64,
-    /// Token of the user's `fn(A) -> R`.
-    pub(crate) func: i64,
-    /// `type_name` of `fn(A) -> R`, checked before the function token is trusted.
-    pub(crate) signature: String,
     pub(crate) name: String,
     pub(crate) daemon: bool,
     pub(crate) parent_pid: i32,
     pub(crate) parent_name: String,
+    /// For a child of the fork server, which was forked from a process started long ago: what it
+    /// would have had had the parent `exec`ed it just now.
+    pub(crate) fresh: Option<Fresh>,
 }
 
-/// Everything `child_main` needs.
+/// The parent's state at the moment it started a fork-server child.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct Fresh {
+    /// The parent's working directory (`None` if it has none, say it was removed).
+    pub(crate) cwd: Option<Vec<u8>>,
+    /// The parent's environment.
+    pub(crate) env: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The signals the parent ignores (bit `n` for signal `n`), which an `exec`ed child inherits.
+    pub(crate) ignored_signals: u32,
+}
+
+impl Fresh {
+    /// This process's state now.
+    pub(crate) fn now() -> Fresh {
+        Fresh {
+            cwd: std::env::current_dir()
+                .ok()
+                .map(|d| d.into_os_string().into_vec()),
+            env: std::env::vars_os()
+                .map(|(k, v)| (k.into_vec(), v.into_vec()))
+                .collect(),
+            ignored_signals: sys::ignored_signals(),
+        }
+    }
+
+    /// Takes it on (in a fork-server child, which has one thread).
+    fn apply(self) {
+        if let Some(cwd) = self.cwd {
+            // A directory that vanished since leaves us where the fork server was.
+            let _ = std::env::set_current_dir(OsString::from_vec(cwd));
+        }
+        let env: Vec<(OsString, OsString)> = self
+            .env
+            .into_iter()
+            .map(|(k, v)| (OsString::from_vec(k), OsString::from_vec(v)))
+            .collect();
+        sys::replace_environment(&env);
+        sys::reset_signals(self.ignored_signals);
+    }
+}
+
+/// Everything `child_main` needs besides the function.
 pub(crate) struct ChildCall {
-    func: i64,
-    signature: String,
     args: Vec<u8>,
     args_offset: usize,
     fds: Vec<OwnedFd>,
@@ -64,21 +106,35 @@ pub(crate) fn on_load() {
         boot_from_fd(fd);
     }
     if let Some(fd) = sys::entry::take_env_fd(FORKSERVER_ENV) {
-        match sys::adopt_inherited(fd) {
-            Some(fd) => super::forkserver::serve(Connection::from_socket(fd)),
-            None => sys::exit_now(EXIT_BOOT_FAILED),
+        let Some(fd) = sys::adopt_inherited(fd) else {
+            sys::exit_now(EXIT_BOOT_FAILED)
+        };
+        if let Err(why) = sys::entry::verify_parent(&fd) {
+            refuse(&why);
         }
+        // Whatever else this process inherited belongs to the parent.
+        sys::close_from(BOOT_FD + 1);
+        super::forkserver::serve(Connection::from_socket(fd));
     }
 }
 
-pub(crate) fn signature<A, R>() -> String {
-    std::any::type_name::<fn(A) -> R>().to_string()
+/// Ends a process that will not take orders from whoever started it.
+fn refuse(why: &str) -> ! {
+    let _ = writeln!(std::io::stderr(), "multiprocess: {why}");
+    sys::exit_now(EXIT_BOOT_FAILED)
 }
 
-/// Becomes the child described by the bootstrap message waiting on descriptor `fd`. Never returns.
+/// Becomes the child described by the bootstrap messages waiting on descriptor `fd`. Never returns.
 pub(crate) fn boot_from_fd(fd: RawFd) -> ! {
     let Some(fd) = sys::adopt_inherited(fd) else {
         sys::exit_now(EXIT_BOOT_FAILED)
+    };
+    // Descriptors the parent did not mean to pass (spawn closes them already where glibc can).
+    sys::close_from(BOOT_FD + 1);
+    let entry = match sys::entry::accept_boot::<ChildCall>(&fd) {
+        Ok(entry) => entry,
+        Err(sys::entry::BootError::ParentGone) => sys::exit_now(EXIT_BOOT_FAILED),
+        Err(sys::entry::BootError::Refused(why)) => refuse(&why),
     };
     let conn = Connection::from_socket(fd);
     let Ok(frame) = conn.recv_frame(None, None) else {
@@ -100,39 +156,32 @@ pub(crate) fn boot_from_fd(fd: RawFd) -> ! {
         sys::exit_now(EXIT_BOOT_FAILED); // the parent is already gone
     }
     std::mem::forget(lifeline); // stays open for the life of the process: it *is* the lifeline
-    state::lock().become_child(
-        boot.name.clone(),
-        boot.daemon,
-        (boot.parent_pid, boot.parent_name.clone()),
-    );
+    if let Some(fresh) = boot.fresh {
+        fresh.apply();
+    }
+    state::lock().become_child(boot.name, boot.daemon, (boot.parent_pid, boot.parent_name));
     let call = ChildCall {
-        func: boot.func,
-        signature: boot.signature,
         args: bytes,
         args_offset: 4 + n,
         fds,
         conn,
     };
-    let code = sys::entry::call_trusted_entry(boot.entry, call);
-    finish(code)
+    finish(entry.run(call))
 }
 
 /// The monomorphised entry of a re-executed child running `fn(A) -> R`.
-pub(crate) fn child_main<A, R>(call: ChildCall) -> i32
+pub(crate) fn child_main<A, R>(func: Func, call: ChildCall) -> i32
 where
     A: DeserializeOwned,
     R: Serialize,
 {
-    if call.signature != signature::<A, R>() {
-        let msg = format!(
-            "child entry mismatch: expected {}, got {}",
-            signature::<A, R>(),
-            call.signature
-        );
-        report(&call.conn, TAG_FAILED, msg.as_bytes(), &[]);
-        return 1;
-    }
-    let f: fn(A) -> R = sys::entry::resolve_trusted_fn(call.func);
+    let f: fn(A) -> R = match func.resolve() {
+        Ok(f) => f,
+        Err(msg) => {
+            report(&call.conn, TAG_FAILED, msg.as_bytes(), &[]);
+            return 1;
+        }
+    };
     match codec::decode::<A>(&call.args[call.args_offset..], call.fds) {
         Ok(arg) => run_and_report(f, arg, &call.conn),
         Err(e) => {
@@ -143,8 +192,39 @@ where
     }
 }
 
+/// The text of a panic's payload.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "Box<dyn Any>".to_string())
+}
+
+/// In a program built with `panic = "abort"`, a panic cannot be caught: the process aborts right
+/// after the panic hook. So the hook reports the panic to the parent first (then prints it as the
+/// previous hook would) and ends the child with the exit code of a panic, 1, as under unwinding.
+fn report_panics_before_abort(conn: &Connection) {
+    if !cfg!(panic = "abort") {
+        return;
+    }
+    let Ok(reporter) = conn.try_clone() else {
+        return;
+    };
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = panic_message(info.payload());
+        report(&reporter, TAG_PANICKED, msg.as_bytes(), &[]);
+        previous(info);
+        // Not `finish`: this may run while the panicking code holds any lock of ours.
+        let _ = std::io::stderr().flush();
+        sys::exit_now(1);
+    }));
+}
+
 /// Runs the user's function and sends the outcome to the parent. Returns the exit code.
 pub(crate) fn run_and_report<A, R: Serialize>(f: fn(A) -> R, arg: A, conn: &Connection) -> i32 {
+    report_panics_before_abort(conn);
     // The result is encoded and sent inside `catch_unwind` too: a `Serialize` impl may panic.
     let outcome = catch_unwind(AssertUnwindSafe(|| {
         let value = f(arg);
@@ -163,12 +243,7 @@ pub(crate) fn run_and_report<A, R: Serialize>(f: fn(A) -> R, arg: A, conn: &Conn
         }
     }));
     outcome.unwrap_or_else(|payload| {
-        let msg = payload
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "Box<dyn Any>".to_string());
-        report(conn, TAG_PANICKED, msg.as_bytes(), &[]);
+        report(conn, TAG_PANICKED, panic_message(&*payload).as_bytes(), &[]);
         1
     })
 }

@@ -1,4 +1,5 @@
-//! The fork server: a clean, single-threaded copy of this program from which children are forked.
+//! The fork server: a clean, single-threaded copy of this program from which children are forked,
+//! and which removes the named shared memory of its client when the client dies.
 //!
 //! # Why
 //! Forking the caller directly (the *fork* start method) is fast but copies a process that may have
@@ -8,54 +9,68 @@
 //! runs `main` (the crate's constructor diverts it, see `sys::entry`), never starts a thread, and forks a
 //! child on request. Its children start from that clean, small image.
 //!
+//! # The children are not the server's
+//! The server forks each child with `CLONE_PARENT` (`sys::SiblingForks`), so the child's parent is
+//! the client, which reaps it through its pidfd exactly like a child it forked itself. Whatever
+//! happens to the server (Ctrl-C, which it ignores, as CPython's does; `kill -9`), every child's
+//! outcome still reaches `join`. A server that died is reaped by the client and replaced on the next
+//! request; one that cannot fork that way (a kernel that does not report glibc's thread-id address)
+//! says so, and the client starts that child with *spawn* instead.
+//!
+//! A child forked from the server would otherwise start with the server's working directory,
+//! environment and signal dispositions, those of the moment the server started. The client sends its
+//! current ones with each child (`bootstrap::Fresh`), and the child takes them on before it runs.
+//!
+//! # Tracking names
+//! A named `SharedMemory` belongs to its creator, which removes the name when it drops it; a creator
+//! that is killed cannot. So the creator registers each name it creates with its server, together
+//! with the region's descriptor, and unregisters it once removed. When the client's end of the socket
+//! closes (the client ended, however it ended), the server removes every name still registered that
+//! still names the registered object (the same inode: a name that was removed and created again by
+//! someone else is left alone), then exits. Openers never register, so nobody's exit removes a name it
+//! did not create, and nothing is reported as "leaked" (CPython's tracker warns for every region an
+//! attaching process leaves behind).
+//!
 //! # Protocol
 //! The client (this process) and the server share a socket pair, framed like every connection.
-//! - client → server: `Spawn`, with one descriptor: the child's end of its bootstrap socket. The server
-//!   forks; the child moves that descriptor to fd 3, closes everything else of the server's, and
-//!   bootstraps exactly like a *spawn* child (the client sends it the function and argument directly).
-//! - server → client: `Spawned { pid, id }` with the child's pidfd, or `Failed(reason)`; and, whenever
-//!   a child ends, `Exited { id, status }` (the server is the children's parent, so only it can reap
-//!   them). Children are named by `id`, never by pid: a pid can be reused once its child is reaped.
-//!   The client stashes statuses until someone asks for them.
-//!
-//! The server exits when the client's end closes (the client process ended). Children do not depend on
-//! the server: each is tied to the client by its own lifeline pipe.
+//! - `Spawn` with one descriptor, the child's end of its bootstrap socket: the server forks; the child
+//!   moves that descriptor to fd 3, closes everything else of the server's, and bootstraps exactly like
+//!   a *spawn* child (the client sends it the prelude, function and argument directly). The server
+//!   answers `Spawned { pid }` with the child's pidfd, `Failed(reason)` or `Unsupported(reason)`.
+//! - `Track { name }` with the region's descriptor, and `Untrack { name }`: no answer.
 
+use super::state;
 use crate::connection::Connection;
-use crate::sys::{self, WaitStatus};
+use crate::sys;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::Mutex;
+use std::time::Duration;
 
 #[derive(Serialize, Deserialize)]
 enum ToServer {
     Spawn,
+    Track { name: String },
+    Untrack { name: String },
 }
 
 #[derive(Serialize, Deserialize)]
 enum FromServer {
-    /// `id` names the child in later messages (pids get reused; ids do not).
-    Spawned {
-        pid: i32,
-        id: u64,
-    },
+    Spawned { pid: i32 },
     Failed(String),
-    Exited {
-        id: u64,
-        status: i32,
-    },
+    Unsupported(String),
 }
 
-/// The client's handle on a running fork server.
+/// The client's handle on a running fork server, a child of this process.
 pub(crate) struct ForkServer {
     io: Mutex<Client>,
+    pid: i32,
+    pidfd: OwnedFd,
 }
 
 struct Client {
-    conn: Connection,
-    stash: HashMap<u64, WaitStatus>,
+    conn: Option<Connection>,
     broken: bool,
 }
 
@@ -68,20 +83,22 @@ impl ForkServer {
     pub(crate) fn start() -> io::Result<ForkServer> {
         sys::entry::ensure_constructor_linked();
         let (mine, theirs) = sys::socketpair()?;
-        sys::spawn_self(
+        let conn = Connection::from_socket(mine);
+        let pid = sys::spawn_self(
             theirs.as_fd(),
             super::bootstrap::BOOT_FD,
             super::bootstrap::FORKSERVER_ENV,
             "3",
         )?;
         drop(theirs);
-        let conn = Connection::from_socket(mine);
+        let pidfd = sys::pidfd_open(pid).inspect_err(|_| sys::kill_and_reap(pid))?;
         Ok(ForkServer {
             io: Mutex::new(Client {
-                conn,
-                stash: HashMap::new(),
+                conn: Some(conn),
                 broken: false,
             }),
+            pid,
+            pidfd,
         })
     }
 
@@ -89,155 +106,158 @@ impl ForkServer {
         self.io.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whether the server stopped answering (a new one must be started).
+    /// Whether the server stopped answering or died (a new one must be started).
     pub(crate) fn is_broken(&self) -> bool {
         self.client().broken
+            || sys::wait_readable(self.pidfd.as_fd(), Some(Duration::ZERO)).unwrap_or(true)
     }
 
-    /// Asks the server to fork a child that will bootstrap from `child_end`. Returns its pid, pidfd,
-    /// and the id under which the server will report its exit.
-    pub(crate) fn spawn_child(&self, child_end: BorrowedFd<'_>) -> io::Result<(i32, OwnedFd, u64)> {
-        let mut c = self.client();
-        let (bytes, _) = crate::codec::encode(&ToServer::Spawn).map_err(protocol)?;
-        use std::os::fd::AsRawFd;
-        if let Err(e) = c.conn.send_frame(&bytes, &[child_end.as_raw_fd()]) {
+    /// Sends `msg` with `fds`; a failure marks the server broken.
+    fn send(&self, c: &mut Client, msg: &ToServer, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+        let (bytes, _) = crate::codec::encode(msg).map_err(protocol)?;
+        let raw: Vec<_> = fds.iter().map(|f| f.as_raw_fd()).collect();
+        let sent = match &c.conn {
+            Some(conn) => conn.send_frame(&bytes, &raw).map_err(io::Error::from),
+            None => Err(io::Error::from(io::ErrorKind::BrokenPipe)),
+        };
+        if sent.is_err() {
             c.broken = true;
-            return Err(io::Error::from(e));
         }
-        loop {
-            match c.read()? {
-                (FromServer::Spawned { pid, id }, mut fds) => {
-                    let pidfd = fds
-                        .pop()
-                        .ok_or_else(|| protocol("Spawned without a pidfd"))?;
-                    return Ok((pid, pidfd, id));
-                }
-                (FromServer::Failed(why), _) => {
-                    return Err(io::Error::other(format!("fork server: {why}")));
-                }
-                (FromServer::Exited { id, status }, _) => {
-                    c.stash.insert(id, WaitStatus::from_raw(status));
-                }
+        sent
+    }
+
+    /// Asks the server to fork a child that will bootstrap from `child_end`. Returns its pid and
+    /// pidfd: the child is a child of this process. `Unsupported` when the server cannot fork it so.
+    pub(crate) fn spawn_child(&self, child_end: BorrowedFd<'_>) -> io::Result<(i32, OwnedFd)> {
+        let mut c = self.client();
+        self.send(&mut c, &ToServer::Spawn, &[child_end])?;
+        let (frame, complete) = match c.conn.as_ref().map(|conn| conn.recv_frame_keeping_bytes()) {
+            Some(Ok(frame)) => frame,
+            Some(Err(e)) => {
+                c.broken = true;
+                return Err(io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    format!("fork server is gone: {e}"),
+                ));
             }
+            None => return Err(io::Error::from(io::ErrorKind::BrokenPipe)),
+        };
+        let mut fds = frame.fds;
+        match crate::codec::decode(&frame.bytes, vec![]).map_err(protocol)? {
+            FromServer::Spawned { pid } => match fds.pop() {
+                Some(pidfd) if complete => Ok((pid, pidfd)),
+                // Our child, but its pidfd did not fit in our descriptor table.
+                _ => {
+                    sys::kill_and_reap(pid);
+                    Err(io::Error::from_raw_os_error(libc::EMFILE))
+                }
+            },
+            FromServer::Failed(why) => Err(io::Error::other(format!("fork server: {why}"))),
+            FromServer::Unsupported(why) => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("fork server: {why}"),
+            )),
         }
     }
 
-    /// The exit status of child `id`, which has ended (its pidfd is readable), as the server reports
-    /// it. Each status is reported once; the caller (`ChildEntry::reap`) asks for each id once.
-    pub(crate) fn wait_status(&self, id: u64) -> io::Result<WaitStatus> {
-        let mut c = self.client();
-        loop {
-            if let Some(s) = c.stash.remove(&id) {
-                return Ok(s);
-            }
-            match c.read()? {
-                (FromServer::Exited { id, status }, _) => {
-                    c.stash.insert(id, WaitStatus::from_raw(status));
-                }
-                _ => return Err(protocol("unexpected message")),
-            }
-        }
+    /// Registers the named region `name` (its descriptor `fd`) for removal if this process dies.
+    pub(crate) fn track(&self, name: &str, fd: BorrowedFd<'_>) {
+        let msg = ToServer::Track { name: name.into() };
+        let _ = self.send(&mut self.client(), &msg, &[fd]);
+    }
+
+    /// Unregisters `name` (it was removed).
+    pub(crate) fn untrack(&self, name: &str) {
+        let msg = ToServer::Untrack { name: name.into() };
+        let _ = self.send(&mut self.client(), &msg, &[]);
     }
 }
 
-impl Client {
-    fn read(&mut self) -> io::Result<(FromServer, Vec<OwnedFd>)> {
-        match self.conn.recv_frame(None, None) {
-            Ok(frame) => {
-                let msg = crate::codec::decode(&frame.bytes, vec![]).map_err(protocol)?;
-                Ok((msg, frame.fds))
-            }
-            Err(e) => {
-                self.broken = true;
-                Err(io::Error::new(
-                    io::ErrorKind::BrokenPipe,
-                    format!("fork server is gone: {e}"),
-                ))
-            }
+impl Drop for ForkServer {
+    /// Closes the socket, which tells the server to clean up and exit, and reaps it: a server is
+    /// never left a zombie. A server that does not exit within a few seconds is killed.
+    fn drop(&mut self) {
+        drop(self.client().conn.take());
+        if !sys::wait_readable(self.pidfd.as_fd(), Some(Duration::from_secs(5))).unwrap_or(true) {
+            let _ = sys::pidfd_send_signal(self.pidfd.as_fd(), sys::SIGKILL);
         }
+        let _ = sys::waitid_pidfd(self.pidfd.as_fd(), false);
+    }
+}
+
+impl std::fmt::Debug for ForkServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ForkServer")
+            .field("pid", &self.pid)
+            .finish()
     }
 }
 
 /// The server's main loop. Runs in the re-executed process, before `main`; never returns.
 pub(crate) fn serve(conn: Connection) -> ! {
-    let mut children: Vec<(u64, OwnedFd)> = Vec::new();
-    let mut next_id = 0u64;
+    // Ctrl-C goes to the whole foreground process group; the server is not the user's to stop.
+    sys::reset_signals(1 << sys::SIGINT);
+    let forks = sys::SiblingForks::prepare();
+    let mut tracked: Vec<(String, OwnedFd)> = Vec::new();
     loop {
-        let ready = {
-            let mut fds = vec![conn.as_fd()];
-            fds.extend(children.iter().map(|(_, p)| p.as_fd()));
-            match sys::poll_readable(&fds, None) {
-                Ok(r) => r,
-                Err(_) => sys::exit_now(1),
+        let frame = match conn.recv_frame(None, None) {
+            Ok(f) => f,
+            Err(_) => {
+                // The client is gone: its names go with it.
+                for (name, fd) in &tracked {
+                    let ours = sys::shm::object_id(fd.as_fd());
+                    if ours.is_ok_and(|id| sys::shm::name_refers_to(name, id)) {
+                        let _ = sys::shm::unlink_named(name);
+                    }
+                }
+                sys::exit_now(0)
             }
         };
-        // Reap first, so that statuses are reported in order of death.
-        let mut i = children.len();
-        while i > 0 {
-            i -= 1;
-            if ready[i + 1] {
-                let (id, pidfd) = children.swap_remove(i);
-                if let Ok(Some(st)) = sys::waitid_pidfd(pidfd.as_fd(), false) {
-                    send(
-                        &conn,
-                        &FromServer::Exited {
-                            id,
-                            status: st.to_raw(),
-                        },
-                        &[],
-                    );
+        let mut fds = frame.fds;
+        match crate::codec::decode::<ToServer>(&frame.bytes, vec![]) {
+            Ok(ToServer::Spawn) => {
+                let reply = match (&forks, fds.pop()) {
+                    (Err(e), _) => FromServer::Unsupported(e.to_string()),
+                    (Ok(_), None) => {
+                        FromServer::Failed("request without a bootstrap socket".into())
+                    }
+                    (Ok(forks), Some(child_end)) => match fork_child(forks, child_end) {
+                        Ok((pid, pidfd)) => {
+                            send(&conn, &FromServer::Spawned { pid }, &[pidfd.as_raw_fd()]);
+                            continue;
+                        }
+                        Err(e) => FromServer::Failed(e.to_string()),
+                    },
+                };
+                send(&conn, &reply, &[]);
+            }
+            Ok(ToServer::Track { name }) => {
+                if let Some(fd) = fds.pop() {
+                    tracked.push((name, fd));
                 }
             }
-        }
-        if ready[0] {
-            let frame = match conn.recv_frame(None, None) {
-                Ok(f) => f,
-                Err(_) => sys::exit_now(0), // the client is gone
-            };
-            let Ok(ToServer::Spawn) = crate::codec::decode::<ToServer>(&frame.bytes, vec![]) else {
-                send(&conn, &FromServer::Failed("malformed request".into()), &[]);
-                continue;
-            };
-            let mut fds = frame.fds;
-            let Some(child_end) = fds.pop() else {
-                send(
-                    &conn,
-                    &FromServer::Failed("request without a bootstrap socket".into()),
-                    &[],
-                );
-                continue;
-            };
-            match fork_child(child_end) {
-                Ok((pid, mine, theirs)) => {
-                    use std::os::fd::AsRawFd;
-                    next_id += 1;
-                    let id = next_id;
-                    send(
-                        &conn,
-                        &FromServer::Spawned { pid, id },
-                        &[theirs.as_raw_fd()],
-                    );
-                    children.push((id, mine));
+            Ok(ToServer::Untrack { name }) => {
+                if let Some(i) = tracked.iter().position(|(n, _)| *n == name) {
+                    tracked.swap_remove(i);
                 }
-                Err(e) => send(&conn, &FromServer::Failed(e.to_string()), &[]),
             }
+            Err(_) => send(&conn, &FromServer::Failed("malformed request".into()), &[]),
         }
     }
 }
 
-fn fork_child(child_end: OwnedFd) -> io::Result<(i32, OwnedFd, OwnedFd)> {
-    let pid = sys::fork_then(|| {
-        // In the child: keep only stdio and the bootstrap socket (at fd 3).
+fn fork_child(forks: &sys::SiblingForks, child_end: OwnedFd) -> io::Result<(i32, OwnedFd)> {
+    forks.fork(|| {
+        // In the child: keep only stdio and the bootstrap socket (at fd 3), and stop ignoring
+        // Ctrl-C (the client's dispositions arrive with the bootstrap message).
+        sys::reset_signals(0);
         if sys::dup2(child_end.as_fd(), super::bootstrap::BOOT_FD).is_err() {
             sys::exit_now(super::bootstrap::EXIT_BOOT_FAILED);
         }
         std::mem::forget(child_end); // closed by close_from below (it is numbered above 3)
         sys::close_from(super::bootstrap::BOOT_FD + 1);
         super::bootstrap::boot_from_fd(super::bootstrap::BOOT_FD)
-    })?;
-    let mine = sys::pidfd_open(pid)?;
-    let theirs = sys::dup_cloexec(mine.as_fd(), 0)?;
-    Ok((pid, mine, theirs))
+    })
 }
 
 fn send(conn: &Connection, msg: &FromServer, fds: &[std::os::fd::RawFd]) {
@@ -245,5 +265,32 @@ fn send(conn: &Connection, msg: &FromServer, fds: &[std::os::fd::RawFd]) {
         && conn.send_frame(&bytes, fds).is_err()
     {
         sys::exit_now(0); // the client is gone
+    }
+}
+
+/// Registers a named region created by this process with its fork server (starting one if needed),
+/// so that the name is removed if this process dies. Best effort: without a server (none can be
+/// started here), the name is only removed by its owner's drop.
+pub(crate) fn track(name: &str, region: &std::sync::Arc<sys::shm::Region>) {
+    let Ok(server) = super::forkserver_handle() else {
+        return;
+    };
+    server.track(name, region.as_fd());
+    state::lock()
+        .tracked
+        .push((name.to_string(), std::sync::Arc::downgrade(region)));
+}
+
+/// Unregisters a name this process created and has just removed.
+pub(crate) fn untrack(name: &str) {
+    let server = {
+        let mut g = state::lock();
+        if let Some(i) = g.tracked.iter().position(|(n, _)| n == name) {
+            g.tracked.swap_remove(i);
+        }
+        g.forkserver.clone()
+    };
+    if let Some(server) = server {
+        server.untrack(name);
     }
 }

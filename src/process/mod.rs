@@ -8,9 +8,10 @@ pub(crate) mod state;
 use crate::codec;
 use crate::connection::{Connection, Frame, deadline};
 use crate::error::RecvError;
-use crate::sys::{self, FnPtr, WaitStatus};
+use crate::sys::{self, WaitStatus};
 use bootstrap::{Boot, TAG_FAILED, TAG_PANICKED, TAG_RETURNED};
-use registry::{ChildEntry, Reaper};
+pub(crate) use forkserver::{track as track_name, untrack as untrack_name};
+use registry::ChildEntry;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use state::TrackedFd;
@@ -135,16 +136,44 @@ pub fn init() -> io::Result<()> {
     forkserver_handle().map(drop)
 }
 
+/// The fork server, started (or restarted, after it died) if needed. A dead server is reaped here, and
+/// the named regions this process registered with it are registered with its successor.
 fn forkserver_handle() -> io::Result<Arc<forkserver::ForkServer>> {
     let mut g = state::lock();
-    if let Some(fs) = &g.forkserver
-        && !fs.is_broken()
-    {
-        return Ok(fs.clone());
+    if let Some(fs) = &g.forkserver {
+        if !fs.is_broken() {
+            return Ok(fs.clone());
+        }
+        drop(g.forkserver.take()); // reaps it
+    }
+    if sys::secure_execution() {
+        return Err(secure_execution_error());
     }
     let fs = Arc::new(forkserver::ForkServer::start()?);
+    g.tracked.retain(|(_, region)| region.strong_count() > 0);
+    for (name, region) in &g.tracked {
+        if let Some(region) = region.upgrade() {
+            fs.track(name, region.as_fd());
+        }
+    }
     g.forkserver = Some(fs.clone());
     Ok(fs)
+}
+
+/// Reaps the fork server if it died (so that it is not left a zombie while nothing else calls in).
+fn reap_dead_forkserver() {
+    let mut g = state::lock();
+    if g.forkserver.as_ref().is_some_and(|fs| fs.is_broken()) {
+        drop(g.forkserver.take());
+    }
+}
+
+fn secure_execution_error() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::Unsupported,
+        "this program runs set-user-ID, set-group-ID or with raised capabilities, where children \
+         started by re-executing it (Spawn, ForkServer) refuse to boot; use StartMethod::Fork",
+    )
 }
 
 /// Why a child did not give back a result.
@@ -249,10 +278,16 @@ impl Builder {
     /// the child under every start method. `f` is a plain function (a closure that captures nothing
     /// coerces to one).
     ///
+    /// Under every start method the child starts with an empty signal mask; under `Spawn` and
+    /// `ForkServer` also in this process's current directory, with its current environment and the
+    /// signal dispositions an `exec` from here would give it (ignored signals stay ignored, every
+    /// other one is at its default).
+    ///
     /// # Errors
-    /// The OS refused to create the process or its pipes; the argument could not be serialized
-    /// (`InvalidInput`; no process was started); or, under `Spawn`/`ForkServer`, `f` does not live in
-    /// the executable (`Unsupported`).
+    /// The OS refused to create the process or its pipes (descriptors exhausted is
+    /// `ErrorKind::Other` with `EMFILE`; no child is left behind by any failure); the argument could
+    /// not be serialized (`InvalidInput`; no process was started); or, under `Spawn`/`ForkServer`,
+    /// `f` does not live in the executable, or this program runs set-user-ID (`Unsupported`).
     pub fn spawn<A, R>(self, f: fn(A) -> R, arg: A) -> io::Result<Process<R>>
     where
         A: Serialize + DeserializeOwned,
@@ -272,101 +307,120 @@ impl Builder {
                 });
             (g.name(), name)
         };
-        let (here, there) = sys::socketpair()?;
-        // Tracked from the start, so that a concurrent fork elsewhere does not keep copies alive.
-        let (mut here, mut there) = (Connection::from_socket(here), TrackedFd::new(there));
         let (life_r, life_w) = sys::pipe()?;
         let (life_r, life_w) = (TrackedFd::new(life_r), TrackedFd::new(life_w));
-        let (pid, pidfd, reaper) = match method {
+        let (pid, pidfd, conn, method) = match method {
             StartMethod::Fork => {
+                let (here, there) = sys::socketpair()?;
+                // Tracked from the start, so that a concurrent fork elsewhere does not keep copies.
+                let (here, there) = (Connection::from_socket(here), TrackedFd::new(there));
                 let (pid, pidfd) = fork_child(f, arg, there, life_r, &name, self.daemon)?;
-                (pid, pidfd, Reaper::Direct)
+                (pid, pidfd, here, method)
             }
             StartMethod::Spawn | StartMethod::ForkServer => {
                 let boot = Boot {
-                    entry: (bootstrap::child_main::<A, R> as sys::entry::ChildEntryFn).token()?,
-                    func: f.token()?,
-                    signature: bootstrap::signature::<A, R>(),
                     name: name.clone(),
                     daemon: self.daemon,
                     parent_pid: sys::getpid(),
                     parent_name,
+                    fresh: None,
                 };
-                let (args, arg_fds) = codec::encode(&arg).map_err(|e| {
-                    io::Error::new(
-                        io::ErrorKind::InvalidInput,
-                        format!("failed to serialize the argument: {e}"),
-                    )
-                })?;
-                if arg_fds.len() >= sys::MAX_FDS_PER_MESSAGE {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidInput,
-                        format!(
-                            "an argument can carry at most 252 connections or other OS objects, not {}",
-                            arg_fds.len()
-                        ),
-                    ));
-                }
-                let boot_bytes = codec::encode(&boot).map_err(io::Error::other)?.0;
-                let (pid, pidfd, reaper) = if method == StartMethod::Spawn {
-                    let pid = sys::spawn_self(
-                        there.as_fd(),
-                        bootstrap::BOOT_FD,
-                        bootstrap::BOOT_ENV,
-                        "3",
-                    )?;
-                    (pid, sys::pidfd_open(pid)?, Reaper::Direct)
-                } else {
-                    let server = forkserver_handle()?;
-                    match server.spawn_child(there.as_fd()) {
-                        Ok((pid, pidfd, id)) => (pid, pidfd, Reaper::Server(server, id)),
-                        // The server died (it was killed, say): start a new one and try once more, on a
-                        // fresh socket pair (the dead server may have forked a child that holds `there`).
-                        Err(_) if server.is_broken() => {
-                            let (h, t) = sys::socketpair()?;
-                            (here, there) = (Connection::from_socket(h), TrackedFd::new(t));
-                            let server = forkserver_handle()?;
-                            let (pid, pidfd, id) = server.spawn_child(there.as_fd())?;
-                            (pid, pidfd, Reaper::Server(server, id))
-                        }
-                        Err(e) => return Err(e),
-                    }
-                };
-                drop(there);
-                let mut fds = vec![life_r.as_fd().as_raw_fd()];
-                fds.extend(arg_fds);
-                let len = (boot_bytes.len() as u32).to_le_bytes();
-                // A child that died before reading shows up in join() with its exit status.
-                match here.send_frame_parts(&[&len, &boot_bytes, &args], &fds) {
-                    Ok(()) | Err(crate::SendError::Disconnected) => {}
-                    Err(e) => {
-                        let _ = sys::pidfd_send_signal(pidfd.as_fd(), sys::SIGKILL);
-                        return Err(e.into());
-                    }
-                }
-                drop(arg);
-                drop(life_r);
-                (pid, pidfd, reaper)
+                reexec_child(method, f, arg, boot, life_r)?
             }
         };
-        let entry = Arc::new(ChildEntry::new(
-            pid,
-            name,
-            self.daemon,
-            pidfd,
-            reaper,
-            life_w,
-        ));
+        let entry = Arc::new(ChildEntry::new(pid, name, self.daemon, pidfd, life_w));
         registry::register(entry.clone());
         Ok(Process {
             entry,
-            conn: here,
+            conn,
             method,
             report: None,
             taken: false,
             _result: PhantomData,
         })
     }
+}
+
+/// The spawn and fork-server start methods: a fresh copy of this program, told what to run over its
+/// bootstrap socket. Returns the child, the parent's end of that socket, and the method that was
+/// used (a fork server that cannot fork children of ours, see `forkserver`, leaves it to spawn).
+fn reexec_child<A, R>(
+    method: StartMethod,
+    f: fn(A) -> R,
+    arg: A,
+    mut boot: Boot,
+    life_r: TrackedFd,
+) -> io::Result<(i32, OwnedFd, Connection, StartMethod)>
+where
+    A: Serialize + DeserializeOwned,
+    R: Serialize + DeserializeOwned,
+{
+    if sys::secure_execution() {
+        return Err(secure_execution_error());
+    }
+    let entry: fn(sys::entry::Func, bootstrap::ChildCall) -> i32 = bootstrap::child_main::<A, R>;
+    let prelude = sys::entry::prelude(entry, f)?;
+    let (args, arg_fds) = codec::encode(&arg).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("failed to serialize the argument: {e}"),
+        )
+    })?;
+    if arg_fds.len() >= sys::MAX_FDS_PER_MESSAGE {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "an argument can carry at most 252 connections or other OS objects, not {}",
+                arg_fds.len()
+            ),
+        ));
+    }
+    let mut method = method;
+    let mut retried = false;
+    let (here, pid, pidfd) = loop {
+        let (here, there) = sys::socketpair()?;
+        let (here, there) = (Connection::from_socket(here), TrackedFd::new(there));
+        if method == StartMethod::Spawn {
+            let pid = sys::spawn_self(there.as_fd(), bootstrap::BOOT_FD, bootstrap::BOOT_ENV, "3")?;
+            let pidfd = sys::pidfd_open(pid).inspect_err(|_| sys::kill_and_reap(pid))?;
+            break (here, pid, pidfd);
+        }
+        let server = forkserver_handle()?;
+        match server.spawn_child(there.as_fd()) {
+            Ok((pid, pidfd)) => break (here, pid, pidfd),
+            Err(e) if e.kind() == io::ErrorKind::Unsupported => method = StartMethod::Spawn,
+            // The server died (it was killed, say): start a new one and try once more, on a fresh
+            // socket pair (the dead server may have forked a child that holds `there`).
+            Err(_) if server.is_broken() && !retried => retried = true,
+            Err(e) => return Err(e),
+        }
+    };
+    if method == StartMethod::ForkServer {
+        boot.fresh = Some(bootstrap::Fresh::now());
+    }
+    let sent = codec::encode(&boot)
+        .map_err(io::Error::other)
+        .and_then(|(boot_bytes, _)| {
+            let mut fds = vec![life_r.as_fd().as_raw_fd()];
+            fds.extend(arg_fds);
+            let len = (boot_bytes.len() as u32).to_le_bytes();
+            // The prelude by itself first (the child reads it without descriptors), then the frame.
+            here.send_unframed(&prelude)?;
+            here.send_frame_parts(&[&len, &boot_bytes, &args], &fds)?;
+            Ok(())
+        });
+    match sent {
+        // A child that died before reading shows up in join() with its exit status.
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
+        Err(e) => {
+            sys::kill_and_reap(pid);
+            return Err(e);
+        }
+    }
+    drop(arg);
+    drop(life_r);
+    Ok((pid, pidfd, here, method))
 }
 
 /// The fork start method: the child runs `f(arg)` from its copy of our memory.
@@ -405,6 +459,9 @@ fn fork_child<A: Serialize, R: Serialize>(
         guard.become_child(name, daemon, parent);
         drop(guard);
         drop((out, err));
+        // The forking thread's mask is not the child's business (a blocked SIGTERM would make
+        // `terminate` powerless).
+        sys::unblock_all_signals();
         let life_r = life_r.into_owned();
         if !sys::arm_lifeline(life_r.as_fd()).unwrap_or(false) {
             sys::exit_now(bootstrap::EXIT_BOOT_FAILED);
@@ -414,7 +471,8 @@ fn fork_child<A: Serialize, R: Serialize>(
         let code = bootstrap::run_and_report(f, arg, &conn);
         bootstrap::finish(code)
     })?;
-    Ok((pid, sys::pidfd_open(pid)?))
+    let pidfd = sys::pidfd_open(pid).inspect_err(|_| sys::kill_and_reap(pid))?;
+    Ok((pid, pidfd))
 }
 
 /// A child process running a function of this program; `join` gives back its result.
@@ -634,7 +692,8 @@ impl<R> fmt::Debug for Process<R> {
             .field("pid", &self.entry.pid)
             .field("daemon", &self.entry.daemon)
             .field("start_method", &self.method)
-            .field("exitcode", &self.exitcode())
+            // What is known already: formatting must not reap the child as a side effect.
+            .field("exitcode", &self.entry.status().map(WaitStatus::exitcode))
             .finish()
     }
 }

@@ -5,7 +5,6 @@
 //! handle: dropping a handle does not kill or orphan the child, exactly as in Python; the child is
 //! still joined (non-daemon) or terminated (daemon) when this process exits normally.
 
-use super::forkserver::ForkServer;
 use super::state;
 use super::state::TrackedFd;
 use crate::sys::{self, WaitStatus};
@@ -13,23 +12,14 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex, Once};
 
-/// How a child's exit status is collected.
-pub(crate) enum Reaper {
-    /// It is our child: `waitid` on its pidfd.
-    Direct,
-    /// It is a child of the fork server, which reports its status under this id.
-    Server(Arc<ForkServer>, u64),
-}
-
 pub(crate) struct ChildEntry {
     pub(crate) pid: i32,
     pub(crate) name: String,
     pub(crate) daemon: bool,
     pub(crate) pidfd: OwnedFd,
-    pub(crate) reaper: Reaper,
     pub(crate) status: Mutex<Option<WaitStatus>>,
     /// Held while the status is being collected, so that exactly one thread collects it: a second
-    /// `waitid` would fail with `ECHILD`, a second wait for the fork server's report would wait forever.
+    /// `waitid` would fail with `ECHILD`.
     reaping: Mutex<()>,
     /// Write end of the lifeline pipe; closing it (with this process) sends the child SIGKILL.
     pub(crate) lifeline: Mutex<Option<TrackedFd>>,
@@ -41,7 +31,6 @@ impl ChildEntry {
         name: String,
         daemon: bool,
         pidfd: OwnedFd,
-        reaper: Reaper,
         lifeline: TrackedFd,
     ) -> Self {
         ChildEntry {
@@ -49,7 +38,6 @@ impl ChildEntry {
             name,
             daemon,
             pidfd,
-            reaper,
             status: Mutex::new(None),
             reaping: Mutex::new(()),
             lifeline: Mutex::new(Some(lifeline)),
@@ -91,10 +79,8 @@ impl ChildEntry {
         if let Some(s) = self.status() {
             return Ok(Some(s)); // collected by the thread we waited for
         }
-        let st = match &self.reaper {
-            Reaper::Direct => sys::waitid_pidfd(self.pidfd.as_fd(), false)?,
-            Reaper::Server(server, id) => Some(server.wait_status(*id)?),
-        };
+        // Every child is ours, fork-server children included (they are forked with CLONE_PARENT).
+        let st = sys::waitid_pidfd(self.pidfd.as_fd(), false)?;
         if let Some(s) = st {
             *self.status.lock().unwrap_or_else(|p| p.into_inner()) = Some(s);
             // The child is gone: its lifeline has nothing left to guard.
@@ -124,6 +110,7 @@ static AT_EXIT: Once = Once::new();
 /// Like Python's `_cleanup()`, this also reaps children that have ended and whose `Process` handles
 /// are gone, so that dropping handles leaks neither descriptors nor zombies.
 pub(crate) fn register(entry: Arc<ChildEntry>) {
+    super::reap_dead_forkserver();
     AT_EXIT.call_once(|| {
         // Best effort: without it children are still killed by their lifelines when we exit.
         let _ = sys::at_exit(exit_handler);
@@ -146,6 +133,7 @@ pub(crate) fn register(entry: Arc<ChildEntry>) {
 
 /// The live children, reaping those that ended.
 pub(crate) fn active() -> Vec<Arc<ChildEntry>> {
+    super::reap_dead_forkserver();
     let list = state::lock().children.clone();
     let mut live = Vec::new();
     for c in list {
@@ -165,7 +153,8 @@ extern "C" fn exit_handler() {
     let _ = std::panic::catch_unwind(join_children_at_exit);
 }
 
-/// What a normal exit does, as in Python: daemon children get SIGTERM, then every child is waited for.
+/// What a normal exit does, as in Python: daemon children get SIGTERM, then every child is waited for;
+/// then the fork server is shut down (it removes this process's remaining named regions) and reaped.
 pub(crate) fn join_children_at_exit() {
     let children = std::mem::take(&mut state::lock().children);
     for c in children.iter().filter(|c| c.daemon) {
@@ -174,4 +163,6 @@ pub(crate) fn join_children_at_exit() {
     for c in &children {
         let _ = c.reap(true);
     }
+    let server = state::lock().forkserver.take();
+    drop(server);
 }

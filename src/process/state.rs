@@ -7,9 +7,10 @@
 
 use super::forkserver::ForkServer;
 use super::registry::ChildEntry;
+use crate::sys::shm::Region;
 use std::collections::BTreeSet;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 /// Who this process is, as Python's `current_process()` and `parent_process()` report it.
 #[derive(Clone, Debug)]
@@ -25,6 +26,9 @@ pub(crate) struct Global {
     pub(crate) identity: Identity,
     pub(crate) children: Vec<Arc<ChildEntry>>,
     pub(crate) forkserver: Option<Arc<ForkServer>>,
+    /// Named regions this process created and registered with its fork server (see `forkserver`),
+    /// to register again with a server that replaces a dead one.
+    pub(crate) tracked: Vec<(String, Weak<Region>)>,
 }
 
 static STATE: Mutex<Global> = Mutex::new(Global {
@@ -36,6 +40,7 @@ static STATE: Mutex<Global> = Mutex::new(Global {
     },
     children: Vec::new(),
     forkserver: None,
+    tracked: Vec::new(),
 });
 
 /// Locks the global state. Poisoning is ignored: every field stays consistent between statements.
@@ -47,7 +52,9 @@ impl Global {
     /// Makes this process a fresh child: no children of its own, no fork server, a new identity.
     pub(crate) fn become_child(&mut self, name: String, daemon: bool, parent: (i32, String)) {
         self.children.clear();
-        self.forkserver = None;
+        // The parent's server (a copy of its handle, under *fork*) is not ours to shut down or reap.
+        std::mem::forget(self.forkserver.take());
+        self.tracked.clear();
         self.identity = Identity {
             name,
             daemon,

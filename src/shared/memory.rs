@@ -47,20 +47,48 @@ pub struct SharedMemory {
 /// The memfd name of anonymous regions.
 const KIND: &str = "multiprocess-shm";
 
-/// The name of a named region, and the process that created it (and so removes it), or 0.
+/// The name of a named region, the process that created it (and so removes it) or 0, and the
+/// identity of the object, so that a name removed and created again by someone else is left alone.
 ///
 /// A pid, not a flag: a child started with `fork` gets a copy of its parent's handles, and dropping
 /// them there must not remove the parent's name.
 struct Owner {
     name: String,
     owner: i32,
+    id: (u64, u64),
+}
+
+impl Owner {
+    fn new(name: &str, owner: i32, region: &Region) -> Arc<Owner> {
+        Arc::new(Owner {
+            name: name.to_string(),
+            owner,
+            id: region.id(),
+        })
+    }
+
+    /// Removes the name if it still names this object; the owner also unregisters it.
+    fn unlink(&self) -> io::Result<()> {
+        let removed = if shm::name_refers_to(&self.name, self.id) {
+            shm::unlink_named(&self.name)
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{:?} no longer names this region", self.name),
+            ))
+        };
+        if self.owner == crate::sys::getpid() {
+            crate::process::untrack_name(&self.name);
+        }
+        removed
+    }
 }
 
 impl Drop for Owner {
     fn drop(&mut self) {
         if self.owner == crate::sys::getpid() {
             // Already removed (by `unlink`, or by another process) is fine; nothing else can be done here.
-            let _ = shm::unlink_named(&self.name);
+            let _ = self.unlink();
         }
     }
 }
@@ -100,13 +128,12 @@ impl SharedMemory {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn create(name: &str, size: usize) -> io::Result<SharedMemory> {
-        let region = Region::named(name, true, size)?;
+        let region = Arc::new(Region::named(name, true, size)?);
+        // If this process dies without dropping it, its fork server removes the name.
+        crate::process::track_name(name, &region);
         Ok(SharedMemory {
-            region: Arc::new(region),
-            name: Some(Arc::new(Owner {
-                name: name.to_string(),
-                owner: crate::sys::getpid(),
-            })),
+            name: Some(Owner::new(name, crate::sys::getpid(), &region)),
+            region,
         })
     }
 
@@ -117,19 +144,20 @@ impl SharedMemory {
     pub fn open(name: &str) -> io::Result<SharedMemory> {
         let region = Region::named(name, false, 0)?;
         Ok(SharedMemory {
+            name: Some(Owner::new(name, 0, &region)),
             region: Arc::new(region),
-            name: Some(Arc::new(Owner {
-                name: name.to_string(),
-                owner: 0,
-            })),
         })
     }
 
     /// Removes the name now (processes that have the region mapped keep it). Does nothing for an
     /// anonymous region.
+    ///
+    /// # Errors
+    /// `NotFound` if the name is gone, or names another region now (one created under the same name
+    /// after this one's was removed: that one is left alone).
     pub fn unlink(&self) -> io::Result<()> {
         match &self.name {
-            Some(owner) => shm::unlink_named(&owner.name),
+            Some(owner) => owner.unlink(),
             None => Ok(()),
         }
     }
@@ -198,8 +226,8 @@ impl<'de> Deserialize<'de> for SharedMemory {
         let (fd, name) = <(codec::ReceivedFd, Option<String>)>::deserialize(d)?;
         let region = Region::receive(fd.0, KIND, true).map_err(serde::de::Error::custom)?;
         Ok(SharedMemory {
+            name: name.map(|name| Owner::new(&name, 0, &region)),
             region: Arc::new(region),
-            name: name.map(|name| Arc::new(Owner { name, owner: 0 })),
         })
     }
 }

@@ -73,3 +73,30 @@ pub fn read_u64(shm: &SharedMemory, at: usize) -> u64 {
 pub fn write_u64(shm: &SharedMemory, at: usize, v: u64) {
     shm.write(at, &v.to_le_bytes()).unwrap();
 }
+
+/// This process's children, as `/proc` lists them (zombies included).
+pub fn children_of_self() -> Vec<(i32, String)> {
+    let me = std::process::id().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| {
+            let pid: i32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let mut fields = stat.rsplit(')').next()?.split_whitespace();
+            let state = fields.next()?.to_string();
+            (fields.next()? == me).then_some((pid, state))
+        })
+        .collect()
+}
+
+/// The pid of this process's fork server, if one runs (it is the child whose initial environment
+/// says so).
+pub fn forkserver_pid() -> Option<i32> {
+    children_of_self().into_iter().find_map(|(pid, state)| {
+        let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+        let is_server = env
+            .split(|&b| b == 0)
+            .any(|kv| kv.starts_with(b"MULTIPROCESS_FORKSERVER="));
+        (is_server && state != "Z").then_some(pid)
+    })
+}

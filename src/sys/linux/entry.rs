@@ -15,16 +15,31 @@
 //! the same image does not. A function is therefore named by its offset from [`anchor`], and turned back
 //! into a pointer by adding the child's own address of `anchor`.
 //!
+//! # Who may tell us where to jump
+//! Anyone can start this executable with the bootstrap variable set and a socket at descriptor 3. So
+//! before the constructor believes a word of it ([`accept_boot`]):
+//! - it refuses to boot at all in secure-execution mode (`AT_SECURE`: set-user-ID, set-group-ID or
+//!   capabilities gained by `execve`), where the environment belongs to whoever started us;
+//! - the socket's peer (`SO_PEERCRED`: the process that created the socket pair) must be this
+//!   process's parent, of this process's user, running this very executable file;
+//! - the entry and function tokens are read by this module itself, from that socket, with the type
+//!   names they were made for, and a token is turned into a function only for the same type name and
+//!   only if it lands inside this executable's image ([`accept_boot`], [`Func::resolve`]).
+//!
+//! Past these checks the sender is this program, started by this program as our parent: the trust
+//! the crate already gives its own code.
+//!
 //! # Safety
 //! [`FnPtr::from_token`] produces a function pointer from an integer. Its contract (see the method) is
 //! that the token was made by [`FnPtr::token`] *for the same type* in a process running the same
-//! executable image. The crate only calls it on tokens received over a private socket pair from its own
-//! parent, which started this process from `/proc/self/exe` (the same inode as itself, even if the file
-//! was since replaced), and only inside the monomorphised child entry chosen together with the token.
+//! executable image. Its only caller is `resolve` (for [`accept_boot`] and [`Func::resolve`]), on
+//! tokens that this module read from a verified parent (above) together with the type name the parent
+//! made them for, after comparing that name with the type's own.
 
 #![allow(unsafe_code)]
 
 use std::io;
+use std::os::fd::{AsFd, OwnedFd};
 
 /// The function every offset is measured from. Never called.
 #[inline(never)]
@@ -90,6 +105,17 @@ impl<A, R> FnPtr for fn(A) -> R {
     }
 }
 
+impl<A, B, R> FnPtr for fn(A, B) -> R {
+    fn addr(self) -> usize {
+        self as usize
+    }
+
+    unsafe fn from_addr(addr: usize) -> Self {
+        // SAFETY: as for `fn(A) -> R`.
+        unsafe { std::mem::transmute::<usize, fn(A, B) -> R>(addr) }
+    }
+}
+
 extern "C" fn on_load() {
     crate::process::bootstrap::on_load();
 }
@@ -104,28 +130,6 @@ pub(crate) fn ensure_constructor_linked() {
     std::hint::black_box(&CONSTRUCTOR);
 }
 
-/// The monomorphised child entry, `process::bootstrap::child_main::<A, R>`.
-pub(crate) type ChildEntryFn = fn(crate::process::bootstrap::ChildCall) -> i32;
-
-/// Calls the child entry named by `token`.
-///
-/// The token comes from this process's parent over the private bootstrap socket, which the parent
-/// created and handed only to us; the parent computed it with [`FnPtr::token`] on a [`ChildEntryFn`].
-pub(crate) fn call_trusted_entry(token: i64, call: crate::process::bootstrap::ChildCall) -> i32 {
-    // SAFETY: per the module contract the token was made from a `ChildEntryFn` by our parent, which runs
-    // the same executable image (it started us from /proc/self/exe, or started our fork server so).
-    let entry = unsafe { ChildEntryFn::from_token(token) };
-    entry(call)
-}
-
-/// Turns the user's function token back into `fn(A) -> R`. Called only by `child_main::<A, R>` after it
-/// checked that the parent's `type_name::<fn(A) -> R>()` matches its own.
-pub(crate) fn resolve_trusted_fn<A, R>(token: i64) -> fn(A) -> R {
-    // SAFETY: the parent made this token with `FnPtr::token` on an `fn(A) -> R` (same type, checked by
-    // name by the caller) in the same executable image, and sent it over the private bootstrap socket.
-    unsafe { <fn(A) -> R>::from_token(token) }
-}
-
 /// Reads and removes an environment variable holding a descriptor number left by the parent.
 /// Called only from the constructor, before `main`.
 pub(crate) fn take_env_fd(key: &str) -> Option<std::os::fd::RawFd> {
@@ -134,4 +138,171 @@ pub(crate) fn take_env_fd(key: &str) -> Option<std::os::fd::RawFd> {
     // program exists, so nothing can read the environment concurrently.
     unsafe { std::env::remove_var(key) };
     value.to_str()?.parse().ok()
+}
+
+/// A function token received from a verified parent, with the type name it was made for.
+#[derive(Debug)]
+pub(crate) struct Func {
+    token: i64,
+    signature: String,
+}
+
+/// The entry a verified parent asked a child to run (checked to be an `fn(Func, C) -> i32` of this
+/// executable), and the function it runs.
+pub(crate) struct Entry<C> {
+    entry: fn(Func, C) -> i32,
+    func: Func,
+}
+
+fn type_of<F>() -> &'static str {
+    std::any::type_name::<F>()
+}
+
+/// `token` turned into an `F`, if `signature` is `F`'s type name and the address is in this image.
+fn resolve<F: FnPtr>(token: i64, signature: &str) -> Result<F, String> {
+    if signature != type_of::<F>() {
+        return Err(format!(
+            "child entry mismatch: expected {}, got {signature}",
+            type_of::<F>()
+        ));
+    }
+    let addr = (anchor_addr() as i64).wrapping_add(token) as usize;
+    if object_base(addr) != object_base(anchor_addr()) {
+        return Err("a function token points outside this executable".into());
+    }
+    // SAFETY: the token was read by `accept_boot` from our verified parent, which runs this very
+    // executable and made it with `FnPtr::token` for the type named `signature`, which is `F`'s
+    // (checked above); the address is inside this executable image (checked above).
+    Ok(unsafe { F::from_token(token) })
+}
+
+impl Func {
+    /// The function, if it was made for type `fn(A) -> R`.
+    pub(crate) fn resolve<A, R>(&self) -> Result<fn(A) -> R, String> {
+        resolve(self.token, &self.signature)
+    }
+}
+
+impl<C> Entry<C> {
+    /// Runs the entry on `call`; its exit code.
+    pub(crate) fn run(self, call: C) -> i32 {
+        (self.entry)(self.func, call)
+    }
+}
+
+/// "mpB1": the boot prelude's first word.
+const PRELUDE_MAGIC: u32 = u32::from_le_bytes(*b"mpB1");
+/// The most bytes a prelude may announce (two tokens and two type names).
+const MAX_PRELUDE: usize = 16 << 10;
+
+/// The prelude a parent sends first on a child's bootstrap socket, by itself (no descriptors): the
+/// tokens of the entry and of the user's function, with their type names.
+/// `[magic u32][n u32][entry i64][func i64][entry type name, u16 length first][func type name]`.
+pub(crate) fn prelude<C, A, R>(entry: fn(Func, C) -> i32, func: fn(A) -> R) -> io::Result<Vec<u8>> {
+    let mut body = Vec::new();
+    body.extend(entry.token()?.to_le_bytes());
+    body.extend(func.token()?.to_le_bytes());
+    for name in [type_of::<fn(Func, C) -> i32>(), type_of::<fn(A) -> R>()] {
+        let len = u16::try_from(name.len()).map_err(|_| io::Error::other("type name too long"))?;
+        body.extend(len.to_le_bytes());
+        body.extend(name.as_bytes());
+    }
+    let mut out = Vec::with_capacity(8 + body.len());
+    out.extend(PRELUDE_MAGIC.to_le_bytes());
+    out.extend((body.len() as u32).to_le_bytes());
+    out.extend(body);
+    Ok(out)
+}
+
+/// The prelude's two tokens and two type names.
+fn parse_prelude(body: &[u8]) -> Option<(i64, String, Func)> {
+    let entry = i64::from_le_bytes(body.get(0..8)?.try_into().ok()?);
+    let func = i64::from_le_bytes(body.get(8..16)?.try_into().ok()?);
+    let mut at = 16;
+    let mut names = [String::new(), String::new()];
+    for name in &mut names {
+        let len = u16::from_le_bytes(body.get(at..at + 2)?.try_into().ok()?) as usize;
+        *name = String::from_utf8(body.get(at + 2..at + 2 + len)?.to_vec()).ok()?;
+        at += 2 + len;
+    }
+    (at == body.len()).then(|| {
+        let [signature, func_signature] = names;
+        let func = Func {
+            token: func,
+            signature: func_signature,
+        };
+        (entry, signature, func)
+    })
+}
+
+/// Checks that this process may take orders from the peer of `socket` (see the module notes): not in
+/// secure-execution mode, and the peer is our parent, of our user, running this executable.
+pub(crate) fn verify_parent(socket: &OwnedFd) -> Result<(), String> {
+    if super::process::secure_execution() {
+        return Err(
+            "refusing to boot a child in a set-user-ID, set-group-ID or \
+                    capability-raising execution (AT_SECURE)"
+                .into(),
+        );
+    }
+    let (peer, same_user) = super::process::socket_peer(socket.as_fd())
+        .map_err(|e| format!("the bootstrap descriptor is not a socket: {e}"))?;
+    let parent = super::process::getppid();
+    if peer != parent || !same_user {
+        return Err(format!(
+            "the bootstrap socket's peer (pid {peer}) is not this process's parent (pid {parent}) \
+             of the same user"
+        ));
+    }
+    if !super::process::runs_this_executable(peer) {
+        return Err("the bootstrap socket's peer runs another executable".into());
+    }
+    Ok(())
+}
+
+/// Verifies the parent behind a child's bootstrap `socket` and reads the entry it asks for (an
+/// `fn(Func, C) -> i32`), before anything else is read from the socket.
+pub(crate) fn accept_boot<C>(socket: &OwnedFd) -> Result<Entry<C>, BootError> {
+    verify_parent(socket).map_err(BootError::Refused)?;
+    let mut head = [0u8; 8];
+    recv_exact(socket, &mut head)?;
+    let magic = u32::from_le_bytes(head[..4].try_into().expect("4 bytes"));
+    let len = u32::from_le_bytes(head[4..].try_into().expect("4 bytes")) as usize;
+    let malformed = || BootError::Refused("malformed bootstrap prelude".into());
+    if magic != PRELUDE_MAGIC || len > MAX_PRELUDE {
+        return Err(malformed());
+    }
+    let mut body = vec![0u8; len];
+    recv_exact(socket, &mut body)?;
+    let (token, signature, func) = parse_prelude(&body).ok_or_else(malformed)?;
+    let entry = resolve(token, &signature).map_err(BootError::Refused)?;
+    Ok(Entry { entry, func })
+}
+
+/// Why a child does not boot.
+#[derive(Debug)]
+pub(crate) enum BootError {
+    /// The parent closed the socket before telling us anything (it died, or gave up on us).
+    ParentGone,
+    /// Whoever started us may not tell us where to jump; the reason.
+    Refused(String),
+}
+
+/// Reads exactly `buf.len()` bytes from the socket (and never descriptors: the prelude is sent by
+/// itself, so a read of its bytes stops before the next message and its descriptors).
+fn recv_exact(socket: &OwnedFd, buf: &mut [u8]) -> Result<(), BootError> {
+    let mut got = 0;
+    while got < buf.len() {
+        match rustix::net::recv(socket, &mut buf[got..], rustix::net::RecvFlags::WAITALL) {
+            Ok((0, _)) => return Err(BootError::ParentGone),
+            Ok((n, _)) => got += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => {
+                return Err(BootError::Refused(format!(
+                    "reading the bootstrap prelude: {e}"
+                )));
+            }
+        }
+    }
+    Ok(())
 }

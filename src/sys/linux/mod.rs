@@ -6,6 +6,5 @@ pub(crate) mod process;
 pub(crate) mod shm;
 pub(crate) mod sigbus;
 
-pub(crate) use entry::FnPtr;
 pub(crate) use fd::*;
 pub(crate) use process::*;

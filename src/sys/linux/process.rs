@@ -85,23 +85,6 @@ impl WaitStatus {
             WaitStatus::Signaled(s) => -s,
         }
     }
-
-    /// Decodes a raw `wait` status word (as the fork server relays it).
-    pub(crate) fn from_raw(status: i32) -> Self {
-        if libc::WIFSIGNALED(status) {
-            WaitStatus::Signaled(libc::WTERMSIG(status))
-        } else {
-            WaitStatus::Exited(libc::WEXITSTATUS(status))
-        }
-    }
-
-    /// Encodes as a raw `wait` status word.
-    pub(crate) fn to_raw(self) -> i32 {
-        match self {
-            WaitStatus::Exited(c) => (c & 0xff) << 8,
-            WaitStatus::Signaled(s) => s & 0x7f,
-        }
-    }
 }
 
 /// Exit status of a forked child in which the crate's own child path panicked.
@@ -120,6 +103,187 @@ pub(crate) fn fork_then(child: impl FnOnce() -> i32) -> io::Result<i32> {
         exit_now(code);
     }
     Ok(pid)
+}
+
+/// What the fork server needs to fork children that belong to *its* parent (see
+/// [`SiblingForks::fork`]), read once in the server.
+///
+/// # Why children of the server's parent
+/// A child is reaped, and its exit status known, only by its parent. If the fork server were the
+/// parent of the children it forks, its death (a `kill -9`, a Ctrl-C sent to the whole process group)
+/// would take every child's status with it, and the children would be left for init to reap, as
+/// zombies under an init that does not. `clone3(CLONE_PARENT)` makes each child a child of the fork
+/// server's own parent, the process that asked for it: that process reaps it through its pidfd, like
+/// a child it forked itself, whatever happens to the server.
+///
+/// `clone3` is the raw system call, not glibc's `fork`, so what glibc's `fork` does in the child is
+/// done here: the thread id that glibc caches in its thread control block (which `pthread_self`-based
+/// calls such as `pthread_setaffinity_np` or `pthread_getcpuclockid` use) is written by the kernel
+/// (`CLONE_CHILD_SETTID` at the address glibc registered with `set_tid_address`, which
+/// `PR_GET_TID_ADDRESS` reports), and the robust-mutex list is registered again. The fork server has a
+/// single thread and never ran `main`, so no lock is held at the fork.
+#[derive(Debug)]
+pub(crate) struct SiblingForks {
+    tid_address: usize,
+    robust: (usize, usize),
+}
+
+/// `struct clone_args` of `clone3(2)`.
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+const PR_GET_TID_ADDRESS: libc::c_int = 40;
+
+impl SiblingForks {
+    /// Reads what [`fork`](Self::fork) needs; `Unsupported` where the kernel cannot say where glibc
+    /// keeps the thread id (a kernel without `CONFIG_CHECKPOINT_RESTORE`).
+    pub(crate) fn prepare() -> io::Result<SiblingForks> {
+        let mut tid_address: *mut i32 = std::ptr::null_mut();
+        // SAFETY: PR_GET_TID_ADDRESS writes one pointer into the location we pass.
+        let r = unsafe { libc::prctl(PR_GET_TID_ADDRESS, &mut tid_address as *mut *mut i32) };
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() };
+        // SAFETY: a non-null address registered with set_tid_address is glibc's own, live, aligned
+        // field holding this thread's id; we only read it, to check it is what we expect.
+        if r != 0 || tid_address.is_null() || unsafe { tid_address.read_volatile() } != tid {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "the kernel does not report where the C library keeps the thread id",
+            ));
+        }
+        let (mut head, mut len): (usize, usize) = (0, 0);
+        // SAFETY: get_robust_list(0, ...) writes the calling thread's list head and its length.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_get_robust_list,
+                0,
+                &mut head as *mut usize,
+                &mut len as *mut usize,
+            )
+        };
+        let robust = if r == 0 { (head, len) } else { (0, 0) };
+        Ok(SiblingForks {
+            tid_address: tid_address as usize,
+            robust,
+        })
+    }
+
+    /// Forks this (single-threaded) process into a child of its parent that runs `child`, whose
+    /// return value is its exit status. Returns the child's pid and a pidfd of it.
+    pub(crate) fn fork(&self, child: impl FnOnce() -> i32) -> io::Result<(i32, OwnedFd)> {
+        let mut pidfd: libc::c_int = -1;
+        let flags = (libc::CLONE_PARENT
+            | libc::CLONE_PIDFD
+            | libc::CLONE_CHILD_SETTID
+            | libc::CLONE_CHILD_CLEARTID) as u64;
+        let args = CloneArgs {
+            flags,
+            pidfd: &mut pidfd as *mut libc::c_int as u64,
+            child_tid: self.tid_address as u64,
+            // With CLONE_PARENT the child signals our parent as we would (clone3 insists on 0 here).
+            exit_signal: 0,
+            ..CloneArgs::default()
+        };
+        // SAFETY: a fork (no CLONE_VM, no new stack) of a single-threaded process: the child
+        // continues on its own copy of this stack. `pidfd` and the thread-id field are valid for the
+        // kernel's writes (the latter in the child's copy of memory).
+        let mut r = unsafe {
+            libc::syscall(
+                libc::SYS_clone3,
+                &args as *const CloneArgs,
+                std::mem::size_of::<CloneArgs>(),
+            )
+        };
+        if r < 0 && matches!(errno(), libc::ENOSYS | libc::EPERM) {
+            // Seccomp profiles (Docker's) refuse clone3 so that libraries fall back to clone.
+            r = self.legacy_clone(flags, &mut pidfd);
+        }
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if r == 0 {
+            self.in_child();
+            let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(child))
+                .unwrap_or(EXIT_PANIC_IN_FORK);
+            exit_now(code);
+        }
+        // SAFETY: CLONE_PIDFD stored a descriptor of the new child, which nobody else owns.
+        Ok((r as i32, unsafe { OwnedFd::from_raw_fd(pidfd) }))
+    }
+
+    /// What glibc's `fork` would have done in the child, beyond what the kernel did.
+    fn in_child(&self) {
+        if self.robust.0 != 0 {
+            // SAFETY: the list head is this (only) thread's glibc-owned robust list, as read in the
+            // parent; the kernel resets the registration in a new process.
+            unsafe { libc::syscall(libc::SYS_set_robust_list, self.robust.0, self.robust.1) };
+        }
+        forget_ids_after_fork();
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn legacy_clone(&self, flags: u64, pidfd: &mut libc::c_int) -> libc::c_long {
+        // SAFETY: as for clone3; x86_64's argument order is (flags, stack, parent_tid, child_tid, tls),
+        // and CLONE_PIDFD stores the pidfd at parent_tid.
+        unsafe {
+            libc::syscall(
+                libc::SYS_clone,
+                flags | libc::SIGCHLD as u64,
+                0usize,
+                pidfd as *mut libc::c_int,
+                self.tid_address,
+                0usize,
+            )
+        }
+    }
+
+    #[cfg(target_arch = "aarch64")]
+    fn legacy_clone(&self, flags: u64, pidfd: &mut libc::c_int) -> libc::c_long {
+        // SAFETY: as for clone3; aarch64's argument order is (flags, stack, parent_tid, tls, child_tid).
+        unsafe {
+            libc::syscall(
+                libc::SYS_clone,
+                flags | libc::SIGCHLD as u64,
+                0usize,
+                pidfd as *mut libc::c_int,
+                0usize,
+                self.tid_address,
+            )
+        }
+    }
+
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    fn legacy_clone(&self, _: u64, _: &mut libc::c_int) -> libc::c_long {
+        -1
+    }
+}
+
+fn errno() -> i32 {
+    io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+/// Whether the value glibc caches as this thread's id is its real id (after [`SiblingForks::fork`] as
+/// after glibc's own `fork`).
+#[cfg(test)]
+pub(crate) fn cached_tid_is_right() -> bool {
+    let mut tid_address: *mut i32 = std::ptr::null_mut();
+    // SAFETY: as in `SiblingForks::prepare`.
+    let r = unsafe { libc::prctl(PR_GET_TID_ADDRESS, &mut tid_address as *mut *mut i32) };
+    // SAFETY: as in `SiblingForks::prepare`.
+    r == 0 && !tid_address.is_null() && unsafe { tid_address.read_volatile() == libc::gettid() }
 }
 
 /// Starts a fresh copy of the running executable (`/proc/self/exe`) with `boot` placed at descriptor
@@ -162,8 +326,9 @@ pub(crate) fn spawn_self(
     envp.push(std::ptr::null_mut());
 
     let mut pid: libc::pid_t = 0;
-    // SAFETY: file_actions is initialised before use and destroyed after; every pointer passed to
-    // posix_spawn (path, argv, envp) refers to CStrings and vectors alive until it returns.
+    // SAFETY: the file actions and attributes are initialised before use and destroyed after; every
+    // pointer passed to posix_spawn (path, argv, envp) refers to CStrings and vectors alive until it
+    // returns.
     unsafe {
         let mut actions = std::mem::MaybeUninit::<libc::posix_spawn_file_actions_t>::uninit();
         let r = libc::posix_spawn_file_actions_init(actions.as_mut_ptr());
@@ -171,23 +336,189 @@ pub(crate) fn spawn_self(
             return Err(io::Error::from_raw_os_error(r));
         }
         let mut actions = actions.assume_init();
+        let mut attr = std::mem::MaybeUninit::<libc::posix_spawnattr_t>::uninit();
+        let r = libc::posix_spawnattr_init(attr.as_mut_ptr());
+        if r != 0 {
+            libc::posix_spawn_file_actions_destroy(&mut actions);
+            return Err(io::Error::from_raw_os_error(r));
+        }
+        let mut attr = attr.assume_init();
+        // The child gets the bootstrap socket at `target` and nothing else beyond stdio: a
+        // descriptor of ours that lacks close-on-exec (opened by other code) is not inherited.
         let mut r = libc::posix_spawn_file_actions_adddup2(&mut actions, src, target);
+        if r == 0 {
+            r = add_close_from(&mut actions, target + 1);
+        }
+        // And an empty signal mask, as `std::process::Command` gives (a parent that blocked
+        // SIGTERM must still be able to terminate its child).
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        if r == 0 {
+            r = libc::posix_spawnattr_setsigmask(&mut attr, &empty);
+        }
+        if r == 0 {
+            r = libc::posix_spawnattr_setflags(&mut attr, libc::POSIX_SPAWN_SETSIGMASK as _);
+        }
         if r == 0 {
             r = libc::posix_spawn(
                 &mut pid,
                 path.as_ptr(),
                 &actions,
-                std::ptr::null(),
+                &attr,
                 argv.as_ptr(),
                 envp.as_ptr(),
             );
         }
+        libc::posix_spawnattr_destroy(&mut attr);
         libc::posix_spawn_file_actions_destroy(&mut actions);
         if r != 0 {
             return Err(io::Error::from_raw_os_error(r));
         }
     }
     Ok(pid)
+}
+
+/// `posix_spawn_file_actions_addclosefrom_np` where glibc has it; elsewhere the child closes what it
+/// inherited itself, first thing (see `bootstrap`).
+///
+/// # Safety
+/// `actions` must be initialised.
+#[cfg(target_env = "gnu")]
+unsafe fn add_close_from(actions: &mut libc::posix_spawn_file_actions_t, from: RawFd) -> i32 {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { libc::posix_spawn_file_actions_addclosefrom_np(actions, from) }
+}
+
+#[cfg(not(target_env = "gnu"))]
+unsafe fn add_close_from(_: &mut libc::posix_spawn_file_actions_t, _: RawFd) -> i32 {
+    0
+}
+
+/// Kills child `pid` of this process and reaps it: for every path that fails after a child was
+/// created, so that none is left a zombie. (It is our unreaped child, so its pid cannot have been
+/// reused.)
+pub(crate) fn kill_and_reap(pid: i32) {
+    let Some(pid) = rustix::process::Pid::from_raw(pid) else {
+        return;
+    };
+    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+    while let Err(e) = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty()) {
+        if e != rustix::io::Errno::INTR {
+            break;
+        }
+    }
+}
+
+/// Whether this process runs in secure-execution mode (`AT_SECURE`: set-user-ID or set-group-ID, or
+/// given capabilities, by its `execve`): then its environment is an attacker's, and no child is
+/// booted from it.
+pub(crate) fn secure_execution() -> bool {
+    // SAFETY: getauxval only reads the auxiliary vector the kernel gave this process.
+    unsafe { libc::getauxval(libc::AT_SECURE) != 0 }
+}
+
+/// This process's parent, or 0 when it has none (its parent exited and it was reparented to init
+/// of another namespace).
+pub(crate) fn getppid() -> i32 {
+    rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get())
+}
+
+/// The process that created the peer end of socket `fd` (for a socket pair: whoever called
+/// `socketpair`), and whether it runs as this process's real and effective user.
+pub(crate) fn socket_peer(fd: BorrowedFd<'_>) -> io::Result<(i32, bool)> {
+    let cred = rustix::net::sockopt::socket_peercred(fd)?;
+    let me = rustix::process::getuid();
+    let same_user = cred.uid == me && rustix::process::geteuid() == me;
+    Ok((cred.pid.as_raw_nonzero().get(), same_user))
+}
+
+/// Whether process `pid` runs the very executable file this process runs (same device and inode
+/// behind `/proc/<pid>/exe`, which survives the file being replaced on disk).
+pub(crate) fn runs_this_executable(pid: i32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (
+        std::fs::metadata(format!("/proc/{pid}/exe")),
+        std::fs::metadata("/proc/self/exe"),
+    ) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+/// The signals (below 32) that this process ignores, as a bit set, so that a child started by the
+/// fork server can ignore the same ones, as it would had it been `exec`ed from here.
+pub(crate) fn ignored_signals() -> u32 {
+    let mut set = 0;
+    for sig in 1..32 {
+        // SAFETY: sigaction with a null new action only reads the disposition into `old`.
+        let ignored = unsafe {
+            let mut old: libc::sigaction = std::mem::zeroed();
+            libc::sigaction(sig, std::ptr::null(), &mut old) == 0
+                && old.sa_sigaction == libc::SIG_IGN
+        };
+        if ignored {
+            set |= 1 << sig;
+        }
+    }
+    set
+}
+
+/// Gives this (freshly forked, single-threaded) process the signal state of a freshly `exec`ed one:
+/// an empty mask, the signals in `ignored` ignored and every other one at its default action.
+pub(crate) fn reset_signals(ignored: u32) {
+    for sig in 1..32 {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        let action = if ignored & (1 << sig) != 0 {
+            libc::SIG_IGN
+        } else {
+            libc::SIG_DFL
+        };
+        set_disposition(sig, action);
+    }
+    unblock_all_signals();
+}
+
+fn set_disposition(sig: i32, action: libc::sighandler_t) {
+    // SAFETY: installs SIG_DFL or SIG_IGN (no handler code) with an empty mask.
+    unsafe {
+        let mut new: libc::sigaction = std::mem::zeroed();
+        new.sa_sigaction = action;
+        libc::sigemptyset(&mut new.sa_mask);
+        libc::sigaction(sig, &new, std::ptr::null_mut());
+    }
+}
+
+/// Empties this thread's signal mask.
+pub(crate) fn unblock_all_signals() {
+    // SAFETY: a zeroed sigset is valid for sigemptyset to initialise; sigprocmask only reads it.
+    unsafe {
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+    }
+}
+
+/// Replaces this process's whole environment with `vars` (a fork server's child takes on the
+/// environment its parent has at the moment it starts it).
+///
+/// Called only in a child forked from the fork server, before the child's function runs: the
+/// process has a single thread, so nothing reads or writes the environment concurrently.
+pub(crate) fn replace_environment(vars: &[(OsString, OsString)]) {
+    let current: Vec<OsString> = std::env::vars_os().map(|(k, _)| k).collect();
+    // SAFETY: see above: this process has exactly one thread (a fork server child before running
+    // any user code; the bootstrap starts no thread).
+    unsafe {
+        for k in current {
+            std::env::remove_var(k);
+        }
+        for (k, v) in vars {
+            if !k.is_empty() && !k.as_encoded_bytes().contains(&b'=') {
+                std::env::set_var(k, v);
+            }
+        }
+    }
 }
 
 /// `pidfd_open(pid, 0)`: a descriptor that becomes readable when the process ends.
@@ -357,6 +688,156 @@ pub(crate) fn signal_name(sig: i32) -> Option<&'static str> {
 /// `fcntl(F_SETSIG)` (Linux; not exported by the libc crate).
 const F_SETSIG: libc::c_int = 10;
 
-/// `SIGTERM`, `SIGKILL` for the process API.
+/// `SIGTERM`, `SIGKILL`, `SIGINT` for the process API.
 pub(crate) const SIGTERM: i32 = libc::SIGTERM;
+pub(crate) const SIGINT: i32 = libc::SIGINT;
 pub(crate) const SIGKILL: i32 = libc::SIGKILL;
+
+/// Tests of what children inherit, which need raw signal and environment calls (so they live here,
+/// beside the other unsafe code).
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Process, ProcessError, StartMethod};
+    use std::time::Duration;
+
+    const DEADLINE: Duration = Duration::from_secs(60);
+
+    fn start<A, R>(m: StartMethod, f: fn(A) -> R, arg: A) -> crate::Process<R>
+    where
+        A: serde::Serialize + serde::de::DeserializeOwned,
+        R: serde::Serialize + serde::de::DeserializeOwned,
+    {
+        Process::builder()
+            .daemon(true)
+            .start_method(m)
+            .spawn(f, arg)
+            .unwrap()
+    }
+
+    fn join<R: serde::de::DeserializeOwned>(mut p: crate::Process<R>) -> Result<R, ProcessError> {
+        match p.join_timeout(DEADLINE) {
+            Ok(Some(r)) => Ok(r),
+            Ok(None) => {
+                let _ = p.kill();
+                panic!("child {} did not finish", p.pid())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn tid_is_right(_: ()) -> bool {
+        cached_tid_is_right()
+    }
+
+    #[test]
+    fn every_child_has_the_right_thread_id_in_its_c_library() {
+        for m in StartMethod::ALL {
+            assert!(join(start(m, tid_is_right, ())).unwrap(), "{m}");
+        }
+    }
+
+    fn sleep_long(_: ()) {
+        std::thread::sleep(Duration::from_secs(60));
+    }
+
+    /// Blocks `sig` in this thread; returns the previous mask.
+    fn block(sig: i32) -> libc::sigset_t {
+        // SAFETY: sigsets are plain data initialised by sigemptyset/sigaddset; pthread_sigmask only
+        // changes this thread's mask.
+        unsafe {
+            let (mut set, mut old): (libc::sigset_t, libc::sigset_t) = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, sig);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
+            old
+        }
+    }
+
+    fn restore(old: &libc::sigset_t) {
+        // SAFETY: as in `block`.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, old, std::ptr::null_mut()) };
+    }
+
+    #[test]
+    fn a_parent_that_blocked_sigterm_can_still_terminate_its_children() {
+        let old = block(libc::SIGTERM);
+        let results: Vec<_> = StartMethod::ALL
+            .iter()
+            .map(|&m| {
+                let p = start(m, sleep_long, ());
+                p.terminate().unwrap();
+                (m, join(p))
+            })
+            .collect();
+        restore(&old);
+        for (m, r) in results {
+            assert!(
+                matches!(r, Err(ProcessError::Signaled { signal: 15 })),
+                "{m}: {r:?}"
+            );
+        }
+    }
+
+    fn ignored_here(_: ()) -> u32 {
+        ignored_signals()
+    }
+
+    /// In a forked child of the test process, so that the changes to process-wide state stay there.
+    fn dispositions_of_children(_: ()) -> Vec<(String, u32)> {
+        crate::init().unwrap(); // a fork server started before the change below
+        set_disposition(libc::SIGUSR1, libc::SIG_IGN);
+        set_disposition(libc::SIGHUP, libc::SIG_DFL);
+        [StartMethod::Spawn, StartMethod::ForkServer]
+            .iter()
+            .map(|&m| (m.to_string(), join(start(m, ignored_here, ())).unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn children_take_the_parents_current_ignored_signals_and_not_the_fork_servers() {
+        let seen = join(start(StartMethod::Fork, dispositions_of_children, ())).unwrap();
+        for (m, ignored) in seen {
+            assert!(
+                ignored & 1 << libc::SIGUSR1 != 0,
+                "{m}: SIGUSR1 not ignored"
+            );
+            assert!(ignored & 1 << libc::SIGHUP == 0, "{m}: SIGHUP ignored");
+            // The fork server ignores SIGINT; its children must not.
+            assert!(ignored & 1 << libc::SIGINT == 0, "{m}: SIGINT ignored");
+        }
+    }
+
+    fn where_and_what(key: String) -> (std::path::PathBuf, Option<String>) {
+        (std::env::current_dir().unwrap(), std::env::var(key).ok())
+    }
+
+    const LATE: &str = "MULTIPROCESS_TEST_SET_AFTER_THE_SERVER_STARTED";
+
+    /// In a forked child of the test process (single-threaded, so it may change its environment).
+    fn moves_then_spawns(dir: std::path::PathBuf) -> Vec<(std::path::PathBuf, Option<String>)> {
+        crate::init().unwrap(); // the fork server starts here, before the changes
+        std::env::set_current_dir(&dir).unwrap();
+        // SAFETY: a forked child of the test runs on a single thread.
+        unsafe { std::env::set_var(LATE, "yes") };
+        let mut seen =
+            vec![join(start(StartMethod::ForkServer, where_and_what, LATE.into())).unwrap()];
+        // SAFETY: as above.
+        unsafe { std::env::remove_var(LATE) };
+        std::env::set_current_dir("/").unwrap();
+        seen.push(join(start(StartMethod::ForkServer, where_and_what, LATE.into())).unwrap());
+        seen
+    }
+
+    #[test]
+    fn fork_server_children_start_where_their_parent_is_now() {
+        let dir = std::env::temp_dir().join(format!("mp-cwd-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let dir = dir.canonicalize().unwrap();
+        let seen = join(start(StartMethod::Fork, moves_then_spawns, dir.clone()));
+        std::fs::remove_dir(&dir).unwrap();
+        let seen = seen.unwrap();
+        assert_eq!(seen[0], (dir, Some("yes".into())));
+        assert_eq!(seen[1], (std::path::PathBuf::from("/"), None));
+    }
+}

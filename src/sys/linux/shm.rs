@@ -163,8 +163,7 @@ impl Region {
     }
 
     fn map(fd: OwnedFd, len: usize, guarded: bool) -> io::Result<Region> {
-        let st = rustix::fs::fstat(&fd)?;
-        let id = (st.st_dev, st.st_ino);
+        let id = object_id(fd.as_fd())?;
         if len == 0 {
             return Ok(Region {
                 ptr: NonNull::dangling(),
@@ -211,6 +210,11 @@ impl Region {
     /// Whether `self` and `other` map the same memory (clones, or two receptions of one region).
     pub(crate) fn same_memory(&self, other: &Region) -> bool {
         self.id == other.id
+    }
+
+    /// The device and inode of the memory object.
+    pub(crate) fn id(&self) -> (u64, u64) {
+        self.id
     }
 
     /// `Err` once another process truncated the named file under this mapping.
@@ -377,6 +381,20 @@ fn shm_name(name: &str) -> io::Result<CString> {
     }
     CString::new(format!("/{name}"))
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in name"))
+}
+
+/// Whether `/dev/shm/<name>` is the very object behind `fd` (not another one created under the same
+/// name since). The answer can be stale by the time it is used, if a third process replaces the
+/// name in between; callers accept that window.
+pub(crate) fn name_refers_to(name: &str, id: (u64, u64)) -> bool {
+    rustix::fs::stat(format!("/dev/shm/{name}").as_str())
+        .is_ok_and(|named| (named.st_dev, named.st_ino) == id)
+}
+
+/// The device and inode of the object behind `fd` (see [`Region::id`]).
+pub(crate) fn object_id(fd: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
+    let st = rustix::fs::fstat(fd)?;
+    Ok((st.st_dev, st.st_ino))
 }
 
 /// Removes a named shared-memory object (mappings stay valid until unmapped).
