@@ -46,6 +46,7 @@ use serde::{Deserialize, Serialize};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 #[derive(Serialize, Deserialize)]
@@ -57,29 +58,39 @@ enum ToServer {
 
 #[derive(Serialize, Deserialize)]
 enum FromServer {
-    Spawned { pid: i32 },
+    /// The first message: the server accepted its client (see `sys::entry::verify_parent`).
+    Ready,
+    Spawned {
+        pid: i32,
+    },
     Failed(String),
     Unsupported(String),
 }
 
 /// The client's handle on a running fork server, a child of this process.
 pub(crate) struct ForkServer {
-    io: Mutex<Client>,
+    /// `None` only while dropping. Sends are whole frames (the connection's own lock), so requests
+    /// from several threads never interleave.
+    conn: Option<Connection>,
+    broken: AtomicBool,
+    /// Held from a `Spawn` request to its answer, so that the answer read is this request's. `track`
+    /// and `untrack` expect no answer and never wait for a fork.
+    spawning: Mutex<()>,
     pid: i32,
     pidfd: OwnedFd,
-}
-
-struct Client {
-    conn: Option<Connection>,
-    broken: bool,
 }
 
 fn protocol(e: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("fork server: {e}"))
 }
 
+fn gone() -> io::Error {
+    io::Error::new(io::ErrorKind::BrokenPipe, "the fork server is gone")
+}
+
 impl ForkServer {
-    /// Starts a fork server: `/proc/self/exe` re-executed with its end of a socket pair at fd 3.
+    /// Starts a fork server: `/proc/self/exe` re-executed with its end of a socket pair at fd 3, and
+    /// waits until it runs (from then on it cleans up after us whenever we die).
     pub(crate) fn start() -> io::Result<ForkServer> {
         sys::entry::ensure_constructor_linked();
         let (mine, theirs) = sys::socketpair()?;
@@ -92,58 +103,68 @@ impl ForkServer {
         )?;
         drop(theirs);
         let pidfd = sys::pidfd_open(pid).inspect_err(|_| sys::kill_and_reap(pid))?;
-        Ok(ForkServer {
-            io: Mutex::new(Client {
-                conn: Some(conn),
-                broken: false,
-            }),
+        // From here on, dropping `server` (also on an error) reaps it.
+        let server = ForkServer {
+            conn: Some(conn),
+            broken: AtomicBool::new(false),
+            spawning: Mutex::new(()),
             pid,
             pidfd,
-        })
-    }
-
-    fn client(&self) -> std::sync::MutexGuard<'_, Client> {
-        self.io.lock().unwrap_or_else(|p| p.into_inner())
+        };
+        match server.read()? {
+            (FromServer::Ready, ..) => Ok(server),
+            _ => Err(protocol("a new fork server did not say it was ready")),
+        }
     }
 
     /// Whether the server stopped answering or died (a new one must be started).
     pub(crate) fn is_broken(&self) -> bool {
-        self.client().broken
+        self.broken.load(Ordering::Relaxed)
             || sys::wait_readable(self.pidfd.as_fd(), Some(Duration::ZERO)).unwrap_or(true)
     }
 
+    fn conn(&self) -> io::Result<&Connection> {
+        self.conn.as_ref().ok_or_else(gone)
+    }
+
     /// Sends `msg` with `fds`; a failure marks the server broken.
-    fn send(&self, c: &mut Client, msg: &ToServer, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    fn send(&self, msg: &ToServer, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
         let (bytes, _) = crate::codec::encode(msg).map_err(protocol)?;
         let raw: Vec<_> = fds.iter().map(|f| f.as_raw_fd()).collect();
-        let sent = match &c.conn {
-            Some(conn) => conn.send_frame(&bytes, &raw).map_err(io::Error::from),
-            None => Err(io::Error::from(io::ErrorKind::BrokenPipe)),
-        };
+        let sent = self
+            .conn()
+            .and_then(|c| c.send_frame(&bytes, &raw).map_err(io::Error::from));
         if sent.is_err() {
-            c.broken = true;
+            self.broken.store(true, Ordering::Relaxed);
         }
         sent
+    }
+
+    /// The next message from the server, whether all its descriptors arrived, and those that did; a
+    /// failure marks the server broken.
+    fn read(&self) -> io::Result<(FromServer, bool, Vec<OwnedFd>)> {
+        match self.conn()?.recv_frame_keeping_bytes() {
+            Ok((frame, complete)) => {
+                let msg = crate::codec::decode(&frame.bytes, vec![]).map_err(protocol)?;
+                Ok((msg, complete, frame.fds))
+            }
+            Err(e) => {
+                self.broken.store(true, Ordering::Relaxed);
+                Err(io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    format!("fork server is gone: {e}"),
+                ))
+            }
+        }
     }
 
     /// Asks the server to fork a child that will bootstrap from `child_end`. Returns its pid and
     /// pidfd: the child is a child of this process. `Unsupported` when the server cannot fork it so.
     pub(crate) fn spawn_child(&self, child_end: BorrowedFd<'_>) -> io::Result<(i32, OwnedFd)> {
-        let mut c = self.client();
-        self.send(&mut c, &ToServer::Spawn, &[child_end])?;
-        let (frame, complete) = match c.conn.as_ref().map(|conn| conn.recv_frame_keeping_bytes()) {
-            Some(Ok(frame)) => frame,
-            Some(Err(e)) => {
-                c.broken = true;
-                return Err(io::Error::new(
-                    io::ErrorKind::BrokenPipe,
-                    format!("fork server is gone: {e}"),
-                ));
-            }
-            None => return Err(io::Error::from(io::ErrorKind::BrokenPipe)),
-        };
-        let mut fds = frame.fds;
-        match crate::codec::decode(&frame.bytes, vec![]).map_err(protocol)? {
+        let _one = self.spawning.lock().unwrap_or_else(|p| p.into_inner());
+        self.send(&ToServer::Spawn, &[child_end])?;
+        let (msg, complete, mut fds) = self.read()?;
+        match msg {
             FromServer::Spawned { pid } => match fds.pop() {
                 Some(pidfd) if complete => Ok((pid, pidfd)),
                 // Our child, but its pidfd did not fit in our descriptor table.
@@ -157,19 +178,18 @@ impl ForkServer {
                 io::ErrorKind::Unsupported,
                 format!("fork server: {why}"),
             )),
+            FromServer::Ready => Err(protocol("unexpected message")),
         }
     }
 
     /// Registers the named region `name` (its descriptor `fd`) for removal if this process dies.
     pub(crate) fn track(&self, name: &str, fd: BorrowedFd<'_>) {
-        let msg = ToServer::Track { name: name.into() };
-        let _ = self.send(&mut self.client(), &msg, &[fd]);
+        let _ = self.send(&ToServer::Track { name: name.into() }, &[fd]);
     }
 
     /// Unregisters `name` (it was removed).
     pub(crate) fn untrack(&self, name: &str) {
-        let msg = ToServer::Untrack { name: name.into() };
-        let _ = self.send(&mut self.client(), &msg, &[]);
+        let _ = self.send(&ToServer::Untrack { name: name.into() }, &[]);
     }
 }
 
@@ -177,7 +197,7 @@ impl Drop for ForkServer {
     /// Closes the socket, which tells the server to clean up and exit, and reaps it: a server is
     /// never left a zombie. A server that does not exit within a few seconds is killed.
     fn drop(&mut self) {
-        drop(self.client().conn.take());
+        drop(self.conn.take());
         if !sys::wait_readable(self.pidfd.as_fd(), Some(Duration::from_secs(5))).unwrap_or(true) {
             let _ = sys::pidfd_send_signal(self.pidfd.as_fd(), sys::SIGKILL);
         }
@@ -199,6 +219,7 @@ pub(crate) fn serve(conn: Connection) -> ! {
     sys::reset_signals(1 << sys::SIGINT);
     let forks = sys::SiblingForks::prepare();
     let mut tracked: Vec<(String, OwnedFd)> = Vec::new();
+    send(&conn, &FromServer::Ready, &[]);
     loop {
         let frame = match conn.recv_frame(None, None) {
             Ok(f) => f,

@@ -150,6 +150,7 @@ fn forkserver_handle() -> io::Result<Arc<forkserver::ForkServer>> {
         return Err(secure_execution_error());
     }
     let fs = Arc::new(forkserver::ForkServer::start()?);
+    registry::install_exit_handler();
     g.tracked.retain(|(_, region)| region.strong_count() > 0);
     for (name, region) in &g.tracked {
         if let Some(region) = region.upgrade() {

@@ -105,16 +105,23 @@ impl ChildEntry {
 
 static AT_EXIT: Once = Once::new();
 
+/// Makes sure [`join_children_at_exit`] runs when this process exits normally: once it has a child
+/// or a fork server.
+pub(crate) fn install_exit_handler() {
+    AT_EXIT.call_once(|| {
+        // Best effort: without it children are still killed by their lifelines when we exit, and
+        // the fork server still removes our names when it sees us gone (only not before we are).
+        let _ = sys::at_exit(exit_handler);
+    });
+}
+
 /// Records a new child and makes sure the exit handler is installed.
 ///
 /// Like Python's `_cleanup()`, this also reaps children that have ended and whose `Process` handles
 /// are gone, so that dropping handles leaks neither descriptors nor zombies.
 pub(crate) fn register(entry: Arc<ChildEntry>) {
     super::reap_dead_forkserver();
-    AT_EXIT.call_once(|| {
-        // Best effort: without it children are still killed by their lifelines when we exit.
-        let _ = sys::at_exit(exit_handler);
-    });
+    install_exit_handler();
     let orphans: Vec<_> = state::lock()
         .children
         .iter()
