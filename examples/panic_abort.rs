@@ -16,7 +16,14 @@ fn boom(method: StartMethod) {
 }
 
 fn main() {
-    println!("panic strategy: {}", if cfg!(panic = "abort") { "abort" } else { "unwind" });
+    println!(
+        "panic strategy: {}",
+        if cfg!(panic = "abort") {
+            "abort"
+        } else {
+            "unwind"
+        }
+    );
     let mut all_good = true;
     for m in StartMethod::ALL {
         let mut p = Process::builder()

@@ -10,7 +10,14 @@ use std::process::Command;
 fn a_childs_panic_in_a_panic_abort_program_is_reported_as_a_panic() {
     let target = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("panic-abort");
     let built = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "--profile", "panic-abort", "--example", "panic_abort"])
+        .args([
+            "build",
+            "--quiet",
+            "--profile",
+            "panic-abort",
+            "--example",
+            "panic_abort",
+        ])
         .arg("--target-dir")
         .arg(&target)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
@@ -22,5 +29,9 @@ fn a_childs_panic_in_a_panic_abort_program_is_reported_as_a_panic() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("panic strategy: abort"), "{stdout}");
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

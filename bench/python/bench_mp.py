@@ -18,6 +18,9 @@ Run by the Rust harness (bench/src/python.rs), one figure per invocation:
     bench_mp.py queue-flow  --producers P --consumers C --size BYTES (0: int items) [--cpus ...] [plan]
     bench_mp.py queue-rt                 [--cpus PARENT,CHILD] [plan]
     bench_mp.py joinable                 [--cpus PARENT,CHILD] [plan]
+    bench_mp.py event-timeout --timeout-ms MS                [plan]
+    bench_mp.py lock-timeout  --timeout-ms MS                [plan]
+    bench_mp.py queue-timeout --timeout-ms MS                [plan]
 
     plan: [--warmup W] [--samples S] [--ops N] [--quick]
 
@@ -52,6 +55,9 @@ DEFAULTS = {
     "queue-flow": {"full": (1, 21, 200_000), "quick": (1, 7, 50_000)},
     "queue-rt": {"full": (1, 51, 1_000), "quick": (1, 15, 300)},
     "joinable": {"full": (1, 21, 200_000), "quick": (1, 7, 50_000)},
+    "event-timeout": {"full": (1, 101, 1), "quick": (1, 31, 1)},
+    "lock-timeout": {"full": (1, 101, 1), "quick": (1, 31, 1)},
+    "queue-timeout": {"full": (1, 101, 1), "quick": (1, 31, 1)},
 }
 
 
@@ -479,6 +485,41 @@ def fig_joinable(args):
     return with_child(args, q_worker, (q,), measure)
 
 
+# --- timeouts: one wait that times out per operation ------------------------------------------------
+
+
+def fig_timeout(args, kind):
+    """Event.wait(t) on a clear event, Lock.acquire(timeout=t) on a held lock, Queue.get(timeout=t)
+    on an empty queue: each must time out."""
+    ctx = mp.get_context("fork")
+    t = args.timeout_ms / 1000.0
+    if kind == "event":
+        e = ctx.Event()
+        wait = lambda: e.wait(t)
+    elif kind == "lock":
+        lock = ctx.Lock()
+        lock.acquire()
+        wait = lambda: lock.acquire(timeout=t)
+    else:
+        import queue as queue_mod
+
+        q = ctx.Queue()
+
+        def wait():
+            try:
+                q.get(timeout=t)
+                return True
+            except queue_mod.Empty:
+                return False
+
+    def batch(ops):
+        for _ in range(ops):
+            if wait():
+                raise RuntimeError("the wait did not time out")
+
+    return run_plan(args, batch)
+
+
 FIGURES = {
     "process": fig_process,
     "pipe-rt": fig_pipe_rt,
@@ -495,6 +536,9 @@ FIGURES = {
     "queue-flow": fig_queue_flow,
     "queue-rt": fig_queue_rt,
     "joinable": fig_joinable,
+    "event-timeout": lambda args: fig_timeout(args, "event"),
+    "lock-timeout": lambda args: fig_timeout(args, "lock"),
+    "queue-timeout": lambda args: fig_timeout(args, "queue"),
 }
 
 
@@ -516,6 +560,7 @@ def parse_args(argv):
     ap.add_argument(
         "--cpus", type=cpu_pair, help="PARENT,CHILD: pin the two processes of pipe-*, lock-incr and event-rt"
     )
+    ap.add_argument("--timeout-ms", type=int, default=1, help="the *-timeout figures' timeout")
     ap.add_argument("--warmup", type=int)
     ap.add_argument("--samples", type=int)
     ap.add_argument("--ops", type=int, help="operations per timed batch")

@@ -11,9 +11,10 @@
 //! stays a clean table.
 //!
 //! Usage: `cargo run --release -p multiprocess-bench -- [--quick] [GROUP...]` with groups `process`,
-//! `pipe`, `codec`, `sync` and `queue` (all of them when none is named). See `bench/README.md`.
+//! `pipe`, `codec`, `sync`, `queue` and `load` (all of them when none is named). See `bench/README.md`.
 
 mod codec;
+mod load;
 mod measure;
 mod pin;
 mod pipe;
@@ -31,7 +32,7 @@ use python::Python;
 use table::Table;
 
 /// The groups, in the order they run when none is named.
-const GROUPS: [&str; 5] = ["process", "pipe", "codec", "sync", "queue"];
+const GROUPS: [&str; 6] = ["process", "pipe", "codec", "sync", "queue", "load"];
 
 /// What every group needs: the run's mode and the Python side.
 #[derive(Debug)]
@@ -55,7 +56,7 @@ usage: multiprocess-bench [--quick] [GROUP...]
 Measures multiprocess against Python's multiprocessing and prints
 figure<TAB>multiprocess<TAB>python<TAB>unit<TAB>speedup   (speedup > 1: multiprocess is better)
 
-groups: process, pipe, codec, sync, queue (default: all)
+groups: process, pipe, codec, sync, queue, load (default: all)
 options:
   --quick     fewer samples (the whole run takes well under a minute)
   -h, --help  this text
@@ -129,6 +130,7 @@ fn main() -> ExitCode {
             "codec" => codec::run(&ctx, &mut table),
             "sync" => sync::run(&ctx, &mut table),
             "queue" => queue::run(&ctx, &mut table),
+            "load" => load::run(&ctx, &mut table),
             _ => unreachable!("parse_args accepts only the names in GROUPS"),
         }
     }

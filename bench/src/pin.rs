@@ -17,6 +17,14 @@ pub(crate) struct Pinning {
 }
 
 impl Pinning {
+    /// No pinning: the scheduler places both processes (group `load`, where every CPU is busy).
+    pub(crate) fn none() -> Pinning {
+        Pinning {
+            cpus: None,
+            original: Vec::new(),
+        }
+    }
+
     /// Pins this process to its CPU now; `group` names the figures in messages.
     pub(crate) fn new(group: &str) -> Pinning {
         let original = match raw::allowed_cpus() {

@@ -101,7 +101,7 @@ where
 }
 
 /// `pipe round trip 8 B` on our side.
-fn round_trip(pin: &Pinning, plan: Plan) -> Result<f64, String> {
+pub(crate) fn round_trip(pin: &Pinning, plan: Plan) -> Result<f64, String> {
     with_child(
         pin,
         echo,
@@ -154,7 +154,7 @@ fn raw_pair() -> Result<(UnixStream, UnixStream), String> {
 }
 
 /// `raw socketpair round trip 8 B`.
-fn raw_round_trip(pin: &Pinning, plan: Plan) -> Result<f64, String> {
+pub(crate) fn raw_round_trip(pin: &Pinning, plan: Plan) -> Result<f64, String> {
     let (mut here, there) = raw_pair()?;
     let child = pin
         .start(|| raw::spawn_echo(&here, there))

@@ -196,7 +196,7 @@ fn echo((inq, out): (Queue<u64>, Queue<u64>)) -> Result<u64, String> {
 }
 
 /// `queue put→get round trip`: seconds per round trip through two queues and a pinned child.
-fn round_trip(pin: &Pinning, plan: Plan) -> Result<f64, String> {
+pub(crate) fn round_trip(pin: &Pinning, plan: Plan) -> Result<f64, String> {
     let new = || Queue::<u64>::new().map_err(|e| format!("Queue::new failed: {e}"));
     let (there, back) = (new()?, new()?);
     let child = pin

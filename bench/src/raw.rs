@@ -152,6 +152,17 @@ pub(crate) fn spawn_writer(
     })
 }
 
+/// Forks a child that keeps one CPU busy (a loop without system calls) until it is killed, which
+/// dropping the returned handle does.
+pub(crate) fn spawn_burner() -> io::Result<RawChild> {
+    fork_with(|| {
+        let mut x = 0u64;
+        loop {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+    })
+}
+
 /// Closes a descriptor inherited from the parent, in a forked child.
 fn close(fd: i32) {
     // SAFETY: called only in a forked child on its copy of a descriptor the parent still owns; nothing

@@ -218,7 +218,7 @@ fn ponger((ping, pong, stop): (Event, Event, Event)) -> Result<u64, String> {
 }
 
 /// `event ping-pong round trip`: seconds per round trip (`ping` set, `pong` seen and cleared).
-fn ping_pong(pin: &Pinning, plan: Plan) -> Result<f64, String> {
+pub(crate) fn ping_pong(pin: &Pinning, plan: Plan) -> Result<f64, String> {
     let new = || Event::new().map_err(|e| format!("Event::new failed: {e}"));
     let (ping, pong, stop) = (new()?, new()?, new()?);
     let child = pin

@@ -5,6 +5,7 @@ pub mod frame;
 use crate::codec;
 use crate::error::{RecvError, SendError};
 use crate::process::state::TrackedFd;
+use crate::sync::futex::Spin;
 use crate::sys;
 use frame::{Header, MAX_HEADER_LEN, decode_header, encode_header};
 use serde::de::DeserializeOwned;
@@ -12,19 +13,16 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// Socket buffer size asked for on new pipes: big enough that a 1 MiB message needs few wake-ups.
 const SOCKET_BUFFER: usize = 4 << 20;
 
-/// Spin budget bounds, in microseconds. On these machines a process blocked in the kernel takes about
-/// 25 µs to wake on the other CPU, so a reply that comes within a few tens of microseconds is cheaper to
-/// wait for awake.
-const SPIN_MAX_US: u32 = 64;
-const SPIN_MIN_US: u32 = 4;
-const SPIN_START_US: u32 = 32;
+/// The spin budget a new connection starts with: on these machines a process blocked in the kernel
+/// takes about 25 µs to wake on the other CPU, so a reply that comes within a few tens of
+/// microseconds is cheaper to wait for awake.
+const SPIN_START: Duration = Duration::from_micros(32);
 
 /// Up to this many payload bytes are allocated up front on the strength of the header alone; beyond
 /// it the buffer grows only as bytes actually arrive, so a forged length cannot allocate memory.
@@ -120,8 +118,8 @@ pub struct Connection {
     readable: bool,
     writable: bool,
     socket: bool,
-    /// Current spin budget in microseconds (see `spin_for_message`).
-    spin_us: AtomicU32,
+    /// How long a receive stays awake for a message before it blocks (see `spin_for_message`).
+    spin: Spin,
     rx: Mutex<Rx>,
     tx: Mutex<()>,
 }
@@ -166,7 +164,7 @@ impl Connection {
             readable,
             writable,
             socket,
-            spin_us: AtomicU32::new(SPIN_START_US),
+            spin: Spin::new(SPIN_START),
             rx: Mutex::default(),
             tx: Mutex::new(()),
         }
@@ -671,9 +669,10 @@ impl Connection {
     /// Waits for the start of a message awake for a short, adaptive time before the caller blocks in
     /// the kernel, reading the first header bytes if they come. Returns `None` if nothing came.
     ///
-    /// The budget doubles when a message arrived while spinning and halves when none did, between
-    /// [`SPIN_MIN_US`] and [`SPIN_MAX_US`], so an idle connection costs a few microseconds of CPU per
-    /// receive. After the first few tries each attempt yields the CPU, so a peer sharing our CPU runs.
+    /// The budget is this connection's (see `futex::Spin`): it grows while messages arrive during the
+    /// spin and shrinks while they do not, never runs past the deadline, and gives up when this
+    /// thread notices it was descheduled, so an idle or oversubscribed connection costs about what a
+    /// plain blocking receive costs.
     fn spin_for_message(
         &self,
         fd: BorrowedFd<'_>,
@@ -683,33 +682,12 @@ impl Connection {
         if !self.socket {
             return None;
         }
-        let budget = Duration::from_micros(self.spin_us.load(Ordering::Relaxed) as u64);
-        let start = Instant::now();
-        let end = deadline.map_or(start + budget, |d| d.min(start + budget));
-        let mut tries = 0u32;
-        loop {
+        self.spin.until(deadline, || {
             match sys::recv_into_slice(fd, &mut rx.header[..4], &mut rx.fds, true, true) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                other => {
-                    let b = self.spin_us.load(Ordering::Relaxed);
-                    self.spin_us
-                        .store((b * 2).min(SPIN_MAX_US), Ordering::Relaxed);
-                    return Some(other);
-                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+                other => Some(other),
             }
-            if Instant::now() >= end {
-                let b = self.spin_us.load(Ordering::Relaxed);
-                self.spin_us
-                    .store((b / 2).max(SPIN_MIN_US), Ordering::Relaxed);
-                return None;
-            }
-            tries += 1;
-            if tries < 4 {
-                std::hint::spin_loop();
-            } else {
-                std::thread::yield_now();
-            }
-        }
+        })
     }
 
     pub(crate) fn recv_frame(

@@ -57,9 +57,9 @@
 //!
 //! # Waiting
 //! Only the holder of a side's lock ever waits for the other side (a consumer for an item, a producer
-//! of a bounded queue for room); everyone else waits for the lock. Waiting spins briefly (yielding
-//! the CPU after a few tries, so the other side can run when both share a CPU), then registers in a
-//! `sleepers` word and sleeps (`FUTEX_WAIT`) on the other side's 32-bit *sequence* word, which the
+//! of a bounded queue for room); everyone else waits for the lock. Waiting stays awake briefly (an adaptive spin
+//! bounded by time and by the deadline, which gives up when the CPUs are oversubscribed: see
+//! `futex::Spin`), then registers in a `sleepers` word and sleeps (`FUTEX_WAIT`) on the other side's 32-bit *sequence* word, which the
 //! other side bumps with a read-modify-write after every commit, and then reads `sleepers` with a
 //! read-modify-write too, which is
 //! what makes the hand-off free of lost wake-ups under acquire/release alone (the same argument as
@@ -72,7 +72,7 @@
 //! contradict each other, is [`Fail::Corrupt`]. The pure checks are [`ring_record_len`] and
 //! [`log_record_len`], which the fuzz target drives.
 
-use crate::sync::futex::{FutexWord, spin};
+use crate::sync::futex::{FutexWord, Spin};
 use crate::sync::lock::{Acquired, LockWord};
 use crate::sys::{self, shm::Region};
 use std::fs::File;
@@ -131,8 +131,11 @@ const RING_HDR: usize = 8;
 const LOG_HDR: u64 = 16;
 const PAGE: u64 = 4096;
 
-/// Tries before a lock holder sleeps waiting for the other side.
-const SPINS: u32 = 64;
+/// How long a side's lock holder stays awake waiting for the other side before it sleeps (see
+/// [`Spin`]): a consumer for an item, a producer of a bounded queue for room, a joiner.
+static ITEMS_SPIN: Spin = Spin::new(Duration::from_micros(20));
+static ROOM_SPIN: Spin = Spin::new(Duration::from_micros(20));
+static JOIN_SPIN: Spin = Spin::new(Duration::from_micros(20));
 /// How long a producer waits for a full ring's head to move before it puts into the log instead.
 const STILL: Duration = Duration::from_micros(200);
 /// A sleeper looks again at least this often, whatever it was told.
@@ -261,21 +264,26 @@ pub(crate) struct Signal<'a, W> {
     pub(crate) word: &'a W,
     /// How many processes sleep (or are about to) on `word`.
     pub(crate) sleepers: &'a W,
-    pub(crate) spins: u32,
+    /// How long to stay awake before sleeping; `None`: look once (the model tests).
+    pub(crate) spin: Option<&'a Spin>,
 }
 
 impl<W: FutexWord> Signal<'_, W> {
     /// Waits until `word` is no longer `seen`; false if `wait` ran out first.
     pub(crate) fn wait_change(&self, seen: u32, wait: Wait) -> bool {
         let (word, sleepers) = (self.word, self.sleepers);
-        if let Wait::Never = wait {
-            return word.load(Ordering::Acquire) != seen;
-        }
-        for i in 0..self.spins {
-            if word.load(Ordering::Acquire) != seen {
-                return true;
-            }
-            spin(i);
+        let changed = || (word.load(Ordering::Acquire) != seen).then_some(());
+        let deadline = match wait {
+            Wait::Never => return changed().is_some(),
+            Wait::Until(d) => Some(d),
+            Wait::Forever => None,
+        };
+        let changed = match self.spin {
+            Some(spin) => spin.until(deadline, changed),
+            None => changed(),
+        };
+        if changed.is_some() {
+            return true;
         }
         loop {
             sleepers.fetch_add(1, Ordering::AcqRel);
@@ -439,7 +447,7 @@ impl Shared {
         Signal {
             word: self.u32(O_PUT_SEQ),
             sleepers: self.u32(O_GET_SLEEPERS),
-            spins: SPINS,
+            spin: Some(&ITEMS_SPIN),
         }
     }
 
@@ -447,7 +455,7 @@ impl Shared {
         Signal {
             word: self.u32(O_GOT_SEQ),
             sleepers: self.u32(O_PUT_SLEEPERS),
-            spins: SPINS,
+            spin: Some(&ROOM_SPIN),
         }
     }
 
@@ -455,7 +463,7 @@ impl Shared {
         Signal {
             word: self.u32(O_DONE),
             sleepers: self.u32(O_JOIN_SLEEPERS),
-            spins: SPINS,
+            spin: Some(&JOIN_SPIN),
         }
     }
 
@@ -626,23 +634,35 @@ impl Shared {
             return Ok(true);
         }
         let mut head = self.u64(O_HEAD).load(Ordering::Acquire);
+        if fits(head)? {
+            self.seen.head.store(head, Ordering::Relaxed);
+            return Ok(true);
+        }
+        // The ring is full: wait for a good part of it to be free, not just this record's room, so
+        // that producer and consumer do not pull the head's and tail's cache lines back and forth
+        // at every record.
+        let slack = cap / 16;
+        let roomy = |head: u64| self.span(head, tail).map(|used| need + slack <= cap - used);
         let mut moved = Instant::now();
-        let mut i = 0;
         loop {
             self.seen.head.store(head, Ordering::Relaxed);
-            if fits(head)? {
+            if roomy(head)? {
                 return Ok(true);
             }
-            if moved.elapsed() >= STILL {
-                return Ok(false);
+            // Stay awake (spinning, then yielding while that is cheap: a consumer may be waiting
+            // for our CPU) for the head to move.
+            let next = ROOM_SPIN.until(None, || {
+                let now = self.u64(O_HEAD).load(Ordering::Acquire);
+                (now != head).then_some(now)
+            });
+            match next {
+                Some(now) => {
+                    head = now;
+                    moved = Instant::now();
+                }
+                None if moved.elapsed() >= STILL => return fits(head),
+                None => {}
             }
-            spin(i);
-            i = i.saturating_add(1);
-            let now = self.u64(O_HEAD).load(Ordering::Acquire);
-            if now != head {
-                moved = Instant::now();
-            }
-            head = now;
         }
     }
 
@@ -663,6 +683,14 @@ impl Shared {
         let first = src.len().min(self.cap as usize - at);
         self.region.write_at(HEADER + at, &src[..first])?;
         self.region.write_at(HEADER, &src[first..])
+    }
+
+    /// Appends `n` bytes from the ring at position `pos` to `buf`, wrapping around its end.
+    fn ring_read_append(&self, pos: u64, n: usize, buf: &mut Vec<u8>) -> io::Result<()> {
+        let at = (pos & u64::from(self.cap - 1)) as usize;
+        let first = n.min(self.cap as usize - at);
+        self.region.read_append(HEADER + at, first, buf)?;
+        self.region.read_append(HEADER, n - first, buf)
     }
 
     /// Copies from the ring at position `pos` into `dst`, wrapping around its end.
@@ -737,8 +765,7 @@ impl Shared {
             self.ring_read(head, &mut header)?;
             let len = ring_record_len(header, available, cap / 2).map_err(corrupt)?;
             buf.clear();
-            buf.resize(len as usize, 0);
-            self.ring_read(head + RING_HDR as u64, buf)?;
+            self.ring_read_append(head + RING_HDR as u64, len as usize, buf)?;
             let need = ring_need(len as usize).unwrap_or(0);
             return Ok((head + need, log_head));
         }

@@ -40,6 +40,7 @@
 //!
 //! In every case the broken barrier stays broken until [`reset`](Barrier::reset).
 
+use super::futex::Spin;
 use super::lock::Lock;
 use crate::sys::{self, shm::Region};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -68,8 +69,8 @@ const BROKE: u32 = 2;
 /// A sleeping waiter looks for dead parties at least this often.
 const LIVENESS_PERIOD: Duration = Duration::from_millis(20);
 
-/// Looks before sleeping (the first few with a CPU pause, the rest yielding).
-const SPINS: u32 = 40;
+/// How long a waiter stays awake before it sleeps (see [`Spin`]).
+static SPIN: Spin = Spin::new(Duration::from_micros(20));
 
 /// The most parties a barrier can have.
 pub const MAX_PARTIES: usize = 1 << 16;
@@ -456,16 +457,9 @@ impl Barrier {
                 Err(BarrierError::Broken)
             }
         };
-        for i in 0..SPINS {
-            let o = outcome.load(Ordering::Acquire);
-            if o != PENDING {
-                return leave(o);
-            }
-            if i < 4 {
-                std::hint::spin_loop();
-            } else {
-                std::thread::yield_now();
-            }
+        let ended = || Some(outcome.load(Ordering::Acquire)).filter(|&o| o != PENDING);
+        if let Some(o) = SPIN.until(deadline, ended) {
+            return leave(o);
         }
         loop {
             let o = outcome.load(Ordering::Acquire);

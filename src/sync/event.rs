@@ -10,7 +10,8 @@
 //! | 2..=31 (`GENERATION`) | how many times the flag went from clear to set, modulo 2^30 |
 //!
 //! *Wait* reads the word; if `SET` is there it returns at once. Otherwise it remembers the
-//! generation, spins briefly (yielding the CPU after a few tries), then sets `WAITERS` with a
+//! generation, stays awake briefly (an adaptive spin, never past its deadline: see `futex::Spin`),
+//! then sets `WAITERS` with a
 //! compare-and-swap and sleeps in `FUTEX_WAIT`, telling the kernel the exact word it saw (a set
 //! between our read and our sleep changes the word, and the wait returns at once). It returns when it
 //! sees `SET` *or a new generation*, and that is the point of the generation: a `set` followed at once
@@ -29,7 +30,7 @@
 //! A waiter that stays asleep across exactly 2^30 set-and-clear cycles (the generation wrapped
 //! around to the value it remembered) would miss them all and wait for the next `set`.
 
-use super::futex::{FutexWord, spin};
+use super::futex::{FutexWord, Spin};
 use crate::codec;
 use crate::sys::shm::Region;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -46,8 +47,8 @@ const GENERATION: u32 = !(SET | WAITERS);
 const ONE_GENERATION: u32 = 1 << 2;
 const KIND: &str = "multiprocess-event";
 
-/// Looks before sleeping (the first few with a CPU pause, the rest yielding).
-const SPINS: u32 = 40;
+/// How long a waiter stays awake before it sleeps (see [`Spin`]).
+static SPIN: Spin = Spin::new(Duration::from_micros(20));
 
 /// A flag shared between processes, like Python's `multiprocessing.Event`: processes
 /// [`wait`](Self::wait) until some process [`set`](Self::set)s it.
@@ -110,7 +111,7 @@ impl Event {
     fn core(&self) -> EventWord<'_, AtomicU32> {
         EventWord {
             word: self.word(),
-            spins: SPINS,
+            spin: Some(&SPIN),
         }
     }
 
@@ -202,8 +203,8 @@ impl Event {
 /// the model tests run this very code.
 pub(crate) struct EventWord<'a, W> {
     pub(crate) word: &'a W,
-    /// Looks before sleeping.
-    pub(crate) spins: u32,
+    /// How long to stay awake before sleeping; `None`: look once (the model tests).
+    pub(crate) spin: Option<&'a Spin>,
 }
 
 impl<W: FutexWord> EventWord<'_, W> {
@@ -242,11 +243,13 @@ impl<W: FutexWord> EventWord<'_, W> {
             return true;
         }
         let released = |v: u32| v & SET != 0 || (v ^ first) & GENERATION != 0;
-        for i in 0..self.spins {
-            if released(word.load(Ordering::Acquire)) {
-                return true;
-            }
-            spin(i);
+        let seen = || released(word.load(Ordering::Acquire)).then_some(());
+        let seen = match self.spin {
+            Some(spin) => spin.until(deadline, seen),
+            None => seen(),
+        };
+        if seen.is_some() {
+            return true;
         }
         loop {
             let v = word.load(Ordering::Acquire);

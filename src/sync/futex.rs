@@ -20,8 +20,8 @@
 //! model cannot cover, because it needs time or dead processes, is covered by the tests across
 //! processes: a holder that dies while others sleep, deadlines.
 
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 /// A 32-bit atomic word that a thread can sleep on until it changes.
 pub(crate) trait FutexWord {
@@ -76,12 +76,219 @@ impl FutexWord for AtomicU32 {
     }
 }
 
-/// Spins `i` of a brief wait: a CPU pause for the first few, then a yield of the CPU, so a holder
-/// that shares our CPU can run.
-pub(crate) fn spin(i: u32) {
-    if i < 4 {
-        std::hint::spin_loop();
-    } else {
-        std::thread::yield_now();
+/// How long a waiter stays awake, watching for what it waits for, before it sleeps in the kernel.
+///
+/// # Why adaptive, bounded by time, and yielding only while yielding is cheap
+/// A process that sleeps in the kernel takes about 25 µs to wake on another CPU, so a hand-off that
+/// comes within a few microseconds is far cheaper to wait for awake. But staying awake only pays
+/// while whoever we wait for gets to run:
+/// - When every CPU is busy with other programs, the peer may not run for a whole time slice. A
+///   waiter that spins only delays it, and one that yields (`sched_yield`) hands its CPU to a busy
+///   neighbour for that neighbour's whole slice, a millisecond or more: such waits used to take
+///   milliseconds (40 yields: 48 ms for a 1 ms timeout) where a plain blocking wait takes tens of
+///   microseconds.
+/// - When our own processes outnumber the CPUs (two producers and two consumers on two CPUs), the
+///   peer is often waiting for *our* CPU: spinning then cannot help, and a yield that lets it run
+///   at once is the cheapest hand-off there is.
+///
+/// So a wait first spins, backing off exponentially between looks, for an adaptive budget bounded
+/// by time (never by a count of tries, whose duration depends on the machine), never past the
+/// caller's deadline (a zero timeout looks once), and not after it notices that it was itself
+/// descheduled (the clock jumped between two looks). The budget doubles when the awaited thing came
+/// while spinning and halves when it did not, so where spinning does not pay it falls to
+/// [`Spin::MIN`] within a few waits. Then it yields a few times, but only while yields come back
+/// quickly: a yield that kept us off the CPU for long means a busy neighbour ran, and this process
+/// stops yielding in waits of that kind for a while. Waits with a deadline close enough that a yield could
+/// overshoot it do not yield at all.
+#[derive(Debug)]
+pub(crate) struct Spin {
+    /// The current budget in nanoseconds.
+    ns: AtomicU32,
+    /// When a wait of this kind last met a costly yield, as nanoseconds since [`epoch`] (0: never).
+    costly_yield_at: AtomicU64,
+}
+
+/// A gap this long between two looks at the clock means this thread was not running in between.
+const DESCHEDULED: Duration = Duration::from_micros(50);
+
+/// The most CPU pauses between two looks (a pause is tens of nanoseconds).
+const MAX_PAUSES: u32 = 64;
+
+/// Yields after the spin, at most.
+const YIELDS: u32 = 32;
+
+/// A yield that kept us off the CPU longer than this gave it to a busy neighbour.
+const CHEAP_YIELD: Duration = Duration::from_micros(400);
+
+/// After such a yield, no wait of this process yields for this long.
+const NO_YIELDS_FOR: Duration = Duration::from_millis(100);
+
+/// A wait whose deadline is closer than this does not yield (a costly yield would overshoot it).
+const YIELD_MARGIN: Duration = Duration::from_millis(10);
+
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn since_epoch(t: Instant) -> u64 {
+    t.saturating_duration_since(epoch()).as_nanos() as u64 | 1
+}
+
+impl Spin {
+    /// The smallest budget: a few looks, about what a failed look and a system call cost anyway.
+    pub(crate) const MIN: Duration = Duration::from_micros(1);
+    /// The largest: about two cross-CPU wake-ups.
+    pub(crate) const MAX: Duration = Duration::from_micros(50);
+
+    /// A budget starting at `start` (clamped to [`MIN`](Self::MIN)..=[`MAX`](Self::MAX)).
+    pub(crate) const fn new(start: Duration) -> Spin {
+        let ns = start.as_nanos() as u64;
+        let (lo, hi) = (Self::MIN.as_nanos() as u64, Self::MAX.as_nanos() as u64);
+        let ns = if ns < lo {
+            lo
+        } else if ns > hi {
+            hi
+        } else {
+            ns
+        };
+        Spin {
+            ns: AtomicU32::new(ns as u32),
+            costly_yield_at: AtomicU64::new(0),
+        }
+    }
+
+    /// Calls `poll` until it gives a value, for at most the budget, never past `deadline`, and not
+    /// after noticing that this thread was descheduled; `None` if nothing came (the caller then
+    /// sleeps in the kernel, or gives up at its deadline). `poll` is called at least once.
+    pub(crate) fn until<T>(
+        &self,
+        deadline: Option<Instant>,
+        mut poll: impl FnMut() -> Option<T>,
+    ) -> Option<T> {
+        if let Some(v) = poll() {
+            return Some(v);
+        }
+        let start = Instant::now();
+        let budget = Duration::from_nanos(u64::from(self.ns.load(Ordering::Relaxed)));
+        let end = match deadline {
+            Some(d) if d <= start => return None, // no time to spend: a zero timeout looks once
+            Some(d) => d.min(start + budget),
+            None => start + budget,
+        };
+        let mut last = start;
+        let mut pauses = 1u32;
+        loop {
+            // Backing off exponentially keeps a waiter from pulling the awaited cache line away from
+            // whoever works on it at every look.
+            for _ in 0..pauses {
+                std::hint::spin_loop();
+            }
+            pauses = (pauses * 2).min(MAX_PAUSES);
+            if let Some(v) = poll() {
+                self.adapt(true);
+                return Some(v);
+            }
+            let now = Instant::now();
+            if now.duration_since(last) >= DESCHEDULED {
+                // Not running ourselves: the CPUs are oversubscribed; sleep.
+                self.adapt(false);
+                return None;
+            }
+            if now >= end {
+                self.adapt(false);
+                return self.yielding(now, deadline, poll);
+            }
+            last = now;
+        }
+    }
+
+    /// The yields after a spin that found nothing (see the type's notes).
+    fn yielding<T>(
+        &self,
+        mut now: Instant,
+        deadline: Option<Instant>,
+        mut poll: impl FnMut() -> Option<T>,
+    ) -> Option<T> {
+        for _ in 0..YIELDS {
+            if !self.yields_allowed(now, deadline) {
+                return None;
+            }
+            std::thread::yield_now();
+            let before = now;
+            now = Instant::now();
+            if let Some(v) = poll() {
+                return Some(v);
+            }
+            if now.duration_since(before) >= CHEAP_YIELD {
+                self.costly_yield_at
+                    .store(since_epoch(now), Ordering::Relaxed);
+                return None;
+            }
+        }
+        None
+    }
+
+    /// Whether a wait of this kind with `deadline` may yield at `now`.
+    fn yields_allowed(&self, now: Instant, deadline: Option<Instant>) -> bool {
+        if deadline.is_some_and(|d| d.saturating_duration_since(now) < YIELD_MARGIN) {
+            return false;
+        }
+        let costly = self.costly_yield_at.load(Ordering::Relaxed);
+        costly == 0 || since_epoch(now).saturating_sub(costly) >= NO_YIELDS_FOR.as_nanos() as u64
+    }
+
+    fn adapt(&self, paid: bool) {
+        let ns = self.ns.load(Ordering::Relaxed);
+        let next = if paid {
+            ns.saturating_mul(2).min(Self::MAX.as_nanos() as u32)
+        } else {
+            (ns / 2).max(Self::MIN.as_nanos() as u32)
+        };
+        if next != ns {
+            self.ns.store(next, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_zero_deadline_looks_once() {
+        let spin = Spin::new(Spin::MAX);
+        let mut looks = 0;
+        let got: Option<()> = spin.until(Some(Instant::now()), || {
+            looks += 1;
+            None
+        });
+        assert_eq!((got, looks), (None, 1));
+    }
+
+    #[test]
+    fn the_budget_bounds_the_spin_and_adapts() {
+        let spin = Spin::new(Spin::MAX);
+        let t = Instant::now();
+        assert_eq!(spin.until(None, || None::<()>), None);
+        assert!(
+            t.elapsed() >= Spin::MAX / 2,
+            "it spun for {:?}",
+            t.elapsed()
+        );
+        for _ in 0..10 {
+            let _ = spin.until(None, || None::<()>);
+        }
+        assert_eq!(spin.ns.load(Ordering::Relaxed), Spin::MIN.as_nanos() as u32);
+        let mut n = 0;
+        let got = spin.until(None, || {
+            n += 1;
+            (n >= 3).then_some(7)
+        });
+        assert_eq!(got, Some(7));
+        assert_eq!(
+            spin.ns.load(Ordering::Relaxed),
+            2 * Spin::MIN.as_nanos() as u32
+        );
     }
 }

@@ -10,8 +10,8 @@
 //! | 31 (`WAITERS`) | some process may be asleep in `FUTEX_WAIT` on this word |
 //!
 //! *Acquire* is a compare-and-swap from 0 to our pid: no system call when uncontended. When contended,
-//! a waiter spins briefly (yielding the CPU after a few tries, so a holder sharing our CPU can run),
-//! then asks the kernel whether the holder is still alive (`kill(pid, 0)`, and not a zombie in
+//! a waiter stays awake briefly (an adaptive spin bounded by time and by its deadline, which gives up
+//! when it notices the CPUs are oversubscribed: see `futex::Spin`), then asks the kernel whether the holder is still alive (`kill(pid, 0)`, and not a zombie in
 //! `/proc/<pid>/stat`), sets `WAITERS` and sleeps on
 //! the futex, at most [`LIVENESS_PERIOD`] at a time, asking again each time it wakes to the same holder.
 //! If not, it takes the lock over with a compare-and-swap from the dead holder's word, and reports
@@ -28,7 +28,7 @@
 //! any pid-based scheme), and a dead holder's pid reused by a new process looks alive until that
 //! process ends too.
 
-use super::futex::{FutexWord, spin};
+use super::futex::{FutexWord, Spin};
 use crate::codec;
 use crate::sys::{self, shm::Region};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -45,8 +45,8 @@ const OWNER: u32 = !WAITERS;
 /// A sleeping waiter checks that the holder still exists at least this often.
 const LIVENESS_PERIOD: Duration = Duration::from_millis(20);
 
-/// Spins before sleeping (the first few with a CPU pause, the rest yielding).
-const SPINS: u32 = 40;
+/// How long a contended acquirer stays awake before it sleeps (see [`Spin`]).
+static SPIN: Spin = Spin::new(Duration::from_micros(20));
 
 /// A lock shared between processes, like Python's `multiprocessing.Lock`, that survives the death of
 /// its holder.
@@ -255,8 +255,8 @@ pub(crate) enum Acquired {
 /// the model tests run this very code.
 pub(crate) struct LockWord<'a, W> {
     pub(crate) word: &'a W,
-    /// Tries before sleeping.
-    pub(crate) spins: u32,
+    /// How long to stay awake before sleeping; `None`: look once (the model tests).
+    pub(crate) spin: Option<&'a Spin>,
     /// Whether holder id `id` is alive.
     pub(crate) alive: &'a dyn Fn(u32) -> bool,
 }
@@ -267,7 +267,7 @@ impl LockWord<'_, AtomicU32> {
     pub(crate) fn on(word: &AtomicU32) -> LockWord<'_, AtomicU32> {
         LockWord {
             word,
-            spins: SPINS,
+            spin: Some(&SPIN),
             alive: &alive,
         }
     }
@@ -323,16 +323,20 @@ impl<W: FutexWord> LockWord<'_, W> {
     #[inline(never)]
     fn acquire_contended(&self, me: u32, deadline: Option<Instant>) -> Option<Acquired> {
         let word = self.word;
-        for i in 0..self.spins {
+        let take_free = || {
             let v = word.load(Ordering::Relaxed);
-            if v & OWNER == 0
+            let free = v & OWNER == 0
                 && word
                     .compare_exchange(v, me | (v & WAITERS), Ordering::Acquire, Ordering::Relaxed)
-                    .is_ok()
-            {
-                return Some(Acquired::Free);
-            }
-            spin(i);
+                    .is_ok();
+            free.then_some(())
+        };
+        let taken = match self.spin {
+            Some(spin) => spin.until(deadline, take_free),
+            None => take_free(),
+        };
+        if taken.is_some() {
+            return Some(Acquired::Free);
         }
         let mut waited_on: Option<(u32, Instant)> = None;
         loop {

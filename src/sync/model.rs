@@ -93,7 +93,7 @@ fn everyone_alive(_: u32) -> bool {
 fn lock_word(w: &ModelWord) -> LockWord<'_, ModelWord> {
     LockWord {
         word: w,
-        spins: 1,
+        spin: None,
         alive: &everyone_alive,
     }
 }
@@ -164,7 +164,7 @@ fn lock_of_a_dead_holder_is_taken_over_exactly_once() {
             let (w, from_dead) = state;
             let lock = LockWord {
                 word: w,
-                spins: 1,
+                spin: None,
                 alive: &alive,
             };
             if lock.acquire(me, None) == Some(Acquired::FromDead) {
@@ -192,7 +192,7 @@ fn event_set_wakes_every_waiter() {
                 thread::spawn(move || {
                     let ev = EventWord {
                         word: &*w,
-                        spins: 1,
+                        spin: None,
                     };
                     assert!(ev.wait_until(None));
                 })
@@ -200,7 +200,7 @@ fn event_set_wakes_every_waiter() {
             .collect();
         let ev = EventWord {
             word: &*w,
-            spins: 1,
+            spin: None,
         };
         ev.set();
         for t in waiters {
@@ -222,7 +222,7 @@ fn event_set_then_clear_releases_a_sleeping_waiter() {
                 assert!(
                     EventWord {
                         word: &*w,
-                        spins: 1
+                        spin: None
                     }
                     .wait_until(None)
                 );
@@ -234,7 +234,7 @@ fn event_set_then_clear_releases_a_sleeping_waiter() {
         }
         let ev = EventWord {
             word: &*w,
-            spins: 1,
+            spin: None,
         };
         ev.set();
         ev.clear();
@@ -252,7 +252,7 @@ fn counter<'a>(
         count,
         sleepers,
         max,
-        spins: 1,
+        spin: None,
     }
 }
 
@@ -394,7 +394,7 @@ fn signal<'a>(word: &'a ModelWord, sleepers: &'a ModelWord) -> Signal<'a, ModelW
     Signal {
         word,
         sleepers,
-        spins: 1,
+        spin: None,
     }
 }
 

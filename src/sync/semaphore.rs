@@ -10,8 +10,8 @@
 //! | 8 | `max` | the value a release may not pass: the initial value of a `BoundedSemaphore`, `u32::MAX` for a `Semaphore`. Written once, at creation. |
 //!
 //! *Acquire* is a compare-and-swap of `count` from `c > 0` to `c - 1`: no system call when a slot is
-//! free. When none is, a waiter spins briefly (yielding the CPU after a few tries, so a releaser
-//! sharing our CPU can run), then increments `sleepers`, reads `count` again and, while it is still 0,
+//! free. When none is, a waiter stays awake briefly (an adaptive spin, never past its deadline: see
+//! `futex::Spin`), then increments `sleepers`, reads `count` again and, while it is still 0,
 //! sleeps in `FUTEX_WAIT` on it, telling the kernel the 0 it saw (the kernel compares atomically, so
 //! a release between our read and our sleep makes the wait return at once). On every wake-up it reads
 //! `count` before it looks at its deadline, so a wake-up meant for it is never wasted while a slot is
@@ -42,7 +42,7 @@
 //! A process that dies while asleep in acquire leaves `sleepers` one too high: every later release
 //! makes one spare `FUTEX_WAKE` system call; nothing blocks and nothing is lost.
 
-use super::futex::{FutexWord, spin};
+use super::futex::{FutexWord, Spin};
 use crate::codec;
 use crate::sys::shm::Region;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -60,8 +60,8 @@ const LEN: usize = 12;
 const SEMAPHORE: &str = "multiprocess-semaphore";
 const BOUNDED: &str = "multiprocess-bounded-semaphore";
 
-/// Tries before sleeping (the first few with a CPU pause, the rest yielding).
-const SPINS: u32 = 40;
+/// How long an acquirer stays awake before it sleeps (see [`Spin`]).
+static SPIN: Spin = Spin::new(Duration::from_micros(20));
 
 /// The counter's state machine on its two words (see the module notes), written over [`FutexWord`]
 /// so that the model tests run this very code.
@@ -69,8 +69,8 @@ pub(crate) struct CounterWords<'a, W> {
     pub(crate) count: &'a W,
     pub(crate) sleepers: &'a W,
     pub(crate) max: u32,
-    /// Tries before sleeping.
-    pub(crate) spins: u32,
+    /// How long to stay awake before sleeping; `None`: look once (the model tests).
+    pub(crate) spin: Option<&'a Spin>,
 }
 
 impl<W: FutexWord> CounterWords<'_, W> {
@@ -87,11 +87,13 @@ impl<W: FutexWord> CounterWords<'_, W> {
     }
 
     pub(crate) fn acquire_until(&self, deadline: Option<Instant>) -> bool {
-        for i in 0..self.spins {
-            if self.try_acquire() {
-                return true;
-            }
-            spin(i);
+        let took = || self.try_acquire().then_some(());
+        let took = match self.spin {
+            Some(spin) => spin.until(deadline, took),
+            None => took(),
+        };
+        if took.is_some() {
+            return true;
         }
         let (count, sleepers) = (self.count, self.sleepers);
         sleepers.fetch_add(1, Ordering::SeqCst);
@@ -180,7 +182,7 @@ impl Counter {
             count: self.count(),
             sleepers: self.sleepers(),
             max: self.max(),
-            spins: SPINS,
+            spin: Some(&SPIN),
         }
     }
 

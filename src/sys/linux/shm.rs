@@ -15,7 +15,7 @@
 //!   anywhere reaches through one type (a `SharedMemory`'s bytes, an `Event`'s word) cannot be
 //!   received as another type that hands out references into it (a `Value`'s guard).
 //! - *Writing at any moment.* Copies in and out of a region ([`Region::read_at`], [`Region::write_at`])
-//!   are made of relaxed byte- or word-wise atomic accesses (`rep movsb` on x86_64), so a copy racing
+//!   are made of relaxed byte- or word-wise atomic accesses (inline assembly on x86_64), so a copy racing
 //!   another process's writes may mix old and new bytes but is never undefined behaviour.
 //!
 //! # Safety
@@ -243,6 +243,21 @@ impl Region {
         self.intact()
     }
 
+    /// Appends `n` bytes from byte `offset` to `buf` (same caveat as [`read_at`](Self::read_at)),
+    /// without first filling them with zeros as `read_at` into a resized buffer would.
+    pub(crate) fn read_append(&self, offset: usize, n: usize, buf: &mut Vec<u8>) -> io::Result<()> {
+        check_range(offset, n, self.len)?;
+        self.intact()?;
+        buf.reserve(n);
+        let spare = buf.spare_capacity_mut();
+        // SAFETY: the range is inside the mapping (checked), and the spare capacity, reserved above,
+        // holds at least `n` writable bytes that nothing else refers to.
+        unsafe { copy_shared(spare.as_mut_ptr().cast(), self.ptr.as_ptr().add(offset), n) };
+        // SAFETY: the copy initialised those `n` bytes.
+        unsafe { buf.set_len(buf.len() + n) };
+        self.intact()
+    }
+
     /// Copies `src` to byte `offset` (same caveat as [`read_at`](Self::read_at)).
     pub(crate) fn write_at(&self, offset: usize, src: &[u8]) -> io::Result<()> {
         check_range(offset, src.len(), self.len)?;
@@ -273,23 +288,133 @@ impl Region {
 }
 
 /// Copies `n` bytes between shared memory and a private buffer (either direction) as relaxed
-/// byte-wise atomic accesses: on x86_64 one `rep movsb`, which the compiler cannot see into and which
-/// touches each byte exactly once (each byte access is atomic on x86), so it is the byte-wise atomic
-/// copy of RFC 3301; elsewhere relaxed `AtomicU64`/`AtomicU8` accesses on the shared side.
+/// byte-wise atomic accesses (RFC 3301's atomic memcpy): inline assembly that the compiler cannot see
+/// into and that reads and writes each byte exactly once, with plain x86 loads and stores (which never
+/// tear a byte). One cache line per step, through the widest registers the CPU has (AVX-512, AVX or
+/// SSE2, as glibc's `memcpy` chooses), then `rep movsb` for the last few bytes. (`rep movsb` for
+/// the whole copy, or 16-byte steps, ran 4 KiB queue items at two thirds of `memcpy`'s speed when the
+/// source lines sat in another CPU's cache.) Elsewhere: relaxed `AtomicU64`/`AtomicU8` accesses.
 ///
 /// # Safety
 /// `src..src+n` must be readable and `dst..dst+n` writable, and the two must not overlap.
 #[cfg(target_arch = "x86_64")]
 unsafe fn copy_shared(dst: *mut u8, src: *const u8, n: usize) {
-    // SAFETY: the caller guarantees both ranges; `rep movsb` with the direction flag clear (the ABI
-    // guarantees it is clear) copies rcx bytes forward from rsi to rdi and touches nothing else.
+    let lines = n / 64;
+    if lines > 0 {
+        // SAFETY: forwarded (the caller guarantees both ranges, of which these are the first
+        // `lines * 64` bytes); each variant runs only where the CPU has its instructions.
+        unsafe {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                copy_lines_avx512(dst, src, lines);
+            } else if std::arch::is_x86_feature_detected!("avx") {
+                copy_lines_avx(dst, src, lines);
+            } else {
+                copy_lines_sse2(dst, src, lines);
+            }
+        }
+    }
+    let done = lines * 64;
+    // SAFETY: the caller guarantees both ranges, of which these are the last `n - done` bytes;
+    // `rep movsb` with the direction flag clear (the ABI guarantees it) copies rcx bytes forward.
     unsafe {
         std::arch::asm!(
             "rep movsb",
-            inout("rcx") n => _,
-            inout("rdi") dst => _,
-            inout("rsi") src => _,
+            inout("rcx") n - done => _,
+            inout("rdi") dst.add(done) => _,
+            inout("rsi") src.add(done) => _,
             options(nostack, preserves_flags)
+        );
+    }
+}
+
+/// `lines` cache lines from `src` to `dst`, one 64-byte register per line.
+///
+/// # Safety
+/// As [`copy_shared`] for `lines * 64` bytes (`lines > 0`), on a CPU with AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn copy_lines_avx512(dst: *mut u8, src: *const u8, lines: usize) {
+    // SAFETY: see the function's contract; the register is declared clobbered, and vzeroupper
+    // leaves the upper state clean for SSE code that follows.
+    unsafe {
+        std::arch::asm!(
+            "2:",
+            "vmovdqu64 zmm0, [{s}]",
+            "vmovdqu64 [{d}], zmm0",
+            "add {s}, 64",
+            "add {d}, 64",
+            "dec {n}",
+            "jnz 2b",
+            "vzeroupper",
+            s = inout(reg) src => _,
+            d = inout(reg) dst => _,
+            n = inout(reg) lines => _,
+            out("zmm0") _,
+            options(nostack),
+        );
+    }
+}
+
+/// `lines` cache lines from `src` to `dst`, two 32-byte registers per line.
+///
+/// # Safety
+/// As [`copy_shared`] for `lines * 64` bytes (`lines > 0`), on a CPU with AVX.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+unsafe fn copy_lines_avx(dst: *mut u8, src: *const u8, lines: usize) {
+    // SAFETY: see the function's contract and `copy_lines_avx512`.
+    unsafe {
+        std::arch::asm!(
+            "2:",
+            "vmovdqu ymm0, [{s}]",
+            "vmovdqu ymm1, [{s} + 32]",
+            "vmovdqu [{d}], ymm0",
+            "vmovdqu [{d} + 32], ymm1",
+            "add {s}, 64",
+            "add {d}, 64",
+            "dec {n}",
+            "jnz 2b",
+            "vzeroupper",
+            s = inout(reg) src => _,
+            d = inout(reg) dst => _,
+            n = inout(reg) lines => _,
+            out("ymm0") _,
+            out("ymm1") _,
+            options(nostack),
+        );
+    }
+}
+
+/// `lines` cache lines from `src` to `dst`, four 16-byte registers per line (SSE2: every x86_64).
+///
+/// # Safety
+/// As [`copy_shared`] for `lines * 64` bytes (`lines > 0`).
+#[cfg(target_arch = "x86_64")]
+unsafe fn copy_lines_sse2(dst: *mut u8, src: *const u8, lines: usize) {
+    // SAFETY: see the function's contract; the four registers are declared clobbered.
+    unsafe {
+        std::arch::asm!(
+            "2:",
+            "movdqu xmm0, [{s}]",
+            "movdqu xmm1, [{s} + 16]",
+            "movdqu xmm2, [{s} + 32]",
+            "movdqu xmm3, [{s} + 48]",
+            "movdqu [{d}], xmm0",
+            "movdqu [{d} + 16], xmm1",
+            "movdqu [{d} + 32], xmm2",
+            "movdqu [{d} + 48], xmm3",
+            "add {s}, 64",
+            "add {d}, 64",
+            "dec {n}",
+            "jnz 2b",
+            s = inout(reg) src => _,
+            d = inout(reg) dst => _,
+            n = inout(reg) lines => _,
+            out("xmm0") _,
+            out("xmm1") _,
+            out("xmm2") _,
+            out("xmm3") _,
+            options(nostack),
         );
     }
 }
