@@ -44,6 +44,7 @@ fn main() -> Result {
     killed_child()?;
     join_with_timeout()?;
     listing_children()?;
+    forkserver_killed()?;
 
     section("2. Pipes and connections");
     duplex_round_trip()?;
@@ -63,6 +64,8 @@ fn main() -> Result {
     condition_handoff()?;
     barrier_rounds()?;
     barrier_party_killed()?;
+    named_region_creator_killed()?;
+    named_region_truncated()?;
 
     section("4. Queues");
     queue_producers_consumers()?;
@@ -71,6 +74,9 @@ fn main() -> Result {
     queue_killed_producer()?;
     joinable_queue()?;
     simple_queue_round_trip()?;
+
+    section("5. Under load");
+    busy_cpus()?;
 
     section("Still to come");
     println!("   pool, manager, listener/client");
@@ -88,7 +94,8 @@ struct Who {
     name: String,
     /// The process that asked for this child, as `parent_process()` says.
     parent_pid: i32,
-    /// What the OS says (`getppid()`); under forkserver it is the fork server.
+    /// What the OS says (`getppid()`): the parent under every method (the fork server forks its
+    /// children as children of the process that asked).
     os_ppid: u32,
     reply: String,
 }
@@ -143,8 +150,53 @@ fn start_methods() -> Result {
         }
     }
     println!(
-        "   (first forkserver start includes starting the server; its children's getppid() is the server)"
+        "   (the first forkserver start includes starting the server; its children are forked as the \
+         parent's own children, so getppid() is the parent under every method)"
     );
+    Ok(())
+}
+
+/// This process's fork server, found by its initial environment (for the tour only).
+fn forkserver_pid() -> Option<i32> {
+    let me = std::process::id().to_string();
+    std::fs::read_dir("/proc").ok()?.find_map(|e| {
+        let pid: i32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let ppid = stat.rsplit(')').next()?.split_whitespace().nth(1)?;
+        let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+        let server = env
+            .split(|&b| b == 0)
+            .any(|kv| kv.starts_with(b"MULTIPROCESS_FORKSERVER="));
+        (ppid == me && server).then_some(pid)
+    })
+}
+
+fn nap_then(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+fn forkserver_killed() -> Result {
+    step("The fork server is killed (kill -9) while two of its children run");
+    multiprocess::init()?;
+    let kids = [
+        Process::spawn(nap_then, 150)?,
+        Process::spawn(nap_then, 200)?,
+    ];
+    let server = forkserver_pid().ok_or("no fork server")?;
+    std::process::Command::new("kill")
+        .args(["-9", &server.to_string()])
+        .status()?;
+    for k in kids {
+        println!("   child {} -> {:?}", k.pid(), k.join());
+    }
+    let next = Process::spawn(nap_then, 0)?;
+    println!(
+        "   the next child started from a new server ({:?}); the dead one ({server}) was reaped: {}",
+        forkserver_pid(),
+        std::fs::metadata(format!("/proc/{server}")).is_err()
+    );
+    next.join()?;
     Ok(())
 }
 
@@ -577,6 +629,65 @@ fn lock_holder_killed() -> Result {
     Ok(())
 }
 
+fn create_named(args: (String, Connection)) {
+    let (name, conn) = args;
+    let shm = SharedMemory::create(&name, 4096).expect("a fresh name");
+    conn.send(&()).expect("parent listening");
+    std::thread::sleep(Duration::from_secs(10));
+    drop(shm);
+}
+
+fn named_region_creator_killed() -> Result {
+    step("A named SharedMemory whose creator is SIGKILLed: the name goes with the creator");
+    let name = format!("mp-tour-{}", std::process::id());
+    let (here, there) = pipe()?;
+    let creator = Process::spawn(create_named, (name.clone(), there))?;
+    here.recv::<()>()?;
+    let path = format!("/dev/shm/{name}");
+    println!("   {path} exists: {}", std::path::Path::new(&path).exists());
+    creator.kill()?;
+    let t = Instant::now();
+    let _ = creator.join();
+    while std::path::Path::new(&path).exists() && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    println!(
+        "   killed; {path} exists: {} after {} (its fork server removed it)",
+        std::path::Path::new(&path).exists(),
+        ms(t.elapsed())
+    );
+    Ok(())
+}
+
+fn read_after_cut(args: (String, Connection)) -> String {
+    let (name, conn) = args;
+    let shm = SharedMemory::open(&name).expect("created by the parent");
+    conn.send(&()).expect("parent listening");
+    let _ = conn.recv::<()>();
+    let mut buf = [0u8; 16];
+    format!("{:?}", shm.read(8192, &mut buf))
+}
+
+fn named_region_truncated() -> Result {
+    step("Another process truncates a named region under a reader: an error, not SIGBUS");
+    let name = format!("mp-tour-cut-{}", std::process::id());
+    let shm = SharedMemory::create(&name, 16 << 10)?;
+    let (here, there) = pipe()?;
+    let reader = Process::spawn(read_after_cut, (name.clone(), there))?;
+    here.recv::<()>()?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(format!("/dev/shm/{name}"))?
+        .set_len(0)?;
+    here.send(&())?;
+    println!(
+        "   the reader's read past the new end -> {}",
+        reader.join()?
+    );
+    println!("   and ours -> {:?}", shm.read(0, &mut [0u8; 4]));
+    Ok(())
+}
+
 fn try_rlock(rlock: RLock) -> bool {
     rlock.try_lock().is_some()
 }
@@ -932,6 +1043,65 @@ fn simple_queue_round_trip() -> Result {
             other => format!("{other:?}"),
         }
     );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------
+// 5. Under load
+
+fn burn(_: ()) {
+    let mut x = 0u64;
+    loop {
+        x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+    }
+}
+
+fn echo_bytes(conn: Connection) {
+    while let Ok(msg) = conn.recv_bytes() {
+        if conn.send_bytes(&msg).is_err() {
+            return;
+        }
+    }
+}
+
+fn busy_cpus() -> Result {
+    step("Every CPU busy with another process: round trips and a 1 ms timeout");
+    let burners = (0..cpu_count())
+        .map(|_| {
+            Process::builder()
+                .start_method(StartMethod::Fork)
+                .daemon(true)
+                .spawn(burn, ())
+        })
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let (here, there) = pipe()?;
+    let child = Process::spawn(echo_bytes, there)?;
+    let rt = median_of(201, || {
+        let t = Instant::now();
+        here.send_bytes(b"ping")?;
+        here.recv_bytes()?;
+        Ok(t.elapsed())
+    })?;
+    drop(here);
+    child.join()?;
+    let event = Event::new()?;
+    let timeout = median_of(51, || {
+        let t = Instant::now();
+        event.wait_timeout(Duration::from_millis(1));
+        Ok(t.elapsed())
+    })?;
+    println!(
+        "   {} burners: pipe round trip {} (median of 201), Event::wait_timeout(1 ms) {} (median \
+         of 51); waits stop spinning when they notice they were descheduled, and yield only \
+         while yields come back quickly",
+        burners.len(),
+        us(rt),
+        ms(timeout)
+    );
+    for b in burners {
+        b.kill()?;
+        let _ = b.join();
+    }
     Ok(())
 }
 

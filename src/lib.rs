@@ -39,11 +39,17 @@
 
 //!
 //! # Shared memory and synchronisation
-//! [`SharedMemory`], [`Value`] and [`Array`] share bytes and plain numbers; [`Lock`], [`RLock`],
-//! [`Semaphore`], [`BoundedSemaphore`], [`Event`], [`Condition`] and [`Barrier`] coordinate processes.
-//! All live in shared memory and sleep on futexes after a brief adaptive spin, so an uncontended lock
-//! makes no system call. A process that dies holding a lock does not wedge the others: the next
-//! acquirer gets it with [`OwnerDied`]. Every one of them travels to children and through connections.
+//! [`SharedMemory`] shares bytes; [`Value`] and [`Array`] share plain numbers and `#[repr(C)]`
+//! structs behind a lock that lives in their own memory (a guard dereferences to `&mut T`);
+//! [`RawValue`] and [`RawArray`] have no lock and only copy; [`AtomicValue`] offers lock-free integer
+//! operations. [`Lock`], [`RLock`], [`Semaphore`], [`BoundedSemaphore`], [`Event`], [`Condition`] and
+//! [`Barrier`] coordinate processes. All live in shared memory and sleep on futexes after a brief
+//! adaptive spin, so an uncontended lock makes no system call, and a wait on a machine whose CPUs
+//! are all busy costs what a plain blocking wait costs. A process that dies holding a lock does not
+//! wedge the others: the next acquirer gets it with [`OwnerDied`]. Every one of them travels to
+//! children and through connections, and nothing a peer does to the memory it shares can crash the
+//! receiver: anonymous memory is sealed against resizing, a received region must be of the right
+//! kind, named regions are guarded against being truncated, and every copy is an atomic copy.
 //!
 //! # Queues
 //! [`Queue`] (bounded or not), [`SimpleQueue`] and [`JoinableQueue`] carry any serde type between any

@@ -13,7 +13,10 @@
 //! | test_sentinel | `process.rs::pidfd_identifies_the_child` |
 //! | test_many_processes | `process.rs::many_processes_some_terminated` |
 //! | test_child_fd_inflation | [`child_fd_inflation`] |
-//! | test_forkserver_sigkill | [`forkserver_killed_is_restarted`] |
+//! | test_forkserver_sigkill | [`forkserver_killed_is_restarted`], `process_robustness.rs::a_fork_server_that_dies_loses_no_childs_outcome` (here the children of a killed server still report their own outcome: they are the parent's children) |
+//! | test_forkserver_sigint | `process_robustness.rs::a_fork_server_that_dies_loses_no_childs_outcome` (the server ignores SIGINT, and SIGTERM) |
+//! | test_closefd (a descriptor the child was not given is closed under spawn and forkserver, open under fork) | `process_robustness.rs::spawned_children_inherit_only_what_they_are_given` |
+//! | TestIgnoreEINTR test_ignore (a child with a signal handler keeps receiving and sending) | `sys::linux::process::tests::signals_do_not_break_a_childs_blocking_calls` (a unit test: installing a handler needs `unsafe`) |
 //! | test_sys_exit (subclassing) | `process.rs::exit_without_result_reports_the_code` |
 //! | test_connection | `connection.rs` (`typed_values_round_trip`, `recv_bytes_into_*`, `poll_*`, `closed_ends_*`) |
 //! | test_duplex_false | `connection.rs::one_way_pipes_refuse_the_wrong_direction` |
@@ -41,7 +44,7 @@
 //! | _TestQueue test_queue_feeder_donot_stop_onexc (an item that fails to pickle does not stop the queue) | `queue.rs::cpython_test_queue_feeder_donot_stop_onexc`: `PutError::Encode` hands the item back, the next put works |
 //! | _TestQueue test_timeout | `queue.rs::timeouts_wait_at_least_their_duration` |
 //! | TestSimpleQueue test_empty, test_close | `queue.rs::simple_queues_work_across_processes` |
-//! | test_shared_memory_cleaned_after_process_termination | differs by design: regions are anonymous unless named, and a named one belongs to its creator; `shared_values.rs::a_killed_creator_of_anonymous_objects_leaves_nothing_behind` |
+//! | test_shared_memory_cleaned_after_process_termination, TestResourceTracker test_resource_tracker (shared memory), test_resource_tracker_sigint, _sigterm, _sigkill | `named_shared_memory.rs` (a killed or exiting creator takes its names with it; the fork server, which tracks them, ignores SIGINT and SIGTERM and is restarted after SIGKILL, names registered again), without the "leaked" warnings, which CPython emits for every region an attaching process leaves; anonymous regions: `shared_values.rs::a_killed_creator_of_anonymous_objects_leaves_nothing_behind` |
 //!
 //! Not applicable to queues: test_no_import_lock_contention (Python's import lock),
 //! test_queue_feeder_on_queue_feeder_error and test_ignore (signals) are unrelated to queues; there is no feeder

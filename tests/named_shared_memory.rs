@@ -149,3 +149,46 @@ fn a_name_created_again_by_someone_else_is_left_alone() {
         assert!(!exists(&name));
     }
 }
+
+/// Creates a named region, reports its fork server, waits to hear that the server was killed,
+/// makes a call into the crate (which notices, and starts and briefs a new server), reports, hangs.
+fn create_outlive_server_and_hang(args: (String, Connection)) {
+    let (name, conn) = args;
+    let shm = SharedMemory::create(&name, 4096).unwrap();
+    conn.send(&common::forkserver_pid()).unwrap();
+    conn.recv::<()>().unwrap();
+    let _ = multiprocess::active_children();
+    conn.send(&common::forkserver_pid()).unwrap();
+    std::thread::sleep(Duration::from_secs(60));
+    drop(shm);
+}
+
+#[test]
+fn names_outlive_a_killed_fork_server_and_go_with_the_creator() {
+    let _one = ONE.lock().unwrap_or_else(|p| p.into_inner());
+    adopt_orphans();
+    for m in StartMethod::ALL {
+        let name = unique(&format!("server-killed-{m}"));
+        let (here, there) = pipe().unwrap();
+        let child = start(m, create_outlive_server_and_hang, (name.clone(), there));
+        let first: Option<i32> = here.recv_timeout(common::DEADLINE).unwrap();
+        let first = first.expect("a fork server");
+        std::process::Command::new("kill")
+            .args(["-9", &first.to_string()])
+            .status()
+            .unwrap();
+        assert!(common::eventually(|| !common::pid_alive(first)));
+        here.send(&()).unwrap();
+        let second: Option<i32> = here.recv_timeout(common::DEADLINE).unwrap();
+        let second = second.expect("a new fork server");
+        assert_ne!(first, second, "{m}");
+        assert!(exists(&name), "{m}");
+        child.kill().unwrap();
+        let _ = join(child);
+        assert!(
+            common::eventually(|| !exists(&name)),
+            "{m}: {name} outlived its creator"
+        );
+        reap(second);
+    }
+}

@@ -12,7 +12,8 @@
 //! # The children are not the server's
 //! The server forks each child with `CLONE_PARENT` (`sys::SiblingForks`), so the child's parent is
 //! the client, which reaps it through its pidfd exactly like a child it forked itself. Whatever
-//! happens to the server (Ctrl-C, which it ignores, as CPython's does; `kill -9`), every child's
+//! happens to the server (Ctrl-C or SIGTERM, which it ignores, as CPython's fork server and
+//! resource tracker do; `kill -9`), every child's
 //! outcome still reaches `join`. A server that died is reaped by the client and replaced on the next
 //! request; one that cannot fork that way (a kernel that does not report glibc's thread-id address)
 //! says so, and the client starts that child with *spawn* instead.
@@ -215,8 +216,10 @@ impl std::fmt::Debug for ForkServer {
 
 /// The server's main loop. Runs in the re-executed process, before `main`; never returns.
 pub(crate) fn serve(conn: Connection) -> ! {
-    // Ctrl-C goes to the whole foreground process group; the server is not the user's to stop.
-    sys::reset_signals(1 << sys::SIGINT);
+    // Ctrl-C goes to the whole foreground process group, and a supervisor may SIGTERM the whole
+    // group: the server is not the user's to stop (it exits when its client does, after removing
+    // the client's names), as CPython's fork server and resource tracker ignore these.
+    sys::reset_signals(1 << sys::SIGINT | 1 << sys::SIGTERM);
     let forks = sys::SiblingForks::prepare();
     let mut tracked: Vec<(String, OwnedFd)> = Vec::new();
     send(&conn, &FromServer::Ready, &[]);
@@ -270,7 +273,7 @@ pub(crate) fn serve(conn: Connection) -> ! {
 fn fork_child(forks: &sys::SiblingForks, child_end: OwnedFd) -> io::Result<(i32, OwnedFd)> {
     forks.fork(|| {
         // In the child: keep only stdio and the bootstrap socket (at fd 3), and stop ignoring
-        // Ctrl-C (the client's dispositions arrive with the bootstrap message).
+        // SIGINT and SIGTERM (the client's dispositions arrive with the bootstrap message).
         sys::reset_signals(0);
         if sys::dup2(child_end.as_fd(), super::bootstrap::BOOT_FD).is_err() {
             sys::exit_now(super::bootstrap::EXIT_BOOT_FAILED);

@@ -36,7 +36,19 @@ use thiserror::Error;
 /// harness or a tokio runtime, cannot leave a lock held in the child) at close to the cost of `Fork`.
 /// Python 3.14 made the same choice on Linux.
 ///
+/// Under every method the child is a child of the process that started it (`getppid()` says so;
+/// the fork server forks with `CLONE_PARENT`), is reaped by it, and starts with an empty signal
+/// mask. Under `Spawn` and `ForkServer` it starts in the parent's current directory, with the
+/// parent's current environment, the signals the parent ignores ignored and every other one at its
+/// default, and with no descriptor of the parent's but the ones it was handed (as CPython's spawn):
+/// what an `exec` from the parent at that moment would give it, even though a fork-server child is
+/// forked from a server started long before. The fork server ignores SIGINT and SIGTERM (as
+/// CPython's); if it dies anyway (`kill -9`), its children still report their own outcome, and the
+/// next child starts from a new server.
+///
 /// # Caveats
+/// - `Spawn` and `ForkServer` refuse to run in a set-user-ID, set-group-ID or capability-raising
+///   program (`AT_SECURE`): a re-executed child cannot trust its environment there. Use `Fork`.
 /// - Under `Spawn` and `ForkServer` the function must live in the executable itself (not in a shared
 ///   library loaded later): the child finds it by its offset inside the executable image.
 /// - Under `Spawn` and `ForkServer` the child runs from the crate's `.init_array` constructor, before
@@ -161,11 +173,19 @@ fn forkserver_handle() -> io::Result<Arc<forkserver::ForkServer>> {
     Ok(fs)
 }
 
-/// Reaps the fork server if it died (so that it is not left a zombie while nothing else calls in).
+/// Reaps the fork server if it died (so that it is not left a zombie while nothing else calls in),
+/// and starts another at once if named regions of ours need one to remove them should we die.
 fn reap_dead_forkserver() {
     let mut g = state::lock();
     if g.forkserver.as_ref().is_some_and(|fs| fs.is_broken()) {
         drop(g.forkserver.take());
+        if g.tracked
+            .iter()
+            .any(|(_, region)| region.strong_count() > 0)
+        {
+            drop(g);
+            let _ = forkserver_handle();
+        }
     }
 }
 

@@ -561,6 +561,13 @@ pub mod fuzzing {
     use super::{Queue, ring};
     use crate::error::GetError;
 
+    /// The checks a child applies to the bootstrap prelude its parent sends (see `sys::entry`): the
+    /// entry token and type name, and the function token and type name, when the bytes are a
+    /// well-formed prelude.
+    pub fn boot_prelude(bytes: &[u8]) -> Option<(i64, String, i64, String)> {
+        crate::sys::entry::decode_prelude(bytes)
+    }
+
     /// A consumer's check of a ring record header.
     pub fn ring_record_len(
         header: [u8; 8],

@@ -14,14 +14,24 @@ use std::sync::Arc;
 ///   vanishes when the last process holding it unmaps it, even if every one of them crashes. Hand it
 ///   to children in their argument or send it through a [`Connection`](crate::Connection).
 /// - [`SharedMemory::create`] makes a *named* region (`/dev/shm/<name>`) that unrelated processes can
-///   [`open`](SharedMemory::open). The handle that created it owns the name and removes it when
-///   dropped; [`unlink`](SharedMemory::unlink) removes it earlier. A name left behind by a crashed
-///   owner can be opened again, or removed with [`SharedMemory::remove`].
+///   [`open`](SharedMemory::open). The process that created it owns the name and removes it when its
+///   last handle is dropped ([`unlink`](SharedMemory::unlink) removes it earlier), and if it dies
+///   first, however it dies, its fork server removes it (CPython's resource tracker, without the
+///   warnings). Openers never remove a name, and nobody removes a name that was created again by
+///   someone else in the meantime. [`SharedMemory::remove`] removes a name by hand.
 ///
 /// Every process sees the same bytes. [`read`](Self::read) and [`write`](Self::write) copy in and
-/// out safely (a copy racing with another process's write may mix old and new bytes); for direct
-/// access under a protocol of your own there are `unsafe` [`as_slice`](Self::as_slice) and
-/// [`as_mut_slice`](Self::as_mut_slice).
+/// out safely: a copy racing with another process's write may mix old and new bytes, and is never
+/// undefined behaviour (the copies are atomic byte by byte). For direct access under a protocol of
+/// your own there are `unsafe` [`as_slice`](Self::as_slice) and [`as_mut_slice`](Self::as_mut_slice).
+///
+/// # What another process cannot do
+/// No holder can crash another by shrinking the memory under its mapping: an anonymous region is
+/// sealed against resizing as soon as it has its size (a received one that is not is refused), and
+/// the mappings of a named region, which anyone who can open the name can truncate, are guarded:
+/// after a truncation, `read` and `write` report `UnexpectedEof` where they would have raised
+/// `SIGBUS`. (The guard is a `SIGBUS` handler; a program that installs its own handler over it loses
+/// that protection for named regions.)
 ///
 /// # Examples
 /// ```
@@ -106,8 +116,9 @@ impl SharedMemory {
     }
 
     /// Creates a named region of `size` zeroed bytes that other processes can [`open`](Self::open).
-    /// This handle (and its clones in this process) owns the name: it is removed when the last of them
-    /// is dropped.
+    /// This process owns the name: it is removed when the last handle here is dropped, or when this
+    /// process ends without dropping it (killed, or exited), by its fork server (started here if it
+    /// does not run yet; see [`StartMethod`](crate::StartMethod)).
     ///
     /// # Errors
     /// `AlreadyExists` if the name is taken; `InvalidInput` for an empty name, one with `/`, or over 250

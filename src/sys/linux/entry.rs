@@ -214,6 +214,25 @@ pub(crate) fn prelude<C, A, R>(entry: fn(Func, C) -> i32, func: fn(A) -> R) -> i
     Ok(out)
 }
 
+/// The length of the prelude body announced by its first 8 bytes, if they are a prelude's.
+fn prelude_len(head: [u8; 8]) -> Option<usize> {
+    let magic = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+    let len = u32::from_le_bytes([head[4], head[5], head[6], head[7]]) as usize;
+    (magic == PRELUDE_MAGIC && len <= MAX_PRELUDE).then_some(len)
+}
+
+/// The checks `accept_boot` applies to a whole prelude, as a pure function of its bytes (for the fuzz
+/// target): the entry token and type name, and the function token and type name.
+pub(crate) fn decode_prelude(bytes: &[u8]) -> Option<(i64, String, i64, String)> {
+    let len = prelude_len(bytes.get(..8)?.try_into().ok()?)?;
+    let body = bytes.get(8..)?;
+    if body.len() != len {
+        return None;
+    }
+    let (entry, signature, func) = parse_prelude(body)?;
+    Some((entry, signature, func.token, func.signature))
+}
+
 /// The prelude's two tokens and two type names.
 fn parse_prelude(body: &[u8]) -> Option<(i64, String, Func)> {
     let entry = i64::from_le_bytes(body.get(0..8)?.try_into().ok()?);
@@ -266,12 +285,8 @@ pub(crate) fn accept_boot<C>(socket: &OwnedFd) -> Result<Entry<C>, BootError> {
     verify_parent(socket).map_err(BootError::Refused)?;
     let mut head = [0u8; 8];
     recv_exact(socket, &mut head)?;
-    let magic = u32::from_le_bytes(head[..4].try_into().expect("4 bytes"));
-    let len = u32::from_le_bytes(head[4..].try_into().expect("4 bytes")) as usize;
     let malformed = || BootError::Refused("malformed bootstrap prelude".into());
-    if magic != PRELUDE_MAGIC || len > MAX_PRELUDE {
-        return Err(malformed());
-    }
+    let len = prelude_len(head).ok_or_else(malformed)?;
     let mut body = vec![0u8; len];
     recv_exact(socket, &mut body)?;
     let (token, signature, func) = parse_prelude(&body).ok_or_else(malformed)?;

@@ -803,8 +803,50 @@ mod tests {
                 "{m}: SIGUSR1 not ignored"
             );
             assert!(ignored & 1 << libc::SIGHUP == 0, "{m}: SIGHUP ignored");
-            // The fork server ignores SIGINT; its children must not.
+            // The fork server ignores SIGINT and SIGTERM; its children must not.
             assert!(ignored & 1 << libc::SIGINT == 0, "{m}: SIGINT ignored");
+            assert!(ignored & 1 << libc::SIGTERM == 0, "{m}: SIGTERM ignored");
+        }
+    }
+
+    extern "C" fn ignore_it(_: i32) {}
+
+    /// CPython's `test_ignore` (EINTR must not break a blocking call): a child with a SIGUSR1
+    /// handler keeps receiving and sending across the signals its parent sends.
+    fn with_a_handler(conn: crate::Connection) -> bool {
+        // SAFETY: installs a handler that does nothing, without SA_RESTART, so that blocking calls
+        // do see EINTR.
+        unsafe {
+            let mut new: libc::sigaction = std::mem::zeroed();
+            new.sa_sigaction = ignore_it as extern "C" fn(i32) as usize;
+            libc::sigemptyset(&mut new.sa_mask);
+            libc::sigaction(libc::SIGUSR1, &new, std::ptr::null_mut());
+        }
+        conn.send(&"ready").unwrap();
+        let x: u32 = conn.recv().unwrap();
+        conn.send(&x).unwrap();
+        conn.send_bytes(&vec![b'x'; 32 << 20]).is_ok()
+    }
+
+    #[test]
+    fn signals_do_not_break_a_childs_blocking_calls() {
+        for m in StartMethod::ALL {
+            let (here, there) = crate::pipe().unwrap();
+            let p = start(m, with_a_handler, there);
+            assert_eq!(here.recv::<String>().unwrap(), "ready");
+            let usr1 = || {
+                // SAFETY: kill with a signal the child handles; `p` is our live child.
+                unsafe { libc::kill(p.pid(), libc::SIGUSR1) };
+            };
+            std::thread::sleep(Duration::from_millis(50));
+            usr1();
+            std::thread::sleep(Duration::from_millis(50));
+            here.send(&1234u32).unwrap();
+            assert_eq!(here.recv::<u32>().unwrap(), 1234, "{m}");
+            std::thread::sleep(Duration::from_millis(50));
+            usr1();
+            assert_eq!(here.recv_bytes().unwrap().len(), 32 << 20, "{m}");
+            assert!(join(p).unwrap(), "{m}");
         }
     }
 
