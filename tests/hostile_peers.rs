@@ -203,3 +203,58 @@ fn a_condition_refuses_a_guard_of_another_lock() {
     let guard = other.lock().unwrap();
     let _ = cond.wait_timeout(guard, Duration::from_millis(1));
 }
+
+/// Opens the named region, reports its pid, and after the parent's go reads past the new end.
+fn read_after_kill_bus(args: (String, Connection)) -> String {
+    let (name, conn) = args;
+    let shm = SharedMemory::open(&name).unwrap();
+    conn.send(&std::process::id()).unwrap();
+    conn.recv::<()>().unwrap();
+    let mut buf = [0u8; 16];
+    format!("{:?}", shm.read(8192, &mut buf))
+}
+
+/// `kill -BUS` (a signal sent, not a fault) does what it would have done without the guard: it ends
+/// a process whose disposition was the default, and is handed to a handler installed before ours
+/// (Rust's own, under fork); either way it never leaves the process running unguarded, so a later
+/// truncation cannot kill it. (Found by review: the guard was silently gone after a `kill -BUS`.)
+#[test]
+fn a_sent_sigbus_does_not_disarm_the_guard() {
+    for m in StartMethod::ALL {
+        let name = unique(&format!("kill-bus-{m}"));
+        let _shm = SharedMemory::create(&name, 64 << 10).unwrap();
+        let (here, there) = pipe().unwrap();
+        let child = start(m, read_after_kill_bus, (name.clone(), there));
+        let pid: u32 = here.recv_timeout(common::DEADLINE).unwrap();
+        let st = std::process::Command::new("kill")
+            .args(["-BUS", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        std::thread::sleep(Duration::from_millis(200));
+        if !common::pid_alive(pid as i32) {
+            // It ended of the signal, as the sender meant (its disposition was the default).
+            assert!(
+                matches!(
+                    join(child),
+                    Err(multiprocess::ProcessError::Signaled { signal: 7 })
+                ),
+                "{m}"
+            );
+            continue;
+        }
+        // A handler installed before ours took it (Rust's own, inherited under fork): the guard
+        // must still be there for the truncation.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(format!("/dev/shm/{name}"))
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        let _ = here.send(&());
+        match join(child) {
+            Ok(read) => assert!(read.contains("UnexpectedEof"), "{m}: {read}"),
+            other => panic!("{m}: {other:?}"),
+        }
+    }
+}

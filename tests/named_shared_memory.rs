@@ -192,3 +192,70 @@ fn names_outlive_a_killed_fork_server_and_go_with_the_creator() {
         reap(second);
     }
 }
+
+/// In a child of its own (the limit is process-wide): the fork server starts with a small
+/// descriptor limit, the client raises its own and creates more named regions than the server
+/// could hold descriptors for. (Found by review: the server then removed every name.)
+fn more_names_than_descriptors(n: usize) -> (usize, usize) {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let old = getrlimit(Resource::Nofile);
+    let low = Rlimit {
+        current: Some(64),
+        maximum: old.maximum,
+    };
+    setrlimit(Resource::Nofile, low).unwrap();
+    multiprocess::init().unwrap(); // the server inherits the limit of 64
+    setrlimit(Resource::Nofile, old).unwrap();
+    let regions: Vec<_> = (0..n)
+        .map(|i| {
+            let name = unique(&format!("many-{i}"));
+            let shm = SharedMemory::create(&name, 4096).unwrap();
+            (name, shm)
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let alive = regions.iter().filter(|(name, _)| exists(name)).count();
+    let server_alive = common::forkserver_pid().is_some();
+    drop(regions);
+    (alive, server_alive as usize)
+}
+
+#[test]
+fn the_fork_server_tracks_more_names_than_it_has_descriptors() {
+    let _one = ONE.lock().unwrap_or_else(|p| p.into_inner());
+    let (alive, server) = join(start(StartMethod::Fork, more_names_than_descriptors, 200)).unwrap();
+    assert_eq!((alive, server), (200, 1));
+}
+
+/// Creates a region, removes its name by hand, creates the name again, then drops the first handle
+/// (whose drop must not unregister the second region), reports, and hangs.
+fn unlink_recreate_and_hang(args: (String, Connection)) {
+    let (name, conn) = args;
+    let first = SharedMemory::create(&name, 4096).unwrap();
+    first.unlink().unwrap();
+    let second = SharedMemory::create(&name, 8192).unwrap();
+    drop(first);
+    conn.send(&common::forkserver_pid()).unwrap();
+    std::thread::sleep(Duration::from_secs(60));
+    drop(second);
+}
+
+#[test]
+fn a_name_created_again_by_its_creator_stays_tracked() {
+    let _one = ONE.lock().unwrap_or_else(|p| p.into_inner());
+    adopt_orphans();
+    for m in StartMethod::ALL {
+        let name = unique(&format!("recreated-{m}"));
+        let (here, there) = pipe().unwrap();
+        let child = start(m, unlink_recreate_and_hang, (name.clone(), there));
+        let server: Option<i32> = here.recv_timeout(common::DEADLINE).unwrap();
+        assert!(exists(&name), "{m}");
+        child.kill().unwrap();
+        let _ = join(child);
+        assert!(
+            common::eventually(|| !exists(&name)),
+            "{m}: {name} outlived its creator"
+        );
+        reap(server.expect("a fork server"));
+    }
+}

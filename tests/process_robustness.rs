@@ -331,3 +331,90 @@ fn a_set_user_id_program_refuses_to_boot() {
     assert_eq!(code, Some(255), "{err}");
     assert!(err.contains("AT_SECURE"), "{err}");
 }
+
+fn not_dumpable_then_spawn(_: ()) -> Vec<String> {
+    // A program that is not dumpable (a daemon that changed its user, or one that says so) hides its
+    // `/proc/<pid>/exe` even from its children.
+    // Root may read it anyway (CAP_SYS_PTRACE), so a test run by root becomes nobody first: this
+    // process is a forked child with one thread, so the thread's ids are the process's.
+    use rustix::process::{DumpableBehavior, Gid, Uid, geteuid, set_dumpable_behavior};
+    use rustix::thread::{set_thread_gid, set_thread_groups, set_thread_uid};
+    if geteuid().is_root() {
+        set_thread_groups(&[]).unwrap();
+        set_thread_gid(Gid::from_raw(65534)).unwrap();
+        set_thread_uid(Uid::from_raw(65534)).unwrap();
+    }
+    set_dumpable_behavior(DumpableBehavior::NotDumpable).unwrap();
+    // The premise: our executable's link is now hidden from a program we run.
+    let looked = std::process::Command::new("readlink")
+        .arg(format!("/proc/{}/exe", std::process::id()))
+        .output()
+        .unwrap();
+    assert!(!looked.status.success(), "{looked:?}");
+    [StartMethod::Spawn, StartMethod::ForkServer]
+        .iter()
+        .map(|&m| {
+            let r = Process::builder()
+                .start_method(m)
+                .spawn(square, 5)
+                .map(join);
+            format!("{m}: {r:?}")
+        })
+        .collect()
+}
+
+/// (Found by review: the child could not see its parent's executable and refused to boot.)
+#[test]
+fn a_parent_that_is_not_dumpable_still_starts_children() {
+    let seen = join(start(StartMethod::Fork, not_dumpable_then_spawn, ())).unwrap();
+    for s in seen {
+        assert!(s.ends_with("Ok(Ok(25))"), "{s}");
+    }
+}
+
+fn sleeps_long(_: ()) {
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+/// (Found by a flaky run: a fork-server child still ignored SIGTERM, as the server does, for a
+/// moment after the server answered with its pid, and a `terminate` in that moment was lost.)
+#[test]
+fn a_child_terminated_the_moment_it_starts_dies_under_every_start_method() {
+    // The window is short; busy CPUs make it likelier that the child is descheduled in it.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            });
+        }
+        let stop_on_drop = StopOnDrop(&stop);
+        terminate_at_once();
+        drop(stop_on_drop);
+    });
+}
+
+struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+fn terminate_at_once() {
+    for m in StartMethod::ALL {
+        for i in 0..200 {
+            let mut p = start(m, sleeps_long, ());
+            p.terminate().unwrap();
+            let r = p.join_timeout(Duration::from_secs(20));
+            if !matches!(r, Err(ProcessError::Signaled { signal: 15 })) {
+                let _ = p.kill();
+                let _ = p.join_timeout(Duration::from_secs(10));
+                panic!("{m} {i}: {r:?}");
+            }
+        }
+    }
+}

@@ -327,3 +327,20 @@ fn a_guard_of_a_clone_is_exclusive_with_every_handle() {
     *received.lock().unwrap() = 9;
     assert_eq!(v.get(), 9);
 }
+
+/// A `Value`'s memory sent in a `Connection`'s wire shape (a descriptor, then two flags) is not a
+/// connection: `send_bytes` on it would write the value's bytes (and its lock word) under a live
+/// guard. (Found by review.)
+#[test]
+fn a_value_cannot_be_received_as_a_connection() {
+    let v = Value::new(0u64).unwrap();
+    let e = confuse::<_, Connection>(&(v.clone(), true, true)).unwrap_err();
+    assert!(e.to_string().contains("neither a socket nor a pipe"), "{e}");
+    let shm = multiprocess::SharedMemory::new(64).unwrap();
+    assert!(confuse::<_, Connection>(&(shm, true, true)).is_err());
+    // Real ones still travel.
+    let (x, y) = pipe().unwrap();
+    let y2: Connection = confuse::<_, Connection>(&y).unwrap();
+    x.send(&7u8).unwrap();
+    assert_eq!(y2.recv::<u8>().unwrap(), 7);
+}

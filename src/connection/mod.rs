@@ -752,9 +752,20 @@ impl Serialize for Connection {
     }
 }
 
+/// A received connection must be a socket or a pipe: a descriptor of another kind (a shared memory
+/// file, say, sent as some other type of the same wire shape) is refused, so that `send_bytes` can
+/// never write into memory another object hands out references to.
 impl<'de> Deserialize<'de> for Connection {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let (fd, readable, writable) = <(codec::ReceivedFd, bool, bool)>::deserialize(d)?;
-        Ok(Connection::from_parts(fd.0, readable, writable))
+        let socket = match sys::stream_kind(fd.0.as_fd()) {
+            Some(kind) => kind == sys::Stream::Socket,
+            None => {
+                return Err(serde::de::Error::custom(
+                    "a received Connection is neither a socket nor a pipe",
+                ));
+            }
+        };
+        Ok(Connection::new(fd.0, socket, readable, writable))
     }
 }

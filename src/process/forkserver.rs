@@ -25,7 +25,8 @@
 //! # Tracking names
 //! A named `SharedMemory` belongs to its creator, which removes the name when it drops it; a creator
 //! that is killed cannot. So the creator registers each name it creates with its server, together
-//! with the region's descriptor, and unregisters it once removed. When the client's end of the socket
+//! with the identity of the region's object (device and inode; not its descriptor, so the server's
+//! descriptor table does not limit how many it tracks), and unregisters it once removed. When the client's end of the socket
 //! closes (the client ended, however it ended), the server removes every name still registered that
 //! still names the registered object (the same inode: a name that was removed and created again by
 //! someone else is left alone), then exits. Openers never register, so nobody's exit removes a name it
@@ -38,9 +39,9 @@
 //!   moves that descriptor to fd 3, closes everything else of the server's, and bootstraps exactly like
 //!   a *spawn* child (the client sends it the prelude, function and argument directly). The server
 //!   answers `Spawned { pid }` with the child's pidfd, `Failed(reason)` or `Unsupported(reason)`.
-//! - `Track { name }` with the region's descriptor, and `Untrack { name }`: no answer.
+//! - `Track { name, id }` and `Untrack { name, id }` (the object's device and inode): no answer.
 
-use super::state;
+use super::state::{self, TrackedFd};
 use crate::connection::Connection;
 use crate::sys;
 use serde::{Deserialize, Serialize};
@@ -48,13 +49,23 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// How long a new server may take to say it is ready (it is one `exec` away).
+const READY_WITHIN: Duration = Duration::from_secs(30);
 
 #[derive(Serialize, Deserialize)]
 enum ToServer {
     Spawn,
-    Track { name: String },
-    Untrack { name: String },
+    /// A named region and the identity (device, inode) of its object.
+    Track {
+        name: String,
+        id: (u64, u64),
+    },
+    Untrack {
+        name: String,
+        id: (u64, u64),
+    },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -95,7 +106,9 @@ impl ForkServer {
     pub(crate) fn start() -> io::Result<ForkServer> {
         sys::entry::ensure_constructor_linked();
         let (mine, theirs) = sys::socketpair()?;
-        let conn = Connection::from_socket(mine);
+        // Tracked from the start, so that a concurrent fork keeps no copy of the server's end (which
+        // would hide the server's death from us).
+        let (conn, theirs) = (Connection::from_socket(mine), TrackedFd::new(theirs));
         let pid = sys::spawn_self(
             theirs.as_fd(),
             super::bootstrap::BOOT_FD,
@@ -112,9 +125,19 @@ impl ForkServer {
             pid,
             pidfd,
         };
-        match server.read()? {
-            (FromServer::Ready, ..) => Ok(server),
-            _ => Err(protocol("a new fork server did not say it was ready")),
+        // Watching its pidfd: a server that dies before it is ready is an error, not a hang.
+        let ready = server.conn()?.recv_frame_watching(
+            Instant::now().checked_add(READY_WITHIN),
+            None,
+            Some(server.pidfd.as_fd()),
+        );
+        match ready.map(|f| crate::codec::decode::<FromServer>(&f.bytes, vec![])) {
+            Ok(Ok(FromServer::Ready)) => Ok(server),
+            Ok(_) => Err(protocol("a new fork server did not say it was ready")),
+            Err(e) => Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                format!("a new fork server did not come up: {e}"),
+            )),
         }
     }
 
@@ -164,7 +187,13 @@ impl ForkServer {
     pub(crate) fn spawn_child(&self, child_end: BorrowedFd<'_>) -> io::Result<(i32, OwnedFd)> {
         let _one = self.spawning.lock().unwrap_or_else(|p| p.into_inner());
         self.send(&ToServer::Spawn, &[child_end])?;
-        let (msg, complete, mut fds) = self.read()?;
+        let (msg, complete, mut fds) = self.read().inspect_err(|_| {
+            // The server may have died between forking the child (ours) and telling us its pid:
+            // find it by the socket it holds, and reap it.
+            if let Some(pid) = sys::child_holding(child_end) {
+                sys::kill_and_reap(pid);
+            }
+        })?;
         match msg {
             FromServer::Spawned { pid } => match fds.pop() {
                 Some(pidfd) if complete => Ok((pid, pidfd)),
@@ -183,14 +212,16 @@ impl ForkServer {
         }
     }
 
-    /// Registers the named region `name` (its descriptor `fd`) for removal if this process dies.
-    pub(crate) fn track(&self, name: &str, fd: BorrowedFd<'_>) {
-        let _ = self.send(&ToServer::Track { name: name.into() }, &[fd]);
+    /// Registers the named region `name`, whose object is `id`, for removal if this process dies.
+    pub(crate) fn track(&self, name: &str, id: (u64, u64)) {
+        let name = name.into();
+        let _ = self.send(&ToServer::Track { name, id }, &[]);
     }
 
-    /// Unregisters `name` (it was removed).
-    pub(crate) fn untrack(&self, name: &str) {
-        let _ = self.send(&ToServer::Untrack { name: name.into() }, &[]);
+    /// Unregisters `name` (object `id`: it was removed).
+    pub(crate) fn untrack(&self, name: &str, id: (u64, u64)) {
+        let name = name.into();
+        let _ = self.send(&ToServer::Untrack { name, id }, &[]);
     }
 }
 
@@ -219,29 +250,39 @@ pub(crate) fn serve(conn: Connection) -> ! {
     // Ctrl-C goes to the whole foreground process group, and a supervisor may SIGTERM the whole
     // group: the server is not the user's to stop (it exits when its client does, after removing
     // the client's names), as CPython's fork server and resource tracker ignore these.
-    sys::reset_signals(1 << sys::SIGINT | 1 << sys::SIGTERM);
+    let ignored = 1 << sys::SIGINT | 1 << sys::SIGTERM;
+    sys::reset_signals(ignored);
+    // Also blocked, so that one sent to a child we just forked, before it stops ignoring them,
+    // waits for it (a blocked signal is kept pending even while ignored) instead of vanishing.
+    sys::block_signals(ignored);
     let forks = sys::SiblingForks::prepare();
-    let mut tracked: Vec<(String, OwnedFd)> = Vec::new();
+    // Identities, not descriptors: the server's descriptor table must not limit what it tracks.
+    let mut tracked: Vec<(String, (u64, u64))> = Vec::new();
     send(&conn, &FromServer::Ready, &[]);
     loop {
-        let frame = match conn.recv_frame(None, None) {
+        let (frame, complete) = match conn.recv_frame_keeping_bytes() {
             Ok(f) => f,
-            Err(_) => {
+            Err(e) if e.is_disconnect() => {
                 // The client is gone: its names go with it.
-                for (name, fd) in &tracked {
-                    let ours = sys::shm::object_id(fd.as_fd());
-                    if ours.is_ok_and(|id| sys::shm::name_refers_to(name, id)) {
+                for (name, id) in &tracked {
+                    if sys::shm::name_refers_to(name, *id) {
                         let _ = sys::shm::unlink_named(name);
                     }
                 }
                 sys::exit_now(0)
             }
+            // The stream cannot be followed any more; the client notices and starts another server,
+            // which it tells its names again.
+            Err(_) => sys::exit_now(1),
         };
         let mut fds = frame.fds;
         match crate::codec::decode::<ToServer>(&frame.bytes, vec![]) {
             Ok(ToServer::Spawn) => {
                 let reply = match (&forks, fds.pop()) {
                     (Err(e), _) => FromServer::Unsupported(e.to_string()),
+                    (Ok(_), _) if !complete => {
+                        FromServer::Failed("the fork server's descriptor table is full".into())
+                    }
                     (Ok(_), None) => {
                         FromServer::Failed("request without a bootstrap socket".into())
                     }
@@ -255,13 +296,9 @@ pub(crate) fn serve(conn: Connection) -> ! {
                 };
                 send(&conn, &reply, &[]);
             }
-            Ok(ToServer::Track { name }) => {
-                if let Some(fd) = fds.pop() {
-                    tracked.push((name, fd));
-                }
-            }
-            Ok(ToServer::Untrack { name }) => {
-                if let Some(i) = tracked.iter().position(|(n, _)| *n == name) {
+            Ok(ToServer::Track { name, id }) => tracked.push((name, id)),
+            Ok(ToServer::Untrack { name, id }) => {
+                if let Some(i) = tracked.iter().position(|(n, i)| *n == name && *i == id) {
                     tracked.swap_remove(i);
                 }
             }
@@ -273,7 +310,8 @@ pub(crate) fn serve(conn: Connection) -> ! {
 fn fork_child(forks: &sys::SiblingForks, child_end: OwnedFd) -> io::Result<(i32, OwnedFd)> {
     forks.fork(|| {
         // In the child: keep only stdio and the bootstrap socket (at fd 3), and stop ignoring
-        // SIGINT and SIGTERM (the client's dispositions arrive with the bootstrap message).
+        // SIGINT and SIGTERM (the client's dispositions arrive with the bootstrap message), then
+        // unblock them: one already sent to us acts now.
         sys::reset_signals(0);
         if sys::dup2(child_end.as_fd(), super::bootstrap::BOOT_FD).is_err() {
             sys::exit_now(super::bootstrap::EXIT_BOOT_FAILED);
@@ -299,22 +337,24 @@ pub(crate) fn track(name: &str, region: &std::sync::Arc<sys::shm::Region>) {
     let Ok(server) = super::forkserver_handle() else {
         return;
     };
-    server.track(name, region.as_fd());
-    state::lock()
-        .tracked
-        .push((name.to_string(), std::sync::Arc::downgrade(region)));
+    server.track(name, region.id());
+    state::lock().tracked.push(state::Tracked {
+        name: name.to_string(),
+        id: region.id(),
+        region: std::sync::Arc::downgrade(region),
+    });
 }
 
-/// Unregisters a name this process created and has just removed.
-pub(crate) fn untrack(name: &str) {
+/// Unregisters a name this process created (object `id`) and has just removed.
+pub(crate) fn untrack(name: &str, id: (u64, u64)) {
     let server = {
         let mut g = state::lock();
-        if let Some(i) = g.tracked.iter().position(|(n, _)| n == name) {
+        if let Some(i) = g.tracked.iter().position(|t| t.name == name && t.id == id) {
             g.tracked.swap_remove(i);
         }
         g.forkserver.clone()
     };
     if let Some(server) = server {
-        server.untrack(name);
+        server.untrack(name, id);
     }
 }

@@ -152,6 +152,7 @@ pub fn init() -> io::Result<()> {
 /// the named regions this process registered with it are registered with its successor.
 fn forkserver_handle() -> io::Result<Arc<forkserver::ForkServer>> {
     let mut g = state::lock();
+    g.claim();
     if let Some(fs) = &g.forkserver {
         if !fs.is_broken() {
             return Ok(fs.clone());
@@ -163,11 +164,9 @@ fn forkserver_handle() -> io::Result<Arc<forkserver::ForkServer>> {
     }
     let fs = Arc::new(forkserver::ForkServer::start()?);
     registry::install_exit_handler();
-    g.tracked.retain(|(_, region)| region.strong_count() > 0);
-    for (name, region) in &g.tracked {
-        if let Some(region) = region.upgrade() {
-            fs.track(name, region.as_fd());
-        }
+    g.tracked.retain(|t| t.region.strong_count() > 0);
+    for t in &g.tracked {
+        fs.track(&t.name, t.id);
     }
     g.forkserver = Some(fs.clone());
     Ok(fs)
@@ -179,10 +178,7 @@ fn reap_dead_forkserver() {
     let mut g = state::lock();
     if g.forkserver.as_ref().is_some_and(|fs| fs.is_broken()) {
         drop(g.forkserver.take());
-        if g.tracked
-            .iter()
-            .any(|(_, region)| region.strong_count() > 0)
-        {
+        if g.tracked.iter().any(|t| t.region.strong_count() > 0) {
             drop(g);
             let _ = forkserver_handle();
         }

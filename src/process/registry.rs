@@ -120,6 +120,7 @@ pub(crate) fn install_exit_handler() {
 /// Like Python's `_cleanup()`, this also reaps children that have ended and whose `Process` handles
 /// are gone, so that dropping handles leaks neither descriptors nor zombies.
 pub(crate) fn register(entry: Arc<ChildEntry>) {
+    state::lock().claim();
     super::reap_dead_forkserver();
     install_exit_handler();
     let orphans: Vec<_> = state::lock()
@@ -140,6 +141,7 @@ pub(crate) fn register(entry: Arc<ChildEntry>) {
 
 /// The live children, reaping those that ended.
 pub(crate) fn active() -> Vec<Arc<ChildEntry>> {
+    state::lock().claim();
     super::reap_dead_forkserver();
     let list = state::lock().children.clone();
     let mut live = Vec::new();
@@ -163,6 +165,16 @@ extern "C" fn exit_handler() {
 /// What a normal exit does, as in Python: daemon children get SIGTERM, then every child is waited for;
 /// then the fork server is shut down (it removes this process's remaining named regions) and reaped.
 pub(crate) fn join_children_at_exit() {
+    {
+        let mut g = state::lock();
+        if g.inherited() {
+            // A copy of another process's state (forked by code other than ours): its children and
+            // its fork server are not ours to signal, wait for or shut down.
+            std::mem::forget(std::mem::take(&mut g.children));
+            std::mem::forget(g.forkserver.take());
+            return;
+        }
+    }
     let children = std::mem::take(&mut state::lock().children);
     for c in children.iter().filter(|c| c.daemon) {
         let _ = c.signal(sys::SIGTERM);

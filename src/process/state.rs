@@ -23,15 +23,27 @@ pub(crate) struct Identity {
 }
 
 pub(crate) struct Global {
+    /// The process this state belongs to (0 until it has a child or a fork server): a copy of it in
+    /// a process forked by other code (a daemonizing library's `fork`) must leave it alone at exit.
+    pub(crate) owner: i32,
     pub(crate) identity: Identity,
     pub(crate) children: Vec<Arc<ChildEntry>>,
     pub(crate) forkserver: Option<Arc<ForkServer>>,
     /// Named regions this process created and registered with its fork server (see `forkserver`),
     /// to register again with a server that replaces a dead one.
-    pub(crate) tracked: Vec<(String, Weak<Region>)>,
+    pub(crate) tracked: Vec<Tracked>,
+}
+
+/// A named region this process created, as its fork server tracks it.
+pub(crate) struct Tracked {
+    pub(crate) name: String,
+    pub(crate) id: (u64, u64),
+    /// Alive while some handle of this process holds the region.
+    pub(crate) region: Weak<Region>,
 }
 
 static STATE: Mutex<Global> = Mutex::new(Global {
+    owner: 0,
     identity: Identity {
         name: String::new(),
         daemon: false,
@@ -51,6 +63,7 @@ pub(crate) fn lock() -> MutexGuard<'static, Global> {
 impl Global {
     /// Makes this process a fresh child: no children of its own, no fork server, a new identity.
     pub(crate) fn become_child(&mut self, name: String, daemon: bool, parent: (i32, String)) {
+        self.owner = crate::sys::getpid();
         self.children.clear();
         // The parent's server (a copy of its handle, under *fork*) is not ours to shut down or reap.
         std::mem::forget(self.forkserver.take());
@@ -61,6 +74,25 @@ impl Global {
             parent: Some(parent),
             counter: 0,
         };
+    }
+
+    /// Marks this state as this process's (see `owner`). A copy inherited through another
+    /// library's `fork` starts over: the parent's children and fork server are the parent's.
+    pub(crate) fn claim(&mut self) {
+        let me = crate::sys::getpid();
+        if self.owner != me {
+            if self.owner != 0 {
+                std::mem::forget(std::mem::take(&mut self.children));
+                std::mem::forget(self.forkserver.take());
+                self.tracked.clear();
+            }
+            self.owner = me;
+        }
+    }
+
+    /// Whether this state is a copy inherited by a process forked by other code.
+    pub(crate) fn inherited(&self) -> bool {
+        self.owner != 0 && self.owner != crate::sys::getpid()
     }
 
     pub(crate) fn name(&self) -> String {

@@ -66,6 +66,8 @@ struct Owner {
     name: String,
     owner: i32,
     id: (u64, u64),
+    /// Whether the owner unregistered the name already (an `unlink` before the drop).
+    untracked: std::sync::atomic::AtomicBool,
 }
 
 impl Owner {
@@ -74,6 +76,7 @@ impl Owner {
             name: name.to_string(),
             owner,
             id: region.id(),
+            untracked: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -87,8 +90,11 @@ impl Owner {
                 format!("{:?} no longer names this region", self.name),
             ))
         };
-        if self.owner == crate::sys::getpid() {
-            crate::process::untrack_name(&self.name);
+        let first = !self
+            .untracked
+            .swap(true, std::sync::atomic::Ordering::AcqRel);
+        if self.owner == crate::sys::getpid() && first {
+            crate::process::untrack_name(&self.name, self.id);
         }
         removed
     }

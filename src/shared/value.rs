@@ -149,8 +149,15 @@ impl<T: Pod> Cells<T> {
 }
 
 /// Where a locked type keeps its elements: after the lock word, a cache line away from it (so that
-/// waiters polling the lock do not slow the holder's writes), and aligned for `T`.
+/// waiters polling the lock do not slow the holder's writes), and aligned for `T`. (Mappings are
+/// page-aligned, so a type aligned to more than a page cannot be placed: a compile-time error.)
 fn data_offset<T>() -> usize {
+    const {
+        assert!(
+            align_of::<T>() <= 4096,
+            "shared values are aligned to at most 4096 bytes"
+        )
+    };
     align_of::<T>().max(64)
 }
 
@@ -160,8 +167,10 @@ fn data_offset<T>() -> usize {
 /// deriving `Pod` ([`Pod`](crate::Pod) is re-exported; for a flag use `u8` or an integer).
 /// [`lock`](Value::lock) gives a guard that dereferences to `&mut T`; [`get`](Value::get) and
 /// [`set`](Value::set) take the lock for one copy. The lock lives in the value's own shared memory,
-/// so every copy of the value, in every process, takes the same lock. For a value without a lock
-/// see [`RawValue`]; for lock-free integers, [`AtomicValue`].
+/// so every copy of the value, in every process, takes the same lock; and the lock is not handed out
+/// (Python's `get_lock()`): releasing it under a live guard would let a second guard alias the
+/// first. For a value without a lock see [`RawValue`]; for lock-free integers, [`AtomicValue`];
+/// for several values under one lock, [`RawValue`]s and a [`Lock`].
 ///
 /// If a process dies while holding the value's lock, the next `lock` returns
 /// [`OwnerDied`](crate::OwnerDied) with the guard inside, so the value can be checked and repaired.
@@ -206,6 +215,25 @@ fn data_offset<T>() -> usize {
 /// let r = &mut *v.lock().unwrap();
 /// v.fetch_add(1); // no such method: atomics are AtomicValue's
 /// *r += 1;
+/// # Ok::<(), std::io::Error>(())
+/// ```
+///
+/// Nor can the lock be reached to release it under a live guard (and take a second one):
+/// ```compile_fail,E0599
+/// let v = multiprocess::Value::new(0u64)?;
+/// let first = v.lock().unwrap();
+/// v.get_lock().release()?; // no such method
+/// let second = v.lock().unwrap();
+/// # Ok::<(), std::io::Error>(())
+/// ```
+///
+/// A type aligned to more than a page cannot be placed in a page-aligned mapping with its lock:
+/// ```compile_fail
+/// #[derive(Clone, Copy, multiprocess::Pod, multiprocess::Zeroable)]
+/// #[bytemuck(crate = "multiprocess::bytemuck")]
+/// #[repr(C, align(8192))]
+/// struct Huge([u8; 8192]);
+/// let v = multiprocess::Value::new(Huge([0; 8192]))?;
 /// # Ok::<(), std::io::Error>(())
 /// ```
 pub struct Value<T: Pod> {
@@ -257,11 +285,6 @@ impl<T: Pod> Value<T> {
             lock: Lock::in_region(cells.region.clone()),
             cells,
         })
-    }
-
-    /// The value's lock (held by its guards; a [`Condition`](crate::Condition) cannot use it).
-    pub fn get_lock(&self) -> &Lock {
-        &self.lock
     }
 
     /// Locks the value, waiting as long as it takes.
@@ -390,11 +413,6 @@ impl<T: Pod> Array<T> {
     /// Whether the array has no elements.
     pub fn is_empty(&self) -> bool {
         self.cells.len == 0
-    }
-
-    /// The array's lock.
-    pub fn get_lock(&self) -> &Lock {
-        &self.lock
     }
 
     /// Locks the array, waiting as long as it takes.

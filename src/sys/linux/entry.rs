@@ -26,8 +26,12 @@
 //!   names they were made for, and a token is turned into a function only for the same type name and
 //!   only if it lands inside this executable's image ([`accept_boot`], [`Func::resolve`]).
 //!
-//! Past these checks the sender is this program, started by this program as our parent: the trust
-//! the crate already gives its own code.
+//! These keep out other users (and escalation through a set-user-ID bit) and every program that is
+//! not this executable. A process of the same user that runs this executable can still pass them
+//! (it can create the socket pair, then exec this binary itself to become the child's parent): that
+//! is the boundary Unix draws anyway, since such a process may ptrace us too. Where the parent's
+//! executable cannot be seen (a parent that is not dumpable, such as a daemon that changed its
+//! user), the parent and user checks stand alone.
 //!
 //! # Safety
 //! [`FnPtr::from_token`] produces a function pointer from an integer. Its contract (see the method) is
@@ -273,7 +277,8 @@ pub(crate) fn verify_parent(socket: &OwnedFd) -> Result<(), String> {
              of the same user"
         ));
     }
-    if !super::process::runs_this_executable(peer) {
+    // (Where the parent's executable cannot be seen, the two checks above stand alone.)
+    if super::process::runs_this_executable(peer) == Some(false) {
         return Err("the bootstrap socket's peer runs another executable".into());
     }
     Ok(())

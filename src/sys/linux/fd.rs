@@ -10,7 +10,7 @@
 #![allow(unsafe_code)]
 
 use std::io::{self, IoSlice};
-use std::mem::{self, MaybeUninit};
+use std::mem;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
@@ -103,11 +103,25 @@ pub(crate) fn shutdown(fd: BorrowedFd<'_>, how: Shutdown) -> io::Result<()> {
 
 /// Whether `fd` is a socket (as opposed to a pipe or file).
 pub(crate) fn is_socket(fd: BorrowedFd<'_>) -> bool {
-    let mut st = MaybeUninit::<libc::stat>::uninit();
-    // SAFETY: fstat writes a full `stat` into the buffer on success; we read it only then.
-    let ok = unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) } == 0;
-    // SAFETY: fstat succeeded, so `st` is initialised.
-    ok && unsafe { st.assume_init() }.st_mode & libc::S_IFMT == libc::S_IFSOCK
+    stream_kind(fd) == Some(Stream::Socket)
+}
+
+/// What kind of byte stream a descriptor is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Stream {
+    Socket,
+    Pipe,
+}
+
+/// Whether `fd` is a socket or a pipe (`None`: anything else, or `fstat` failed).
+pub(crate) fn stream_kind(fd: BorrowedFd<'_>) -> Option<Stream> {
+    use rustix::fs::FileType;
+    let st = rustix::fs::fstat(fd).ok()?;
+    match FileType::from_raw_mode(st.st_mode) {
+        FileType::Socket => Some(Stream::Socket),
+        FileType::Fifo => Some(Stream::Pipe),
+        _ => None,
+    }
 }
 
 /// Converts an optional timeout into poll's milliseconds, rounding up so we never wake early.

@@ -409,6 +409,21 @@ pub(crate) fn kill_and_reap(pid: i32) {
     }
 }
 
+/// The child of this process that holds `socket` (the same socket, not a copy of its number) at its
+/// descriptor 3, found through `/proc`: a fork-server child whose pid never reached us.
+pub(crate) fn child_holding(socket: BorrowedFd<'_>) -> Option<i32> {
+    let ino = rustix::fs::fstat(socket).ok()?.st_ino;
+    let want = format!("socket:[{ino}]");
+    let me = getpid().to_string();
+    std::fs::read_dir("/proc").ok()?.find_map(|e| {
+        let pid: i32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let ppid = stat.rsplit(')').next()?.split_whitespace().nth(1)?;
+        let fd3 = std::fs::read_link(format!("/proc/{pid}/fd/3")).ok()?;
+        (ppid == me && fd3.to_str() == Some(want.as_str())).then_some(pid)
+    })
+}
+
 /// Whether this process runs in secure-execution mode (`AT_SECURE`: set-user-ID or set-group-ID, or
 /// given capabilities, by its `execve`): then its environment is an attacker's, and no child is
 /// booted from it.
@@ -433,16 +448,18 @@ pub(crate) fn socket_peer(fd: BorrowedFd<'_>) -> io::Result<(i32, bool)> {
 }
 
 /// Whether process `pid` runs the very executable file this process runs (same device and inode
-/// behind `/proc/<pid>/exe`, which survives the file being replaced on disk).
-pub(crate) fn runs_this_executable(pid: i32) -> bool {
+/// behind `/proc/<pid>/exe`, which survives the file being replaced on disk); `None` when that
+/// cannot be told (a parent that is not dumpable, such as one that changed its user, hides its
+/// `exe` link even from its own children).
+pub(crate) fn runs_this_executable(pid: i32) -> Option<bool> {
     use std::os::unix::fs::MetadataExt;
-    match (
-        std::fs::metadata(format!("/proc/{pid}/exe")),
-        std::fs::metadata("/proc/self/exe"),
-    ) {
-        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
-        _ => false,
-    }
+    let theirs = match std::fs::metadata(format!("/proc/{pid}/exe")) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return None,
+        Err(_) => return Some(false),
+    };
+    let ours = std::fs::metadata("/proc/self/exe").ok()?;
+    Some(theirs.dev() == ours.dev() && theirs.ino() == ours.ino())
 }
 
 /// The signals (below 32) that this process ignores, as a bit set, so that a child started by the
@@ -487,6 +504,20 @@ fn set_disposition(sig: i32, action: libc::sighandler_t) {
         new.sa_sigaction = action;
         libc::sigemptyset(&mut new.sa_mask);
         libc::sigaction(sig, &new, std::ptr::null_mut());
+    }
+}
+
+/// Adds the signals in `set` (bit `n` for signal `n`, below 32) to this thread's signal mask.
+pub(crate) fn block_signals(set: u32) {
+    // SAFETY: a zeroed sigset is valid for sigemptyset to initialise; sigaddset only writes it and
+    // pthread_sigmask only reads it.
+    unsafe {
+        let mut blocked: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut blocked);
+        for sig in (1..32).filter(|s| set & (1 << s) != 0) {
+            libc::sigaddset(&mut blocked, sig);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &blocked, std::ptr::null_mut());
     }
 }
 
@@ -848,6 +879,42 @@ mod tests {
             assert_eq!(here.recv_bytes().unwrap().len(), 32 << 20, "{m}");
             assert!(join(p).unwrap(), "{m}");
         }
+    }
+
+    /// In a forked child of the test (its own children and fork server): starts a daemon child and
+    /// the fork server, then forks with plain `fork` (as a daemonizing library would) and lets that
+    /// copy `exit` normally, which runs the exit handler it inherited.
+    fn a_copy_exits(_: ()) -> (bool, bool) {
+        let daemon = Process::builder()
+            .daemon(true)
+            .start_method(StartMethod::Spawn)
+            .spawn(sleep_long, ())
+            .unwrap();
+        crate::init().unwrap();
+        // SAFETY: the copy only calls `exit`, which runs the exit handlers (the point of the test);
+        // this process has a single thread (a forked child of the test).
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            std::process::exit(0);
+        }
+        // SAFETY: waits for the copy, our child.
+        unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+        let daemon_alive = daemon.is_alive();
+        let server_alive = {
+            let g = crate::process::state::lock();
+            g.forkserver.as_ref().is_some_and(|fs| !fs.is_broken())
+        };
+        daemon.kill().unwrap();
+        let _ = daemon.join();
+        (daemon_alive, server_alive)
+    }
+
+    /// (Found by review: the copy's exit terminated our daemon children and shut our server down.)
+    #[test]
+    fn a_copy_forked_by_other_code_leaves_our_children_and_server_alone() {
+        let (daemon, server) = join(start(StartMethod::Fork, a_copy_exits, ())).unwrap();
+        assert!(daemon, "the copy's exit terminated our daemon child");
+        assert!(server, "the copy's exit shut our fork server down");
     }
 
     fn where_and_what(key: String) -> (std::path::PathBuf, Option<String>) {

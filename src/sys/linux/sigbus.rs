@@ -99,9 +99,8 @@ fn install() -> io::Result<()> {
     static ONCE: Once = Once::new();
     static FAILED: AtomicBool = AtomicBool::new(false);
     ONCE.call_once(|| {
-        // SAFETY: sigaction is plain old data; zeroed is a valid empty value. The first call only
-        // reads the current disposition; the second installs a handler that is async-signal-safe
-        // (see the module contract) with an empty mask.
+        // SAFETY: sigaction is plain old data; zeroed is a valid empty value. This call only reads
+        // the current disposition.
         unsafe {
             let mut old: libc::sigaction = std::mem::zeroed();
             if libc::sigaction(libc::SIGBUS, std::ptr::null(), &mut old) != 0 {
@@ -110,14 +109,9 @@ fn install() -> io::Result<()> {
             }
             PREVIOUS_HANDLER.store(old.sa_sigaction, Ordering::Relaxed);
             PREVIOUS_FLAGS.store(old.sa_flags, Ordering::Relaxed);
-            let mut new: libc::sigaction = std::mem::zeroed();
-            new.sa_sigaction =
-                on_sigbus as extern "C" fn(i32, *mut libc::siginfo_t, *mut libc::c_void) as usize;
-            new.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_RESTART;
-            libc::sigemptyset(&mut new.sa_mask);
-            if libc::sigaction(libc::SIGBUS, &new, std::ptr::null_mut()) != 0 {
-                FAILED.store(true, Ordering::Relaxed);
-            }
+        }
+        if !install_ours() {
+            FAILED.store(true, Ordering::Relaxed);
         }
     });
     if FAILED.load(Ordering::Relaxed) {
@@ -127,24 +121,65 @@ fn install() -> io::Result<()> {
     }
 }
 
+/// Installs [`on_sigbus`]; whether it worked. Async-signal-safe (one `sigaction`).
+fn install_ours() -> bool {
+    // SAFETY: sigaction is plain old data; the handler is async-signal-safe (see the module
+    // contract) and runs with an empty mask.
+    unsafe {
+        let mut new: libc::sigaction = std::mem::zeroed();
+        new.sa_sigaction =
+            on_sigbus as extern "C" fn(i32, *mut libc::siginfo_t, *mut libc::c_void) as usize;
+        new.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
+        libc::sigemptyset(&mut new.sa_mask);
+        libc::sigaction(libc::SIGBUS, &new, std::ptr::null_mut()) == 0
+    }
+}
+
+/// Sets SIGBUS to its default action. Async-signal-safe.
+fn set_default() {
+    // SAFETY: sigaction with a zeroed (default-action) disposition.
+    unsafe {
+        let mut dfl: libc::sigaction = std::mem::zeroed();
+        dfl.sa_sigaction = libc::SIG_DFL;
+        libc::sigaction(libc::SIGBUS, &dfl, std::ptr::null_mut());
+    }
+}
+
+/// The handler. A fault (`si_code > 0`, raised by the kernel for an access) in a registered mapping
+/// is patched and retried. Anything else goes where it would have gone without us:
+/// - under the previous default action, a fault retries with the default (and ends the process), and
+///   a signal someone sent (`kill -BUS`, `si_code <= 0`) is raised again with the default, so the
+///   process ends as the sender meant;
+/// - under a previous "ignore", a sent signal is ignored (a fault cannot be: it retries with the
+///   default);
+/// - a previous handler is called; if what came was a sent signal, ours is put back afterwards (a
+///   handler such as Rust's stack-overflow one resets the default on its way out), so that the
+///   guard outlives a stray `kill`.
 extern "C" fn on_sigbus(sig: i32, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     // SAFETY: the kernel passes a valid siginfo for a handler installed with SA_SIGINFO; for SIGBUS
     // the fault address is the union member to read.
     let (code, addr) = unsafe { ((*info).si_code, (*info).si_addr() as usize) };
-    if code == BUS_ADRERR && patch(addr) {
+    let fault = code > 0;
+    if fault && code == BUS_ADRERR && patch(addr) {
         return;
     }
     let previous = PREVIOUS_HANDLER.load(Ordering::Relaxed);
-    if previous == libc::SIG_DFL || previous == libc::SIG_IGN {
-        // Restore the default and return: the access faults again and the process ends as it would
-        // have without us (a SIGBUS from a fault cannot be ignored).
-        // SAFETY: sigaction with a zeroed (default-action) disposition is async-signal-safe.
-        unsafe {
-            let mut dfl: libc::sigaction = std::mem::zeroed();
-            dfl.sa_sigaction = libc::SIG_DFL;
-            libc::sigaction(libc::SIGBUS, &dfl, std::ptr::null_mut());
+    if previous == libc::SIG_DFL {
+        set_default();
+        if !fault {
+            // Blocked while we run: delivered, with the default action, when we return.
+            // SAFETY: raise is async-signal-safe.
+            unsafe { libc::raise(libc::SIGBUS) };
         }
-    } else if PREVIOUS_FLAGS.load(Ordering::Relaxed) & libc::SA_SIGINFO != 0 {
+        return;
+    }
+    if previous == libc::SIG_IGN {
+        if fault {
+            set_default();
+        }
+        return;
+    }
+    if PREVIOUS_FLAGS.load(Ordering::Relaxed) & libc::SA_SIGINFO != 0 {
         // SAFETY: the previous disposition was installed with SA_SIGINFO, so its handler has this
         // signature; we pass on exactly what the kernel gave us.
         let f: extern "C" fn(i32, *mut libc::siginfo_t, *mut libc::c_void) =
@@ -154,6 +189,9 @@ extern "C" fn on_sigbus(sig: i32, info: *mut libc::siginfo_t, ctx: *mut libc::c_
         // SAFETY: a handler installed without SA_SIGINFO takes only the signal number.
         let f: extern "C" fn(i32) = unsafe { std::mem::transmute(previous) };
         f(sig);
+    }
+    if !fault {
+        install_ours();
     }
 }
 
