@@ -126,7 +126,7 @@ pub(crate) fn take_fd(index: u32) -> Result<OwnedFd, String> {
 }
 
 /// Serializes an object that owns descriptor `fd` as its index in the message's descriptor list.
-pub(crate) fn serialize_fd<S: serde::Serializer>(
+fn serialize_fd<S: serde::Serializer>(
     fd: BorrowedFd<'_>,
     what: &str,
     s: S,
@@ -142,6 +142,7 @@ pub(crate) fn serialize_fd<S: serde::Serializer>(
 
 /// A descriptor that serializes as its index in the message's descriptor list (see
 /// [`serialize_fd`]); the name says what owns it, for the error outside of this crate's encoders.
+/// With [`ReceivedFd`], the one serde wrapper of every object that travels as descriptors.
 pub(crate) struct FdRef<'a>(pub(crate) BorrowedFd<'a>, pub(crate) &'static str);
 
 impl serde::Serialize for FdRef<'_> {
@@ -180,7 +181,7 @@ pub(crate) fn deserialize_region<'de, D: serde::Deserializer<'de>>(
 }
 
 /// The inverse of [`serialize_fd`].
-pub(crate) fn deserialize_fd<'de, D: serde::Deserializer<'de>>(d: D) -> Result<OwnedFd, D::Error> {
+fn deserialize_fd<'de, D: serde::Deserializer<'de>>(d: D) -> Result<OwnedFd, D::Error> {
     let index = <u32 as serde::Deserialize>::deserialize(d)?;
     take_fd(index).map_err(serde::de::Error::custom)
 }

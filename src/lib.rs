@@ -88,6 +88,7 @@ mod queue;
 mod shared;
 mod sync;
 mod sys;
+mod tracked;
 
 pub use crate::connection::frame;
 pub use crate::connection::{Connection, pipe, pipe_oneway};

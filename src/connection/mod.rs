@@ -4,9 +4,9 @@ pub mod frame;
 
 use crate::codec;
 use crate::error::{RecvError, SendError};
-use crate::process::state::TrackedFd;
-use crate::sync::futex::Spin;
+use crate::sync::futex::{Spin, Wait};
 use crate::sys;
+use crate::tracked::TrackedFd;
 use frame::{Header, MAX_HEADER_LEN, decode_header, encode_header};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -14,7 +14,7 @@ use std::fmt;
 use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Socket buffer size asked for on new pipes: big enough that a 1 MiB message needs few wake-ups.
 const SOCKET_BUFFER: usize = 4 << 20;
@@ -44,7 +44,7 @@ const TRUSTED_PREALLOC: u64 = 16 << 20;
 /// ```
 pub fn pipe() -> io::Result<(Connection, Connection)> {
     let (a, b) = sys::socketpair()?;
-    // Wrapped (and so tracked, see `state::owned_fds`) before anything else happens to them.
+    // Wrapped (and so tracked, see `tracked::owned_fds`) before anything else happens to them.
     let (a, b) = (Connection::from_socket(a), Connection::from_socket(b));
     for conn in [&a, &b] {
         // Best effort: the kernel caps the size at net.core.wmem_max; a smaller buffer only costs speed.
@@ -133,7 +133,7 @@ struct Rx {
     payload: Option<(u64, Vec<u8>)>,
     /// Descriptors that arrived with the current message, as the kernel delivered them.
     fds: sys::Inbox,
-    /// The same, tracked at once (see `state::owned_fds`): a message may stay partly received across
+    /// The same, tracked at once (see `tracked::owned_fds`): a message may stay partly received across
     /// timeouts, and a concurrent fork must not keep copies of what it carries.
     tracked: Vec<TrackedFd>,
     /// Set when the stream can no longer be trusted to sit at a message boundary.
@@ -396,7 +396,7 @@ impl Connection {
     /// [`RecvError::Eof`] when the peer has closed its end (or died) and no message is left;
     /// [`RecvError::Decode`] when the message is not a valid `T` (it is consumed); see [`RecvError`].
     pub fn recv<T: DeserializeOwned>(&self) -> Result<T, RecvError> {
-        let frame = self.recv_frame(None, None)?;
+        let frame = self.recv_frame(Wait::Forever, None)?;
         codec::decode(&frame.bytes, frame.fds).map_err(RecvError::Decode)
     }
 
@@ -412,13 +412,13 @@ impl Connection {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn recv_timeout<T: DeserializeOwned>(&self, timeout: Duration) -> Result<T, RecvError> {
-        let frame = self.recv_frame(deadline(timeout), None)?;
+        let frame = self.recv_frame(Wait::timeout(timeout), None)?;
         codec::decode(&frame.bytes, frame.fds).map_err(RecvError::Decode)
     }
 
     /// Receives one raw message.
     pub fn recv_bytes(&self) -> Result<Vec<u8>, RecvError> {
-        Ok(self.recv_frame(None, None)?.bytes)
+        Ok(self.recv_frame(Wait::Forever, None)?.bytes)
     }
 
     /// Receives one raw message, failing with [`RecvError::TooLong`] if it is longer than `maxlength`
@@ -432,13 +432,15 @@ impl Connection {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn recv_bytes_max(&self, maxlength: usize) -> Result<Vec<u8>, RecvError> {
-        Ok(self.recv_frame(None, Some(maxlength as u64))?.bytes)
+        Ok(self
+            .recv_frame(Wait::Forever, Some(maxlength as u64))?
+            .bytes)
     }
 
     /// Like [`recv_bytes`](Self::recv_bytes), with a timeout (lossless, see
     /// [`recv_timeout`](Self::recv_timeout)).
     pub fn recv_bytes_timeout(&self, timeout: Duration) -> Result<Vec<u8>, RecvError> {
-        Ok(self.recv_frame(deadline(timeout), None)?.bytes)
+        Ok(self.recv_frame(Wait::timeout(timeout), None)?.bytes)
     }
 
     /// Receives one raw message into `buf`, returning its length.
@@ -476,7 +478,7 @@ impl Connection {
                 ),
             )));
         }
-        let bytes = self.recv_frame(None, None)?.bytes;
+        let bytes = self.recv_frame(Wait::Forever, None)?.bytes;
         match buf.get_mut(offset..offset + bytes.len()) {
             Some(dst) => {
                 dst.copy_from_slice(&bytes);
@@ -521,11 +523,11 @@ impl Connection {
     /// reported as `Timeout`.
     pub(crate) fn recv_frame_watching(
         &self,
-        deadline: Option<Instant>,
+        wait: Wait,
         max: Option<u64>,
         watch: Option<BorrowedFd<'_>>,
     ) -> Result<Frame, RecvError> {
-        let (frame, complete) = self.recv_frame_inner(deadline, max, watch)?;
+        let (frame, complete) = self.recv_frame_inner(wait, max, watch)?;
         if !complete {
             // The message is consumed and the stream is still in step; only this message is lost.
             return Err(RecvError::Io(io::Error::new(
@@ -540,12 +542,12 @@ impl Connection {
     /// Receives a frame even if the kernel had to drop some of its descriptors (our descriptor table
     /// is full); the flag says whether every descriptor arrived.
     pub(crate) fn recv_frame_keeping_bytes(&self) -> Result<(Frame, bool), RecvError> {
-        self.recv_frame_inner(None, None, None)
+        self.recv_frame_inner(Wait::Forever, None, None)
     }
 
     fn recv_frame_inner(
         &self,
-        deadline: Option<Instant>,
+        wait: Wait,
         max: Option<u64>,
         watch: Option<BorrowedFd<'_>>,
     ) -> Result<(Frame, bool), RecvError> {
@@ -558,13 +560,13 @@ impl Connection {
                 "connection unusable after an earlier error: {why}"
             )));
         }
-        let wait = |deadline: Option<Instant>| -> Result<(), RecvError> {
-            if deadline.is_none() && watch.is_none() {
+        let ready = || -> Result<(), RecvError> {
+            if wait == Wait::Forever && watch.is_none() {
                 return Ok(()); // plain blocking read
             }
             let ready = match watch {
-                Some(w) => sys::poll_readable(&[fd, w], deadline),
-                None => sys::poll_readable(&[fd], deadline),
+                Some(w) => sys::poll_readable(&[fd, w], wait.deadline()),
+                None => sys::poll_readable(&[fd], wait.deadline()),
             }
             .map_err(RecvError::Io)?;
             if ready[0] {
@@ -581,14 +583,14 @@ impl Connection {
                 Err(e) => return Err(rx.poison(RecvError::Protocol(e.to_string()))),
             };
             let spun = if rx.header_got == 0 {
-                self.spin_for_message(fd, rx, deadline)
+                self.spin_for_message(fd, rx, wait)
             } else {
                 None
             };
             let n = match spun {
                 Some(n) => n,
                 None => {
-                    wait(deadline)?;
+                    ready()?;
                     sys::recv_into_slice(
                         fd,
                         &mut rx.header[rx.header_got..need],
@@ -644,7 +646,7 @@ impl Connection {
                 self.socket,
             ) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    wait(deadline)?;
+                    ready()?;
                     sys::recv_into_spare(fd, buf, remaining, &mut rx.fds, self.socket, false)
                 }
                 other => other,
@@ -677,12 +679,12 @@ impl Connection {
         &self,
         fd: BorrowedFd<'_>,
         rx: &mut Rx,
-        deadline: Option<Instant>,
+        wait: Wait,
     ) -> Option<io::Result<usize>> {
         if !self.socket {
             return None;
         }
-        self.spin.until(deadline, || {
+        self.spin.until(wait, || {
             match sys::recv_into_slice(fd, &mut rx.header[..4], &mut rx.fds, true, true) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
                 other => Some(other),
@@ -690,12 +692,8 @@ impl Connection {
         })
     }
 
-    pub(crate) fn recv_frame(
-        &self,
-        deadline: Option<Instant>,
-        max: Option<u64>,
-    ) -> Result<Frame, RecvError> {
-        self.recv_frame_watching(deadline, max, None)
+    pub(crate) fn recv_frame(&self, wait: Wait, max: Option<u64>) -> Result<Frame, RecvError> {
+        self.recv_frame_watching(wait, max, None)
     }
 }
 
@@ -713,11 +711,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding these locks cannot leave the state half-written in a way we rely on
     // (partial frames are tracked explicitly), so poisoning is ignored.
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// `Instant::now() + timeout`, or `None` (wait forever) when that overflows.
-pub(crate) fn deadline(timeout: Duration) -> Option<Instant> {
-    Instant::now().checked_add(timeout)
 }
 
 impl AsFd for Connection {

@@ -100,8 +100,10 @@ pub(crate) struct ChildCall {
     conn: Connection,
 }
 
+sys::entry::before_main!(on_load);
+
 /// Called by the constructor in every process of the program, before `main`.
-pub(crate) fn on_load() {
+fn on_load() {
     if let Some(fd) = sys::entry::take_env_fd(BOOT_ENV) {
         boot_from_fd(fd);
     }
@@ -137,7 +139,7 @@ pub(crate) fn boot_from_fd(fd: RawFd) -> ! {
         Err(sys::entry::BootError::Refused(why)) => refuse(&why),
     };
     let conn = Connection::from_socket(fd);
-    let Ok(frame) = conn.recv_frame(None, None) else {
+    let Ok(frame) = conn.recv_frame(crate::sync::futex::Wait::Forever, None) else {
         sys::exit_now(EXIT_BOOT_FAILED); // the parent died before telling us what to do
     };
     let mut fds = frame.fds;

@@ -41,15 +41,16 @@
 //!   answers `Spawned { pid }` with the child's pidfd, `Failed(reason)` or `Unsupported(reason)`.
 //! - `Track { name, id }` and `Untrack { name, id }` (the object's device and inode): no answer.
 
-use super::state::{self, TrackedFd};
+use super::state;
 use crate::connection::Connection;
 use crate::sys;
+use crate::tracked::TrackedFd;
 use serde::{Deserialize, Serialize};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How long a new server may take to say it is ready (it is one `exec` away).
 const READY_WITHIN: Duration = Duration::from_secs(30);
@@ -104,7 +105,7 @@ impl ForkServer {
     /// Starts a fork server: `/proc/self/exe` re-executed with its end of a socket pair at fd 3, and
     /// waits until it runs (from then on it cleans up after us whenever we die).
     pub(crate) fn start() -> io::Result<ForkServer> {
-        sys::entry::ensure_constructor_linked();
+        super::bootstrap::ensure_constructor_linked();
         let (mine, theirs) = sys::socketpair()?;
         // Tracked from the start, so that a concurrent fork keeps no copy of the server's end (which
         // would hide the server's death from us).
@@ -127,7 +128,7 @@ impl ForkServer {
         };
         // Watching its pidfd: a server that dies before it is ready is an error, not a hang.
         let ready = server.conn()?.recv_frame_watching(
-            Instant::now().checked_add(READY_WITHIN),
+            crate::sync::futex::Wait::timeout(READY_WITHIN),
             None,
             Some(server.pidfd.as_fd()),
         );

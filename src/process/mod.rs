@@ -6,22 +6,23 @@ pub(crate) mod registry;
 pub(crate) mod state;
 
 use crate::codec;
-use crate::connection::{Connection, Frame, deadline};
+use crate::connection::{Connection, Frame};
 use crate::error::RecvError;
+use crate::sync::futex::Wait;
 use crate::sys::{self, WaitStatus};
+use crate::tracked::{self, TrackedFd};
 use bootstrap::{Boot, TAG_FAILED, TAG_PANICKED, TAG_RETURNED};
 pub(crate) use forkserver::{track as track_name, untrack as untrack_name};
 use registry::ChildEntry;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use state::TrackedFd;
 use std::fmt;
 use std::io::{self, Write};
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use thiserror::Error;
 
 /// How a child process is started.
@@ -310,7 +311,7 @@ impl Builder {
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned,
     {
-        sys::entry::ensure_constructor_linked();
+        bootstrap::ensure_constructor_linked();
         let method = self.method.unwrap_or_else(get_start_method);
         let (parent_name, name) = {
             let mut g = state::lock();
@@ -461,10 +462,10 @@ fn fork_child<A: Serialize, R: Serialize>(
     let _ = out.flush();
     let err = io::stderr().lock();
     let mut guard = state::lock();
-    let mut owned = state::owned_fds();
+    let mut owned = tracked::owned_fds();
     let pid = sys::fork_then(move || {
         // Child. Only this thread exists. Release every crate descriptor that was not handed to us
-        // (other children's pipes, lifelines, the fork server's socket): see `state::owned_fds`.
+        // (other children's pipes, lifelines, the fork server's socket): see `tracked::owned_fds`.
         let stale: Vec<_> = owned
             .iter()
             .copied()
@@ -549,7 +550,7 @@ impl<R: DeserializeOwned> Process<R> {
     /// [`ProcessError::Panicked`] with the panic message, [`ProcessError::Signaled`] /
     /// [`ProcessError::Exited`] when it ended without a result, and the others listed there.
     pub fn join(mut self) -> Result<R, ProcessError> {
-        match self.wait(None)? {
+        match self.wait(Wait::Forever)? {
             Some(r) => r,
             None => unreachable!("wait without a deadline returns only when the child has ended"),
         }
@@ -571,35 +572,32 @@ impl<R: DeserializeOwned> Process<R> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn join_timeout(&mut self, timeout: Duration) -> Result<Option<R>, ProcessError> {
-        match self.wait(deadline(timeout))? {
+        match self.wait(Wait::timeout(timeout))? {
             Some(r) => r.map(Some),
             None => Ok(None),
         }
     }
 
     /// Waits for the report and the exit. Outer `Err` only for `AlreadyJoined` and I/O failures.
-    fn wait(
-        &mut self,
-        deadline: Option<Instant>,
-    ) -> Result<Option<Result<R, ProcessError>>, ProcessError> {
+    fn wait(&mut self, wait: Wait) -> Result<Option<Result<R, ProcessError>>, ProcessError> {
         if self.taken {
             return Err(ProcessError::AlreadyJoined);
         }
         while self.report.is_none() {
             match self
                 .conn
-                .recv_frame_watching(deadline, None, Some(self.entry.pidfd.as_fd()))
+                .recv_frame_watching(wait, None, Some(self.entry.pidfd.as_fd()))
             {
                 Ok(frame) => self.report = Some(parse_report(frame)),
                 Err(RecvError::Timeout) => {
                     if self.entry.has_exited() {
                         // Whatever it wrote before dying is already in the socket buffer; a report
                         // that is not complete now never will be.
-                        match self.conn.recv_frame(Some(Instant::now()), None) {
+                        match self.conn.recv_frame(Wait::Never, None) {
                             Ok(frame) => self.report = Some(parse_report(frame)),
                             Err(_) => break,
                         }
-                    } else if deadline.is_some_and(|d| Instant::now() >= d) {
+                    } else if wait.is_over() {
                         return Ok(None);
                     }
                 }
@@ -622,7 +620,7 @@ impl<R: DeserializeOwned> Process<R> {
                     None => return Err(ProcessError::Io(e)),
                 },
             }
-            if !sys::poll_readable(&[self.entry.pidfd.as_fd()], deadline)?[0] {
+            if !sys::poll_readable(&[self.entry.pidfd.as_fd()], wait.deadline())?[0] {
                 return Ok(None);
             }
         };

@@ -6,8 +6,8 @@
 //! still joined (non-daemon) or terminated (daemon) when this process exits normally.
 
 use super::state;
-use super::state::TrackedFd;
 use crate::sys::{self, WaitStatus};
+use crate::tracked::TrackedFd;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex, Once};

@@ -1,8 +1,8 @@
 //! `JoinableQueue`: a [`Queue`] that also counts items marked done.
 
 use super::Queue;
-use super::ring::Wait;
 use crate::error::TaskDoneError;
+use crate::sync::futex::Wait;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 use std::io;

@@ -16,14 +16,15 @@ pub use simple::SimpleQueue;
 
 use crate::codec;
 use crate::error::{GetError, PutError};
-use ring::{Fail, Shared, Wait};
+use crate::sync::futex::Wait;
+use ring::{Fail, Shared};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::cell::RefCell;
 use std::fmt;
 use std::io;
 use std::marker::PhantomData;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
@@ -514,31 +515,13 @@ impl<T> fmt::Debug for Queue<T> {
     }
 }
 
-/// A descriptor written as its index in the message's descriptor list.
-struct FdOut<'a>(BorrowedFd<'a>);
-
-impl Serialize for FdOut<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        codec::serialize_fd(self.0, "Queue", s)
-    }
-}
-
-/// A received descriptor.
-struct FdIn(OwnedFd);
-
-impl<'de> Deserialize<'de> for FdIn {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        codec::deserialize_fd(d).map(FdIn)
-    }
-}
-
 /// A queue travels as its two descriptors (the shared mapping and the overflow file).
 impl<T> Serialize for Queue<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let shared = self.shared();
         (
-            FdOut(shared.region().as_fd()),
-            FdOut(shared.log_file().as_fd()),
+            codec::FdRef(shared.region().as_fd(), "Queue"),
+            codec::FdRef(shared.log_file().as_fd(), "Queue"),
         )
             .serialize(s)
     }
@@ -548,8 +531,8 @@ impl<T> Serialize for Queue<T> {
 /// created for the same item type. A fresh handle is open even if the sender's was closed.
 impl<'de, T> Deserialize<'de> for Queue<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let (FdIn(region), FdIn(log)) = <(FdIn, FdIn)>::deserialize(d)?;
-        Shared::open(region, log, type_id::<T>())
+        let (region, log) = <(codec::ReceivedFd, codec::ReceivedFd)>::deserialize(d)?;
+        Shared::open(region.0, log.0, type_id::<T>())
             .map(Queue::from_shared)
             .map_err(serde::de::Error::custom)
     }

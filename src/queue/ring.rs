@@ -72,7 +72,7 @@
 //! contradict each other, is [`Fail::Corrupt`]. The pure checks are [`ring_record_len`] and
 //! [`log_record_len`], which the fuzz target drives.
 
-use crate::sync::futex::{FutexWord, Spin};
+use crate::sync::futex::{Signal, Spin, Wait};
 use crate::sync::lock::{Acquired, LockWord};
 use crate::sys::{self, shm::Region};
 use std::fs::File;
@@ -138,40 +138,6 @@ static ROOM_SPIN: Spin = Spin::new(Duration::from_micros(20));
 static JOIN_SPIN: Spin = Spin::new(Duration::from_micros(20));
 /// How long a producer waits for a full ring's head to move before it puts into the log instead.
 const STILL: Duration = Duration::from_micros(200);
-/// A sleeper looks again at least this often, whatever it was told.
-const NAP: Duration = Duration::from_millis(500);
-
-/// How long an operation may wait.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Wait {
-    /// Not at all.
-    Never,
-    /// Until this instant.
-    Until(Instant),
-    /// As long as it takes.
-    Forever,
-}
-
-impl Wait {
-    pub(crate) fn timeout(d: Duration) -> Wait {
-        Instant::now()
-            .checked_add(d)
-            .map_or(Wait::Forever, Wait::Until)
-    }
-
-    /// The next sleep, or `None` when the time is up.
-    fn nap(self) -> Option<Duration> {
-        match self {
-            Wait::Never => None,
-            Wait::Forever => Some(NAP),
-            Wait::Until(d) => {
-                let left = d.saturating_duration_since(Instant::now());
-                (!left.is_zero()).then(|| left.min(NAP))
-            }
-        }
-    }
-}
-
 /// Why an operation on the shared state failed.
 #[derive(Debug)]
 pub(crate) enum Fail {
@@ -255,58 +221,6 @@ pub(crate) fn fingerprint(name: &str) -> u64 {
     name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     })
-}
-
-/// Waits for a word to change, and wakes those waiting: the hand-off between the two sides (see the
-/// module notes), written over [`FutexWord`] so that the model tests run this very code.
-pub(crate) struct Signal<'a, W> {
-    /// The count whose change is awaited; changed only by read-modify-writes.
-    pub(crate) word: &'a W,
-    /// How many processes sleep (or are about to) on `word`.
-    pub(crate) sleepers: &'a W,
-    /// How long to stay awake before sleeping; `None`: look once (the model tests).
-    pub(crate) spin: Option<&'a Spin>,
-}
-
-impl<W: FutexWord> Signal<'_, W> {
-    /// Waits until `word` is no longer `seen`; false if `wait` ran out first.
-    pub(crate) fn wait_change(&self, seen: u32, wait: Wait) -> bool {
-        let (word, sleepers) = (self.word, self.sleepers);
-        let changed = || (word.load(Ordering::Acquire) != seen).then_some(());
-        let deadline = match wait {
-            Wait::Never => return changed().is_some(),
-            Wait::Until(d) => Some(d),
-            Wait::Forever => None,
-        };
-        let changed = match self.spin {
-            Some(spin) => spin.until(deadline, changed),
-            None => changed(),
-        };
-        if changed.is_some() {
-            return true;
-        }
-        loop {
-            sleepers.fetch_add(1, Ordering::AcqRel);
-            if word.load(Ordering::Acquire) != seen {
-                sleepers.fetch_sub(1, Ordering::Release);
-                return true;
-            }
-            let Some(nap) = wait.nap() else {
-                sleepers.fetch_sub(1, Ordering::Release);
-                return false;
-            };
-            word.wait(seen, Some(nap));
-            sleepers.fetch_sub(1, Ordering::Release);
-        }
-    }
-
-    /// Wakes up to `n` sleepers, after the caller changed `word` with a read-modify-write. A
-    /// read-modify-write here too, not a load: see the module notes.
-    pub(crate) fn notify(&self, n: u32) {
-        if self.sleepers.fetch_add(0, Ordering::AcqRel) != 0 {
-            self.word.wake(n);
-        }
-    }
 }
 
 /// One process's handle on a queue's shared state.
@@ -472,12 +386,7 @@ impl Shared {
         let word = self.u32(at);
         let core = LockWord::on(word);
         let me = sys::getpid() as u32;
-        let how = match wait {
-            Wait::Never => core.try_lock_as(me),
-            Wait::Until(d) => core.acquire(me, Some(d)),
-            Wait::Forever => core.acquire(me, None),
-        }
-        .ok_or(Fail::WouldBlock)?;
+        let how = core.acquire(me, wait).ok_or(Fail::WouldBlock)?;
         let held = Held { word };
         if how == Acquired::FromDead {
             if at == O_PUT_LOCK {
@@ -651,7 +560,7 @@ impl Shared {
             }
             // Stay awake (spinning, then yielding while that is cheap: a consumer may be waiting
             // for our CPU) for the head to move.
-            let next = ROOM_SPIN.until(None, || {
+            let next = ROOM_SPIN.until(Wait::Forever, || {
                 let now = self.u64(O_HEAD).load(Ordering::Acquire);
                 (now != head).then_some(now)
             });

@@ -40,7 +40,7 @@
 //!
 //! In every case the broken barrier stays broken until [`reset`](Barrier::reset).
 
-use super::futex::Spin;
+use super::futex::{Spin, Wait};
 use super::lock::Lock;
 use crate::sys::{self, shm::Region};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -215,8 +215,8 @@ impl Barrier {
         v.checked_sub(1).map(Duration::from_nanos)
     }
 
-    fn default_deadline(&self) -> Option<Instant> {
-        self.timeout().and_then(|t| Instant::now().checked_add(t))
+    fn default_wait(&self) -> Wait {
+        self.timeout().map_or(Wait::Forever, Wait::timeout)
     }
 
     /// The number of parties it waits for.
@@ -262,7 +262,7 @@ impl Barrier {
     /// [`BarrierError::Broken`] if the barrier is or becomes broken while waiting;
     /// [`BarrierError::Timeout`] if the default timeout passed.
     pub fn wait(&self) -> Result<usize, BarrierError> {
-        self.wait_until(self.default_deadline(), None)
+        self.wait_for(self.default_wait(), None)
     }
 
     /// Like [`wait`](Self::wait), and the party that arrives last runs `action` before any party is
@@ -295,7 +295,7 @@ impl Barrier {
                 a();
             }
         };
-        self.wait_until(self.default_deadline(), Some(&mut run))
+        self.wait_for(self.default_wait(), Some(&mut run))
     }
 
     /// Like [`wait`](Self::wait), for at most `timeout`. If the timeout passes first, the barrier
@@ -319,7 +319,7 @@ impl Barrier {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn wait_timeout(&self, timeout: Duration) -> Result<usize, BarrierError> {
-        self.wait_until(Instant::now().checked_add(timeout), None)
+        self.wait_for(Wait::timeout(timeout), None)
     }
 
     /// Breaks the barrier: every waiter gets [`BarrierError::Broken`], and so does every `wait` until
@@ -410,9 +410,9 @@ impl Barrier {
         })
     }
 
-    fn wait_until(
+    fn wait_for(
         &self,
-        deadline: Option<Instant>,
+        wait: Wait,
         action: Option<&mut dyn FnMut()>,
     ) -> Result<usize, BarrierError> {
         let me = sys::gettid() as u32;
@@ -441,7 +441,7 @@ impl Barrier {
             }
             // Every slot belongs to a live waiter that has not yet left an earlier generation:
             // give them a moment.
-            if deadline.is_some_and(|d| Instant::now() >= d) {
+            if wait.is_over() {
                 self.break_locked();
                 return Err(BarrierError::Timeout);
             }
@@ -458,7 +458,7 @@ impl Barrier {
             }
         };
         let ended = || Some(outcome.load(Ordering::Acquire)).filter(|&o| o != PENDING);
-        if let Some(o) = SPIN.until(deadline, ended) {
+        if let Some(o) = SPIN.until(wait, ended) {
             return leave(o);
         }
         loop {
@@ -466,8 +466,7 @@ impl Barrier {
             if o != PENDING {
                 return leave(o);
             }
-            let now = Instant::now();
-            if deadline.is_some_and(|d| now >= d) {
+            if wait.is_over() {
                 let _held = self.locked();
                 if outcome.load(Ordering::Acquire) == PENDING {
                     self.break_locked();
@@ -476,7 +475,11 @@ impl Barrier {
                 }
                 continue;
             }
-            let nap = deadline.map_or(LIVENESS_PERIOD, |d| (d - now).min(LIVENESS_PERIOD));
+            // Time is left (just checked); at most a liveness period of it.
+            let Some(Some(nap)) = wait.left(Some(LIVENESS_PERIOD)) else {
+                continue;
+            };
+            let now = Instant::now();
             // Sleep on the sequence as it is now: it may have moved on just before our outcome was
             // written, and the wake-up comes after that write.
             let now_seq = self.seq().load(Ordering::Acquire);

@@ -27,7 +27,7 @@
 //! later waiter may take (a spurious wake-up, which callers of any condition variable handle). A
 //! notifier that dies inside `notify` (holding the lock) may lose that notification.
 
-use super::futex::FutexWord;
+use super::futex::{FutexWord, Wait};
 use super::lock::{Acquired, Lock, LockGuard, LockResult, LockWord, OwnerDied};
 use crate::sys::{self, shm::Region};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -35,7 +35,7 @@ use std::fmt;
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const SEQ: usize = 4;
 const SLEEPERS: usize = 8;
@@ -112,7 +112,7 @@ impl Condition {
     /// # Panics
     /// If `guard` belongs to another lock.
     pub fn wait<'a>(&'a self, guard: LockGuard<'a>) -> LockResult<LockGuard<'a>> {
-        self.wait_until(guard, None).0
+        self.wait_for(guard, Wait::Forever).0
     }
 
     /// Like [`wait`](Self::wait), for at most `timeout`; the flag says whether it timed out.
@@ -133,10 +133,7 @@ impl Condition {
         guard: LockGuard<'a>,
         timeout: Duration,
     ) -> (LockResult<LockGuard<'a>>, bool) {
-        match Instant::now().checked_add(timeout) {
-            Some(d) => self.wait_until(guard, Some(d)),
-            None => (self.wait(guard), false),
-        }
+        self.wait_for(guard, Wait::timeout(timeout))
     }
 
     /// Waits while `condition()` is true (Python's `wait_for(lambda: not condition())`), checking it
@@ -146,7 +143,7 @@ impl Condition {
         guard: LockGuard<'a>,
         condition: impl FnMut() -> bool,
     ) -> LockResult<LockGuard<'a>> {
-        self.wait_while_until(guard, None, condition).0
+        self.wait_while_for(guard, Wait::Forever, condition).0
     }
 
     /// Like [`wait_while`](Self::wait_while), for at most `timeout`; the flag says whether it gave up
@@ -157,25 +154,25 @@ impl Condition {
         timeout: Duration,
         condition: impl FnMut() -> bool,
     ) -> (LockResult<LockGuard<'a>>, bool) {
-        self.wait_while_until(guard, Instant::now().checked_add(timeout), condition)
+        self.wait_while_for(guard, Wait::timeout(timeout), condition)
     }
 
-    /// Waits while `condition()` holds, until `deadline` (never, for `None`). Reports `OwnerDied` if the
-    /// lock's holder died during any of the waits.
-    fn wait_while_until<'a>(
+    /// Waits while `condition()` holds, within `wait`. Reports `OwnerDied` if the lock's holder died
+    /// during any of the waits.
+    fn wait_while_for<'a>(
         &'a self,
         mut guard: LockGuard<'a>,
-        deadline: Option<Instant>,
+        wait: Wait,
         mut condition: impl FnMut() -> bool,
     ) -> (LockResult<LockGuard<'a>>, bool) {
         let mut died = false;
         let mut gave_up = false;
         while condition() {
-            if deadline.is_some_and(|d| Instant::now() >= d) {
+            if wait.is_over() {
                 gave_up = true;
                 break;
             }
-            match self.wait_until(guard, deadline).0 {
+            match self.wait_for(guard, wait).0 {
                 Ok(g) => guard = g,
                 Err(d) => {
                     died = true;
@@ -191,10 +188,10 @@ impl Condition {
         (guard, gave_up)
     }
 
-    fn wait_until<'a>(
+    fn wait_for<'a>(
         &'a self,
         guard: LockGuard<'a>,
-        deadline: Option<Instant>,
+        wait: Wait,
     ) -> (LockResult<LockGuard<'a>>, bool) {
         // A guard of a clone, or of another reception of this condition, is a guard of this lock.
         assert!(
@@ -202,7 +199,7 @@ impl Condition {
             "Condition::wait with a guard of another lock"
         );
         guard.leak();
-        let (how, timed_out) = self.core().wait(sys::getpid() as u32, deadline);
+        let (how, timed_out) = self.core().wait(sys::getpid() as u32, wait);
         (self.lock.guard(how), timed_out)
     }
 
@@ -274,9 +271,9 @@ impl<W: FutexWord> CondWords<'_, W> {
         self.seq.wake(picked);
     }
 
-    /// Called holding the lock as `me`: releases it, sleeps until notified (or `deadline`), and
-    /// acquires the lock again. Returns how it was re-acquired and whether the deadline passed.
-    pub(crate) fn wait(&self, me: u32, deadline: Option<Instant>) -> (Acquired, bool) {
+    /// Called holding the lock as `me`: releases it, sleeps until notified (or until `wait` runs
+    /// out), and acquires the lock again. Returns how it was re-acquired and whether it timed out.
+    pub(crate) fn wait(&self, me: u32, wait: Wait) -> (Acquired, bool) {
         let seq = self.seq;
         self.sleepers.fetch_add(1, Ordering::SeqCst);
         let seen = seq.load(Ordering::SeqCst);
@@ -286,28 +283,22 @@ impl<W: FutexWord> CondWords<'_, W> {
             if now_seq != seen && take_one(self.permits) {
                 break false; // notified
             }
-            let nap = match deadline {
-                None => None,
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        if take_one(self.sleepers) {
-                            break true;
-                        }
-                        // Our registration became a permit: it is ours to take, and is on its way
-                        // (the notifier adds it right after taking the registration).
-                        if take_one(self.permits) {
-                            break false;
-                        }
-                        std::thread::yield_now();
-                        continue;
-                    }
-                    Some(left)
+            if !wait.sleep(seq, now_seq, None) {
+                if take_one(self.sleepers) {
+                    break true;
                 }
-            };
-            seq.wait(now_seq, nap);
+                // Our registration became a permit: it is ours to take, and is on its way (the
+                // notifier adds it right after taking the registration).
+                if take_one(self.permits) {
+                    break false;
+                }
+                std::thread::yield_now();
+            }
         };
-        let how = self.lock.acquire(me, None).unwrap_or(Acquired::Free);
+        let how = self
+            .lock
+            .acquire(me, Wait::Forever)
+            .unwrap_or(Acquired::Free);
         (how, timed_out)
     }
 }

@@ -30,7 +30,7 @@
 //! A waiter that stays asleep across exactly 2^30 set-and-clear cycles (the generation wrapped
 //! around to the value it remembered) would miss them all and wait for the next `set`.
 
-use super::futex::{FutexWord, Spin};
+use super::futex::{FutexWord, Spin, Wait, spin_or_look};
 use crate::codec;
 use crate::sys::shm::Region;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -39,7 +39,7 @@ use std::io;
 use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const SET: u32 = 1;
 pub(crate) const WAITERS: u32 = 1 << 1;
@@ -175,7 +175,7 @@ impl Event {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn wait(&self) {
-        self.core().wait_until(None);
+        self.core().wait(Wait::Forever);
     }
 
     /// Waits at most `timeout` for the flag to be set; whether it was (`true` also when it was set
@@ -194,8 +194,7 @@ impl Event {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
-        // A deadline past what `Instant` can hold is no deadline.
-        self.core().wait_until(Instant::now().checked_add(timeout))
+        self.core().wait(Wait::timeout(timeout))
     }
 }
 
@@ -234,9 +233,9 @@ impl<W: FutexWord> EventWord<'_, W> {
         self.word.fetch_and(!SET, Ordering::AcqRel);
     }
 
-    /// Waits until the flag is set or a new generation begins, or `deadline` passes; whether the
-    /// flag was set.
-    pub(crate) fn wait_until(&self, deadline: Option<Instant>) -> bool {
+    /// Waits until the flag is set or a new generation begins, or `wait` runs out; whether the flag
+    /// was set.
+    pub(crate) fn wait(&self, wait: Wait) -> bool {
         let word = self.word;
         let first = word.load(Ordering::Acquire);
         if first & SET != 0 {
@@ -244,11 +243,7 @@ impl<W: FutexWord> EventWord<'_, W> {
         }
         let released = |v: u32| v & SET != 0 || (v ^ first) & GENERATION != 0;
         let seen = || released(word.load(Ordering::Acquire)).then_some(());
-        let seen = match self.spin {
-            Some(spin) => spin.until(deadline, seen),
-            None => seen(),
-        };
-        if seen.is_some() {
+        if spin_or_look(self.spin, wait, seen).is_some() {
             return true;
         }
         loop {
@@ -256,16 +251,6 @@ impl<W: FutexWord> EventWord<'_, W> {
             if released(v) {
                 return true;
             }
-            let nap = match deadline {
-                None => None,
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return false;
-                    }
-                    Some(left)
-                }
-            };
             if v & WAITERS == 0
                 && word
                     .compare_exchange(v, v | WAITERS, Ordering::Relaxed, Ordering::Relaxed)
@@ -273,7 +258,9 @@ impl<W: FutexWord> EventWord<'_, W> {
             {
                 continue;
             }
-            word.wait(v | WAITERS, nap);
+            if !wait.sleep(word, v | WAITERS, None) {
+                return false;
+            }
         }
     }
 }
@@ -289,7 +276,7 @@ impl fmt::Debug for Event {
 /// An event travels as the descriptor of its shared memory (beside the message).
 impl Serialize for Event {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        codec::serialize_fd(self.region.as_fd(), "Event", s)
+        codec::FdRef(self.region.as_fd(), "Event").serialize(s)
     }
 }
 

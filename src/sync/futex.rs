@@ -76,6 +76,143 @@ impl FutexWord for AtomicU32 {
     }
 }
 
+/// How long an operation may wait: the deadline of every timed wait in the crate, in one place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Wait {
+    /// Not at all: look once.
+    Never,
+    /// Until this instant.
+    Until(Instant),
+    /// As long as it takes.
+    Forever,
+}
+
+impl Wait {
+    /// `timeout` from now. A timeout too large to be an instant (such as `Duration::MAX`) waits as
+    /// long as it takes.
+    pub(crate) fn timeout(timeout: Duration) -> Wait {
+        Instant::now()
+            .checked_add(timeout)
+            .map_or(Wait::Forever, Wait::Until)
+    }
+
+    /// The deadline as the system layer takes it (`None`: none; a `Never` deadline is now).
+    pub(crate) fn deadline(self) -> Option<Instant> {
+        match self {
+            Wait::Never => Some(Instant::now()),
+            Wait::Until(d) => Some(d),
+            Wait::Forever => None,
+        }
+    }
+
+    /// Whether the time is up.
+    pub(crate) fn is_over(self) -> bool {
+        match self {
+            Wait::Never => true,
+            Wait::Until(d) => Instant::now() >= d,
+            Wait::Forever => false,
+        }
+    }
+
+    /// What is left of it, at most `cap` (`None`: no limit at all); `None` at the outer level when the
+    /// time is up. (`Some(None)` sleeps until woken.)
+    pub(crate) fn left(self, cap: Option<Duration>) -> Option<Option<Duration>> {
+        let left = match self {
+            Wait::Never => return None,
+            Wait::Forever => None,
+            Wait::Until(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return None;
+                }
+                Some(left)
+            }
+        };
+        Some(match (left, cap) {
+            (Some(l), Some(c)) => Some(l.min(c)),
+            (l, c) => l.or(c),
+        })
+    }
+
+    /// Sleeps on `word` while it holds `expected`, never past the deadline and at most `cap` at a
+    /// time (it may return early, spuriously); false, at once, if the time is up.
+    pub(crate) fn sleep<W: FutexWord>(
+        self,
+        word: &W,
+        expected: u32,
+        cap: Option<Duration>,
+    ) -> bool {
+        match self.left(cap) {
+            Some(nap) => {
+                word.wait(expected, nap);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Waits for a word to change, and wakes those waiting: the hand-off between the two sides of a
+/// queue and a joiner's wait (see `queue/ring.rs`), written over [`FutexWord`] so that the model
+/// tests run this very code.
+pub(crate) struct Signal<'a, W> {
+    /// The count whose change is awaited; changed only by read-modify-writes.
+    pub(crate) word: &'a W,
+    /// How many processes sleep (or are about to) on `word`.
+    pub(crate) sleepers: &'a W,
+    /// How long to stay awake before sleeping; `None`: look once (the model tests).
+    pub(crate) spin: Option<&'a Spin>,
+}
+
+/// A sleeper on a [`Signal`] looks again at least this often, whatever it was told.
+const SIGNAL_NAP: Duration = Duration::from_millis(500);
+
+impl<W: FutexWord> Signal<'_, W> {
+    /// Waits until `word` is no longer `seen`; false if `wait` ran out first.
+    pub(crate) fn wait_change(&self, seen: u32, wait: Wait) -> bool {
+        let (word, sleepers) = (self.word, self.sleepers);
+        let changed = || (word.load(Ordering::Acquire) != seen).then_some(());
+        if spin_or_look(self.spin, wait, changed).is_some() {
+            return true;
+        }
+        loop {
+            sleepers.fetch_add(1, Ordering::AcqRel);
+            if word.load(Ordering::Acquire) != seen {
+                sleepers.fetch_sub(1, Ordering::Release);
+                return true;
+            }
+            let slept = wait.sleep(word, seen, Some(SIGNAL_NAP));
+            sleepers.fetch_sub(1, Ordering::Release);
+            if !slept {
+                return false;
+            }
+        }
+    }
+
+    /// Wakes up to `n` sleepers, after the caller changed `word` with a read-modify-write. A
+    /// read-modify-write here too, not a load: a sleeper announces itself in `sleepers` and then
+    /// reads `word`, the notifier changes `word` and then reads `sleepers`; reading `sleepers` with a
+    /// read-modify-write orders the two updates of it, so that at least one side sees the other (the
+    /// model tests check it with acquire/release reasoning alone).
+    pub(crate) fn notify(&self, n: u32) {
+        if self.sleepers.fetch_add(0, Ordering::AcqRel) != 0 {
+            self.word.wake(n);
+        }
+    }
+}
+
+/// `spin.until(wait, poll)`, or one look when there is no spin (the model tests).
+pub(crate) fn spin_or_look<T>(
+    spin: Option<&Spin>,
+    wait: Wait,
+    mut poll: impl FnMut() -> Option<T>,
+) -> Option<T> {
+    match spin {
+        Some(spin) => spin.until(wait, poll),
+        None => poll(),
+    }
+}
+
 /// How long a waiter stays awake, watching for what it waits for, before it sleeps in the kernel.
 ///
 /// # Why adaptive, bounded by time, and yielding only while yielding is cheap
@@ -161,21 +298,19 @@ impl Spin {
     /// Calls `poll` until it gives a value, for at most the budget, never past `deadline`, and not
     /// after noticing that this thread was descheduled; `None` if nothing came (the caller then
     /// sleeps in the kernel, or gives up at its deadline). `poll` is called at least once.
-    pub(crate) fn until<T>(
-        &self,
-        deadline: Option<Instant>,
-        mut poll: impl FnMut() -> Option<T>,
-    ) -> Option<T> {
+    pub(crate) fn until<T>(&self, wait: Wait, mut poll: impl FnMut() -> Option<T>) -> Option<T> {
         if let Some(v) = poll() {
             return Some(v);
         }
         let start = Instant::now();
         let budget = Duration::from_nanos(u64::from(self.ns.load(Ordering::Relaxed)));
-        let end = match deadline {
-            Some(d) if d <= start => return None, // no time to spend: a zero timeout looks once
-            Some(d) => d.min(start + budget),
-            None => start + budget,
+        let deadline = match wait {
+            Wait::Never => return None, // no time to spend: a zero timeout looks once
+            Wait::Until(d) if d <= start => return None,
+            Wait::Until(d) => Some(d),
+            Wait::Forever => None,
         };
+        let end = deadline.map_or(start + budget, |d| d.min(start + budget));
         let mut last = start;
         let mut pauses = 1u32;
         loop {
@@ -259,7 +394,7 @@ mod tests {
     fn a_zero_deadline_looks_once() {
         let spin = Spin::new(Spin::MAX);
         let mut looks = 0;
-        let got: Option<()> = spin.until(Some(Instant::now()), || {
+        let got: Option<()> = spin.until(Wait::Until(Instant::now()), || {
             looks += 1;
             None
         });
@@ -270,18 +405,18 @@ mod tests {
     fn the_budget_bounds_the_spin_and_adapts() {
         let spin = Spin::new(Spin::MAX);
         let t = Instant::now();
-        assert_eq!(spin.until(None, || None::<()>), None);
+        assert_eq!(spin.until(Wait::Forever, || None::<()>), None);
         assert!(
             t.elapsed() >= Spin::MAX / 2,
             "it spun for {:?}",
             t.elapsed()
         );
         for _ in 0..10 {
-            let _ = spin.until(None, || None::<()>);
+            let _ = spin.until(Wait::Forever, || None::<()>);
         }
         assert_eq!(spin.ns.load(Ordering::Relaxed), Spin::MIN.as_nanos() as u32);
         let mut n = 0;
-        let got = spin.until(None, || {
+        let got = spin.until(Wait::Forever, || {
             n += 1;
             (n >= 3).then_some(7)
         });

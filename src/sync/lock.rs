@@ -28,7 +28,7 @@
 //! any pid-based scheme), and a dead holder's pid reused by a new process looks alive until that
 //! process ends too.
 
-use super::futex::{FutexWord, Spin};
+use super::futex::{FutexWord, Spin, Wait, spin_or_look};
 use crate::codec;
 use crate::sys::{self, shm::Region};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -158,7 +158,7 @@ impl Lock {
 
     /// Acquires the lock, waiting as long as it takes.
     pub fn lock(&self) -> LockResult<LockGuard<'_>> {
-        self.acquire(sys::getpid() as u32, None)
+        self.acquire(sys::getpid() as u32, Wait::Forever)
             .expect("no deadline")
     }
 
@@ -198,10 +198,7 @@ impl Lock {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn try_lock_for(&self, timeout: Duration) -> Option<LockResult<LockGuard<'_>>> {
-        match Instant::now().checked_add(timeout) {
-            Some(d) => self.acquire(sys::getpid() as u32, Some(d)),
-            None => Some(self.lock()),
-        }
+        self.acquire(sys::getpid() as u32, Wait::timeout(timeout))
     }
 
     /// Whether some process holds the lock right now.
@@ -229,12 +226,8 @@ impl Lock {
 
     /// Acquires on behalf of holder id `me`: a pid (`Lock`) or a thread id (`RLock`). Either is a
     /// process-table entry whose liveness `process_alive` can check.
-    pub(crate) fn acquire(
-        &self,
-        me: u32,
-        deadline: Option<Instant>,
-    ) -> Option<LockResult<LockGuard<'_>>> {
-        self.core().acquire(me, deadline).map(|a| self.guard(a))
+    pub(crate) fn acquire(&self, me: u32, wait: Wait) -> Option<LockResult<LockGuard<'_>>> {
+        self.core().acquire(me, wait).map(|a| self.guard(a))
     }
 }
 
@@ -308,7 +301,7 @@ impl<W: FutexWord> LockWord<'_, W> {
     }
 
     #[inline]
-    pub(crate) fn acquire(&self, me: u32, deadline: Option<Instant>) -> Option<Acquired> {
+    pub(crate) fn acquire(&self, me: u32, wait: Wait) -> Option<Acquired> {
         // The uncontended case, inlined into the caller: one compare-and-swap.
         if self
             .word
@@ -317,11 +310,11 @@ impl<W: FutexWord> LockWord<'_, W> {
         {
             return Some(Acquired::Free);
         }
-        self.acquire_contended(me, deadline)
+        self.acquire_contended(me, wait)
     }
 
     #[inline(never)]
-    fn acquire_contended(&self, me: u32, deadline: Option<Instant>) -> Option<Acquired> {
+    fn acquire_contended(&self, me: u32, wait: Wait) -> Option<Acquired> {
         let word = self.word;
         let take_free = || {
             let v = word.load(Ordering::Relaxed);
@@ -331,11 +324,7 @@ impl<W: FutexWord> LockWord<'_, W> {
                     .is_ok();
             free.then_some(())
         };
-        let taken = match self.spin {
-            Some(spin) => spin.until(deadline, take_free),
-            None => take_free(),
-        };
-        if taken.is_some() {
+        if spin_or_look(self.spin, wait, take_free).is_some() {
             return Some(Acquired::Free);
         }
         let mut waited_on: Option<(u32, Instant)> = None;
@@ -367,7 +356,7 @@ impl<W: FutexWord> LockWord<'_, W> {
                 }
                 waited_on = Some((owner, now));
             }
-            if deadline.is_some_and(|d| now >= d) {
+            if wait.is_over() {
                 return None;
             }
             if v & WAITERS == 0
@@ -377,10 +366,9 @@ impl<W: FutexWord> LockWord<'_, W> {
             {
                 continue;
             }
-            let nap = deadline.map_or(LIVENESS_PERIOD, |d| {
-                d.saturating_duration_since(now).min(LIVENESS_PERIOD)
-            });
-            word.wait(v | WAITERS, Some(nap));
+            if !wait.sleep(word, v | WAITERS, Some(LIVENESS_PERIOD)) {
+                return None;
+            }
         }
     }
 }
@@ -417,7 +405,7 @@ impl fmt::Debug for LockGuard<'_> {
 /// A lock travels as the descriptor of its shared memory (beside the message).
 impl Serialize for Lock {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        codec::serialize_fd(self.region.as_fd(), "Lock", s)
+        codec::FdRef(self.region.as_fd(), "Lock").serialize(s)
     }
 }
 

@@ -7,9 +7,9 @@
 use super::condition::CondWords;
 use super::event::EventWord;
 use super::futex::FutexWord;
+use super::futex::{Signal, Wait};
 use super::lock::{Acquired, LockWord};
 use super::semaphore::CounterWords;
-use crate::queue::ring::{Signal, Wait};
 use loom::sync::atomic::AtomicU32;
 use loom::sync::{Arc, Condvar, Mutex};
 use loom::thread;
@@ -100,7 +100,7 @@ fn lock_word(w: &ModelWord) -> LockWord<'_, ModelWord> {
 
 /// Adds 1 to `data` with a plain load and store under the lock, checking that nobody else is inside.
 fn locked_increment(lock: &LockWord<'_, ModelWord>, me: u32, inside: &AtomicU32, data: &AtomicU32) {
-    assert_eq!(lock.acquire(me, None), Some(Acquired::Free));
+    assert_eq!(lock.acquire(me, Wait::Forever), Some(Acquired::Free));
     assert_eq!(inside.fetch_add(1, Relaxed), 0, "two holders at once");
     let v = data.load(Relaxed);
     data.store(v + 1, Relaxed);
@@ -167,7 +167,7 @@ fn lock_of_a_dead_holder_is_taken_over_exactly_once() {
                 spin: None,
                 alive: &alive,
             };
-            if lock.acquire(me, None) == Some(Acquired::FromDead) {
+            if lock.acquire(me, Wait::Forever) == Some(Acquired::FromDead) {
                 from_dead.fetch_add(1, Relaxed);
             }
             assert!(lock.release());
@@ -194,7 +194,7 @@ fn event_set_wakes_every_waiter() {
                         word: &*w,
                         spin: None,
                     };
-                    assert!(ev.wait_until(None));
+                    assert!(ev.wait(Wait::Forever));
                 })
             })
             .collect();
@@ -224,7 +224,7 @@ fn event_set_then_clear_releases_a_sleeping_waiter() {
                         word: &*w,
                         spin: None
                     }
-                    .wait_until(None)
+                    .wait(Wait::Forever)
                 );
             })
         };
@@ -265,7 +265,7 @@ fn semaphore_two_releases_wake_two_sleepers() {
             .map(|_| {
                 let words = words.clone();
                 thread::spawn(move || {
-                    assert!(counter(&words.0, &words.1, u32::MAX).acquire_until(None));
+                    assert!(counter(&words.0, &words.1, u32::MAX).acquire(Wait::Forever));
                 })
             })
             .collect();
@@ -286,7 +286,7 @@ fn bounded_semaphore_excludes_and_refuses_over_release() {
         let words = Arc::new((ModelWord::new(1), ModelWord::new(0), AtomicU32::new(0)));
         let use_slot = |words: &(ModelWord, ModelWord, AtomicU32)| {
             let sem = counter(&words.0, &words.1, 1);
-            assert!(sem.acquire_until(None));
+            assert!(sem.acquire(Wait::Forever));
             assert_eq!(
                 words.2.fetch_add(1, Relaxed),
                 0,
@@ -329,9 +329,9 @@ fn condition_notify_is_not_lost() {
             thread::spawn(move || {
                 let (words, flag) = &*state;
                 let cond = cond(words);
-                assert_eq!(cond.lock.acquire(1, None), Some(Acquired::Free));
+                assert_eq!(cond.lock.acquire(1, Wait::Forever), Some(Acquired::Free));
                 while flag.load(Relaxed) == 0 {
-                    let (how, timed_out) = cond.wait(1, None);
+                    let (how, timed_out) = cond.wait(1, Wait::Forever);
                     assert_eq!(how, Acquired::Free);
                     assert!(!timed_out);
                 }
@@ -340,7 +340,7 @@ fn condition_notify_is_not_lost() {
         };
         let (words, flag) = &*state;
         let cond = cond(words);
-        assert_eq!(cond.lock.acquire(2, None), Some(Acquired::Free));
+        assert_eq!(cond.lock.acquire(2, Wait::Forever), Some(Acquired::Free));
         flag.store(1, Relaxed);
         cond.notify(1);
         assert!(cond.lock.release());
@@ -360,8 +360,8 @@ fn condition_notify_one_releases_exactly_one() {
                 thread::spawn(move || {
                     let (words, returned) = &*state;
                     let cond = cond(words);
-                    assert_eq!(cond.lock.acquire(me, None), Some(Acquired::Free));
-                    let (_, timed_out) = cond.wait(me, None);
+                    assert_eq!(cond.lock.acquire(me, Wait::Forever), Some(Acquired::Free));
+                    let (_, timed_out) = cond.wait(me, Wait::Forever);
                     assert!(!timed_out);
                     returned.fetch_add(1, SeqCst);
                     assert!(cond.lock.release());
@@ -375,7 +375,7 @@ fn condition_notify_one_releases_exactly_one() {
             thread::yield_now();
         }
         for round in 1..=2 {
-            assert_eq!(cond.lock.acquire(9, None), Some(Acquired::Free));
+            assert_eq!(cond.lock.acquire(9, Wait::Forever), Some(Acquired::Free));
             cond.notify(1);
             assert!(cond.lock.release());
             while returned.load(SeqCst) < round {

@@ -5,6 +5,7 @@
 //! are unique system-wide while the thread lives, so a waiter can check the holder's liveness exactly
 //! as `Lock` does, and here that also catches a holder thread that exited while its process lives on.
 
+use super::futex::Wait;
 use super::lock::{Lock, LockResult, OwnerDied};
 use crate::sys::{self, shm::Region};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -13,7 +14,7 @@ use std::io;
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const KIND: &str = "multiprocess-rlock";
 
@@ -77,7 +78,7 @@ impl RLock {
 
     /// Acquires the lock (again, if this thread holds it), waiting as long as it takes.
     pub fn lock(&self) -> LockResult<RLockGuard<'_>> {
-        self.acquire(None).expect("no deadline")
+        self.acquire(Wait::Forever).expect("no deadline")
     }
 
     /// Acquires the lock if it is free or held by this thread.
@@ -92,10 +93,7 @@ impl RLock {
 
     /// Acquires the lock, waiting at most `timeout`; `None` if another thread kept it.
     pub fn try_lock_for(&self, timeout: Duration) -> Option<LockResult<RLockGuard<'_>>> {
-        match Instant::now().checked_add(timeout) {
-            Some(d) => self.acquire(Some(d)),
-            None => Some(self.lock()),
-        }
+        self.acquire(Wait::timeout(timeout))
     }
 
     /// Whether some thread holds the lock.
@@ -103,14 +101,14 @@ impl RLock {
         self.lock.is_locked()
     }
 
-    fn acquire(&self, deadline: Option<Instant>) -> Option<LockResult<RLockGuard<'_>>> {
+    fn acquire(&self, wait: Wait) -> Option<LockResult<RLockGuard<'_>>> {
         let me = sys::gettid() as u32;
         if self.lock.holder() == me {
             // Only the holder writes the count, and only the holder can see its own id here.
             self.count().fetch_add(1, Ordering::Relaxed);
             return Some(Ok(self.guard()));
         }
-        self.lock.acquire(me, deadline).map(|r| self.adopt(r))
+        self.lock.acquire(me, wait).map(|r| self.adopt(r))
     }
 
     /// Turns a freshly acquired inner guard into the first level of ownership.

@@ -42,7 +42,7 @@
 //! A process that dies while asleep in acquire leaves `sleepers` one too high: every later release
 //! makes one spare `FUTEX_WAKE` system call; nothing blocks and nothing is lost.
 
-use super::futex::{FutexWord, Spin};
+use super::futex::{FutexWord, Spin, Wait, spin_or_look};
 use crate::codec;
 use crate::sys::shm::Region;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -51,7 +51,7 @@ use std::io;
 use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const COUNT: usize = 0;
 const SLEEPERS: usize = 4;
@@ -86,13 +86,9 @@ impl<W: FutexWord> CounterWords<'_, W> {
         false
     }
 
-    pub(crate) fn acquire_until(&self, deadline: Option<Instant>) -> bool {
+    pub(crate) fn acquire(&self, wait: Wait) -> bool {
         let took = || self.try_acquire().then_some(());
-        let took = match self.spin {
-            Some(spin) => spin.until(deadline, took),
-            None => took(),
-        };
-        if took.is_some() {
+        if spin_or_look(self.spin, wait, took).is_some() {
             return true;
         }
         let (count, sleepers) = (self.count, self.sleepers);
@@ -108,17 +104,9 @@ impl<W: FutexWord> CounterWords<'_, W> {
                 }
                 continue;
             }
-            let nap = match deadline {
-                None => None,
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        break false;
-                    }
-                    Some(left)
-                }
-            };
-            count.wait(0, nap);
+            if !wait.sleep(count, 0, None) {
+                break false;
+            }
         };
         sleepers.fetch_sub(1, Ordering::Relaxed);
         got
@@ -190,13 +178,12 @@ impl Counter {
         self.core().try_acquire()
     }
 
-    fn acquire_until(&self, deadline: Option<Instant>) -> bool {
-        self.core().acquire_until(deadline)
+    fn acquire(&self, wait: Wait) -> bool {
+        self.core().acquire(wait)
     }
 
     fn acquire_timeout(&self, timeout: Duration) -> bool {
-        // A deadline past what `Instant` can hold is no deadline.
-        self.acquire_until(Instant::now().checked_add(timeout))
+        self.acquire(Wait::timeout(timeout))
     }
 
     fn release(&self, too_many: impl FnOnce(u32) -> String) -> io::Result<()> {
@@ -208,8 +195,8 @@ impl Counter {
         }
     }
 
-    fn serialize<S: Serializer>(&self, what: &str, s: S) -> Result<S::Ok, S::Error> {
-        codec::serialize_fd(self.region.as_fd(), what, s)
+    fn serialize<S: Serializer>(&self, what: &'static str, s: S) -> Result<S::Ok, S::Error> {
+        codec::FdRef(self.region.as_fd(), what).serialize(s)
     }
 
     fn deserialize<'de, D: Deserializer<'de>>(
@@ -299,7 +286,7 @@ impl Semaphore {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn acquire(&self) {
-        self.counter.acquire_until(None);
+        self.counter.acquire(Wait::Forever);
     }
 
     /// Takes a slot if one is free right now; whether it did.
@@ -429,7 +416,7 @@ impl BoundedSemaphore {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn acquire(&self) {
-        self.counter.acquire_until(None);
+        self.counter.acquire(Wait::Forever);
     }
 
     /// Takes a slot if one is free right now; whether it did.

@@ -120,19 +120,31 @@ impl<A, B, R> FnPtr for fn(A, B) -> R {
     }
 }
 
-extern "C" fn on_load() {
-    crate::process::bootstrap::on_load();
-}
+/// Places `$hook` (a `fn()`) in `.init_array`, so that it runs before `main` in every process of
+/// this program (see the module notes), and defines `ensure_constructor_linked()` beside it, to be
+/// called on every path that starts a child so that the linker keeps the constructor's object file.
+///
+/// The layer above says what runs; this floor only knows how to get there before `main`.
+macro_rules! before_main {
+    ($hook:path) => {
+        extern "C" fn before_main() {
+            $hook()
+        }
 
-/// Runs [`on_load`] before `main` in every process of a program that links this crate.
-#[used]
-#[unsafe(link_section = ".init_array")]
-static CONSTRUCTOR: extern "C" fn() = on_load;
+        // SAFETY: `.init_array` is a list of `extern "C" fn()` that the loader calls before `main`,
+        // and this is one, of a function that may run there (it touches no state `main` sets up).
+        #[allow(unsafe_code)]
+        #[used]
+        #[unsafe(link_section = ".init_array")]
+        static CONSTRUCTOR: extern "C" fn() = before_main;
 
-/// Keeps the constructor's object file in the link: called on every path that starts a child.
-pub(crate) fn ensure_constructor_linked() {
-    std::hint::black_box(&CONSTRUCTOR);
+        /// Keeps the constructor's object file in the link.
+        pub(crate) fn ensure_constructor_linked() {
+            std::hint::black_box(&CONSTRUCTOR);
+        }
+    };
 }
+pub(crate) use before_main;
 
 /// Reads and removes an environment variable holding a descriptor number left by the parent.
 /// Called only from the constructor, before `main`.
