@@ -637,17 +637,10 @@ impl Connection {
                 buf.reserve(remaining.min(buf.capacity().max(64 << 10)));
             }
             // The rest of a message usually follows its header at once: try before waiting.
-            let n = match sys::recv_into_spare(
-                fd,
-                buf,
-                remaining,
-                &mut rx.fds,
-                self.socket,
-                self.socket,
-            ) {
+            let n = match sys::recv_into_spare(fd, buf, remaining, self.socket, self.socket) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     ready()?;
-                    sys::recv_into_spare(fd, buf, remaining, &mut rx.fds, self.socket, false)
+                    sys::recv_into_spare(fd, buf, remaining, self.socket, false)
                 }
                 other => other,
             }

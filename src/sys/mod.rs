@@ -12,6 +12,12 @@
 //!   or a fork server before `main` runs, and the translation of function pointers into offsets that
 //!   survive address-space randomisation.
 //!
+//! The system calls are rustix's wherever rustix has them (descriptors, sockets with `SCM_RIGHTS`,
+//! `poll`, memfds and seals, `mmap`, futexes, pidfds, `waitid`, signals sent); `libc` remains for
+//! what rustix does not wrap: `fork`, `clone3`, `posix_spawn`, `sigaction` and the signal mask,
+//! `F_SETOWN`/`F_SETSIG`, `atexit`, `pthread_atfork`, `dladdr`, `getauxval`, `prctl` and the
+//! robust list.
+//!
 //! Only Linux is supported today: the crate relies on pidfds, `memfd`, `SCM_RIGHTS`, `F_SETSIG`,
 //! and futexes on shared memory. A port needs a file beside `linux/` that provides the same items.
 

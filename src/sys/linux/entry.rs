@@ -55,10 +55,15 @@ fn anchor_addr() -> usize {
 
 /// The base address of the loaded object (executable or shared library) containing `addr`.
 fn object_base(addr: usize) -> Option<usize> {
-    // SAFETY: Dl_info is plain old data; dladdr fills it and only reads `addr` as a number.
-    let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
-    // SAFETY: as above; `info` is a valid out-pointer.
-    let ok = unsafe { libc::dladdr(addr as *const libc::c_void, &mut info) } != 0;
+    // SAFETY: Dl_info is plain old data (all-zero is a valid value); dladdr only reads `addr` as a
+    // number and fills `info`, a valid out-pointer.
+    let (ok, info) = unsafe {
+        let mut info: libc::Dl_info = std::mem::zeroed();
+        (
+            libc::dladdr(addr as *const libc::c_void, &mut info) != 0,
+            info,
+        )
+    };
     (ok && !info.dli_fbase.is_null()).then_some(info.dli_fbase as usize)
 }
 
@@ -66,10 +71,6 @@ fn object_base(addr: usize) -> Option<usize> {
 pub(crate) trait FnPtr: Copy {
     /// The pointer's address.
     fn addr(self) -> usize;
-
-    /// # Safety
-    /// `addr` must be the address of a function of exactly this type.
-    unsafe fn from_addr(addr: usize) -> Self;
 
     /// The offset of this function from [`anchor`]. Fails if the function does not live in the same
     /// loaded object as this crate (a re-executed child could not find it there).
@@ -90,11 +91,12 @@ pub(crate) trait FnPtr: Copy {
     /// # Safety
     /// `token` must come from [`FnPtr::token`] on a value of this same type, in a process running the
     /// same executable image (see the module contract).
-    unsafe fn from_token(token: i64) -> Self {
-        let addr = (anchor_addr() as i64).wrapping_add(token) as usize;
-        // SAFETY: forwarded from this function's contract.
-        unsafe { Self::from_addr(addr) }
-    }
+    unsafe fn from_token(token: i64) -> Self;
+}
+
+/// The address a token names in this process.
+fn token_addr(token: i64) -> usize {
+    (anchor_addr() as i64).wrapping_add(token) as usize
 }
 
 impl<A, R> FnPtr for fn(A) -> R {
@@ -102,10 +104,11 @@ impl<A, R> FnPtr for fn(A) -> R {
         self as usize
     }
 
-    unsafe fn from_addr(addr: usize) -> Self {
-        // SAFETY: the caller guarantees `addr` is a function of type fn(A) -> R; fn pointers and usize
-        // have the same size on every supported target.
-        unsafe { std::mem::transmute::<usize, fn(A) -> R>(addr) }
+    unsafe fn from_token(token: i64) -> Self {
+        // SAFETY: by the contract, the token was made from a function of type fn(A) -> R of this
+        // image, so the address it names here is that function; fn pointers and usize have the same
+        // size on every supported target.
+        unsafe { std::mem::transmute::<usize, fn(A) -> R>(token_addr(token)) }
     }
 }
 
@@ -114,9 +117,9 @@ impl<A, B, R> FnPtr for fn(A, B) -> R {
         self as usize
     }
 
-    unsafe fn from_addr(addr: usize) -> Self {
+    unsafe fn from_token(token: i64) -> Self {
         // SAFETY: as for `fn(A) -> R`.
-        unsafe { std::mem::transmute::<usize, fn(A, B) -> R>(addr) }
+        unsafe { std::mem::transmute::<usize, fn(A, B) -> R>(token_addr(token)) }
     }
 }
 
@@ -325,10 +328,11 @@ pub(crate) enum BootError {
 fn recv_exact(socket: &OwnedFd, buf: &mut [u8]) -> Result<(), BootError> {
     let mut got = 0;
     while got < buf.len() {
-        match rustix::net::recv(socket, &mut buf[got..], rustix::net::RecvFlags::WAITALL) {
+        let rest = &mut buf[got..];
+        let flags = rustix::net::RecvFlags::WAITALL;
+        match rustix::io::retry_on_intr(|| rustix::net::recv(socket, &mut *rest, flags)) {
             Ok((0, _)) => return Err(BootError::ParentGone),
             Ok((n, _)) => got += n,
-            Err(rustix::io::Errno::INTR) => {}
             Err(e) => {
                 return Err(BootError::Refused(format!(
                     "reading the bootstrap prelude: {e}"

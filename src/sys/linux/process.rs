@@ -18,7 +18,8 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStringExt;
 
-use super::fd::cvt;
+use rustix::io::retry_on_intr;
+use rustix::process::{Pid, Signal};
 
 static PID: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
 
@@ -59,13 +60,16 @@ pub(crate) fn gettid() -> i32 {
     TID.try_with(|t| {
         if t.get() == 0 {
             install_fork_handler();
-            // SAFETY: gettid cannot fail and touches no memory.
-            t.set(unsafe { libc::gettid() });
+            t.set(raw_gettid());
         }
         t.get()
     })
-    // SAFETY: as above (thread-local storage is being torn down: ask the kernel).
-    .unwrap_or_else(|_| unsafe { libc::gettid() })
+    // Thread-local storage is being torn down: ask the kernel.
+    .unwrap_or_else(|_| raw_gettid())
+}
+
+fn raw_gettid() -> i32 {
+    rustix::thread::gettid().as_raw_nonzero().get()
 }
 
 /// How a process ended, as `waitid` reports it.
@@ -95,7 +99,10 @@ pub(crate) const EXIT_PANIC_IN_FORK: i32 = 70;
 pub(crate) fn fork_then(child: impl FnOnce() -> i32) -> io::Result<i32> {
     // SAFETY: see the module contract; the child runs only `child` (a panic is caught) and then
     // `_exit`, never returning into the parent's stack frames.
-    let pid = cvt(unsafe { libc::fork() })?;
+    let pid = unsafe { libc::fork() };
+    if pid == -1 {
+        return Err(io::Error::last_os_error());
+    }
     if pid == 0 {
         // A panic must never unwind out of here: the frames above belong to the parent's code.
         let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(child))
@@ -151,19 +158,12 @@ impl SiblingForks {
     /// Reads what [`fork`](Self::fork) needs; `Unsupported` where the kernel cannot say where glibc
     /// keeps the thread id (a kernel without `CONFIG_CHECKPOINT_RESTORE`).
     pub(crate) fn prepare() -> io::Result<SiblingForks> {
-        let mut tid_address: *mut i32 = std::ptr::null_mut();
-        // SAFETY: PR_GET_TID_ADDRESS writes one pointer into the location we pass.
-        let r = unsafe { libc::prctl(PR_GET_TID_ADDRESS, &mut tid_address as *mut *mut i32) };
-        // SAFETY: gettid has no preconditions.
-        let tid = unsafe { libc::gettid() };
-        // SAFETY: a non-null address registered with set_tid_address is glibc's own, live, aligned
-        // field holding this thread's id; we only read it, to check it is what we expect.
-        if r != 0 || tid_address.is_null() || unsafe { tid_address.read_volatile() } != tid {
+        let Some(tid_address) = cached_tid_address() else {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
                 "the kernel does not report where the C library keeps the thread id",
             ));
-        }
+        };
         let (mut head, mut len): (usize, usize) = (0, 0);
         // SAFETY: get_robust_list(0, ...) writes the calling thread's list head and its length.
         let r = unsafe {
@@ -176,7 +176,7 @@ impl SiblingForks {
         };
         let robust = if r == 0 { (head, len) } else { (0, 0) };
         Ok(SiblingForks {
-            tid_address: tid_address as usize,
+            tid_address,
             robust,
         })
     }
@@ -275,15 +275,28 @@ fn errno() -> i32 {
     io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
 
+/// The address at which the C library caches this thread's id (registered with the kernel by
+/// `set_tid_address`), if the kernel reports it and it does hold this thread's id.
+fn cached_tid_address() -> Option<usize> {
+    let mut tid_address: *mut i32 = std::ptr::null_mut();
+    // SAFETY: PR_GET_TID_ADDRESS writes one pointer into the location we pass. A non-null address
+    // registered with set_tid_address is glibc's own, live, aligned field holding this thread's id;
+    // we only read it, to check it is what we expect.
+    let cached = unsafe {
+        let r = libc::prctl(PR_GET_TID_ADDRESS, &mut tid_address as *mut *mut i32);
+        if r != 0 || tid_address.is_null() {
+            return None;
+        }
+        tid_address.read_volatile()
+    };
+    (cached == raw_gettid()).then_some(tid_address as usize)
+}
+
 /// Whether the value glibc caches as this thread's id is its real id (after [`SiblingForks::fork`] as
 /// after glibc's own `fork`).
 #[cfg(test)]
 pub(crate) fn cached_tid_is_right() -> bool {
-    let mut tid_address: *mut i32 = std::ptr::null_mut();
-    // SAFETY: as in `SiblingForks::prepare`.
-    let r = unsafe { libc::prctl(PR_GET_TID_ADDRESS, &mut tid_address as *mut *mut i32) };
-    // SAFETY: as in `SiblingForks::prepare`.
-    r == 0 && !tid_address.is_null() && unsafe { tid_address.read_volatile() == libc::gettid() }
+    cached_tid_address().is_some()
 }
 
 /// Starts a fresh copy of the running executable (`/proc/self/exe`) with `boot` placed at descriptor
@@ -401,12 +414,10 @@ pub(crate) fn kill_and_reap(pid: i32) {
     let Some(pid) = rustix::process::Pid::from_raw(pid) else {
         return;
     };
-    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-    while let Err(e) = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty()) {
-        if e != rustix::io::Errno::INTR {
-            break;
-        }
-    }
+    let _ = rustix::process::kill_process(pid, Signal::KILL);
+    let _ = retry_on_intr(|| {
+        rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty())
+    });
 }
 
 /// The child of this process that holds `socket` (the same socket, not a copy of its number) at its
@@ -462,42 +473,33 @@ pub(crate) fn runs_this_executable(pid: i32) -> Option<bool> {
     Some(theirs.dev() == ours.dev() && theirs.ino() == ours.ino())
 }
 
-/// The signals (below 32) that this process ignores, as a bit set, so that a child started by the
-/// fork server can ignore the same ones, as it would had it been `exec`ed from here.
-pub(crate) fn ignored_signals() -> u32 {
-    let mut set = 0;
-    for sig in 1..32 {
-        // SAFETY: sigaction with a null new action only reads the disposition into `old`.
-        let ignored = unsafe {
-            let mut old: libc::sigaction = std::mem::zeroed();
-            libc::sigaction(sig, std::ptr::null(), &mut old) == 0
-                && old.sa_sigaction == libc::SIG_IGN
-        };
-        if ignored {
-            set |= 1 << sig;
-        }
-    }
-    set
+/// A disposition that runs no code of ours.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Plain {
+    /// `SIG_DFL`.
+    Default,
+    /// `SIG_IGN`.
+    Ignore,
 }
 
-/// Gives this (freshly forked, single-threaded) process the signal state of a freshly `exec`ed one:
-/// an empty mask, the signals in `ignored` ignored and every other one at its default action.
-pub(crate) fn reset_signals(ignored: u32) {
-    for sig in 1..32 {
-        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
-            continue;
-        }
-        let action = if ignored & (1 << sig) != 0 {
-            libc::SIG_IGN
-        } else {
-            libc::SIG_DFL
-        };
-        set_disposition(sig, action);
+/// The current disposition of `sig`: its handler (`SIG_DFL`, `SIG_IGN` or a function's address)
+/// and its flags. Async-signal-safe (one `sigaction`).
+pub(super) fn disposition(sig: i32) -> Option<(libc::sighandler_t, libc::c_int)> {
+    // SAFETY: sigaction is plain old data (all-zero is a valid value); with a null new action the
+    // call only reads the disposition into `old`.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        (libc::sigaction(sig, std::ptr::null(), &mut old) == 0)
+            .then_some((old.sa_sigaction, old.sa_flags))
     }
-    unblock_all_signals();
 }
 
-fn set_disposition(sig: i32, action: libc::sighandler_t) {
+/// Sets `sig` to its default action or to be ignored. Async-signal-safe (one `sigaction`).
+pub(crate) fn set_disposition(sig: i32, plain: Plain) {
+    let action = match plain {
+        Plain::Default => libc::SIG_DFL,
+        Plain::Ignore => libc::SIG_IGN,
+    };
     // SAFETY: installs SIG_DFL or SIG_IGN (no handler code) with an empty mask.
     unsafe {
         let mut new: libc::sigaction = std::mem::zeroed();
@@ -507,28 +509,54 @@ fn set_disposition(sig: i32, action: libc::sighandler_t) {
     }
 }
 
-/// Adds the signals in `set` (bit `n` for signal `n`, below 32) to this thread's signal mask.
-pub(crate) fn block_signals(set: u32) {
+/// The signals (below 32) that this process ignores, as a bit set, so that a child started by the
+/// fork server can ignore the same ones, as it would had it been `exec`ed from here.
+pub(crate) fn ignored_signals() -> u32 {
+    (1..32)
+        .filter(|&sig| disposition(sig).is_some_and(|(h, _)| h == libc::SIG_IGN))
+        .fold(0, |set, sig| set | 1 << sig)
+}
+
+/// Gives this (freshly forked, single-threaded) process the signal state of a freshly `exec`ed one:
+/// an empty mask, the signals in `ignored` ignored and every other one at its default action.
+pub(crate) fn reset_signals(ignored: u32) {
+    for sig in 1..32 {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        let plain = if ignored & (1 << sig) != 0 {
+            Plain::Ignore
+        } else {
+            Plain::Default
+        };
+        set_disposition(sig, plain);
+    }
+    unblock_all_signals();
+}
+
+/// Changes this thread's signal mask (`how`: `SIG_BLOCK` or `SIG_SETMASK`) with the signals in `set`
+/// (bit `n` for signal `n`, below 32).
+fn change_mask(how: libc::c_int, set: u32) {
     // SAFETY: a zeroed sigset is valid for sigemptyset to initialise; sigaddset only writes it and
     // pthread_sigmask only reads it.
     unsafe {
-        let mut blocked: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut blocked);
+        let mut mask: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut mask);
         for sig in (1..32).filter(|s| set & (1 << s) != 0) {
-            libc::sigaddset(&mut blocked, sig);
+            libc::sigaddset(&mut mask, sig);
         }
-        libc::pthread_sigmask(libc::SIG_BLOCK, &blocked, std::ptr::null_mut());
+        libc::pthread_sigmask(how, &mask, std::ptr::null_mut());
     }
+}
+
+/// Adds the signals in `set` (bit `n` for signal `n`, below 32) to this thread's signal mask.
+pub(crate) fn block_signals(set: u32) {
+    change_mask(libc::SIG_BLOCK, set);
 }
 
 /// Empties this thread's signal mask.
 pub(crate) fn unblock_all_signals() {
-    // SAFETY: a zeroed sigset is valid for sigemptyset to initialise; sigprocmask only reads it.
-    unsafe {
-        let mut empty: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut empty);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-    }
+    change_mask(libc::SIG_SETMASK, 0);
 }
 
 /// Replaces this process's whole environment with `vars` (a fork server's child takes on the
@@ -554,68 +582,39 @@ pub(crate) fn replace_environment(vars: &[(OsString, OsString)]) {
 
 /// `pidfd_open(pid, 0)`: a descriptor that becomes readable when the process ends.
 pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
-    // SAFETY: raw syscall with integer arguments; returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the kernel just gave us this descriptor (pidfds are close-on-exec).
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    let pid = Pid::from_raw(pid).ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+    Ok(rustix::process::pidfd_open(
+        pid,
+        rustix::process::PidfdFlags::empty(),
+    )?)
 }
 
 /// `pidfd_send_signal`. Sending to a process that has exited but not been reaped succeeds; once
 /// reaped it fails with `ESRCH`, never reaching a recycled pid.
 pub(crate) fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: i32) -> io::Result<()> {
-    // SAFETY: raw syscall with a valid descriptor, a signal number, a null siginfo and no flags.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            pidfd.as_raw_fd(),
-            sig,
-            std::ptr::null::<libc::siginfo_t>(),
-            0,
-        )
-    };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
+    let sig =
+        Signal::from_named_raw(sig).ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+    Ok(rustix::process::pidfd_send_signal(pidfd, sig)?)
 }
 
 /// Reaps a child of this process through its pidfd. With `nohang`, returns `None` if it still runs.
 pub(crate) fn waitid_pidfd(pidfd: BorrowedFd<'_>, nohang: bool) -> io::Result<Option<WaitStatus>> {
-    loop {
-        // SAFETY: siginfo_t is plain old data; zeroed is a valid initial value and waitid fills it.
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        let flags = libc::WEXITED | if nohang { libc::WNOHANG } else { 0 };
-        // SAFETY: `info` is a writable siginfo_t; P_PIDFD takes the descriptor as the id.
-        let r = unsafe {
-            libc::waitid(
-                libc::P_PIDFD,
-                pidfd.as_raw_fd() as libc::id_t,
-                &mut info,
-                flags,
-            )
-        };
-        if r == -1 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        // SAFETY: waitid succeeded; si_pid/si_status are valid to read for SIGCHLD infos.
-        let (pid, code, status) = unsafe { (info.si_pid(), info.si_code, info.si_status()) };
-        if pid == 0 {
-            return Ok(None); // WNOHANG and still running
-        }
-        return Ok(Some(if code == libc::CLD_EXITED {
-            WaitStatus::Exited(status)
-        } else {
-            WaitStatus::Signaled(status)
-        }));
+    use rustix::process::{WaitId, WaitIdOptions};
+    let mut options = WaitIdOptions::EXITED;
+    if nohang {
+        options |= WaitIdOptions::NOHANG;
     }
+    let Some(status) = retry_on_intr(|| rustix::process::waitid(WaitId::PidFd(pidfd), options))?
+    else {
+        return Ok(None); // NOHANG and still running
+    };
+    Ok(Some(
+        match (status.exit_status(), status.terminating_signal()) {
+            (Some(code), _) => WaitStatus::Exited(code),
+            (None, Some(sig)) => WaitStatus::Signaled(sig),
+            (None, None) => return Ok(None), // not an exit (waitid was asked only for exits)
+        },
+    ))
 }
 
 /// Ends this process at once with `code`, running no destructor and no `atexit` handler (the right
@@ -634,13 +633,16 @@ pub(crate) fn exit_now(code: i32) -> ! {
 /// Returns `Ok(false)` if the parent is already gone.
 pub(crate) fn arm_lifeline(fd: BorrowedFd<'_>) -> io::Result<bool> {
     let raw = fd.as_raw_fd();
-    // SAFETY: fcntl on a valid descriptor with integer arguments.
-    unsafe {
-        cvt(libc::fcntl(raw, libc::F_SETOWN, libc::getpid()))?;
-        cvt(libc::fcntl(raw, F_SETSIG, libc::SIGKILL))?;
-        // A fresh pipe read end has no status flags but O_RDONLY, which F_SETFL ignores.
-        cvt(libc::fcntl(raw, libc::F_SETFL, libc::O_ASYNC))?;
+    // SAFETY: fcntl on a valid descriptor with integer arguments (rustix has neither command).
+    let set = unsafe {
+        libc::fcntl(raw, libc::F_SETOWN, getpid()) != -1
+            && libc::fcntl(raw, F_SETSIG, libc::SIGKILL) != -1
+    };
+    if !set {
+        return Err(io::Error::last_os_error());
     }
+    // A fresh pipe read end has no status flags but O_RDONLY, which F_SETFL ignores.
+    rustix::fs::fcntl_setfl(fd, rustix::fs::OFlags::ASYNC)?;
     // The parent may have died before O_ASYNC was set: then no signal comes, so look.
     Ok(!super::fd::wait_readable(
         fd,
@@ -651,7 +653,10 @@ pub(crate) fn arm_lifeline(fd: BorrowedFd<'_>) -> io::Result<bool> {
 /// Duplicates `fd` onto exactly `target` (clearing close-on-exec there).
 pub(crate) fn dup2(fd: BorrowedFd<'_>, target: RawFd) -> io::Result<()> {
     // SAFETY: dup2 with a valid source; `target` is a number this single-threaded process reserves.
-    cvt(unsafe { libc::dup2(fd.as_raw_fd(), target) }).map(drop)
+    if unsafe { libc::dup2(fd.as_raw_fd(), target) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Closes every descriptor numbered `from` and above (used in a fresh child of the fork server, where
@@ -668,10 +673,11 @@ pub(crate) fn close_from(from: RawFd) {
     };
     if r != 0 {
         // Old kernels: fall back to closing one by one up to the soft limit.
-        // SAFETY: getdtablesize has no preconditions; close on a closed number is harmless (EBADF).
-        let max = unsafe { libc::getdtablesize() };
+        let max = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+            .current
+            .map_or(1 << 20, |n| n.min(1 << 20) as RawFd);
         for fd in from..max {
-            // SAFETY: as above.
+            // SAFETY: as for close_range; close on a number that is not open is harmless (EBADF).
             unsafe { libc::close(fd) };
         }
     }
@@ -772,27 +778,10 @@ mod tests {
         std::thread::sleep(Duration::from_secs(60));
     }
 
-    /// Blocks `sig` in this thread; returns the previous mask.
-    fn block(sig: i32) -> libc::sigset_t {
-        // SAFETY: sigsets are plain data initialised by sigemptyset/sigaddset; pthread_sigmask only
-        // changes this thread's mask.
-        unsafe {
-            let (mut set, mut old): (libc::sigset_t, libc::sigset_t) = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            libc::sigaddset(&mut set, sig);
-            libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
-            old
-        }
-    }
-
-    fn restore(old: &libc::sigset_t) {
-        // SAFETY: as in `block`.
-        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, old, std::ptr::null_mut()) };
-    }
-
     #[test]
     fn a_parent_that_blocked_sigterm_can_still_terminate_its_children() {
-        let old = block(libc::SIGTERM);
+        // (The test thread's mask; libtest runs each test on a thread of its own.)
+        block_signals(1 << libc::SIGTERM);
         let results: Vec<_> = StartMethod::ALL
             .iter()
             .map(|&m| {
@@ -801,7 +790,7 @@ mod tests {
                 (m, join(p))
             })
             .collect();
-        restore(&old);
+        unblock_all_signals();
         for (m, r) in results {
             assert!(
                 matches!(r, Err(ProcessError::Signaled { signal: 15 })),
@@ -817,8 +806,8 @@ mod tests {
     /// In a forked child of the test process, so that the changes to process-wide state stay there.
     fn dispositions_of_children(_: ()) -> Vec<(String, u32)> {
         crate::init().unwrap(); // a fork server started before the change below
-        set_disposition(libc::SIGUSR1, libc::SIG_IGN);
-        set_disposition(libc::SIGHUP, libc::SIG_DFL);
+        set_disposition(libc::SIGUSR1, Plain::Ignore);
+        set_disposition(libc::SIGHUP, Plain::Default);
         [StartMethod::Spawn, StartMethod::ForkServer]
             .iter()
             .map(|&m| (m.to_string(), join(start(m, ignored_here, ())).unwrap()))
@@ -866,8 +855,8 @@ mod tests {
             let p = start(m, with_a_handler, there);
             assert_eq!(here.recv::<String>().unwrap(), "ready");
             let usr1 = || {
-                // SAFETY: kill with a signal the child handles; `p` is our live child.
-                unsafe { libc::kill(p.pid(), libc::SIGUSR1) };
+                let pid = Pid::from_raw(p.pid()).unwrap();
+                rustix::process::kill_process(pid, Signal::USR1).unwrap();
             };
             std::thread::sleep(Duration::from_millis(50));
             usr1();
@@ -891,14 +880,11 @@ mod tests {
             .spawn(sleep_long, ())
             .unwrap();
         crate::init().unwrap();
-        // SAFETY: the copy only calls `exit`, which runs the exit handlers (the point of the test);
-        // this process has a single thread (a forked child of the test).
-        let pid = unsafe { libc::fork() };
-        if pid == 0 {
-            std::process::exit(0);
-        }
-        // SAFETY: waits for the copy, our child.
-        unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+        // The copy only calls `exit`, which runs the exit handlers (the point of the test).
+        let pid = fork_then(|| std::process::exit(0)).unwrap();
+        let pid = Pid::from_raw(pid);
+        retry_on_intr(|| rustix::process::waitpid(pid, rustix::process::WaitOptions::empty()))
+            .unwrap();
         let daemon_alive = daemon.is_alive();
         let server_alive = {
             let g = crate::process::state::lock();
@@ -927,12 +913,14 @@ mod tests {
     fn moves_then_spawns(dir: std::path::PathBuf) -> Vec<(std::path::PathBuf, Option<String>)> {
         crate::init().unwrap(); // the fork server starts here, before the changes
         std::env::set_current_dir(&dir).unwrap();
-        // SAFETY: a forked child of the test runs on a single thread.
-        unsafe { std::env::set_var(LATE, "yes") };
+        // A forked child of the test runs on a single thread, as `replace_environment` needs.
+        let mut env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+        env.push((LATE.into(), "yes".into()));
+        replace_environment(&env);
         let mut seen =
             vec![join(start(StartMethod::ForkServer, where_and_what, LATE.into())).unwrap()];
-        // SAFETY: as above.
-        unsafe { std::env::remove_var(LATE) };
+        env.pop();
+        replace_environment(&env);
         std::env::set_current_dir("/").unwrap();
         seen.push(join(start(StartMethod::ForkServer, where_and_what, LATE.into())).unwrap());
         seen

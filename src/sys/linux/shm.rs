@@ -173,21 +173,19 @@ impl Region {
                 guard: None,
             });
         }
-        // SAFETY: a fresh shared mapping chosen by the kernel; `fd` is a valid shared-memory object of
-        // at least `len` bytes (set or measured above).
+        use rustix::mm::{MapFlags, ProtFlags};
+        // SAFETY: a fresh shared mapping at an address the kernel chooses (so it replaces nothing);
+        // `fd` is a valid shared-memory object of at least `len` bytes (set or measured above).
         let p = unsafe {
-            libc::mmap(
+            rustix::mm::mmap(
                 std::ptr::null_mut(),
                 len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED,
+                &fd,
                 0,
             )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
+        }?;
         let ptr = NonNull::new(p.cast()).ok_or_else(|| io::Error::other("mmap returned null"))?;
         let mut region = Region {
             ptr,
@@ -251,10 +249,11 @@ impl Region {
         buf.reserve(n);
         let spare = buf.spare_capacity_mut();
         // SAFETY: the range is inside the mapping (checked), and the spare capacity, reserved above,
-        // holds at least `n` writable bytes that nothing else refers to.
-        unsafe { copy_shared(spare.as_mut_ptr().cast(), self.ptr.as_ptr().add(offset), n) };
-        // SAFETY: the copy initialised those `n` bytes.
-        unsafe { buf.set_len(buf.len() + n) };
+        // holds at least `n` writable bytes that nothing else refers to; the copy initialises them.
+        unsafe {
+            copy_shared(spare.as_mut_ptr().cast(), self.ptr.as_ptr().add(offset), n);
+            buf.set_len(buf.len() + n);
+        }
         self.intact()
     }
 
@@ -265,25 +264,6 @@ impl Region {
         // SAFETY: the range is inside the mapping (checked); the mapping is writable (PROT_WRITE).
         unsafe { copy_shared(self.ptr.as_ptr().add(offset), src.as_ptr(), src.len()) };
         self.intact()
-    }
-
-    /// The whole region as bytes.
-    ///
-    /// # Safety
-    /// For the lifetime of the slice, no process may write the region.
-    pub(crate) unsafe fn as_slice(&self) -> &[u8] {
-        // SAFETY: in bounds by construction; the caller guarantees the absence of writers.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
-    }
-
-    /// The whole region as mutable bytes.
-    ///
-    /// # Safety
-    /// For the lifetime of the slice, no other process or thread may read or write the region.
-    #[allow(clippy::mut_from_ref)]
-    pub(crate) unsafe fn as_mut_slice(&self) -> &mut [u8] {
-        // SAFETY: in bounds by construction; the caller guarantees exclusive access.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
     }
 }
 
@@ -300,10 +280,12 @@ impl Region {
 #[cfg(target_arch = "x86_64")]
 unsafe fn copy_shared(dst: *mut u8, src: *const u8, n: usize) {
     let lines = n / 64;
-    if lines > 0 {
-        // SAFETY: forwarded (the caller guarantees both ranges, of which these are the first
-        // `lines * 64` bytes); each variant runs only where the CPU has its instructions.
-        unsafe {
+    let done = lines * 64;
+    // SAFETY: the caller guarantees both ranges: the lines are their first `lines * 64` bytes (each
+    // variant runs only where the CPU has its instructions), the rest their last `n - done` bytes,
+    // which `rep movsb` with the direction flag clear (the ABI guarantees it) copies forward.
+    unsafe {
+        if lines > 0 {
             if std::arch::is_x86_feature_detected!("avx512f") {
                 copy_lines_avx512(dst, src, lines);
             } else if std::arch::is_x86_feature_detected!("avx") {
@@ -312,11 +294,6 @@ unsafe fn copy_shared(dst: *mut u8, src: *const u8, n: usize) {
                 copy_lines_sse2(dst, src, lines);
             }
         }
-    }
-    let done = lines * 64;
-    // SAFETY: the caller guarantees both ranges, of which these are the last `n - done` bytes;
-    // `rep movsb` with the direction flag clear (the ABI guarantees it) copies rcx bytes forward.
-    unsafe {
         std::arch::asm!(
             "rep movsb",
             inout("rcx") n - done => _,
@@ -460,7 +437,7 @@ impl Drop for Region {
         if self.len > 0 {
             // SAFETY: this exact mapping was created in `map` and nothing borrowed from it outlives
             // `self`. An error here cannot be reported from `drop` and leaves only address space behind.
-            unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+            let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len) };
         }
     }
 }
@@ -531,44 +508,25 @@ pub(crate) fn unlink_named(name: &str) -> io::Result<()> {
 /// expected`, for at most `timeout`. Returns on wake-up, value change, timeout or signal alike; callers
 /// re-check their condition.
 pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
-    let ts = timeout.map(|d| libc::timespec {
-        tv_sec: d.as_secs().min(i64::MAX as u64) as libc::time_t,
-        tv_nsec: d.subsec_nanos() as libc::c_long,
-    });
-    let ts_ptr = ts
-        .as_ref()
-        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
-    // SAFETY: `word` is a valid, aligned u32 for the call; `ts_ptr` is null or points at `ts`.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAIT,
-            expected,
-            ts_ptr,
-        )
-    };
+    use rustix::thread::futex;
+    // A timeout too long for a timespec is no timeout.
+    let ts = timeout.and_then(|d| futex::Timespec::try_from(d).ok());
+    let _ = futex::wait(word, futex::Flags::empty(), expected, ts.as_ref());
 }
 
 /// `FUTEX_WAKE` (shared) of up to `n` waiters.
 pub(crate) fn futex_wake(word: &AtomicU32, n: u32) {
-    // SAFETY: `word` is a valid, aligned u32 for the call.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAKE,
-            n.min(i32::MAX as u32),
-        )
-    };
+    use rustix::thread::futex;
+    let _ = futex::wake(word, futex::Flags::empty(), n.min(i32::MAX as u32));
 }
 
 /// Whether process `pid` is alive: it exists and is not a zombie (a killed lock holder stays a
 /// zombie until its parent reaps it, which may be the very process waiting for the lock).
 pub(crate) fn process_alive(pid: i32) -> bool {
-    // SAFETY: signal 0 performs only the existence and permission checks.
-    let r = unsafe { libc::kill(pid, 0) };
-    if r != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
+    let Some(pid) = rustix::process::Pid::from_raw(pid) else {
+        return false;
+    };
+    if rustix::process::test_kill_process(pid) == Err(rustix::io::Errno::SRCH) {
         return false;
     }
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -600,8 +558,10 @@ impl crate::shared::SharedMemory {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub unsafe fn as_slice(&self) -> &[u8] {
-        // SAFETY: forwarded from this function's contract.
-        unsafe { self.region.as_slice() }
+        let r = &self.region;
+        // SAFETY: in bounds by construction of the region; the caller guarantees the absence of
+        // writers for the slice's lifetime.
+        unsafe { std::slice::from_raw_parts(r.ptr.as_ptr(), r.len) }
     }
 
     /// The whole region as mutable bytes, without copying.
@@ -621,8 +581,10 @@ impl crate::shared::SharedMemory {
     /// ```
     #[allow(clippy::mut_from_ref)]
     pub unsafe fn as_mut_slice(&self) -> &mut [u8] {
-        // SAFETY: forwarded from this function's contract.
-        unsafe { self.region.as_mut_slice() }
+        let r = &self.region;
+        // SAFETY: in bounds by construction of the region; the caller guarantees exclusive access for
+        // the slice's lifetime.
+        unsafe { std::slice::from_raw_parts_mut(r.ptr.as_ptr(), r.len) }
     }
 }
 

@@ -15,16 +15,17 @@
 //! systemd's journal reader protects its mappings of journal files the same way.
 //!
 //! # Safety
-//! The handler is async-signal-safe: it reads atomics, makes one raw `mmap` system call and saves and
-//! restores `errno`. A slot is registered after its mapping exists and released before the mapping
+//! The handler is async-signal-safe: it reads atomics, remaps and signals with rustix's raw system
+//! calls (which leave the interrupted code's `errno` alone) and changes the disposition with
+//! `sigaction`, which cannot fail for `SIGBUS` with a valid action (so it leaves `errno` alone too). A slot is registered after its mapping exists and released before the mapping
 //! is unmapped (the mapping's owner holds `&mut` then, so no access can fault in between), so the
 //! handler only ever remaps pages of a live mapping that the crate owns.
 
 #![allow(unsafe_code)]
 
 use std::io;
-use std::sync::Once;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Once, OnceLock};
 
 /// How many named mappings can be guarded at once.
 const SLOTS: usize = 1024;
@@ -48,9 +49,36 @@ static TABLE: [Slot; SLOTS] = [const {
     }
 }; SLOTS];
 
-/// The disposition that was in place before ours (its handler address and flags).
-static PREVIOUS_HANDLER: AtomicUsize = AtomicUsize::new(libc::SIG_DFL);
-static PREVIOUS_FLAGS: AtomicI32 = AtomicI32::new(0);
+type SigInfoHandler = extern "C" fn(i32, *mut libc::siginfo_t, *mut libc::c_void);
+
+/// The disposition that was in place before ours.
+#[derive(Clone, Copy)]
+enum Previous {
+    Default,
+    Ignore,
+    Plain(extern "C" fn(i32)),
+    SigInfo(SigInfoHandler),
+}
+
+/// Set once, before our handler is installed (which is what makes reading it there safe: the
+/// handler only runs after the set, and `OnceLock::get` is an atomic load).
+static PREVIOUS: OnceLock<Previous> = OnceLock::new();
+
+impl Previous {
+    fn from_disposition(handler: libc::sighandler_t, flags: libc::c_int) -> Previous {
+        match handler {
+            libc::SIG_DFL => Previous::Default,
+            libc::SIG_IGN => Previous::Ignore,
+            // SAFETY: any other handler value is the address of the handler function that was
+            // installed, with the signature that its SA_SIGINFO flag says.
+            h if flags & libc::SA_SIGINFO != 0 => {
+                Previous::SigInfo(unsafe { std::mem::transmute::<usize, SigInfoHandler>(h) })
+            }
+            // SAFETY: as above.
+            h => Previous::Plain(unsafe { std::mem::transmute::<usize, extern "C" fn(i32)>(h) }),
+        }
+    }
+}
 
 /// A registered mapping; dropping it releases the slot.
 #[derive(Debug)]
@@ -99,17 +127,11 @@ fn install() -> io::Result<()> {
     static ONCE: Once = Once::new();
     static FAILED: AtomicBool = AtomicBool::new(false);
     ONCE.call_once(|| {
-        // SAFETY: sigaction is plain old data; zeroed is a valid empty value. This call only reads
-        // the current disposition.
-        unsafe {
-            let mut old: libc::sigaction = std::mem::zeroed();
-            if libc::sigaction(libc::SIGBUS, std::ptr::null(), &mut old) != 0 {
-                FAILED.store(true, Ordering::Relaxed);
-                return;
-            }
-            PREVIOUS_HANDLER.store(old.sa_sigaction, Ordering::Relaxed);
-            PREVIOUS_FLAGS.store(old.sa_flags, Ordering::Relaxed);
-        }
+        let Some((handler, flags)) = super::process::disposition(libc::SIGBUS) else {
+            FAILED.store(true, Ordering::Relaxed);
+            return;
+        };
+        let _ = PREVIOUS.set(Previous::from_disposition(handler, flags));
         if !install_ours() {
             FAILED.store(true, Ordering::Relaxed);
         }
@@ -137,12 +159,7 @@ fn install_ours() -> bool {
 
 /// Sets SIGBUS to its default action. Async-signal-safe.
 fn set_default() {
-    // SAFETY: sigaction with a zeroed (default-action) disposition.
-    unsafe {
-        let mut dfl: libc::sigaction = std::mem::zeroed();
-        dfl.sa_sigaction = libc::SIG_DFL;
-        libc::sigaction(libc::SIGBUS, &dfl, std::ptr::null_mut());
-    }
+    super::process::set_disposition(libc::SIGBUS, super::process::Plain::Default);
 }
 
 /// The handler. A fault (`si_code > 0`, raised by the kernel for an access) in a registered mapping
@@ -163,35 +180,34 @@ extern "C" fn on_sigbus(sig: i32, info: *mut libc::siginfo_t, ctx: *mut libc::c_
     if fault && code == BUS_ADRERR && patch(addr) {
         return;
     }
-    let previous = PREVIOUS_HANDLER.load(Ordering::Relaxed);
-    if previous == libc::SIG_DFL {
-        set_default();
-        if !fault {
-            // Blocked while we run: delivered, with the default action, when we return.
-            // SAFETY: raise is async-signal-safe.
-            unsafe { libc::raise(libc::SIGBUS) };
-        }
-        return;
-    }
-    if previous == libc::SIG_IGN {
-        if fault {
+    match PREVIOUS.get().copied().unwrap_or(Previous::Default) {
+        Previous::Default => {
             set_default();
+            if !fault {
+                // Blocked in this thread while we run: delivered, with the default action, when we
+                // return (or at once to another thread; it ends the process either way).
+                let me = rustix::process::getpid();
+                let _ = rustix::process::kill_process(me, rustix::process::Signal::BUS);
+            }
         }
-        return;
-    }
-    if PREVIOUS_FLAGS.load(Ordering::Relaxed) & libc::SA_SIGINFO != 0 {
-        // SAFETY: the previous disposition was installed with SA_SIGINFO, so its handler has this
-        // signature; we pass on exactly what the kernel gave us.
-        let f: extern "C" fn(i32, *mut libc::siginfo_t, *mut libc::c_void) =
-            unsafe { std::mem::transmute(previous) };
-        f(sig, info, ctx);
-    } else {
-        // SAFETY: a handler installed without SA_SIGINFO takes only the signal number.
-        let f: extern "C" fn(i32) = unsafe { std::mem::transmute(previous) };
-        f(sig);
-    }
-    if !fault {
-        install_ours();
+        Previous::Ignore => {
+            if fault {
+                set_default();
+            }
+        }
+        // A previous handler gets exactly what the kernel gave us.
+        Previous::SigInfo(f) => {
+            f(sig, info, ctx);
+            if !fault {
+                install_ours();
+            }
+        }
+        Previous::Plain(f) => {
+            f(sig);
+            if !fault {
+                install_ours();
+            }
+        }
     }
 }
 
@@ -209,24 +225,20 @@ fn patch(addr: usize) -> bool {
             continue;
         }
         let page = addr & !(PAGE - 1);
-        // SAFETY: errno is thread-local; we restore what the interrupted code had.
-        let saved = unsafe { *libc::__errno_location() };
+        use rustix::mm::{MapFlags, ProtFlags};
         // SAFETY: `page..end` lies inside a live mapping the crate owns (the slot is registered); the
-        // raw system call replaces those pages with fresh anonymous memory and touches nothing else.
+        // call replaces those pages with fresh anonymous memory and touches nothing else. rustix's
+        // mmap is a raw system call: async-signal-safe, and it leaves the interrupted code's `errno`
+        // alone.
         let r = unsafe {
-            libc::syscall(
-                libc::SYS_mmap,
-                page,
+            rustix::mm::mmap_anonymous(
+                page as *mut std::ffi::c_void,
                 end - page,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
-                -1,
-                0,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::PRIVATE | MapFlags::FIXED,
             )
         };
-        // SAFETY: as above.
-        unsafe { *libc::__errno_location() = saved };
-        if r as usize == page {
+        if r.is_ok_and(|p| p as usize == page) {
             slot.truncated.store(true, Ordering::Release);
             return true;
         }
