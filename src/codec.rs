@@ -1,7 +1,18 @@
 //! The value codec, and the side channel that lets descriptors travel inside values.
 //!
-//! Values are encoded with bincode (fixed-width integers, little endian). The codec was chosen by
-//! measurement against postcard and MessagePack: see `bench/` group `codec`.
+//! Values are encoded with bincode 1 (fixed-width integers, little endian), pinned at 1.3.3. The
+//! codec is chosen by measurement (`bench/` group `codec`, which also probes each candidate with
+//! hostile input): bincode 1 is the fastest on every shape (about 1.2 to 1.6 times the fastest
+//! maintained alternative, musli with fixed-width integers, on small structs and integer vectors;
+//! postcard 2.4 and 5 times slower), and with a decode limit equal to the message's length it
+//! refuses forged lengths without allocating for them. The bincode project has stopped
+//! (RUSTSEC-2025-0141, "unmaintained", no vulnerability): 1.3.3 is a frozen format, which is what a
+//! wire needs, and the pin keeps it so. Its successors bincode 2 and bincode-next allocate a forged
+//! string length before reading it, so they are not candidates.
+//!
+//! One hostile input is not refused: a collection of zero-sized values (`Vec<()>`) with a forged
+//! count of 2^60 costs no bytes per element, so decoding it loops for that count (postcard does the
+//! same). Only types that contain such collections are exposed.
 //!
 //! Objects that own a descriptor (a [`Connection`](crate::Connection), and later locks, queues and
 //! shared memory) cannot put the descriptor's number in the bytes: numbers mean nothing in another
