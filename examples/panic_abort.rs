@@ -9,7 +9,7 @@
 //! Run with `cargo run --profile panic-abort --example panic_abort` (the profile is in the
 //! workspace's `Cargo.toml`); `tests/panic_abort.rs` builds and runs it so.
 
-use multiprocess::{Process, ProcessError, StartMethod};
+use multiprocess::{JoinTimeoutError, Process, ProcessError, StartMethod};
 
 fn boom(method: StartMethod) {
     panic!("boom under {method}");
@@ -26,12 +26,12 @@ fn main() {
     );
     let mut all_good = true;
     for m in StartMethod::ALL {
-        let mut p = Process::builder()
+        let p = Process::builder()
             .start_method(m)
             .spawn(boom, m)
             .expect("spawn");
         let outcome = p.join_timeout(std::time::Duration::from_secs(60));
-        let good = matches!(&outcome, Err(ProcessError::Panicked { message }) if *message == format!("boom under {m}"))
+        let good = matches!(&outcome, Err(JoinTimeoutError::Failed(ProcessError::Panicked { message })) if *message == format!("boom under {m}"))
             && p.exitcode() == Some(1);
         all_good &= good;
         println!("{m}: {outcome:?}, exitcode {:?}", p.exitcode());

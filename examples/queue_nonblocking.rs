@@ -30,7 +30,7 @@
 //!
 //! Run with `cargo run --example queue_nonblocking`.
 
-use multiprocess::{GetError, Process, Queue};
+use multiprocess::{Process, Queue, TryGetError};
 
 fn writer_proc(q: Queue<i32>) {
     if let Err(e) = q.try_put(1) {
@@ -44,7 +44,7 @@ fn reader_proc(q: Queue<i32>) -> Option<i32> {
             println!("{v}");
             Some(v)
         }
-        Err(GetError::Empty) => {
+        Err(TryGetError::Empty) => {
             println!("reader: the queue was empty (the writer had not put yet)");
             None
         }

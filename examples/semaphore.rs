@@ -24,7 +24,7 @@ use std::time::Duration;
 
 fn work(args: (Semaphore, AtomicValue<i32>, Value<i32>, u32)) {
     let (sem, inside, most, n) = args;
-    sem.acquire();
+    let _slot = sem.acquire(); // given back when it drops, at the end of this function
     let now = inside.fetch_add(1) + 1;
     let mut g = most.lock().unwrap_or_else(|died| died.into_inner());
     *g = (*g).max(now);
@@ -35,7 +35,6 @@ fn work(args: (Semaphore, AtomicValue<i32>, Value<i32>, u32)) {
     );
     std::thread::sleep(Duration::from_millis(100));
     inside.fetch_add(-1);
-    sem.release().expect("acquired above");
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

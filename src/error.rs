@@ -1,7 +1,31 @@
-//! Error types, one per family of operations, in the shape of crossbeam's and tokio's.
+//! Error types: one per operation, in the shape of crossbeam-channel's and std's.
+//!
+//! Each blocking operation has an error that lists only what can go wrong while it blocks: a
+//! blocking [`Queue::get`](crate::Queue::get) cannot fail with "empty", nor a blocking
+//! [`Connection::recv`](crate::Connection::recv) with "timed out". The timed form of an operation
+//! (`*_timeout`) fails with a `*TimeoutError`, which is either `Timeout` or the blocking form's error
+//! (`Failed`), and the non-blocking form (`try_*`) with a `Try*Error`, which is either `Empty` /
+//! `Full` / `WouldBlock` or the blocking form's error. Errors of operations that take an item hand
+//! it back. Where nothing but the time can fail, a timed wait returns `Result<_, Timeout>`.
 
 use std::io;
 use thiserror::Error;
+
+/// A timed wait ran out of time, and nothing else went wrong: the error of the timed forms of the
+/// operations that cannot fail otherwise ([`Event::wait_timeout`](crate::Event::wait_timeout),
+/// [`Semaphore::acquire_timeout`](crate::Semaphore::acquire_timeout),
+/// [`JoinableQueue::join_timeout`](crate::JoinableQueue::join_timeout)).
+///
+/// # Examples
+/// ```
+/// use std::time::Duration;
+/// let event = multiprocess::Event::new()?;
+/// assert_eq!(event.wait_timeout(Duration::from_millis(1)), Err(multiprocess::Timeout));
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Debug, Error, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[error("timed out")]
+pub struct Timeout;
 
 /// Why a message could not be sent on a [`Connection`](crate::Connection).
 ///
@@ -43,8 +67,7 @@ pub enum SendError {
 ///
 /// After `Truncated`, `TooLong` and `Protocol` the stream can no longer be trusted to be at a message
 /// boundary, so the receiving side of the connection becomes unusable: later receives return
-/// `Protocol` again. After every other error the connection stays usable and nothing was lost: in
-/// particular `Timeout` keeps any partly received message and the next receive continues it.
+/// `Protocol` again. After every other error the connection stays usable and nothing else was lost.
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum RecvError {
@@ -82,9 +105,14 @@ pub enum RecvError {
     /// consumed; the connection stays usable.
     #[error("failed to deserialize the message: {0}")]
     Decode(String),
-    /// No message arrived within the timeout. Nothing was lost.
-    #[error("timed out waiting for a message")]
-    Timeout,
+    /// A message arrived without the connections or other OS objects it carried, because this
+    /// process has as many descriptors open as it may (`RLIMIT_NOFILE`): the kernel dropped them. The
+    /// message is consumed and the connection stays usable; close descriptors or raise the limit.
+    #[error(
+        "a message arrived without the connections or OS objects it carried: this process has \
+         reached its open-file limit (RLIMIT_NOFILE)"
+    )]
+    DescriptorsLost,
     /// This end of a one-way pipe can only send.
     #[error("this end of a one-way pipe is write-only")]
     WrongDirection,
@@ -100,15 +128,58 @@ impl RecvError {
     }
 }
 
+/// Why [`Connection::recv_timeout`](crate::Connection::recv_timeout) (and
+/// [`recv_bytes_timeout`](crate::Connection::recv_bytes_timeout)) gave no message.
+#[derive(Debug, Error)]
+pub enum RecvTimeoutError {
+    /// No message arrived within the timeout. Nothing was lost: a message that was partly received
+    /// is kept, and the next receive completes it.
+    #[error("timed out waiting for a message")]
+    Timeout,
+    /// The receive failed as a blocking one would have.
+    #[error(transparent)]
+    Failed(#[from] RecvError),
+}
+
+/// Why [`Connection::try_recv`](crate::Connection::try_recv) (and
+/// [`try_recv_bytes`](crate::Connection::try_recv_bytes)) gave no message.
+#[derive(Debug, Error)]
+pub enum TryRecvError {
+    /// No message is there right now (a message whose start arrived is waited for: see `try_recv`).
+    #[error("no message is waiting")]
+    Empty,
+    /// The receive failed as a blocking one would have.
+    #[error(transparent)]
+    Failed(#[from] RecvError),
+}
+
 impl From<RecvError> for io::Error {
     fn from(e: RecvError) -> io::Error {
         let kind = match &e {
             RecvError::Eof | RecvError::Truncated { .. } => io::ErrorKind::UnexpectedEof,
-            RecvError::Timeout => io::ErrorKind::TimedOut,
+            RecvError::DescriptorsLost => io::ErrorKind::QuotaExceeded,
             RecvError::Io(err) => err.kind(),
             _ => io::ErrorKind::InvalidData,
         };
         io::Error::new(kind, e)
+    }
+}
+
+impl From<RecvTimeoutError> for io::Error {
+    fn from(e: RecvTimeoutError) -> io::Error {
+        match e {
+            RecvTimeoutError::Timeout => io::Error::new(io::ErrorKind::TimedOut, e),
+            RecvTimeoutError::Failed(e) => e.into(),
+        }
+    }
+}
+
+impl From<TryRecvError> for io::Error {
+    fn from(e: TryRecvError) -> io::Error {
+        match e {
+            TryRecvError::Empty => io::Error::new(io::ErrorKind::WouldBlock, e),
+            TryRecvError::Failed(e) => e.into(),
+        }
     }
 }
 
@@ -128,10 +199,6 @@ impl From<SendError> for io::Error {
 #[derive(Error)]
 #[non_exhaustive]
 pub enum PutError<T> {
-    /// The queue is bounded and full: right now ([`try_put`](crate::Queue::try_put)) or until the
-    /// timeout ran out ([`put_timeout`](crate::Queue::put_timeout)). Python's `queue.Full`.
-    #[error("the queue is full")]
-    Full(T),
     /// This handle was closed with [`close`](crate::Queue::close).
     #[error("the queue is closed")]
     Closed(T),
@@ -152,7 +219,8 @@ pub enum PutError<T> {
         /// What was found.
         reason: String,
     },
-    /// The operating system refused to store the item (out of memory for a large item).
+    /// The operating system refused to store the item (out of memory for a large item, or, for an
+    /// item carrying descriptors, too many descriptors in flight).
     #[error("I/O error while putting an item: {error}")]
     Io {
         /// The item.
@@ -167,23 +235,17 @@ impl<T> PutError<T> {
     /// The item that was not put.
     pub fn into_inner(self) -> T {
         match self {
-            PutError::Full(item) | PutError::Closed(item) => item,
+            PutError::Closed(item) => item,
             PutError::Encode { item, .. }
             | PutError::Corrupt { item, .. }
             | PutError::Io { item, .. } => item,
         }
-    }
-
-    /// Whether the queue was full (the only error that waiting could cure).
-    pub fn is_full(&self) -> bool {
-        matches!(self, PutError::Full(_))
     }
 }
 
 impl<T> std::fmt::Debug for PutError<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            PutError::Full(_) => f.write_str("Full(..)"),
             PutError::Closed(_) => f.write_str("Closed(..)"),
             PutError::Encode { reason, .. } => f
                 .debug_struct("Encode")
@@ -201,14 +263,81 @@ impl<T> std::fmt::Debug for PutError<T> {
     }
 }
 
+/// Why [`Queue::try_put`](crate::Queue::try_put) put nothing. Hands the item back.
+#[derive(Error)]
+pub enum TryPutError<T> {
+    /// There is no room right now (the queue is bounded and full, or another producer is in the
+    /// middle of a put). Python's `queue.Full`.
+    #[error("the queue is full")]
+    Full(T),
+    /// The put failed as a blocking one would have.
+    #[error(transparent)]
+    Failed(#[from] PutError<T>),
+}
+
+/// Why [`Queue::put_timeout`](crate::Queue::put_timeout) put nothing. Hands the item back.
+#[derive(Error)]
+pub enum PutTimeoutError<T> {
+    /// No room came within the timeout. Python's `queue.Full`.
+    #[error("timed out waiting for room in the queue")]
+    Timeout(T),
+    /// The put failed as a blocking one would have.
+    #[error(transparent)]
+    Failed(#[from] PutError<T>),
+}
+
+impl<T> TryPutError<T> {
+    /// The item that was not put.
+    pub fn into_inner(self) -> T {
+        match self {
+            TryPutError::Full(item) => item,
+            TryPutError::Failed(e) => e.into_inner(),
+        }
+    }
+
+    /// Whether the queue had no room (the only error that waiting could cure).
+    pub fn is_full(&self) -> bool {
+        matches!(self, TryPutError::Full(_))
+    }
+}
+
+impl<T> PutTimeoutError<T> {
+    /// The item that was not put.
+    pub fn into_inner(self) -> T {
+        match self {
+            PutTimeoutError::Timeout(item) => item,
+            PutTimeoutError::Failed(e) => e.into_inner(),
+        }
+    }
+
+    /// Whether the time ran out.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, PutTimeoutError::Timeout(_))
+    }
+}
+
+impl<T> std::fmt::Debug for TryPutError<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TryPutError::Full(_) => f.write_str("Full(..)"),
+            TryPutError::Failed(e) => f.debug_tuple("Failed").field(e).finish(),
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for PutTimeoutError<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PutTimeoutError::Timeout(_) => f.write_str("Timeout(..)"),
+            PutTimeoutError::Failed(e) => f.debug_tuple("Failed").field(e).finish(),
+        }
+    }
+}
+
 /// Why no item could be taken from a [`Queue`](crate::Queue).
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum GetError {
-    /// The queue is empty: right now ([`try_get`](crate::Queue::try_get)) or until the timeout ran
-    /// out ([`get_timeout`](crate::Queue::get_timeout)). Python's `queue.Empty`. Nothing was taken.
-    #[error("the queue is empty")]
-    Empty,
     /// This handle was closed with [`close`](crate::Queue::close). Nothing was taken.
     #[error("the queue is closed")]
     Closed,
@@ -216,6 +345,11 @@ pub enum GetError {
     /// the next item is unaffected.
     #[error("failed to deserialize an item (it was taken and dropped): {0}")]
     Decode(String),
+    /// The item was taken, but the connections or other OS objects it carried did not come with it
+    /// (this process is at its open-file limit, or a consumer that was taking the item died and took
+    /// them along); it is dropped and the next item is unaffected.
+    #[error("an item arrived without the OS objects it carried (it was taken and dropped): {0}")]
+    DescriptorsLost(String),
     /// The queue's shared state contradicts itself (memory written by something other than this
     /// crate): a length or header failed its checks. Nothing was taken or allocated.
     #[error("the queue's shared state is corrupt: {0}")]
@@ -225,8 +359,48 @@ pub enum GetError {
     Io(#[source] io::Error),
 }
 
+/// Why [`Queue::try_get`](crate::Queue::try_get) took nothing.
+#[derive(Debug, Error)]
+pub enum TryGetError {
+    /// No item is there right now (or another consumer is in the middle of a get). Python's
+    /// `queue.Empty`.
+    #[error("the queue is empty")]
+    Empty,
+    /// The get failed as a blocking one would have.
+    #[error(transparent)]
+    Failed(#[from] GetError),
+}
+
+/// Why [`Queue::get_timeout`](crate::Queue::get_timeout) took nothing.
+#[derive(Debug, Error)]
+pub enum GetTimeoutError {
+    /// No item came within the timeout. Python's `queue.Empty`.
+    #[error("timed out waiting for an item")]
+    Timeout,
+    /// The get failed as a blocking one would have.
+    #[error(transparent)]
+    Failed(#[from] GetError),
+}
+
 /// [`JoinableQueue::task_done`](crate::JoinableQueue::task_done) was called more times than items
 /// were put (Python's `ValueError: task_done() called too many times`).
 #[derive(Debug, Error, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[error("task_done() called more times than items were put")]
 pub struct TaskDoneError;
+
+/// Why a release without a guard or permit ([`Lock::release`](crate::Lock::release),
+/// [`Semaphore::release`](crate::Semaphore::release)) changed nothing.
+#[derive(Debug, Error, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
+pub enum ReleaseError {
+    /// The lock is not held.
+    #[error("release of an unlocked Lock")]
+    NotLocked,
+    /// The semaphore's value is already at its bound (its initial value for a `BoundedSemaphore`,
+    /// `u32::MAX` for a `Semaphore`): one release too many.
+    #[error("semaphore released too many times (its value is already its bound, {bound})")]
+    AtBound {
+        /// The bound.
+        bound: u32,
+    },
+}

@@ -91,16 +91,20 @@ mod sys;
 mod tracked;
 
 pub use crate::connection::frame;
-pub use crate::connection::{Connection, pipe, pipe_oneway};
-pub use crate::error::{GetError, PutError, RecvError, SendError, TaskDoneError};
+pub use crate::connection::{Connection, ConnectionIter, pipe, pipe_oneway};
+pub use crate::error::{
+    GetError, GetTimeoutError, PutError, PutTimeoutError, RecvError, RecvTimeoutError,
+    ReleaseError, SendError, TaskDoneError, Timeout, TryGetError, TryPutError, TryRecvError,
+};
 pub use crate::process::{
-    Builder, Process, ProcessError, ProcessInfo, StartMethod, active_children, cpu_count,
-    current_process, get_start_method, init, parent_process, set_start_method,
+    Builder, JoinTimeoutError, Process, ProcessError, ProcessInfo, StartMethod, active_children,
+    cpu_count, current_process, get_start_method, init, parent_process, set_start_method,
 };
 #[doc(hidden)]
 pub use crate::queue::fuzzing;
 pub use crate::queue::{
-    DEFAULT_RING_BYTES, JoinableQueue, MAX_QUEUE_ITEMS, Queue, QueueBuilder, SimpleQueue,
+    DEFAULT_RING_BYTES, JoinableQueue, MAX_QUEUE_ITEMS, Queue, QueueBuilder, QueueIter,
+    QueueTryIter, SimpleQueue,
 };
 pub use crate::shared::{
     Array, ArrayGuard, AtomicInt, AtomicValue, RawArray, RawValue, SharedMemory, Value, ValueGuard,
@@ -110,6 +114,7 @@ pub use crate::shared::{
 // `Value`'s docs.
 pub use crate::sync::{
     Barrier, BarrierError, BoundedSemaphore, Condition, Event, Lock, LockGuard, LockResult,
-    MAX_PARTIES, OwnerDied, RLock, RLockGuard, Semaphore,
+    LockTimeoutError, MAX_PARTIES, OwnerDied, RLock, RLockGuard, Semaphore, SemaphorePermit,
+    TryLockError, TryLockResult, WaitTimeoutError,
 };
 pub use bytemuck::{self, Pod, Zeroable};

@@ -4,7 +4,9 @@
 mod common;
 
 use common::{join, start};
-use multiprocess::{Connection, RecvError, SendError, StartMethod, pipe, pipe_oneway};
+use multiprocess::{
+    Connection, RecvError, RecvTimeoutError, SendError, StartMethod, pipe, pipe_oneway,
+};
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
@@ -258,19 +260,19 @@ fn recv_timeout_waits_at_least_its_duration_and_loses_nothing() {
     let t = Instant::now();
     assert!(matches!(
         c.recv_bytes_timeout(Duration::from_millis(50)),
-        Err(RecvError::Timeout)
+        Err(RecvTimeoutError::Timeout)
     ));
     assert!(t.elapsed() >= Duration::from_millis(50));
     // Half a header, then a timeout, then the rest: the message arrives whole.
     raw.write_all(&[0, 0]).unwrap();
     assert!(matches!(
         c.recv_bytes_timeout(Duration::from_millis(20)),
-        Err(RecvError::Timeout)
+        Err(RecvTimeoutError::Timeout)
     ));
     raw.write_all(&[0, 6, b'a', b'b', b'c']).unwrap();
     assert!(matches!(
         c.recv_bytes_timeout(Duration::from_millis(20)),
-        Err(RecvError::Timeout)
+        Err(RecvTimeoutError::Timeout)
     ));
     raw.write_all(b"def").unwrap();
     assert_eq!(
@@ -286,7 +288,7 @@ fn recv_timeout_waits_at_least_its_duration_and_loses_nothing() {
     );
     assert!(matches!(
         b.recv_timeout::<String>(Duration::from_millis(10)),
-        Err(RecvError::Timeout)
+        Err(RecvTimeoutError::Timeout)
     ));
 }
 
@@ -482,7 +484,7 @@ fn python_multiprocessing_connection_speaks_our_framing() {
     );
     assert!(matches!(
         r.recv_bytes_timeout(common::DEADLINE),
-        Err(RecvError::Eof)
+        Err(RecvTimeoutError::Failed(RecvError::Eof))
     ));
     assert!(child.wait().unwrap().success());
     let _ = std::fs::remove_dir_all(&dir);

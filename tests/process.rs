@@ -4,7 +4,7 @@
 mod common;
 
 use common::{join, pid_alive, start};
-use multiprocess::{Connection, Process, ProcessError, StartMethod, pipe};
+use multiprocess::{Connection, JoinTimeoutError, Process, ProcessError, StartMethod, pipe};
 use std::time::{Duration, Instant};
 
 fn square(x: i64) -> i64 {
@@ -45,10 +45,13 @@ fn returns_the_functions_value() {
 #[test]
 fn panic_message_comes_back_with_exitcode_1() {
     for m in StartMethod::ALL {
-        let mut p = start(m, panics, format!("boom under {m}"));
-        let err = p.join_timeout(common::DEADLINE).unwrap_err();
+        let p = start(m, panics, format!("boom under {m}"));
+        let err = match p.join_timeout(common::DEADLINE).unwrap_err() {
+            JoinTimeoutError::Failed(e) => e,
+            other => panic!("{m}: {other:?}"),
+        };
         match &err {
-            ProcessError::Panicked { message } => assert_eq!(message, &format!("boom under {m}")),
+            ProcessError::Panicked { message } => assert_eq!(*message, format!("boom under {m}")),
             other => panic!("{m}: {other:?}"),
         }
         assert_eq!(err.exitcode(), Some(1));
@@ -73,7 +76,7 @@ fn exit_without_result_reports_the_code() {
 #[test]
 fn kill_and_terminate_report_the_signal() {
     for m in StartMethod::ALL {
-        let mut p = start(m, sleeps, 60_000);
+        let p = start(m, sleeps, 60_000);
         assert!(p.is_alive());
         assert_eq!(p.exitcode(), None);
         p.kill().unwrap();
@@ -95,31 +98,31 @@ fn kill_and_terminate_report_the_signal() {
 #[test]
 fn signalling_a_finished_child_is_harmless() {
     for m in StartMethod::ALL {
-        let mut p = start(m, square, 2);
-        assert_eq!(p.join_timeout(common::DEADLINE).unwrap(), Some(4));
+        let p = start(m, square, 2);
+        assert_eq!(p.join_timeout(common::DEADLINE).unwrap(), 4);
         p.kill().unwrap();
         p.terminate().unwrap();
         assert_eq!(p.exitcode(), Some(0));
         assert!(matches!(
             p.join_timeout(Duration::ZERO),
-            Err(ProcessError::AlreadyJoined)
+            Err(JoinTimeoutError::Failed(ProcessError::AlreadyJoined))
         ));
+        assert!(matches!(p.join(), Err(ProcessError::AlreadyJoined)));
     }
 }
 
 #[test]
 fn join_timeout_waits_at_least_its_duration_and_can_be_repeated() {
     for m in StartMethod::ALL {
-        let mut p = start(m, sleeps, 400);
+        let p = start(m, sleeps, 400);
         let t = Instant::now();
-        assert!(
-            p.join_timeout(Duration::from_millis(100))
-                .unwrap()
-                .is_none()
-        );
+        assert!(matches!(
+            p.join_timeout(Duration::from_millis(100)),
+            Err(JoinTimeoutError::Timeout)
+        ));
         assert!(t.elapsed() >= Duration::from_millis(100));
         assert!(p.is_alive(), "{m}: join_timeout must not kill the child");
-        assert_eq!(p.join_timeout(common::DEADLINE).unwrap(), Some(()));
+        p.join_timeout(common::DEADLINE).unwrap();
         assert_eq!(p.exitcode(), Some(0));
     }
 }
@@ -350,7 +353,7 @@ fn many_processes_some_terminated() {
 fn pidfd_identifies_the_child() {
     // Port of CPython's test_sentinel: a descriptor that tracks the child's life.
     for m in StartMethod::ALL {
-        let mut p = start(m, sleeps, 200);
+        let p = start(m, sleeps, 200);
         let fdinfo = std::fs::read_to_string(format!(
             "/proc/self/fdinfo/{}",
             std::os::fd::AsRawFd::as_raw_fd(&p.pidfd())
@@ -361,7 +364,7 @@ fn pidfd_identifies_the_child() {
             "{m}: {fdinfo}"
         );
         assert!(p.is_alive());
-        assert_eq!(p.join_timeout(common::DEADLINE).unwrap(), Some(()));
+        p.join_timeout(common::DEADLINE).unwrap();
         assert!(!p.is_alive());
     }
 }

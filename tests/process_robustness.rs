@@ -7,7 +7,7 @@
 mod common;
 
 use common::{children_of_self, forkserver_pid, join, pid_alive, start};
-use multiprocess::{Process, ProcessError, StartMethod};
+use multiprocess::{JoinTimeoutError, Process, ProcessError, StartMethod};
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::UnixStream;
@@ -424,10 +424,15 @@ impl Drop for StopOnDrop<'_> {
 fn terminate_at_once() {
     for m in StartMethod::ALL {
         for i in 0..200 {
-            let mut p = start(m, sleeps_long, ());
+            let p = start(m, sleeps_long, ());
             p.terminate().unwrap();
             let r = p.join_timeout(Duration::from_secs(20));
-            if !matches!(r, Err(ProcessError::Signaled { signal: 15 })) {
+            if !matches!(
+                r,
+                Err(JoinTimeoutError::Failed(ProcessError::Signaled {
+                    signal: 15
+                }))
+            ) {
                 let _ = p.kill();
                 let _ = p.join_timeout(Duration::from_secs(10));
                 panic!("{m} {i}: {r:?}");

@@ -8,8 +8,8 @@ mod common;
 
 use common::{join, start};
 use multiprocess::{
-    AtomicValue, Connection, Event, GetError, JoinableQueue, PutError, Queue, SimpleQueue,
-    StartMethod, TaskDoneError, pipe,
+    AtomicValue, Connection, Event, GetError, GetTimeoutError, JoinableQueue, PutError,
+    PutTimeoutError, Queue, SimpleQueue, StartMethod, TaskDoneError, TryGetError, pipe,
 };
 use serde_bytes::ByteBuf;
 use std::collections::HashSet;
@@ -139,7 +139,7 @@ fn a_producer_exits_and_is_joined_at_once_and_its_50mib_item_is_still_delivered(
             assert_eq!(it.0, id, "{m}");
             check(&it);
         }
-        assert!(matches!(q.try_get(), Err(GetError::Empty)));
+        assert!(matches!(q.try_get(), Err(TryGetError::Empty)));
     }
 }
 
@@ -286,16 +286,19 @@ fn timeouts_wait_at_least_their_duration() {
     let d = Duration::from_millis(50);
     let q = Queue::bounded(1).unwrap();
     let t = Instant::now();
-    assert!(matches!(q.get_timeout(d), Err(GetError::Empty)));
+    assert!(matches!(q.get_timeout(d), Err(GetTimeoutError::Timeout)));
     assert!(t.elapsed() >= d);
     q.put(1u8).unwrap();
     let t = Instant::now();
-    assert!(matches!(q.put_timeout(2, d), Err(PutError::Full(2))));
+    assert!(matches!(
+        q.put_timeout(2, d),
+        Err(PutTimeoutError::Timeout(2))
+    ));
     assert!(t.elapsed() >= d);
     let j = JoinableQueue::new().unwrap();
     j.put(1u8).unwrap();
     let t = Instant::now();
-    assert!(!j.join_timeout(d));
+    assert!(j.join_timeout(d).is_err());
     assert!(t.elapsed() >= d);
 }
 
@@ -368,7 +371,7 @@ fn cpython_test_task_done_join_waits_for_every_worker() {
         }
         let done: u32 = workers.into_iter().map(|w| join(w).unwrap()).sum();
         assert_eq!(done, 10, "{m}");
-        assert!(q.join_timeout(PATIENCE));
+        assert!(q.join_timeout(PATIENCE).is_ok());
     }
 }
 
@@ -436,7 +439,7 @@ fn cpython_test_put() {
         assert!(q.try_put(7).unwrap_err().is_full());
         for timeout in [Duration::from_millis(100), Duration::from_millis(200)] {
             let t = Instant::now();
-            assert!(q.put_timeout(7, timeout).unwrap_err().is_full());
+            assert!(q.put_timeout(7, timeout).unwrap_err().is_timeout());
             assert!(t.elapsed() >= timeout);
         }
         go.set();
@@ -473,10 +476,13 @@ fn cpython_test_get() {
         assert_eq!(q.get_timeout(Duration::from_secs(1)).unwrap(), 4);
         assert_eq!(q.try_get().unwrap(), 5);
         assert!(q.is_empty());
-        assert!(matches!(q.try_get(), Err(GetError::Empty)));
+        assert!(matches!(q.try_get(), Err(TryGetError::Empty)));
         for timeout in [Duration::from_millis(100), Duration::from_millis(200)] {
             let t = Instant::now();
-            assert!(matches!(q.get_timeout(timeout), Err(GetError::Empty)));
+            assert!(matches!(
+                q.get_timeout(timeout),
+                Err(GetTimeoutError::Timeout)
+            ));
             assert!(t.elapsed() >= timeout);
         }
         join(child).unwrap();
@@ -500,7 +506,7 @@ fn cpython_test_fork() {
         for i in 0..20 {
             assert_eq!(q.get_timeout(PATIENCE).unwrap(), i, "{m}");
         }
-        assert!(matches!(q.try_get(), Err(GetError::Empty)));
+        assert!(matches!(q.try_get(), Err(TryGetError::Empty)));
         join(child).unwrap();
     }
 }

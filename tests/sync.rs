@@ -4,7 +4,10 @@
 mod common;
 
 use common::{join, read_u64, start, write_u64};
-use multiprocess::{Connection, Lock, ProcessError, SharedMemory, StartMethod, pipe};
+use multiprocess::{
+    Connection, Lock, LockTimeoutError, ProcessError, ReleaseError, SharedMemory, StartMethod,
+    TryLockError, WaitTimeoutError, pipe,
+};
 use std::time::{Duration, Instant};
 
 fn increment(args: (Lock, SharedMemory, u32)) {
@@ -78,7 +81,7 @@ fn holder_killed_the_next_acquirer_learns_and_gets_the_lock() {
         // The waiter released it (its guard was dropped): the lock is an ordinary lock again.
         assert!(lock.lock().is_ok(), "{m}");
 
-        // With nobody waiting, the next acquirer learns it (here through try_lock_for).
+        // With nobody waiting, the next acquirer learns it (here through lock_timeout).
         let (here, there) = pipe().unwrap();
         let holder = start(m, hold_forever, (lock.clone(), there));
         assert_eq!(
@@ -87,9 +90,12 @@ fn holder_killed_the_next_acquirer_learns_and_gets_the_lock() {
         );
         holder.kill().unwrap();
         // Not joined yet: the dead holder is a zombie, which must count as dead.
-        let g = lock.try_lock_for(common::DEADLINE).expect("acquired");
+        let g = lock.lock_timeout(common::DEADLINE);
         let _ = join(holder);
-        assert!(g.is_err(), "{m}: OwnerDied expected");
+        assert!(
+            matches!(g, Err(LockTimeoutError::OwnerDied(_))),
+            "{m}: OwnerDied expected"
+        );
         drop(g);
         assert!(lock.lock().is_ok());
     }
@@ -106,21 +112,22 @@ fn another_process_may_release_a_leaked_guard() {
         lock.lock().unwrap().leak();
         assert!(lock.is_locked());
         join(start(m, release_it, lock.clone())).unwrap();
-        assert!(lock.try_lock().is_some(), "{m}");
-        assert!(
-            matches!(Lock::new().unwrap().release(), Err(e) if e.kind() == std::io::ErrorKind::InvalidInput)
-        );
+        assert!(lock.try_lock().is_ok(), "{m}");
+        assert_eq!(Lock::new().unwrap().release(), Err(ReleaseError::NotLocked));
     }
 }
 
 #[test]
-fn try_lock_for_waits_at_least_its_timeout() {
+fn lock_timeout_waits_at_least_its_timeout() {
     let lock = Lock::new().unwrap();
     let _g = lock.lock().unwrap();
     let t = Instant::now();
-    assert!(lock.try_lock_for(Duration::from_millis(70)).is_none());
+    assert!(matches!(
+        lock.lock_timeout(Duration::from_millis(70)),
+        Err(LockTimeoutError::Timeout)
+    ));
     assert!(t.elapsed() >= Duration::from_millis(70));
-    assert!(lock.try_lock().is_none());
+    assert!(matches!(lock.try_lock(), Err(TryLockError::WouldBlock)));
 }
 
 fn reverse_in_place(shm: SharedMemory) -> usize {
@@ -158,7 +165,7 @@ fn shared_memory_travels_through_a_connection() {
     let mut buf = [0u8; 3];
     shm.read(3, &mut buf).unwrap();
     assert_eq!(&buf, b"xyz");
-    assert!(lock.try_lock().is_some());
+    assert!(lock.try_lock().is_ok());
     assert!(shm.read(14, &mut [0u8; 3]).is_err());
     assert!(shm.write(usize::MAX, b"x").is_err());
 }
@@ -228,10 +235,10 @@ fn rlock_is_reentrant_and_exclusive_across_processes() {
 fn rlock_belongs_to_one_thread() {
     let lock = RLock::new().unwrap();
     let g1 = lock.lock().unwrap();
-    let g2 = lock.try_lock().expect("reentrant").unwrap();
+    let g2 = lock.try_lock().expect("reentrant");
     let other = {
         let lock = lock.clone();
-        std::thread::spawn(move || lock.try_lock_for(Duration::from_millis(30)).is_some())
+        std::thread::spawn(move || lock.lock_timeout(Duration::from_millis(30)).is_ok())
     };
     assert!(!other.join().unwrap(), "another thread must not get it");
     drop(g2);
@@ -248,8 +255,11 @@ fn rlock_holder_thread_that_exits_is_detected() {
         .join()
         .unwrap();
     assert!(lock.is_locked());
-    let g = lock.try_lock_for(common::DEADLINE).expect("acquired");
-    assert!(g.is_err(), "OwnerDied expected");
+    let g = lock.lock_timeout(common::DEADLINE);
+    assert!(
+        matches!(g, Err(LockTimeoutError::OwnerDied(_))),
+        "OwnerDied expected"
+    );
 }
 
 trait LeakForTest {
@@ -329,11 +339,17 @@ fn condition_timeouts_wait_at_least_their_duration() {
     let cond = Condition::new().unwrap();
     let g = cond.lock().unwrap();
     let t = Instant::now();
-    let (g, timed_out) = cond.wait_timeout(g, Duration::from_millis(150));
-    assert!(timed_out && t.elapsed() >= Duration::from_millis(150));
+    let g = match cond.wait_timeout(g, Duration::from_millis(150)) {
+        Err(WaitTimeoutError::Timeout(g)) => g,
+        other => panic!("{other:?}"),
+    };
+    assert!(t.elapsed() >= Duration::from_millis(150));
     let t = Instant::now();
-    let (g, gave_up) = cond.wait_while_timeout(g.unwrap(), Duration::from_millis(50), || true);
-    assert!(gave_up && t.elapsed() >= Duration::from_millis(50));
+    let g = match cond.wait_while_timeout(g, Duration::from_millis(50), || true) {
+        Err(WaitTimeoutError::Timeout(g)) => g,
+        other => panic!("{other:?}"),
+    };
+    assert!(t.elapsed() >= Duration::from_millis(50));
     drop(g);
     assert!(!cond.get_lock().is_locked());
 }

@@ -5,10 +5,9 @@ mod common;
 
 use common::{join, read_u64, start, write_u64};
 use multiprocess::{
-    BoundedSemaphore, Connection, Event, Lock, ProcessError, Semaphore, SharedMemory, StartMethod,
-    pipe,
+    BoundedSemaphore, Connection, Event, Lock, ProcessError, ReleaseError, Semaphore, SharedMemory,
+    StartMethod, Timeout, pipe,
 };
-use std::io::ErrorKind;
 use std::time::{Duration, Instant};
 
 // The shared bookkeeping of the concurrency test, all under `lock`: processes inside now (at 0),
@@ -30,11 +29,10 @@ fn worker(args: (Semaphore, Lock, SharedMemory, Event, u32)) {
     let (sem, lock, shm, go, rounds) = args;
     go.wait();
     for _ in 0..rounds {
-        sem.acquire();
+        let _slot = sem.acquire();
         enter(&lock, &shm);
         std::thread::sleep(Duration::from_millis(1));
         leave(&lock, &shm);
-        sem.release().unwrap();
     }
 }
 
@@ -69,7 +67,7 @@ fn semaphore_of_two_lets_at_most_two_in_at_once() {
 fn take(args: (Semaphore, u32)) {
     let (sem, n) = args;
     for _ in 0..n {
-        sem.acquire();
+        sem.acquire().forget();
     }
 }
 
@@ -103,21 +101,24 @@ fn get_value_is_shared() {
     for m in StartMethod::ALL {
         let sem = Semaphore::new(3).unwrap();
         assert_eq!(sem.get_value(), 3);
-        sem.acquire();
-        assert!(sem.try_acquire());
+        sem.acquire().forget();
+        let permit = sem.try_acquire().unwrap();
         assert_eq!(sem.get_value(), 1, "{m}");
         assert_eq!(join(start(m, release_once, sem.clone())).unwrap(), 2, "{m}");
         assert_eq!(sem.get_value(), 2, "{m}");
-        assert!(sem.try_acquire() && sem.try_acquire());
-        assert!(!sem.try_acquire());
+        let (a, b) = (sem.try_acquire().unwrap(), sem.try_acquire().unwrap());
+        assert!(sem.try_acquire().is_none());
         assert_eq!(sem.get_value(), 0);
         assert!(format!("{sem:?}").contains("value: 0"));
+        // Permits give their slots back when dropped.
+        drop((a, b, permit));
+        assert_eq!(sem.get_value(), 3, "{m}");
     }
 }
 
 fn bounded_release(sem: BoundedSemaphore) -> (bool, u32) {
     let over = sem.release();
-    let rejected = matches!(&over, Err(e) if e.kind() == ErrorKind::InvalidInput);
+    let rejected = over == Err(ReleaseError::AtBound { bound: 2 });
     (rejected, sem.get_value())
 }
 
@@ -126,7 +127,7 @@ fn bounded_semaphore_refuses_a_release_past_its_bound() {
     for m in StartMethod::ALL {
         let sem = BoundedSemaphore::new(2).unwrap();
         let err = sem.release().unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::InvalidInput);
+        assert_eq!(err, ReleaseError::AtBound { bound: 2 });
         assert!(err.to_string().contains("released too many times"), "{err}");
         assert_eq!(sem.get_value(), 2, "{m}: a refused release changes nothing");
 
@@ -135,16 +136,21 @@ fn bounded_semaphore_refuses_a_release_past_its_bound() {
             join(start(m, bounded_release, sem.clone())).unwrap(),
             (true, 2)
         );
-        sem.acquire();
+        sem.acquire().forget();
         assert_eq!(
             join(start(m, bounded_release, sem.clone())).unwrap(),
             (false, 2)
         );
         assert!(sem.release().is_err());
         assert!(format!("{sem:?}").contains("bound: 2"));
+        // A permit dropped while a stray release already gave its slot back changes nothing.
+        let permit = sem.acquire();
+        sem.release().unwrap();
+        drop(permit);
+        assert_eq!(sem.get_value(), 2, "{m}");
     }
     let zero = BoundedSemaphore::new(0).unwrap();
-    assert!(!zero.try_acquire());
+    assert!(zero.try_acquire().is_none());
     assert!(zero.release().is_err());
 }
 
@@ -152,7 +158,10 @@ fn bounded_semaphore_refuses_a_release_past_its_bound() {
 fn plain_semaphore_refuses_to_pass_u32_max() {
     let sem = Semaphore::new(u32::MAX - 1).unwrap();
     sem.release().unwrap();
-    assert_eq!(sem.release().unwrap_err().kind(), ErrorKind::InvalidInput);
+    assert_eq!(
+        sem.release(),
+        Err(ReleaseError::AtBound { bound: u32::MAX })
+    );
     assert_eq!(sem.get_value(), u32::MAX);
 }
 
@@ -160,21 +169,24 @@ fn plain_semaphore_refuses_to_pass_u32_max() {
 fn acquire_timeout_waits_at_least_its_timeout() {
     let sem = Semaphore::new(0).unwrap();
     let t = Instant::now();
-    assert!(!sem.acquire_timeout(Duration::from_millis(70)));
+    assert_eq!(
+        sem.acquire_timeout(Duration::from_millis(70)).unwrap_err(),
+        Timeout
+    );
     assert!(t.elapsed() >= Duration::from_millis(70));
-    assert!(!sem.acquire_timeout(Duration::ZERO));
+    assert!(sem.acquire_timeout(Duration::ZERO).is_err());
 
     let bounded = BoundedSemaphore::new(1).unwrap();
-    assert!(bounded.acquire_timeout(Duration::from_millis(70)));
+    let held = bounded.acquire_timeout(Duration::from_millis(70)).unwrap();
     let t = Instant::now();
-    assert!(!bounded.acquire_timeout(Duration::from_millis(70)));
+    assert!(bounded.acquire_timeout(Duration::from_millis(70)).is_err());
     assert!(t.elapsed() >= Duration::from_millis(70));
 
     // A timeout that overflows a deadline means "as long as it takes".
     sem.release().unwrap();
-    assert!(sem.acquire_timeout(Duration::MAX));
-    bounded.release().unwrap();
-    assert!(bounded.acquire_timeout(Duration::MAX));
+    assert!(sem.acquire_timeout(Duration::MAX).is_ok());
+    drop(held);
+    assert!(bounded.acquire_timeout(Duration::MAX).is_ok());
 }
 
 fn release_later(sem: Semaphore) {
@@ -188,7 +200,8 @@ fn a_timed_acquire_is_woken_by_another_process() {
         let sem = Semaphore::new(0).unwrap();
         let kid = start(m, release_later, sem.clone());
         let t = Instant::now();
-        assert!(sem.acquire_timeout(common::DEADLINE), "{m}");
+        let permit = sem.acquire_timeout(common::DEADLINE);
+        assert!(permit.is_ok(), "{m}");
         // Woken by the release, not by the deadline.
         assert!(t.elapsed() < common::DEADLINE, "{m}");
         join(kid).unwrap();
@@ -198,7 +211,7 @@ fn a_timed_acquire_is_woken_by_another_process() {
 
 fn hold_a_slot(args: (Semaphore, Connection)) {
     let (sem, conn) = args;
-    sem.acquire();
+    let _slot = sem.acquire();
     conn.send(&"holding").unwrap();
     std::thread::sleep(Duration::from_secs(60));
 }
@@ -220,10 +233,10 @@ fn a_dead_holders_slot_stays_lost_until_released_for_it() {
         ));
         // As documented: a counter cannot know its holder died.
         assert_eq!(sem.get_value(), 0, "{m}");
-        assert!(!sem.acquire_timeout(Duration::from_millis(20)));
+        assert!(sem.acquire_timeout(Duration::from_millis(20)).is_err());
         // Whoever learns of the death releases on the dead process's behalf.
         sem.release().unwrap();
-        assert!(sem.try_acquire(), "{m}");
+        assert!(sem.try_acquire().is_some(), "{m}");
     }
 }
 
@@ -231,7 +244,7 @@ fn wait_for(args: (Event, Semaphore)) -> (bool, bool) {
     let (event, ready) = args;
     ready.release().unwrap();
     event.wait();
-    (event.is_set(), event.wait_timeout(Duration::ZERO))
+    (event.is_set(), event.wait_timeout(Duration::ZERO).is_ok())
 }
 
 #[test]
@@ -242,7 +255,8 @@ fn set_wakes_every_waiting_process() {
             .map(|_| start(m, wait_for, (event.clone(), ready.clone())))
             .collect();
         for _ in 0..4 {
-            assert!(ready.acquire_timeout(common::DEADLINE), "{m}");
+            let taken = ready.acquire_timeout(common::DEADLINE).map(|p| p.forget());
+            assert!(taken.is_ok(), "{m}");
         }
         // Give them time to fall asleep in wait().
         std::thread::sleep(Duration::from_millis(50));
@@ -261,12 +275,12 @@ fn set_wakes_every_waiting_process() {
 fn wait_timeout_waits_at_least_its_timeout_and_returns_the_flag() {
     let event = Event::new().unwrap();
     let t = Instant::now();
-    assert!(!event.wait_timeout(Duration::from_millis(70)));
+    assert_eq!(event.wait_timeout(Duration::from_millis(70)), Err(Timeout));
     assert!(t.elapsed() >= Duration::from_millis(70));
-    assert!(!event.wait_timeout(Duration::ZERO));
+    assert_eq!(event.wait_timeout(Duration::ZERO), Err(Timeout));
     event.set();
-    assert!(event.wait_timeout(Duration::ZERO));
-    assert!(event.wait_timeout(Duration::MAX));
+    assert_eq!(event.wait_timeout(Duration::ZERO), Ok(()));
+    assert_eq!(event.wait_timeout(Duration::MAX), Ok(()));
     event.wait();
 }
 
@@ -287,7 +301,7 @@ fn clear_is_seen_by_every_process() {
         assert!(join(start(m, is_set_there, event.clone())).unwrap(), "{m}");
         join(start(m, clear_there, event.clone())).unwrap();
         assert!(!event.is_set(), "{m}");
-        assert!(!event.wait_timeout(Duration::from_millis(20)));
+        assert!(event.wait_timeout(Duration::from_millis(20)).is_err());
         event.clear(); // clearing a clear event changes nothing
         assert!(!event.is_set());
         assert_eq!(format!("{event:?}"), "Event { is_set: false }");
@@ -305,7 +319,7 @@ fn set_then_clear_still_releases_those_already_waiting() {
     std::thread::sleep(Duration::from_millis(100));
     event.set();
     event.clear();
-    assert!(waiter.join().unwrap(), "the pulse was missed");
+    assert!(waiter.join().unwrap().is_ok(), "the pulse was missed");
     assert!(!event.is_set());
 }
 
@@ -320,9 +334,9 @@ fn primitives_travel_through_a_connection() {
     a.send(&(sem.clone(), bounded.clone(), event.clone()))
         .unwrap();
     let (sem2, bounded2, event2): (Semaphore, BoundedSemaphore, Event) = b.recv().unwrap();
-    assert!(sem2.try_acquire());
+    sem2.try_acquire().unwrap().forget();
     assert_eq!(sem.get_value(), 0);
-    assert!(bounded2.try_acquire());
+    bounded2.try_acquire().unwrap().forget();
     bounded.release().unwrap();
     assert!(bounded2.release().is_err(), "the bound travels with it");
     event2.set();

@@ -3,7 +3,7 @@
 pub mod frame;
 
 use crate::codec;
-use crate::error::{RecvError, SendError};
+use crate::error::{RecvError, RecvTimeoutError, SendError, TryRecvError};
 use crate::sync::futex::{Spin, Wait};
 use crate::sys;
 use crate::tracked::TrackedFd;
@@ -396,29 +396,55 @@ impl Connection {
     /// [`RecvError::Eof`] when the peer has closed its end (or died) and no message is left;
     /// [`RecvError::Decode`] when the message is not a valid `T` (it is consumed); see [`RecvError`].
     pub fn recv<T: DeserializeOwned>(&self) -> Result<T, RecvError> {
-        let frame = self.recv_frame(Wait::Forever, None)?;
+        let frame = blocking(self.recv_frame(Wait::Forever, None))?;
         codec::decode(&frame.bytes, frame.fds).map_err(RecvError::Decode)
     }
 
-    /// Like [`recv`](Self::recv), but gives up with [`RecvError::Timeout`] after `timeout`. A message
-    /// that was partly received when the time ran out is kept and completed by the next receive.
+    /// Like [`recv`](Self::recv), but gives up with [`RecvTimeoutError::Timeout`] after `timeout`. A
+    /// message that was partly received when the time ran out is kept and completed by the next
+    /// receive.
     ///
     /// # Examples
     /// ```
     /// use std::time::Duration;
-    /// let (a, _b) = multiprocess::pipe()?;
+    /// use multiprocess::RecvTimeoutError;
+    /// let (a, b) = multiprocess::pipe()?;
     /// let err = a.recv_timeout::<u32>(Duration::from_millis(10)).unwrap_err();
-    /// assert!(matches!(err, multiprocess::RecvError::Timeout));
+    /// assert!(matches!(err, RecvTimeoutError::Timeout));
+    /// b.send(&7u32)?;
+    /// assert_eq!(a.recv_timeout::<u32>(Duration::from_secs(5))?, 7);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn recv_timeout<T: DeserializeOwned>(&self, timeout: Duration) -> Result<T, RecvError> {
+    pub fn recv_timeout<T: DeserializeOwned>(
+        &self,
+        timeout: Duration,
+    ) -> Result<T, RecvTimeoutError> {
         let frame = self.recv_frame(Wait::timeout(timeout), None)?;
-        codec::decode(&frame.bytes, frame.fds).map_err(RecvError::Decode)
+        codec::decode(&frame.bytes, frame.fds).map_err(|e| RecvError::Decode(e).into())
+    }
+
+    /// Like [`recv`](Self::recv) without waiting: [`TryRecvError::Empty`] unless a whole message is
+    /// there already. A message whose start arrived but not its end is kept (still `Empty`), and the
+    /// next receive completes it.
+    ///
+    /// # Examples
+    /// ```
+    /// use multiprocess::TryRecvError;
+    /// let (a, b) = multiprocess::pipe()?;
+    /// assert!(matches!(a.try_recv::<u8>(), Err(TryRecvError::Empty)));
+    /// b.send(&1u8)?;
+    /// # a.poll(std::time::Duration::from_secs(5))?;
+    /// assert_eq!(a.try_recv::<u8>()?, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn try_recv<T: DeserializeOwned>(&self) -> Result<T, TryRecvError> {
+        let frame = self.try_recv_frame()?;
+        codec::decode(&frame.bytes, frame.fds).map_err(|e| RecvError::Decode(e).into())
     }
 
     /// Receives one raw message.
     pub fn recv_bytes(&self) -> Result<Vec<u8>, RecvError> {
-        Ok(self.recv_frame(Wait::Forever, None)?.bytes)
+        Ok(blocking(self.recv_frame(Wait::Forever, None))?.bytes)
     }
 
     /// Receives one raw message, failing with [`RecvError::TooLong`] if it is longer than `maxlength`
@@ -432,15 +458,57 @@ impl Connection {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn recv_bytes_max(&self, maxlength: usize) -> Result<Vec<u8>, RecvError> {
-        Ok(self
-            .recv_frame(Wait::Forever, Some(maxlength as u64))?
-            .bytes)
+        Ok(blocking(self.recv_frame(Wait::Forever, Some(maxlength as u64)))?.bytes)
     }
 
     /// Like [`recv_bytes`](Self::recv_bytes), with a timeout (lossless, see
     /// [`recv_timeout`](Self::recv_timeout)).
-    pub fn recv_bytes_timeout(&self, timeout: Duration) -> Result<Vec<u8>, RecvError> {
+    pub fn recv_bytes_timeout(&self, timeout: Duration) -> Result<Vec<u8>, RecvTimeoutError> {
         Ok(self.recv_frame(Wait::timeout(timeout), None)?.bytes)
+    }
+
+    /// Like [`recv_bytes`](Self::recv_bytes) without waiting (see [`try_recv`](Self::try_recv)).
+    pub fn try_recv_bytes(&self) -> Result<Vec<u8>, TryRecvError> {
+        Ok(self.try_recv_frame()?.bytes)
+    }
+
+    fn try_recv_frame(&self) -> Result<Frame, TryRecvError> {
+        self.recv_frame(Wait::Never, None).map_err(|e| match e {
+            RecvTimeoutError::Timeout => TryRecvError::Empty,
+            RecvTimeoutError::Failed(e) => TryRecvError::Failed(e),
+        })
+    }
+
+    /// An iterator that receives messages as `T` until the peer closes its end: each item is what
+    /// [`recv`](Self::recv) gives, and the iterator ends at [`RecvError::Eof`]. A message that does
+    /// not decode is an `Err` item and the iteration goes on; an error after which the connection
+    /// cannot be read any more (a torn message, a protocol error, an operating-system error) is the
+    /// last item.
+    ///
+    /// # Examples
+    /// ```
+    /// use multiprocess::{pipe, Connection, Process};
+    ///
+    /// fn count_to(args: (Connection, u32)) {
+    ///     let (conn, n) = args;
+    ///     for i in 1..=n {
+    ///         conn.send(&i).unwrap();
+    ///     }
+    /// } // `conn` is closed here: the parent's iteration ends
+    ///
+    /// let (here, there) = pipe()?;
+    /// let child = Process::spawn(count_to, (there, 3))?;
+    /// let got: Vec<u32> = here.iter().collect::<Result<_, _>>()?;
+    /// assert_eq!(got, [1, 2, 3]);
+    /// child.join()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn iter<T: DeserializeOwned>(&self) -> ConnectionIter<'_, T> {
+        ConnectionIter {
+            conn: self,
+            done: false,
+            _items: std::marker::PhantomData,
+        }
     }
 
     /// Receives one raw message into `buf`, returning its length.
@@ -478,7 +546,7 @@ impl Connection {
                 ),
             )));
         }
-        let bytes = self.recv_frame(Wait::Forever, None)?.bytes;
+        let bytes = blocking(self.recv_frame(Wait::Forever, None))?.bytes;
         match buf.get_mut(offset..offset + bytes.len()) {
             Some(dst) => {
                 dst.copy_from_slice(&bytes);
@@ -526,15 +594,11 @@ impl Connection {
         wait: Wait,
         max: Option<u64>,
         watch: Option<BorrowedFd<'_>>,
-    ) -> Result<Frame, RecvError> {
+    ) -> Result<Frame, RecvTimeoutError> {
         let (frame, complete) = self.recv_frame_inner(wait, max, watch)?;
         if !complete {
             // The message is consumed and the stream is still in step; only this message is lost.
-            return Err(RecvError::Io(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "a message arrived without the connections or OS objects it carried: this process \
-                 has reached its open-file limit (RLIMIT_NOFILE)",
-            )));
+            return Err(RecvError::DescriptorsLost.into());
         }
         Ok(frame)
     }
@@ -542,7 +606,7 @@ impl Connection {
     /// Receives a frame even if the kernel had to drop some of its descriptors (our descriptor table
     /// is full); the flag says whether every descriptor arrived.
     pub(crate) fn recv_frame_keeping_bytes(&self) -> Result<(Frame, bool), RecvError> {
-        self.recv_frame_inner(Wait::Forever, None, None)
+        blocking(self.recv_frame_inner(Wait::Forever, None, None))
     }
 
     fn recv_frame_inner(
@@ -550,7 +614,7 @@ impl Connection {
         wait: Wait,
         max: Option<u64>,
         watch: Option<BorrowedFd<'_>>,
-    ) -> Result<(Frame, bool), RecvError> {
+    ) -> Result<(Frame, bool), RecvTimeoutError> {
         self.check_recv()?;
         let fd = self.fd();
         let mut guard = lock(&self.rx);
@@ -558,9 +622,10 @@ impl Connection {
         if let Some(why) = &rx.broken {
             return Err(RecvError::Protocol(format!(
                 "connection unusable after an earlier error: {why}"
-            )));
+            ))
+            .into());
         }
-        let ready = || -> Result<(), RecvError> {
+        let ready = || -> Result<(), RecvTimeoutError> {
             if wait == Wait::Forever && watch.is_none() {
                 return Ok(()); // plain blocking read
             }
@@ -572,7 +637,7 @@ impl Connection {
             if ready[0] {
                 Ok(())
             } else {
-                Err(RecvError::Timeout)
+                Err(RecvTimeoutError::Timeout)
             }
         };
         // Header: read exactly as many bytes as the decoder says are still missing.
@@ -580,7 +645,7 @@ impl Connection {
             let need = match decode_header(&rx.header[..rx.header_got]) {
                 Ok(Header::NeedMore(n)) => n,
                 Ok(Header::Complete { len, .. }) => break len,
-                Err(e) => return Err(rx.poison(RecvError::Protocol(e.to_string()))),
+                Err(e) => return Err(rx.poison(RecvError::Protocol(e.to_string())).into()),
             };
             let spun = if rx.header_got == 0 {
                 self.spin_for_message(fd, rx, wait)
@@ -603,13 +668,15 @@ impl Connection {
             .map_err(RecvError::Io)?;
             if n == 0 {
                 if rx.header_got == 0 {
-                    return Err(RecvError::Eof);
+                    return Err(RecvError::Eof.into());
                 }
                 let received = rx.header_got as u64;
-                return Err(rx.poison(RecvError::Truncated {
-                    received,
-                    expected: need as u64,
-                }));
+                return Err(rx
+                    .poison(RecvError::Truncated {
+                        received,
+                        expected: need as u64,
+                    })
+                    .into());
             }
             rx.header_got += n;
             // Descriptors come with a message's first bytes, which this loop reads.
@@ -620,7 +687,7 @@ impl Connection {
         if let Some(max) = max
             && len > max
         {
-            return Err(rx.poison(RecvError::TooLong { len, max }));
+            return Err(rx.poison(RecvError::TooLong { len, max }).into());
         }
         let (_, buf) = rx
             .payload
@@ -647,10 +714,12 @@ impl Connection {
             .map_err(RecvError::Io)?;
             if n == 0 {
                 let received = header_len + got;
-                return Err(rx.poison(RecvError::Truncated {
-                    received,
-                    expected: header_len + len,
-                }));
+                return Err(rx
+                    .poison(RecvError::Truncated {
+                        received,
+                        expected: header_len + len,
+                    })
+                    .into());
             }
         }
         let (_, bytes) = rx.payload.take().unwrap_or_default();
@@ -685,8 +754,65 @@ impl Connection {
         })
     }
 
-    pub(crate) fn recv_frame(&self, wait: Wait, max: Option<u64>) -> Result<Frame, RecvError> {
+    pub(crate) fn recv_frame(
+        &self,
+        wait: Wait,
+        max: Option<u64>,
+    ) -> Result<Frame, RecvTimeoutError> {
         self.recv_frame_watching(wait, max, None)
+    }
+}
+
+/// The result of a receive that waits as long as it takes and watches nothing else: it cannot time
+/// out.
+fn blocking<T>(r: Result<T, RecvTimeoutError>) -> Result<T, RecvError> {
+    r.map_err(|e| match e {
+        RecvTimeoutError::Failed(e) => e,
+        RecvTimeoutError::Timeout => unreachable!("a receive without a deadline timed out"),
+    })
+}
+
+/// An iterator over the messages of a [`Connection`], from [`Connection::iter`].
+pub struct ConnectionIter<'a, T> {
+    conn: &'a Connection,
+    done: bool,
+    _items: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<T: DeserializeOwned> Iterator for ConnectionIter<'_, T> {
+    type Item = Result<T, RecvError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        match self.conn.recv() {
+            Ok(v) => Some(Ok(v)),
+            Err(RecvError::Eof) => {
+                self.done = true;
+                None
+            }
+            Err(
+                e @ (RecvError::Decode(_)
+                | RecvError::BufferTooShort(_)
+                | RecvError::DescriptorsLost),
+            ) => Some(Err(e)),
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+impl<T> std::iter::FusedIterator for ConnectionIter<'_, T> where Self: Iterator {}
+
+impl<T> fmt::Debug for ConnectionIter<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectionIter")
+            .field("conn", self.conn)
+            .field("done", &self.done)
+            .finish()
     }
 }
 

@@ -7,7 +7,7 @@ pub(crate) mod state;
 
 use crate::codec;
 use crate::connection::{Connection, Frame};
-use crate::error::RecvError;
+use crate::error::{RecvError, RecvTimeoutError};
 use crate::sync::futex::Wait;
 use crate::sys::{self, WaitStatus};
 use crate::tracked::{self, TrackedFd};
@@ -20,8 +20,8 @@ use std::fmt;
 use std::io::{self, Write};
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use thiserror::Error;
 
@@ -232,6 +232,17 @@ pub enum ProcessError {
     Io(#[from] io::Error),
 }
 
+/// Why [`Process::join_timeout`] gave no result.
+#[derive(Debug, Error)]
+pub enum JoinTimeoutError {
+    /// The child is still running.
+    #[error("the child process is still running")]
+    Timeout,
+    /// The child ended without a result, or the join failed, as a blocking one would have.
+    #[error(transparent)]
+    Failed(#[from] ProcessError),
+}
+
 impl ProcessError {
     /// Python's `exitcode` for this outcome, when it is known.
     pub fn exitcode(&self) -> Option<i32> {
@@ -352,8 +363,10 @@ impl Builder {
             entry,
             conn,
             method,
-            report: None,
-            taken: false,
+            joined: Mutex::new(Joined {
+                report: None,
+                taken: false,
+            }),
             _result: PhantomData,
         })
     }
@@ -517,9 +530,9 @@ pub struct Process<R> {
     entry: Arc<ChildEntry>,
     conn: Connection,
     method: StartMethod,
-    /// The child's report, once read: its result or why there is none.
-    report: Option<Result<R, ProcessError>>,
-    taken: bool,
+    /// What `join` learnt so far (a lock: `join` takes `&self`, so that one thread may join while
+    /// another terminates, as in Python).
+    joined: Mutex<Joined<R>>,
     _result: PhantomData<fn() -> R>,
 }
 
@@ -541,7 +554,9 @@ impl<R: Serialize + DeserializeOwned> Process<R> {
 }
 
 impl<R: DeserializeOwned> Process<R> {
-    /// Waits for the child to exit and returns what its function returned.
+    /// Waits for the child to exit and returns what its function returned. The handle stays: its
+    /// [`exitcode`](Self::exitcode) (and the rest) can be read afterwards, and a second `join` is
+    /// [`ProcessError::AlreadyJoined`] (the result was handed out once).
     ///
     /// Never hangs on a dead child: whenever the child ends (returns, panics, exits, is killed, even
     /// before it started running the function) `join` returns.
@@ -549,59 +564,73 @@ impl<R: DeserializeOwned> Process<R> {
     /// # Errors
     /// [`ProcessError::Panicked`] with the panic message, [`ProcessError::Signaled`] /
     /// [`ProcessError::Exited`] when it ended without a result, and the others listed there.
-    pub fn join(mut self) -> Result<R, ProcessError> {
+    ///
+    /// # Examples
+    /// ```
+    /// fn fails(code: i32) { std::process::exit(code) }
+    ///
+    /// let p = multiprocess::Process::spawn(fails, 3)?;
+    /// assert!(p.join().is_err());
+    /// assert_eq!(p.exitcode(), Some(3));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn join(&self) -> Result<R, ProcessError> {
         match self.wait(Wait::Forever)? {
             Some(r) => r,
             None => unreachable!("wait without a deadline returns only when the child has ended"),
         }
     }
 
-    /// Waits up to `timeout` for the child to exit. `Ok(None)` means it is still running: nothing is
-    /// lost and `join_timeout` or [`join`](Self::join) can be called again. The child is not killed.
+    /// Waits up to `timeout` for the child to exit: [`JoinTimeoutError::Timeout`] while it is
+    /// still running (nothing is lost: `join_timeout` or [`join`](Self::join) can be called again;
+    /// the child is not killed).
     ///
     /// # Examples
     /// ```
     /// use std::time::Duration;
+    /// use multiprocess::JoinTimeoutError;
     /// fn nap(ms: u64) { std::thread::sleep(Duration::from_millis(ms)) }
     ///
-    /// let mut p = multiprocess::Process::spawn(nap, 300)?;
-    /// assert!(p.join_timeout(Duration::from_millis(10))?.is_none());
+    /// let p = multiprocess::Process::spawn(nap, 300)?;
+    /// assert!(matches!(p.join_timeout(Duration::from_millis(10)), Err(JoinTimeoutError::Timeout)));
     /// assert!(p.is_alive());
-    /// assert_eq!(p.join_timeout(Duration::from_secs(30))?, Some(()));
+    /// p.join_timeout(Duration::from_secs(30))?;
     /// assert_eq!(p.exitcode(), Some(0));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn join_timeout(&mut self, timeout: Duration) -> Result<Option<R>, ProcessError> {
+    pub fn join_timeout(&self, timeout: Duration) -> Result<R, JoinTimeoutError> {
         match self.wait(Wait::timeout(timeout))? {
-            Some(r) => r.map(Some),
-            None => Ok(None),
+            Some(r) => Ok(r?),
+            None => Err(JoinTimeoutError::Timeout),
         }
     }
 
     /// Waits for the report and the exit. Outer `Err` only for `AlreadyJoined` and I/O failures.
-    fn wait(&mut self, wait: Wait) -> Result<Option<Result<R, ProcessError>>, ProcessError> {
-        if self.taken {
+    fn wait(&self, wait: Wait) -> Result<Option<Result<R, ProcessError>>, ProcessError> {
+        let mut joined = self.joined.lock().unwrap_or_else(|p| p.into_inner());
+        let Joined { report, taken } = &mut *joined;
+        if *taken {
             return Err(ProcessError::AlreadyJoined);
         }
-        while self.report.is_none() {
+        while report.is_none() {
             match self
                 .conn
                 .recv_frame_watching(wait, None, Some(self.entry.pidfd.as_fd()))
             {
-                Ok(frame) => self.report = Some(parse_report(frame)),
-                Err(RecvError::Timeout) => {
+                Ok(frame) => *report = Some(parse_report(frame)),
+                Err(RecvTimeoutError::Timeout) => {
                     if self.entry.has_exited() {
                         // Whatever it wrote before dying is already in the socket buffer; a report
                         // that is not complete now never will be.
                         match self.conn.recv_frame(Wait::Never, None) {
-                            Ok(frame) => self.report = Some(parse_report(frame)),
+                            Ok(frame) => *report = Some(parse_report(frame)),
                             Err(_) => break,
                         }
                     } else if wait.is_over() {
                         return Ok(None);
                     }
                 }
-                Err(RecvError::Io(e)) => return Err(ProcessError::Io(e)),
+                Err(RecvTimeoutError::Failed(RecvError::Io(e))) => return Err(ProcessError::Io(e)),
                 Err(_) => break, // end of file or a torn report: the child died without reporting
             }
         }
@@ -612,9 +641,9 @@ impl<R: DeserializeOwned> Process<R> {
                 Ok(None) => {}
                 // The status is lost (the fork server that was this child's parent died), but the
                 // child has ended; its report, if any, is the answer.
-                Err(e) => match self.report.take() {
+                Err(e) => match report.take() {
                     Some(r) => {
-                        self.taken = true;
+                        *taken = true;
                         return Ok(Some(r));
                     }
                     None => return Err(ProcessError::Io(e)),
@@ -624,8 +653,8 @@ impl<R: DeserializeOwned> Process<R> {
                 return Ok(None);
             }
         };
-        self.taken = true;
-        Ok(Some(match self.report.take() {
+        *taken = true;
+        Ok(Some(match report.take() {
             Some(r) => r,
             None => Err(match status {
                 WaitStatus::Exited(code) => ProcessError::Exited { code },
@@ -711,6 +740,12 @@ impl<R> fmt::Debug for Process<R> {
             .field("exitcode", &self.entry.status().map(WaitStatus::exitcode))
             .finish()
     }
+}
+
+/// The child's report, once read: its result or why there is none; and whether `join` handed it out.
+struct Joined<R> {
+    report: Option<Result<R, ProcessError>>,
+    taken: bool,
 }
 
 /// Identity of a process, as [`current_process`], [`parent_process`] and [`active_children`] report it.

@@ -1,20 +1,24 @@
 //! `JoinableQueue`: a [`Queue`] that also counts items marked done.
 
-use super::Queue;
-use crate::error::TaskDoneError;
+use super::{Queue, QueueIter, QueueTryIter};
+use crate::error::{
+    GetError, GetTimeoutError, PutError, PutTimeoutError, TaskDoneError, Timeout, TryGetError,
+    TryPutError,
+};
 use crate::sync::futex::Wait;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 use std::io;
-use std::ops::Deref;
 use std::time::Duration;
 
 /// A [`Queue`] whose consumers mark each item done, so that a process can [`join`](Self::join) until
 /// every item put has been processed, like Python's `multiprocessing.JoinableQueue`.
 ///
-/// It is a `Queue` (it dereferences to one: `put`, `get` and the rest are the queue's) plus an
-/// *unfinished* count in shared memory: every `put` adds one, every [`task_done`](Self::task_done)
-/// takes one away, and [`join`](Self::join) waits for zero. One `task_done` too many is a
+/// It has a [`Queue`]'s operations (`put`, `get`, their timed and non-blocking forms, the iterators;
+/// a `JoinableQueue` is not a `Queue`, so that no code can take its items without knowing they must
+/// be marked done) plus an *unfinished* count in shared memory: every `put` adds one, every
+/// [`task_done`](Self::task_done) takes one away, and [`join`](Self::join) waits for zero. One `task_done` too many is a
 /// [`TaskDoneError`], not a silent negative count.
 ///
 /// A consumer that dies between `get` and `task_done` leaves its item unfinished forever (it cannot
@@ -74,6 +78,10 @@ impl<T> JoinableQueue<T> {
         Queue::bounded(maxsize).map(|queue| JoinableQueue { queue })
     }
 
+    pub(crate) fn from_queue(queue: Queue<T>) -> JoinableQueue<T> {
+        JoinableQueue { queue }
+    }
+
     /// Marks one item done: the consumer finished the work for an item it took.
     ///
     /// # Errors
@@ -115,7 +123,8 @@ impl<T> JoinableQueue<T> {
         self.queue.shared().join(Wait::Forever);
     }
 
-    /// Like [`join`](Self::join), waiting at most `timeout`; true if every item was done in time.
+    /// Like [`join`](Self::join), waiting at most `timeout`; [`Timeout`] if items were still
+    /// unfinished then.
     ///
     /// # Examples
     /// ```
@@ -123,22 +132,99 @@ impl<T> JoinableQueue<T> {
     ///
     /// let q = multiprocess::JoinableQueue::new()?;
     /// q.put(1).unwrap();
-    /// assert!(!q.join_timeout(Duration::from_millis(10)));
+    /// assert!(q.join_timeout(Duration::from_millis(10)).is_err());
     /// q.get().unwrap();
     /// q.task_done().unwrap();
-    /// assert!(q.join_timeout(Duration::from_millis(10)));
+    /// assert!(q.join_timeout(Duration::from_millis(10)).is_ok());
     /// # Ok::<(), std::io::Error>(())
     /// ```
-    pub fn join_timeout(&self, timeout: Duration) -> bool {
-        self.queue.shared().join(Wait::timeout(timeout))
+    pub fn join_timeout(&self, timeout: Duration) -> Result<(), Timeout> {
+        if self.queue.shared().join(Wait::timeout(timeout)) {
+            Ok(())
+        } else {
+            Err(Timeout)
+        }
+    }
+
+    /// The number of items in the queue (see [`Queue::len`]); items taken but not marked done are
+    /// not in it, but are [`unfinished`](Self::unfinished).
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Whether the queue holds no item right now (see [`Queue::is_empty`]).
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Whether a bounded queue is full right now (see [`Queue::is_full`]).
+    pub fn is_full(&self) -> bool {
+        self.queue.is_full()
+    }
+
+    /// The bound given at creation (see [`Queue::maxsize`]).
+    pub fn maxsize(&self) -> Option<usize> {
+        self.queue.maxsize()
+    }
+
+    /// The size of the shared ring (see [`Queue::ring_bytes`]).
+    pub fn ring_bytes(&self) -> usize {
+        self.queue.ring_bytes()
+    }
+
+    /// Closes this process's handle (see [`Queue::close`]).
+    pub fn close(&self) {
+        self.queue.close();
+    }
+
+    /// Whether this handle was closed (see [`Queue::is_closed`]).
+    pub fn is_closed(&self) -> bool {
+        self.queue.is_closed()
     }
 }
 
-impl<T> Deref for JoinableQueue<T> {
-    type Target = Queue<T>;
+impl<T: Serialize> JoinableQueue<T> {
+    /// Puts `item` and counts it unfinished (see [`Queue::put`]).
+    pub fn put(&self, item: T) -> Result<(), PutError<T>> {
+        self.queue.put(item)
+    }
 
-    fn deref(&self) -> &Queue<T> {
-        &self.queue
+    /// See [`Queue::put_timeout`].
+    pub fn put_timeout(&self, item: T, timeout: Duration) -> Result<(), PutTimeoutError<T>> {
+        self.queue.put_timeout(item, timeout)
+    }
+
+    /// See [`Queue::try_put`].
+    pub fn try_put(&self, item: T) -> Result<(), TryPutError<T>> {
+        self.queue.try_put(item)
+    }
+}
+
+impl<T: DeserializeOwned> JoinableQueue<T> {
+    /// Takes an item (see [`Queue::get`]); mark it done with [`task_done`](Self::task_done) once it
+    /// is processed.
+    pub fn get(&self) -> Result<T, GetError> {
+        self.queue.get()
+    }
+
+    /// See [`Queue::get_timeout`].
+    pub fn get_timeout(&self, timeout: Duration) -> Result<T, GetTimeoutError> {
+        self.queue.get_timeout(timeout)
+    }
+
+    /// See [`Queue::try_get`].
+    pub fn try_get(&self) -> Result<T, TryGetError> {
+        self.queue.try_get()
+    }
+
+    /// See [`Queue::iter`]; each item still has to be marked done.
+    pub fn iter(&self) -> QueueIter<'_, T> {
+        self.queue.iter()
+    }
+
+    /// See [`Queue::try_iter`]; each item still has to be marked done.
+    pub fn try_iter(&self) -> QueueTryIter<'_, T> {
+        self.queue.try_iter()
     }
 }
 

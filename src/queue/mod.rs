@@ -15,7 +15,9 @@ pub use joinable::JoinableQueue;
 pub use simple::SimpleQueue;
 
 use crate::codec;
-use crate::error::{GetError, PutError};
+use crate::error::{
+    GetError, GetTimeoutError, PutError, PutTimeoutError, TryGetError, TryPutError,
+};
 use crate::sync::futex::Wait;
 use ring::{Fail, Shared};
 use serde::de::DeserializeOwned;
@@ -73,9 +75,11 @@ fn with_scratch<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
 ///
 /// - [`put`](Self::put) never waits on an unbounded queue ([`new`](Self::new)) and waits for room on
 ///   a bounded one ([`bounded`](Self::bounded)); [`put_timeout`](Self::put_timeout) and
-///   [`try_put`](Self::try_put) give up with [`PutError::Full`], which hands the item back.
+///   [`try_put`](Self::try_put) give up (with [`PutTimeoutError::Timeout`], [`TryPutError::Full`]),
+///   handing the item back.
 /// - [`get`](Self::get) waits for an item; [`get_timeout`](Self::get_timeout) and
-///   [`try_get`](Self::try_get) give up with [`GetError::Empty`].
+///   [`try_get`](Self::try_get) give up with [`GetTimeoutError::Timeout`], [`TryGetError::Empty`];
+///   [`iter`](Self::iter) and [`try_iter`](Self::try_iter) take items in a loop.
 /// - [`len`](Self::len) is exact: both counts live in shared memory.
 ///
 /// Better than Python's: there is no feeder thread, so a process that put items (even one of 50 MiB)
@@ -126,7 +130,8 @@ impl<T> Clone for Queue<T> {
     }
 }
 
-/// Options for a new [`Queue`], [`SimpleQueue`] or [`JoinableQueue`].
+/// Options for a new [`Queue`] (or, through [`build_joinable`](Self::build_joinable), a
+/// [`JoinableQueue`]).
 ///
 /// # Examples
 /// ```
@@ -137,6 +142,7 @@ impl<T> Clone for Queue<T> {
 /// assert_eq!(q.maxsize(), Some(100));
 /// # Ok::<(), std::io::Error>(())
 /// ```
+#[must_use = "a builder does nothing until .build() is called"]
 pub struct QueueBuilder<T> {
     maxsize: usize,
     ring_bytes: usize,
@@ -189,7 +195,7 @@ impl<T> QueueBuilder<T> {
     /// # Errors
     /// `InvalidInput` for a `maxsize` above [`MAX_QUEUE_ITEMS`] or a ring above 1 GiB; otherwise the
     /// shared memory could not be created.
-    pub fn build(&self) -> io::Result<Queue<T>> {
+    pub fn build(self) -> io::Result<Queue<T>> {
         if self.maxsize > MAX_QUEUE_ITEMS {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -209,6 +215,14 @@ impl<T> QueueBuilder<T> {
             })?;
         let shared = Shared::create(ring as u32, self.maxsize as u32, type_id::<T>())?;
         Ok(Queue::from_shared(shared))
+    }
+
+    /// Creates a [`JoinableQueue`] with these options.
+    ///
+    /// # Errors
+    /// As [`build`](Self::build).
+    pub fn build_joinable(self) -> io::Result<JoinableQueue<T>> {
+        self.build().map(JoinableQueue::from_queue)
     }
 }
 
@@ -341,14 +355,14 @@ impl<T> Queue<T> {
     ///
     /// # Examples
     /// ```
-    /// use multiprocess::{GetError, Queue};
+    /// use multiprocess::{GetError, Queue, TryGetError};
     ///
     /// let q = Queue::new()?;
     /// let other = q.clone();
     /// q.put(1).unwrap();
     /// q.close();
     /// assert!(matches!(q.get(), Err(GetError::Closed)));
-    /// assert!(matches!(other.try_get(), Err(GetError::Closed))); // a clone in this process
+    /// assert!(matches!(other.try_get(), Err(TryGetError::Failed(GetError::Closed)))); // a clone here
     /// assert_eq!(q.len(), 1);
     /// # Ok::<(), std::io::Error>(())
     /// ```
@@ -380,10 +394,14 @@ impl<T: Serialize> Queue<T> {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn put(&self, item: T) -> Result<(), PutError<T>> {
-        self.put_wait(item, Wait::Forever)
+        self.put_wait(item, Wait::Forever).map_err(|e| match e {
+            TryPutError::Failed(e) => e,
+            TryPutError::Full(_) => unreachable!("a put without a deadline gave up"),
+        })
     }
 
-    /// Like [`put`](Self::put), waiting at most `timeout` for room; then [`PutError::Full`].
+    /// Like [`put`](Self::put), waiting at most `timeout` for room; then
+    /// [`PutTimeoutError::Timeout`], which hands the item back.
     ///
     /// # Examples
     /// ```
@@ -393,31 +411,37 @@ impl<T: Serialize> Queue<T> {
     /// q.put(1).unwrap();
     /// let t = Instant::now();
     /// let err = q.put_timeout(2, Duration::from_millis(20)).unwrap_err();
-    /// assert!(err.is_full() && t.elapsed() >= Duration::from_millis(20));
+    /// assert!(err.is_timeout() && t.elapsed() >= Duration::from_millis(20));
     /// assert_eq!(err.into_inner(), 2);
     /// # Ok::<(), std::io::Error>(())
     /// ```
-    pub fn put_timeout(&self, item: T, timeout: Duration) -> Result<(), PutError<T>> {
+    pub fn put_timeout(&self, item: T, timeout: Duration) -> Result<(), PutTimeoutError<T>> {
         self.put_wait(item, Wait::timeout(timeout))
+            .map_err(|e| match e {
+                TryPutError::Full(item) => PutTimeoutError::Timeout(item),
+                TryPutError::Failed(e) => PutTimeoutError::Failed(e),
+            })
     }
 
-    /// Like [`put`](Self::put) without waiting: [`PutError::Full`] if there is no room right now
+    /// Like [`put`](Self::put) without waiting: [`TryPutError::Full`] if there is no room right now
     /// (Python's `put_nowait`), also when another producer is in the middle of a put.
     ///
     /// # Examples
     /// ```
     /// let q = multiprocess::Queue::bounded(1)?;
     /// assert!(q.try_put("a").is_ok());
-    /// assert_eq!(q.try_put("b").unwrap_err().into_inner(), "b");
+    /// let err = q.try_put("b").unwrap_err();
+    /// assert!(err.is_full());
+    /// assert_eq!(err.into_inner(), "b");
     /// # Ok::<(), std::io::Error>(())
     /// ```
-    pub fn try_put(&self, item: T) -> Result<(), PutError<T>> {
+    pub fn try_put(&self, item: T) -> Result<(), TryPutError<T>> {
         self.put_wait(item, Wait::Never)
     }
 
-    fn put_wait(&self, item: T, wait: Wait) -> Result<(), PutError<T>> {
+    fn put_wait(&self, item: T, wait: Wait) -> Result<(), TryPutError<T>> {
         if self.is_closed() {
-            return Err(PutError::Closed(item));
+            return Err(PutError::Closed(item).into());
         }
         let outcome = with_scratch(|buf| match codec::encode_plain_into(buf, &item) {
             Err(reason) => Err(Err(reason)),
@@ -425,10 +449,10 @@ impl<T: Serialize> Queue<T> {
         });
         match outcome {
             Ok(()) => Ok(()),
-            Err(Err(reason)) => Err(PutError::Encode { item, reason }),
-            Err(Ok(Fail::WouldBlock)) => Err(PutError::Full(item)),
-            Err(Ok(Fail::Corrupt(reason))) => Err(PutError::Corrupt { item, reason }),
-            Err(Ok(Fail::Io(error))) => Err(PutError::Io { item, error }),
+            Err(Err(reason)) => Err(PutError::Encode { item, reason }.into()),
+            Err(Ok(Fail::WouldBlock)) => Err(TryPutError::Full(item)),
+            Err(Ok(Fail::Corrupt(reason))) => Err(PutError::Corrupt { item, reason }.into()),
+            Err(Ok(Fail::Io(error))) => Err(PutError::Io { item, error }.into()),
         }
     }
 }
@@ -455,53 +479,197 @@ impl<T: DeserializeOwned> Queue<T> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn get(&self) -> Result<T, GetError> {
-        self.get_wait(Wait::Forever)
+        self.get_wait(Wait::Forever).map_err(|e| match e {
+            TryGetError::Failed(e) => e,
+            TryGetError::Empty => unreachable!("a get without a deadline gave up"),
+        })
     }
 
-    /// Like [`get`](Self::get), waiting at most `timeout`; then [`GetError::Empty`].
+    /// Like [`get`](Self::get), waiting at most `timeout`; then [`GetTimeoutError::Timeout`].
     ///
     /// # Examples
     /// ```
     /// use std::time::{Duration, Instant};
-    /// use multiprocess::GetError;
+    /// use multiprocess::GetTimeoutError;
     ///
     /// let q = multiprocess::Queue::<u8>::new()?;
     /// let t = Instant::now();
-    /// assert!(matches!(q.get_timeout(Duration::from_millis(20)), Err(GetError::Empty)));
+    /// assert!(matches!(q.get_timeout(Duration::from_millis(20)), Err(GetTimeoutError::Timeout)));
     /// assert!(t.elapsed() >= Duration::from_millis(20));
     /// # Ok::<(), std::io::Error>(())
     /// ```
-    pub fn get_timeout(&self, timeout: Duration) -> Result<T, GetError> {
-        self.get_wait(Wait::timeout(timeout))
+    pub fn get_timeout(&self, timeout: Duration) -> Result<T, GetTimeoutError> {
+        self.get_wait(Wait::timeout(timeout)).map_err(|e| match e {
+            TryGetError::Empty => GetTimeoutError::Timeout,
+            TryGetError::Failed(e) => GetTimeoutError::Failed(e),
+        })
     }
 
-    /// Like [`get`](Self::get) without waiting: [`GetError::Empty`] if there is no item right now
+    /// Like [`get`](Self::get) without waiting: [`TryGetError::Empty`] if there is no item right now
     /// (Python's `get_nowait`), also when another consumer is in the middle of a get.
     ///
     /// # Examples
     /// ```
-    /// use multiprocess::GetError;
+    /// use multiprocess::TryGetError;
     ///
     /// let q = multiprocess::Queue::new()?;
-    /// assert!(matches!(q.try_get(), Err(GetError::Empty)));
+    /// assert!(matches!(q.try_get(), Err(TryGetError::Empty)));
     /// q.put(7).unwrap();
     /// assert_eq!(q.try_get().unwrap(), 7);
     /// # Ok::<(), std::io::Error>(())
     /// ```
-    pub fn try_get(&self) -> Result<T, GetError> {
+    pub fn try_get(&self) -> Result<T, TryGetError> {
         self.get_wait(Wait::Never)
     }
 
-    fn get_wait(&self, wait: Wait) -> Result<T, GetError> {
+    fn get_wait(&self, wait: Wait) -> Result<T, TryGetError> {
         if self.is_closed() {
-            return Err(GetError::Closed);
+            return Err(GetError::Closed.into());
         }
         with_scratch(|buf| match self.shared().get(buf, wait) {
-            Ok(()) => codec::decode(buf, Vec::new()).map_err(GetError::Decode),
-            Err(Fail::WouldBlock) => Err(GetError::Empty),
-            Err(Fail::Corrupt(reason)) => Err(GetError::Corrupt(reason)),
-            Err(Fail::Io(e)) => Err(GetError::Io(e)),
+            Ok(()) => codec::decode(buf, Vec::new()).map_err(|e| GetError::Decode(e).into()),
+            Err(Fail::WouldBlock) => Err(TryGetError::Empty),
+            Err(Fail::Corrupt(reason)) => Err(GetError::Corrupt(reason).into()),
+            Err(Fail::Io(e)) => Err(GetError::Io(e).into()),
         })
+    }
+
+    /// An iterator that takes items as they come, waiting for each: every item is what
+    /// [`get`](Self::get) gives. It ends when this handle is [`close`](Self::close)d; an item that
+    /// does not decode is an `Err` item and the iteration goes on; an error after which the queue
+    /// cannot be trusted ([`GetError::Corrupt`], [`GetError::Io`]) is the last item. Nothing ends a
+    /// queue from the producers' side: they send a sentinel value (or the consumer stops after as
+    /// many items as it expects).
+    ///
+    /// # Examples
+    /// ```
+    /// use multiprocess::{Process, Queue};
+    ///
+    /// fn produce(q: Queue<Option<u32>>) {
+    ///     for i in 1..=3 {
+    ///         q.put(Some(i)).unwrap();
+    ///     }
+    ///     q.put(None).unwrap(); // the sentinel
+    /// }
+    ///
+    /// let q = Queue::new()?;
+    /// let child = Process::spawn(produce, q.clone())?;
+    /// let got: Vec<u32> = q.iter().map_while(|item| item.ok().flatten()).collect();
+    /// assert_eq!(got, [1, 2, 3]);
+    /// child.join()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn iter(&self) -> QueueIter<'_, T> {
+        QueueIter {
+            queue: self,
+            done: false,
+        }
+    }
+
+    /// An iterator over the items there right now, without waiting: it ends when the queue is empty
+    /// (or another consumer is in the middle of a get), or this handle is closed. Errors are as in
+    /// [`iter`](Self::iter).
+    ///
+    /// # Examples
+    /// ```
+    /// let q = multiprocess::Queue::new()?;
+    /// for i in 0..3 {
+    ///     q.put(i).unwrap();
+    /// }
+    /// let drained: Vec<i32> = q.try_iter().collect::<Result<_, _>>()?;
+    /// assert_eq!(drained, [0, 1, 2]);
+    /// assert!(q.is_empty());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn try_iter(&self) -> QueueTryIter<'_, T> {
+        QueueTryIter {
+            queue: self,
+            done: false,
+        }
+    }
+}
+
+/// What an iteration does after an error of a get: keep going (the item alone was lost), or stop.
+fn item_after<T>(r: Result<T, GetError>, done: &mut bool) -> Option<Result<T, GetError>> {
+    match r {
+        Ok(v) => Some(Ok(v)),
+        Err(GetError::Closed) => {
+            *done = true;
+            None
+        }
+        Err(e @ (GetError::Decode(_) | GetError::DescriptorsLost(_))) => Some(Err(e)),
+        Err(e) => {
+            *done = true;
+            Some(Err(e))
+        }
+    }
+}
+
+/// An iterator that waits for each item of a [`Queue`]: see [`Queue::iter`].
+pub struct QueueIter<'a, T> {
+    queue: &'a Queue<T>,
+    done: bool,
+}
+
+impl<T: DeserializeOwned> Iterator for QueueIter<'_, T> {
+    type Item = Result<T, GetError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        item_after(self.queue.get(), &mut self.done)
+    }
+}
+
+/// An iterator over the items a [`Queue`] holds right now: see [`Queue::try_iter`].
+pub struct QueueTryIter<'a, T> {
+    queue: &'a Queue<T>,
+    done: bool,
+}
+
+impl<T: DeserializeOwned> Iterator for QueueTryIter<'_, T> {
+    type Item = Result<T, GetError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        match self.queue.try_get() {
+            Err(TryGetError::Empty) => {
+                self.done = true;
+                None
+            }
+            Ok(v) => Some(Ok(v)),
+            Err(TryGetError::Failed(e)) => item_after(Err(e), &mut self.done),
+        }
+    }
+}
+
+impl<'a, T: DeserializeOwned> IntoIterator for &'a Queue<T> {
+    type Item = Result<T, GetError>;
+    type IntoIter = QueueIter<'a, T>;
+
+    fn into_iter(self) -> QueueIter<'a, T> {
+        self.iter()
+    }
+}
+
+impl<T> fmt::Debug for QueueIter<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QueueIter")
+            .field("queue", self.queue)
+            .field("done", &self.done)
+            .finish()
+    }
+}
+
+impl<T> fmt::Debug for QueueTryIter<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QueueTryIter")
+            .field("queue", self.queue)
+            .field("done", &self.done)
+            .finish()
     }
 }
 
@@ -542,7 +710,7 @@ impl<'de, T> Deserialize<'de> for Queue<T> {
 #[doc(hidden)]
 pub mod fuzzing {
     use super::{Queue, ring};
-    use crate::error::GetError;
+    use crate::error::{GetError, TryGetError};
 
     /// The checks a child applies to the bootstrap prelude its parent sends (see `sys::entry`): the
     /// entry token and type name, and the function token and type name, when the bytes are a
@@ -570,7 +738,7 @@ pub mod fuzzing {
 
     /// Forges a 4 KiB-ring queue's state from `data` (six words, then the ring, then the log file)
     /// and takes one item from it without waiting, as a consumer meeting corrupt shared memory would.
-    pub fn get_from_forged_queue(data: &[u8]) -> Result<Item, GetError> {
+    pub fn get_from_forged_queue(data: &[u8]) -> Result<Item, TryGetError> {
         let q: Queue<Item> = Queue::builder()
             .ring_bytes(4096)
             .build()

@@ -4,7 +4,7 @@
 
 use super::ring::*;
 use super::*;
-use crate::error::GetError;
+use crate::error::{GetError, TryGetError};
 
 /// The pid of a process that has exited and been reaped.
 fn dead_pid() -> u32 {
@@ -42,7 +42,7 @@ fn items_go_through_the_ring_the_log_and_back_in_order() {
     for (i, &n) in sizes.iter().enumerate() {
         assert_eq!(q.get().unwrap(), vec![i as u8; n], "item {i}");
     }
-    assert!(matches!(q.try_get(), Err(GetError::Empty)));
+    assert!(matches!(q.try_get(), Err(TryGetError::Empty)));
     // The log emptied: puts use the ring again, and wrap around it many times.
     for round in 0..2000u32 {
         q.put(vec![round as u8; (round % 300) as usize]).unwrap();
@@ -117,7 +117,7 @@ fn a_producer_dead_after_publishing_has_its_item_committed_for_it() {
     assert_eq!(c.len(), 1);
     // The consumer's view now includes the published, uncommitted record: it must stay valid.
     assert_eq!(c.get().unwrap(), 1);
-    assert!(matches!(c.try_get(), Err(GetError::Empty)));
+    assert!(matches!(c.try_get(), Err(TryGetError::Empty)));
     p.put(3).unwrap(); // recovery commits 2 first
     let got: Vec<u64> = (0..2).map(|_| c.get().unwrap()).collect();
     assert_eq!(got, [2, 3]);
@@ -196,7 +196,10 @@ fn a_corrupt_ring_header_is_an_error_not_an_allocation() {
     h[..4].copy_from_slice(&len.to_le_bytes());
     h[4..].copy_from_slice(&(!len).to_le_bytes());
     s.region().write_at(HEADER + head, &h).unwrap();
-    assert!(matches!(q.try_get(), Err(GetError::Corrupt(_))));
+    assert!(matches!(
+        q.try_get(),
+        Err(TryGetError::Failed(GetError::Corrupt(_)))
+    ));
     // A broken check word.
     s.region()
         .write_at(HEADER + head, &[10, 0, 0, 0, 0, 0, 0, 0])
@@ -213,12 +216,18 @@ fn contradictory_positions_are_errors() {
     q.put(1).unwrap();
     let s = q.shared();
     s.poke_u64(O_TAIL, s.peek_u64(O_HEAD) + (1 << 20));
-    assert!(matches!(q.try_get(), Err(GetError::Corrupt(_))));
+    assert!(matches!(
+        q.try_get(),
+        Err(TryGetError::Failed(GetError::Corrupt(_)))
+    ));
     assert!(matches!(q.put(2), Err(PutError::Corrupt { item: 2, .. })));
     // More taken than put.
     let q = small::<u64>();
     q.shared().poke_u64(O_GOT_COUNT, 5);
-    assert!(matches!(q.try_get(), Err(GetError::Corrupt(_))));
+    assert!(matches!(
+        q.try_get(),
+        Err(TryGetError::Failed(GetError::Corrupt(_)))
+    ));
 }
 
 #[test]
@@ -233,14 +242,20 @@ fn a_corrupt_log_is_an_error_not_an_allocation() {
     h[8..].copy_from_slice(&(!forged).to_le_bytes());
     s.log_file().write_all_at(&h, 0).unwrap();
     // The record claims more than is published.
-    assert!(matches!(q.try_get(), Err(GetError::Corrupt(_))));
+    assert!(matches!(
+        q.try_get(),
+        Err(TryGetError::Failed(GetError::Corrupt(_)))
+    ));
     // Published, but not in the file.
     s.poke_u64(O_LOG_TAIL, 1 << 50);
     let err = q.try_get().unwrap_err();
     assert!(err.to_string().contains("in the file"), "{err}");
     // A head past the tail.
     s.poke_u64(O_LOG_HEAD, 1 << 51);
-    assert!(matches!(q.try_get(), Err(GetError::Corrupt(_))));
+    assert!(matches!(
+        q.try_get(),
+        Err(TryGetError::Failed(GetError::Corrupt(_)))
+    ));
     assert_eq!(q.len(), 1);
 }
 
@@ -294,7 +309,10 @@ fn a_handle_whose_view_is_stale_looks_again() {
     for i in 1..400 {
         assert_eq!(a.get().unwrap(), i); // a takes everything, far past b's view
     }
-    assert!(matches!(b.try_get(), Err(GetError::Empty)), "not corrupt");
+    assert!(
+        matches!(b.try_get(), Err(TryGetError::Empty)),
+        "not corrupt"
+    );
     b.put(7).unwrap(); // b's view of the head is stale too
     assert_eq!(b.get().unwrap(), 7);
     for i in 0..300 {
@@ -328,7 +346,7 @@ fn views_stale_by_billions_of_items_are_still_lower_bounds() {
         let a = small::<u64>();
         let b = second_handle(&a); // b's view: nothing put, nothing taken
         after_traffic(&a, n);
-        assert!(matches!(b.try_get(), Err(GetError::Empty)), "n = {n}");
+        assert!(matches!(b.try_get(), Err(TryGetError::Empty)), "n = {n}");
         // The ring fills up (256 records of 16 bytes) with nobody taking; b's stale view of the head
         // must not let it overwrite them.
         for i in 0..256u64 {

@@ -20,6 +20,8 @@
 //! mix old and new bytes, never anything worse.
 
 use crate::codec;
+use crate::sync::futex::Wait;
+use crate::sync::lock::{LockTimeoutError, TryLockResult, map_guard, timed, tried};
 use crate::sync::{Lock, LockGuard, LockResult, OwnerDied};
 use crate::sys::shm::Region;
 use bytemuck::Pod;
@@ -257,15 +259,14 @@ impl<'a, T: Pod> ValueGuard<'a, T> {
     }
 }
 
-/// Locks `lock` and wraps its guard, keeping an `OwnerDied` outcome.
-fn wrap<'a, G>(
-    held: LockResult<LockGuard<'a>>,
+/// Acquires `lock` within `wait` (as this process) and wraps its guard, keeping an `OwnerDied`
+/// outcome; `None` if it stayed held.
+fn acquire<'a, G>(
+    lock: &'a Lock,
+    wait: Wait,
     f: impl FnOnce(LockGuard<'a>) -> G,
-) -> LockResult<G> {
-    match held {
-        Ok(g) => Ok(f(g)),
-        Err(died) => Err(OwnerDied::new(f(died.into_inner()))),
-    }
+) -> Option<LockResult<G>> {
+    map_guard(lock.acquire(crate::sys::getpid() as u32, wait), f)
 }
 
 /// Holds `lock` for one copy in or out; a dead holder's partial update is taken as it is.
@@ -292,28 +293,46 @@ impl<T: Pod> Value<T> {
     /// # Errors
     /// [`OwnerDied`] (with the guard inside) if the previous holder died holding the lock.
     pub fn lock(&self) -> LockResult<ValueGuard<'_, T>> {
-        wrap(self.lock.lock(), |g| self.guard(g))
+        acquire(&self.lock, Wait::Forever, |g| self.guard(g)).expect("no deadline")
     }
 
     /// Locks the value if the lock is free right now.
-    pub fn try_lock(&self) -> Option<LockResult<ValueGuard<'_, T>>> {
-        Some(wrap(self.lock.try_lock()?, |g| self.guard(g)))
+    ///
+    /// # Examples
+    /// ```
+    /// use multiprocess::{TryLockError, Value};
+    /// let v = Value::new(1u8)?;
+    /// let held = v.lock().unwrap();
+    /// assert!(matches!(v.try_lock(), Err(TryLockError::WouldBlock)));
+    /// drop(held);
+    /// assert_eq!(*v.try_lock().unwrap(), 1);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn try_lock(&self) -> TryLockResult<ValueGuard<'_, T>> {
+        tried(acquire(&self.lock, Wait::Never, |g| self.guard(g)))
     }
 
-    /// Locks the value, waiting at most `timeout`; `None` if it stayed locked.
+    /// Locks the value, waiting at most `timeout`; [`LockTimeoutError::Timeout`] if it stayed
+    /// locked.
     ///
     /// # Examples
     /// ```
     /// use std::time::Duration;
+    /// use multiprocess::LockTimeoutError;
     /// let v = multiprocess::Value::new(1u8)?;
     /// let held = v.lock().unwrap();
-    /// assert!(v.try_lock_for(Duration::from_millis(10)).is_none());
+    /// assert!(matches!(v.lock_timeout(Duration::from_millis(10)), Err(LockTimeoutError::Timeout)));
     /// drop(held);
-    /// assert_eq!(*v.try_lock_for(Duration::from_millis(10)).unwrap().unwrap(), 1);
+    /// assert_eq!(*v.lock_timeout(Duration::from_millis(10)).unwrap(), 1);
     /// # Ok::<(), std::io::Error>(())
     /// ```
-    pub fn try_lock_for(&self, timeout: Duration) -> Option<LockResult<ValueGuard<'_, T>>> {
-        Some(wrap(self.lock.try_lock_for(timeout)?, |g| self.guard(g)))
+    pub fn lock_timeout(
+        &self,
+        timeout: Duration,
+    ) -> Result<ValueGuard<'_, T>, LockTimeoutError<ValueGuard<'_, T>>> {
+        timed(acquire(&self.lock, Wait::timeout(timeout), |g| {
+            self.guard(g)
+        }))
     }
 
     fn guard<'a>(&'a self, held: LockGuard<'a>) -> ValueGuard<'a, T> {
@@ -420,17 +439,23 @@ impl<T: Pod> Array<T> {
     /// # Errors
     /// [`OwnerDied`] (with the guard inside) if the previous holder died holding the lock.
     pub fn lock(&self) -> LockResult<ArrayGuard<'_, T>> {
-        wrap(self.lock.lock(), |g| self.guard(g))
+        acquire(&self.lock, Wait::Forever, |g| self.guard(g)).expect("no deadline")
     }
 
     /// Locks the array if the lock is free right now.
-    pub fn try_lock(&self) -> Option<LockResult<ArrayGuard<'_, T>>> {
-        Some(wrap(self.lock.try_lock()?, |g| self.guard(g)))
+    pub fn try_lock(&self) -> TryLockResult<ArrayGuard<'_, T>> {
+        tried(acquire(&self.lock, Wait::Never, |g| self.guard(g)))
     }
 
-    /// Locks the array, waiting at most `timeout`; `None` if it stayed locked.
-    pub fn try_lock_for(&self, timeout: Duration) -> Option<LockResult<ArrayGuard<'_, T>>> {
-        Some(wrap(self.lock.try_lock_for(timeout)?, |g| self.guard(g)))
+    /// Locks the array, waiting at most `timeout`; [`LockTimeoutError::Timeout`] if it stayed
+    /// locked.
+    pub fn lock_timeout(
+        &self,
+        timeout: Duration,
+    ) -> Result<ArrayGuard<'_, T>, LockTimeoutError<ArrayGuard<'_, T>>> {
+        timed(acquire(&self.lock, Wait::timeout(timeout), |g| {
+            self.guard(g)
+        }))
     }
 
     fn guard<'a>(&'a self, held: LockGuard<'a>) -> ArrayGuard<'a, T> {

@@ -115,16 +115,21 @@ impl Condition {
         self.wait_for(guard, Wait::Forever).0
     }
 
-    /// Like [`wait`](Self::wait), for at most `timeout`; the flag says whether it timed out.
+    /// Like [`wait`](Self::wait), for at most `timeout`: [`WaitTimeoutError::Timeout`] (with the
+    /// guard: the lock is held again) if no notification came in time.
     ///
     /// # Examples
     /// ```
     /// use std::time::{Duration, Instant};
+    /// use multiprocess::WaitTimeoutError;
     /// let cond = multiprocess::Condition::new()?;
     /// let guard = cond.lock().unwrap();
     /// let t = Instant::now();
-    /// let (guard, timed_out) = cond.wait_timeout(guard, Duration::from_millis(30));
-    /// assert!(timed_out && t.elapsed() >= Duration::from_millis(30));
+    /// let guard = match cond.wait_timeout(guard, Duration::from_millis(30)) {
+    ///     Err(WaitTimeoutError::Timeout(guard)) => guard,
+    ///     other => panic!("{other:?}"),
+    /// };
+    /// assert!(t.elapsed() >= Duration::from_millis(30));
     /// # drop(guard);
     /// # Ok::<(), std::io::Error>(())
     /// ```
@@ -132,8 +137,8 @@ impl Condition {
         &'a self,
         guard: LockGuard<'a>,
         timeout: Duration,
-    ) -> (LockResult<LockGuard<'a>>, bool) {
-        self.wait_for(guard, Wait::timeout(timeout))
+    ) -> Result<LockGuard<'a>, WaitTimeoutError<LockGuard<'a>>> {
+        timed_wait(self.wait_for(guard, Wait::timeout(timeout)))
     }
 
     /// Waits while `condition()` is true (Python's `wait_for(lambda: not condition())`), checking it
@@ -146,15 +151,15 @@ impl Condition {
         self.wait_while_for(guard, Wait::Forever, condition).0
     }
 
-    /// Like [`wait_while`](Self::wait_while), for at most `timeout`; the flag says whether it gave up
-    /// with the condition still true.
+    /// Like [`wait_while`](Self::wait_while), for at most `timeout`: [`WaitTimeoutError::Timeout`]
+    /// (with the guard) if it gave up with the condition still true.
     pub fn wait_while_timeout<'a>(
         &'a self,
         guard: LockGuard<'a>,
         timeout: Duration,
         condition: impl FnMut() -> bool,
-    ) -> (LockResult<LockGuard<'a>>, bool) {
-        self.wait_while_for(guard, Wait::timeout(timeout), condition)
+    ) -> Result<LockGuard<'a>, WaitTimeoutError<LockGuard<'a>>> {
+        timed_wait(self.wait_while_for(guard, Wait::timeout(timeout), condition))
     }
 
     /// Waits while `condition()` holds, within `wait`. Reports `OwnerDied` if the lock's holder died
@@ -225,6 +230,54 @@ impl Condition {
     /// Wakes every waiter. Call it holding the lock, as in Python.
     pub fn notify_all(&self) {
         self.notify_n(u32::MAX);
+    }
+}
+
+/// Why a timed wait on a [`Condition`] returned without a notification. Either way the lock is held
+/// again and the guard is inside.
+pub enum WaitTimeoutError<G> {
+    /// The time ran out.
+    Timeout(G),
+    /// The lock's holder died holding it during the wait (and the time may have run out too): what
+    /// the lock protects may be half-updated.
+    OwnerDied(OwnerDied<G>),
+}
+
+impl<G> WaitTimeoutError<G> {
+    /// The guard.
+    pub fn into_inner(self) -> G {
+        match self {
+            WaitTimeoutError::Timeout(g) => g,
+            WaitTimeoutError::OwnerDied(d) => d.into_inner(),
+        }
+    }
+}
+
+impl<G> fmt::Debug for WaitTimeoutError<G> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WaitTimeoutError::Timeout(_) => f.write_str("Timeout(..)"),
+            WaitTimeoutError::OwnerDied(d) => f.debug_tuple("OwnerDied").field(d).finish(),
+        }
+    }
+}
+
+impl<G> fmt::Display for WaitTimeoutError<G> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WaitTimeoutError::Timeout(_) => f.write_str("timed out waiting for a notification"),
+            WaitTimeoutError::OwnerDied(d) => d.fmt(f),
+        }
+    }
+}
+
+impl<G> std::error::Error for WaitTimeoutError<G> {}
+
+fn timed_wait<G>((r, timed_out): (LockResult<G>, bool)) -> Result<G, WaitTimeoutError<G>> {
+    match r {
+        Ok(g) if timed_out => Err(WaitTimeoutError::Timeout(g)),
+        Ok(g) => Ok(g),
+        Err(died) => Err(WaitTimeoutError::OwnerDied(died)),
     }
 }
 

@@ -32,6 +32,7 @@
 
 use super::futex::{FutexWord, Spin, Wait, spin_or_look};
 use crate::codec;
+use crate::error::Timeout;
 use crate::sys::shm::Region;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
@@ -158,7 +159,7 @@ impl Event {
     /// event.set();
     /// event.clear();
     /// assert!(!event.is_set());
-    /// assert!(!event.wait_timeout(Duration::from_millis(10)));
+    /// assert!(event.wait_timeout(Duration::from_millis(10)).is_err());
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn clear(&self) {
@@ -178,23 +179,27 @@ impl Event {
         self.core().wait(Wait::Forever);
     }
 
-    /// Waits at most `timeout` for the flag to be set; whether it was (`true` also when it was set
-    /// during the wait and cleared again before this process saw it). A `timeout` too large to be a
-    /// deadline (such as `Duration::MAX`) waits as long as it takes.
+    /// Waits at most `timeout` for the flag to be set: `Ok` when it was (also when it was set during
+    /// the wait and cleared again before this process saw it), [`Timeout`] when it was not. A
+    /// `timeout` too large to be a deadline (such as `Duration::MAX`) waits as long as it takes.
     ///
     /// # Examples
     /// ```
     /// use std::time::{Duration, Instant};
     /// let event = multiprocess::Event::new()?;
     /// let t = Instant::now();
-    /// assert!(!event.wait_timeout(Duration::from_millis(30)));
+    /// assert!(event.wait_timeout(Duration::from_millis(30)).is_err());
     /// assert!(t.elapsed() >= Duration::from_millis(30));
     /// event.set();
-    /// assert!(event.wait_timeout(Duration::from_millis(30)));
+    /// assert!(event.wait_timeout(Duration::from_millis(30)).is_ok());
     /// # Ok::<(), std::io::Error>(())
     /// ```
-    pub fn wait_timeout(&self, timeout: Duration) -> bool {
-        self.core().wait(Wait::timeout(timeout))
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<(), Timeout> {
+        if self.core().wait(Wait::timeout(timeout)) {
+            Ok(())
+        } else {
+            Err(Timeout)
+        }
     }
 }
 

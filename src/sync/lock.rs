@@ -30,6 +30,7 @@
 
 use super::futex::{FutexWord, Spin, Wait, spin_or_look};
 use crate::codec;
+use crate::error::ReleaseError;
 use crate::sys::{self, shm::Region};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
@@ -127,6 +128,107 @@ impl<G> std::error::Error for OwnerDied<G> {}
 /// `Ok(guard)`, or `Err(OwnerDied(guard))` when the previous holder died holding the lock.
 pub type LockResult<G> = Result<G, OwnerDied<G>>;
 
+/// Why a `try_lock` (of a [`Lock`], an [`RLock`](crate::RLock), a [`Value`](crate::Value) or an
+/// [`Array`](crate::Array)) did not give a plain guard, as std's `TryLockError`.
+pub enum TryLockError<G> {
+    /// Someone else holds the lock right now.
+    WouldBlock,
+    /// The lock was acquired, but its previous holder died holding it (the guard is inside).
+    OwnerDied(OwnerDied<G>),
+}
+
+/// `Ok(guard)`, or why there is no plain guard (see [`TryLockError`]).
+pub type TryLockResult<G> = Result<G, TryLockError<G>>;
+
+/// Why a `lock_timeout` did not give a plain guard.
+pub enum LockTimeoutError<G> {
+    /// The lock stayed held by someone else for the whole timeout.
+    Timeout,
+    /// The lock was acquired, but its previous holder died holding it (the guard is inside).
+    OwnerDied(OwnerDied<G>),
+}
+
+impl<G> From<OwnerDied<G>> for TryLockError<G> {
+    fn from(died: OwnerDied<G>) -> Self {
+        TryLockError::OwnerDied(died)
+    }
+}
+
+impl<G> From<OwnerDied<G>> for LockTimeoutError<G> {
+    fn from(died: OwnerDied<G>) -> Self {
+        LockTimeoutError::OwnerDied(died)
+    }
+}
+
+impl<G> fmt::Debug for TryLockError<G> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TryLockError::WouldBlock => f.write_str("WouldBlock"),
+            TryLockError::OwnerDied(d) => f.debug_tuple("OwnerDied").field(d).finish(),
+        }
+    }
+}
+
+impl<G> fmt::Display for TryLockError<G> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TryLockError::WouldBlock => f.write_str("the lock is held by someone else"),
+            TryLockError::OwnerDied(d) => d.fmt(f),
+        }
+    }
+}
+
+impl<G> std::error::Error for TryLockError<G> {}
+
+impl<G> fmt::Debug for LockTimeoutError<G> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LockTimeoutError::Timeout => f.write_str("Timeout"),
+            LockTimeoutError::OwnerDied(d) => f.debug_tuple("OwnerDied").field(d).finish(),
+        }
+    }
+}
+
+impl<G> fmt::Display for LockTimeoutError<G> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LockTimeoutError::Timeout => f.write_str("timed out waiting for the lock"),
+            LockTimeoutError::OwnerDied(d) => d.fmt(f),
+        }
+    }
+}
+
+impl<G> std::error::Error for LockTimeoutError<G> {}
+
+/// The shape of a non-blocking acquisition, from "maybe acquired".
+pub(crate) fn tried<G>(r: Option<LockResult<G>>) -> TryLockResult<G> {
+    match r {
+        Some(Ok(g)) => Ok(g),
+        Some(Err(died)) => Err(TryLockError::OwnerDied(died)),
+        None => Err(TryLockError::WouldBlock),
+    }
+}
+
+/// The shape of a timed acquisition, from "maybe acquired".
+pub(crate) fn timed<G>(r: Option<LockResult<G>>) -> Result<G, LockTimeoutError<G>> {
+    match r {
+        Some(Ok(g)) => Ok(g),
+        Some(Err(died)) => Err(LockTimeoutError::OwnerDied(died)),
+        None => Err(LockTimeoutError::Timeout),
+    }
+}
+
+/// Maps the guard inside any outcome of an acquisition.
+pub(crate) fn map_guard<G, H>(
+    r: Option<LockResult<G>>,
+    f: impl FnOnce(G) -> H,
+) -> Option<LockResult<H>> {
+    r.map(|r| match r {
+        Ok(g) => Ok(f(g)),
+        Err(died) => Err(OwnerDied::new(f(died.into_inner()))),
+    })
+}
+
 impl Lock {
     /// A new, unlocked lock.
     ///
@@ -162,9 +264,21 @@ impl Lock {
             .expect("no deadline")
     }
 
-    /// Acquires the lock if it is free right now.
-    pub fn try_lock(&self) -> Option<LockResult<LockGuard<'_>>> {
-        self.try_lock_as(sys::getpid() as u32)
+    /// Acquires the lock if it is free right now (or its holder is dead: then
+    /// [`TryLockError::OwnerDied`] with the guard inside).
+    ///
+    /// # Examples
+    /// ```
+    /// use multiprocess::{Lock, TryLockError};
+    /// let lock = Lock::new()?;
+    /// let held = lock.try_lock().unwrap();
+    /// assert!(matches!(lock.try_lock(), Err(TryLockError::WouldBlock)));
+    /// drop(held);
+    /// assert!(lock.try_lock().is_ok());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn try_lock(&self) -> TryLockResult<LockGuard<'_>> {
+        tried(self.try_lock_as(sys::getpid() as u32))
     }
 
     /// [`try_lock`](Self::try_lock) on behalf of holder id `me` (a pid or a thread id).
@@ -185,20 +299,29 @@ impl Lock {
         }
     }
 
-    /// Acquires the lock, waiting at most `timeout`; `None` if it stayed held.
+    /// Acquires the lock, waiting at most `timeout`; [`LockTimeoutError::Timeout`] if it stayed
+    /// held. A `timeout` too large to be a deadline (such as `Duration::MAX`) waits as long as it
+    /// takes.
     ///
     /// # Examples
     /// ```
     /// use std::time::{Duration, Instant};
+    /// use multiprocess::LockTimeoutError;
     /// let lock = multiprocess::Lock::new()?;
-    /// let _held = lock.lock().unwrap();
+    /// let held = lock.lock().unwrap();
     /// let t = Instant::now();
-    /// assert!(lock.try_lock_for(Duration::from_millis(30)).is_none());
+    /// let r = lock.lock_timeout(Duration::from_millis(30));
+    /// assert!(matches!(r, Err(LockTimeoutError::Timeout)));
     /// assert!(t.elapsed() >= Duration::from_millis(30));
+    /// drop(held);
+    /// assert!(lock.lock_timeout(Duration::from_millis(30)).is_ok());
     /// # Ok::<(), std::io::Error>(())
     /// ```
-    pub fn try_lock_for(&self, timeout: Duration) -> Option<LockResult<LockGuard<'_>>> {
-        self.acquire(sys::getpid() as u32, Wait::timeout(timeout))
+    pub fn lock_timeout(
+        &self,
+        timeout: Duration,
+    ) -> Result<LockGuard<'_>, LockTimeoutError<LockGuard<'_>>> {
+        timed(self.acquire(sys::getpid() as u32, Wait::timeout(timeout)))
     }
 
     /// Whether some process holds the lock right now.
@@ -212,15 +335,23 @@ impl Lock {
     /// [`LockGuard::leak`].
     ///
     /// # Errors
-    /// `InvalidInput` if the lock is not held.
-    pub fn release(&self) -> io::Result<()> {
+    /// [`ReleaseError::NotLocked`] if the lock is not held; nothing changes.
+    ///
+    /// # Examples
+    /// ```
+    /// use multiprocess::{Lock, ReleaseError};
+    /// let lock = Lock::new()?;
+    /// lock.lock().unwrap().leak();
+    /// assert!(lock.is_locked());
+    /// lock.release().unwrap();
+    /// assert_eq!(lock.release(), Err(ReleaseError::NotLocked));
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn release(&self) -> Result<(), ReleaseError> {
         if self.core().release() {
             Ok(())
         } else {
-            Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "release of an unlocked Lock",
-            ))
+            Err(ReleaseError::NotLocked)
         }
     }
 

@@ -11,8 +11,10 @@ mod rlock;
 mod semaphore;
 
 pub use barrier::{Barrier, BarrierError, MAX_PARTIES};
-pub use condition::Condition;
+pub use condition::{Condition, WaitTimeoutError};
 pub use event::Event;
-pub use lock::{Lock, LockGuard, LockResult, OwnerDied};
+pub use lock::{
+    Lock, LockGuard, LockResult, LockTimeoutError, OwnerDied, TryLockError, TryLockResult,
+};
 pub use rlock::{RLock, RLockGuard};
-pub use semaphore::{BoundedSemaphore, Semaphore};
+pub use semaphore::{BoundedSemaphore, Semaphore, SemaphorePermit};

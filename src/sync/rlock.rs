@@ -6,7 +6,7 @@
 //! as `Lock` does, and here that also catches a holder thread that exited while its process lives on.
 
 use super::futex::Wait;
-use super::lock::{Lock, LockResult, OwnerDied};
+use super::lock::{Lock, LockResult, LockTimeoutError, OwnerDied, TryLockResult, timed, tried};
 use crate::sys::{self, shm::Region};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
@@ -37,7 +37,7 @@ const KIND: &str = "multiprocess-rlock";
 /// let lock = RLock::new()?;
 /// assert_eq!(Process::spawn(nested, lock.clone())?.join()?, 2);
 /// let _g = lock.lock().unwrap();
-/// assert!(lock.try_lock().is_some()); // reentrant here too
+/// assert!(lock.try_lock().is_ok()); // reentrant here too
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Clone)]
@@ -82,18 +82,17 @@ impl RLock {
     }
 
     /// Acquires the lock if it is free or held by this thread.
-    pub fn try_lock(&self) -> Option<LockResult<RLockGuard<'_>>> {
-        let me = sys::gettid() as u32;
-        if self.lock.holder() == me {
-            self.count().fetch_add(1, Ordering::Relaxed);
-            return Some(Ok(self.guard()));
-        }
-        self.lock.try_lock_as(me).map(|r| self.adopt(r))
+    pub fn try_lock(&self) -> TryLockResult<RLockGuard<'_>> {
+        tried(self.acquire(Wait::Never))
     }
 
-    /// Acquires the lock, waiting at most `timeout`; `None` if another thread kept it.
-    pub fn try_lock_for(&self, timeout: Duration) -> Option<LockResult<RLockGuard<'_>>> {
-        self.acquire(Wait::timeout(timeout))
+    /// Acquires the lock, waiting at most `timeout`; [`LockTimeoutError::Timeout`] if another
+    /// thread kept it.
+    pub fn lock_timeout(
+        &self,
+        timeout: Duration,
+    ) -> Result<RLockGuard<'_>, LockTimeoutError<RLockGuard<'_>>> {
+        timed(self.acquire(Wait::timeout(timeout)))
     }
 
     /// Whether some thread holds the lock.

@@ -44,6 +44,7 @@
 
 use super::futex::{FutexWord, Spin, Wait, spin_or_look};
 use crate::codec;
+use crate::error::{ReleaseError, Timeout};
 use crate::sys::shm::Region;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
@@ -186,13 +187,16 @@ impl Counter {
         self.acquire(Wait::timeout(timeout))
     }
 
-    fn release(&self, too_many: impl FnOnce(u32) -> String) -> io::Result<()> {
-        let max = self.max();
+    fn release(&self) -> Result<(), ReleaseError> {
         if self.core().release() {
             Ok(())
         } else {
-            Err(io::Error::new(io::ErrorKind::InvalidInput, too_many(max)))
+            Err(ReleaseError::AtBound { bound: self.max() })
         }
+    }
+
+    fn permit(&self) -> SemaphorePermit<'_> {
+        SemaphorePermit { counter: self }
     }
 
     fn serialize<S: Serializer>(&self, what: &'static str, s: S) -> Result<S::Ok, S::Error> {
@@ -210,12 +214,52 @@ impl Counter {
     }
 }
 
+/// A slot of a [`Semaphore`] or [`BoundedSemaphore`], taken by `acquire`: dropping it gives the slot
+/// back. [`forget`](Self::forget) keeps the slot taken, for a [`release`](Semaphore::release)
+/// later, possibly by another process (Python's way).
+#[must_use = "dropping the permit releases the slot at once"]
+pub struct SemaphorePermit<'a> {
+    counter: &'a Counter,
+}
+
+impl SemaphorePermit<'_> {
+    /// Keeps the slot taken after the permit is gone; some process gives it back with `release`.
+    ///
+    /// # Examples
+    /// ```
+    /// let sem = multiprocess::Semaphore::new(1)?;
+    /// sem.acquire().forget();
+    /// assert_eq!(sem.get_value(), 0);
+    /// sem.release()?; // here, or in any process that has the semaphore
+    /// assert_eq!(sem.get_value(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn forget(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for SemaphorePermit<'_> {
+    fn drop(&mut self) {
+        // Fails only if other processes released slots nobody had taken until the value reached its
+        // bound; the slot this permit held is then given back already.
+        let _ = self.counter.release();
+    }
+}
+
+impl fmt::Debug for SemaphorePermit<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SemaphorePermit")
+    }
+}
+
 /// A counter of free slots shared between processes, like Python's `multiprocessing.Semaphore`.
 ///
-/// [`acquire`](Self::acquire) takes a slot, waiting while there is none; [`release`](Self::release)
-/// gives one back (any process may release, not only one that acquired). Hand it to children in
-/// their argument (or send it through a [`Connection`](crate::Connection)): every copy, and every
-/// clone, is the same semaphore.
+/// [`acquire`](Self::acquire) takes a slot, waiting while there is none, and gives a
+/// [`SemaphorePermit`] that gives it back when dropped; [`release`](Self::release) gives a slot back
+/// without a permit (any process may release, not only one that acquired: Python's way, with
+/// [`SemaphorePermit::forget`]). Hand it to children in their argument (or send it through a
+/// [`Connection`](crate::Connection)): every copy, and every clone, is the same semaphore.
 ///
 /// # Caveats
 /// A process that dies holding a slot takes it with it: the value stays one lower until another
@@ -228,10 +272,8 @@ impl Counter {
 /// use multiprocess::{Process, Semaphore};
 ///
 /// fn work(slots: Semaphore) -> u32 {
-///     slots.acquire();
-///     let free_now = slots.get_value(); // 0 or 1: this child holds one of the two slots
-///     slots.release().unwrap();
-///     free_now
+///     let _slot = slots.acquire();
+///     slots.get_value() // 0 or 1: this child holds one of the two slots
 /// }
 ///
 /// let slots = Semaphore::new(2)?;
@@ -280,46 +322,51 @@ impl Semaphore {
     ///
     /// let sem = Semaphore::new(0)?;
     /// let child = Process::spawn(give, sem.clone())?;
-    /// sem.acquire(); // returns once the child released
+    /// sem.acquire().forget(); // returns once the child released; keeps the slot
     /// child.join()?;
     /// assert_eq!(sem.get_value(), 0);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn acquire(&self) {
+    pub fn acquire(&self) -> SemaphorePermit<'_> {
         self.counter.acquire(Wait::Forever);
+        self.counter.permit()
     }
 
-    /// Takes a slot if one is free right now; whether it did.
+    /// Takes a slot if one is free right now.
     ///
     /// # Examples
     /// ```
     /// let sem = multiprocess::Semaphore::new(1)?;
-    /// assert!(sem.try_acquire());
-    /// assert!(!sem.try_acquire());
+    /// let permit = sem.try_acquire().unwrap();
+    /// assert!(sem.try_acquire().is_none());
+    /// drop(permit);
+    /// assert!(sem.try_acquire().is_some());
     /// # Ok::<(), std::io::Error>(())
     /// ```
-    #[must_use = "if false, no slot was taken"]
-    pub fn try_acquire(&self) -> bool {
-        self.counter.try_acquire()
+    pub fn try_acquire(&self) -> Option<SemaphorePermit<'_>> {
+        self.counter.try_acquire().then(|| self.counter.permit())
     }
 
-    /// Takes a slot, waiting at most `timeout` for one; whether it did. A `timeout` too large to be
-    /// a deadline (such as `Duration::MAX`) waits as long as it takes.
+    /// Takes a slot, waiting at most `timeout` for one; [`Timeout`] if none came. A `timeout` too
+    /// large to be a deadline (such as `Duration::MAX`) waits as long as it takes.
     ///
     /// # Examples
     /// ```
     /// use std::time::{Duration, Instant};
     /// let sem = multiprocess::Semaphore::new(0)?;
     /// let t = Instant::now();
-    /// assert!(!sem.acquire_timeout(Duration::from_millis(30)));
+    /// assert!(sem.acquire_timeout(Duration::from_millis(30)).is_err());
     /// assert!(t.elapsed() >= Duration::from_millis(30));
     /// sem.release()?;
-    /// assert!(sem.acquire_timeout(Duration::MAX));
-    /// # Ok::<(), std::io::Error>(())
+    /// assert!(sem.acquire_timeout(Duration::MAX).is_ok());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    #[must_use = "if false, no slot was taken"]
-    pub fn acquire_timeout(&self, timeout: Duration) -> bool {
-        self.counter.acquire_timeout(timeout)
+    pub fn acquire_timeout(&self, timeout: Duration) -> Result<SemaphorePermit<'_>, Timeout> {
+        if self.counter.acquire_timeout(timeout) {
+            Ok(self.counter.permit())
+        } else {
+            Err(Timeout)
+        }
     }
 
     /// Gives a slot back, waking one waiting process if there is one. Any process may release,
@@ -327,7 +374,7 @@ impl Semaphore {
     /// slot).
     ///
     /// # Errors
-    /// `InvalidInput` if the value is already `u32::MAX`; it is left unchanged.
+    /// [`ReleaseError::AtBound`] if the value is already `u32::MAX`; it is left unchanged.
     ///
     /// # Examples
     /// ```
@@ -335,12 +382,10 @@ impl Semaphore {
     /// sem.release()?;
     /// sem.release()?;
     /// assert_eq!(sem.get_value(), 2);
-    /// # Ok::<(), std::io::Error>(())
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn release(&self) -> io::Result<()> {
-        self.counter.release(|_| {
-            "Semaphore released too many times (its value is already u32::MAX)".to_string()
-        })
+    pub fn release(&self) -> Result<(), ReleaseError> {
+        self.counter.release()
     }
 
     /// How many slots are free right now (Python's `get_value`). Other processes may change it
@@ -349,7 +394,7 @@ impl Semaphore {
     /// # Examples
     /// ```
     /// let sem = multiprocess::Semaphore::new(2)?;
-    /// sem.acquire();
+    /// let _permit = sem.acquire();
     /// assert_eq!(sem.get_value(), 1);
     /// # Ok::<(), std::io::Error>(())
     /// ```
@@ -373,8 +418,7 @@ impl Semaphore {
 /// use multiprocess::{BoundedSemaphore, Process};
 ///
 /// fn borrow(sem: BoundedSemaphore) {
-///     sem.acquire();
-///     sem.release().unwrap();
+///     let _slot = sem.acquire(); // given back when dropped
 /// }
 ///
 /// let sem = BoundedSemaphore::new(1)?;
@@ -411,66 +455,65 @@ impl BoundedSemaphore {
     /// # Examples
     /// ```
     /// let sem = multiprocess::BoundedSemaphore::new(1)?;
-    /// sem.acquire();
+    /// let _permit = sem.acquire();
     /// assert_eq!(sem.get_value(), 0);
     /// # Ok::<(), std::io::Error>(())
     /// ```
-    pub fn acquire(&self) {
+    pub fn acquire(&self) -> SemaphorePermit<'_> {
         self.counter.acquire(Wait::Forever);
+        self.counter.permit()
     }
 
-    /// Takes a slot if one is free right now; whether it did.
+    /// Takes a slot if one is free right now.
     ///
     /// # Examples
     /// ```
     /// let sem = multiprocess::BoundedSemaphore::new(1)?;
-    /// assert!(sem.try_acquire());
-    /// assert!(!sem.try_acquire());
+    /// let _permit = sem.try_acquire().unwrap();
+    /// assert!(sem.try_acquire().is_none());
     /// # Ok::<(), std::io::Error>(())
     /// ```
-    #[must_use = "if false, no slot was taken"]
-    pub fn try_acquire(&self) -> bool {
-        self.counter.try_acquire()
+    pub fn try_acquire(&self) -> Option<SemaphorePermit<'_>> {
+        self.counter.try_acquire().then(|| self.counter.permit())
     }
 
-    /// Takes a slot, waiting at most `timeout` for one; whether it did. A `timeout` too large to be
-    /// a deadline (such as `Duration::MAX`) waits as long as it takes.
+    /// Takes a slot, waiting at most `timeout` for one; [`Timeout`] if none came. A `timeout` too
+    /// large to be a deadline (such as `Duration::MAX`) waits as long as it takes.
     ///
     /// # Examples
     /// ```
     /// use std::time::Duration;
     /// let sem = multiprocess::BoundedSemaphore::new(1)?;
-    /// assert!(sem.acquire_timeout(Duration::from_millis(10)));
-    /// assert!(!sem.acquire_timeout(Duration::from_millis(10)));
+    /// let _permit = sem.acquire_timeout(Duration::from_millis(10)).unwrap();
+    /// assert!(sem.acquire_timeout(Duration::from_millis(10)).is_err());
     /// # Ok::<(), std::io::Error>(())
     /// ```
-    #[must_use = "if false, no slot was taken"]
-    pub fn acquire_timeout(&self, timeout: Duration) -> bool {
-        self.counter.acquire_timeout(timeout)
+    pub fn acquire_timeout(&self, timeout: Duration) -> Result<SemaphorePermit<'_>, Timeout> {
+        if self.counter.acquire_timeout(timeout) {
+            Ok(self.counter.permit())
+        } else {
+            Err(Timeout)
+        }
     }
 
     /// Gives a slot back, waking one waiting process if there is one. Any process may release.
     ///
     /// # Errors
-    /// `InvalidInput` if the value is already the initial value (a release without a matching
-    /// acquire); the value is left unchanged.
+    /// [`ReleaseError::AtBound`] if the value is already the initial value (a release without a
+    /// matching acquire); the value is left unchanged.
     ///
     /// # Examples
     /// ```
-    /// use std::io::ErrorKind;
+    /// use multiprocess::ReleaseError;
     /// let sem = multiprocess::BoundedSemaphore::new(1)?;
-    /// sem.acquire();
+    /// sem.acquire().forget();
     /// sem.release()?;
-    /// assert_eq!(sem.release().unwrap_err().kind(), ErrorKind::InvalidInput);
+    /// assert_eq!(sem.release(), Err(ReleaseError::AtBound { bound: 1 }));
     /// assert_eq!(sem.get_value(), 1);
-    /// # Ok::<(), std::io::Error>(())
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn release(&self) -> io::Result<()> {
-        self.counter.release(|max| {
-            format!(
-                "BoundedSemaphore released too many times (its value is already its bound, {max})"
-            )
-        })
+    pub fn release(&self) -> Result<(), ReleaseError> {
+        self.counter.release()
     }
 
     /// How many slots are free right now (Python's `get_value`). Other processes may change it
@@ -479,7 +522,7 @@ impl BoundedSemaphore {
     /// # Examples
     /// ```
     /// let sem = multiprocess::BoundedSemaphore::new(2)?;
-    /// assert!(sem.try_acquire());
+    /// let _permit = sem.try_acquire();
     /// assert_eq!(sem.get_value(), 1);
     /// # Ok::<(), std::io::Error>(())
     /// ```

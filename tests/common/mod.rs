@@ -1,7 +1,7 @@
 //! Shared helpers for the integration tests: bounded joins and process inspection.
 #![allow(dead_code, unreachable_pub)]
 
-use multiprocess::{Process, ProcessError, SharedMemory, StartMethod};
+use multiprocess::{JoinTimeoutError, Process, ProcessError, SharedMemory, StartMethod};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::time::{Duration, Instant};
@@ -10,15 +10,15 @@ use std::time::{Duration, Instant};
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
 /// Joins `p` within [`DEADLINE`]; on timeout kills it, reaps it, and fails the test.
-pub fn join<R: DeserializeOwned>(mut p: Process<R>) -> Result<R, ProcessError> {
+pub fn join<R: DeserializeOwned>(p: Process<R>) -> Result<R, ProcessError> {
     match p.join_timeout(DEADLINE) {
-        Ok(Some(r)) => Ok(r),
-        Ok(None) => {
+        Ok(r) => Ok(r),
+        Err(JoinTimeoutError::Timeout) => {
             let _ = p.kill();
             let _ = p.join_timeout(Duration::from_secs(10));
             panic!("child {} did not finish within {DEADLINE:?}", p.pid());
         }
-        Err(e) => Err(e),
+        Err(JoinTimeoutError::Failed(e)) => Err(e),
     }
 }
 

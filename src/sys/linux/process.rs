@@ -752,14 +752,14 @@ mod tests {
             .unwrap()
     }
 
-    fn join<R: serde::de::DeserializeOwned>(mut p: crate::Process<R>) -> Result<R, ProcessError> {
+    fn join<R: serde::de::DeserializeOwned>(p: crate::Process<R>) -> Result<R, ProcessError> {
         match p.join_timeout(DEADLINE) {
-            Ok(Some(r)) => Ok(r),
-            Ok(None) => {
+            Ok(r) => Ok(r),
+            Err(crate::JoinTimeoutError::Timeout) => {
                 let _ = p.kill();
                 panic!("child {} did not finish", p.pid())
             }
-            Err(e) => Err(e),
+            Err(crate::JoinTimeoutError::Failed(e)) => Err(e),
         }
     }
 
