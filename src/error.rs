@@ -65,6 +65,14 @@ pub enum SendError {
 
 /// Why a message could not be received from a [`Connection`](crate::Connection).
 ///
+/// A blocking receive cannot time out; only [`recv_timeout`](crate::Connection::recv_timeout)'s
+/// error has a timeout ([`RecvTimeoutError::Timeout`]):
+/// ```compile_fail,E0599
+/// use multiprocess::{RecvError, pipe};
+/// let (a, _b) = pipe().unwrap();
+/// let _ = matches!(a.recv::<u8>(), Err(RecvError::Timeout));
+/// ```
+///
 /// After `Truncated`, `TooLong` and `Protocol` the stream can no longer be trusted to be at a message
 /// boundary, so the receiving side of the connection becomes unusable: later receives return
 /// `Protocol` again. After every other error the connection stays usable and nothing else was lost.
@@ -196,6 +204,14 @@ impl From<SendError> for io::Error {
 
 /// Why an item could not be put on a [`Queue`](crate::Queue). Every variant hands the item back
 /// ([`into_inner`](Self::into_inner)); nothing was put.
+///
+/// A blocking `put` waits for room, so "full" is not among them ([`TryPutError::Full`] and
+/// [`PutTimeoutError::Timeout`] are):
+/// ```compile_fail,E0599
+/// use multiprocess::{PutError, Queue};
+/// let q = Queue::bounded(1).unwrap();
+/// let _ = matches!(q.put(1u8), Err(PutError::Full(_)));
+/// ```
 #[derive(Error)]
 #[non_exhaustive]
 pub enum PutError<T> {
@@ -335,6 +351,14 @@ impl<T> std::fmt::Debug for PutTimeoutError<T> {
 }
 
 /// Why no item could be taken from a [`Queue`](crate::Queue).
+///
+/// A blocking `get` waits for an item, so it has no "empty" to report; only the non-blocking and
+/// timed forms do ([`TryGetError::Empty`], [`GetTimeoutError::Timeout`]):
+/// ```compile_fail,E0599
+/// use multiprocess::{GetError, Queue};
+/// let q = Queue::<u8>::new().unwrap();
+/// let _ = matches!(q.get(), Err(GetError::Empty));
+/// ```
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum GetError {

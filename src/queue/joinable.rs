@@ -21,6 +21,13 @@ use std::time::Duration;
 /// [`task_done`](Self::task_done) takes one away, and [`join`](Self::join) waits for zero. One `task_done` too many is a
 /// [`TaskDoneError`], not a silent negative count.
 ///
+/// A `JoinableQueue` cannot be used where a `Queue` is expected (a function taking `&Queue` could
+/// take items without marking them done):
+/// ```compile_fail,E0308
+/// let q = multiprocess::JoinableQueue::<u8>::new().unwrap();
+/// let _: &multiprocess::Queue<u8> = &q;
+/// ```
+///
 /// A consumer that dies between `get` and `task_done` leaves its item unfinished forever (it cannot
 /// know whether the work was done); [`join_timeout`](Self::join_timeout) bounds the wait.
 ///

@@ -217,6 +217,14 @@ impl Counter {
 /// A slot of a [`Semaphore`] or [`BoundedSemaphore`], taken by `acquire`: dropping it gives the slot
 /// back. [`forget`](Self::forget) keeps the slot taken, for a [`release`](Semaphore::release)
 /// later, possibly by another process (Python's way).
+///
+/// A permit borrows its semaphore, so it cannot outlive the handle it came from:
+/// ```compile_fail,E0597
+/// let permit = {
+///     let sem = multiprocess::Semaphore::new(1).unwrap();
+///     sem.acquire()
+/// };
+/// ```
 #[must_use = "dropping the permit releases the slot at once"]
 pub struct SemaphorePermit<'a> {
     counter: &'a Counter,
