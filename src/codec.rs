@@ -46,7 +46,10 @@ pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<(Vec<u8>, Vec<R
 }
 
 /// [`encode`] into `buf` (cleared first); gives the descriptors collected.
-fn encode_into<T: Serialize + ?Sized>(buf: &mut Vec<u8>, value: &T) -> Result<Vec<RawFd>, String> {
+pub(crate) fn encode_into<T: Serialize + ?Sized>(
+    buf: &mut Vec<u8>,
+    value: &T,
+) -> Result<Vec<RawFd>, String> {
     buf.clear();
     // `try_with`: this also runs from the at-exit handler, after thread-locals are destroyed; then
     // values simply cannot carry descriptors.
@@ -58,24 +61,6 @@ fn encode_into<T: Serialize + ?Sized>(buf: &mut Vec<u8>, value: &T) -> Result<Ve
         .try_with(|o| o.borrow_mut().pop().flatten().unwrap_or_default())
         .unwrap_or_default();
     done.map(|()| fds).map_err(|e| e.to_string())
-}
-
-/// Encodes `value` into `buf` (cleared first) for a channel that cannot carry descriptors (a queue's
-/// shared memory): a value holding a descriptor-carrying object is an error.
-pub(crate) fn encode_plain_into<T: Serialize + ?Sized>(
-    buf: &mut Vec<u8>,
-    value: &T,
-) -> Result<(), String> {
-    let fds = encode_into(buf, value)?;
-    if fds.is_empty() {
-        Ok(())
-    } else {
-        Err(format!(
-            "the value holds {} connection(s) or other OS objects, which cannot travel through a \
-             queue's shared memory; send them through a Connection or a process argument",
-            fds.len()
-        ))
-    }
 }
 
 /// The descriptors `value` would send, without producing its bytes (a size-counting pass).

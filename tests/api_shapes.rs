@@ -7,8 +7,8 @@ mod common;
 
 use common::{join, start};
 use multiprocess::{
-    Condition, Connection, Event, GetError, GetTimeoutError, JoinTimeoutError, JoinableQueue,
-    Lock, LockTimeoutError, Process, ProcessError, PutError, PutTimeoutError, Queue, QueueBuilder,
+    Condition, Connection, Event, GetError, GetTimeoutError, JoinTimeoutError, JoinableQueue, Lock,
+    LockTimeoutError, Process, ProcessError, PutError, PutTimeoutError, Queue, QueueBuilder,
     RecvError, RecvTimeoutError, ReleaseError, Semaphore, StartMethod, Timeout, TryGetError,
     TryLockError, TryPutError, TryRecvError, WaitTimeoutError, pipe,
 };
@@ -32,7 +32,10 @@ fn a_connections_iterator_ends_when_the_peer_closes() {
         let child = start(m, send_then_close, (there, vec![5, 6, 7]));
         let got: Vec<u32> = here.iter().collect::<Result<_, _>>().unwrap();
         assert_eq!(got, [5, 6, 7], "{m}");
-        assert!(here.iter::<u32>().next().is_none(), "{m}: still at end of file");
+        assert!(
+            here.iter::<u32>().next().is_none(),
+            "{m}: still at end of file"
+        );
         join(child).unwrap();
     }
 }
@@ -236,10 +239,7 @@ fn work_and_mark_done(q: JoinableQueue<u32>) -> u32 {
 #[test]
 fn a_joinable_queue_has_its_own_operations_and_a_timed_join() {
     for m in StartMethod::ALL {
-        let q: JoinableQueue<u32> = QueueBuilder::default()
-            .maxsize(4)
-            .build_joinable()
-            .unwrap();
+        let q: JoinableQueue<u32> = QueueBuilder::default().maxsize(4).build_joinable().unwrap();
         assert_eq!(q.maxsize(), Some(4));
         q.put(5).unwrap();
         assert_eq!(q.join_timeout(Duration::from_millis(10)), Err(Timeout));
@@ -309,10 +309,7 @@ fn try_lock_and_lock_timeout_tell_a_held_lock_from_a_dead_holder() {
             other => panic!("{m}: {other:?}"),
         }
         assert!(lock.lock_timeout(Duration::from_millis(10)).is_ok(), "{m}");
-        assert_eq!(
-            Lock::new().unwrap().release(),
-            Err(ReleaseError::NotLocked)
-        );
+        assert_eq!(Lock::new().unwrap().release(), Err(ReleaseError::NotLocked));
     }
 }
 

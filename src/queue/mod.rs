@@ -87,9 +87,13 @@ fn with_scratch<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
 /// of a `put` or a `get` loses at most that one item and blocks nobody; and what is read from shared
 /// memory is checked before it is trusted.
 ///
-/// Items carrying descriptors ([`Connection`](crate::Connection), [`Lock`](crate::Lock), another
-/// `Queue`…) cannot travel through a queue's shared memory: putting one is [`PutError::Encode`]. Send
-/// those through a `Connection` or as a process argument.
+/// Items may carry descriptors: a [`Connection`](crate::Connection), a [`Lock`](crate::Lock), a
+/// [`SharedMemory`](crate::SharedMemory), another `Queue`, anything that travels as a descriptor, as
+/// CPython's queues carry connections. The descriptors travel beside the item on a side channel of
+/// the queue (a socket pair, since only the kernel can carry descriptors), so such an item costs a
+/// system call on each side, and a queue holds at most a few hundred to a few thousand of them at
+/// once (the channel's buffer, which `net.core.wmem_max` bounds): a put of one more waits for a
+/// consumer to take one, a `try_put` is `Full`.
 ///
 /// # Examples
 /// ```
@@ -443,9 +447,15 @@ impl<T: Serialize> Queue<T> {
         if self.is_closed() {
             return Err(PutError::Closed(item).into());
         }
-        let outcome = with_scratch(|buf| match codec::encode_plain_into(buf, &item) {
+        let outcome = with_scratch(|buf| match codec::encode_into(buf, &item) {
             Err(reason) => Err(Err(reason)),
-            Ok(()) => self.shared().put(buf, wait).map_err(Ok),
+            Ok(fds) if fds.len() > crate::sys::MAX_FDS_PER_MESSAGE => Err(Err(format!(
+                "an item can carry at most {} connections or other OS objects, this one has {}",
+                crate::sys::MAX_FDS_PER_MESSAGE,
+                fds.len()
+            ))),
+            // The descriptors are the item's own, open until it is dropped after this call.
+            Ok(fds) => self.shared().put(buf, &fds, wait).map_err(Ok),
         });
         match outcome {
             Ok(()) => Ok(()),
@@ -527,7 +537,10 @@ impl<T: DeserializeOwned> Queue<T> {
             return Err(GetError::Closed.into());
         }
         with_scratch(|buf| match self.shared().get(buf, wait) {
-            Ok(()) => codec::decode(buf, Vec::new()).map_err(|e| GetError::Decode(e).into()),
+            Ok(got) => match got.fds {
+                Ok(fds) => codec::decode(buf, fds).map_err(|e| GetError::Decode(e).into()),
+                Err(why) => Err(GetError::DescriptorsLost(why).into()),
+            },
             Err(Fail::WouldBlock) => Err(TryGetError::Empty),
             Err(Fail::Corrupt(reason)) => Err(GetError::Corrupt(reason).into()),
             Err(Fail::Io(e)) => Err(GetError::Io(e).into()),
@@ -683,13 +696,17 @@ impl<T> fmt::Debug for Queue<T> {
     }
 }
 
-/// A queue travels as its two descriptors (the shared mapping and the overflow file).
+/// A queue travels as its four descriptors (the shared mapping, the overflow file, and the two
+/// ends of the side channel for items that carry descriptors).
 impl<T> Serialize for Queue<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let shared = self.shared();
+        let (tx, rx) = shared.side();
         (
             codec::FdRef(shared.region().as_fd(), "Queue"),
             codec::FdRef(shared.log_file().as_fd(), "Queue"),
+            codec::FdRef(tx, "Queue"),
+            codec::FdRef(rx, "Queue"),
         )
             .serialize(s)
     }
@@ -699,8 +716,14 @@ impl<T> Serialize for Queue<T> {
 /// created for the same item type. A fresh handle is open even if the sender's was closed.
 impl<'de, T> Deserialize<'de> for Queue<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let (region, log) = <(codec::ReceivedFd, codec::ReceivedFd)>::deserialize(d)?;
-        Shared::open(region.0, log.0, type_id::<T>())
+        type Fds = (
+            codec::ReceivedFd,
+            codec::ReceivedFd,
+            codec::ReceivedFd,
+            codec::ReceivedFd,
+        );
+        let (region, log, tx, rx) = Fds::deserialize(d)?;
+        Shared::open(region.0, log.0, (tx.0, rx.0), type_id::<T>())
             .map(Queue::from_shared)
             .map_err(serde::de::Error::custom)
     }

@@ -77,7 +77,7 @@ use crate::sync::lock::{Acquired, LockWord};
 use crate::sys::{self, shm::Region};
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -117,6 +117,8 @@ pub(crate) const O_GJ_LOG_HEAD: usize = 184;
 pub(crate) const O_DONE: usize = 192;
 pub(crate) const O_JOIN_SLEEPERS: usize = 196;
 pub(crate) const O_PUNCHED: usize = 200;
+/// The last token given to an item carrying descriptors (producers, under the put lock).
+pub(crate) const O_FD_TOKEN: usize = 208;
 /// Bytes before the ring.
 pub(crate) const HEADER: usize = 256;
 
@@ -129,6 +131,15 @@ pub(crate) const MAX_RING: u32 = 1 << 30;
 const RING_HDR: usize = 8;
 /// The log's record header.
 const LOG_HDR: u64 = 16;
+/// In a record header's length word: the record's last 8 bytes are a token whose message on the
+/// side channel holds the item's descriptors.
+const RING_FDS: u32 = 1 << 31;
+const LOG_FDS: u64 = 1 << 63;
+/// Bytes of the token at the end of a record that carries descriptors.
+const TOKEN: usize = 8;
+/// The side channel's send buffer, asked for (the kernel caps it at `wmem_max`): each item with
+/// descriptors waiting in the queue costs a message of about a kilobyte of it.
+const SIDE_BUFFER: usize = 1 << 20;
 const PAGE: u64 = 4096;
 
 /// How long a side's lock holder stays awake waiting for the other side before it sleeps (see
@@ -178,11 +189,23 @@ pub(crate) fn ring_record_len(
     available: u64,
     max_record: u64,
 ) -> Result<u32, String> {
-    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+    ring_record(header, available, max_record).map(|(len, _)| len)
+}
+
+/// [`ring_record_len`], and whether the record carries a descriptor token (then its payload is at
+/// least the token).
+fn ring_record(header: [u8; 8], available: u64, max_record: u64) -> Result<(u32, bool), String> {
+    let word = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
     let check = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-    if check != !len {
+    if check != !word {
         return Err(format!(
-            "ring record header {len:#x}/{check:#x} fails its check"
+            "ring record header {word:#x}/{check:#x} fails its check"
+        ));
+    }
+    let (len, fds) = (word & !RING_FDS, word & RING_FDS != 0);
+    if fds && (len as usize) < TOKEN {
+        return Err(format!(
+            "ring record of {len} bytes is too short for its descriptor token"
         ));
     }
     let need = ring_need(len as usize).unwrap_or(u64::MAX);
@@ -191,24 +214,35 @@ pub(crate) fn ring_record_len(
             "ring record of {len} bytes does not fit the {available} bytes published (at most {max_record} per record)"
         ));
     }
-    Ok(len)
+    Ok((len, fds))
 }
 
 /// Checks a log record header read at the log's head when `available` bytes are published there
 /// (and exist in the file); gives the payload length.
 pub(crate) fn log_record_len(header: [u8; 16], available: u64) -> Result<u64, String> {
+    log_record(header, available).map(|(len, _)| len)
+}
+
+/// [`log_record_len`], and whether the record carries a descriptor token.
+fn log_record(header: [u8; 16], available: u64) -> Result<(u64, bool), String> {
     let mut a = [0u8; 8];
     let mut b = [0u8; 8];
     a.copy_from_slice(&header[..8]);
     b.copy_from_slice(&header[8..]);
-    let (len, check) = (u64::from_le_bytes(a), u64::from_le_bytes(b));
-    if check != !len {
+    let (word, check) = (u64::from_le_bytes(a), u64::from_le_bytes(b));
+    if check != !word {
         return Err(format!(
-            "log record header {len:#x}/{check:#x} fails its check"
+            "log record header {word:#x}/{check:#x} fails its check"
+        ));
+    }
+    let (len, fds) = (word & !LOG_FDS, word & LOG_FDS != 0);
+    if fds && len < TOKEN as u64 {
+        return Err(format!(
+            "log record of {len} bytes is too short for its descriptor token"
         ));
     }
     match log_need(len) {
-        Some(need) if need <= available && usize::try_from(len).is_ok() => Ok(len),
+        Some(need) if need <= available && usize::try_from(len).is_ok() => Ok((len, fds)),
         _ => Err(format!(
             "log record of {len} bytes does not fit the {available} bytes published"
         )),
@@ -223,11 +257,31 @@ pub(crate) fn fingerprint(name: &str) -> u64 {
     })
 }
 
+/// What a get took besides the payload: the item's descriptors, or why they did not come (the item
+/// is taken all the same).
+#[derive(Debug)]
+pub(crate) struct Got {
+    pub(crate) fds: Result<Vec<OwnedFd>, String>,
+}
+
+/// Takes the descriptor token off the end of a record's payload (which the header checks made at
+/// least that long).
+fn split_token(buf: &mut Vec<u8>) -> u64 {
+    let at = buf.len() - TOKEN;
+    let mut token = [0u8; TOKEN];
+    token.copy_from_slice(&buf[at..]);
+    buf.truncate(at);
+    u64::from_le_bytes(token)
+}
+
 /// One process's handle on a queue's shared state.
 #[derive(Debug)]
 pub(crate) struct Shared {
     region: Region,
     log: File,
+    /// The side channel of items that carry descriptors: a `SOCK_SEQPACKET` pair, sent on at one
+    /// end and received from at the other (every handle holds both; see `put_fds`).
+    side: (OwnedFd, OwnedFd),
     cap: u32,
     /// This process's last view of the other side's words, so that a put or a get need not read the
     /// other side's cache line while its view already shows room or an item (see [`Seen`]).
@@ -267,9 +321,13 @@ impl Shared {
         debug_assert!(cap.is_power_of_two() && (MIN_RING..=MAX_RING).contains(&cap));
         let region = Region::anonymous(KIND, HEADER + cap as usize)?;
         let log = File::from(sys::shm::memfd(LOG_KIND)?);
+        let side = sys::seqpacket_pair()?;
+        // Best effort: a smaller buffer holds fewer items with descriptors at once.
+        let _ = sys::set_socket_buffers(side.0.as_fd(), SIDE_BUFFER);
         let s = Shared {
             region,
             log,
+            side,
             cap,
             seen: Seen::default(),
         };
@@ -280,10 +338,18 @@ impl Shared {
         Ok(s)
     }
 
-    /// The state behind two received descriptors, checked to be a queue for item type `ty`.
-    pub(crate) fn open(region: OwnedFd, log: OwnedFd, ty: u64) -> Result<Shared, String> {
+    /// The state behind four received descriptors, checked to be a queue for item type `ty`.
+    pub(crate) fn open(
+        region: OwnedFd,
+        log: OwnedFd,
+        side: (OwnedFd, OwnedFd),
+        ty: u64,
+    ) -> Result<Shared, String> {
         let region = Region::receive(region, KIND, false).map_err(|e| e.to_string())?;
         sys::shm::expect_memfd(log.as_fd(), LOG_KIND).map_err(|e| e.to_string())?;
+        if !sys::is_seqpacket(side.0.as_fd()) || !sys::is_seqpacket(side.1.as_fd()) {
+            return Err("a Queue's side channel is not a pair of message sockets".into());
+        }
         if region.len() < HEADER + MIN_RING as usize {
             return Err("a Queue's shared memory is too small".into());
         }
@@ -307,6 +373,7 @@ impl Shared {
         Ok(Shared {
             region,
             log: File::from(log),
+            side,
             cap,
             // Zero is a lower bound of everything.
             seen: Seen::default(),
@@ -319,6 +386,11 @@ impl Shared {
 
     pub(crate) fn log_file(&self) -> &File {
         &self.log
+    }
+
+    /// The side channel's two ends, as they travel.
+    pub(crate) fn side(&self) -> (BorrowedFd<'_>, BorrowedFd<'_>) {
+        (self.side.0.as_fd(), self.side.1.as_fd())
     }
 
     fn u32(&self, at: usize) -> &AtomicU32 {
@@ -434,8 +506,9 @@ impl Shared {
         self.room().notify(1);
     }
 
-    /// Puts one item's encoded `payload`.
-    pub(crate) fn put(&self, payload: &[u8], wait: Wait) -> Result<(), Fail> {
+    /// Puts one item's encoded `payload`, which carries the descriptors `fds` (numbers of descriptors
+    /// owned by the item, open for the whole call).
+    pub(crate) fn put(&self, payload: &[u8], fds: &[RawFd], wait: Wait) -> Result<(), Fail> {
         let held = self.lock(O_PUT_LOCK, wait)?;
         let put = self.u64(O_PUT_COUNT).load(Ordering::Relaxed);
         let limit = u64::from(self.limit());
@@ -472,9 +545,12 @@ impl Shared {
         self.u64(O_PJ_LOG_TAIL).store(log_tail, Ordering::Release);
         self.u64(O_PJ_COUNT).store(put + 1, Ordering::Release);
 
-        let placed = self.place(payload, tail, log_tail);
+        let placed = self
+            .send_fds(fds, wait)
+            .and_then(|token| self.place(payload, token, tail, log_tail));
         if placed.is_err() {
-            // Nothing was published: the journal goes back to "committed".
+            // Nothing was published: the journal goes back to "committed". (A descriptor message
+            // already sent is passed over by consumers: no record names its token.)
             self.u64(O_PJ_COUNT).store(put, Ordering::Release);
             return placed;
         }
@@ -485,33 +561,130 @@ impl Shared {
         Ok(())
     }
 
-    /// Writes a record to the ring or the log and publishes its position (not yet the count).
-    fn place(&self, payload: &[u8], tail: u64, log_tail: u64) -> Result<(), Fail> {
-        match ring_need(payload.len()) {
+    /// Sends an item's descriptors on the side channel, under a new token (which its record will
+    /// carry); `None` for an item without descriptors. Waits within `wait` while the channel is full.
+    ///
+    /// # Why a side channel, and why tokens
+    /// Descriptors cannot be written into shared memory: only the kernel can carry them, in a
+    /// socket message. So each item with descriptors sends one message, `[token]` plus the
+    /// descriptors, on a `SOCK_SEQPACKET` pair that every handle of the queue holds, and its record
+    /// ends with the same token. Producers send under the put lock and consumers receive under the
+    /// get lock, so messages and records come in one order; the tokens (a counter that only grows,
+    /// in the queue's header) make that order checkable and survive the deaths in between: a
+    /// producer that dies after sending but before committing leaves a message no record names,
+    /// which the consumer of the next such record passes over (its token is smaller); a consumer
+    /// that dies after receiving but before committing leaves a record whose message is gone, which
+    /// the next consumer reports as [`Got::fds`]'s error (the item is dropped, nothing else is
+    /// lost). The kernel keeps the descriptors of a message alive after its sender exits, which is
+    /// what lets a producer exit at once here too.
+    fn send_fds(&self, fds: &[RawFd], wait: Wait) -> Result<Option<u64>, Fail> {
+        if fds.is_empty() {
+            return Ok(None);
+        }
+        let word = self.u64(O_FD_TOKEN);
+        let token = word.load(Ordering::Relaxed).wrapping_add(1);
+        word.store(token, Ordering::Release);
+        let bytes = token.to_le_bytes();
+        let iov = [io::IoSlice::new(&bytes)];
+        let tx = self.side.0.as_fd();
+        loop {
+            // Never blocking in the kernel: a full channel's sender is woken only once a quarter of
+            // it is free, but every get makes room for one message (and says so on the room word).
+            let seq = self.u32(O_GOT_SEQ).load(Ordering::Acquire);
+            match sys::send_with(tx, &iov, fds, true) {
+                Ok(_) => return Ok(Some(token)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if !self.room().wait_change(seq, wait) {
+                        return Err(Fail::WouldBlock);
+                    }
+                }
+                Err(e) => return Err(Fail::Io(e)),
+            }
+        }
+    }
+
+    /// Receives the descriptors of the record with `token` (holding the get lock): the side
+    /// channel's messages with smaller tokens belong to no record any more and are dropped (their
+    /// descriptors closed); a missing message, or one whose descriptors the kernel could not give
+    /// us, is the error.
+    fn recv_fds(&self, token: u64) -> Result<Vec<OwnedFd>, String> {
+        let rx = self.side.1.as_fd();
+        loop {
+            let mut word = [0u8; TOKEN];
+            match sys::peek_message(rx, &mut word) {
+                Ok(TOKEN) => {}
+                // Not one of ours: take it out of the way.
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Err(
+                        "its message is not on the queue's side channel (a consumer that \
+                                was taking it died, or another process took it)"
+                            .into(),
+                    );
+                }
+                Err(e) => return Err(format!("reading the queue's side channel: {e}")),
+            }
+            let seen = u64::from_le_bytes(word);
+            if seen > token {
+                return Err(format!(
+                    "its message is gone from the queue's side channel (the next one is for a \
+                     later item, {seen} > {token})"
+                ));
+            }
+            let mut inbox = sys::Inbox::default();
+            sys::recv_into_slice(rx, &mut word, &mut inbox, true, true)
+                .map_err(|e| format!("reading the queue's side channel: {e}"))?;
+            if seen < token {
+                continue; // the message of an item that was never committed; its descriptors close
+            }
+            if inbox.truncated {
+                return Err("this process has reached its open-file limit (RLIMIT_NOFILE)".into());
+            }
+            return Ok(inbox.fds);
+        }
+    }
+
+    /// Writes a record to the ring or the log and publishes its position (not yet the count). A
+    /// record of an item with descriptors ends with their `token`.
+    fn place(
+        &self,
+        payload: &[u8],
+        token: Option<u64>,
+        tail: u64,
+        log_tail: u64,
+    ) -> Result<(), Fail> {
+        let token = token.map(u64::to_le_bytes);
+        let suffix: &[u8] = token.as_ref().map_or(&[], |t| &t[..]);
+        let total = payload.len() + suffix.len();
+        match ring_need(total) {
             Some(need)
                 if need <= u64::from(self.cap / 2)
                     && self.log_empty(log_tail)
                     && self.ring_room(tail, need)? =>
             {
-                let len = payload.len() as u32;
+                let word = total as u32 | if token.is_some() { RING_FDS } else { 0 };
                 let mut header = [0u8; RING_HDR];
-                header[..4].copy_from_slice(&len.to_le_bytes());
-                header[4..].copy_from_slice(&(!len).to_le_bytes());
+                header[..4].copy_from_slice(&word.to_le_bytes());
+                header[4..].copy_from_slice(&(!word).to_le_bytes());
                 self.ring_write(tail, &header)?;
                 self.ring_write(tail + RING_HDR as u64, payload)?;
+                self.ring_write(tail + (RING_HDR + payload.len()) as u64, suffix)?;
                 self.u64(O_TAIL).store(tail + need, Ordering::Release);
             }
             _ => {
-                let len = payload.len() as u64;
+                let len = total as u64;
                 let end = log_need(len)
                     .and_then(|n| log_tail.checked_add(n))
                     .filter(|&e| e <= i64::MAX as u64)
                     .ok_or_else(|| corrupt("the log's offsets are exhausted"))?;
+                let word = len | if token.is_some() { LOG_FDS } else { 0 };
                 let mut header = [0u8; LOG_HDR as usize];
-                header[..8].copy_from_slice(&len.to_le_bytes());
-                header[8..].copy_from_slice(&(!len).to_le_bytes());
+                header[..8].copy_from_slice(&word.to_le_bytes());
+                header[8..].copy_from_slice(&(!word).to_le_bytes());
                 self.log.write_all_at(&header, log_tail)?;
                 self.log.write_all_at(payload, log_tail + LOG_HDR)?;
+                self.log
+                    .write_all_at(suffix, log_tail + LOG_HDR + payload.len() as u64)?;
                 self.u64(O_LOG_TAIL).store(end, Ordering::Release);
             }
         }
@@ -612,7 +785,7 @@ impl Shared {
     }
 
     /// Takes the oldest item's encoded payload into `buf`.
-    pub(crate) fn get(&self, buf: &mut Vec<u8>, wait: Wait) -> Result<(), Fail> {
+    pub(crate) fn get(&self, buf: &mut Vec<u8>, wait: Wait) -> Result<Got, Fail> {
         let held = self.lock(O_GET_LOCK, wait)?;
         let got = self.u64(O_GOT_COUNT).load(Ordering::Relaxed);
         let mut put = self.seen.put.load(Ordering::Relaxed);
@@ -640,7 +813,11 @@ impl Shared {
 
         let head = self.u64(O_HEAD).load(Ordering::Relaxed);
         let log_head = self.u64(O_LOG_HEAD).load(Ordering::Relaxed);
-        let (new_head, new_log_head) = self.take(buf, head, log_head)?;
+        let (new_head, new_log_head, token) = self.take(buf, head, log_head)?;
+        let fds = match token {
+            None => Ok(Vec::new()),
+            Some(token) => self.recv_fds(token),
+        };
 
         // The journal (the count to commit, then the new positions), the commit, then the positions.
         self.u64(O_GJ_COUNT).store(got + 1, Ordering::Release);
@@ -656,11 +833,17 @@ impl Shared {
         }
         drop(held);
         self.room().notify(1);
-        Ok(())
+        Ok(Got { fds })
     }
 
-    /// Reads the record at the head (ring first, then log) into `buf`; gives the new positions.
-    fn take(&self, buf: &mut Vec<u8>, head: u64, log_head: u64) -> Result<(u64, u64), Fail> {
+    /// Reads the record at the head (ring first, then log) into `buf`; gives the new positions and
+    /// the record's descriptor token, if it has one (taken off the payload).
+    fn take(
+        &self,
+        buf: &mut Vec<u8>,
+        head: u64,
+        log_head: u64,
+    ) -> Result<(u64, u64, Option<u64>), Fail> {
         let cap = u64::from(self.cap);
         // Our view of the tail is a lower bound: if it shows bytes past the head, they are there.
         let mut tail = self.seen.tail.load(Ordering::Relaxed);
@@ -672,11 +855,11 @@ impl Shared {
         if available > 0 {
             let mut header = [0u8; RING_HDR];
             self.ring_read(head, &mut header)?;
-            let len = ring_record_len(header, available, cap / 2).map_err(corrupt)?;
+            let (len, fds) = ring_record(header, available, cap / 2).map_err(corrupt)?;
             buf.clear();
             self.ring_read_append(head + RING_HDR as u64, len as usize, buf)?;
             let need = ring_need(len as usize).unwrap_or(0);
-            return Ok((head + need, log_head));
+            return Ok((head + need, log_head, fds.then(|| split_token(buf))));
         }
         let log_tail = self.u64(O_LOG_TAIL).load(Ordering::Acquire);
         let meta = self.log.metadata()?;
@@ -695,7 +878,7 @@ impl Shared {
         }
         let mut header = [0u8; LOG_HDR as usize];
         self.log.read_exact_at(&mut header, log_head)?;
-        let len = log_record_len(header, available).map_err(corrupt)?;
+        let (len, fds) = log_record(header, available).map_err(corrupt)?;
         // The file is sparse: its size costs nothing to forge, the memory behind it does. A real
         // record's bytes were written, so they are allocated.
         let allocated = std::os::unix::fs::MetadataExt::blocks(&meta).saturating_mul(512);
@@ -709,7 +892,7 @@ impl Shared {
         buf.resize(len as usize, 0);
         self.log.read_exact_at(buf, log_head + LOG_HDR)?;
         let need = log_need(len).unwrap_or(0);
-        Ok((head, log_head + need))
+        Ok((head, log_head + need, fds.then(|| split_token(buf))))
     }
 
     /// Gives back the log's pages wholly below `log_head`.

@@ -4,7 +4,7 @@
 
 use super::ring::*;
 use super::*;
-use crate::error::{GetError, TryGetError};
+use crate::error::{GetError, PutTimeoutError, TryGetError, TryPutError};
 
 /// The pid of a process that has exited and been reaped.
 fn dead_pid() -> u32 {
@@ -275,15 +275,6 @@ fn bounded_queues_count_items_not_bytes() {
 }
 
 #[test]
-fn values_that_carry_descriptors_are_refused() {
-    let q = Queue::new().unwrap();
-    let lock = crate::Lock::new().unwrap();
-    let err = q.put(lock).unwrap_err();
-    assert!(matches!(err, PutError::Encode { .. }), "{err:?}");
-    assert!(err.to_string().contains("Connection"), "{err}");
-}
-
-#[test]
 fn a_queue_of_another_type_is_refused() {
     let q = Queue::<u32>::new().unwrap();
     let (a, b) = crate::pipe().unwrap();
@@ -376,4 +367,117 @@ fn a_log_record_longer_than_the_memory_behind_the_file_is_refused() {
     s.poke_u64(O_LOG_TAIL, forged + 16);
     let err = q.try_get().unwrap_err();
     assert!(err.to_string().contains("allocated"), "{err}");
+}
+
+// ---- Items that carry descriptors (the side channel) ----------------------------------------
+
+#[test]
+fn items_with_descriptors_keep_their_order_with_plain_ones_through_both_stores() {
+    use crate::Connection;
+    let q = small::<(u32, Option<Connection>, Vec<u8>)>();
+    let mut keep = Vec::new();
+    for i in 0..12u32 {
+        let conn = (i % 3 == 0).then(|| {
+            let (a, b) = crate::pipe().unwrap();
+            keep.push(a);
+            b
+        });
+        // Some large enough for the log.
+        let pad = vec![i as u8; if i % 4 == 1 { 3000 } else { 10 }];
+        q.put((i, conn, pad)).unwrap();
+    }
+    let mut k = keep.iter();
+    for i in 0..12u32 {
+        let (n, conn, pad) = q.get().unwrap();
+        assert_eq!(n, i);
+        assert_eq!(pad.len(), if i % 4 == 1 { 3000 } else { 10 });
+        assert_eq!(conn.is_some(), i % 3 == 0, "item {i}");
+        if let Some(c) = conn {
+            k.next().unwrap().send(&i).unwrap();
+            assert_eq!(
+                c.recv::<u32>().unwrap(),
+                i,
+                "item {i} got its own connection"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_message_no_record_names_is_passed_over() {
+    // A producer that died after sending its descriptors but before committing its record.
+    let q = small::<crate::Connection>();
+    let (a, b) = crate::pipe().unwrap();
+    {
+        use std::os::fd::AsRawFd;
+        let stray = crate::pipe().unwrap().0;
+        let s = q.shared();
+        let token = s.peek_u64(O_FD_TOKEN) + 1;
+        s.poke_u64(O_FD_TOKEN, token);
+        let bytes = token.to_le_bytes();
+        let iov = [std::io::IoSlice::new(&bytes)];
+        crate::sys::send_with(
+            s.side().0,
+            &iov,
+            &[std::os::fd::AsFd::as_fd(&stray).as_raw_fd()],
+            false,
+        )
+        .unwrap();
+    }
+    q.put(b).unwrap();
+    let got = q.get().unwrap();
+    a.send(&7u8).unwrap();
+    assert_eq!(got.recv::<u8>().unwrap(), 7);
+}
+
+#[test]
+fn a_record_whose_message_is_gone_is_an_error_and_the_next_item_is_fine() {
+    // A consumer that died after receiving the descriptors but before committing.
+    let q = small::<crate::Connection>();
+    let (a, b) = crate::pipe().unwrap();
+    let (c, d) = crate::pipe().unwrap();
+    q.put(b).unwrap();
+    q.put(d).unwrap();
+    {
+        let s = q.shared();
+        let mut word = [0u8; 8];
+        let mut inbox = crate::sys::Inbox::default();
+        crate::sys::recv_into_slice(s.side().1, &mut word, &mut inbox, true, true).unwrap();
+        assert_eq!(inbox.fds.len(), 1);
+    }
+    assert!(matches!(q.get(), Err(GetError::DescriptorsLost(_))));
+    assert_eq!(q.len(), 1, "the item was taken all the same");
+    let got = q.get().unwrap();
+    c.send(&1u8).unwrap();
+    assert_eq!(got.recv::<u8>().unwrap(), 1);
+    drop(a);
+}
+
+#[test]
+fn a_full_side_channel_is_full_for_try_put_and_waits_for_put() {
+    let q = small::<crate::Connection>();
+    let (_a, b) = crate::pipe().unwrap();
+    let mut n = 0;
+    loop {
+        match q.try_put(b.try_clone().unwrap()) {
+            Ok(()) => n += 1,
+            Err(TryPutError::Full(_)) => break,
+            Err(e) => panic!("after {n}: {e}"),
+        }
+        assert!(n < 100_000, "the side channel never filled");
+    }
+    assert!(n >= 100, "only {n} items with descriptors fit");
+    let t = std::time::Instant::now();
+    let timed = q.put_timeout(b.try_clone().unwrap(), std::time::Duration::from_millis(30));
+    assert!(matches!(timed, Err(PutTimeoutError::Timeout(_))));
+    assert!(t.elapsed() >= std::time::Duration::from_millis(30));
+    // A consumer frees room for a waiting put.
+    let q2 = q.clone();
+    let taker = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        q2.get().unwrap()
+    });
+    q.put(b.try_clone().unwrap()).unwrap();
+    drop(taker.join().unwrap());
+    assert_eq!(q.len(), n);
 }

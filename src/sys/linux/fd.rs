@@ -32,6 +32,22 @@ pub(crate) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
     )?)
 }
 
+/// `socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC)`: a pair that keeps message boundaries (a
+/// queue's side channel for descriptors).
+pub(crate) fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )?)
+}
+
+/// Whether `fd` is a `SOCK_SEQPACKET` socket.
+pub(crate) fn is_seqpacket(fd: BorrowedFd<'_>) -> bool {
+    rustix::net::sockopt::socket_type(fd).is_ok_and(|t| t == SocketType::SEQPACKET)
+}
+
 /// `pipe2(O_CLOEXEC)`: (read end, write end).
 pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?)
@@ -120,6 +136,13 @@ pub(crate) fn poll_readable(
     }
 }
 
+/// Reads the start of the next message of a message socket into `buf` without taking it, and
+/// without taking its descriptors (`MSG_PEEK`, no control buffer); `WouldBlock` if there is none.
+pub(crate) fn peek_message(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    let flags = RecvFlags::PEEK | RecvFlags::DONTWAIT;
+    Ok(retry_on_intr(|| rustix::net::recv(fd, &mut *buf, flags))?.0)
+}
+
 /// Waits for one descriptor; `Ok(true)` when readable (or hung up), `Ok(false)` on timeout.
 pub(crate) fn wait_readable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> io::Result<bool> {
     let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
@@ -135,6 +158,17 @@ pub(crate) fn send_vectored(
     fd: BorrowedFd<'_>,
     bufs: &[IoSlice<'_>],
     fds: &[RawFd],
+) -> io::Result<usize> {
+    send_with(fd, bufs, fds, false)
+}
+
+/// [`send_vectored`] with `MSG_DONTWAIT` when `nonblocking` (then `WouldBlock` while the socket's
+/// buffer is full).
+pub(crate) fn send_with(
+    fd: BorrowedFd<'_>,
+    bufs: &[IoSlice<'_>],
+    fds: &[RawFd],
+    nonblocking: bool,
 ) -> io::Result<usize> {
     if fds.len() > MAX_FDS_PER_MESSAGE {
         return Err(io::Error::new(
@@ -158,8 +192,12 @@ pub(crate) fn send_vectored(
             "no room for the descriptors in the control buffer",
         ));
     }
+    let mut flags = SendFlags::NOSIGNAL;
+    if nonblocking {
+        flags |= SendFlags::DONTWAIT;
+    }
     Ok(retry_on_intr(|| {
-        rustix::net::sendmsg(fd, bufs, &mut control, SendFlags::NOSIGNAL)
+        rustix::net::sendmsg(fd, bufs, &mut control, flags)
     })?)
 }
 
