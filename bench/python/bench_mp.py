@@ -16,6 +16,7 @@ Run by the Rust harness (bench/src/python.rs), one figure per invocation:
     bench_mp.py array-write --size BYTES                     [plan]
     bench_mp.py array-read  --size BYTES                     [plan]
     bench_mp.py queue-flow  --producers P --consumers C --size BYTES (0: int items) [--cpus ...] [plan]
+    bench_mp.py queue-fresh --size BYTES [--cpus PARENT,CHILD] [plan]
     bench_mp.py queue-rt                 [--cpus PARENT,CHILD] [plan]
     bench_mp.py joinable                 [--cpus PARENT,CHILD] [plan]
     bench_mp.py event-timeout --timeout-ms MS                [plan]
@@ -53,6 +54,7 @@ DEFAULTS = {
     "array-write": {"full": (1, 31, 1), "quick": (1, 9, 1)},
     "array-read": {"full": (1, 31, 1), "quick": (1, 9, 1)},
     "queue-flow": {"full": (1, 21, 200_000), "quick": (1, 7, 50_000)},
+    "queue-fresh": {"full": (1, 9, 200_000), "quick": (1, 5, 50_000)},
     "queue-rt": {"full": (1, 51, 1_000), "quick": (1, 15, 300)},
     "joinable": {"full": (1, 21, 200_000), "quick": (1, 7, 50_000)},
     "event-timeout": {"full": (1, 101, 1), "quick": (1, 31, 1)},
@@ -433,6 +435,33 @@ def fig_queue_flow(args):
             p.join()
 
 
+def q_put_all(q, item, n):
+    for _ in range(n):
+        q.put(item)
+
+
+def fig_queue_fresh(args):
+    """Each batch a new queue, whose producer child puts the batch at once while the parent takes."""
+    ctx = mp.get_context("fork")
+    item = 7 if args.size == 0 else b"\x5a" * args.size
+
+    def batch(ops):
+        q = ctx.Queue()
+        p = ctx.Process(target=q_put_all, args=(q, item, ops))
+        if args.cpus:
+            parent, child = args.cpus
+            os.sched_setaffinity(0, {child})  # inherited by the forked child
+            p.start()
+            os.sched_setaffinity(0, {parent})
+        else:
+            p.start()
+        for _ in range(ops):
+            q.get()
+        p.join()
+
+    return run_plan(args, batch)
+
+
 def q_echo(conn, inq, out):
     while True:
         v = inq.get()
@@ -534,6 +563,7 @@ FIGURES = {
     "array-write": lambda args: fig_array(args, write=True),
     "array-read": lambda args: fig_array(args, write=False),
     "queue-flow": fig_queue_flow,
+    "queue-fresh": fig_queue_fresh,
     "queue-rt": fig_queue_rt,
     "joinable": fig_joinable,
     "event-timeout": lambda args: fig_timeout(args, "event"),

@@ -29,8 +29,27 @@ impl Plan {
     /// or the first error.
     pub(crate) fn run<E: Display>(
         &self,
-        mut batch: impl FnMut(usize) -> Result<(), E>,
+        batch: impl FnMut(usize) -> Result<(), E>,
     ) -> Result<f64, String> {
+        let mut per_op = self.samples_of(batch)?;
+        median(&mut per_op).ok_or_else(|| "no samples were taken".to_string())
+    }
+
+    /// [`run`](Self::run), reduced to the slowest batch instead of the median: for figures whose
+    /// point is that no batch is slow.
+    pub(crate) fn run_slowest<E: Display>(
+        &self,
+        batch: impl FnMut(usize) -> Result<(), E>,
+    ) -> Result<f64, String> {
+        let per_op = self.samples_of(batch)?;
+        slowest(&per_op).ok_or_else(|| "no samples were taken".to_string())
+    }
+
+    /// Seconds per operation of each timed batch.
+    fn samples_of<E: Display>(
+        &self,
+        mut batch: impl FnMut(usize) -> Result<(), E>,
+    ) -> Result<Vec<f64>, String> {
         for _ in 0..self.warmup {
             batch(self.ops).map_err(|e| e.to_string())?;
         }
@@ -40,7 +59,7 @@ impl Plan {
             batch(self.ops).map_err(|e| e.to_string())?;
             per_op.push(start.elapsed().as_secs_f64() / self.ops as f64);
         }
-        median(&mut per_op).ok_or_else(|| "no samples were taken".to_string())
+        Ok(per_op)
     }
 }
 
@@ -117,6 +136,11 @@ impl Timed {
 }
 
 /// The median of `samples` (the mean of the middle two for an even count); `None` when empty.
+/// The largest of `samples` (the slowest batch, in seconds per operation).
+pub(crate) fn slowest(samples: &[f64]) -> Option<f64> {
+    samples.iter().copied().reduce(f64::max)
+}
+
 pub(crate) fn median(samples: &mut [f64]) -> Option<f64> {
     if samples.is_empty() {
         return None;

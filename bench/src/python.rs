@@ -5,7 +5,7 @@ use std::process::Command;
 
 use serde::Deserialize;
 
-use crate::measure::{Plan, median};
+use crate::measure::{Plan, median, slowest};
 use crate::table::{Cell, Unit};
 
 /// Where the script lives: found at run time next to this crate's sources.
@@ -85,19 +85,51 @@ impl Python {
     /// Runs `bench_mp.py FIGURE [extra...] --warmup W --samples S --ops N` and returns its median time
     /// per operation in `unit`; `n/a` (with the reason) when Python is missing or the script fails.
     pub(crate) fn measure(&self, figure: &str, extra: &[String], plan: Plan, unit: Unit) -> Cell {
+        self.measure_reduced(figure, extra, plan, unit, |s| median(s))
+    }
+
+    /// [`measure`](Self::measure), reduced to the slowest batch (see `Plan::run_slowest`).
+    pub(crate) fn measure_slowest(
+        &self,
+        figure: &str,
+        extra: &[String],
+        plan: Plan,
+        unit: Unit,
+    ) -> Cell {
+        self.measure_reduced(figure, extra, plan, unit, |s| slowest(s))
+    }
+
+    fn measure_reduced(
+        &self,
+        figure: &str,
+        extra: &[String],
+        plan: Plan,
+        unit: Unit,
+        reduce: impl FnOnce(&mut [f64]) -> Option<f64>,
+    ) -> Cell {
         let found = match &self.found {
             Ok(f) => f,
             // Already said loudly at start-up.
             Err(_) => return Cell::Unavailable(None),
         };
-        match run_script(found, figure, extra, plan) {
+        let secs = run_script(found, figure, extra, plan).and_then(|mut samples| {
+            reduce(&mut samples)
+                .ok_or_else(|| format!("bench_mp.py {figure}: no samples in its output"))
+        });
+        match secs {
             Ok(secs) => Cell::Value(unit.of_secs_per_op(secs)),
             Err(e) => Cell::Unavailable(Some(e)),
         }
     }
 }
 
-fn run_script(found: &Found, figure: &str, extra: &[String], plan: Plan) -> Result<f64, String> {
+/// Runs the script; gives its samples (seconds per operation of each timed batch).
+fn run_script(
+    found: &Found,
+    figure: &str,
+    extra: &[String],
+    plan: Plan,
+) -> Result<Vec<f64>, String> {
     let mut cmd = Command::new(&found.exe);
     cmd.arg(&found.script)
         .arg(figure)
@@ -122,8 +154,7 @@ fn run_script(found: &Found, figure: &str, extra: &[String], plan: Plan) -> Resu
         .rev()
         .find(|l| !l.trim().is_empty())
         .unwrap_or("");
-    let mut parsed: Output = serde_json::from_str(last)
+    let parsed: Output = serde_json::from_str(last)
         .map_err(|e| format!("bench_mp.py {figure}: unreadable output {last:?}: {e}"))?;
-    median(&mut parsed.seconds_per_op)
-        .ok_or_else(|| format!("bench_mp.py {figure}: no samples in its output"))
+    Ok(parsed.seconds_per_op)
 }

@@ -9,6 +9,11 @@
 //!   batch, two consumer children each take half; four processes on the machine's CPUs, unpinned.
 //!   The parent only hands out the batch and collects the acknowledgements. DESIGN.md: ≥ 6 M/s small,
 //!   ≥ 1.5 M/s 4 KiB.
+//! - `queue 1→1, 4 KiB items, fresh queue (slowest batch)` (M items/s): each batch a new queue, whose
+//!   producer child puts the batch at once while the parent takes; the slowest batch, since the
+//!   point is that none is slow (a queue used to stay in its overflow log, at a fraction of its
+//!   speed, when its consumer fell behind at the start). Python: the same with a new
+//!   `multiprocessing.Queue()` per batch.
 //! - `queue 1→1, 1 MiB items` (GB/s): as the first figure with 1 MiB items.
 //! - `queue put→get round trip` (µs): the parent puts an item on one queue, a child takes it and puts
 //!   it on a second, the parent takes it back. DESIGN.md: ≤ 5 µs across CPUs.
@@ -146,6 +151,40 @@ where
         n if n == total && q.is_empty() => Ok(secs),
         n => Err(format!("{n} items put, {total} taken")),
     }
+}
+
+/// Producer child of a fresh queue: puts `n` clones of `item` at once, and ends.
+fn put_all<T: Serialize + Clone>((q, item, n): (Queue<T>, T, u64)) -> Result<u64, String> {
+    for _ in 0..n {
+        q.put(item.clone()).map_err(|e| format!("put: {e}"))?;
+    }
+    Ok(n)
+}
+
+/// `queue 1→1, fresh`: each batch a new queue, whose producer child starts putting at once while the
+/// parent takes (the shape that used to leave a queue in its log for the rest of its life); seconds
+/// per item of the slowest batch.
+fn fresh_one_to_one<T>(pin: &Pinning, plan: Plan, item: T) -> Result<f64, String>
+where
+    T: Serialize + DeserializeOwned + Clone,
+{
+    plan.run_slowest(|ops| {
+        let q = Queue::<T>::new().map_err(|e| format!("Queue::new failed: {e}"))?;
+        let producer = pin
+            .start(|| {
+                Process::builder()
+                    .start_method(StartMethod::Fork)
+                    .spawn(put_all::<T>, (q.clone(), item.clone(), ops as u64))
+            })
+            .map_err(|e| format!("start failed: {e}"))?;
+        for _ in 0..ops {
+            q.get().map_err(|e| format!("get: {e}"))?;
+        }
+        match producer.join() {
+            Ok(Ok(n)) if n == ops as u64 && q.is_empty() => Ok(()),
+            other => Err(format!("the producer: {other:?}")),
+        }
+    })
 }
 
 /// `queue 2→2`: seconds per item, two producer and two consumer children, unpinned.
@@ -321,6 +360,21 @@ pub(crate) fn run(ctx: &Ctx, table: &mut Table) {
         unit,
         one_to_one(&pin, kib, bytes(4096)),
         py("queue-flow", &flow("1", "1", "4096"), true, kib, unit),
+    ));
+    let fresh = Plan {
+        warmup: 1,
+        samples: ctx.pick(5, 9),
+        ops: ctx.pick(50_000, 200_000),
+    };
+    table.push(Row::compare(
+        "queue 1→1, 4 KiB items, fresh queue (slowest batch)",
+        unit,
+        fresh_one_to_one(&pin, fresh, bytes(4096)),
+        {
+            let extra: Vec<String> = pin.python_args(&["--size".to_string(), "4096".to_string()]);
+            ctx.python
+                .measure_slowest("queue-fresh", &extra, fresh, unit)
+        },
     ));
     table.push(
         Row::compare(

@@ -141,6 +141,10 @@ const TOKEN: usize = 8;
 /// descriptors waiting in the queue costs a message of about a kilobyte of it.
 const SIDE_BUFFER: usize = 1 << 20;
 const PAGE: u64 = 4096;
+/// How much of the log a consumer reads at once ahead of its head.
+const READ_AHEAD: u64 = 256 << 10;
+/// How much of the log's consumed pages a consumer lets pile up before it gives them back.
+const PUNCH_EVERY: u64 = 1 << 20;
 
 /// How long a side's lock holder stays awake waiting for the other side before it sleeps (see
 /// [`Spin`]): a consumer for an item, a producer of a bounded queue for room, a joiner.
@@ -286,6 +290,9 @@ pub(crate) struct Shared {
     /// This process's last view of the other side's words, so that a put or a get need not read the
     /// other side's cache line while its view already shows room or an item (see [`Seen`]).
     seen: Seen,
+    /// What this process read of the log ahead of its head (under the get lock only; the mutex is
+    /// for the threads of this process, which take the get lock in turn).
+    ahead: std::sync::Mutex<ReadAhead>,
 }
 
 /// What this process last read of the other side's published words. Each is a lower bound of the
@@ -298,9 +305,38 @@ struct Seen {
     got: AtomicU64,
     head: AtomicU64,
     log_head: AtomicU64,
+    /// For producers: when `got_count` was last seen to move (nanoseconds since [`epoch`]; 0:
+    /// never), the sign of a consumer at work.
+    got_moved: AtomicU64,
     /// For consumers: `put_count` and `tail`.
     put: AtomicU64,
     tail: AtomicU64,
+}
+
+/// The log's bytes this process read ahead of its head (see [`Shared::take`]): `bytes` are the
+/// log's from position `start`. Positions are written once, so bytes read stay true.
+#[derive(Debug, Default)]
+struct ReadAhead {
+    start: u64,
+    bytes: Vec<u8>,
+}
+
+impl ReadAhead {
+    /// The `n` bytes at position `at`, if they were read.
+    fn get(&self, at: u64, n: u64) -> Option<&[u8]> {
+        let from = usize::try_from(at.checked_sub(self.start)?).ok()?;
+        let to = from.checked_add(usize::try_from(n).ok()?)?;
+        self.bytes.get(from..to)
+    }
+}
+
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn nanos(t: Instant) -> u64 {
+    t.saturating_duration_since(epoch()).as_nanos() as u64 | 1
 }
 
 /// Releases a side's lock when dropped (also on a panic or an early return).
@@ -330,6 +366,7 @@ impl Shared {
             side,
             cap,
             seen: Seen::default(),
+            ahead: Default::default(),
         };
         s.u32(O_CAP).store(cap, Ordering::Relaxed);
         s.u32(O_MAXSIZE).store(maxsize, Ordering::Relaxed);
@@ -377,6 +414,7 @@ impl Shared {
             cap,
             // Zero is a lower bound of everything.
             seen: Seen::default(),
+            ahead: Default::default(),
         })
     }
 
@@ -659,7 +697,7 @@ impl Shared {
         match ring_need(total) {
             Some(need)
                 if need <= u64::from(self.cap / 2)
-                    && self.log_empty(log_tail)
+                    && (self.log_empty(log_tail) || self.log_drained(log_tail))
                     && self.ring_room(tail, need)? =>
             {
                 let word = total as u32 | if token.is_some() { RING_FDS } else { 0 };
@@ -668,7 +706,9 @@ impl Shared {
                 header[4..].copy_from_slice(&(!word).to_le_bytes());
                 self.ring_write(tail, &header)?;
                 self.ring_write(tail + RING_HDR as u64, payload)?;
-                self.ring_write(tail + (RING_HDR + payload.len()) as u64, suffix)?;
+                if !suffix.is_empty() {
+                    self.ring_write(tail + (RING_HDR + payload.len()) as u64, suffix)?;
+                }
                 self.u64(O_TAIL).store(tail + need, Ordering::Release);
             }
             _ => {
@@ -700,6 +740,53 @@ impl Shared {
         let log_head = self.u64(O_LOG_HEAD).load(Ordering::Acquire);
         self.seen.log_head.store(log_head, Ordering::Relaxed);
         log_head == log_tail
+    }
+
+    /// Waits, while consumers are at work, for a log that is not empty to drain; whether it did (then
+    /// this put, and the ones after it, go to the ring again).
+    ///
+    /// # Leaving the log
+    /// Once an item is in the log, every later put must go there too (the FIFO rule), until the log
+    /// is empty. A producer at least as fast as the consumer keeps it from ever being empty, and the
+    /// queue would stay in the log, at a system call or three per item, for the rest of its life
+    /// (three quarters of the 4 KiB figure's speed, lost at random: the log is entered whenever the
+    /// consumer is off its CPU for [`STILL`]). So a producer that finds the log holding items while
+    /// a consumer is taking (the take count moved within the last [`STILL`]) waits for the log to
+    /// empty rather than add to it, as it waits for room in a full ring: a consumer at work drains
+    /// it at its own pace, and the items after it go to the ring. With no consumer at work (none has
+    /// taken for [`STILL`]) the put goes to the log at once, as an unbounded queue's put must not
+    /// wait for a consumer that may never come.
+    fn log_drained(&self, log_tail: u64) -> bool {
+        let mut got = self.u64(O_GOT_COUNT).load(Ordering::Acquire);
+        let now = Instant::now();
+        let mut moved = if got != self.seen.got.load(Ordering::Relaxed) {
+            self.seen.got.store(got, Ordering::Relaxed);
+            self.seen.got_moved.store(nanos(now), Ordering::Relaxed);
+            now
+        } else {
+            match self.seen.got_moved.load(Ordering::Relaxed) {
+                0 => return false,
+                at => epoch() + Duration::from_nanos(at),
+            }
+        };
+        loop {
+            if self.log_empty(log_tail) {
+                return true;
+            }
+            if moved.elapsed() >= STILL {
+                return false;
+            }
+            let next = ROOM_SPIN.until(Wait::Forever, || {
+                let now = self.u64(O_GOT_COUNT).load(Ordering::Acquire);
+                (now != got).then_some(now)
+            });
+            if let Some(now) = next {
+                got = now;
+                moved = Instant::now();
+                self.seen.got.store(got, Ordering::Relaxed);
+                self.seen.got_moved.store(nanos(moved), Ordering::Relaxed);
+            }
+        }
     }
 
     /// Whether `need` bytes fit in the ring at `tail`. A full ring whose head is moving (a consumer
@@ -764,7 +851,10 @@ impl Shared {
         let at = (pos & u64::from(self.cap - 1)) as usize;
         let first = src.len().min(self.cap as usize - at);
         self.region.write_at(HEADER + at, &src[..first])?;
-        self.region.write_at(HEADER, &src[first..])
+        if first < src.len() {
+            self.region.write_at(HEADER, &src[first..])?;
+        }
+        Ok(())
     }
 
     /// Appends `n` bytes from the ring at position `pos` to `buf`, wrapping around its end.
@@ -772,7 +862,10 @@ impl Shared {
         let at = (pos & u64::from(self.cap - 1)) as usize;
         let first = n.min(self.cap as usize - at);
         self.region.read_append(HEADER + at, first, buf)?;
-        self.region.read_append(HEADER, n - first, buf)
+        if first < n {
+            self.region.read_append(HEADER, n - first, buf)?;
+        }
+        Ok(())
     }
 
     /// Copies from the ring at position `pos` into `dst`, wrapping around its end.
@@ -781,7 +874,10 @@ impl Shared {
         let first = dst.len().min(self.cap as usize - at);
         let (a, b) = dst.split_at_mut(first);
         self.region.read_at(HEADER + at, a)?;
-        self.region.read_at(HEADER, b)
+        if !b.is_empty() {
+            self.region.read_at(HEADER, b)?;
+        }
+        Ok(())
     }
 
     /// Takes the oldest item's encoded payload into `buf`.
@@ -829,7 +925,8 @@ impl Shared {
         self.u64(O_LOG_HEAD).store(new_log_head, Ordering::Release);
         self.u32(O_GOT_SEQ).fetch_add(1, Ordering::AcqRel);
         if new_log_head != log_head {
-            self.punch(new_log_head);
+            let emptied = new_log_head == self.u64(O_LOG_TAIL).load(Ordering::Acquire);
+            self.punch(new_log_head, emptied);
         }
         drop(held);
         self.room().notify(1);
@@ -862,45 +959,84 @@ impl Shared {
             return Ok((head + need, log_head, fds.then(|| split_token(buf))));
         }
         let log_tail = self.u64(O_LOG_TAIL).load(Ordering::Acquire);
-        let meta = self.log.metadata()?;
-        let file_len = meta.len();
         let available = log_tail.checked_sub(log_head).ok_or_else(|| {
             corrupt(format!(
                 "the log's head {log_head} is past its tail {log_tail}"
             ))
         })?;
-        // What the positions promise must also exist in the file (padding aside).
-        let in_file = file_len.saturating_sub(log_head);
-        if available < LOG_HDR || in_file < LOG_HDR {
+        if available < LOG_HDR {
             return Err(corrupt(format!(
-                "an item is counted but the log holds only {available} bytes ({in_file} in its file)"
+                "an item is counted but the log holds only {available} bytes"
             )));
+        }
+        // Small records come from what this process read ahead of the head: one `pread` per run of
+        // records instead of two (and an `fstat`) per record.
+        let mut ahead = self.ahead.lock().unwrap_or_else(|p| p.into_inner());
+        if ahead.get(log_head, LOG_HDR).is_none() {
+            self.read_ahead(&mut ahead, log_head, available)?;
         }
         let mut header = [0u8; LOG_HDR as usize];
-        self.log.read_exact_at(&mut header, log_head)?;
+        header.copy_from_slice(
+            ahead
+                .get(log_head, LOG_HDR)
+                .unwrap_or(&[0; LOG_HDR as usize]),
+        );
         let (len, fds) = log_record(header, available).map_err(corrupt)?;
-        // The file is sparse: its size costs nothing to forge, the memory behind it does. A real
-        // record's bytes were written, so they are allocated.
-        let allocated = std::os::unix::fs::MetadataExt::blocks(&meta).saturating_mul(512);
-        if len > in_file - LOG_HDR || len > allocated {
-            return Err(corrupt(format!(
-                "log record of {len} bytes is longer than the {} bytes in the file ({allocated} allocated)",
-                in_file - LOG_HDR
-            )));
-        }
         buf.clear();
-        buf.resize(len as usize, 0);
-        self.log.read_exact_at(buf, log_head + LOG_HDR)?;
+        match ahead.get(log_head + LOG_HDR, len) {
+            Some(bytes) => buf.extend_from_slice(bytes),
+            None => {
+                drop(ahead);
+                self.read_record(buf, log_head, len)?;
+            }
+        }
         let need = log_need(len).unwrap_or(0);
         Ok((head, log_head + need, fds.then(|| split_token(buf))))
     }
 
-    /// Gives back the log's pages wholly below `log_head`.
-    fn punch(&self, log_head: u64) {
+    /// Reads up to [`READ_AHEAD`] bytes of the log from `log_head` (of the `available` published
+    /// there, and of what the file holds) into `ahead`.
+    fn read_ahead(&self, ahead: &mut ReadAhead, log_head: u64, available: u64) -> Result<(), Fail> {
+        let in_file = self.log.metadata()?.len().saturating_sub(log_head);
+        let n = available.min(in_file).min(READ_AHEAD);
+        if n < LOG_HDR {
+            return Err(corrupt(format!(
+                "an item is counted but the log's file holds only {in_file} bytes past its head"
+            )));
+        }
+        ahead.start = log_head;
+        ahead.bytes.clear();
+        ahead.bytes.resize(n as usize, 0);
+        self.log.read_exact_at(&mut ahead.bytes, log_head)?;
+        Ok(())
+    }
+
+    /// Reads a record's `len` payload bytes straight from the file (a record too large to have been
+    /// read ahead), after checking that the file holds them.
+    fn read_record(&self, buf: &mut Vec<u8>, log_head: u64, len: u64) -> Result<(), Fail> {
+        let meta = self.log.metadata()?;
+        let in_file = meta.len().saturating_sub(log_head + LOG_HDR);
+        // The file is sparse: its size costs nothing to forge, the memory behind it does. A real
+        // record's bytes were written, so they are allocated.
+        let allocated = std::os::unix::fs::MetadataExt::blocks(&meta).saturating_mul(512);
+        if len > in_file || len > allocated {
+            return Err(corrupt(format!(
+                "log record of {len} bytes is longer than the {in_file} bytes in the file \
+                 ({allocated} allocated)"
+            )));
+        }
+        buf.resize(len as usize, 0);
+        self.log.read_exact_at(buf, log_head + LOG_HDR)?;
+        Ok(())
+    }
+
+    /// Gives back the log's pages wholly below `log_head`, once they add up to [`PUNCH_EVERY`] (a
+    /// hole punch takes the file's lock, which the producers' writes wait for) or the log is empty.
+    fn punch(&self, log_head: u64, emptied: bool) {
         let punched = self.u64(O_PUNCHED);
         let from = punched.load(Ordering::Relaxed);
         let to = log_head & !(PAGE - 1);
-        if to > from {
+        if to > from && (emptied || to - from >= PUNCH_EVERY) {
             // A failure leaves the pages allocated until the next punch covers them.
             if sys::shm::punch_hole(self.log.as_fd(), from, to - from).is_ok() {
                 punched.store(to, Ordering::Relaxed);

@@ -481,3 +481,42 @@ fn a_full_side_channel_is_full_for_try_put_and_waits_for_put() {
     drop(taker.join().unwrap());
     assert_eq!(q.len(), n);
 }
+
+#[test]
+fn a_queue_leaves_its_log_once_a_consumer_catches_up() {
+    // No consumer yet: the ring fills and the rest goes to the log.
+    let q = small::<u64>();
+    let early = 2_000u64;
+    for i in 0..early {
+        q.put(i).unwrap();
+    }
+    let s = q.shared();
+    let log_before = s.peek_u64(O_LOG_TAIL);
+    assert!(log_before > 0, "the early items overflowed into the log");
+    // Now a consumer takes everything, a little slower than the producer puts (a microsecond of
+    // work per item), so that the log would never empty on its own.
+    let more = 50_000u64;
+    let consumer = {
+        let q = second_handle(&q);
+        std::thread::spawn(move || {
+            for i in 0..early + more {
+                assert_eq!(q.get().unwrap(), i);
+                let t = std::time::Instant::now();
+                while t.elapsed() < std::time::Duration::from_micros(1) {
+                    std::hint::spin_loop();
+                }
+            }
+        })
+    };
+    for i in early..early + more {
+        q.put(i).unwrap();
+    }
+    consumer.join().unwrap();
+    // Each u64 item takes a 32-byte log record: had the queue stayed in the log, every one of the
+    // later items would be there.
+    let logged = (s.peek_u64(O_LOG_TAIL) - log_before) / 32;
+    assert!(
+        logged < more / 2,
+        "{logged} of the {more} later items went to the log"
+    );
+}
