@@ -111,8 +111,13 @@ fn spawn_with_few_descriptors(m: StartMethod) -> (usize, usize, Vec<String>) {
             },
             Err(e) => {
                 failed += 1;
-                if e.raw_os_error() != Some(24) {
-                    problems.push(format!("{spare} spare: {e} is not EMFILE"));
+                if e.kind() != std::io::ErrorKind::QuotaExceeded
+                    || !e.to_string().contains("RLIMIT_NOFILE")
+                {
+                    problems.push(format!(
+                        "{spare} spare: {e} ({:?}) is not exhaustion",
+                        e.kind()
+                    ));
                 }
             }
         }
@@ -439,4 +444,53 @@ fn terminate_at_once() {
             }
         }
     }
+}
+
+/// In a forked child (the limit is process-wide): with every descriptor it may have open, each
+/// constructor fails with the kind of its own that descriptor exhaustion has.
+fn construct_at_the_limit(_: ()) -> Vec<String> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let old = getrlimit(Resource::Nofile);
+    let highest = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+        .max()
+        .unwrap();
+    let limit = Rlimit {
+        current: Some(highest + 1),
+        maximum: old.maximum,
+    };
+    setrlimit(Resource::Nofile, limit).unwrap();
+    let mut fillers = Vec::new();
+    while let Ok(f) = std::fs::File::open("/dev/null") {
+        fillers.push(f);
+    }
+    let kinds = [
+        ("pipe", multiprocess::pipe().map(drop)),
+        ("Lock", multiprocess::Lock::new().map(drop)),
+        ("Queue", multiprocess::Queue::<u8>::new().map(drop)),
+        ("SharedMemory", multiprocess::SharedMemory::new(8).map(drop)),
+        (
+            "spawn",
+            Process::builder()
+                .start_method(StartMethod::Spawn)
+                .spawn(square, 1)
+                .map(drop),
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(what, r)| match r {
+        Err(e) if e.kind() == std::io::ErrorKind::QuotaExceeded => None,
+        other => Some(format!("{what}: {other:?}")),
+    })
+    .collect();
+    drop(fillers);
+    setrlimit(Resource::Nofile, old).unwrap();
+    kinds
+}
+
+#[test]
+fn running_out_of_descriptors_is_an_error_of_its_own_kind() {
+    let wrong = join(start(StartMethod::Fork, construct_at_the_limit, ())).unwrap();
+    assert!(wrong.is_empty(), "{wrong:#?}");
 }

@@ -201,7 +201,7 @@ impl ForkServer {
                 // Our child, but its pidfd did not fit in our descriptor table.
                 _ => {
                     sys::kill_and_reap(pid);
-                    Err(io::Error::from_raw_os_error(libc::EMFILE))
+                    Err(sys::out_of_descriptors())
                 }
             },
             FromServer::Failed(why) => Err(io::Error::other(format!("fork server: {why}"))),

@@ -314,7 +314,8 @@ impl Builder {
     ///
     /// # Errors
     /// The OS refused to create the process or its pipes (descriptors exhausted is
-    /// `ErrorKind::Other` with `EMFILE`; no child is left behind by any failure); the argument could
+    /// [`ErrorKind::QuotaExceeded`](io::ErrorKind::QuotaExceeded), with the OS error as its source;
+    /// no child is left behind by any failure); the argument could
     /// not be serialized (`InvalidInput`; no process was started); or, under `Spawn`/`ForkServer`,
     /// `f` does not live in the executable, or this program runs set-user-ID (`Unsupported`).
     pub fn spawn<A, R>(self, f: fn(A) -> R, arg: A) -> io::Result<Process<R>>

@@ -22,25 +22,68 @@ use std::time::{Duration, Instant};
 /// Most descriptors the kernel accepts in one `SCM_RIGHTS` message (`SCM_MAX_FD`).
 pub(crate) const MAX_FDS_PER_MESSAGE: usize = 253;
 
+/// The error of a call that makes a descriptor. Running out of descriptors (`EMFILE`: this process
+/// is at its `RLIMIT_NOFILE`; `ENFILE`: the system is) gets a kind of its own,
+/// [`QuotaExceeded`](io::ErrorKind::QuotaExceeded), and a message that says what to do, instead of
+/// the uncategorized error the standard library makes of it; the OS error is its source.
+pub(crate) fn creating(e: impl Into<io::Error>) -> io::Error {
+    let e = e.into();
+    let what = match e.raw_os_error() {
+        Some(libc::EMFILE) => {
+            "this process has as many descriptors open as its limit allows (RLIMIT_NOFILE: close \
+             some, or raise it with `ulimit -n`)"
+        }
+        Some(libc::ENFILE) => "the system has as many files open as it allows (fs.file-max)",
+        _ => return e,
+    };
+    io::Error::new(io::ErrorKind::QuotaExceeded, Exhausted { what, source: e })
+}
+
+/// The error of a descriptor that did not arrive because this process is out of them.
+pub(crate) fn out_of_descriptors() -> io::Error {
+    creating(io::Error::from_raw_os_error(libc::EMFILE))
+}
+
+/// Descriptor exhaustion, as [`creating`] reports it.
+#[derive(Debug)]
+struct Exhausted {
+    what: &'static str,
+    source: io::Error,
+}
+
+impl std::fmt::Display for Exhausted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "out of file descriptors: {}", self.what)
+    }
+}
+
+impl std::error::Error for Exhausted {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
 /// `socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC)`.
 pub(crate) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
-    Ok(rustix::net::socketpair(
+    rustix::net::socketpair(
         AddressFamily::UNIX,
         SocketType::STREAM,
         SocketFlags::CLOEXEC,
         None,
-    )?)
+    )
+    .map_err(creating)
 }
 
 /// `socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC)`: a pair that keeps message boundaries (a
 /// queue's side channel for descriptors).
 pub(crate) fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
-    Ok(rustix::net::socketpair(
+    rustix::net::socketpair(
         AddressFamily::UNIX,
         SocketType::SEQPACKET,
         SocketFlags::CLOEXEC,
         None,
-    )?)
+    )
+    .map_err(creating)
 }
 
 /// Whether `fd` is a `SOCK_SEQPACKET` socket.
@@ -50,12 +93,12 @@ pub(crate) fn is_seqpacket(fd: BorrowedFd<'_>) -> bool {
 
 /// `pipe2(O_CLOEXEC)`: (read end, write end).
 pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    Ok(rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?)
+    rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(creating)
 }
 
 /// `dup` with close-on-exec, at the lowest free number `>= min`.
 pub(crate) fn dup_cloexec(fd: BorrowedFd<'_>, min: RawFd) -> io::Result<OwnedFd> {
-    Ok(rustix::io::fcntl_dupfd_cloexec(fd, min)?)
+    rustix::io::fcntl_dupfd_cloexec(fd, min).map_err(creating)
 }
 
 /// Sets `SO_SNDBUF` and `SO_RCVBUF` (the kernel caps them at `wmem_max`/`rmem_max`).
@@ -307,7 +350,8 @@ pub(crate) fn neuter(fds: &[RawFd]) -> io::Result<()> {
     if fds.is_empty() {
         return Ok(());
     }
-    let null = rustix::fs::open("/dev/null", OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())?;
+    let null = rustix::fs::open("/dev/null", OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
+        .map_err(creating)?;
     let mut result = Ok(());
     for &fd in fds {
         // SAFETY: dup3 onto `fd` closes whatever `fd` named and installs /dev/null there; the caller

@@ -385,7 +385,7 @@ pub(crate) fn spawn_self(
         libc::posix_spawnattr_destroy(&mut attr);
         libc::posix_spawn_file_actions_destroy(&mut actions);
         if r != 0 {
-            return Err(io::Error::from_raw_os_error(r));
+            return Err(super::fd::creating(io::Error::from_raw_os_error(r)));
         }
     }
     Ok(pid)
@@ -583,10 +583,8 @@ pub(crate) fn replace_environment(vars: &[(OsString, OsString)]) {
 /// `pidfd_open(pid, 0)`: a descriptor that becomes readable when the process ends.
 pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     let pid = Pid::from_raw(pid).ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
-    Ok(rustix::process::pidfd_open(
-        pid,
-        rustix::process::PidfdFlags::empty(),
-    )?)
+    rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
+        .map_err(super::fd::creating)
 }
 
 /// `pidfd_send_signal`. Sending to a process that has exited but not been reaped succeeds; once

@@ -111,7 +111,8 @@ impl Region {
     /// with its last descriptor and mapping, sealed so that nobody can change its size.
     pub(crate) fn anonymous(kind: &str, len: usize) -> io::Result<Region> {
         use rustix::fs::{MemfdFlags, SealFlags};
-        let fd = rustix::fs::memfd_create(kind, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
+        let fd = rustix::fs::memfd_create(kind, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
+            .map_err(super::fd::creating)?;
         rustix::fs::ftruncate(&fd, len as u64)?;
         rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)?;
         Region::map(fd, len, false)
@@ -127,7 +128,8 @@ impl Region {
             OFlags::RDWR
         };
         // rustix opens shared memory close-on-exec.
-        let fd = rustix::shm::open(shm_name(name)?.as_c_str(), flags, Mode::RUSR | Mode::WUSR)?;
+        let fd = rustix::shm::open(shm_name(name)?.as_c_str(), flags, Mode::RUSR | Mode::WUSR)
+            .map_err(super::fd::creating)?;
         let len = if create {
             if let Err(e) = rustix::fs::ftruncate(&fd, len as u64) {
                 let _ = unlink_named(name);
@@ -445,10 +447,7 @@ impl Drop for Region {
 /// A new, empty anonymous memory file (`memfd_create`) that is never mapped (it may grow), gone with
 /// its last descriptor.
 pub(crate) fn memfd(name: &str) -> io::Result<OwnedFd> {
-    Ok(rustix::fs::memfd_create(
-        name,
-        rustix::fs::MemfdFlags::CLOEXEC,
-    )?)
+    rustix::fs::memfd_create(name, rustix::fs::MemfdFlags::CLOEXEC).map_err(super::fd::creating)
 }
 
 /// Gives the memory behind bytes `offset..offset + len` of a memory file back to the system; they read
