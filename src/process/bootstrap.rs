@@ -131,6 +131,8 @@ pub(crate) fn boot_from_fd(fd: RawFd) -> ! {
     let Some(fd) = sys::adopt_inherited(fd) else {
         sys::exit_now(EXIT_BOOT_FAILED)
     };
+    // Single-threaded here (before `main`, or a fork of the single-threaded fork server).
+    install_panic_hook();
     // Descriptors the parent did not mean to pass (spawn closes them already where glibc can).
     sys::close_from(BOOT_FD + 1);
     let entry = match sys::entry::accept_boot::<ChildCall>(&fd) {
@@ -203,30 +205,122 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "Box<dyn Any>".to_string())
 }
 
-/// In a program built with `panic = "abort"`, a panic cannot be caught: the process aborts right
-/// after the panic hook. So the hook reports the panic to the parent first (then prints it as the
-/// previous hook would) and ends the child with the exit code of a panic, 1, as under unwinding.
-fn report_panics_before_abort(conn: &Connection) {
-    if !cfg!(panic = "abort") {
-        return;
-    }
-    let Ok(reporter) = conn.try_clone() else {
-        return;
+/// What a child says of its function's panic: the message, and the panic as the panic hook would
+/// have printed it (which process, where, the message, a backtrace if `RUST_BACKTRACE` asks).
+#[derive(Serialize, Deserialize)]
+pub(crate) struct Panic {
+    pub(crate) message: String,
+    pub(crate) rendered: String,
+}
+
+thread_local! {
+    /// Set on the thread that runs a child's function: where its panic goes.
+    static FUNCTION: std::cell::RefCell<Option<PanicSink>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Where the panic of a child's function goes.
+enum PanicSink {
+    /// Kept for `run_and_report`, which sends it once `catch_unwind` returns.
+    Keep(Option<String>),
+    /// Sent by the hook itself (`panic = "abort"`: nothing returns), on this clone of the report
+    /// connection.
+    Send(Connection),
+}
+
+/// Installs (once per process) the panic hook that renders a child's panic for its parent; called
+/// before every start of a child in the parent, and in the fork server and every re-executed child
+/// before anything runs. Never in a forked child: another thread of the parent may have held the
+/// hook's lock at the fork, which the child would then wait for forever.
+///
+/// # Why the parent prints a child's panic
+/// A child's stderr is its parent's, so the default hook's message goes straight to the terminal:
+/// under `cargo test` it shows up in the middle of other tests' output, even for a test that passes
+/// (the test harness captures what the test's thread prints, not what other processes write to the
+/// descriptor; a child forked from the test thread even prints into its own copy of the capture,
+/// which nobody reads). So the hook only renders the panic of the thread that runs a child's
+/// function; the child sends it with its report, and the parent prints it with `eprintln!` when it
+/// learns the outcome (in `join`, or when the `Process` is dropped), where the harness captures it
+/// like the test's own output. Other panics go to the hook that was there before. A program that
+/// installs a hook of its own after starting children replaces this one: its children's panics
+/// then print as that hook prints them.
+///
+/// In a program built with `panic = "abort"` a panic cannot be caught: the process aborts right
+/// after the hook. So there the hook sends the report itself and ends the child with the exit code
+/// of a panic, 1, as under unwinding.
+pub(crate) fn install_panic_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let handled = FUNCTION
+                .try_with(|f| {
+                    let mut f = f.try_borrow_mut().ok()?;
+                    let sink = f.as_mut()?;
+                    let message = panic_message(info.payload());
+                    let rendered = render(info, &message);
+                    match sink {
+                        PanicSink::Keep(kept) => *kept = Some(rendered),
+                        PanicSink::Send(reporter) => {
+                            report_panic(reporter, message, rendered);
+                            // Not `finish`: this may run while the panicking code holds any lock
+                            // of ours.
+                            let _ = std::io::stdout().flush();
+                            sys::exit_now(1);
+                        }
+                    }
+                    Some(())
+                })
+                .ok()
+                .flatten();
+            if handled.is_none() {
+                previous(info);
+            }
+        }));
+    });
+}
+
+/// Marks this thread as the one running a child's function (see [`install_panic_hook`]).
+fn capture_panics(conn: &Connection) {
+    let sink = match cfg!(panic = "abort") {
+        true => conn.try_clone().map(PanicSink::Send).ok(),
+        false => Some(PanicSink::Keep(None)),
     };
-    let previous = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        let msg = panic_message(info.payload());
-        report(&reporter, TAG_PANICKED, msg.as_bytes(), &[]);
-        previous(info);
-        // Not `finish`: this may run while the panicking code holds any lock of ours.
-        let _ = std::io::stderr().flush();
-        sys::exit_now(1);
-    }));
+    let _ = FUNCTION.try_with(|f| *f.borrow_mut() = sink);
+}
+
+/// The panic as the default hook prints it, naming the process instead of the thread.
+fn render(info: &std::panic::PanicHookInfo<'_>, message: &str) -> String {
+    let me = super::current_process();
+    let at = info
+        .location()
+        .map(|l| format!(" at {}:{}:{}", l.file(), l.line(), l.column()))
+        .unwrap_or_default();
+    let mut text = format!(
+        "process '{}' (pid {}) panicked{at}:\n{message}",
+        me.name, me.pid
+    );
+    let backtrace = std::backtrace::Backtrace::capture();
+    if backtrace.status() == std::backtrace::BacktraceStatus::Captured {
+        text.push_str(&format!("\nstack backtrace:\n{backtrace}"));
+    } else {
+        text.push_str(
+            "\nnote: run with `RUST_BACKTRACE=1` environment variable to display a backtrace",
+        );
+    }
+    text
+}
+
+fn report_panic(conn: &Connection, message: String, rendered: String) {
+    let panic = Panic { message, rendered };
+    match codec::encode(&panic) {
+        Ok((bytes, _)) => report(conn, TAG_PANICKED, &bytes, &[]),
+        Err(_) => report(conn, TAG_FAILED, panic.message.as_bytes(), &[]),
+    }
 }
 
 /// Runs the user's function and sends the outcome to the parent. Returns the exit code.
 pub(crate) fn run_and_report<A, R: Serialize>(f: fn(A) -> R, arg: A, conn: &Connection) -> i32 {
-    report_panics_before_abort(conn);
+    capture_panics(conn);
     // The result is encoded and sent inside `catch_unwind` too: a `Serialize` impl may panic.
     let outcome = catch_unwind(AssertUnwindSafe(|| {
         let value = f(arg);
@@ -245,7 +339,16 @@ pub(crate) fn run_and_report<A, R: Serialize>(f: fn(A) -> R, arg: A, conn: &Conn
         }
     }));
     outcome.unwrap_or_else(|payload| {
-        report(conn, TAG_PANICKED, panic_message(&*payload).as_bytes(), &[]);
+        let message = panic_message(&*payload);
+        let rendered = FUNCTION
+            .try_with(|f| match f.borrow_mut().take() {
+                Some(PanicSink::Keep(kept)) => kept,
+                _ => None,
+            })
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| format!("a child process panicked:\n{message}"));
+        report_panic(conn, message, rendered);
         1
     })
 }

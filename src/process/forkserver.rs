@@ -248,6 +248,8 @@ impl std::fmt::Debug for ForkServer {
 
 /// The server's main loop. Runs in the re-executed process, before `main`; never returns.
 pub(crate) fn serve(conn: Connection) -> ! {
+    // Before any child is forked from here (this process has one thread).
+    super::bootstrap::install_panic_hook();
     // Ctrl-C goes to the whole foreground process group, and a supervisor may SIGTERM the whole
     // group: the server is not the user's to stop (it exits when its client does, after removing
     // the client's names), as CPython's fork server and resource tracker ignore these.

@@ -323,6 +323,12 @@ impl Builder {
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned,
     {
+        {
+            // Under the lock the fork path holds across `fork`, so that no child is forked while
+            // another thread is in the middle of installing the hook.
+            let _state = state::lock();
+            bootstrap::install_panic_hook();
+        }
         bootstrap::ensure_constructor_linked();
         let method = self.method.unwrap_or_else(get_start_method);
         let (parent_name, name) = {
@@ -670,7 +676,16 @@ fn parse_report<R: DeserializeOwned>(frame: Frame) -> Result<R, ProcessError> {
     let text = || String::from_utf8_lossy(&bytes[1..]).into_owned();
     match bytes.first() {
         Some(&TAG_RETURNED) => codec::decode(&bytes[1..], fds).map_err(ProcessError::Decode),
-        Some(&TAG_PANICKED) => Err(ProcessError::Panicked { message: text() }),
+        Some(&TAG_PANICKED) => match codec::decode::<bootstrap::Panic>(&bytes[1..], fds) {
+            Ok(panic) => {
+                // Here, where a test harness captures it (see `bootstrap::capture_panics`).
+                eprintln!("{}", panic.rendered);
+                Err(ProcessError::Panicked {
+                    message: panic.message,
+                })
+            }
+            Err(e) => Err(ProcessError::Decode(format!("malformed panic report: {e}"))),
+        },
         Some(&TAG_FAILED) => Err(ProcessError::Child(text())),
         _ => Err(ProcessError::Decode(
             "malformed report from the child".into(),
@@ -740,6 +755,23 @@ impl<R> fmt::Debug for Process<R> {
             // What is known already: formatting must not reap the child as a side effect.
             .field("exitcode", &self.entry.status().map(WaitStatus::exitcode))
             .finish()
+    }
+}
+
+/// A child that panicked and was never joined still has its panic printed (see
+/// `bootstrap::capture_panics`), if it has ended by the time its handle goes.
+impl<R> Drop for Process<R> {
+    fn drop(&mut self) {
+        let joined = self.joined.get_mut().unwrap_or_else(|p| p.into_inner());
+        if joined.taken || joined.report.is_some() || !self.entry.has_exited() {
+            return; // told already, or not over yet
+        }
+        if let Ok(frame) = self.conn.recv_frame(Wait::Never, None)
+            && frame.bytes.first() == Some(&TAG_PANICKED)
+            && let Ok(panic) = codec::decode::<bootstrap::Panic>(&frame.bytes[1..], frame.fds)
+        {
+            eprintln!("{}", panic.rendered);
+        }
     }
 }
 
