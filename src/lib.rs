@@ -100,7 +100,8 @@ pub use crate::process::{
     Builder, JoinTimeoutError, Process, ProcessError, ProcessInfo, StartMethod, active_children,
     cpu_count, current_process, get_start_method, init, parent_process, set_start_method,
 };
-#[doc(hidden)]
+/// Entry points for the fuzz targets in `fuzz/` (feature `fuzzing`; not a stable API).
+#[cfg(feature = "fuzzing")]
 pub use crate::queue::fuzzing;
 pub use crate::queue::{
     DEFAULT_RING_BYTES, JoinableQueue, MAX_QUEUE_ITEMS, Queue, QueueBuilder, QueueIter,

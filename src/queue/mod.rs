@@ -730,7 +730,8 @@ impl<'de, T> Deserialize<'de> for Queue<T> {
 }
 
 /// Entry points for the fuzz targets (not a stable API).
-#[doc(hidden)]
+#[cfg(any(test, feature = "fuzzing"))]
+#[cfg_attr(not(feature = "fuzzing"), allow(unreachable_pub))]
 pub mod fuzzing {
     use super::{Queue, ring};
     use crate::error::{GetError, TryGetError};

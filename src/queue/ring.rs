@@ -188,6 +188,7 @@ fn log_need(payload: u64) -> Option<u64> {
 
 /// Checks a ring record header read at the head when `available` bytes are published there and a
 /// ring record may hold at most `max_record` bytes; gives the payload length.
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) fn ring_record_len(
     header: [u8; 8],
     available: u64,
@@ -223,6 +224,7 @@ fn ring_record(header: [u8; 8], available: u64, max_record: u64) -> Result<(u32,
 
 /// Checks a log record header read at the log's head when `available` bytes are published there
 /// (and exist in the file); gives the payload length.
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) fn log_record_len(header: [u8; 16], available: u64) -> Result<u64, String> {
     log_record(header, available).map(|(len, _)| len)
 }
@@ -1111,6 +1113,7 @@ impl Shared {
 }
 
 /// The words a fuzzer may forge (see `crate::fuzzing`).
+#[cfg(any(test, feature = "fuzzing"))]
 impl Shared {
     /// Overwrites the published state with `words` (put count, got count, head, tail, log head, log
     /// tail), the ring with `ring` and the log with `log`, as a confused or hostile process could.

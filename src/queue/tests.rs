@@ -520,3 +520,43 @@ fn a_queue_leaves_its_log_once_a_consumer_catches_up() {
         "{logged} of the {more} later items went to the log"
     );
 }
+
+/// The fuzz targets' entry points, on a few inputs each: they are compiled and run with every test
+/// run, not only under `cargo fuzz`.
+#[test]
+fn the_fuzzing_entry_points_answer_without_panicking() {
+    use super::fuzzing;
+    let mut inputs: Vec<Vec<u8>> = vec![vec![], vec![0; 7], vec![0xff; 200], vec![1; 6000]];
+    // A consistent state: one 8-byte item in the ring.
+    let mut good = Vec::new();
+    for w in [1u64, 0, 0, 24, 0, 0] {
+        good.extend(w.to_le_bytes());
+    }
+    let item = crate::codec::encode(&(7u64, String::from("x"), vec![1u8]))
+        .unwrap()
+        .0;
+    let len = item.len() as u32;
+    good.extend(len.to_le_bytes());
+    good.extend((!len).to_le_bytes());
+    good.extend(&item);
+    inputs.push(good);
+    let mut answers = Vec::new();
+    for data in &inputs {
+        answers.push(fuzzing::get_from_forged_queue(data).map_err(|e| e.to_string()));
+        let _ = fuzzing::boot_prelude(data);
+    }
+    assert!(
+        answers.iter().any(|a| a.is_err()),
+        "forged states are refused: {answers:?}"
+    );
+    let mut h = [0u8; 8];
+    h[..4].copy_from_slice(&8u32.to_le_bytes());
+    h[4..].copy_from_slice(&(!8u32).to_le_bytes());
+    assert_eq!(fuzzing::ring_record_len(h, 16, 2048), Ok(8));
+    assert!(fuzzing::ring_record_len(h, 15, 2048).is_err());
+    let mut l = [0u8; 16];
+    l[..8].copy_from_slice(&8u64.to_le_bytes());
+    l[8..].copy_from_slice(&(!8u64).to_le_bytes());
+    assert_eq!(fuzzing::log_record_len(l, 24), Ok(8));
+    assert!(fuzzing::log_record_len(l, 23).is_err());
+}

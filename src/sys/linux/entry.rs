@@ -242,6 +242,7 @@ fn prelude_len(head: [u8; 8]) -> Option<usize> {
 
 /// The checks `accept_boot` applies to a whole prelude, as a pure function of its bytes (for the fuzz
 /// target): the entry token and type name, and the function token and type name.
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) fn decode_prelude(bytes: &[u8]) -> Option<(i64, String, i64, String)> {
     let len = prelude_len(bytes.get(..8)?.try_into().ok()?)?;
     let body = bytes.get(8..)?;
