@@ -88,6 +88,7 @@ mod queue;
 mod shared;
 mod sync;
 mod sys;
+mod trace;
 mod tracked;
 
 pub use crate::connection::frame;

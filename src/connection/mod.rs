@@ -48,7 +48,9 @@ pub fn pipe() -> io::Result<(Connection, Connection)> {
     let (a, b) = (Connection::from_socket(a), Connection::from_socket(b));
     for conn in [&a, &b] {
         // Best effort: the kernel caps the size at net.core.wmem_max; a smaller buffer only costs speed.
-        let _ = sys::set_socket_buffers(conn.as_fd(), SOCKET_BUFFER);
+        if let Err(e) = sys::set_socket_buffers(conn.as_fd(), SOCKET_BUFFER) {
+            crate::trace::event!(debug, "a pipe keeps its default socket buffers: {e}");
+        }
     }
     Ok((a, b))
 }
@@ -598,6 +600,10 @@ impl Connection {
         let (frame, complete) = self.recv_frame_inner(wait, max, watch)?;
         if !complete {
             // The message is consumed and the stream is still in step; only this message is lost.
+            crate::trace::event!(
+                warn,
+                "a message arrived without its descriptors (RLIMIT_NOFILE)"
+            );
             return Err(RecvError::DescriptorsLost.into());
         }
         Ok(frame)

@@ -80,7 +80,13 @@ impl Fresh {
     fn apply(self) {
         if let Some(cwd) = self.cwd {
             // A directory that vanished since leaves us where the fork server was.
-            let _ = std::env::set_current_dir(OsString::from_vec(cwd));
+            let cwd = OsString::from_vec(cwd);
+            if let Err(e) = std::env::set_current_dir(&cwd) {
+                crate::trace::event!(
+                    warn,
+                    "a fork-server child stays in the server's directory: {cwd:?}: {e}"
+                );
+            }
         }
         let env: Vec<(OsString, OsString)> = self
             .env
@@ -361,7 +367,9 @@ fn failed(conn: &Connection, msg: String) -> i32 {
 
 fn report(conn: &Connection, tag: u8, body: &[u8], fds: &[RawFd]) {
     // If the parent is gone there is nobody to tell; the exit code still says what happened.
-    let _ = conn.send_frame_parts(&[&[tag], body], fds);
+    if let Err(e) = conn.send_frame_parts(&[&[tag], body], fds) {
+        crate::trace::event!(debug, "a child could not send its report (tag {tag}): {e}");
+    }
 }
 
 /// Ends a child: joins its own children (as Python's `_exit_function`), flushes stdio, `_exit`s.

@@ -215,14 +215,34 @@ impl ForkServer {
 
     /// Registers the named region `name`, whose object is `id`, for removal if this process dies.
     pub(crate) fn track(&self, name: &str, id: (u64, u64)) {
-        let name = name.into();
-        let _ = self.send(&ToServer::Track { name, id }, &[]);
+        if let Err(e) = self.send(
+            &ToServer::Track {
+                name: name.into(),
+                id,
+            },
+            &[],
+        ) {
+            crate::trace::event!(
+                warn,
+                "the fork server was not told of {name:?} (a replacement will be): {e}"
+            );
+        }
     }
 
     /// Unregisters `name` (object `id`: it was removed).
     pub(crate) fn untrack(&self, name: &str, id: (u64, u64)) {
-        let name = name.into();
-        let _ = self.send(&ToServer::Untrack { name, id }, &[]);
+        if let Err(e) = self.send(
+            &ToServer::Untrack {
+                name: name.into(),
+                id,
+            },
+            &[],
+        ) {
+            crate::trace::event!(
+                debug,
+                "the fork server was not told that {name:?} is gone: {e}"
+            );
+        }
     }
 }
 
@@ -232,6 +252,11 @@ impl Drop for ForkServer {
     fn drop(&mut self) {
         drop(self.conn.take());
         if !sys::wait_readable(self.pidfd.as_fd(), Some(Duration::from_secs(5))).unwrap_or(true) {
+            crate::trace::event!(
+                warn,
+                "the fork server (pid {}) did not exit within 5 s: killed",
+                self.pid
+            );
             let _ = sys::pidfd_send_signal(self.pidfd.as_fd(), sys::SIGKILL);
         }
         let _ = sys::waitid_pidfd(self.pidfd.as_fd(), false);

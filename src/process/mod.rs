@@ -178,10 +178,19 @@ fn forkserver_handle() -> io::Result<Arc<forkserver::ForkServer>> {
 fn reap_dead_forkserver() {
     let mut g = state::lock();
     if g.forkserver.as_ref().is_some_and(|fs| fs.is_broken()) {
+        crate::trace::event!(warn, "the fork server died; it is reaped");
         drop(g.forkserver.take());
         if g.tracked.iter().any(|t| t.region.strong_count() > 0) {
             drop(g);
-            let _ = forkserver_handle();
+            match forkserver_handle() {
+                Ok(_) => {
+                    crate::trace::event!(info, "a new fork server took over the named regions")
+                }
+                Err(e) => crate::trace::event!(
+                    warn,
+                    "no new fork server for the named regions (they outlive a crash of ours): {e}"
+                ),
+            }
         }
     }
 }
@@ -491,7 +500,13 @@ fn fork_child<A: Serialize, R: Serialize>(
             .copied()
             .filter(|fd| !keep.contains(fd))
             .collect();
-        let _ = sys::neuter(&stale);
+        if let Err(e) = sys::neuter(&stale) {
+            crate::trace::event!(
+                warn,
+                "a forked child could not release {} inherited descriptors: {e}",
+                stale.len()
+            );
+        }
         owned.retain(|fd| keep.contains(fd));
         drop(owned);
         guard.become_child(name, daemon, parent);

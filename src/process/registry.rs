@@ -111,7 +111,12 @@ pub(crate) fn install_exit_handler() {
     AT_EXIT.call_once(|| {
         // Best effort: without it children are still killed by their lifelines when we exit, and
         // the fork server still removes our names when it sees us gone (only not before we are).
-        let _ = sys::at_exit(exit_handler);
+        if let Err(e) = sys::at_exit(exit_handler) {
+            crate::trace::event!(
+                warn,
+                "no exit handler (daemon children are left to their lifelines): {e}"
+            );
+        }
     });
 }
 
@@ -177,10 +182,14 @@ pub(crate) fn join_children_at_exit() {
     }
     let children = std::mem::take(&mut state::lock().children);
     for c in children.iter().filter(|c| c.daemon) {
-        let _ = c.signal(sys::SIGTERM);
+        if let Err(e) = c.signal(sys::SIGTERM) {
+            crate::trace::event!(debug, "at exit: terminating daemon child {}: {e}", c.pid);
+        }
     }
     for c in &children {
-        let _ = c.reap(true);
+        if let Err(e) = c.reap(true) {
+            crate::trace::event!(debug, "at exit: joining child {}: {e}", c.pid);
+        }
     }
     let server = state::lock().forkserver.take();
     drop(server);

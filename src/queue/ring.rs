@@ -171,7 +171,9 @@ impl From<io::Error> for Fail {
 }
 
 fn corrupt(what: impl Into<String>) -> Fail {
-    Fail::Corrupt(what.into())
+    let what = what.into();
+    crate::trace::event!(error, "a queue's shared state is corrupt: {what}");
+    Fail::Corrupt(what)
 }
 
 /// Bytes a ring record of a `payload`-byte item takes.
@@ -361,7 +363,12 @@ impl Shared {
         let log = File::from(sys::shm::memfd(LOG_KIND)?);
         let side = sys::seqpacket_pair()?;
         // Best effort: a smaller buffer holds fewer items with descriptors at once.
-        let _ = sys::set_socket_buffers(side.0.as_fd(), SIDE_BUFFER);
+        if let Err(e) = sys::set_socket_buffers(side.0.as_fd(), SIDE_BUFFER) {
+            crate::trace::event!(
+                debug,
+                "a queue's side channel keeps its default buffer: {e}"
+            );
+        }
         let s = Shared {
             region,
             log,
@@ -512,6 +519,10 @@ impl Shared {
 
     /// After a producer died holding the put lock: commit its record if it published one.
     fn recover_put(&self) {
+        crate::trace::event!(
+            warn,
+            "a queue's producer died in the middle of a put: repairing"
+        );
         let count = self.u64(O_PUT_COUNT).load(Ordering::Acquire);
         if self.u64(O_PJ_COUNT).load(Ordering::Acquire) == count.wrapping_add(1) {
             let moved = self.u64(O_TAIL).load(Ordering::Acquire)
@@ -534,6 +545,10 @@ impl Shared {
 
     /// After a consumer died holding the get lock: finish its committed get.
     fn recover_get(&self) {
+        crate::trace::event!(
+            warn,
+            "a queue's consumer died in the middle of a get: repairing"
+        );
         let got = self.u64(O_GOT_COUNT).load(Ordering::Acquire);
         if self.u64(O_GJ_COUNT).load(Ordering::Acquire) == got {
             let head = self.u64(O_GJ_HEAD).load(Ordering::Acquire);
@@ -916,6 +931,9 @@ impl Shared {
             None => Ok(Vec::new()),
             Some(token) => self.recv_fds(token),
         };
+        if let Err(why) = &fds {
+            crate::trace::event!(warn, "an item's descriptors did not come with it: {why}");
+        }
 
         // The journal (the count to commit, then the new positions), the commit, then the positions.
         self.u64(O_GJ_COUNT).store(got + 1, Ordering::Release);
@@ -1040,8 +1058,11 @@ impl Shared {
         let to = log_head & !(PAGE - 1);
         if to > from && (emptied || to - from >= PUNCH_EVERY) {
             // A failure leaves the pages allocated until the next punch covers them.
-            if sys::shm::punch_hole(self.log.as_fd(), from, to - from).is_ok() {
-                punched.store(to, Ordering::Relaxed);
+            match sys::shm::punch_hole(self.log.as_fd(), from, to - from) {
+                Ok(()) => punched.store(to, Ordering::Relaxed),
+                Err(e) => {
+                    crate::trace::event!(debug, "a queue's log keeps {} bytes: {e}", to - from)
+                }
             }
         }
     }

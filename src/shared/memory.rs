@@ -104,7 +104,13 @@ impl Drop for Owner {
     fn drop(&mut self) {
         if self.owner == crate::sys::getpid() {
             // Already removed (by `unlink`, or by another process) is fine; nothing else can be done here.
-            let _ = self.unlink();
+            if let Err(e) = self.unlink() {
+                crate::trace::event!(
+                    debug,
+                    "dropping shared memory {:?}: could not remove its name: {e}",
+                    self.name
+                );
+            }
         }
     }
 }

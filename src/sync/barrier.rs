@@ -493,6 +493,10 @@ impl Barrier {
             {
                 let _held = self.locked();
                 if self.dead_party(seen >> 1) {
+                    crate::trace::event!(
+                        warn,
+                        "a barrier's waiting party died: the barrier breaks"
+                    );
                     self.break_locked();
                 }
             }

@@ -426,9 +426,18 @@ impl<W: FutexWord> LockWord<'_, W> {
     fn take_over(&self, seen: u32, me: u32) -> bool {
         // Keep WAITERS: others may sleep on the word.
         let new = me | (seen & WAITERS);
-        self.word
+        let taken = self
+            .word
             .compare_exchange(seen, new, Ordering::Acquire, Ordering::Relaxed)
-            .is_ok()
+            .is_ok();
+        if taken {
+            crate::trace::event!(
+                warn,
+                "a lock's holder {} died holding it: {me} takes it over",
+                seen & OWNER
+            );
+        }
+        taken
     }
 
     #[inline]

@@ -251,7 +251,9 @@ impl Drop for SemaphorePermit<'_> {
     fn drop(&mut self) {
         // Fails only if other processes released slots nobody had taken until the value reached its
         // bound; the slot this permit held is then given back already.
-        let _ = self.counter.release();
+        if let Err(e) = self.counter.release() {
+            crate::trace::event!(debug, "a permit's slot was given back already: {e}");
+        }
     }
 }
 
