@@ -121,7 +121,7 @@ pub struct Connection {
     writable: bool,
     socket: bool,
     /// How long a receive stays awake for a message before it blocks (see `spin_for_message`).
-    spin: Spin,
+    spin: Budget,
     rx: Mutex<Rx>,
     tx: Mutex<()>,
 }
@@ -160,13 +160,36 @@ impl Connection {
         Connection::new(fd, true, true, true)
     }
 
+    /// Wraps a Unix socket this crate created, whose waits for a message share `spin` with other
+    /// connections of the same use (a parent's connections to its children: each is used for one
+    /// report, too few waits for a budget of its own to learn anything).
+    pub(crate) fn from_socket_sharing(fd: OwnedFd, spin: &'static Spin) -> Connection {
+        let mut conn = Connection::new(fd, true, true, true);
+        conn.spin = Budget::Shared(spin);
+        conn
+    }
+
+    /// Wraps a Unix socket this crate created and tracks already (a forked child's end, which it
+    /// takes as it is: re-tracking would write the tracked set's pages).
+    pub(crate) fn from_tracked_socket(fd: TrackedFd) -> Connection {
+        Connection {
+            fd,
+            readable: true,
+            writable: true,
+            socket: true,
+            spin: Budget::Own(Spin::new(SPIN_START)),
+            rx: Mutex::default(),
+            tx: Mutex::new(()),
+        }
+    }
+
     fn new(fd: OwnedFd, socket: bool, readable: bool, writable: bool) -> Connection {
         Connection {
             fd: TrackedFd::new(fd),
             readable,
             writable,
             socket,
-            spin: Spin::new(SPIN_START),
+            spin: Budget::Own(Spin::new(SPIN_START)),
             rx: Mutex::default(),
             tx: Mutex::new(()),
         }
@@ -752,7 +775,7 @@ impl Connection {
         if !self.socket {
             return None;
         }
-        self.spin.until(wait, || {
+        self.spin.get().until(wait, || {
             match sys::recv_into_slice(fd, &mut rx.header[..4], &mut rx.fds, true, true) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
                 other => Some(other),
@@ -766,6 +789,22 @@ impl Connection {
         max: Option<u64>,
     ) -> Result<Frame, RecvTimeoutError> {
         self.recv_frame_watching(wait, max, None)
+    }
+}
+
+/// A connection's spin budget: its own, or one shared by connections of the same use.
+#[derive(Debug)]
+enum Budget {
+    Own(Spin),
+    Shared(&'static Spin),
+}
+
+impl Budget {
+    fn get(&self) -> &Spin {
+        match self {
+            Budget::Own(spin) => spin,
+            Budget::Shared(spin) => spin,
+        }
     }
 }
 

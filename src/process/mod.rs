@@ -8,7 +8,7 @@ pub(crate) mod state;
 use crate::codec;
 use crate::connection::{Connection, Frame};
 use crate::error::{RecvError, RecvTimeoutError};
-use crate::sync::futex::Wait;
+use crate::sync::futex::{Spin, Wait};
 use crate::sys::{self, WaitStatus};
 use crate::tracked::{self, TrackedFd};
 use bootstrap::{Boot, TAG_FAILED, TAG_PANICKED, TAG_RETURNED};
@@ -358,7 +358,8 @@ impl Builder {
             StartMethod::Fork => {
                 let (here, there) = sys::socketpair()?;
                 // Tracked from the start, so that a concurrent fork elsewhere does not keep copies.
-                let (here, there) = (Connection::from_socket(here), TrackedFd::new(there));
+                let here = Connection::from_socket_sharing(here, &REPORT_SPIN);
+                let there = TrackedFd::new(there);
                 let (pid, pidfd) = fork_child(f, arg, there, life_r, &name, self.daemon)?;
                 (pid, pidfd, here, method)
             }
@@ -426,7 +427,8 @@ where
     let mut retried = false;
     let (here, pid, pidfd) = loop {
         let (here, there) = sys::socketpair()?;
-        let (here, there) = (Connection::from_socket(here), TrackedFd::new(there));
+        let here = Connection::from_socket_sharing(here, &REPORT_SPIN);
+        let there = TrackedFd::new(there);
         if method == StartMethod::Spawn {
             let pid = sys::spawn_self(there.as_fd(), bootstrap::BOOT_FD, bootstrap::BOOT_ENV, "3")?;
             let pidfd = sys::pidfd_open(pid).inspect_err(|_| sys::kill_and_reap(pid))?;
@@ -483,6 +485,7 @@ fn fork_child<A: Serialize, R: Serialize>(
     keep.extend([there.as_fd().as_raw_fd(), life_r.as_fd().as_raw_fd()]);
     let parent = (sys::getpid(), state::lock().name());
     let name = name.to_string();
+    let null = sys::dev_null()?;
     // Held across fork() and released by the child itself, so that the child finds each of them
     // consistent and unlocked: stdout and stderr (another thread may be printing; the child prints its
     // own panic message and flushes at exit), the state and the set of tracked descriptors.
@@ -492,22 +495,24 @@ fn fork_child<A: Serialize, R: Serialize>(
     let err = io::stderr().lock();
     let mut guard = state::lock();
     let mut owned = tracked::owned_fds();
+    // What the child does to the tracked set, worked out here: every page a forked child writes (an
+    // allocation, a tree's nodes) is a page the kernel copies for it.
+    let (stale, kept): (Vec<_>, std::collections::BTreeSet<_>) = {
+        let (kept, stale): (Vec<_>, Vec<_>) = owned.iter().partition(|fd| keep.contains(fd));
+        (stale, kept.into_iter().collect())
+    };
     let pid = sys::fork_then(move || {
         // Child. Only this thread exists. Release every crate descriptor that was not handed to us
         // (other children's pipes, lifelines, the fork server's socket): see `tracked::owned_fds`.
-        let stale: Vec<_> = owned
-            .iter()
-            .copied()
-            .filter(|fd| !keep.contains(fd))
-            .collect();
-        if let Err(e) = sys::neuter(&stale) {
+        if let Err(e) = sys::neuter(&stale, null) {
             crate::trace::event!(
                 warn,
                 "a forked child could not release {} inherited descriptors: {e}",
                 stale.len()
             );
         }
-        owned.retain(|fd| keep.contains(fd));
+        // The parent's set goes unfreed (freeing writes the allocator's pages too).
+        std::mem::forget(std::mem::replace(&mut *owned, kept));
         drop(owned);
         guard.become_child(name, daemon, parent);
         drop(guard);
@@ -520,7 +525,7 @@ fn fork_child<A: Serialize, R: Serialize>(
             sys::exit_now(bootstrap::EXIT_BOOT_FAILED);
         }
         std::mem::forget(life_r); // stays open for the life of the process: it *is* the lifeline
-        let conn = Connection::from_socket(there.into_owned());
+        let conn = Connection::from_tracked_socket(there);
         let code = bootstrap::run_and_report(f, arg, &conn);
         bootstrap::finish(code)
     })?;
@@ -671,7 +676,12 @@ impl<R: DeserializeOwned> Process<R> {
                     None => return Err(ProcessError::Io(e)),
                 },
             }
-            if !sys::poll_readable(&[self.entry.pidfd.as_fd()], wait.deadline())?[0] {
+            // A child that has reported exits right after: stay awake for it a moment (as for any
+            // hand-off, see `futex::Spin`) rather than sleep and be woken a second time.
+            let ended = EXIT_SPIN.until(wait, || self.entry.has_exited().then_some(()));
+            if ended.is_none()
+                && !sys::poll_readable(&[self.entry.pidfd.as_fd()], wait.deadline())?[0]
+            {
                 return Ok(None);
             }
         };
@@ -789,6 +799,14 @@ impl<R> Drop for Process<R> {
         }
     }
 }
+
+/// How long `join` stays awake, after a child's report, for the child's exit (see [`Spin`]).
+static EXIT_SPIN: Spin = Spin::new(Duration::from_micros(30));
+
+/// How long `join` stays awake for a child's report, shared by every child (one report each: too
+/// few for a budget of their own to learn from). A child just started needs its parent's CPU as
+/// often as not, so this starts at the least.
+static REPORT_SPIN: Spin = Spin::new(Spin::MIN);
 
 /// The child's report, once read: its result or why there is none; and whether `join` handed it out.
 struct Joined<R> {

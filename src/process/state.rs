@@ -62,7 +62,10 @@ impl Global {
     /// Makes this process a fresh child: no children of its own, no fork server, a new identity.
     pub(crate) fn become_child(&mut self, name: String, daemon: bool, parent: (i32, String)) {
         self.owner = crate::sys::getpid();
-        self.children.clear();
+        // The parent's children are the parent's; their descriptors were released already (see
+        // `tracked`). Forgotten, not dropped: dropping would write to every entry's memory, which
+        // in a forked child is a page copied per entry.
+        std::mem::forget(std::mem::take(&mut self.children));
         // The parent's server (a copy of its handle, under *fork*) is not ours to shut down or reap.
         std::mem::forget(self.forkserver.take());
         self.tracked.clear();

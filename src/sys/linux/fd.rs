@@ -16,7 +16,7 @@ use rustix::net::{
 };
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 /// Most descriptors the kernel accepts in one `SCM_RIGHTS` message (`SCM_MAX_FD`).
@@ -345,13 +345,10 @@ pub(crate) fn recv_into_slice(
 /// on descriptors it inherited but was not given: the object behind each number is released (so its
 /// peer can see end-of-file), while the number stays occupied, so a stale owner that closes it later
 /// cannot close someone else's descriptor.
-pub(crate) fn neuter(fds: &[RawFd]) -> io::Result<()> {
-    use rustix::fs::{Mode, OFlags};
-    if fds.is_empty() {
-        return Ok(());
-    }
-    let null = rustix::fs::open("/dev/null", OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
-        .map_err(creating)?;
+///
+/// `null` is [`dev_null`], opened by the parent before the fork: the child does no more than the
+/// `dup3`s (every page a forked child writes is a page the kernel copies).
+pub(crate) fn neuter(fds: &[RawFd], null: BorrowedFd<'_>) -> io::Result<()> {
     let mut result = Ok(());
     for &fd in fds {
         // SAFETY: dup3 onto `fd` closes whatever `fd` named and installs /dev/null there; the caller
@@ -361,6 +358,18 @@ pub(crate) fn neuter(fds: &[RawFd]) -> io::Result<()> {
         }
     }
     result
+}
+
+/// This process's descriptor of `/dev/null` (close-on-exec), opened once.
+pub(crate) fn dev_null() -> io::Result<BorrowedFd<'static>> {
+    use rustix::fs::{Mode, OFlags};
+    static NULL: std::sync::OnceLock<OwnedFd> = std::sync::OnceLock::new();
+    if let Some(fd) = NULL.get() {
+        return Ok(fd.as_fd());
+    }
+    let fd = rustix::fs::open("/dev/null", OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
+        .map_err(creating)?;
+    Ok(NULL.get_or_init(|| fd).as_fd())
 }
 
 /// Takes ownership of a descriptor number inherited from the parent (named by an environment variable).
