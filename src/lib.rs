@@ -1,7 +1,14 @@
 //! Processes that run your own functions, pipes and queues between them, shared memory and locks (and,
 //! in later parts, pools and managers): Python's `multiprocessing`, for Rust.
 //!
+//! The sections below walk through the crate in the order a program meets it; each has an example
+//! that runs (they are the crate's doctests). `cargo run --release --example tour` walks the same
+//! ground with real numbers, and `examples/` holds a Rust counterpart of every example of the
+//! tutorials the crate was measured against.
+//!
 //! # Hello, processes!
+//! A child runs a plain function `fn(A) -> R` of this program, with `A` and `R` any serde types: the
+//! argument goes to the child, the return value comes back from [`Process::join`].
 //! ```
 //! use multiprocess::{pipe, Connection, Process};
 //!
@@ -16,40 +23,166 @@
 //! here.send(&vec!["hello", "from", "the", "parent"])?;
 //! assert_eq!(here.recv::<String>()?, "hello from the parent");
 //! assert_eq!(p.join()?, 4);                            // the function's return value
+//! assert_eq!(p.exitcode(), Some(0));                   // and the handle still answers
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
 //! # Start methods
-//! A child runs a plain function `fn(A) -> R` of this program, with `A` and `R` any serde types.
-//! [`StartMethod`] picks how it starts: `Fork`, `Spawn` (re-execute the program) or `ForkServer`
-//! (the default: fork from a clean helper). Nothing has to be added to `main`, or to a test, for any of
-//! them: the crate finds its way into re-executed children through a constructor that runs before
-//! `main`. [`init`] optionally starts the fork server early.
+//! [`StartMethod`] picks how a child starts: `Fork` (a copy of this process), `Spawn` (the program
+//! executed again) or `ForkServer` (the default: forked from a clean helper process started once).
+//! Nothing has to be added to `main`, or to a test, for any of them: the crate finds its way into
+//! re-executed children through a constructor that runs before `main`. [`set_start_method`] sets the
+//! default, a [`Builder`] sets it (and a name, and the daemon flag) for one child, and [`init`]
+//! optionally starts the fork server early.
+//! ```
+//! use multiprocess::{current_process, Process, StartMethod};
+//!
+//! fn whoami(_: ()) -> String {
+//!     current_process().name
+//! }
+//!
+//! for method in [StartMethod::Fork, StartMethod::Spawn, StartMethod::ForkServer] {
+//!     let p = Process::builder()
+//!         .name(format!("worker-{}", method.name()))
+//!         .start_method(method)
+//!         .spawn(whoami, ())?;
+//!     assert_eq!(p.join()?, format!("worker-{}", method.name()));
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 //!
 //! # When a child fails
-//! [`Process::join`] never hangs on a dead child. A panic comes back as
-//! [`ProcessError::Panicked`] with its message, a signal as [`ProcessError::Signaled`], an exit without
-//! a result as [`ProcessError::Exited`]. Children die with their parent: each holds a *lifeline* pipe
-//! whose last write end lives in the parent, and the kernel sends the child `SIGKILL` when it closes.
+//! [`Process::join`] never hangs on a dead child. A panic comes back as [`ProcessError::Panicked`]
+//! with its message (and the parent prints the child's panic, where a test harness captures it), a
+//! signal as [`ProcessError::Signaled`], an exit without a result as [`ProcessError::Exited`].
+//! [`Process::join_timeout`] gives up after a while with [`JoinTimeoutError::Timeout`] and can be
+//! called again. Children die with their parent: each holds a *lifeline* pipe whose last write end
+//! lives in the parent, and the kernel sends the child `SIGKILL` when it closes.
+//! ```
+//! use multiprocess::{JoinTimeoutError, Process, ProcessError};
+//! use std::time::Duration;
+//!
+//! fn fails(n: u32) -> u32 {
+//!     if n == 0 {
+//!         panic!("no zeros here");
+//!     }
+//!     std::thread::sleep(Duration::from_secs(n.into()));
+//!     n
+//! }
+//!
+//! let p = Process::spawn(fails, 0)?;
+//! assert!(matches!(p.join(), Err(ProcessError::Panicked { message }) if message == "no zeros here"));
+//! assert_eq!(p.exitcode(), Some(1));
+//!
+//! let slow = Process::spawn(fails, 60)?;
+//! assert!(matches!(slow.join_timeout(Duration::from_millis(50)), Err(JoinTimeoutError::Timeout)));
+//! slow.kill()?;
+//! assert!(matches!(slow.join(), Err(ProcessError::Signaled { signal: 9 })));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 //!
 //! # Connections
 //! [`pipe`] and [`pipe_oneway`] give [`Connection`]s framed exactly like Python's
 //! `multiprocessing.connection`, so raw byte messages interoperate with Python. A connection passed to a
 //! child, or sent through another connection, arrives usable: its descriptor travels with `SCM_RIGHTS`.
-
+//! Every wait has a blocking, a timed and a non-blocking form, each with an error of its own:
+//! [`recv`](Connection::recv) cannot time out, [`recv_timeout`](Connection::recv_timeout) can
+//! ([`RecvTimeoutError`]), [`try_recv`](Connection::try_recv) finds nothing ([`TryRecvError`]);
+//! [`iter`](Connection::iter) receives until the other end is closed.
+//! ```
+//! use multiprocess::{pipe, Connection, Process, RecvTimeoutError, TryRecvError};
+//! use std::time::Duration;
 //!
-//! # Shared memory and synchronisation
+//! fn count_to(arg: (Connection, u32)) {
+//!     let (conn, n) = arg;
+//!     for i in 1..=n {
+//!         conn.send(&i).unwrap();
+//!     }
+//! }
+//!
+//! let (here, there) = pipe()?;
+//! assert!(matches!(here.try_recv::<u32>(), Err(TryRecvError::Empty)));
+//! assert!(matches!(
+//!     here.recv_timeout::<u32>(Duration::from_millis(10)),
+//!     Err(RecvTimeoutError::Timeout)
+//! ));
+//! let child = Process::spawn(count_to, (there, 3))?;
+//! let got: Vec<u32> = here.iter().collect::<Result<_, _>>()?; // ends when the child's end closes
+//! assert_eq!(got, [1, 2, 3]);
+//! child.join()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Shared memory
 //! [`SharedMemory`] shares bytes; [`Value`] and [`Array`] share plain numbers and `#[repr(C)]`
-//! structs behind a lock that lives in their own memory (a guard dereferences to `&mut T`);
-//! [`RawValue`] and [`RawArray`] have no lock and only copy; [`AtomicValue`] offers lock-free integer
-//! operations. [`Lock`], [`RLock`], [`Semaphore`], [`BoundedSemaphore`], [`Event`], [`Condition`] and
-//! [`Barrier`] coordinate processes. All live in shared memory and sleep on futexes after a brief
-//! adaptive spin, so an uncontended lock makes no system call, and a wait on a machine whose CPUs
-//! are all busy costs what a plain blocking wait costs. A process that dies holding a lock does not
-//! wedge the others: the next acquirer gets it with [`OwnerDied`]. Every one of them travels to
-//! children and through connections, and nothing a peer does to the memory it shares can crash the
-//! receiver: anonymous memory is sealed against resizing, a received region must be of the right
-//! kind, named regions are guarded against being truncated, and every copy is an atomic copy.
+//! structs (the derives are re-exported: [`Pod`], [`Zeroable`]) behind a lock that lives in their own
+//! memory, and a guard dereferences to `&mut T`; [`RawValue`] and [`RawArray`] have no lock and only
+//! copy; [`AtomicValue`] offers lock-free integer operations. Nothing a peer does to memory it shares
+//! can crash the receiver: anonymous memory is sealed against resizing, a received region must be of
+//! the right kind, named regions are guarded against being truncated, and every copy is an atomic
+//! copy.
+//! ```
+//! use multiprocess::{Array, Process, Value};
+//!
+//! #[derive(Clone, Copy, multiprocess::Pod, multiprocess::Zeroable)]
+//! #[bytemuck(crate = "multiprocess::bytemuck")]
+//! #[repr(C)]
+//! struct Stats {
+//!     count: u64,
+//!     total: f64,
+//! }
+//!
+//! fn tally(shared: (Value<Stats>, Array<f64>)) {
+//!     let (stats, samples) = shared;
+//!     let mut s = stats.lock().unwrap(); // Err only if a holder died; it holds the guard too
+//!     for x in samples.to_vec() {
+//!         s.count += 1;
+//!         s.total += x;
+//!     }
+//! }
+//!
+//! let stats = Value::new(Stats { count: 0, total: 0.0 })?;
+//! let samples = Array::from_slice(&[1.5, 2.5, 3.0])?;
+//! Process::spawn(tally, (stats.clone(), samples.clone()))?.join()?;
+//! let s = stats.get();
+//! assert_eq!((s.count, s.total), (3, 7.0));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Locks and the other primitives
+//! [`Lock`], [`RLock`], [`Semaphore`], [`BoundedSemaphore`], [`Event`], [`Condition`] and [`Barrier`]
+//! coordinate processes. They live in shared memory and sleep on futexes after a brief adaptive spin,
+//! so an uncontended lock makes no system call, and a wait on a machine whose CPUs are all busy costs
+//! what a plain blocking wait costs. They are shaped like `std` and `lock_api`: a lock hands out a
+//! guard, a semaphore a [`SemaphorePermit`]; every wait has a blocking, a `try_` and a `_timeout`
+//! form. A process that dies holding a lock does not wedge the others: the next acquirer gets the
+//! guard inside [`OwnerDied`], so it knows the protected state may be half-updated.
+//! ```
+//! use multiprocess::{Event, Lock, Process, Semaphore};
+//!
+//! fn dies_holding(lock: Lock) {
+//!     let guard = lock.lock().unwrap();
+//!     std::mem::forget(guard); // never released...
+//!     std::process::exit(0); // ...and its holder gone
+//! }
+//!
+//! let lock = Lock::new()?;
+//! let _ = Process::spawn(dies_holding, lock.clone())?.join();
+//! let Err(died) = lock.lock() else { panic!("the holder died") };
+//! drop(died.into_inner()); // OwnerDied carries the guard: the lock was ours until here
+//! assert!(lock.try_lock().is_ok());
+//!
+//! let slots = Semaphore::new(2)?;
+//! let (a, b) = (slots.acquire(), slots.acquire());
+//! assert!(slots.try_acquire().is_none());
+//! drop((a, b)); // a permit releases when it drops
+//! assert_eq!(slots.get_value(), 2);
+//!
+//! let ready = Event::new()?;
+//! ready.set();
+//! assert!(ready.wait_timeout(std::time::Duration::ZERO).is_ok());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 //!
 //! # Queues
 //! [`Queue`] (bounded or not), [`SimpleQueue`] and [`JoinableQueue`] carry any serde type between any
@@ -57,26 +190,69 @@
 //! that arrive while the ring is full, in a sparse memory file), so there is no feeder thread: when
 //! `put` returns the item is stored, and the producer may exit at once. A process killed in the middle
 //! of a `put` or a `get` loses at most that one item and blocks nobody; what is read from shared
-//! memory is checked before it is trusted.
+//! memory is checked before it is trusted. Items may hold objects that travel as descriptors (a
+//! [`Connection`], a [`Lock`], another queue...). [`iter`](Queue::iter) waits for each item,
+//! [`try_iter`](Queue::try_iter) drains what is there; the timed and non-blocking forms of `put` and
+//! `get` have errors of their own, and every error of a `put` hands the item back.
 //! ```
-//! use multiprocess::{Process, Queue};
+//! use multiprocess::{Process, Queue, TryGetError};
 //!
-//! fn square(q: (Queue<u64>, Queue<u64>)) {
+//! fn square(q: (Queue<Option<u64>>, Queue<u64>)) {
 //!     let (jobs, results) = q;
-//!     while let Ok(Some(n)) = jobs.get().map(|n| (n != 0).then_some(n)) {
+//!     for n in jobs.iter().map_while(|job| job.ok().flatten()) { // until the `None` sentinel
 //!         results.put(n * n).unwrap();
 //!     }
 //! }
 //!
 //! let (jobs, results) = (Queue::new()?, Queue::new()?);
 //! let worker = Process::spawn(square, (jobs.clone(), results.clone()))?;
-//! for n in [3, 4, 0] {
+//! for n in [Some(3), Some(4), None] {
 //!     jobs.put(n).unwrap();
 //! }
 //! worker.join()?;
-//! assert_eq!((results.get()?, results.get()?), (9, 16));
+//! let squares: Vec<u64> = results.try_iter().collect::<Result<_, _>>()?;
+//! assert_eq!(squares, [9, 16]);
+//! assert!(matches!(results.try_get(), Err(TryGetError::Empty)));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! # Optional features
+//! - `tracing`: events (target `multiprocess`) for what the crate does on its own behalf (a lock
+//!   taken over from a dead holder, a fork server replaced, a queue repaired after a dead producer or
+//!   consumer, corrupt shared state) and for errors it has nobody to return to. Without the feature
+//!   they compile to nothing.
+//! - `fuzzing`: entry points for the fuzz targets in `fuzz/`; not part of the API.
+//!
+//! # Caveats
+//! - **Fork in a threaded program.** Under [`StartMethod::Fork`] the child is a copy of this process
+//!   with only the calling thread in it: a lock another thread held at that instant (in the
+//!   allocator, in another library) stays held forever in the child. The crate's own locks, stdout
+//!   and stderr are taken across the fork so the child finds them consistent, but it cannot do that
+//!   for code it does not know. In a program with threads of its own, prefer the default
+//!   `ForkServer` (forked from a helper that has no other threads) or `Spawn`.
+//! - **What drop does.** Dropping a [`Process`] neither kills nor detaches the child: as in Python, a
+//!   non-daemon child is waited for when this process exits, and a daemon child is terminated then;
+//!   if this process dies instead, every child is killed by its lifeline. Dropping the last handle of
+//!   a queue, a lock or an anonymous shared region frees it once no process holds one; a *named*
+//!   region is unlinked by the handle that created it. A [`LockGuard`] or [`SemaphorePermit`] releases
+//!   on drop; a guard that is `forget`-ten leaves the lock held (another process can still
+//!   [`release`](Lock::release) it, as in Python).
+//! - **Descriptor costs.** Every object that crosses to another process is one or more descriptors
+//!   in each process that holds it: a [`Connection`] or a lock is one, a [`Queue`] four (its memory,
+//!   its log, and the two ends of the side channel for items that hold descriptors). A program that
+//!   keeps thousands of them needs a higher `RLIMIT_NOFILE` (`ulimit -n`); running out is an error
+//!   of its own kind, [`std::io::ErrorKind::QuotaExceeded`], never a crash. An item on a queue that
+//!   holds descriptors costs a system call on each side, and a queue holds at most a few hundred to
+//!   a few thousand of them at once (bounded by `net.core.wmem_max`).
+//! - **Panics.** A child's panic is printed by its parent (in `join`, or when the handle of an
+//!   ended child drops), where a test harness captures it. For that the crate installs a
+//!   process-wide panic hook before the first child starts, chained to the hook that was there. A
+//!   hook the program sets later replaces it in this process and so in children forked from it
+//!   afterwards: their panics are then printed by that hook, in the child (the message still reaches
+//!   `join` as [`ProcessError::Panicked`]). Spawned and fork-server children always have the crate's.
+//! - **Types across builds.** Values travel in the crate's own encoding (bincode) between processes
+//!   of one program; a queue received by a different build of the program may be refused (its item
+//!   type is checked by name). To talk to Python, send raw bytes.
 
 #![warn(missing_docs)]
 
