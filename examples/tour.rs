@@ -53,6 +53,7 @@ fn main() -> Result {
     errors_from_bad_input()?;
     passing_connections()?;
     polling()?;
+    waits_and_iteration()?;
 
     section("3. Shared memory and synchronization");
     shared_memory()?;
@@ -74,8 +75,12 @@ fn main() -> Result {
     queue_killed_producer()?;
     joinable_queue()?;
     simple_queue_round_trip()?;
+    queue_carries_connections()?;
 
-    section("5. Under load");
+    section("5. Limits");
+    out_of_descriptors()?;
+
+    section("6. Under load");
     busy_cpus()?;
 
     section("Still to come");
@@ -506,6 +511,32 @@ fn polling() -> Result {
 
 // ---------------------------------------------------------------------------------------------------
 // Helpers
+
+fn count_slowly(args: (Connection, u32)) {
+    let (conn, n) = args;
+    for i in 1..=n {
+        std::thread::sleep(Duration::from_millis(5));
+        conn.send(&i).expect("send");
+    }
+}
+
+fn waits_and_iteration() -> Result {
+    step("Three kinds of wait, each with its own error, and iteration until end of file");
+    let (here, there) = pipe()?;
+    let nothing = here.try_recv::<u32>();
+    let t = Instant::now();
+    let timed = here.recv_timeout::<u32>(Duration::from_millis(10));
+    let waited = t.elapsed();
+    let child = Process::spawn(count_slowly, (there, 4))?;
+    let got: Vec<u32> = here.iter().collect::<std::result::Result<_, _>>()?;
+    child.join()?;
+    println!(
+        "   try_recv: {nothing:?}; recv_timeout(10 ms): {timed:?} after {}\n   iter() over a child's \
+         messages: {got:?} (it ended when the child's end closed)",
+        ms(waited)
+    );
+    Ok(())
+}
 
 // ---------------------------------------------------------------------------------------------------
 // 3. Shared memory and locks
@@ -1045,8 +1076,76 @@ fn simple_queue_round_trip() -> Result {
     Ok(())
 }
 
+/// A worker that gets its reply channel with each job.
+fn answer_on(jobs: Queue<Option<(u64, Connection)>>) -> u32 {
+    let mut answered = 0;
+    for (n, reply) in jobs.iter().map_while(|job| job.expect("get")) {
+        reply.send(&(n * n)).expect("reply");
+        answered += 1;
+    }
+    answered
+}
+
+fn queue_carries_connections() -> Result {
+    step("Objects that travel as descriptors go on a queue: jobs that carry their own reply pipe");
+    let jobs = Queue::new()?;
+    let workers = (0..2)
+        .map(|_| Process::spawn(answer_on, jobs.clone()))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let mut replies = Vec::new();
+    for n in 1..=6u64 {
+        let (here, there) = pipe()?;
+        jobs.put(Some((n, there)))?; // the descriptor rides beside the item
+        replies.push(here);
+    }
+    for _ in &workers {
+        jobs.put(None)?;
+    }
+    let squares = replies
+        .iter()
+        .map(|r| r.recv::<u64>())
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let answered = workers
+        .into_iter()
+        .map(|w| w.join())
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    println!("   replies {squares:?}; jobs answered per worker {answered:?}");
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------------------
-// 5. Under load
+// 5. Limits
+
+/// Lowers this process's descriptor limit and makes pipes until the system says no.
+fn pipes_until_refused(limit: u64) -> (usize, String, String) {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let maximum = getrlimit(Resource::Nofile).maximum;
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(limit),
+            maximum,
+        },
+    )
+    .expect("setrlimit");
+    let mut pipes = Vec::new();
+    loop {
+        match pipe() {
+            Ok(p) => pipes.push(p),
+            Err(e) => return (pipes.len(), format!("{:?}", e.kind()), e.to_string()),
+        }
+    }
+}
+
+fn out_of_descriptors() -> Result {
+    step("Running out of descriptors (a child limited to 64) is an error of its own kind");
+    let (made, kind, message) = Process::spawn(pipes_until_refused, 64)?.join()?;
+    println!("   {made} pipes made, then io::ErrorKind::{kind}: \"{message}\"");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------
+// 6. Under load
 
 fn burn(_: ()) {
     let mut x = 0u64;
