@@ -259,6 +259,7 @@
 mod codec;
 mod connection;
 mod error;
+mod pool;
 mod process;
 mod queue;
 mod shared;
@@ -272,6 +273,10 @@ pub use crate::connection::{Connection, ConnectionIter, pipe, pipe_oneway};
 pub use crate::error::{
     GetError, GetTimeoutError, PutError, PutTimeoutError, RecvError, RecvTimeoutError,
     ReleaseError, SendError, TaskDoneError, Timeout, TryGetError, TryPutError, TryRecvError,
+};
+pub use crate::pool::{
+    AsyncResult, Imap, ImapUnordered, MapError, MapResult, Pool, PoolBuilder, PoolError, Progress,
+    ResultTimeoutError, TaskError,
 };
 pub use crate::process::{
     Builder, JoinTimeoutError, Process, ProcessError, ProcessInfo, StartMethod, active_children,

@@ -38,7 +38,10 @@
 //! that the token was made by [`FnPtr::token`] *for the same type* in a process running the same
 //! executable image. Its only caller is `resolve` (for [`accept_boot`] and [`Func::resolve`]), on
 //! tokens that this module read from a verified parent (above) together with the type name the parent
-//! made them for, after comparing that name with the type's own.
+//! made them for, after comparing that name with the type's own. A pool worker also resolves the
+//! tokens of its tasks: they come from the worker's own task queue, which only the pool (the worker's
+//! parent, which started it through one of the paths above) holds a handle to; a process able to
+//! write that queue's memory is one the worker's user already trusts with its address space.
 
 #![allow(unsafe_code)]
 
@@ -159,8 +162,10 @@ pub(crate) fn take_env_fd(key: &str) -> Option<std::os::fd::RawFd> {
     value.to_str()?.parse().ok()
 }
 
-/// A function token received from a verified parent, with the type name it was made for.
-#[derive(Debug)]
+/// A function token with the type name it was made for: received from a verified parent (see the
+/// module notes), or, in a pool worker, from the worker's own task queue, which only the pool's
+/// owner (the worker's parent, which forked or verified it) holds a handle to write.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Func {
     token: i64,
     signature: String,
@@ -189,13 +194,22 @@ fn resolve<F: FnPtr>(token: i64, signature: &str) -> Result<F, String> {
     if object_base(addr) != object_base(anchor_addr()) {
         return Err("a function token points outside this executable".into());
     }
-    // SAFETY: the token was read by `accept_boot` from our verified parent, which runs this very
+    // SAFETY: the token was read by `accept_boot` from our verified parent, or by a pool worker
+    // from the task queue only its pool writes (see the module notes); either runs this very
     // executable and made it with `FnPtr::token` for the type named `signature`, which is `F`'s
     // (checked above); the address is inside this executable image (checked above).
     Ok(unsafe { F::from_token(token) })
 }
 
 impl Func {
+    /// The token of `f`, to be resolved by a process running this executable.
+    pub(crate) fn of<A, R>(f: fn(A) -> R) -> io::Result<Func> {
+        Ok(Func {
+            token: f.token()?,
+            signature: type_of::<fn(A) -> R>().to_string(),
+        })
+    }
+
     /// The function, if it was made for type `fn(A) -> R`.
     pub(crate) fn resolve<A, R>(&self) -> Result<fn(A) -> R, String> {
         resolve(self.token, &self.signature)

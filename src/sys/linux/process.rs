@@ -730,6 +730,17 @@ pub(crate) const SIGKILL: i32 = libc::SIGKILL;
 
 /// Tests of what children inherit, which need raw signal and environment calls (so they live here,
 /// beside the other unsafe code).
+/// This process's resident memory in bytes (`/proc/self/statm`'s second field, in pages).
+pub(crate) fn resident_bytes() -> io::Result<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm")?;
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|f| f.parse().ok())
+        .ok_or_else(|| io::Error::other("unexpected /proc/self/statm"))?;
+    Ok(pages * rustix::param::page_size() as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,779 @@
+//! The pool's side: which worker holds which task, the collector and the supervisor.
+//!
+//! See the module notes of `pool` for the design; this file is its bookkeeping. One mutex
+//! (`Shared::state`) guards the task table, the pending list and the workers; each batch of results
+//! has its own. The order is always state, then batch. Callbacks run with no lock held.
+
+use super::TaskError;
+use super::worker::{self, Chunk, FromWorker, Outcome, Task, ToWorker, WorkerArgs, WorkerId};
+use crate::process::{Process, ProcessError, StartMethod};
+use crate::queue::Queue;
+use crate::sys::entry::Func;
+use serde_bytes::ByteBuf;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// What a pool is built with.
+#[derive(Clone)]
+pub(crate) struct Config {
+    pub(crate) processes: usize,
+    pub(crate) method: Option<StartMethod>,
+    pub(crate) init: Option<(Func, Chunk)>,
+    pub(crate) max_tasks: Option<u64>,
+    pub(crate) max_memory: Option<u64>,
+    pub(crate) task_timeout: Option<Duration>,
+    pub(crate) retries: u32,
+    /// Tasks handed to a worker ahead of the one it runs.
+    pub(crate) prefetch: usize,
+}
+
+/// How long the supervisor sleeps at most between looks at the workers it watches (new workers
+/// join its watch at its next look; an ended one is seen at once).
+const SUPERVISOR_NAP: Duration = Duration::from_millis(50);
+
+/// A callback run (in the collector) once a batch is complete.
+pub(crate) type Callback = Box<dyn FnOnce() + Send>;
+
+/// The results of one call (`apply_async`, a map, an `imap`), by item index.
+pub(crate) struct Batch {
+    state: Mutex<BatchState>,
+    cond: Condvar,
+}
+
+#[derive(Default)]
+pub(crate) struct BatchState {
+    /// Outcomes not yet taken, by item index.
+    pub(crate) ready: BTreeMap<u64, Result<ByteBuf, TaskError>>,
+    /// Items with an outcome (taken or not).
+    pub(crate) done: u64,
+    /// Items submitted; `None` while the input is still being read.
+    pub(crate) total: Option<u64>,
+    /// Run when every item has its outcome.
+    pub(crate) on_complete: Option<Callback>,
+    /// Tasks of this batch still in the pool's table (so that they can be cancelled).
+    pub(crate) tasks: BTreeSet<u64>,
+}
+
+impl Batch {
+    pub(crate) fn new(total: Option<u64>) -> Arc<Batch> {
+        Arc::new(Batch {
+            state: Mutex::new(BatchState {
+                total,
+                ..BatchState::default()
+            }),
+            cond: Condvar::new(),
+        })
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, BatchState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records outcomes; the completion callback, if this completed the batch.
+    pub(crate) fn deliver(
+        &self,
+        outcomes: impl IntoIterator<Item = (u64, Result<ByteBuf, TaskError>)>,
+    ) -> Option<Callback> {
+        let mut s = self.lock();
+        for (index, outcome) in outcomes {
+            if s.ready.insert(index, outcome).is_none() {
+                s.done += 1;
+            }
+        }
+        let cb = s.is_complete().then(|| s.on_complete.take()).flatten();
+        drop(s);
+        self.cond.notify_all();
+        cb
+    }
+
+    /// Waits until `ok(state)` or the deadline; the guard, and whether `ok` held.
+    pub(crate) fn wait_until<'a>(
+        &'a self,
+        deadline: Option<Instant>,
+        mut ok: impl FnMut(&BatchState) -> bool,
+    ) -> (MutexGuard<'a, BatchState>, bool) {
+        let mut s = self.lock();
+        loop {
+            if ok(&s) {
+                return (s, true);
+            }
+            match deadline {
+                None => s = self.cond.wait(s).unwrap_or_else(|p| p.into_inner()),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return (s, false);
+                    }
+                    s = self
+                        .cond
+                        .wait_timeout(s, d - now)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                }
+            }
+        }
+    }
+}
+
+impl Batch {
+    /// The input has ended after `total` items; the completion callback, if that completed it.
+    pub(crate) fn set_total(&self, total: u64) -> Option<Callback> {
+        let mut s = self.lock();
+        s.total = Some(total);
+        let cb = s.is_complete().then(|| s.on_complete.take()).flatten();
+        drop(s);
+        self.cond.notify_all();
+        cb
+    }
+}
+
+impl BatchState {
+    pub(crate) fn is_complete(&self) -> bool {
+        self.total.is_some_and(|t| self.done >= t)
+    }
+}
+
+/// A task in the pool's table, from submission until its outcomes are delivered.
+struct Entry {
+    batch: Arc<Batch>,
+    /// The batch index of each item of the chunk.
+    indices: Vec<u64>,
+    /// The message, until it is handed to a worker (and kept after, for a retry, when retries are
+    /// on).
+    task: Option<Task>,
+    retries_left: u32,
+    /// How the task ends if its worker dies: set when the pool kills the worker on purpose.
+    fail_as: Option<TaskError>,
+    /// Cancelled while queued in a worker: its outcome is dropped when it comes.
+    cancelled: bool,
+}
+
+/// One worker slot.
+struct Slot {
+    id: WorkerId,
+    process: Option<Arc<Process<()>>>,
+    tasks: Option<Queue<ToWorker>>,
+    /// Tasks handed to this worker, in the order it runs them.
+    held: VecDeque<u64>,
+    /// Since when the first of `held` has been the worker's current task.
+    head_since: Instant,
+    retiring: bool,
+    /// Its `Ended` was sent by the supervisor.
+    reported: bool,
+    /// Told to stop (the pool is closed and has nothing more).
+    stopped: bool,
+}
+
+impl Slot {
+    fn alive(&self) -> bool {
+        self.process.is_some()
+    }
+    fn takes_work(&self) -> bool {
+        self.alive() && !self.retiring && !self.stopped
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    Running,
+    Closed,
+    Terminated,
+}
+
+pub(crate) struct State {
+    slots: Vec<Slot>,
+    table: HashMap<u64, Entry>,
+    pending: VecDeque<u64>,
+    next_task: u64,
+    pub(crate) phase: Phase,
+    /// Why no task can run (the initializer failed, no worker could be started).
+    broken: Option<TaskError>,
+}
+
+/// What the pool's handle, its threads and its results share.
+pub(crate) struct Shared {
+    pub(crate) state: Mutex<State>,
+    /// Signalled when a worker ends or the phase changes (for `join`).
+    pub(crate) changed: Condvar,
+    pub(crate) results: Queue<FromWorker>,
+    pub(crate) config: Config,
+    pub(crate) stop: AtomicBool,
+}
+
+impl Shared {
+    pub(crate) fn start(config: Config) -> std::io::Result<Arc<Shared>> {
+        let results = Queue::new()?;
+        let now = Instant::now();
+        let slots = (0..config.processes)
+            .map(|slot| Slot {
+                id: WorkerId {
+                    slot: slot as u32,
+                    generation: 0,
+                },
+                process: None,
+                tasks: None,
+                held: VecDeque::new(),
+                head_since: now,
+                retiring: false,
+                reported: false,
+                stopped: false,
+            })
+            .collect();
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                slots,
+                table: HashMap::new(),
+                pending: VecDeque::new(),
+                next_task: 0,
+                phase: Phase::Running,
+                broken: None,
+            }),
+            changed: Condvar::new(),
+            results,
+            config,
+            stop: AtomicBool::new(false),
+        });
+        {
+            let mut st = shared.lock();
+            for slot in 0..shared.config.processes {
+                if let Err(e) = shared.spawn_into(&mut st, slot, 0) {
+                    drop(st);
+                    shared.terminate();
+                    return Err(e);
+                }
+            }
+        }
+        Ok(shared)
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts a worker in `slot` (its next generation).
+    fn spawn_into(&self, st: &mut State, slot: usize, generation: u64) -> std::io::Result<()> {
+        let s = &mut st.slots[slot];
+        let id = WorkerId {
+            slot: slot as u32,
+            generation,
+        };
+        let tasks = Queue::new()?;
+        let args = WorkerArgs {
+            id,
+            tasks: tasks.clone(),
+            results: self.results.clone(),
+            init: self.config.init.clone(),
+            max_tasks: self.config.max_tasks,
+            max_memory: self.config.max_memory,
+        };
+        let mut b = Process::builder()
+            .name(format!("PoolWorker-{}.{}", slot, id.generation))
+            .daemon(true);
+        if let Some(m) = self.config.method {
+            b = b.start_method(m);
+        }
+        let process = b.spawn(worker::worker_main, args)?;
+        *s = Slot {
+            id,
+            process: Some(Arc::new(process)),
+            tasks: Some(tasks),
+            held: VecDeque::new(),
+            head_since: Instant::now(),
+            retiring: false,
+            reported: false,
+            stopped: false,
+        };
+        Ok(())
+    }
+
+    /// Adds a task to the pending list (or fails it at once if nothing can run it).
+    pub(crate) fn submit(&self, batch: &Arc<Batch>, indices: Vec<u64>, runner: Func, chunk: Chunk) {
+        let mut st = self.lock();
+        let refuse = match (&st.broken, st.phase) {
+            (Some(e), _) => Some(e.clone()),
+            (None, Phase::Closed) => Some(TaskError::Closed),
+            (None, Phase::Terminated) => Some(TaskError::Terminated),
+            (None, Phase::Running) => None,
+        };
+        if let Some(e) = refuse {
+            drop(st);
+            run_all(batch.deliver(indices.into_iter().map(|i| (i, Err(e.clone())))));
+            return;
+        }
+        let id = st.next_task;
+        st.next_task += 1;
+        st.table.insert(
+            id,
+            Entry {
+                batch: batch.clone(),
+                indices,
+                task: Some(Task { id, runner, chunk }),
+                retries_left: self.config.retries,
+                fail_as: None,
+                cancelled: false,
+            },
+        );
+        batch.lock().tasks.insert(id);
+        st.pending.push_back(id);
+        let cbs = self.dispatch(&mut st);
+        drop(st);
+        run_all(cbs);
+    }
+
+    /// Hands pending tasks to workers with room, one at a time around the slots.
+    fn dispatch(&self, st: &mut State) -> Vec<Callback> {
+        let mut cbs = Vec::new();
+        let prefetch = self.config.prefetch.max(1);
+        'outer: loop {
+            let mut gave = false;
+            for slot in 0..st.slots.len() {
+                if !st.slots[slot].takes_work() || st.slots[slot].held.len() >= prefetch {
+                    continue;
+                }
+                let Some(id) = st.pending.pop_front() else {
+                    break 'outer;
+                };
+                let Some(entry) = st.table.get_mut(&id) else {
+                    continue;
+                };
+                let Some(task) = entry.task.take() else {
+                    continue;
+                };
+                if self.config.retries > 0 {
+                    entry.task = Some(task.clone());
+                }
+                let s = &mut st.slots[slot];
+                let queue = s.tasks.as_ref().expect("a live worker has a queue");
+                match queue.put(ToWorker::Run(task)) {
+                    Ok(()) => {
+                        if s.held.is_empty() {
+                            s.head_since = Instant::now();
+                        }
+                        s.held.push_back(id);
+                        gave = true;
+                    }
+                    Err(e) => {
+                        let e =
+                            TaskError::Child(format!("could not hand the task to a worker: {e}"));
+                        cbs.extend(fail(st, id, e));
+                    }
+                }
+            }
+            if !gave {
+                break;
+            }
+        }
+        if st.phase == Phase::Closed && st.pending.is_empty() {
+            for s in &mut st.slots {
+                if s.alive() && s.held.is_empty() && !s.stopped {
+                    if let Some(q) = &s.tasks {
+                        let _ = q.put(ToWorker::Stop);
+                    }
+                    s.stopped = true;
+                }
+            }
+        }
+        cbs
+    }
+
+    /// Cancels a task: not handed out yet, it is skipped; handed to a worker that has not started
+    /// it, its outcome will be dropped; running, its worker is killed (and replaced). Whether it
+    /// was cancelled (false: it had ended already).
+    pub(crate) fn cancel(&self, id: u64) -> bool {
+        let mut st = self.lock();
+        if !st.table.contains_key(&id) {
+            return false;
+        }
+        if let Some(at) = st.pending.iter().position(|&t| t == id) {
+            st.pending.remove(at);
+            let cbs = fail(&mut st, id, TaskError::Cancelled);
+            drop(st);
+            run_all(cbs);
+            return true;
+        }
+        let running = st
+            .slots
+            .iter()
+            .find(|s| s.held.front() == Some(&id))
+            .and_then(|s| s.process.clone());
+        let entry = st.table.get_mut(&id).expect("checked above");
+        match running {
+            Some(process) => {
+                entry.fail_as = Some(TaskError::Cancelled);
+                let _ = process.kill();
+                true
+            }
+            None => {
+                entry.cancelled = true;
+                let batch = entry.batch.clone();
+                let indices = entry.indices.clone();
+                drop(st);
+                run_all(batch.deliver(indices.into_iter().map(|i| (i, Err(TaskError::Cancelled)))));
+                true
+            }
+        }
+    }
+
+    /// Cancels those of `tasks` that no worker has been handed (a dropped `imap` or map result).
+    pub(crate) fn cancel_pending(&self, tasks: &[u64]) {
+        let mut st = self.lock();
+        let mut cbs = Vec::new();
+        for &id in tasks {
+            if let Some(at) = st.pending.iter().position(|&t| t == id) {
+                st.pending.remove(at);
+                cbs.extend(fail(&mut st, id, TaskError::Cancelled));
+            }
+        }
+        drop(st);
+        run_all(cbs);
+    }
+
+    /// The collector: takes every message from the workers and the supervisor, in order.
+    pub(crate) fn collect(self: &Arc<Shared>) {
+        loop {
+            let msg = match self.results.get() {
+                Ok(m) => m,
+                Err(e) => {
+                    crate::trace::event!(error, "a pool's result queue failed: {e}");
+                    std::thread::sleep(Duration::from_millis(10));
+                    if self.stop.load(Ordering::Acquire) {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            if self.stop.load(Ordering::Acquire) {
+                return;
+            }
+            let cbs = self.handle(msg);
+            run_all(cbs);
+        }
+    }
+
+    fn handle(&self, msg: FromWorker) -> Vec<Callback> {
+        let mut st = self.lock();
+        let mut cbs = Vec::new();
+        match msg {
+            FromWorker::Done {
+                worker,
+                task,
+                outcomes,
+            } => {
+                if let Some(s) = slot_of(&mut st, worker)
+                    && let Some(at) = s.held.iter().position(|&t| t == task)
+                {
+                    s.held.remove(at);
+                    if at == 0 {
+                        s.head_since = Instant::now();
+                    }
+                }
+                if let Some(entry) = st.table.remove(&task) {
+                    entry.batch.lock().tasks.remove(&task);
+                    if !entry.cancelled {
+                        cbs.extend(
+                            entry.batch.deliver(
+                                entry
+                                    .indices
+                                    .iter()
+                                    .copied()
+                                    .zip(outcomes.into_iter().map(outcome)),
+                            ),
+                        );
+                    }
+                }
+            }
+            FromWorker::Retiring { worker } => {
+                if let Some(s) = slot_of(&mut st, worker) {
+                    s.retiring = true;
+                }
+            }
+            FromWorker::InitFailed { worker, message } => {
+                if let Some(s) = slot_of(&mut st, worker) {
+                    s.retiring = true;
+                }
+                let e = TaskError::Initializer(message);
+                st.broken = Some(e.clone());
+                cbs.extend(fail_everything(&mut st, e));
+            }
+            FromWorker::Ended { worker } => cbs.extend(self.ended(&mut st, worker)),
+            FromWorker::Wake => {}
+        }
+        cbs.extend(self.dispatch(&mut st));
+        drop(st);
+        self.changed.notify_all();
+        cbs
+    }
+
+    /// A worker's process ended: hand back what it had not started, fail (or retry) what it held,
+    /// and start its successor if there is work for one.
+    fn ended(&self, st: &mut State, worker: WorkerId) -> Vec<Callback> {
+        let mut cbs = Vec::new();
+        let Some(s) = slot_of(st, worker) else {
+            return cbs;
+        };
+        let Some(process) = s.process.take() else {
+            return cbs;
+        };
+        let tasks = s.tasks.take();
+        let held = std::mem::take(&mut s.held);
+        let retiring = s.retiring;
+        let pid = process.pid();
+        let outcome = process.join();
+        // What is still in its queue was never started: back to the front of the line, in order.
+        let mut unstarted = Vec::new();
+        if let Some(q) = &tasks {
+            for msg in q.try_iter() {
+                if let Ok(ToWorker::Run(task)) = msg {
+                    unstarted.push(task);
+                }
+            }
+        }
+        let mut back = Vec::new();
+        for task in unstarted {
+            if let Some(entry) = st.table.get_mut(&task.id) {
+                back.push(task.id);
+                entry.task = Some(task);
+            }
+        }
+        let died = died_of(pid, &outcome);
+        for id in held {
+            if back.contains(&id) {
+                continue;
+            }
+            let Some(entry) = st.table.get_mut(&id) else {
+                continue;
+            };
+            if let Some(e) = entry.fail_as.take() {
+                cbs.extend(fail(st, id, e));
+            } else if entry.retries_left > 0 && entry.task.is_some() {
+                entry.retries_left -= 1;
+                back.push(id);
+            } else {
+                let e = died.clone().unwrap_or(TaskError::WorkerDied {
+                    pid,
+                    code: Some(0),
+                    signal: None,
+                });
+                cbs.extend(fail(st, id, e));
+            }
+        }
+        back.sort_unstable();
+        for id in back.into_iter().rev() {
+            st.pending.push_front(id);
+        }
+        if died.is_some() && !retiring {
+            crate::trace::event!(
+                warn,
+                "pool worker {pid} died: {:?}; replacing it",
+                outcome.err()
+            );
+        }
+        let wanted = match st.phase {
+            Phase::Running => true,
+            Phase::Closed => !st.pending.is_empty(),
+            Phase::Terminated => false,
+        };
+        if wanted && st.broken.is_none() {
+            let slot = worker.slot as usize;
+            if let Err(e) = self.spawn_into(st, slot, worker.generation + 1) {
+                crate::trace::event!(error, "a pool could not replace a worker: {e}");
+                if st.slots.iter().all(|s| !s.alive()) {
+                    let e = TaskError::Spawn(e.to_string());
+                    st.broken = Some(e.clone());
+                    cbs.extend(fail_everything(st, e));
+                }
+            }
+        }
+        cbs
+    }
+
+    /// The supervisor: watches the workers' pidfds and the running tasks' deadlines.
+    pub(crate) fn supervise(self: &Arc<Shared>) {
+        while !self.stop.load(Ordering::Acquire) {
+            let (watched, deadline) = {
+                let st = self.lock();
+                let mut deadline = Instant::now() + SUPERVISOR_NAP;
+                let mut watched = Vec::new();
+                for s in &st.slots {
+                    let (Some(p), false) = (&s.process, s.reported) else {
+                        continue;
+                    };
+                    watched.push((s.id, p.clone()));
+                    if let (Some(limit), Some(_)) = (self.config.task_timeout, s.held.front()) {
+                        deadline = deadline.min(s.head_since + limit);
+                    }
+                }
+                (watched, deadline)
+            };
+            let fds: Vec<_> = watched.iter().map(|(_, p)| p.pidfd()).collect();
+            let ready = match crate::sys::poll_readable(&fds, Some(deadline)) {
+                Ok(r) => r,
+                Err(e) => {
+                    crate::trace::event!(error, "a pool's supervisor could not poll: {e}");
+                    std::thread::sleep(SUPERVISOR_NAP);
+                    continue;
+                }
+            };
+            drop(fds);
+            let mut st = self.lock();
+            for ((id, _), ended) in watched.iter().zip(ready) {
+                if !ended {
+                    continue;
+                }
+                if let Some(s) = slot_of(&mut st, *id) {
+                    s.reported = true;
+                }
+                if let Err(e) = self.results.put(FromWorker::Ended { worker: *id }) {
+                    crate::trace::event!(error, "a pool's supervisor could not report: {e}");
+                }
+            }
+            if let Some(limit) = self.config.task_timeout {
+                let now = Instant::now();
+                let mut late = Vec::new();
+                for s in &st.slots {
+                    if let (Some(&task), Some(p), false) = (s.held.front(), &s.process, s.reported)
+                        && now >= s.head_since + limit
+                    {
+                        late.push((task, p.clone()));
+                    }
+                }
+                for (task, process) in late {
+                    if let Some(entry) = st.table.get_mut(&task)
+                        && entry.fail_as.is_none()
+                    {
+                        entry.fail_as = Some(TaskError::Timeout(limit));
+                        let _ = process.kill();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Closes the pool to new tasks; workers stop once the submitted ones are done.
+    pub(crate) fn close(&self) {
+        let mut st = self.lock();
+        if st.phase == Phase::Running {
+            st.phase = Phase::Closed;
+        }
+        let cbs = self.dispatch(&mut st);
+        drop(st);
+        run_all(cbs);
+        self.changed.notify_all();
+    }
+
+    /// Fails every outstanding task and kills the workers (SIGTERM, then SIGKILL after `grace`),
+    /// waiting for them to end.
+    pub(crate) fn terminate(&self) {
+        let mut st = self.lock();
+        st.phase = Phase::Terminated;
+        let cbs = fail_everything(&mut st, TaskError::Terminated);
+        let workers: Vec<_> = st
+            .slots
+            .iter_mut()
+            .filter_map(|s| s.process.take())
+            .collect();
+        for s in &mut st.slots {
+            s.tasks = None;
+            s.held.clear();
+        }
+        drop(st);
+        run_all(cbs);
+        for p in &workers {
+            let _ = p.terminate();
+        }
+        let grace = Instant::now() + TERMINATE_GRACE;
+        for p in &workers {
+            let left = grace.saturating_duration_since(Instant::now());
+            if p.join_timeout(left).is_err() && p.exitcode().is_none() {
+                let _ = p.kill();
+                let _ = p.join();
+            }
+        }
+        self.changed.notify_all();
+    }
+
+    pub(crate) fn pids(&self) -> Vec<i32> {
+        let st = self.lock();
+        st.slots
+            .iter()
+            .filter_map(|s| s.process.as_ref().map(|p| p.pid()))
+            .collect()
+    }
+
+    /// Whether every worker has ended (after `close`, once the work is done).
+    pub(crate) fn all_ended(st: &State) -> bool {
+        st.slots
+            .iter()
+            .all(|s| !s.alive() || (s.stopped && s.reported))
+    }
+}
+
+/// How long `terminate` waits after SIGTERM before SIGKILL.
+const TERMINATE_GRACE: Duration = Duration::from_millis(500);
+
+fn slot_of(st: &mut State, worker: WorkerId) -> Option<&mut Slot> {
+    st.slots
+        .get_mut(worker.slot as usize)
+        .filter(|s| s.id == worker)
+}
+
+fn outcome(o: Outcome) -> Result<ByteBuf, TaskError> {
+    o.map_err(|f| match f {
+        worker::Failure::Panicked(message) => TaskError::Panicked { message },
+        worker::Failure::Child(m) => TaskError::Child(m),
+    })
+}
+
+/// Removes task `id` from the table and gives every item of it `e`.
+fn fail(st: &mut State, id: u64, e: TaskError) -> Option<Callback> {
+    let entry = st.table.remove(&id)?;
+    entry.batch.lock().tasks.remove(&id);
+    if entry.cancelled {
+        return None;
+    }
+    entry
+        .batch
+        .deliver(entry.indices.into_iter().map(|i| (i, Err(e.clone()))))
+}
+
+fn fail_everything(st: &mut State, e: TaskError) -> Vec<Callback> {
+    st.pending.clear();
+    for s in &mut st.slots {
+        s.held.clear();
+    }
+    let ids: Vec<u64> = st.table.keys().copied().collect();
+    ids.into_iter()
+        .filter_map(|id| fail(st, id, e.clone()))
+        .collect()
+}
+
+/// How a worker that ended while holding tasks died, as a task error (`None`: it exited cleanly).
+fn died_of(pid: i32, outcome: &Result<(), ProcessError>) -> Option<TaskError> {
+    match outcome {
+        Ok(()) => None,
+        Err(ProcessError::Signaled { signal }) => Some(TaskError::WorkerDied {
+            pid,
+            code: None,
+            signal: Some(*signal),
+        }),
+        Err(ProcessError::Exited { code }) => Some(TaskError::WorkerDied {
+            pid,
+            code: Some(*code),
+            signal: None,
+        }),
+        Err(ProcessError::Panicked { .. }) => Some(TaskError::WorkerDied {
+            pid,
+            code: Some(1),
+            signal: None,
+        }),
+        Err(e) => Some(TaskError::Child(format!("the worker {pid} failed: {e}"))),
+    }
+}
+
+pub(crate) fn run_all(cbs: impl IntoIterator<Item = Callback>) {
+    for cb in cbs {
+        cb();
+    }
+}

@@ -1,0 +1,1093 @@
+//! A pool of worker processes: Python's `multiprocessing.Pool`, built on [`Process`] and
+//! [`Queue`](crate::Queue), which never hangs and never loses a result silently.
+//!
+//! # How tasks and results flow
+//! Every call (`apply_async`, a map, an `imap`) makes a *batch*, the place its results land, and
+//! cuts its input into *tasks* (chunks of items). A task goes into the pool's table and its pending
+//! list; the pool hands it to a worker by putting it on **that worker's own queue**, and records that
+//! the worker holds it. A worker takes its tasks in order, runs each item alone (a panic, an argument
+//! that does not decode, a result that does not encode fails that item only), and puts one message
+//! with the chunk's outcomes on the **results queue** that all workers share. A *collector* thread in
+//! the parent takes those messages, delivers the outcomes to their batches, and hands the worker its
+//! next task. Callers wait on their batch, never on a worker.
+//!
+//! # How the pool knows what a dead worker held
+//! A *supervisor* thread polls the workers' pidfds. When one ends it puts an `Ended` message on the
+//! results queue itself: every result the worker committed before it died is ahead of that message
+//! (the queue is FIFO across producers, and a producer killed mid-put either committed its message or
+//! left nothing), so when the collector reaches `Ended` it has seen all the worker ever delivered.
+//! It then takes back whatever is still in the dead worker's own queue (those tasks never started, so
+//! they go back to the front of the pending list), and fails exactly the tasks the worker still held,
+//! with the signal or exit code (or retries them, when asked). Then it starts a replacement in the
+//! same slot: workers are counted by slot, never by a token that could go stale (gh-115634). A worker
+//! that leaves at its task limit says so only after its last result, so it is never reported dead for
+//! a task it finished (gh-66587).
+//!
+//! # Backpressure
+//! A worker is handed at most `prefetch` tasks ahead (default 2: it always has its next task at hand,
+//! and no worker hoards the pending list). `imap` and `imap_unordered` read their input lazily: they
+//! keep at most `in_flight` tasks submitted and not yet yielded (default: 4 per worker), reading more
+//! only as results are taken, so an endless input never fills memory (CPython's `imap` reads it all
+//! first, gh-84291).
+//!
+//! # The seam
+//! The pool talks to its workers only through the two message types in `worker.rs`; a second
+//! transport (a broker, for workers on other machines) carries the same messages.
+
+mod inner;
+pub(crate) mod worker;
+
+use crate::codec;
+use crate::error::Timeout;
+use crate::process::StartMethod;
+use crate::sys::entry::Func;
+use inner::{Batch, Config, Phase, Shared};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_bytes::ByteBuf;
+use std::io;
+use std::marker::PhantomData;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use thiserror::Error;
+use worker::Chunk;
+
+/// Why one task (one item of a map) has no result.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum TaskError {
+    /// The function panicked; the message is the panic's.
+    #[error("the task panicked: {message}")]
+    Panicked {
+        /// The panic message.
+        message: String,
+    },
+    /// The worker process died while it held the task: killed by `signal`, or exited with `code`.
+    #[error("the worker (pid {pid}) died while running the task: {}", died(*.code, *.signal))]
+    WorkerDied {
+        /// The worker's pid.
+        pid: i32,
+        /// Its exit code, if it exited.
+        code: Option<i32>,
+        /// The signal that killed it, if one did.
+        signal: Option<i32>,
+    },
+    /// The task ran past the pool's task timeout; its worker was killed and replaced.
+    #[error("the task ran past its time limit of {0:?}; its worker was killed and replaced")]
+    Timeout(Duration),
+    /// The task was cancelled before it ended.
+    #[error("the task was cancelled")]
+    Cancelled,
+    /// The argument could not be serialized (in this process).
+    #[error("failed to serialize the task's argument: {0}")]
+    Encode(String),
+    /// The argument could not be decoded, or the result encoded, in the worker (the message says
+    /// which).
+    #[error("{0}")]
+    Child(String),
+    /// The result arrived but could not be deserialized here.
+    #[error("failed to deserialize the task's result: {0}")]
+    Decode(String),
+    /// The pool was closed before the task was submitted.
+    #[error("the pool is closed")]
+    Closed,
+    /// The pool was terminated before the task ended.
+    #[error("the pool was terminated")]
+    Terminated,
+    /// The pool's initializer failed in a worker, so no task runs (no worker is restarted for it).
+    #[error("the pool's initializer failed: {0}")]
+    Initializer(String),
+    /// No worker could be started.
+    #[error("no worker could be started: {0}")]
+    Spawn(String),
+}
+
+fn died(code: Option<i32>, signal: Option<i32>) -> String {
+    match (signal, code) {
+        (Some(s), _) => match crate::sys::signal_name(s) {
+            Some(name) => format!("killed by signal {s} ({name})"),
+            None => format!("killed by signal {s}"),
+        },
+        (None, Some(c)) => format!("exited with code {c}"),
+        (None, None) => "ended".into(),
+    }
+}
+
+/// Why [`AsyncResult::get_timeout`] or [`MapResult::get_timeout`] gave no result.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ResultTimeoutError<E> {
+    /// The result was not ready in time; the task goes on (nothing is killed).
+    #[error("timed out waiting for the result")]
+    Timeout,
+    /// The result is there: the task failed.
+    #[error(transparent)]
+    Failed(E),
+}
+
+/// The first failed item of a map, with its index.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("item {index} failed: {error}")]
+pub struct MapError {
+    /// The item's index in the input.
+    pub index: usize,
+    /// Why it failed.
+    pub error: TaskError,
+}
+
+/// Why [`Pool::join`] could not wait.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum PoolError {
+    /// `join` was called on a pool that is neither closed nor terminated (its workers would never
+    /// end).
+    #[error("the pool is still running: close() or terminate() it before join()")]
+    StillRunning,
+}
+
+/// How far a map has come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Items with an outcome.
+    pub done: u64,
+    /// Items in all, once the input has been read to its end.
+    pub total: Option<u64>,
+}
+
+/// A pool of worker processes (Python's `multiprocessing.Pool`).
+///
+/// Workers run plain `fn(A) -> R` functions of this program, with serde `A` and `R`, as
+/// [`Process`] does. A failing item never hides the others: every item has its own
+/// `Result<R, TaskError>`, and a worker that dies (killed, aborted, out of memory) fails exactly
+/// the tasks it held and is replaced.
+///
+/// The pool can be used from several threads at once. Dropping it terminates it (as leaving
+/// Python's `with Pool() as p:` block does): tasks not finished fail with
+/// [`TaskError::Terminated`] and the workers are stopped. [`close`](Pool::close) then
+/// [`join`](Pool::join) finishes the submitted work first.
+///
+/// # Examples
+/// ```
+/// use multiprocess::Pool;
+///
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+///
+/// let pool = Pool::new(2)?;
+/// assert_eq!(pool.apply(square, 7)?, 49);
+/// assert_eq!(pool.map(square, 1..=5)?, [1, 4, 9, 16, 25]);
+/// let pending = pool.apply_async(square, 12);
+/// assert_eq!(pending.get()?, 144);
+/// pool.close();
+/// pool.join()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Pool {
+    shared: Arc<Shared>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// Configures a [`Pool`]: `Pool::builder().processes(4).build()`.
+#[must_use = "a builder does nothing until .build() is called"]
+#[derive(Clone, Default)]
+pub struct PoolBuilder {
+    // (Debug by hand: the initializer is tokens and bytes.)
+    processes: Option<usize>,
+    method: Option<StartMethod>,
+    init: Option<Result<(Func, Chunk), String>>,
+    max_tasks: Option<u64>,
+    max_memory: Option<u64>,
+    task_timeout: Option<Duration>,
+    retries: u32,
+}
+
+impl std::fmt::Debug for PoolBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolBuilder")
+            .field("processes", &self.processes)
+            .field("start_method", &self.method)
+            .field("initializer", &self.init.is_some())
+            .field("max_tasks_per_worker", &self.max_tasks)
+            .field("max_memory_per_worker", &self.max_memory)
+            .field("task_timeout", &self.task_timeout)
+            .field("retries", &self.retries)
+            .finish()
+    }
+}
+
+impl PoolBuilder {
+    /// The number of workers (default: [`cpu_count`](crate::cpu_count), the CPUs this process may
+    /// use, which honours its affinity mask and a cgroup CPU quota).
+    pub fn processes(mut self, n: usize) -> Self {
+        self.processes = Some(n);
+        self
+    }
+
+    /// How workers start (default: the process-wide default, see
+    /// [`set_start_method`](crate::set_start_method)).
+    pub fn start_method(mut self, method: StartMethod) -> Self {
+        self.method = Some(method);
+        self
+    }
+
+    /// Runs `f(arg)` once in each worker before its first task (Python's `initializer`). If it
+    /// panics, the pool is broken: every task fails with [`TaskError::Initializer`], and no worker
+    /// is restarted for it (no respawn storm).
+    pub fn initializer<A: Serialize + DeserializeOwned>(mut self, f: fn(A), arg: A) -> Self {
+        self.init = Some(prepare(f, &arg).map(|(runner, func, bytes)| {
+            (
+                runner,
+                Chunk {
+                    func,
+                    items: vec![bytes],
+                },
+            )
+        }));
+        self
+    }
+
+    /// Replaces a worker with a fresh one after it ran `n` tasks (Python's `maxtasksperchild`; a task
+    /// is a chunk of a map).
+    pub fn max_tasks_per_worker(mut self, n: u64) -> Self {
+        self.max_tasks = Some(n.max(1));
+        self
+    }
+
+    /// Replaces a worker whose resident memory is above `bytes` after a task (a leak stays bounded;
+    /// loky and Celery do the same). It is checked between tasks, so one task may go past it.
+    pub fn max_memory_per_worker(mut self, bytes: u64) -> Self {
+        self.max_memory = Some(bytes);
+        self
+    }
+
+    /// Kills the worker running a task for longer than `limit` (and replaces it); the task fails with
+    /// [`TaskError::Timeout`]. A task's time counts from when its worker reached it.
+    pub fn task_timeout(mut self, limit: Duration) -> Self {
+        self.task_timeout = Some(limit);
+        self
+    }
+
+    /// Runs a task again, up to `n` more times, when its worker dies while holding it. With retries,
+    /// a task runs *at least* once: a worker that died after the task's side effects but before its
+    /// result arrived has its task run again.
+    pub fn retries(mut self, n: u32) -> Self {
+        self.retries = n;
+        self
+    }
+
+    /// Starts the workers.
+    ///
+    /// # Errors
+    /// `processes(0)`, an initializer argument that does not serialize (`InvalidInput`), or a worker
+    /// that could not be started.
+    pub fn build(self) -> io::Result<Pool> {
+        let processes = self.processes.unwrap_or_else(crate::cpu_count);
+        if processes == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a pool needs at least one worker",
+            ));
+        }
+        let init = self
+            .init
+            .transpose()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let shared = Shared::start(Config {
+            processes,
+            method: self.method,
+            init,
+            max_tasks: self.max_tasks,
+            max_memory: self.max_memory,
+            task_timeout: self.task_timeout,
+            retries: self.retries,
+            prefetch: 2,
+        })?;
+        let spawn = |name: &str, f: fn(&Arc<Shared>)| {
+            let s = shared.clone();
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(move || f(&s))
+        };
+        let threads = match (
+            spawn("pool-collector", Shared::collect),
+            spawn("pool-supervisor", Shared::supervise),
+        ) {
+            (Ok(a), Ok(b)) => vec![a, b],
+            (a, b) => {
+                shared.terminate();
+                stop_threads(&shared, [a.ok(), b.ok()].into_iter().flatten().collect());
+                return Err(io::Error::other("could not start the pool's threads"));
+            }
+        };
+        Ok(Pool {
+            shared,
+            threads: Mutex::new(threads),
+        })
+    }
+}
+
+/// The runner and function tokens for `f`, and `arg` encoded.
+fn prepare<A: Serialize + DeserializeOwned, R: Serialize + DeserializeOwned>(
+    f: fn(A) -> R,
+    arg: &A,
+) -> Result<(Func, Func, ByteBuf), String> {
+    let (runner, func) = tokens(f)?;
+    Ok((runner, func, encode_arg(arg)?))
+}
+
+fn tokens<A: DeserializeOwned, R: Serialize>(f: fn(A) -> R) -> Result<(Func, Func), String> {
+    let runner = Func::of(worker::runner_of::<A, R>()).map_err(|e| e.to_string())?;
+    let func = Func::of(f).map_err(|e| e.to_string())?;
+    Ok((runner, func))
+}
+
+fn encode_arg<A: Serialize>(arg: &A) -> Result<ByteBuf, String> {
+    match codec::encode(arg) {
+        Ok((bytes, fds)) if fds.is_empty() => Ok(ByteBuf::from(bytes)),
+        Ok(_) => Err(
+            "the argument holds descriptors (a Connection, a Lock, ...), which a pool's \
+                      tasks do not carry: pass them in the initializer's argument or through a \
+                      Queue"
+                .into(),
+        ),
+        Err(e) => Err(e),
+    }
+}
+
+fn decode<R: DeserializeOwned>(r: Result<ByteBuf, TaskError>) -> Result<R, TaskError> {
+    codec::decode(&r?, Vec::new()).map_err(TaskError::Decode)
+}
+
+fn stop_threads(shared: &Shared, threads: Vec<JoinHandle<()>>) {
+    shared.stop.store(true, Ordering::Release);
+    let _ = shared.results.put(worker::FromWorker::Wake);
+    for t in threads {
+        let _ = t.join();
+    }
+}
+
+impl Pool {
+    /// A pool of `processes` workers, started with the default start method.
+    ///
+    /// # Errors
+    /// `processes` is 0, or a worker could not be started.
+    pub fn new(processes: usize) -> io::Result<Pool> {
+        Pool::builder().processes(processes).build()
+    }
+
+    /// A builder, for the number of workers, the start method, an initializer, task and memory
+    /// limits per worker, a task timeout and retries.
+    pub fn builder() -> PoolBuilder {
+        PoolBuilder::default()
+    }
+
+    /// The number of workers.
+    pub fn processes(&self) -> usize {
+        self.shared.config.processes
+    }
+
+    /// The pids of the live workers, by slot (a slot whose worker is being replaced is left out).
+    pub fn worker_pids(&self) -> Vec<i32> {
+        self.shared.pids()
+    }
+
+    /// Submits one call of `f(arg)` and returns at once (Python's `apply_async`).
+    pub fn apply_async<A, R>(&self, f: fn(A) -> R, arg: A) -> AsyncResult<R>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + 'static,
+    {
+        self.submit_one(f, &arg, None)
+    }
+
+    /// [`apply_async`](Self::apply_async) with a callback, run in the pool's collector thread in
+    /// this process when the result is ready, with the result or the error (Python's `callback`
+    /// and `error_callback` in one). It should be quick: results wait behind it.
+    ///
+    /// # Examples
+    /// ```
+    /// use std::sync::mpsc;
+    ///
+    /// fn double(x: i32) -> i32 {
+    ///     x * 2
+    /// }
+    ///
+    /// let pool = multiprocess::Pool::new(1)?;
+    /// let (tx, rx) = mpsc::channel();
+    /// pool.apply_async_then(double, 21, move |r| tx.send(r).unwrap());
+    /// assert_eq!(rx.recv()?, Ok(42));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn apply_async_then<A, R>(
+        &self,
+        f: fn(A) -> R,
+        arg: A,
+        callback: impl FnOnce(Result<R, TaskError>) + Send + 'static,
+    ) -> AsyncResult<R>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + 'static,
+    {
+        self.submit_one(f, &arg, Some(Box::new(callback)))
+    }
+
+    fn submit_one<A, R>(
+        &self,
+        f: fn(A) -> R,
+        arg: &A,
+        callback: Option<ResultCallback<R>>,
+    ) -> AsyncResult<R>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + 'static,
+    {
+        let batch = Batch::new(Some(1));
+        if let Some(cb) = callback {
+            // A strong reference: the handle may be gone by then. The cycle ends when the
+            // callback is taken to run (every task ends: done, failed, cancelled or terminated).
+            let b = batch.clone();
+            batch.lock().on_complete = Some(Box::new(move || {
+                let outcome = b.lock().ready.get(&0).cloned();
+                if let Some(outcome) = outcome {
+                    cb(decode(outcome));
+                }
+            }));
+        }
+        match prepare(f, arg) {
+            Ok((runner, func, bytes)) => {
+                let chunk = Chunk {
+                    func,
+                    items: vec![bytes],
+                };
+                self.shared.submit(&batch, vec![0], runner, chunk);
+            }
+            Err(e) => inner::run_all(batch_fail(&batch, 0, TaskError::Encode(e))),
+        }
+        AsyncResult {
+            shared: self.shared.clone(),
+            batch,
+            _r: PhantomData,
+        }
+    }
+
+    /// Runs `f(arg)` in a worker and waits for its result (Python's `apply`).
+    ///
+    /// # Errors
+    /// Why the task has no result: see [`TaskError`].
+    pub fn apply<A, R>(&self, f: fn(A) -> R, arg: A) -> Result<R, TaskError>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + 'static,
+    {
+        self.apply_async(f, arg).get()
+    }
+
+    /// Applies `f` to every item, in the workers, and returns the results in order, or the first
+    /// failed item (by index) with its error (Python's `map`). The input is read lazily, with a
+    /// bounded number of tasks in flight; items go to workers in chunks of Python's default size
+    /// (the length over four times the workers, rounded up) when the input's length is known, else
+    /// one by one. Every item runs even when one fails.
+    ///
+    /// # Errors
+    /// The first failed item, with its index.
+    pub fn map<A, R, I>(&self, f: fn(A) -> R, items: I) -> Result<Vec<R>, MapError>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+        I: IntoIterator<Item = A>,
+    {
+        let mut out = Vec::new();
+        let mut first_error = None;
+        for (index, r) in self.map_iter(f, items).enumerate() {
+            match r {
+                Ok(v) if first_error.is_none() => out.push(v),
+                Ok(_) => {}
+                Err(error) => {
+                    first_error.get_or_insert(MapError { index, error });
+                }
+            }
+        }
+        first_error.map_or(Ok(out), Err)
+    }
+
+    /// [`map`](Self::map), with every item's own `Result`: a failing item never hides the others.
+    ///
+    /// # Examples
+    /// ```
+    /// use multiprocess::{Pool, TaskError};
+    ///
+    /// fn checked_inverse(x: i32) -> i32 {
+    ///     assert!(x != 0, "no inverse of zero");
+    ///     100 / x
+    /// }
+    ///
+    /// let pool = Pool::new(2)?;
+    /// let results = pool.map_results(checked_inverse, [4, 0, 50]);
+    /// assert_eq!(results[0], Ok(25));
+    /// assert!(matches!(&results[1], Err(TaskError::Panicked { message }) if message == "no inverse of zero"));
+    /// assert_eq!(results[2], Ok(2));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn map_results<A, R, I>(&self, f: fn(A) -> R, items: I) -> Vec<Result<R, TaskError>>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+        I: IntoIterator<Item = A>,
+    {
+        self.map_iter(f, items).collect()
+    }
+
+    fn map_iter<A, R, I>(&self, f: fn(A) -> R, items: I) -> Imap<I::IntoIter, A, R>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+        I: IntoIterator<Item = A>,
+    {
+        let items = items.into_iter();
+        let chunksize = match items.size_hint() {
+            (lo, Some(hi)) if lo == hi => python_chunksize(lo, self.processes()),
+            _ => 1,
+        };
+        self.imap(f, items).chunksize(chunksize)
+    }
+
+    /// Submits `f` over every item and returns at once (Python's `map_async`); the input is read
+    /// now, into tasks of Python's default chunk size.
+    pub fn map_async<A, R, I>(&self, f: fn(A) -> R, items: I) -> MapResult<R>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+        I: IntoIterator<Item = A>,
+    {
+        let items: Vec<A> = items.into_iter().collect();
+        let chunksize = python_chunksize(items.len(), self.processes());
+        let batch = Batch::new(Some(items.len() as u64));
+        let mut feed = Feed::new(self.shared.clone(), batch.clone(), f);
+        let mut it = items.into_iter();
+        while feed.submit_chunk(&mut it, chunksize) {}
+        MapResult {
+            shared: self.shared.clone(),
+            batch,
+            total: feed.next,
+            _r: PhantomData,
+        }
+    }
+
+    /// Applies `f` to every item and yields each item's result in input order, as results arrive
+    /// (Python's `imap`). The input is read lazily: at most [`Imap::in_flight`] tasks are submitted
+    /// ahead of what has been yielded. Items go one per task unless [`Imap::chunksize`] says
+    /// otherwise. Dropping the iterator cancels the tasks that have not started.
+    ///
+    /// # Examples
+    /// ```
+    /// fn cube(x: u64) -> u64 {
+    ///     x * x * x
+    /// }
+    ///
+    /// let pool = multiprocess::Pool::new(2)?;
+    /// // An endless input: only what is taken is computed (and a few tasks ahead).
+    /// let first: Vec<u64> = pool.imap(cube, 1..).take(4).map(Result::unwrap).collect();
+    /// assert_eq!(first, [1, 8, 27, 64]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn imap<A, R, I>(&self, f: fn(A) -> R, items: I) -> Imap<I::IntoIter, A, R>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+        I: IntoIterator<Item = A>,
+    {
+        Imap::new(self, f, items.into_iter(), true)
+    }
+
+    /// [`imap`](Self::imap), yielding `(index, result)` pairs in the order results arrive (Python's
+    /// `imap_unordered`).
+    pub fn imap_unordered<A, R, I>(
+        &self,
+        f: fn(A) -> R,
+        items: I,
+    ) -> ImapUnordered<I::IntoIter, A, R>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+        I: IntoIterator<Item = A>,
+    {
+        ImapUnordered(Imap::new(self, f, items.into_iter(), false))
+    }
+
+    /// Accepts no more tasks; the workers leave once the submitted ones are done (Python's `close`).
+    pub fn close(&self) {
+        self.shared.close();
+    }
+
+    /// Stops at once: every task not finished fails with [`TaskError::Terminated`], and the
+    /// workers are sent `SIGTERM`, then `SIGKILL` if they have not ended half a second later
+    /// (Python's `terminate`).
+    pub fn terminate(&self) {
+        self.shared.terminate();
+    }
+
+    /// Waits for the workers to leave, after [`close`](Self::close) (once the submitted tasks are
+    /// done) or [`terminate`](Self::terminate).
+    ///
+    /// # Errors
+    /// [`PoolError::StillRunning`] if the pool was neither closed nor terminated.
+    pub fn join(&self) -> Result<(), PoolError> {
+        let mut st = self.shared.lock();
+        if st.phase == Phase::Running {
+            return Err(PoolError::StillRunning);
+        }
+        while !Shared::all_ended(&st) {
+            st = self
+                .shared
+                .changed
+                .wait_timeout(st, Duration::from_millis(50))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        if self.shared.lock().phase != Phase::Terminated {
+            self.shared.terminate();
+        }
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        stop_threads(&self.shared, threads);
+    }
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("processes", &self.processes())
+            .field("phase", &self.shared.lock().phase)
+            .finish()
+    }
+}
+
+/// A callback given a task's result.
+type ResultCallback<R> = Box<dyn FnOnce(Result<R, TaskError>) + Send + 'static>;
+
+/// Python's default chunk size for `map`: `ceil(len / (4 * workers))`, at least 1.
+fn python_chunksize(len: usize, workers: usize) -> usize {
+    len.div_ceil(4 * workers.max(1)).max(1)
+}
+
+/// Gives item `index` of `batch` the error `e`.
+fn batch_fail(batch: &Batch, index: u64, e: TaskError) -> Option<inner::Callback> {
+    batch.deliver([(index, Err(e))])
+}
+
+/// Cuts an input into tasks and submits them.
+struct Feed<A, R> {
+    shared: Arc<Shared>,
+    batch: Arc<Batch>,
+    /// The runner and function tokens, or why there are none.
+    tokens: Result<(Func, Func), String>,
+    /// Items read so far.
+    next: u64,
+    _f: PhantomData<fn(A) -> R>,
+}
+
+impl<A: Serialize + DeserializeOwned, R: Serialize + DeserializeOwned> Feed<A, R> {
+    fn new(shared: Arc<Shared>, batch: Arc<Batch>, f: fn(A) -> R) -> Self {
+        Feed {
+            shared,
+            batch,
+            tokens: tokens(f),
+            next: 0,
+            _f: PhantomData,
+        }
+    }
+
+    /// Reads up to `n` items and submits them as one task; false once the input has ended.
+    fn submit_chunk(&mut self, input: &mut impl Iterator<Item = A>, n: usize) -> bool {
+        let mut indices = Vec::with_capacity(n);
+        let mut items = Vec::with_capacity(n);
+        let mut ended = false;
+        for _ in 0..n {
+            let Some(item) = input.next() else {
+                ended = true;
+                break;
+            };
+            let index = self.next;
+            self.next += 1;
+            let encoded = match &self.tokens {
+                Ok(_) => encode_arg(&item),
+                Err(e) => Err(e.clone()),
+            };
+            match encoded {
+                Ok(bytes) => {
+                    indices.push(index);
+                    items.push(bytes);
+                }
+                Err(e) => inner::run_all(batch_fail(&self.batch, index, TaskError::Encode(e))),
+            }
+        }
+        if let (false, Ok((runner, func))) = (items.is_empty(), &self.tokens) {
+            let chunk = Chunk {
+                func: func.clone(),
+                items,
+            };
+            self.shared
+                .submit(&self.batch, indices, runner.clone(), chunk);
+        }
+        if ended {
+            inner::run_all(self.batch.set_total(self.next));
+        }
+        !ended
+    }
+}
+
+/// The result of [`Pool::apply_async`]: wait for it, look at it, or cancel it.
+#[must_use = "an AsyncResult is how the task's result is read"]
+pub struct AsyncResult<R> {
+    shared: Arc<Shared>,
+    batch: Arc<Batch>,
+    _r: PhantomData<fn() -> R>,
+}
+
+impl<R: DeserializeOwned> AsyncResult<R> {
+    /// Waits for the result (Python's `get()`); it can be read again.
+    ///
+    /// # Errors
+    /// Why the task has no result: see [`TaskError`].
+    pub fn get(&self) -> Result<R, TaskError> {
+        self.wait();
+        decode(self.outcome().expect("ready"))
+    }
+
+    /// Waits at most `timeout` for the result. Timing out kills nothing: the task goes on.
+    ///
+    /// # Errors
+    /// [`ResultTimeoutError::Timeout`] if it is not ready in time, else the task's error.
+    pub fn get_timeout(&self, timeout: Duration) -> Result<R, ResultTimeoutError<TaskError>> {
+        self.wait_timeout(timeout)
+            .map_err(|Timeout| ResultTimeoutError::Timeout)?;
+        decode(self.outcome().expect("ready")).map_err(ResultTimeoutError::Failed)
+    }
+
+    /// Waits until the result is ready.
+    pub fn wait(&self) {
+        drop(self.batch.wait_until(None, |s| s.is_complete()));
+    }
+
+    /// Waits at most `timeout` until the result is ready.
+    ///
+    /// # Errors
+    /// [`Timeout`] if it is not.
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<(), Timeout> {
+        let deadline = Instant::now().checked_add(timeout);
+        let (guard, ok) = self.batch.wait_until(deadline, |s| s.is_complete());
+        drop(guard);
+        ok.then_some(()).ok_or(Timeout)
+    }
+
+    /// Whether the result is ready.
+    pub fn ready(&self) -> bool {
+        self.batch.lock().is_complete()
+    }
+
+    /// Whether the task succeeded: `None` while it is not ready (Python raises `ValueError`).
+    pub fn successful(&self) -> Option<bool> {
+        self.outcome().map(|o| o.is_ok())
+    }
+
+    /// Cancels the task: one not started yet is skipped, a running one has its worker killed (and
+    /// replaced). Its result becomes [`TaskError::Cancelled`]. False if it had ended already.
+    pub fn cancel(&self) -> bool {
+        let tasks: Vec<u64> = self.batch.lock().tasks.iter().copied().collect();
+        !self.ready() && tasks.into_iter().any(|t| self.shared.cancel(t))
+    }
+
+    fn outcome(&self) -> Option<Result<ByteBuf, TaskError>> {
+        self.batch.lock().ready.get(&0).cloned()
+    }
+}
+
+impl<R> std::fmt::Debug for AsyncResult<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsyncResult")
+            .field("ready", &self.batch.lock().is_complete())
+            .finish()
+    }
+}
+
+/// The results of [`Pool::map_async`]. Dropping it cancels the tasks that have not started.
+#[must_use = "a MapResult is how the map's results are read; dropping it cancels the map"]
+pub struct MapResult<R> {
+    shared: Arc<Shared>,
+    batch: Arc<Batch>,
+    total: u64,
+    _r: PhantomData<fn() -> R>,
+}
+
+impl<R: DeserializeOwned> MapResult<R> {
+    /// Waits for every result; all of them in order, or the first failed item with its index.
+    ///
+    /// # Errors
+    /// The first failed item.
+    pub fn get(&self) -> Result<Vec<R>, MapError> {
+        self.wait();
+        collect_ordered(self.results())
+    }
+
+    /// [`get`](Self::get), waiting at most `timeout`. Timing out kills nothing.
+    ///
+    /// # Errors
+    /// [`ResultTimeoutError::Timeout`], or the first failed item.
+    pub fn get_timeout(&self, timeout: Duration) -> Result<Vec<R>, ResultTimeoutError<MapError>> {
+        self.wait_timeout(timeout)
+            .map_err(|Timeout| ResultTimeoutError::Timeout)?;
+        collect_ordered(self.results()).map_err(ResultTimeoutError::Failed)
+    }
+
+    /// Waits for every result; each item's own.
+    pub fn results(&self) -> Vec<Result<R, TaskError>> {
+        self.wait();
+        let s = self.batch.lock();
+        (0..self.total)
+            .map(|i| decode(s.ready.get(&i).cloned().expect("complete")))
+            .collect()
+    }
+
+    /// Waits until every item has its outcome.
+    pub fn wait(&self) {
+        drop(self.batch.wait_until(None, |s| s.is_complete()));
+    }
+
+    /// Waits at most `timeout` until every item has its outcome.
+    ///
+    /// # Errors
+    /// [`Timeout`] if some have not.
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<(), Timeout> {
+        let deadline = Instant::now().checked_add(timeout);
+        let (guard, ok) = self.batch.wait_until(deadline, |s| s.is_complete());
+        drop(guard);
+        ok.then_some(()).ok_or(Timeout)
+    }
+
+    /// Whether every item has its outcome.
+    pub fn ready(&self) -> bool {
+        self.batch.lock().is_complete()
+    }
+
+    /// How many items are done, of how many.
+    pub fn progress(&self) -> Progress {
+        let s = self.batch.lock();
+        Progress {
+            done: s.done,
+            total: s.total,
+        }
+    }
+
+    /// Cancels every task of the map that has not ended (see [`AsyncResult::cancel`]); how many.
+    pub fn cancel(&self) -> usize {
+        let tasks: Vec<u64> = self.batch.lock().tasks.iter().copied().collect();
+        tasks.into_iter().filter(|&t| self.shared.cancel(t)).count()
+    }
+}
+
+impl<R> std::fmt::Debug for MapResult<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = self.batch.lock();
+        f.debug_struct("MapResult")
+            .field("done", &s.done)
+            .field("total", &self.total)
+            .finish()
+    }
+}
+
+impl<R> Drop for MapResult<R> {
+    fn drop(&mut self) {
+        cancel_unstarted(&self.shared, &self.batch);
+    }
+}
+
+/// Cancels the batch's tasks that no worker has started.
+fn cancel_unstarted(shared: &Shared, batch: &Batch) {
+    let tasks: Vec<u64> = batch.lock().tasks.iter().copied().collect();
+    shared.cancel_pending(&tasks);
+}
+
+fn collect_ordered<R>(results: Vec<Result<R, TaskError>>) -> Result<Vec<R>, MapError> {
+    results
+        .into_iter()
+        .enumerate()
+        .map(|(index, r)| r.map_err(|error| MapError { index, error }))
+        .collect()
+}
+
+/// The iterator of [`Pool::imap`]: each item's result, in input order.
+#[must_use = "an Imap does nothing unless iterated"]
+pub struct Imap<I, A, R> {
+    feed: Feed<A, R>,
+    input: I,
+    input_done: bool,
+    chunksize: usize,
+    in_flight: usize,
+    /// Items yielded so far (and, in order, the index of the next).
+    yielded: u64,
+    ordered: bool,
+}
+
+impl<I, A, R> Imap<I, A, R>
+where
+    I: Iterator<Item = A>,
+    A: Serialize + DeserializeOwned,
+    R: Serialize + DeserializeOwned,
+{
+    fn new(pool: &Pool, f: fn(A) -> R, input: I, ordered: bool) -> Self {
+        Imap {
+            feed: Feed::new(pool.shared.clone(), Batch::new(None), f),
+            input,
+            input_done: false,
+            chunksize: 1,
+            in_flight: 4 * pool.processes(),
+            yielded: 0,
+            ordered,
+        }
+    }
+
+    /// Items per task (default 1). Set it before the first item is taken.
+    pub fn chunksize(mut self, n: usize) -> Self {
+        self.chunksize = n.max(1);
+        self
+    }
+
+    /// Tasks submitted ahead of what has been yielded (default: 4 per worker).
+    pub fn in_flight(mut self, tasks: usize) -> Self {
+        self.in_flight = tasks.max(1);
+        self
+    }
+
+    /// How many items are done, of how many (the total is known once the input has ended).
+    pub fn progress(&self) -> Progress {
+        let s = self.feed.batch.lock();
+        Progress {
+            done: s.done,
+            total: s.total,
+        }
+    }
+
+    fn top_up(&mut self) {
+        let limit = (self.in_flight as u64).saturating_mul(self.chunksize as u64);
+        while !self.input_done && self.feed.next - self.yielded < limit {
+            self.input_done = !self.feed.submit_chunk(&mut self.input, self.chunksize);
+        }
+    }
+
+    fn next_outcome(&mut self) -> Option<(u64, Result<R, TaskError>)> {
+        self.top_up();
+        if self.input_done && self.yielded >= self.feed.next {
+            return None;
+        }
+        let want = self.yielded;
+        let ordered = self.ordered;
+        let (mut s, _) = self.feed.batch.wait_until(None, |s| match ordered {
+            true => s.ready.contains_key(&want),
+            false => !s.ready.is_empty(),
+        });
+        let (index, outcome) = match ordered {
+            true => (want, s.ready.remove(&want).expect("waited for it")),
+            false => s.ready.pop_first().expect("waited for one"),
+        };
+        drop(s);
+        self.yielded += 1;
+        Some((index, decode(outcome)))
+    }
+}
+
+impl<I, A, R> Iterator for Imap<I, A, R>
+where
+    I: Iterator<Item = A>,
+    A: Serialize + DeserializeOwned,
+    R: Serialize + DeserializeOwned,
+{
+    type Item = Result<R, TaskError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_outcome().map(|(_, r)| r)
+    }
+}
+
+impl<I, A, R> std::fmt::Debug for Imap<I, A, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Imap")
+            .field("submitted", &self.feed.next)
+            .field("yielded", &self.yielded)
+            .field("ordered", &self.ordered)
+            .finish()
+    }
+}
+
+impl<I, A, R> std::fmt::Debug for ImapUnordered<I, A, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<I, A, R> Drop for Imap<I, A, R> {
+    fn drop(&mut self) {
+        cancel_unstarted(&self.feed.shared, &self.feed.batch);
+    }
+}
+
+/// The iterator of [`Pool::imap_unordered`]: `(index, result)` in the order results arrive.
+#[must_use = "an ImapUnordered does nothing unless iterated"]
+pub struct ImapUnordered<I, A, R>(Imap<I, A, R>);
+
+impl<I, A, R> ImapUnordered<I, A, R>
+where
+    I: Iterator<Item = A>,
+    A: Serialize + DeserializeOwned,
+    R: Serialize + DeserializeOwned,
+{
+    /// Items per task (default 1). Set it before the first item is taken.
+    pub fn chunksize(self, n: usize) -> Self {
+        ImapUnordered(self.0.chunksize(n))
+    }
+
+    /// Tasks submitted ahead of what has been yielded (default: 4 per worker).
+    pub fn in_flight(self, tasks: usize) -> Self {
+        ImapUnordered(self.0.in_flight(tasks))
+    }
+
+    /// How many items are done, of how many.
+    pub fn progress(&self) -> Progress {
+        self.0.progress()
+    }
+}
+
+impl<I, A, R> Iterator for ImapUnordered<I, A, R>
+where
+    I: Iterator<Item = A>,
+    A: Serialize + DeserializeOwned,
+    R: Serialize + DeserializeOwned,
+{
+    type Item = (usize, Result<R, TaskError>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.0.next_outcome().map(|(i, r)| (i as usize, r))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::python_chunksize;
+
+    #[test]
+    fn chunksize_follows_python() {
+        // divmod(len, 4 * workers), rounded up; at least 1.
+        assert_eq!(python_chunksize(100_000, 2), 12_500);
+        assert_eq!(python_chunksize(10, 2), 2);
+        assert_eq!(python_chunksize(9, 2), 2);
+        assert_eq!(python_chunksize(8, 2), 1);
+        assert_eq!(python_chunksize(0, 2), 1);
+        assert_eq!(python_chunksize(1, 8), 1);
+    }
+}

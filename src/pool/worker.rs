@@ -1,0 +1,208 @@
+//! The worker side of a pool, and the messages between a pool and its workers.
+//!
+//! This is the seam between the pool and its transport: a worker is a [`Process`](crate::Process)
+//! that reads [`ToWorker`] messages from a queue of its own and writes [`FromWorker`] messages to a
+//! queue it shares with the other workers and the pool. Nothing else crosses; another transport (a
+//! broker, for workers on other machines) carries the same two message types.
+
+use crate::codec;
+use crate::process::bootstrap::panic_message;
+use crate::queue::Queue;
+use crate::sys::entry::Func;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+/// Which worker: its slot in the pool and which of the slot's successive workers it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub(crate) struct WorkerId {
+    pub(crate) slot: u32,
+    pub(crate) generation: u64,
+}
+
+/// Items of a task: each an encoded argument of the function.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Chunk {
+    /// The user's function, `fn(A) -> R`.
+    pub(crate) func: Func,
+    pub(crate) items: Vec<ByteBuf>,
+}
+
+/// One task: a chunk and the monomorphised code that runs it ([`run_chunk`] for its `A` and `R`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Task {
+    pub(crate) id: u64,
+    pub(crate) runner: Func,
+    pub(crate) chunk: Chunk,
+}
+
+/// From the pool to one worker.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum ToWorker {
+    Run(Task),
+    /// Finish: the pool is closed and has nothing more for this worker.
+    Stop,
+}
+
+/// Why one item failed in the worker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum Failure {
+    /// The function panicked, with this message.
+    Panicked(String),
+    /// The argument could not be decoded, or the result encoded, in the worker (the message says
+    /// which).
+    Child(String),
+}
+
+/// The outcome of one item: its encoded result, or why there is none.
+pub(crate) type Outcome = Result<ByteBuf, Failure>;
+
+/// From a worker (or the pool's own supervisor) to the pool.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum FromWorker {
+    /// A task ran: one outcome per item, in order.
+    Done {
+        worker: WorkerId,
+        task: u64,
+        outcomes: Vec<Outcome>,
+    },
+    /// The worker ran its last task (its task limit) and is leaving. Sent after that task's
+    /// `Done`, so the pool knows it holds nothing.
+    Retiring { worker: WorkerId },
+    /// The initializer failed; the worker is leaving without running anything.
+    InitFailed { worker: WorkerId, message: String },
+    /// (From the pool's supervisor.) The worker's process has ended. Every message the worker sent
+    /// is ahead of this one in the queue: it sent them before it ended, and this was sent after.
+    Ended { worker: WorkerId },
+    /// (From the pool.) Look at the pool's state: it is shutting down.
+    Wake,
+}
+
+/// What a worker process is started with.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct WorkerArgs {
+    pub(crate) id: WorkerId,
+    pub(crate) tasks: Queue<ToWorker>,
+    pub(crate) results: Queue<FromWorker>,
+    /// The initializer (runner and a chunk of one item), run once before any task.
+    pub(crate) init: Option<(Func, Chunk)>,
+    /// Tasks to run before leaving for a fresh worker (`None`: no limit).
+    pub(crate) max_tasks: Option<u64>,
+    /// Resident memory (bytes) past which the worker leaves after a task.
+    pub(crate) max_memory: Option<u64>,
+}
+
+/// The code that runs a chunk of `fn(A) -> R`: resolved in the worker from its token.
+pub(crate) type Runner = fn(Chunk) -> Vec<Outcome>;
+
+/// The [`Runner`] for `fn(A) -> R`.
+pub(crate) fn runner_of<A: DeserializeOwned, R: Serialize>() -> Runner {
+    run_chunk::<A, R>
+}
+
+/// Runs every item of `chunk` through the user's function, each alone: a panic, an argument that
+/// does not decode or a result that does not encode fails that item only.
+fn run_chunk<A: DeserializeOwned, R: Serialize>(chunk: Chunk) -> Vec<Outcome> {
+    let f: fn(A) -> R = match chunk.func.resolve() {
+        Ok(f) => f,
+        Err(e) => {
+            return chunk
+                .items
+                .iter()
+                .map(|_| Err(Failure::Child(e.clone())))
+                .collect();
+        }
+    };
+    chunk.items.iter().map(|bytes| run_one(f, bytes)).collect()
+}
+
+fn run_one<A: DeserializeOwned, R: Serialize>(f: fn(A) -> R, bytes: &[u8]) -> Outcome {
+    let arg = codec::decode::<A>(bytes, Vec::new()).map_err(|e| {
+        Failure::Child(format!(
+            "failed to deserialize the argument in the worker: {e}"
+        ))
+    })?;
+    // The result is encoded inside `catch_unwind` too: a `Serialize` impl may panic.
+    match catch_unwind(AssertUnwindSafe(|| codec::encode(&f(arg)))) {
+        Ok(Ok((bytes, fds))) if fds.is_empty() => Ok(ByteBuf::from(bytes)),
+        Ok(Ok(_)) => Err(Failure::Child(
+            "the result holds descriptors (a Connection, a Lock, ...), which a pool does not \
+             carry back: return them through a Queue or a Connection"
+                .into(),
+        )),
+        Ok(Err(e)) => Err(Failure::Child(format!(
+            "failed to serialize the result in the worker: {e}"
+        ))),
+        Err(payload) => Err(Failure::Panicked(panic_message(&*payload))),
+    }
+}
+
+/// A worker's life: the initializer, then tasks until told to stop, its limit, or its memory
+/// ceiling.
+pub(crate) fn worker_main(args: WorkerArgs) {
+    let WorkerArgs {
+        id,
+        tasks,
+        results,
+        init,
+        max_tasks,
+        max_memory,
+    } = args;
+    let tell = |msg: FromWorker| {
+        if let Err(e) = results.put(msg) {
+            crate::trace::event!(warn, "pool worker {id:?} could not report: {e}");
+        }
+    };
+    if let Some((runner, chunk)) = init {
+        let failed = match runner.resolve::<Chunk, Vec<Outcome>>() {
+            Ok(run) => run(chunk)
+                .into_iter()
+                .find_map(Result::err)
+                .map(|f| match f {
+                    Failure::Panicked(m) => format!("the initializer panicked: {m}"),
+                    Failure::Child(m) => format!("the initializer could not run: {m}"),
+                }),
+            Err(e) => Some(e),
+        };
+        if let Some(message) = failed {
+            tell(FromWorker::InitFailed {
+                worker: id,
+                message,
+            });
+            return;
+        }
+    }
+    for (done, msg) in (1u64..).zip(tasks.iter()) {
+        let task = match msg {
+            Ok(ToWorker::Run(task)) => task,
+            Ok(ToWorker::Stop) => return,
+            Err(e) => {
+                // An undecodable message is the pool's bug or memory corruption: nothing here can
+                // say which task it was, so leave, and let the pool fail what this worker held.
+                crate::trace::event!(error, "pool worker {id:?} got a bad task: {e}");
+                return;
+            }
+        };
+        let outcomes = match task.runner.resolve::<Chunk, Vec<Outcome>>() {
+            Ok(run) => run(task.chunk),
+            Err(e) => task
+                .chunk
+                .items
+                .iter()
+                .map(|_| Err(Failure::Child(e.clone())))
+                .collect(),
+        };
+        tell(FromWorker::Done {
+            worker: id,
+            task: task.id,
+            outcomes,
+        });
+        let tired = max_tasks.is_some_and(|n| done >= n);
+        let heavy = max_memory.is_some_and(|m| crate::sys::resident_bytes().is_ok_and(|r| r > m));
+        if tired || heavy {
+            tell(FromWorker::Retiring { worker: id });
+            return;
+        }
+    }
+}
