@@ -25,7 +25,22 @@ pub(crate) fn owned_fds() -> MutexGuard<'static, BTreeSet<RawFd>> {
 #[derive(Debug)]
 pub(crate) struct TrackedFd(Option<OwnedFd>);
 
+/// Makes a pair of descriptors with `make` (a `socketpair` or `pipe` call) and tracks them, while
+/// forks wait: a fork in another thread between the call and the tracking would give its child
+/// untracked copies, which would hide the pair's end-of-file until that child exits.
+pub(crate) fn made(
+    make: impl FnOnce() -> std::io::Result<(OwnedFd, OwnedFd)>,
+) -> std::io::Result<(TrackedFd, TrackedFd)> {
+    let mut set = owned_fds();
+    let (a, b) = make()?;
+    set.insert(a.as_raw_fd());
+    set.insert(b.as_raw_fd());
+    Ok((TrackedFd(Some(a)), TrackedFd(Some(b))))
+}
+
 impl TrackedFd {
+    /// Tracks a descriptor made (or received) already. A fork in another thread since it was made
+    /// copied it untracked: where the crate makes descriptors itself it uses [`made`].
     pub(crate) fn new(fd: OwnedFd) -> TrackedFd {
         owned_fds().insert(fd.as_raw_fd());
         TrackedFd(Some(fd))
@@ -47,9 +62,13 @@ impl AsFd for TrackedFd {
 
 impl Drop for TrackedFd {
     fn drop(&mut self) {
-        // Untrack before the number is closed (and possibly reused by a new tracked descriptor).
-        if let Some(fd) = &self.0 {
-            owned_fds().remove(&fd.as_raw_fd());
+        // Untracked and closed under the set's lock, which a fork holds across `fork()`: a child
+        // forked by another thread gets the descriptor tracked (and neuters it) or not at all.
+        if let Some(fd) = self.0.take() {
+            let mut set = owned_fds();
+            set.remove(&fd.as_raw_fd());
+            drop(fd);
+            drop(set);
         }
     }
 }

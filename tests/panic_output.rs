@@ -65,3 +65,47 @@ fn a_childs_panic_is_captured_by_the_test_harness() {
         }
     }
 }
+
+#[test]
+#[ignore = "run by printing_a_childs_panic_to_a_closed_stderr_never_panics"]
+fn helper_join_and_drop_with_stderr_closed() {
+    let p = start(StartMethod::Fork, panics, "to nobody".to_string());
+    let r = join(p);
+    println!(
+        "join returned: {}",
+        matches!(r, Err(ProcessError::Panicked { .. }))
+    );
+    let p = start(
+        StartMethod::Fork,
+        panics,
+        "to nobody, while unwinding".to_string(),
+    );
+    assert!(common::eventually(|| !p.is_alive()));
+    println!("failing with the handle alive");
+    panic!("the test's own failure"); // unwinding drops `p`, whose panic is then printed
+}
+
+#[test]
+fn printing_a_childs_panic_to_a_closed_stderr_never_panics() {
+    // As in `prog 2>&1 | head -1`: stderr is a pipe whose reader is gone. `eprintln!` would panic
+    // on EPIPE in `join`, and abort the process in a drop during unwinding.
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "helper_join_and_drop_with_stderr_closed",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stderr.take());
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("join returned: true"), "{stdout}");
+    assert!(stdout.contains("failing with the handle alive"), "{stdout}");
+    // The helper fails (its own panic), as a test, not by a signal.
+    assert_eq!(out.status.code(), Some(101), "{:?}\n{stdout}", out.status);
+}

@@ -494,3 +494,70 @@ fn running_out_of_descriptors_is_an_error_of_its_own_kind() {
     let wrong = join(start(StartMethod::Fork, construct_at_the_limit, ())).unwrap();
     assert!(wrong.is_empty(), "{wrong:#?}");
 }
+
+fn nap_ms(ms: u64) {
+    std::thread::sleep(Duration::from_millis(ms));
+}
+
+#[test]
+fn a_pipe_end_dropped_while_another_thread_forks_reaches_end_of_file_at_once() {
+    // A fork in another thread between a pipe's creation (or its end's close) and its tracking
+    // used to give that child an untracked copy: the peer saw end-of-file only when the unrelated
+    // child exited (300 ms here).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopping = stop.clone();
+    let forker = std::thread::spawn(move || {
+        let mut children = Vec::new();
+        while !stopping.load(std::sync::atomic::Ordering::Relaxed) {
+            children.push(start(StartMethod::Fork, nap_ms, 300));
+            std::thread::sleep(Duration::from_micros(300));
+            children.retain(|c| c.is_alive());
+        }
+        for c in children {
+            let _ = join(c);
+        }
+    });
+    let started = Instant::now();
+    let (mut late, mut pipes) = (0, 0);
+    while started.elapsed() < Duration::from_secs(4) {
+        let (a, b) = multiprocess::pipe().unwrap();
+        drop(b);
+        pipes += 1;
+        let t = Instant::now();
+        match a.recv_timeout::<u8>(Duration::from_secs(5)) {
+            Err(multiprocess::RecvTimeoutError::Failed(multiprocess::RecvError::Eof)) => {}
+            other => panic!("{other:?}"),
+        }
+        if t.elapsed() > Duration::from_millis(150) {
+            late += 1;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    forker.join().unwrap();
+    assert_eq!(
+        late, 0,
+        "{late} of {pipes} dropped ends reached end-of-file late"
+    );
+}
+
+fn descriptors(_: ()) -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+#[test]
+fn a_forked_child_keeps_no_descriptors_of_detached_siblings() {
+    let before = join(start(StartMethod::Fork, descriptors, ())).unwrap();
+    let siblings: Vec<_> = (0..30)
+        .map(|_| start(StartMethod::Fork, nap_ms, 2000))
+        .collect();
+    let pids: Vec<i32> = siblings.iter().map(|s| s.pid()).collect();
+    drop(siblings); // detached: their entries live on in this process only
+    let after = join(start(StartMethod::Fork, descriptors, ())).unwrap();
+    assert!(
+        after < before + 10,
+        "{before} descriptors without siblings, {after} with 30"
+    );
+    for pid in pids {
+        assert!(common::eventually(|| !pid_alive(pid)));
+    }
+}

@@ -43,9 +43,12 @@ const TRUSTED_PREALLOC: u64 = 16 << 20;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn pipe() -> io::Result<(Connection, Connection)> {
-    let (a, b) = sys::socketpair()?;
-    // Wrapped (and so tracked, see `tracked::owned_fds`) before anything else happens to them.
-    let (a, b) = (Connection::from_socket(a), Connection::from_socket(b));
+    // Tracked from the moment they exist (see `tracked::made`).
+    let (a, b) = crate::tracked::made(sys::socketpair)?;
+    let (a, b) = (
+        Connection::from_tracked_socket(a),
+        Connection::from_tracked_socket(b),
+    );
     for conn in [&a, &b] {
         // Best effort: the kernel caps the size at net.core.wmem_max; a smaller buffer only costs speed.
         if let Err(e) = sys::set_socket_buffers(conn.as_fd(), SOCKET_BUFFER) {
@@ -163,14 +166,15 @@ impl Connection {
     /// Wraps a Unix socket this crate created, whose waits for a message share `spin` with other
     /// connections of the same use (a parent's connections to its children: each is used for one
     /// report, too few waits for a budget of its own to learn anything).
-    pub(crate) fn from_socket_sharing(fd: OwnedFd, spin: &'static Spin) -> Connection {
-        let mut conn = Connection::new(fd, true, true, true);
+    pub(crate) fn from_socket_sharing(fd: TrackedFd, spin: &'static Spin) -> Connection {
+        let mut conn = Connection::from_tracked_socket(fd);
         conn.spin = Budget::Shared(spin);
         conn
     }
 
-    /// Wraps a Unix socket this crate created and tracks already (a forked child's end, which it
-    /// takes as it is: re-tracking would write the tracked set's pages).
+    /// Wraps a Unix socket this crate created and tracks already (see `tracked::made`; also a
+    /// forked child's end, which it takes as it is: re-tracking would write the tracked set's
+    /// pages).
     pub(crate) fn from_tracked_socket(fd: TrackedFd) -> Connection {
         Connection {
             fd,

@@ -44,7 +44,6 @@
 use super::state;
 use crate::connection::Connection;
 use crate::sys;
-use crate::tracked::TrackedFd;
 use serde::{Deserialize, Serialize};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -106,10 +105,10 @@ impl ForkServer {
     /// waits until it runs (from then on it cleans up after us whenever we die).
     pub(crate) fn start() -> io::Result<ForkServer> {
         super::bootstrap::ensure_constructor_linked();
-        let (mine, theirs) = sys::socketpair()?;
         // Tracked from the start, so that a concurrent fork keeps no copy of the server's end (which
         // would hide the server's death from us).
-        let (conn, theirs) = (Connection::from_socket(mine), TrackedFd::new(theirs));
+        let (mine, theirs) = crate::tracked::made(sys::socketpair)?;
+        let conn = Connection::from_tracked_socket(mine);
         let pid = sys::spawn_self(
             theirs.as_fd(),
             super::bootstrap::BOOT_FD,

@@ -352,14 +352,12 @@ impl Builder {
                 });
             (g.name(), name)
         };
-        let (life_r, life_w) = sys::pipe()?;
-        let (life_r, life_w) = (TrackedFd::new(life_r), TrackedFd::new(life_w));
+        let (life_r, life_w) = tracked::made(sys::pipe)?;
         let (pid, pidfd, conn, method) = match method {
             StartMethod::Fork => {
-                let (here, there) = sys::socketpair()?;
                 // Tracked from the start, so that a concurrent fork elsewhere does not keep copies.
+                let (here, there) = tracked::made(sys::socketpair)?;
                 let here = Connection::from_socket_sharing(here, &REPORT_SPIN);
-                let there = TrackedFd::new(there);
                 let (pid, pidfd) = fork_child(f, arg, there, life_r, &name, self.daemon)?;
                 (pid, pidfd, here, method)
             }
@@ -426,9 +424,8 @@ where
     let mut method = method;
     let mut retried = false;
     let (here, pid, pidfd) = loop {
-        let (here, there) = sys::socketpair()?;
+        let (here, there) = tracked::made(sys::socketpair)?;
         let here = Connection::from_socket_sharing(here, &REPORT_SPIN);
-        let there = TrackedFd::new(there);
         if method == StartMethod::Spawn {
             let pid = sys::spawn_self(there.as_fd(), bootstrap::BOOT_FD, bootstrap::BOOT_ENV, "3")?;
             let pidfd = sys::pidfd_open(pid).inspect_err(|_| sys::kill_and_reap(pid))?;
@@ -504,13 +501,10 @@ fn fork_child<A: Serialize, R: Serialize>(
     let pid = sys::fork_then(move || {
         // Child. Only this thread exists. Release every crate descriptor that was not handed to us
         // (other children's pipes, lifelines, the fork server's socket): see `tracked::owned_fds`.
-        if let Err(e) = sys::neuter(&stale, null) {
-            crate::trace::event!(
-                warn,
-                "a forked child could not release {} inherited descriptors: {e}",
-                stale.len()
-            );
-        }
+        // A failure cannot be told here: a forked child must not enter a `tracing` subscriber,
+        // whose locks another thread of the parent may have held at the fork. Descriptors left
+        // open only delay their peers' end-of-file until this child exits.
+        let _ = sys::neuter(&stale, null);
         // The parent's set goes unfreed (freeing writes the allocator's pages too).
         std::mem::forget(std::mem::replace(&mut *owned, kept));
         drop(owned);
@@ -704,7 +698,7 @@ fn parse_report<R: DeserializeOwned>(frame: Frame) -> Result<R, ProcessError> {
         Some(&TAG_PANICKED) => match codec::decode::<bootstrap::Panic>(&bytes[1..], fds) {
             Ok(panic) => {
                 // Here, where a test harness captures it (see `bootstrap::capture_panics`).
-                eprintln!("{}", panic.rendered);
+                print_child_panic(&panic.rendered);
                 Err(ProcessError::Panicked {
                     message: panic.message,
                 })
@@ -795,8 +789,20 @@ impl<R> Drop for Process<R> {
             && frame.bytes.first() == Some(&TAG_PANICKED)
             && let Ok(panic) = codec::decode::<bootstrap::Panic>(&frame.bytes[1..], frame.fds)
         {
-            eprintln!("{}", panic.rendered);
+            print_child_panic(&panic.rendered);
         }
+    }
+}
+
+/// Prints a child's panic with `eprintln!` (which a test harness captures), never panicking: a
+/// stderr whose reader is gone (`prog 2>&1 | head`) makes `eprintln!` panic, and a panic in a drop
+/// during unwinding would abort. While this thread unwinds, and where panics abort, it writes to
+/// stderr directly and ignores failure.
+fn print_child_panic(rendered: &str) {
+    if cfg!(panic = "unwind") && !std::thread::panicking() {
+        let _ = std::panic::catch_unwind(|| eprintln!("{rendered}"));
+    } else {
+        let _ = writeln!(io::stderr(), "{rendered}");
     }
 }
 

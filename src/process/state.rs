@@ -54,18 +54,47 @@ static STATE: Mutex<Global> = Mutex::new(Global {
 });
 
 /// Locks the global state. Poisoning is ignored: every field stays consistent between statements.
-pub(crate) fn lock() -> MutexGuard<'static, Global> {
-    STATE.lock().unwrap_or_else(|p| p.into_inner())
+///
+/// While the guard lives, this thread's `tracing` events wait (see [`crate::trace`]): a subscriber
+/// that writes to stdout or stderr must not be entered under this lock, since a fork takes stdout
+/// and stderr *before* it (see `fork_child`), and the two orders would deadlock.
+pub(crate) fn lock() -> StateGuard {
+    let guard = STATE.lock().unwrap_or_else(|p| p.into_inner());
+    crate::trace::hold();
+    StateGuard(Some(guard))
+}
+
+/// The locked global state (see [`lock`]).
+pub(crate) struct StateGuard(Option<MutexGuard<'static, Global>>);
+
+impl std::ops::Deref for StateGuard {
+    type Target = Global;
+    fn deref(&self) -> &Global {
+        self.0.as_ref().expect("held until drop")
+    }
+}
+
+impl std::ops::DerefMut for StateGuard {
+    fn deref_mut(&mut self) -> &mut Global {
+        self.0.as_mut().expect("held until drop")
+    }
+}
+
+impl Drop for StateGuard {
+    fn drop(&mut self) {
+        drop(self.0.take());
+        crate::trace::release();
+    }
 }
 
 impl Global {
     /// Makes this process a fresh child: no children of its own, no fork server, a new identity.
     pub(crate) fn become_child(&mut self, name: String, daemon: bool, parent: (i32, String)) {
         self.owner = crate::sys::getpid();
-        // The parent's children are the parent's; their descriptors were released already (see
-        // `tracked`). Forgotten, not dropped: dropping would write to every entry's memory, which
-        // in a forked child is a page copied per entry.
-        std::mem::forget(std::mem::take(&mut self.children));
+        // The parent's children are the parent's. Dropped, not forgotten: an entry no handle
+        // shares holds a pidfd and a lifeline copy that would stay open here (and in every child
+        // of this one) for nothing.
+        self.children.clear();
         // The parent's server (a copy of its handle, under *fork*) is not ours to shut down or reap.
         std::mem::forget(self.forkserver.take());
         self.tracked.clear();

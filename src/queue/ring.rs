@@ -664,12 +664,11 @@ impl Shared {
     /// us, is the error.
     fn recv_fds(&self, token: u64) -> Result<Vec<OwnedFd>, String> {
         let rx = self.side.1.as_fd();
+        let issued = self.u64(O_FD_TOKEN).load(Ordering::Acquire);
         loop {
             let mut word = [0u8; TOKEN];
-            match sys::peek_message(rx, &mut word) {
-                Ok(TOKEN) => {}
-                // Not one of ours: take it out of the way.
-                Ok(_) => {}
+            let ours = match sys::peek_message(rx, &mut word) {
+                Ok(len) => len == TOKEN && u64::from_le_bytes(word) <= issued,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     return Err(
                         "its message is not on the queue's side channel (a consumer that \
@@ -678,8 +677,17 @@ impl Shared {
                     );
                 }
                 Err(e) => return Err(format!("reading the queue's side channel: {e}")),
-            }
+            };
             let seen = u64::from_le_bytes(word);
+            if !ours {
+                // Not a message a producer of this queue sent (the wrong length, or a token never
+                // issued): take it out of the way, with whatever descriptors it carries.
+                let mut inbox = sys::Inbox::default();
+                sys::recv_into_slice(rx, &mut word, &mut inbox, true, true)
+                    .map_err(|e| format!("reading the queue's side channel: {e}"))?;
+                crate::trace::event!(warn, "a queue's side channel held a stray message: dropped");
+                continue;
+            }
             if seen > token {
                 return Err(format!(
                     "its message is gone from the queue's side channel (the next one is for a \

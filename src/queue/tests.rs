@@ -560,3 +560,33 @@ fn the_fuzzing_entry_points_answer_without_panicking() {
     assert_eq!(fuzzing::log_record_len(l, 24), Ok(8));
     assert!(fuzzing::log_record_len(l, 23).is_err());
 }
+
+/// Sends `bytes` (no descriptors) on `q`'s side channel, as a hostile holder of the queue could.
+fn send_stray(q: &Queue<crate::Connection>, bytes: &[u8]) {
+    let iov = [std::io::IoSlice::new(bytes)];
+    crate::sys::send_with(q.shared().side().0, &iov, &[], false).unwrap();
+}
+
+#[test]
+fn stray_messages_on_the_side_channel_are_passed_over() {
+    // A message of the wrong length, or with a token never issued, used to stay at the head of
+    // the channel: every later item lost its descriptors, and once the channel filled behind it
+    // a put blocked on an empty queue.
+    for stray in [&[0xffu8; 9][..], &[0x7f][..], &u64::MAX.to_le_bytes()[..]] {
+        let q = small::<crate::Connection>();
+        send_stray(&q, stray);
+        let (a, b) = crate::pipe().unwrap();
+        for i in 0..3000u32 {
+            q.try_put(b.try_clone().unwrap())
+                .unwrap_or_else(|e| panic!("stray {stray:?}, put {i}: {e}"));
+            let got = q
+                .get()
+                .unwrap_or_else(|e| panic!("stray {stray:?}, get {i}: {e}"));
+            if i % 500 == 0 {
+                got.send(&i).unwrap();
+                assert_eq!(a.recv::<u32>().unwrap(), i, "the descriptor is the pipe's");
+            }
+        }
+        assert!(q.is_empty());
+    }
+}

@@ -181,9 +181,11 @@ pub(crate) fn poll_readable(
 
 /// Reads the start of the next message of a message socket into `buf` without taking it, and
 /// without taking its descriptors (`MSG_PEEK`, no control buffer); `WouldBlock` if there is none.
+///
+/// Returns the message's whole length (`MSG_TRUNC`), which may be more than `buf` holds.
 pub(crate) fn peek_message(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
-    let flags = RecvFlags::PEEK | RecvFlags::DONTWAIT;
-    Ok(retry_on_intr(|| rustix::net::recv(fd, &mut *buf, flags))?.0)
+    let flags = RecvFlags::PEEK | RecvFlags::DONTWAIT | RecvFlags::TRUNC;
+    Ok(retry_on_intr(|| rustix::net::recv(fd, &mut *buf, flags))?.1)
 }
 
 /// Waits for one descriptor; `Ok(true)` when readable (or hung up), `Ok(false)` on timeout.
