@@ -22,6 +22,12 @@ Run by the Rust harness (bench/src/python.rs), one figure per invocation:
     bench_mp.py event-timeout --timeout-ms MS                [plan]
     bench_mp.py lock-timeout  --timeout-ms MS                [plan]
     bench_mp.py queue-timeout --timeout-ms MS                [plan]
+    bench_mp.py pool-map    [--chunksize N]                  [plan]
+    bench_mp.py pool-imap-unordered                          [plan]
+    bench_mp.py pool-apply                                   [plan]
+    bench_mp.py pool-start                                   [plan]
+    bench_mp.py pool-cpu    --workers N                      [plan]
+    bench_mp.py pool-respawn                                 [plan]
 
     plan: [--warmup W] [--samples S] [--ops N] [--quick]
 
@@ -60,6 +66,12 @@ DEFAULTS = {
     "event-timeout": {"full": (1, 101, 1), "quick": (1, 31, 1)},
     "lock-timeout": {"full": (1, 101, 1), "quick": (1, 31, 1)},
     "queue-timeout": {"full": (1, 101, 1), "quick": (1, 31, 1)},
+    "pool-map": {"full": (1, 11, 100_000), "quick": (1, 5, 20_000)},
+    "pool-imap-unordered": {"full": (1, 11, 10_000), "quick": (1, 5, 2_000)},
+    "pool-apply": {"full": (1, 31, 1_000), "quick": (1, 9, 200)},
+    "pool-start": {"full": (1, 31, 1), "quick": (1, 9, 1)},
+    "pool-cpu": {"full": (0, 5, 1_000), "quick": (0, 3, 200)},
+    "pool-respawn": {"full": (1, 31, 1), "quick": (1, 9, 1)},
 }
 
 
@@ -549,6 +561,102 @@ def fig_timeout(args, kind):
     return run_plan(args, batch)
 
 
+# --- pool: multiprocessing.Pool with fork workers ---------------------------------------------------
+
+
+def ident(x):
+    return x
+
+
+def spin_us(us):
+    end = time.perf_counter() + us / 1e6
+    x = us
+    while time.perf_counter() < end:
+        x = (x * 6364136223846793005 + 1) & 0xFFFFFFFFFFFFFFFF
+    return us
+
+
+def fig_pool_map(args):
+    """Pool(2).map(ident, range(ops)), with --chunksize when given (else Python's default)."""
+    with mp.get_context("fork").Pool(2) as pool:
+
+        def batch(ops):
+            got = pool.map(ident, range(ops), chunksize=args.chunksize)
+            if len(got) != ops:
+                raise RuntimeError("missing results")
+
+        return run_plan(args, batch)
+
+
+def fig_pool_imap_unordered(args):
+    with mp.get_context("fork").Pool(2) as pool:
+
+        def batch(ops):
+            n = sum(1 for _ in pool.imap_unordered(ident, range(ops)))
+            if n != ops:
+                raise RuntimeError("missing results")
+
+        return run_plan(args, batch)
+
+
+def fig_pool_apply(args):
+    with mp.get_context("fork").Pool(2) as pool:
+
+        def batch(ops):
+            for i in range(ops):
+                if pool.apply(ident, (i,)) != i:
+                    raise RuntimeError("a wrong result")
+
+        return run_plan(args, batch)
+
+
+def fig_pool_start(args):
+    def batch(ops):
+        for _ in range(ops):
+            pool = mp.get_context("fork").Pool(2)
+            pool.close()
+            pool.join()
+
+    return run_plan(args, batch)
+
+
+def fig_pool_cpu(args):
+    """map over ops tasks of 1 ms of spinning, on --workers workers."""
+    with mp.get_context("fork").Pool(args.workers) as pool:
+
+        def batch(ops):
+            got = pool.map(spin_us, [1000] * ops)
+            if len(got) != ops:
+                raise RuntimeError("missing results")
+
+        return run_plan(args, batch)
+
+
+def fig_pool_respawn(args):
+    """Pool(1): the worker is killed, then one apply, which its replacement runs."""
+    import signal
+
+    with mp.get_context("fork").Pool(1) as pool:
+
+        def batch(ops):
+            for _ in range(ops):
+                pool.apply(ident, (0,))
+                os.kill(pool._pool[0].pid, signal.SIGKILL)
+                try:
+                    pool.apply_async(ident, (1,)).get(timeout=5)
+                except mp.TimeoutError:
+                    # The idle worker was killed inside inqueue.get(), holding the queue's read
+                    # lock: no worker can take a task again (bpo-22393's family), and terminate()
+                    # hangs too, so leave at once.
+                    print(
+                        "pool-respawn: Python's pool hung after its worker was killed (no result in 5 s)",
+                        file=sys.stderr,
+                    )
+                    os._exit(3)
+
+        return run_plan(args, batch)
+
+
 FIGURES = {
     "process": fig_process,
     "pipe-rt": fig_pipe_rt,
@@ -569,6 +677,12 @@ FIGURES = {
     "event-timeout": lambda args: fig_timeout(args, "event"),
     "lock-timeout": lambda args: fig_timeout(args, "lock"),
     "queue-timeout": lambda args: fig_timeout(args, "queue"),
+    "pool-map": fig_pool_map,
+    "pool-imap-unordered": fig_pool_imap_unordered,
+    "pool-apply": fig_pool_apply,
+    "pool-start": fig_pool_start,
+    "pool-cpu": fig_pool_cpu,
+    "pool-respawn": fig_pool_respawn,
 }
 
 
@@ -591,6 +705,8 @@ def parse_args(argv):
         "--cpus", type=cpu_pair, help="PARENT,CHILD: pin the two processes of pipe-*, lock-incr and event-rt"
     )
     ap.add_argument("--timeout-ms", type=int, default=1, help="the *-timeout figures' timeout")
+    ap.add_argument("--chunksize", type=int, help="pool-map's chunk size (default: Python's rule)")
+    ap.add_argument("--workers", type=int, default=2, help="pool-cpu's workers")
     ap.add_argument("--warmup", type=int)
     ap.add_argument("--samples", type=int)
     ap.add_argument("--ops", type=int, help="operations per timed batch")

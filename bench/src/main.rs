@@ -11,13 +11,14 @@
 //! stays a clean table.
 //!
 //! Usage: `cargo run --release -p multiprocess-bench -- [--quick] [GROUP...]` with groups `process`,
-//! `pipe`, `codec`, `sync`, `queue` and `load` (all of them when none is named). See `bench/README.md`.
+//! `pipe`, `codec`, `sync`, `queue`, `pool` and `load` (all of them when none is named). See `bench/README.md`.
 
 mod codec;
 mod load;
 mod measure;
 mod pin;
 mod pipe;
+mod pool;
 mod process;
 mod python;
 mod queue;
@@ -32,7 +33,7 @@ use python::Python;
 use table::Table;
 
 /// The groups, in the order they run when none is named.
-const GROUPS: [&str; 6] = ["process", "pipe", "codec", "sync", "queue", "load"];
+const GROUPS: [&str; 7] = ["process", "pipe", "codec", "sync", "queue", "pool", "load"];
 
 /// What every group needs: the run's mode and the Python side.
 #[derive(Debug)]
@@ -56,7 +57,7 @@ usage: multiprocess-bench [--quick] [GROUP...]
 Measures multiprocess against Python's multiprocessing and prints
 figure<TAB>multiprocess<TAB>python<TAB>unit<TAB>speedup   (speedup > 1: multiprocess is better)
 
-groups: process, pipe, codec, sync, queue, load (default: all)
+groups: process, pipe, codec, sync, queue, pool, load (default: all)
 options:
   --quick     fewer samples (the whole run takes well under a minute)
   -h, --help  this text
@@ -130,6 +131,7 @@ fn main() -> ExitCode {
             "codec" => codec::run(&ctx, &mut table),
             "sync" => sync::run(&ctx, &mut table),
             "queue" => queue::run(&ctx, &mut table),
+            "pool" => pool::run(&ctx, &mut table),
             "load" => load::run(&ctx, &mut table),
             _ => unreachable!("parse_args accepts only the names in GROUPS"),
         }
@@ -170,7 +172,7 @@ mod tests {
 
     #[test]
     fn unknown_names_are_errors() {
-        assert!(parse(&["pool"]).unwrap_err().contains("unknown group"));
+        assert!(parse(&["manager"]).unwrap_err().contains("unknown group"));
         assert!(parse(&["--fast"]).unwrap_err().contains("unknown option"));
         assert!(parse(&["-h"]).unwrap().is_none());
     }

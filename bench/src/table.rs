@@ -204,6 +204,21 @@ impl Row {
         }
     }
 
+    /// `num / den` on each side on its own (Python's figure over Python's, ours over ours).
+    pub(crate) fn ratio_each(figure: impl Into<String>, num: &Row, den: &Row) -> Row {
+        let over = |a: &Cell, b: &Cell| match (a.value(), b.value()) {
+            (Some(a), Some(b)) if b > 0.0 => Cell::Value(a / b),
+            _ => Cell::Absent,
+        };
+        Row {
+            figure: figure.into(),
+            unit: Unit::Ratio,
+            ours: over(&num.ours, &den.ours),
+            python: over(&num.python, &den.python),
+            target: None,
+        }
+    }
+
     /// Attaches the DESIGN.md target for the `multiprocess` column.
     pub(crate) fn target(mut self, target: Target) -> Row {
         self.target = Some(target);
