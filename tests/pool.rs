@@ -144,6 +144,9 @@ fn a_panicking_item_fails_alone_even_inside_a_chunk() {
                 }
             }
         }
+        let failed = p.apply_async(panics_on_3, 3);
+        assert!(failed.get().is_err());
+        assert_eq!(failed.successful(), Some(false));
         let err = p.map(panics_on_3, 0..10).unwrap_err();
         assert_eq!(err.index, 3);
         assert_eq!(p.apply(square, 4), Ok(16), "the pool goes on");
@@ -181,6 +184,20 @@ fn values_that_fail_to_serialize_fail_their_item_alone() {
                 0 => assert_eq!(r, &Ok(i as u64)),
                 _ => assert!(
                     matches!(r, Err(TaskError::Encode(m)) if m.contains("is odd")),
+                    "{method:?} {i}: {r:?}"
+                ),
+            }
+        }
+        // Inside one chunk: the odd items fail alone, the others keep their order.
+        let r: Vec<_> = p
+            .imap(picky_identity, (0..9).map(Picky))
+            .chunksize(9)
+            .collect();
+        for (i, r) in r.iter().enumerate() {
+            match i % 2 {
+                0 => assert_eq!(r, &Ok(i as u64), "{method:?} {i}"),
+                _ => assert!(
+                    matches!(r, Err(TaskError::Encode(_))),
                     "{method:?} {i}: {r:?}"
                 ),
             }

@@ -640,9 +640,9 @@ def fig_pool_respawn(args):
 
         def batch(ops):
             for _ in range(ops):
-                pool.apply(ident, (0,))
-                os.kill(pool._pool[0].pid, signal.SIGKILL)
                 try:
+                    pool.apply_async(ident, (0,)).get(timeout=5)
+                    os.kill(pool._pool[0].pid, signal.SIGKILL)
                     pool.apply_async(ident, (1,)).get(timeout=5)
                 except mp.TimeoutError:
                     # The idle worker was killed inside inqueue.get(), holding the queue's read
@@ -652,6 +652,11 @@ def fig_pool_respawn(args):
                         "pool-respawn: Python's pool hung after its worker was killed (no result in 5 s)",
                         file=sys.stderr,
                     )
+                    for p in pool._pool:  # they hold the harness's pipe open
+                        try:
+                            os.kill(p.pid, signal.SIGKILL)
+                        except ProcessLookupError:
+                            pass
                     os._exit(3)
 
         return run_plan(args, batch)

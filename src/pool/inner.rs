@@ -5,12 +5,15 @@
 //! has its own. The order is always state, then batch. Callbacks run with no lock held.
 
 use super::TaskError;
-use super::worker::{self, Chunk, FromWorker, Outcome, Task, ToWorker, WorkerArgs, WorkerId};
+use super::worker::{self, Chunk, FromWorker, Task, ToWorker, WorkerArgs, WorkerId};
 use crate::process::{Process, ProcessError, StartMethod};
 use crate::queue::Queue;
 use crate::sys::entry::Func;
 use serde_bytes::ByteBuf;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -42,10 +45,25 @@ pub(crate) struct Batch {
     cond: Condvar,
 }
 
+/// The outcomes of some items of a batch, as they arrived: a task's results as its worker encoded
+/// them (decoded by the caller, who knows their type), or one error for all of them.
+#[derive(Debug, Clone)]
+pub(crate) struct Piece {
+    pub(crate) indices: Vec<u64>,
+    pub(crate) body: Body,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum Body {
+    /// A `Vec<Result<R, Failure>>`, one per index.
+    Results(ByteBuf),
+    Failed(TaskError),
+}
+
 #[derive(Default)]
 pub(crate) struct BatchState {
-    /// Outcomes not yet taken, by item index.
-    pub(crate) ready: BTreeMap<u64, Result<ByteBuf, TaskError>>,
+    /// Pieces not yet taken, by their first item index.
+    pub(crate) ready: BTreeMap<u64, Piece>,
     /// Items with an outcome (taken or not).
     pub(crate) done: u64,
     /// Items submitted; `None` while the input is still being read.
@@ -71,21 +89,24 @@ impl Batch {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records outcomes; the completion callback, if this completed the batch.
-    pub(crate) fn deliver(
-        &self,
-        outcomes: impl IntoIterator<Item = (u64, Result<ByteBuf, TaskError>)>,
-    ) -> Option<Callback> {
+    /// Records a piece; the completion callback, if this completed the batch.
+    pub(crate) fn deliver(&self, piece: Piece) -> Option<Callback> {
+        let &first = piece.indices.first()?;
         let mut s = self.lock();
-        for (index, outcome) in outcomes {
-            if s.ready.insert(index, outcome).is_none() {
-                s.done += 1;
-            }
-        }
+        s.done += piece.indices.len() as u64;
+        s.ready.insert(first, piece);
         let cb = s.is_complete().then(|| s.on_complete.take()).flatten();
         drop(s);
         self.cond.notify_all();
         cb
+    }
+
+    /// Gives the items at `indices` the error `e`.
+    pub(crate) fn fail(&self, indices: Vec<u64>, e: TaskError) -> Option<Callback> {
+        self.deliver(Piece {
+            indices,
+            body: Body::Failed(e),
+        })
     }
 
     /// Waits until `ok(state)` or the deadline; the guard, and whether `ok` held.
@@ -200,6 +221,8 @@ pub(crate) struct Shared {
     pub(crate) results: Queue<FromWorker>,
     pub(crate) config: Config,
     pub(crate) stop: AtomicBool,
+    /// Written to wake the supervisor (a new worker to watch, or the end); it polls the other end.
+    wake: (UnixStream, UnixStream),
 }
 
 impl Shared {
@@ -234,6 +257,12 @@ impl Shared {
             results,
             config,
             stop: AtomicBool::new(false),
+            wake: {
+                let (w, r) = UnixStream::pair()?;
+                r.set_nonblocking(true)?;
+                w.set_nonblocking(true)?;
+                (w, r)
+            },
         });
         {
             let mut st = shared.lock();
@@ -285,7 +314,14 @@ impl Shared {
             reported: false,
             stopped: false,
         };
+        self.wake_supervisor();
         Ok(())
+    }
+
+    /// Makes the supervisor look again at once.
+    pub(crate) fn wake_supervisor(&self) {
+        // A full socket already holds a wake-up: nothing is lost if this one is refused.
+        let _ = (&self.wake.0).write(&[1]);
     }
 
     /// Adds a task to the pending list (or fails it at once if nothing can run it).
@@ -299,7 +335,7 @@ impl Shared {
         };
         if let Some(e) = refuse {
             drop(st);
-            run_all(batch.deliver(indices.into_iter().map(|i| (i, Err(e.clone())))));
+            run_all(batch.fail(indices, e));
             return;
         }
         let id = st.next_task;
@@ -410,7 +446,7 @@ impl Shared {
                 let batch = entry.batch.clone();
                 let indices = entry.indices.clone();
                 drop(st);
-                run_all(batch.deliver(indices.into_iter().map(|i| (i, Err(TaskError::Cancelled)))));
+                run_all(batch.fail(indices, TaskError::Cancelled));
                 true
             }
         }
@@ -459,7 +495,7 @@ impl Shared {
             FromWorker::Done {
                 worker,
                 task,
-                outcomes,
+                results,
             } => {
                 if let Some(s) = slot_of(&mut st, worker)
                     && let Some(at) = s.held.iter().position(|&t| t == task)
@@ -472,15 +508,10 @@ impl Shared {
                 if let Some(entry) = st.table.remove(&task) {
                     entry.batch.lock().tasks.remove(&task);
                     if !entry.cancelled {
-                        cbs.extend(
-                            entry.batch.deliver(
-                                entry
-                                    .indices
-                                    .iter()
-                                    .copied()
-                                    .zip(outcomes.into_iter().map(outcome)),
-                            ),
-                        );
+                        cbs.extend(entry.batch.deliver(Piece {
+                            indices: entry.indices,
+                            body: Body::Results(results),
+                        }));
                     }
                 }
             }
@@ -607,7 +638,8 @@ impl Shared {
                 }
                 (watched, deadline)
             };
-            let fds: Vec<_> = watched.iter().map(|(_, p)| p.pidfd()).collect();
+            let mut fds: Vec<_> = watched.iter().map(|(_, p)| p.pidfd()).collect();
+            fds.push(self.wake.1.as_fd());
             let ready = match crate::sys::poll_readable(&fds, Some(deadline)) {
                 Ok(r) => r,
                 Err(e) => {
@@ -617,6 +649,10 @@ impl Shared {
                 }
             };
             drop(fds);
+            if ready.last() == Some(&true) {
+                let mut sink = [0u8; 64];
+                while matches!((&self.wake.1).read(&mut sink), Ok(n) if n > 0) {}
+            }
             let mut st = self.lock();
             for ((id, _), ended) in watched.iter().zip(ready) {
                 if !ended {
@@ -719,13 +755,6 @@ fn slot_of(st: &mut State, worker: WorkerId) -> Option<&mut Slot> {
         .filter(|s| s.id == worker)
 }
 
-fn outcome(o: Outcome) -> Result<ByteBuf, TaskError> {
-    o.map_err(|f| match f {
-        worker::Failure::Panicked(message) => TaskError::Panicked { message },
-        worker::Failure::Child(m) => TaskError::Child(m),
-    })
-}
-
 /// Removes task `id` from the table and gives every item of it `e`.
 fn fail(st: &mut State, id: u64, e: TaskError) -> Option<Callback> {
     let entry = st.table.remove(&id)?;
@@ -733,9 +762,7 @@ fn fail(st: &mut State, id: u64, e: TaskError) -> Option<Callback> {
     if entry.cancelled {
         return None;
     }
-    entry
-        .batch
-        .deliver(entry.indices.into_iter().map(|i| (i, Err(e.clone()))))
+    entry.batch.fail(entry.indices, e)
 }
 
 fn fail_everything(st: &mut State, e: TaskError) -> Vec<Callback> {

@@ -41,10 +41,11 @@ use crate::codec;
 use crate::error::Timeout;
 use crate::process::StartMethod;
 use crate::sys::entry::Func;
-use inner::{Batch, Config, Phase, Shared};
+use inner::{Batch, Body, Config, Phase, Piece, Shared};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_bytes::ByteBuf;
+use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::marker::PhantomData;
 use std::sync::atomic::Ordering;
@@ -236,12 +237,13 @@ impl PoolBuilder {
     /// panics, the pool is broken: every task fails with [`TaskError::Initializer`], and no worker
     /// is restarted for it (no respawn storm).
     pub fn initializer<A: Serialize + DeserializeOwned>(mut self, f: fn(A), arg: A) -> Self {
-        self.init = Some(prepare(f, &arg).map(|(runner, func, bytes)| {
+        self.init = Some(prepare(f, &arg).map(|(runner, func, args)| {
             (
                 runner,
                 Chunk {
                     func,
-                    items: vec![bytes],
+                    args,
+                    count: 1,
                 },
             )
         }));
@@ -334,7 +336,7 @@ fn prepare<A: Serialize + DeserializeOwned, R: Serialize + DeserializeOwned>(
     arg: &A,
 ) -> Result<(Func, Func, ByteBuf), String> {
     let (runner, func) = tokens(f)?;
-    Ok((runner, func, encode_arg(arg)?))
+    Ok((runner, func, encode_args(std::slice::from_ref(arg))?))
 }
 
 fn tokens<A: DeserializeOwned, R: Serialize>(f: fn(A) -> R) -> Result<(Func, Func), String> {
@@ -343,25 +345,72 @@ fn tokens<A: DeserializeOwned, R: Serialize>(f: fn(A) -> R) -> Result<(Func, Fun
     Ok((runner, func))
 }
 
-fn encode_arg<A: Serialize>(arg: &A) -> Result<ByteBuf, String> {
-    match codec::encode(arg) {
+/// `args`, encoded as one `Vec<A>`.
+fn encode_args<A: Serialize>(args: &[A]) -> Result<ByteBuf, String> {
+    match codec::encode(args) {
         Ok((bytes, fds)) if fds.is_empty() => Ok(ByteBuf::from(bytes)),
         Ok(_) => Err(
-            "the argument holds descriptors (a Connection, a Lock, ...), which a pool's \
-                      tasks do not carry: pass them in the initializer's argument or through a \
-                      Queue"
+            "the argument holds descriptors (a Connection, a Lock, ...), which a pool does not \
+             carry to its workers"
                 .into(),
         ),
         Err(e) => Err(e),
     }
 }
 
-fn decode<R: DeserializeOwned>(r: Result<ByteBuf, TaskError>) -> Result<R, TaskError> {
-    codec::decode(&r?, Vec::new()).map_err(TaskError::Decode)
+/// The outcomes of a piece, by item index, as `R`s.
+fn decode_piece<R: DeserializeOwned>(piece: Piece) -> Vec<(u64, Result<R, TaskError>)> {
+    let n = piece.indices.len();
+    match piece.body {
+        Body::Failed(e) => piece
+            .indices
+            .into_iter()
+            .map(|i| (i, Err(e.clone())))
+            .collect(),
+        Body::Results(bytes) => {
+            match codec::decode::<Vec<Result<R, worker::Failure>>>(&bytes, Vec::new()) {
+                Ok(v) if v.len() == n => piece
+                    .indices
+                    .into_iter()
+                    .zip(v.into_iter().map(|r| r.map_err(task_error)))
+                    .collect(),
+                Ok(v) => {
+                    let e = TaskError::Decode(format!("{} results for {n} items", v.len()));
+                    piece
+                        .indices
+                        .into_iter()
+                        .map(|i| (i, Err(e.clone())))
+                        .collect()
+                }
+                Err(e) => {
+                    let e = TaskError::Decode(e);
+                    piece
+                        .indices
+                        .into_iter()
+                        .map(|i| (i, Err(e.clone())))
+                        .collect()
+                }
+            }
+        }
+    }
+}
+
+fn task_error(f: worker::Failure) -> TaskError {
+    match f {
+        worker::Failure::Panicked(message) => TaskError::Panicked { message },
+        worker::Failure::Child(m) => TaskError::Child(m),
+    }
+}
+
+/// The outcome of item 0 of a one-item batch, once it is there.
+fn single<R: DeserializeOwned>(batch: &Batch) -> Option<Result<R, TaskError>> {
+    let piece = batch.lock().ready.get(&0).cloned()?;
+    decode_piece(piece).into_iter().next().map(|(_, r)| r)
 }
 
 fn stop_threads(shared: &Shared, threads: Vec<JoinHandle<()>>) {
     shared.stop.store(true, Ordering::Release);
+    shared.wake_supervisor();
     let _ = shared.results.put(worker::FromWorker::Wake);
     for t in threads {
         let _ = t.join();
@@ -449,17 +498,17 @@ impl Pool {
             // callback is taken to run (every task ends: done, failed, cancelled or terminated).
             let b = batch.clone();
             batch.lock().on_complete = Some(Box::new(move || {
-                let outcome = b.lock().ready.get(&0).cloned();
-                if let Some(outcome) = outcome {
-                    cb(decode(outcome));
+                if let Some(outcome) = single(&b) {
+                    cb(outcome);
                 }
             }));
         }
         match prepare(f, arg) {
-            Ok((runner, func, bytes)) => {
+            Ok((runner, func, args)) => {
                 let chunk = Chunk {
                     func,
-                    items: vec![bytes],
+                    args,
+                    count: 1,
                 };
                 self.shared.submit(&batch, vec![0], runner, chunk);
             }
@@ -669,6 +718,9 @@ impl std::fmt::Debug for Pool {
     }
 }
 
+/// An item's index and outcome.
+type Numbered<R> = (u64, Result<R, TaskError>);
+
 /// A callback given a task's result.
 type ResultCallback<R> = Box<dyn FnOnce(Result<R, TaskError>) + Send + 'static>;
 
@@ -679,7 +731,7 @@ fn python_chunksize(len: usize, workers: usize) -> usize {
 
 /// Gives item `index` of `batch` the error `e`.
 fn batch_fail(batch: &Batch, index: u64, e: TaskError) -> Option<inner::Callback> {
-    batch.deliver([(index, Err(e))])
+    batch.fail(vec![index], e)
 }
 
 /// Cuts an input into tasks and submits them.
@@ -706,40 +758,66 @@ impl<A: Serialize + DeserializeOwned, R: Serialize + DeserializeOwned> Feed<A, R
 
     /// Reads up to `n` items and submits them as one task; false once the input has ended.
     fn submit_chunk(&mut self, input: &mut impl Iterator<Item = A>, n: usize) -> bool {
-        let mut indices = Vec::with_capacity(n);
         let mut items = Vec::with_capacity(n);
+        let first = self.next;
         let mut ended = false;
         for _ in 0..n {
-            let Some(item) = input.next() else {
-                ended = true;
-                break;
-            };
-            let index = self.next;
-            self.next += 1;
-            let encoded = match &self.tokens {
-                Ok(_) => encode_arg(&item),
-                Err(e) => Err(e.clone()),
-            };
-            match encoded {
-                Ok(bytes) => {
-                    indices.push(index);
-                    items.push(bytes);
+            match input.next() {
+                Some(item) => items.push(item),
+                None => {
+                    ended = true;
+                    break;
                 }
-                Err(e) => inner::run_all(batch_fail(&self.batch, index, TaskError::Encode(e))),
             }
         }
-        if let (false, Ok((runner, func))) = (items.is_empty(), &self.tokens) {
-            let chunk = Chunk {
-                func: func.clone(),
-                items,
-            };
-            self.shared
-                .submit(&self.batch, indices, runner.clone(), chunk);
+        self.next += items.len() as u64;
+        if !items.is_empty() {
+            match &self.tokens {
+                Ok((runner, func)) => {
+                    let (indices, args) = self.encode(first, items);
+                    if !indices.is_empty() {
+                        let chunk = Chunk {
+                            func: func.clone(),
+                            args,
+                            count: indices.len() as u32,
+                        };
+                        self.shared
+                            .submit(&self.batch, indices, runner.clone(), chunk);
+                    }
+                }
+                Err(e) => {
+                    let indices = (first..self.next).collect();
+                    inner::run_all(self.batch.fail(indices, TaskError::Encode(e.clone())));
+                }
+            }
         }
         if ended {
             inner::run_all(self.batch.set_total(self.next));
         }
         !ended
+    }
+
+    /// The items from index `first` on, encoded together; an item that does not encode fails
+    /// alone (its index is left out).
+    fn encode(&self, first: u64, items: Vec<A>) -> (Vec<u64>, ByteBuf) {
+        let all = first..first + items.len() as u64;
+        if let Ok(args) = encode_args(&items) {
+            return (all.collect(), args);
+        }
+        let mut good = Vec::with_capacity(items.len());
+        let mut indices = Vec::with_capacity(items.len());
+        for (index, item) in all.zip(items) {
+            match encode_args(std::slice::from_ref(&item)) {
+                Ok(_) => {
+                    indices.push(index);
+                    good.push(item);
+                }
+                Err(e) => inner::run_all(batch_fail(&self.batch, index, TaskError::Encode(e))),
+            }
+        }
+        // What encoded alone encodes together (an encoder that fails at random does not count).
+        let args = encode_args(&good).unwrap_or_default();
+        (indices, args)
     }
 }
 
@@ -758,7 +836,7 @@ impl<R: DeserializeOwned> AsyncResult<R> {
     /// Why the task has no result: see [`TaskError`].
     pub fn get(&self) -> Result<R, TaskError> {
         self.wait();
-        decode(self.outcome().expect("ready"))
+        single(&self.batch).expect("ready")
     }
 
     /// Waits at most `timeout` for the result. Timing out kills nothing: the task goes on.
@@ -768,7 +846,9 @@ impl<R: DeserializeOwned> AsyncResult<R> {
     pub fn get_timeout(&self, timeout: Duration) -> Result<R, ResultTimeoutError<TaskError>> {
         self.wait_timeout(timeout)
             .map_err(|Timeout| ResultTimeoutError::Timeout)?;
-        decode(self.outcome().expect("ready")).map_err(ResultTimeoutError::Failed)
+        single(&self.batch)
+            .expect("ready")
+            .map_err(ResultTimeoutError::Failed)
     }
 
     /// Waits until the result is ready.
@@ -794,7 +874,15 @@ impl<R: DeserializeOwned> AsyncResult<R> {
 
     /// Whether the task succeeded: `None` while it is not ready (Python raises `ValueError`).
     pub fn successful(&self) -> Option<bool> {
-        self.outcome().map(|o| o.is_ok())
+        let s = self.batch.lock();
+        let piece = s.ready.get(&0)?;
+        Some(match &piece.body {
+            Body::Failed(_) => false,
+            // The task ran; whether its item succeeded is the variant of its `Result`, the
+            // 32-bit tag after the sequence's 64-bit length in the crate's encoding (bincode,
+            // fixed-width integers).
+            Body::Results(bytes) => bytes.get(8..12) == Some(&0u32.to_le_bytes()[..]),
+        })
     }
 
     /// Cancels the task: one not started yet is skipped, a running one has its worker killed (and
@@ -802,10 +890,6 @@ impl<R: DeserializeOwned> AsyncResult<R> {
     pub fn cancel(&self) -> bool {
         let tasks: Vec<u64> = self.batch.lock().tasks.iter().copied().collect();
         !self.ready() && tasks.into_iter().any(|t| self.shared.cancel(t))
-    }
-
-    fn outcome(&self) -> Option<Result<ByteBuf, TaskError>> {
-        self.batch.lock().ready.get(&0).cloned()
     }
 }
 
@@ -849,9 +933,15 @@ impl<R: DeserializeOwned> MapResult<R> {
     /// Waits for every result; each item's own.
     pub fn results(&self) -> Vec<Result<R, TaskError>> {
         self.wait();
-        let s = self.batch.lock();
-        (0..self.total)
-            .map(|i| decode(s.ready.get(&i).cloned().expect("complete")))
+        let pieces: Vec<Piece> = self.batch.lock().ready.values().cloned().collect();
+        let mut out: Vec<Option<Result<R, TaskError>>> = (0..self.total).map(|_| None).collect();
+        for (i, r) in pieces.into_iter().flat_map(decode_piece) {
+            if let Some(slot) = out.get_mut(i as usize) {
+                *slot = Some(r);
+            }
+        }
+        out.into_iter()
+            .map(|r| r.unwrap_or(Err(TaskError::Decode("an item has no outcome".into()))))
             .collect()
     }
 
@@ -933,6 +1023,8 @@ pub struct Imap<I, A, R> {
     /// Items yielded so far (and, in order, the index of the next).
     yielded: u64,
     ordered: bool,
+    /// Pieces taken from the batch and decoded, not yet yielded, by their first index.
+    decoded: BTreeMap<u64, VecDeque<Numbered<R>>>,
 }
 
 impl<I, A, R> Imap<I, A, R>
@@ -950,6 +1042,7 @@ where
             in_flight: 4 * pool.processes(),
             yielded: 0,
             ordered,
+            decoded: BTreeMap::new(),
         }
     }
 
@@ -986,19 +1079,42 @@ where
         if self.input_done && self.yielded >= self.feed.next {
             return None;
         }
-        let want = self.yielded;
-        let ordered = self.ordered;
-        let (mut s, _) = self.feed.batch.wait_until(None, |s| match ordered {
-            true => s.ready.contains_key(&want),
-            false => !s.ready.is_empty(),
-        });
-        let (index, outcome) = match ordered {
-            true => (want, s.ready.remove(&want).expect("waited for it")),
-            false => s.ready.pop_first().expect("waited for one"),
-        };
-        drop(s);
-        self.yielded += 1;
-        Some((index, decode(outcome)))
+        loop {
+            if let Some(item) = self.take_decoded() {
+                self.yielded += 1;
+                return Some(item);
+            }
+            // Nothing to yield yet: take every piece that has arrived.
+            let (mut s, _) = self.feed.batch.wait_until(None, |s| !s.ready.is_empty());
+            let pieces = std::mem::take(&mut s.ready);
+            drop(s);
+            for (first, piece) in pieces {
+                self.decoded.insert(first, decode_piece(piece).into());
+            }
+        }
+    }
+
+    /// The next item to yield, if it is decoded: in order, the one at `yielded` (the front of the
+    /// piece with the smallest first index, since every smaller index was yielded); else any.
+    fn take_decoded(&mut self) -> Option<(u64, Result<R, TaskError>)> {
+        let mut entry = self.decoded.first_entry()?;
+        if self.ordered && entry.get().front().map(|(i, _)| *i) != Some(self.yielded) {
+            return None;
+        }
+        let item = entry.get_mut().pop_front()?;
+        match entry.get().front().map(|(i, _)| *i) {
+            None => {
+                entry.remove();
+            }
+            // A piece with a gap (an item that failed to encode went alone): filed again under its
+            // new front, so that the smallest key is still the smallest index.
+            Some(next) if next != item.0 + 1 => {
+                let rest = entry.remove();
+                self.decoded.insert(next, rest);
+            }
+            Some(_) => {}
+        }
+        Some(item)
     }
 }
 

@@ -21,12 +21,14 @@ pub(crate) struct WorkerId {
     pub(crate) generation: u64,
 }
 
-/// Items of a task: each an encoded argument of the function.
+/// Items of a task: the arguments of the function, encoded together.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Chunk {
     /// The user's function, `fn(A) -> R`.
     pub(crate) func: Func,
-    pub(crate) items: Vec<ByteBuf>,
+    /// A `Vec<A>` of `count` items, in the crate's encoding.
+    pub(crate) args: ByteBuf,
+    pub(crate) count: u32,
 }
 
 /// One task: a chunk and the monomorphised code that runs it ([`run_chunk`] for its `A` and `R`).
@@ -55,17 +57,14 @@ pub(crate) enum Failure {
     Child(String),
 }
 
-/// The outcome of one item: its encoded result, or why there is none.
-pub(crate) type Outcome = Result<ByteBuf, Failure>;
-
 /// From a worker (or the pool's own supervisor) to the pool.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum FromWorker {
-    /// A task ran: one outcome per item, in order.
+    /// A task ran: a `Vec<Result<R, Failure>>`, one per item in order, in the crate's encoding.
     Done {
         worker: WorkerId,
         task: u64,
-        outcomes: Vec<Outcome>,
+        results: ByteBuf,
     },
     /// The worker ran its last task (its task limit) and is leaving. Sent after that task's
     /// `Done`, so the pool knows it holds nothing.
@@ -94,48 +93,68 @@ pub(crate) struct WorkerArgs {
 }
 
 /// The code that runs a chunk of `fn(A) -> R`: resolved in the worker from its token.
-pub(crate) type Runner = fn(Chunk) -> Vec<Outcome>;
+pub(crate) type Runner = fn(Chunk) -> ByteBuf;
 
 /// The [`Runner`] for `fn(A) -> R`.
 pub(crate) fn runner_of<A: DeserializeOwned, R: Serialize>() -> Runner {
     run_chunk::<A, R>
 }
 
-/// Runs every item of `chunk` through the user's function, each alone: a panic, an argument that
-/// does not decode or a result that does not encode fails that item only.
-fn run_chunk<A: DeserializeOwned, R: Serialize>(chunk: Chunk) -> Vec<Outcome> {
+/// Runs every item of `chunk` through the user's function, each alone: a panic or a result that
+/// does not encode fails that item only. The results are encoded as one `Vec<Result<R, Failure>>`,
+/// each appended to the buffer on its own (bincode writes a sequence as its length, then its items
+/// one after the other).
+fn run_chunk<A: DeserializeOwned, R: Serialize>(chunk: Chunk) -> ByteBuf {
+    let n = chunk.count as usize;
+    let all_fail = |why: String| {
+        let v: Vec<Result<(), Failure>> = vec![Err(Failure::Child(why)); n];
+        ByteBuf::from(codec::encode(&v).map(|(b, _)| b).unwrap_or_default())
+    };
     let f: fn(A) -> R = match chunk.func.resolve() {
         Ok(f) => f,
+        Err(e) => return all_fail(e),
+    };
+    let args: Vec<A> = match codec::decode(&chunk.args, Vec::new()) {
+        Ok(args) => args,
         Err(e) => {
-            return chunk
-                .items
-                .iter()
-                .map(|_| Err(Failure::Child(e.clone())))
-                .collect();
+            return all_fail(format!(
+                "failed to deserialize the arguments in the worker: {e}"
+            ));
         }
     };
-    chunk.items.iter().map(|bytes| run_one(f, bytes)).collect()
-}
-
-fn run_one<A: DeserializeOwned, R: Serialize>(f: fn(A) -> R, bytes: &[u8]) -> Outcome {
-    let arg = codec::decode::<A>(bytes, Vec::new()).map_err(|e| {
-        Failure::Child(format!(
-            "failed to deserialize the argument in the worker: {e}"
-        ))
-    })?;
-    // The result is encoded inside `catch_unwind` too: a `Serialize` impl may panic.
-    match catch_unwind(AssertUnwindSafe(|| codec::encode(&f(arg)))) {
-        Ok(Ok((bytes, fds))) if fds.is_empty() => Ok(ByteBuf::from(bytes)),
-        Ok(Ok(_)) => Err(Failure::Child(
-            "the result holds descriptors (a Connection, a Lock, ...), which a pool does not \
-             carry back: return them through a Queue or a Connection"
-                .into(),
-        )),
-        Ok(Err(e)) => Err(Failure::Child(format!(
-            "failed to serialize the result in the worker: {e}"
-        ))),
-        Err(payload) => Err(Failure::Panicked(panic_message(&*payload))),
+    if args.len() != n {
+        return all_fail("a task's arguments do not match its count".into());
     }
+    let mut out = Vec::with_capacity(16 + chunk.args.len());
+    out.extend_from_slice(&(n as u64).to_le_bytes());
+    let mut scratch = Vec::new();
+    for arg in args {
+        let start = out.len();
+        // The result is encoded inside `catch_unwind` too: a `Serialize` impl may panic.
+        let failure = match catch_unwind(AssertUnwindSafe(|| {
+            let r = f(arg);
+            codec::encode_into(&mut scratch, &Ok::<&R, Failure>(&r))
+        })) {
+            Ok(Ok(fds)) if fds.is_empty() => {
+                out.extend_from_slice(&scratch);
+                continue;
+            }
+            Ok(Ok(_)) => Failure::Child(
+                "the result holds descriptors (a Connection, a Lock, ...), which a pool does not \
+                 carry back: return them through a Queue or a Connection"
+                    .into(),
+            ),
+            Ok(Err(e)) => {
+                Failure::Child(format!("failed to serialize the result in the worker: {e}"))
+            }
+            Err(payload) => Failure::Panicked(panic_message(&*payload)),
+        };
+        out.truncate(start);
+        if codec::encode_into(&mut scratch, &Err::<(), Failure>(failure)).is_ok() {
+            out.extend_from_slice(&scratch);
+        }
+    }
+    ByteBuf::from(out)
 }
 
 /// A worker's life: the initializer, then tasks until told to stop, its limit, or its memory
@@ -155,14 +174,14 @@ pub(crate) fn worker_main(args: WorkerArgs) {
         }
     };
     if let Some((runner, chunk)) = init {
-        let failed = match runner.resolve::<Chunk, Vec<Outcome>>() {
-            Ok(run) => run(chunk)
-                .into_iter()
-                .find_map(Result::err)
-                .map(|f| match f {
+        let failed = match runner.resolve::<Chunk, ByteBuf>() {
+            Ok(run) => match codec::decode::<Vec<Result<(), Failure>>>(&run(chunk), Vec::new()) {
+                Ok(v) => v.into_iter().find_map(Result::err).map(|f| match f {
                     Failure::Panicked(m) => format!("the initializer panicked: {m}"),
                     Failure::Child(m) => format!("the initializer could not run: {m}"),
                 }),
+                Err(e) => Some(format!("the initializer's outcome is unreadable: {e}")),
+            },
             Err(e) => Some(e),
         };
         if let Some(message) = failed {
@@ -184,19 +203,18 @@ pub(crate) fn worker_main(args: WorkerArgs) {
                 return;
             }
         };
-        let outcomes = match task.runner.resolve::<Chunk, Vec<Outcome>>() {
+        let outcomes = match task.runner.resolve::<Chunk, ByteBuf>() {
             Ok(run) => run(task.chunk),
-            Err(e) => task
-                .chunk
-                .items
-                .iter()
-                .map(|_| Err(Failure::Child(e.clone())))
-                .collect(),
+            Err(e) => {
+                let v: Vec<Result<(), Failure>> =
+                    vec![Err(Failure::Child(e)); task.chunk.count as usize];
+                ByteBuf::from(codec::encode(&v).map(|(b, _)| b).unwrap_or_default())
+            }
         };
         tell(FromWorker::Done {
             worker: id,
             task: task.id,
-            outcomes,
+            results: outcomes,
         });
         let tired = max_tasks.is_some_and(|n| done >= n);
         let heavy = max_memory.is_some_and(|m| crate::sys::resident_bytes().is_ok_and(|r| r > m));

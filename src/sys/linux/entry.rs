@@ -191,7 +191,7 @@ fn resolve<F: FnPtr>(token: i64, signature: &str) -> Result<F, String> {
         ));
     }
     let addr = (anchor_addr() as i64).wrapping_add(token) as usize;
-    if object_base(addr) != object_base(anchor_addr()) {
+    if !inside_this_image(token, addr) {
         return Err("a function token points outside this executable".into());
     }
     // SAFETY: the token was read by `accept_boot` from our verified parent, or by a pool worker
@@ -199,6 +199,33 @@ fn resolve<F: FnPtr>(token: i64, signature: &str) -> Result<F, String> {
     // executable and made it with `FnPtr::token` for the type named `signature`, which is `F`'s
     // (checked above); the address is inside this executable image (checked above).
     Ok(unsafe { F::from_token(token) })
+}
+
+/// Whether `addr` (named by `token`) lies in this executable's image. A pool worker resolves the
+/// same few tokens for every task, so the answers for the last few are kept (`dladdr` walks the
+/// loaded objects each time).
+fn inside_this_image(token: i64, addr: usize) -> bool {
+    use std::cell::RefCell;
+    thread_local! {
+        static INSIDE: RefCell<Vec<i64>> = const { RefCell::new(Vec::new()) };
+    }
+    if INSIDE
+        .try_with(|k| k.borrow().contains(&token))
+        .unwrap_or(false)
+    {
+        return true;
+    }
+    let inside = object_base(addr) == object_base(anchor_addr());
+    if inside {
+        let _ = INSIDE.try_with(|k| {
+            let mut k = k.borrow_mut();
+            if k.len() >= 16 {
+                k.remove(0);
+            }
+            k.push(token);
+        });
+    }
+    inside
 }
 
 impl Func {
