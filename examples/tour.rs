@@ -11,9 +11,9 @@
 
 use multiprocess::{
     Array, AtomicValue, Barrier, BarrierError, Condition, Connection, Event, GetError,
-    JoinableQueue, Lock, Process, Queue, RLock, RecvError, Semaphore, SendError, SharedMemory,
-    SimpleQueue, StartMethod, Value, active_children, cpu_count, current_process, get_start_method,
-    parent_process, pipe, pipe_oneway,
+    JoinableQueue, Lock, Pool, Process, Queue, RLock, RecvError, Semaphore, SendError,
+    SharedMemory, SimpleQueue, StartMethod, Value, active_children, cpu_count, current_process,
+    get_start_method, parent_process, pipe, pipe_oneway,
 };
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
@@ -77,14 +77,19 @@ fn main() -> Result {
     simple_queue_round_trip()?;
     queue_carries_connections()?;
 
-    section("5. Limits");
+    section("5. Pool");
+    pool_basics()?;
+    pool_worker_killed()?;
+    pool_failures_stay_alone()?;
+
+    section("6. Limits");
     out_of_descriptors()?;
 
-    section("6. Under load");
+    section("7. Under load");
     busy_cpus()?;
 
     section("Still to come");
-    println!("   pool, manager, listener/client");
+    println!("   manager, listener/client");
     println!("\ntour finished in {}", ms(t.elapsed()));
     Ok(())
 }
@@ -1114,7 +1119,100 @@ fn queue_carries_connections() -> Result {
 }
 
 // ---------------------------------------------------------------------------------------------------
-// 5. Limits
+// 5. Pool
+
+fn cube(x: u64) -> u64 {
+    x * x * x
+}
+
+fn slow_cube(x: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(2));
+    x * x * x
+}
+
+fn pool_basics() -> Result {
+    step("Pool(2): apply, apply_async, map, and imap over an endless input");
+    let pool = Pool::new(2)?;
+    let t = Instant::now();
+    let one = pool.apply(cube, 3)?;
+    let apply = t.elapsed();
+    let pending = pool.apply_async(cube, 4);
+    let t = Instant::now();
+    let all = pool.map(cube, 0..100_000)?;
+    let map = t.elapsed();
+    let first: Vec<u64> = pool.imap(cube, 1..).take(5).map(|r| r.unwrap()).collect();
+    println!(
+        "   apply(cube, 3) = {one} in {}; apply_async(cube, 4).get() = {}; map over 100 000 items in {} \
+         (sum {}); imap over 1.. took 5: {first:?}",
+        us(apply),
+        pending.get()?,
+        ms(map),
+        all.iter().map(|&v| u128::from(v)).sum::<u128>()
+    );
+    Ok(())
+}
+
+fn pool_worker_killed() -> Result {
+    step("Pool(2): a worker is SIGKILLed in the middle of a map; the map completes");
+    let pool = Pool::new(2)?;
+    let before = pool.worker_pids();
+    let m = pool.map_async(slow_cube, 0..400);
+    std::thread::sleep(Duration::from_millis(50));
+    let victim = before[0];
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(victim).expect("a pid"),
+        rustix::process::Signal::KILL,
+    )?;
+    let results = m.results();
+    let failed: Vec<usize> = (0..results.len())
+        .filter(|&i| results[i].is_err())
+        .collect();
+    let right = results
+        .iter()
+        .enumerate()
+        .filter(|(i, r)| r.as_ref().is_ok_and(|v| *v == (*i as u64).pow(3)))
+        .count();
+    let why = failed
+        .first()
+        .map(|&i| format!("{}", results[i].as_ref().unwrap_err()))
+        .unwrap_or_default();
+    println!(
+        "   killed worker {victim}: {right} of 400 items right, {} failed (the chunk it held: items {}..={}): \"{why}\"",
+        failed.len(),
+        failed.first().copied().unwrap_or(0),
+        failed.last().copied().unwrap_or(0),
+    );
+    println!(
+        "   workers before {before:?}, after {:?}; the pool goes on: apply(cube, 5) = {}",
+        pool.worker_pids(),
+        pool.apply(cube, 5)?
+    );
+    Ok(())
+}
+
+fn pool_failures_stay_alone() -> Result {
+    step("Pool: a panicking item and a task past its time limit fail alone");
+    let pool = Pool::builder()
+        .processes(2)
+        .task_timeout(Duration::from_millis(100))
+        .build()?;
+    let r = pool.map_results(checked_sqrt, [16, -1, 81]);
+    let t = Instant::now();
+    let late = pool.apply(sleep_ms, 5_000);
+    println!(
+        "   map_results(checked_sqrt, [16, -1, 81]) = {r:?}\n   a 5 s task with a 100 ms limit: {late:?} after {}",
+        ms(t.elapsed())
+    );
+    Ok(())
+}
+
+fn checked_sqrt(x: i64) -> i64 {
+    assert!(x >= 0, "no square root of {x}");
+    (x as f64).sqrt() as i64
+}
+
+// ---------------------------------------------------------------------------------------------------
+// 6. Limits
 
 /// Lowers this process's descriptor limit and makes pipes until the system says no.
 fn pipes_until_refused(limit: u64) -> (usize, String, String) {
@@ -1145,7 +1243,7 @@ fn out_of_descriptors() -> Result {
 }
 
 // ---------------------------------------------------------------------------------------------------
-// 6. Under load
+// 7. Under load
 
 fn burn(_: ()) {
     let mut x = 0u64;

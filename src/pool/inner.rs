@@ -72,6 +72,8 @@ pub(crate) struct BatchState {
     pub(crate) on_complete: Option<Callback>,
     /// Tasks of this batch still in the pool's table (so that they can be cancelled).
     pub(crate) tasks: BTreeSet<u64>,
+    /// Threads waiting on the batch (a wake-up is a system call: made only for them).
+    waiters: usize,
 }
 
 impl Batch {
@@ -96,8 +98,11 @@ impl Batch {
         s.done += piece.indices.len() as u64;
         s.ready.insert(first, piece);
         let cb = s.is_complete().then(|| s.on_complete.take()).flatten();
+        let wake = s.waiters > 0;
         drop(s);
-        self.cond.notify_all();
+        if wake {
+            self.cond.notify_all();
+        }
         cb
     }
 
@@ -120,20 +125,21 @@ impl Batch {
             if ok(&s) {
                 return (s, true);
             }
-            match deadline {
-                None => s = self.cond.wait(s).unwrap_or_else(|p| p.into_inner()),
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                return (s, false);
+            }
+            s.waiters += 1;
+            s = match deadline {
+                None => self.cond.wait(s).unwrap_or_else(|p| p.into_inner()),
                 Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        return (s, false);
-                    }
-                    s = self
-                        .cond
+                    self.cond
                         .wait_timeout(s, d - now)
                         .unwrap_or_else(|p| p.into_inner())
-                        .0;
+                        .0
                 }
-            }
+            };
+            s.waiters -= 1;
         }
     }
 }
@@ -144,8 +150,11 @@ impl Batch {
         let mut s = self.lock();
         s.total = Some(total);
         let cb = s.is_complete().then(|| s.on_complete.take()).flatten();
+        let wake = s.waiters > 0;
         drop(s);
-        self.cond.notify_all();
+        if wake {
+            self.cond.notify_all();
+        }
         cb
     }
 }
@@ -491,6 +500,7 @@ impl Shared {
     fn handle(&self, msg: FromWorker) -> Vec<Callback> {
         let mut st = self.lock();
         let mut cbs = Vec::new();
+        let mut ended = false;
         match msg {
             FromWorker::Done {
                 worker,
@@ -528,12 +538,17 @@ impl Shared {
                 st.broken = Some(e.clone());
                 cbs.extend(fail_everything(&mut st, e));
             }
-            FromWorker::Ended { worker } => cbs.extend(self.ended(&mut st, worker)),
+            FromWorker::Ended { worker } => {
+                cbs.extend(self.ended(&mut st, worker));
+                ended = true;
+            }
             FromWorker::Wake => {}
         }
         cbs.extend(self.dispatch(&mut st));
         drop(st);
-        self.changed.notify_all();
+        if ended {
+            self.changed.notify_all(); // for `join`
+        }
         cbs
     }
 
