@@ -573,3 +573,49 @@ fn map_reports_the_first_failed_item_with_its_index() {
     assert_eq!(e.index, 1);
     assert!(e.to_string().contains("item 1 failed"), "{e}");
 }
+
+#[test]
+#[ignore = "run by an_interrupted_or_killed_parent_leaves_no_worker_behind"]
+fn helper_a_long_map() {
+    let p = pool(StartMethod::ForkServer, 2);
+    assert!(eventually(|| p.worker_pids().len() == 2));
+    println!("workers {:?}", p.worker_pids());
+    let _ = p.map(sleep_ms, std::iter::repeat_n(1000, 1000)); // 500 s of work
+}
+
+#[test]
+fn an_interrupted_or_killed_parent_leaves_no_worker_behind() {
+    use std::io::{BufRead, BufReader};
+    for signal in [rustix::process::Signal::INT, rustix::process::Signal::KILL] {
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--ignored", "--exact", "helper_a_long_map", "--nocapture"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let workers: Vec<i32> = loop {
+            let line = lines.next().expect("the helper's output").unwrap();
+            if let Some(list) = line.strip_prefix("workers [") {
+                break list
+                    .trim_end_matches(']')
+                    .split(", ")
+                    .map(|p| p.parse().unwrap())
+                    .collect();
+            }
+        };
+        std::thread::sleep(Duration::from_millis(100)); // inside the map
+        let sent = Instant::now();
+        rustix::process::kill_process(
+            rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
+            signal,
+        )
+        .unwrap();
+        let status = child.wait().unwrap();
+        let took = sent.elapsed();
+        assert!(!status.success(), "{signal:?}: {status:?}");
+        assert!(took < Duration::from_secs(5), "{signal:?}: the parent took {took:?} to end");
+        for pid in workers {
+            assert!(eventually(|| !pid_alive(pid)), "{signal:?}: worker {pid} outlived its parent");
+        }
+    }
+}
