@@ -613,9 +613,15 @@ fn an_interrupted_or_killed_parent_leaves_no_worker_behind() {
         let status = child.wait().unwrap();
         let took = sent.elapsed();
         assert!(!status.success(), "{signal:?}: {status:?}");
-        assert!(took < Duration::from_secs(5), "{signal:?}: the parent took {took:?} to end");
+        assert!(
+            took < Duration::from_secs(5),
+            "{signal:?}: the parent took {took:?} to end"
+        );
         for pid in workers {
-            assert!(eventually(|| !pid_alive(pid)), "{signal:?}: worker {pid} outlived its parent");
+            assert!(
+                eventually(|| !pid_alive(pid)),
+                "{signal:?}: worker {pid} outlived its parent"
+            );
         }
     }
 }

@@ -187,6 +187,11 @@ struct Slot {
     tasks: Option<Queue<ToWorker>>,
     /// Tasks handed to this worker, in the order it runs them.
     held: VecDeque<u64>,
+    /// Items in the tasks of `held`.
+    held_items: usize,
+    /// A running average of how long this worker's tasks took (from when a task became its
+    /// current one to its result).
+    task_time: Duration,
     /// Since when the first of `held` has been the worker's current task.
     head_since: Instant,
     retiring: bool,
@@ -197,6 +202,11 @@ struct Slot {
 }
 
 impl Slot {
+    /// Whether this worker's tasks have been quick (see [`SMALL_TASKS_AHEAD`]).
+    fn quick(&self) -> bool {
+        self.task_time < QUICK_TASK
+    }
+
     fn alive(&self) -> bool {
         self.process.is_some()
     }
@@ -247,6 +257,8 @@ impl Shared {
                 process: None,
                 tasks: None,
                 held: VecDeque::new(),
+                held_items: 0,
+                task_time: QUICK_TASK,
                 head_since: now,
                 retiring: false,
                 reported: false,
@@ -318,6 +330,8 @@ impl Shared {
             process: Some(Arc::new(process)),
             tasks: Some(tasks),
             held: VecDeque::new(),
+            held_items: 0,
+            task_time: QUICK_TASK,
             head_since: Instant::now(),
             retiring: false,
             reported: false,
@@ -371,43 +385,48 @@ impl Shared {
     fn dispatch(&self, st: &mut State) -> Vec<Callback> {
         let mut cbs = Vec::new();
         let prefetch = self.config.prefetch.max(1);
-        'outer: loop {
-            let mut gave = false;
-            for slot in 0..st.slots.len() {
-                if !st.slots[slot].takes_work() || st.slots[slot].held.len() >= prefetch {
-                    continue;
-                }
-                let Some(id) = st.pending.pop_front() else {
-                    break 'outer;
-                };
-                let Some(entry) = st.table.get_mut(&id) else {
-                    continue;
-                };
-                let Some(task) = entry.task.take() else {
-                    continue;
-                };
-                if self.config.retries > 0 {
-                    entry.task = Some(task.clone());
-                }
-                let s = &mut st.slots[slot];
-                let queue = s.tasks.as_ref().expect("a live worker has a queue");
-                match queue.put(ToWorker::Run(task)) {
-                    Ok(()) => {
-                        if s.held.is_empty() {
-                            s.head_since = Instant::now();
-                        }
-                        s.held.push_back(id);
-                        gave = true;
-                    }
-                    Err(e) => {
-                        let e =
-                            TaskError::Child(format!("could not hand the task to a worker: {e}"));
-                        cbs.extend(fail(st, id, e));
-                    }
-                }
-            }
-            if !gave {
+        while !st.pending.is_empty() {
+            // The least loaded worker with room: fewer than `prefetch` tasks, or, while its tasks
+            // have been quick, a few more small ones, so that it does not sleep between one-item
+            // tasks (a wake-up per task) while slow tasks still go to whichever worker frees first.
+            let Some(slot) = (0..st.slots.len())
+                .filter(|&i| {
+                    let s = &st.slots[i];
+                    s.takes_work()
+                        && (s.held.len() < prefetch
+                            || (s.quick()
+                                && s.held.len() < SMALL_TASKS_AHEAD
+                                && s.held_items < SMALL_ITEMS_AHEAD))
+                })
+                .min_by_key(|&i| st.slots[i].held.len())
+            else {
                 break;
+            };
+            let id = st.pending.pop_front().expect("not empty");
+            let Some(entry) = st.table.get_mut(&id) else {
+                continue;
+            };
+            let Some(task) = entry.task.take() else {
+                continue;
+            };
+            if self.config.retries > 0 {
+                entry.task = Some(task.clone());
+            }
+            let items = task.chunk.count as usize;
+            let s = &mut st.slots[slot];
+            let queue = s.tasks.as_ref().expect("a live worker has a queue");
+            match queue.put(ToWorker::Run(task)) {
+                Ok(()) => {
+                    if s.held.is_empty() {
+                        s.head_since = Instant::now();
+                    }
+                    s.held.push_back(id);
+                    s.held_items += items;
+                }
+                Err(e) => {
+                    let e = TaskError::Child(format!("could not hand the task to a worker: {e}"));
+                    cbs.extend(fail(st, id, e));
+                }
             }
         }
         if st.phase == Phase::Closed && st.pending.is_empty() {
@@ -512,6 +531,13 @@ impl Shared {
                 {
                     s.held.remove(at);
                     if at == 0 {
+                        let took = s.head_since.elapsed();
+                        s.task_time = (s.task_time * 3 + took) / 4;
+                    }
+                    let items = st.table.get(&task).map_or(0, |e| e.indices.len());
+                    let s = slot_of(&mut st, worker).expect("found above");
+                    s.held_items = s.held_items.saturating_sub(items);
+                    if at == 0 {
                         s.head_since = Instant::now();
                     }
                 }
@@ -564,6 +590,7 @@ impl Shared {
         };
         let tasks = s.tasks.take();
         let held = std::mem::take(&mut s.held);
+        s.held_items = 0;
         let retiring = s.retiring;
         let pid = process.pid();
         let outcome = process.join();
@@ -728,6 +755,7 @@ impl Shared {
         for s in &mut st.slots {
             s.tasks = None;
             s.held.clear();
+            s.held_items = 0;
         }
         drop(st);
         run_all(cbs);
@@ -761,6 +789,15 @@ impl Shared {
     }
 }
 
+/// A worker is handed up to this many tasks ahead while they hold fewer than
+/// [`SMALL_ITEMS_AHEAD`] items (one-item tasks: each hand-off that finds the worker asleep costs a
+/// wake-up); larger tasks stay pending, for whichever worker frees first.
+const SMALL_TASKS_AHEAD: usize = 16;
+const SMALL_ITEMS_AHEAD: usize = 16;
+/// Tasks quicker than this (on average, per worker) count as quick; a new worker starts just
+/// above it, so it is handed `prefetch` tasks until its first results say otherwise.
+const QUICK_TASK: Duration = Duration::from_micros(200);
+
 /// How long `terminate` waits after SIGTERM before SIGKILL.
 const TERMINATE_GRACE: Duration = Duration::from_millis(500);
 
@@ -784,6 +821,7 @@ fn fail_everything(st: &mut State, e: TaskError) -> Vec<Callback> {
     st.pending.clear();
     for s in &mut st.slots {
         s.held.clear();
+        s.held_items = 0;
     }
     let ids: Vec<u64> = st.table.keys().copied().collect();
     ids.into_iter()

@@ -125,31 +125,46 @@ fn run_chunk<A: DeserializeOwned, R: Serialize>(chunk: Chunk) -> ByteBuf {
     if args.len() != n {
         return all_fail("a task's arguments do not match its count".into());
     }
+    // Every item runs alone (a panic fails that item only); then the results are encoded in one
+    // go, and only if that fails (a result that does not serialize, or holds descriptors) one by
+    // one, to find which.
+    let results: Vec<Result<R, Failure>> = args
+        .into_iter()
+        .map(|arg| {
+            catch_unwind(AssertUnwindSafe(|| f(arg)))
+                .map_err(|payload| Failure::Panicked(panic_message(&*payload)))
+        })
+        .collect();
+    if let Ok(Ok((bytes, fds))) = catch_unwind(AssertUnwindSafe(|| codec::encode(&results)))
+        && fds.is_empty()
+    {
+        return ByteBuf::from(bytes);
+    }
     let mut out = Vec::with_capacity(16 + chunk.args.len());
     out.extend_from_slice(&(n as u64).to_le_bytes());
     let mut scratch = Vec::new();
-    for arg in args {
-        let start = out.len();
-        // The result is encoded inside `catch_unwind` too: a `Serialize` impl may panic.
-        let failure = match catch_unwind(AssertUnwindSafe(|| {
-            let r = f(arg);
-            codec::encode_into(&mut scratch, &Ok::<&R, Failure>(&r))
-        })) {
-            Ok(Ok(fds)) if fds.is_empty() => {
-                out.extend_from_slice(&scratch);
-                continue;
-            }
-            Ok(Ok(_)) => Failure::Child(
-                "the result holds descriptors (a Connection, a Lock, ...), which a pool does not \
-                 carry back: return them through a Queue or a Connection"
-                    .into(),
-            ),
-            Ok(Err(e)) => {
-                Failure::Child(format!("failed to serialize the result in the worker: {e}"))
-            }
-            Err(payload) => Failure::Panicked(panic_message(&*payload)),
+    for r in results {
+        let failure = match r {
+            Err(failure) => failure,
+            // Encoded inside `catch_unwind`: a `Serialize` impl may panic.
+            Ok(r) => match catch_unwind(AssertUnwindSafe(|| {
+                codec::encode_into(&mut scratch, &Ok::<&R, Failure>(&r))
+            })) {
+                Ok(Ok(fds)) if fds.is_empty() => {
+                    out.extend_from_slice(&scratch);
+                    continue;
+                }
+                Ok(Ok(_)) => Failure::Child(
+                    "the result holds descriptors (a Connection, a Lock, ...), which a pool does \
+                     not carry back: return them through a Queue or a Connection"
+                        .into(),
+                ),
+                Ok(Err(e)) => {
+                    Failure::Child(format!("failed to serialize the result in the worker: {e}"))
+                }
+                Err(payload) => Failure::Panicked(panic_message(&*payload)),
+            },
         };
-        out.truncate(start);
         if codec::encode_into(&mut scratch, &Err::<(), Failure>(failure)).is_ok() {
             out.extend_from_slice(&scratch);
         }
