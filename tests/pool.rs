@@ -625,3 +625,20 @@ fn an_interrupted_or_killed_parent_leaves_no_worker_behind() {
         }
     }
 }
+
+fn power(base: u64, exp: u32) -> u64 {
+    base.pow(exp)
+}
+
+#[test]
+fn starmap_takes_pairs() {
+    for method in METHODS {
+        let p = pool(method, 2);
+        let pairs: Vec<(u64, u32)> = (0..50).map(|i| (i, 2)).collect();
+        assert_eq!(
+            p.starmap(power, pairs).unwrap(),
+            (0..50).map(|i| i * i).collect::<Vec<_>>(),
+            "{method:?}"
+        );
+    }
+}

@@ -339,6 +339,15 @@ fn prepare<A: Serialize + DeserializeOwned, R: Serialize + DeserializeOwned>(
     Ok((runner, func, encode_args(std::slice::from_ref(arg))?))
 }
 
+/// The runner and function tokens of a two-argument function, whose items are pairs.
+fn tokens2<A: DeserializeOwned, B: DeserializeOwned, R: Serialize>(
+    f: fn(A, B) -> R,
+) -> Result<(Func, Func), String> {
+    let runner = Func::of(worker::runner_of2::<A, B, R>()).map_err(|e| e.to_string())?;
+    let func = Func::of2(f).map_err(|e| e.to_string())?;
+    Ok((runner, func))
+}
+
 fn tokens<A: DeserializeOwned, R: Serialize>(f: fn(A) -> R) -> Result<(Func, Func), String> {
     let runner = Func::of(worker::runner_of::<A, R>()).map_err(|e| e.to_string())?;
     let func = Func::of(f).map_err(|e| e.to_string())?;
@@ -602,6 +611,38 @@ impl Pool {
         self.imap(f, items).chunksize(chunksize)
     }
 
+    /// [`map`](Self::map) for a function of two arguments, over pairs (Python's `starmap`). More
+    /// arguments: a function of one tuple, with `map`.
+    ///
+    /// # Examples
+    /// ```
+    /// fn power(base: u64, exp: u32) -> u64 {
+    ///     base.pow(exp)
+    /// }
+    ///
+    /// let pool = multiprocess::Pool::new(2)?;
+    /// assert_eq!(pool.starmap(power, [(2, 10), (3, 3)])?, [1024, 27]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// The first failed item, with its index.
+    pub fn starmap<A, B, R, I>(&self, f: fn(A, B) -> R, items: I) -> Result<Vec<R>, MapError>
+    where
+        A: Serialize + DeserializeOwned,
+        B: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+        I: IntoIterator<Item = (A, B)>,
+    {
+        let items = items.into_iter();
+        let chunksize = match items.size_hint() {
+            (lo, Some(hi)) if lo == hi => python_chunksize(lo, self.processes()),
+            _ => 1,
+        };
+        let it: Imap<_, (A, B), R> = Imap::new(self, tokens2(f), items, true).chunksize(chunksize);
+        collect_ordered(it.collect())
+    }
+
     /// Submits `f` over every item and returns at once (Python's `map_async`); the input is read
     /// now, into tasks of Python's default chunk size.
     pub fn map_async<A, R, I>(&self, f: fn(A) -> R, items: I) -> MapResult<R>
@@ -613,7 +654,7 @@ impl Pool {
         let items: Vec<A> = items.into_iter().collect();
         let chunksize = python_chunksize(items.len(), self.processes());
         let batch = Batch::new(Some(items.len() as u64));
-        let mut feed = Feed::new(self.shared.clone(), batch.clone(), f);
+        let mut feed: Feed<A, R> = Feed::new(self.shared.clone(), batch.clone(), tokens(f));
         let mut it = items.into_iter();
         while feed.submit_chunk(&mut it, chunksize) {}
         MapResult {
@@ -647,7 +688,7 @@ impl Pool {
         R: Serialize + DeserializeOwned,
         I: IntoIterator<Item = A>,
     {
-        Imap::new(self, f, items.into_iter(), true)
+        Imap::new(self, tokens(f), items.into_iter(), true)
     }
 
     /// [`imap`](Self::imap), yielding `(index, result)` pairs in the order results arrive (Python's
@@ -662,7 +703,7 @@ impl Pool {
         R: Serialize + DeserializeOwned,
         I: IntoIterator<Item = A>,
     {
-        ImapUnordered(Imap::new(self, f, items.into_iter(), false))
+        ImapUnordered(Imap::new(self, tokens(f), items.into_iter(), false))
     }
 
     /// Accepts no more tasks; the workers leave once the submitted ones are done (Python's `close`).
@@ -746,11 +787,11 @@ struct Feed<A, R> {
 }
 
 impl<A: Serialize + DeserializeOwned, R: Serialize + DeserializeOwned> Feed<A, R> {
-    fn new(shared: Arc<Shared>, batch: Arc<Batch>, f: fn(A) -> R) -> Self {
+    fn new(shared: Arc<Shared>, batch: Arc<Batch>, tokens: Result<(Func, Func), String>) -> Self {
         Feed {
             shared,
             batch,
-            tokens: tokens(f),
+            tokens,
             next: 0,
             _f: PhantomData,
         }
@@ -1033,9 +1074,9 @@ where
     A: Serialize + DeserializeOwned,
     R: Serialize + DeserializeOwned,
 {
-    fn new(pool: &Pool, f: fn(A) -> R, input: I, ordered: bool) -> Self {
+    fn new(pool: &Pool, tokens: Result<(Func, Func), String>, input: I, ordered: bool) -> Self {
         Imap {
-            feed: Feed::new(pool.shared.clone(), Batch::new(None), f),
+            feed: Feed::new(pool.shared.clone(), Batch::new(None), tokens),
             input,
             input_done: false,
             chunksize: 1,

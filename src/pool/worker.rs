@@ -100,20 +100,38 @@ pub(crate) fn runner_of<A: DeserializeOwned, R: Serialize>() -> Runner {
     run_chunk::<A, R>
 }
 
-/// Runs every item of `chunk` through the user's function, each alone: a panic or a result that
-/// does not encode fails that item only. The results are encoded as one `Vec<Result<R, Failure>>`,
-/// each appended to the buffer on its own (bincode writes a sequence as its length, then its items
-/// one after the other).
+/// The [`Runner`] for `fn(A, B) -> R` (items are `(A, B)` pairs).
+pub(crate) fn runner_of2<A: DeserializeOwned, B: DeserializeOwned, R: Serialize>() -> Runner {
+    run_chunk2::<A, B, R>
+}
+
 fn run_chunk<A: DeserializeOwned, R: Serialize>(chunk: Chunk) -> ByteBuf {
+    match chunk.func.resolve::<A, R>() {
+        Ok(f) => run_items(chunk, f),
+        Err(e) => all_fail(chunk.count as usize, e),
+    }
+}
+
+fn run_chunk2<A: DeserializeOwned, B: DeserializeOwned, R: Serialize>(chunk: Chunk) -> ByteBuf {
+    match chunk.func.resolve2::<A, B, R>() {
+        Ok(f) => run_items(chunk, |(a, b): (A, B)| f(a, b)),
+        Err(e) => all_fail(chunk.count as usize, e),
+    }
+}
+
+/// `n` failed items, encoded as results are.
+fn all_fail(n: usize, why: String) -> ByteBuf {
+    let v: Vec<Result<(), Failure>> = vec![Err(Failure::Child(why)); n];
+    ByteBuf::from(codec::encode(&v).map(|(b, _)| b).unwrap_or_default())
+}
+
+/// Runs every item of `chunk` through `f`, each alone: a panic or a result that does not encode
+/// fails that item only. The results are encoded as one `Vec<Result<R, Failure>>` (where one
+/// fails to encode, each is appended on its own: bincode writes a sequence as its length, then its
+/// items one after the other).
+fn run_items<A: DeserializeOwned, R: Serialize>(chunk: Chunk, f: impl Fn(A) -> R) -> ByteBuf {
     let n = chunk.count as usize;
-    let all_fail = |why: String| {
-        let v: Vec<Result<(), Failure>> = vec![Err(Failure::Child(why)); n];
-        ByteBuf::from(codec::encode(&v).map(|(b, _)| b).unwrap_or_default())
-    };
-    let f: fn(A) -> R = match chunk.func.resolve() {
-        Ok(f) => f,
-        Err(e) => return all_fail(e),
-    };
+    let all_fail = |why: String| all_fail(n, why);
     let args: Vec<A> = match codec::decode(&chunk.args, Vec::new()) {
         Ok(args) => args,
         Err(e) => {

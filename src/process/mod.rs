@@ -893,7 +893,10 @@ pub fn active_children() -> Vec<ProcessInfo> {
         .collect()
 }
 
-/// The number of CPUs this process may run on.
+/// The number of CPUs this process may run on: its affinity mask, and a cgroup CPU quota (a
+/// container limited to 1.5 CPUs counts 1), as loky counts them and unlike Python's
+/// `os.cpu_count()`, which counts the machine's. (This is `std::thread::available_parallelism`.)
+/// [`Pool`](crate::Pool) starts this many workers by default.
 ///
 /// # Examples
 /// ```

@@ -237,8 +237,21 @@ impl Func {
         })
     }
 
+    /// The token of a function of two arguments.
+    pub(crate) fn of2<A, B, R>(f: fn(A, B) -> R) -> io::Result<Func> {
+        Ok(Func {
+            token: f.token()?,
+            signature: type_of::<fn(A, B) -> R>().to_string(),
+        })
+    }
+
     /// The function, if it was made for type `fn(A) -> R`.
     pub(crate) fn resolve<A, R>(&self) -> Result<fn(A) -> R, String> {
+        resolve(self.token, &self.signature)
+    }
+
+    /// The function, if it was made for type `fn(A, B) -> R`.
+    pub(crate) fn resolve2<A, B, R>(&self) -> Result<fn(A, B) -> R, String> {
         resolve(self.token, &self.signature)
     }
 }
