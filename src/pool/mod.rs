@@ -35,6 +35,7 @@
 //! transport (a broker, for workers on other machines) carries the same messages.
 
 mod inner;
+mod progress;
 pub(crate) mod worker;
 
 use crate::codec;
@@ -1066,6 +1067,8 @@ pub struct Imap<I, A, R> {
     ordered: bool,
     /// Pieces taken from the batch and decoded, not yet yielded, by their first index.
     decoded: BTreeMap<u64, VecDeque<Numbered<R>>>,
+    /// The progress bar (feature `progress`).
+    bar: progress::Bar,
 }
 
 impl<I, A, R> Imap<I, A, R>
@@ -1084,6 +1087,7 @@ where
             yielded: 0,
             ordered,
             decoded: BTreeMap::new(),
+            bar: progress::Bar::new(),
         }
     }
 
@@ -1118,11 +1122,14 @@ where
     fn next_outcome(&mut self) -> Option<(u64, Result<R, TaskError>)> {
         self.top_up();
         if self.input_done && self.yielded >= self.feed.next {
+            self.bar.finish();
             return None;
         }
         loop {
             if let Some(item) = self.take_decoded() {
                 self.yielded += 1;
+                let total = self.input_done.then_some(self.feed.next);
+                self.bar.update(self.yielded, total);
                 return Some(item);
             }
             // Nothing to yield yet: take every piece that has arrived.
@@ -1190,6 +1197,7 @@ impl<I, A, R> std::fmt::Debug for ImapUnordered<I, A, R> {
 
 impl<I, A, R> Drop for Imap<I, A, R> {
     fn drop(&mut self) {
+        self.bar.finish();
         cancel_unstarted(&self.feed.shared, &self.feed.batch);
     }
 }
