@@ -46,6 +46,27 @@
 //! | TestSimpleQueue test_empty, test_close | `queue.rs::simple_queues_work_across_processes` |
 //! | test_shared_memory_cleaned_after_process_termination, TestResourceTracker test_resource_tracker (shared memory), test_resource_tracker_sigint, _sigterm, _sigkill | `named_shared_memory.rs` (a killed or exiting creator takes its names with it; the fork server, which tracks them, ignores SIGINT and SIGTERM and is restarted after SIGKILL, names registered again), without the "leaked" warnings, which CPython emits for every region an attaching process leaves; anonymous regions: `shared_values.rs::a_killed_creator_of_anonymous_objects_leaves_nothing_behind` |
 //!
+//! The pool's (`_TestPool`, `_TestPoolWorkerLifetime`, `_TestPoolWorkerErrors`) are in `pool.rs`:
+//!
+//! | CPython test | here |
+//! |---|---|
+//! | test_apply, test_map, test_map_async, test_async, test_imap, test_imap_unordered, test_empty_iterable, test_map_chunksize | `pool.rs::apply_map_and_imap_forms` (every start method) |
+//! | test_starmap, test_starmap_async | `pool.rs::starmap_takes_pairs` |
+//! | test_async_timeout | `pool.rs::waiting_with_a_timeout_kills_nothing` (here the task goes on and is read later) |
+//! | test_map_async_callbacks, test_async_error_callback | `pool.rs::callbacks_run_in_the_parent` (one callback takes the result or the error) |
+//! | test_map_unplicklable, test_unpickleable_result | `pool.rs::values_that_fail_to_serialize_fail_their_item_alone` (the item alone, also inside a chunk) |
+//! | test_traceback, test_wrapped_exception | `pool.rs::a_panicking_item_fails_alone_even_inside_a_chunk` (the panic's message) |
+//! | test_map_no_failfast (every task runs although one fails) | `pool.rs::a_panicking_item_fails_alone_even_inside_a_chunk`, `map_reports_the_first_failed_item_with_its_index` |
+//! | test_make_pool (0 workers is an error), test_terminate, test_context, test_enter (use after terminate) | `pool.rs::close_join_terminate_and_drop`, `Pool::new(0)` is `InvalidInput` |
+//! | _TestPoolWorkerLifetime test_pool_worker_lifetime, test_pool_worker_lifetime_early_close | `pool.rs::cpython_worker_lifetime_at_the_task_limit_loses_nothing` |
+//! | _TestPoolWorkerErrors test_async_error_callback, test_unpickleable_result | as above |
+//! | initializer (test_pool_initializer in _TestInitializers) | `pool.rs::cpython_initializer_runs_in_each_worker_and_a_failing_one_breaks_the_pool` |
+//!
+//! Not applicable to the pool: test_map_handle_iterable_exception and its imap forms (a Rust
+//! iterator cannot raise; an item that fails to serialize is the nearest, above), test_release_task_refs
+//! and test_resource_warning (Python object lifetimes), test_worker_finalization_via_atexit_handler_of_multiprocessing
+//! (atexit in workers).
+//!
 //! Not applicable to queues: test_no_import_lock_contention (Python's import lock),
 //! test_queue_feeder_on_queue_feeder_error and test_ignore (signals) are unrelated to queues; there is no feeder
 //! thread to hook; test_joinable_queue_* pickling-by-inheritance restrictions (queues travel freely).

@@ -642,3 +642,9 @@ fn starmap_takes_pairs() {
         );
     }
 }
+
+#[test]
+fn a_pool_needs_a_worker() {
+    let e = Pool::new(0).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+}
