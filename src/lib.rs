@@ -275,8 +275,8 @@ pub use crate::error::{
     ReleaseError, SendError, TaskDoneError, Timeout, TryGetError, TryPutError, TryRecvError,
 };
 pub use crate::pool::{
-    AsyncResult, Imap, ImapUnordered, MapError, MapResult, Pool, PoolBuilder, PoolError, Progress,
-    ResultTimeoutError, TaskError,
+    AsyncResult, Imap, ImapUnordered, MapError, MapResult, Pool, PoolBuilder, PoolError, PoolMap,
+    Progress, ResultTimeoutError, TaskError,
 };
 pub use crate::process::{
     Builder, JoinTimeoutError, Process, ProcessError, ProcessInfo, StartMethod, active_children,

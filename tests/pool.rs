@@ -648,3 +648,41 @@ fn a_pool_needs_a_worker() {
     let e = Pool::new(0).unwrap_err();
     assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
 }
+
+fn new_seen() -> Vec<u64> {
+    Vec::new()
+}
+
+fn remember(seen: &mut Vec<u64>, item: u64) -> (i32, usize) {
+    seen.push(item);
+    (std::process::id() as i32, seen.len())
+}
+
+fn init_panics() -> u64 {
+    panic!("no state today")
+}
+
+fn with_state(state: &mut u64, item: u64) -> u64 {
+    *state + item
+}
+
+#[test]
+fn map_init_keeps_a_state_per_worker() {
+    for method in METHODS {
+        let p = pool(method, 2);
+        let out = p.map_init(new_seen, remember, 0..40).unwrap();
+        // Each worker's counts go 1, 2, 3, ... across its tasks: one state per worker.
+        let mut per_worker: std::collections::HashMap<i32, Vec<usize>> = Default::default();
+        for (pid, n) in out {
+            per_worker.entry(pid).or_default().push(n);
+        }
+        for (pid, counts) in &per_worker {
+            let mut sorted = counts.clone();
+            sorted.sort();
+            assert_eq!(sorted, (1..=counts.len()).collect::<Vec<_>>(), "{method:?} {pid}");
+        }
+        let e = p.map_init(init_panics, with_state, [1, 2]).unwrap_err();
+        assert!(matches!(&e.error, TaskError::Child(m) if m.contains("no state today")), "{e}");
+        assert_eq!(p.apply(square, 3), Ok(9), "{method:?}: the pool goes on");
+    }
+}

@@ -245,6 +245,7 @@ impl PoolBuilder {
                     func,
                     args,
                     count: 1,
+                    init: None,
                 },
             )
         }));
@@ -519,6 +520,7 @@ impl Pool {
                     func,
                     args,
                     count: 1,
+                    init: None,
                 };
                 self.shared.submit(&batch, vec![0], runner, chunk);
             }
@@ -641,6 +643,63 @@ impl Pool {
             _ => 1,
         };
         let it: Imap<_, (A, B), R> = Imap::new(self, tokens2(f), items, true).chunksize(chunksize);
+        collect_ordered(it.collect())
+    }
+
+    /// [`map`](Self::map) with a state per worker (rayon's `map_init`): `init()` runs once in each
+    /// worker, the first time it takes a task of this kind, and every item there is `f(&mut state,
+    /// item)`. The state stays with the worker for later calls with the same `init` (a connection,
+    /// a cache, a loaded model), and goes with it.
+    ///
+    /// # Examples
+    /// ```
+    /// fn new_counter() -> u64 {
+    ///     0
+    /// }
+    ///
+    /// fn count(seen: &mut u64, item: u32) -> (u32, u64) {
+    ///     *seen += 1;
+    ///     (item, *seen)
+    /// }
+    ///
+    /// let pool = multiprocess::Pool::new(1)?;
+    /// let out = pool.map_init(new_counter, count, [7, 8, 9])?;
+    /// assert_eq!(out, [(7, 1), (8, 2), (9, 3)]); // one worker: one state, counting
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// The first failed item, with its index (a panic in `init` fails the items of that task).
+    pub fn map_init<S, A, R, I>(
+        &self,
+        init: fn() -> S,
+        f: fn(&mut S, A) -> R,
+        items: I,
+    ) -> Result<Vec<R>, MapError>
+    where
+        S: 'static,
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+        I: IntoIterator<Item = A>,
+    {
+        let items = items.into_iter();
+        let chunksize = match items.size_hint() {
+            (lo, Some(hi)) if lo == hi => python_chunksize(lo, self.processes()),
+            _ => 1,
+        };
+        let tokens = (|| {
+            let runner =
+                Func::of(worker::runner_with_state::<S, A, R>()).map_err(|e| e.to_string())?;
+            let func = Func::of_with_state(f).map_err(|e| e.to_string())?;
+            let init = Func::of0(init).map_err(|e| e.to_string())?;
+            Ok((runner, func, init))
+        })();
+        let (tokens, init) = match tokens {
+            Ok((runner, func, init)) => (Ok((runner, func)), Some(init)),
+            Err(e) => (Err(e), None),
+        };
+        let mut it: Imap<_, A, R> = Imap::new(self, tokens, items, true).chunksize(chunksize);
+        it.feed.init = init;
         collect_ordered(it.collect())
     }
 
@@ -784,6 +843,8 @@ struct Feed<A, R> {
     tokens: Result<(Func, Func), String>,
     /// Items read so far.
     next: u64,
+    /// For `map_init`: the function that makes each worker's state.
+    init: Option<Func>,
     _f: PhantomData<fn(A) -> R>,
 }
 
@@ -794,6 +855,7 @@ impl<A: Serialize + DeserializeOwned, R: Serialize + DeserializeOwned> Feed<A, R
             batch,
             tokens,
             next: 0,
+            init: None,
             _f: PhantomData,
         }
     }
@@ -822,6 +884,7 @@ impl<A: Serialize + DeserializeOwned, R: Serialize + DeserializeOwned> Feed<A, R
                             func: func.clone(),
                             args,
                             count: indices.len() as u32,
+                            init: self.init.clone(),
                         };
                         self.shared
                             .submit(&self.batch, indices, runner.clone(), chunk);
@@ -1053,6 +1116,48 @@ fn collect_ordered<R>(results: Vec<Result<R, TaskError>>) -> Result<Vec<R>, MapE
         .map(|(index, r)| r.map_err(|error| MapError { index, error }))
         .collect()
 }
+
+/// Iterators' items through a pool's workers, in rayon's shape: `items.pool_map(&pool, f)` is
+/// [`pool.imap(f, items)`](Pool::imap), lazy, with each item's own `Result`.
+///
+/// # Examples
+/// ```
+/// use multiprocess::{Pool, PoolMap};
+///
+/// fn len(s: String) -> usize {
+///     s.len()
+/// }
+///
+/// let pool = Pool::new(2)?;
+/// let words = ["process", "pool", "queue"].map(String::from);
+/// let lens: Vec<usize> = words.into_iter().pool_map(&pool, len).map(Result::unwrap).collect();
+/// assert_eq!(lens, [7, 4, 5]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub trait PoolMap: Iterator + Sized
+where
+    Self::Item: Serialize + DeserializeOwned,
+{
+    /// Each item's `f(item)`, in input order (see [`Pool::imap`]).
+    fn pool_map<R: Serialize + DeserializeOwned>(
+        self,
+        pool: &Pool,
+        f: fn(Self::Item) -> R,
+    ) -> Imap<Self, Self::Item, R> {
+        pool.imap(f, self)
+    }
+
+    /// Each item's index and `f(item)`, as they finish (see [`Pool::imap_unordered`]).
+    fn pool_map_unordered<R: Serialize + DeserializeOwned>(
+        self,
+        pool: &Pool,
+        f: fn(Self::Item) -> R,
+    ) -> ImapUnordered<Self, Self::Item, R> {
+        pool.imap_unordered(f, self)
+    }
+}
+
+impl<I: Iterator> PoolMap for I where I::Item: Serialize + DeserializeOwned {}
 
 /// The iterator of [`Pool::imap`]: each item's result, in input order.
 #[must_use = "an Imap does nothing unless iterated"]

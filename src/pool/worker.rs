@@ -29,6 +29,8 @@ pub(crate) struct Chunk {
     /// A `Vec<A>` of `count` items, in the crate's encoding.
     pub(crate) args: ByteBuf,
     pub(crate) count: u32,
+    /// For `map_init`: the `fn() -> S` that makes the worker's state for `func`.
+    pub(crate) init: Option<Func>,
 }
 
 /// One task: a chunk and the monomorphised code that runs it ([`run_chunk`] for its `A` and `R`).
@@ -112,6 +114,56 @@ fn run_chunk<A: DeserializeOwned, R: Serialize>(chunk: Chunk) -> ByteBuf {
     }
 }
 
+/// The [`Runner`] for `fn(&mut S, A) -> R` with a state per worker made by the chunk's `init`.
+pub(crate) fn runner_with_state<S: 'static, A: DeserializeOwned, R: Serialize>() -> Runner {
+    run_chunk_with_state::<S, A, R>
+}
+
+thread_local! {
+    /// The states of `map_init` calls in this worker, by their `init` function's token.
+    static STATES: std::cell::RefCell<Vec<(i64, Box<dyn std::any::Any>)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn run_chunk_with_state<S: 'static, A: DeserializeOwned, R: Serialize>(chunk: Chunk) -> ByteBuf {
+    let n = chunk.count as usize;
+    let Some(init) = chunk.init.clone() else {
+        return all_fail(n, "a map_init task without its init function".into());
+    };
+    let (make, f) = match (
+        init.resolve0::<S>(),
+        chunk.func.resolve_with_state::<S, A, R>(),
+    ) {
+        (Ok(make), Ok(f)) => (make, f),
+        (Err(e), _) | (_, Err(e)) => return all_fail(n, e),
+    };
+    // The state is taken out while the chunk runs (an item's function could itself use a pool's
+    // state... of another call) and put back after; a panic in `init` fails the chunk.
+    let key = init.token();
+    let taken = STATES
+        .with(|s| {
+            let mut s = s.borrow_mut();
+            let at = s.iter().position(|(k, _)| *k == key)?;
+            Some(s.swap_remove(at).1)
+        })
+        .and_then(|b| b.downcast::<S>().ok());
+    let mut state = match taken {
+        Some(state) => state,
+        None => match catch_unwind(make) {
+            Ok(state) => Box::new(state),
+            Err(payload) => {
+                return all_fail(
+                    n,
+                    format!("map_init's init panicked: {}", panic_message(&*payload)),
+                );
+            }
+        },
+    };
+    let out = run_items(chunk, |a: A| f(&mut state, a));
+    STATES.with(|s| s.borrow_mut().push((key, state)));
+    out
+}
+
 fn run_chunk2<A: DeserializeOwned, B: DeserializeOwned, R: Serialize>(chunk: Chunk) -> ByteBuf {
     match chunk.func.resolve2::<A, B, R>() {
         Ok(f) => run_items(chunk, |(a, b): (A, B)| f(a, b)),
@@ -129,7 +181,10 @@ fn all_fail(n: usize, why: String) -> ByteBuf {
 /// fails that item only. The results are encoded as one `Vec<Result<R, Failure>>` (where one
 /// fails to encode, each is appended on its own: bincode writes a sequence as its length, then its
 /// items one after the other).
-fn run_items<A: DeserializeOwned, R: Serialize>(chunk: Chunk, f: impl Fn(A) -> R) -> ByteBuf {
+fn run_items<A: DeserializeOwned, R: Serialize>(
+    chunk: Chunk,
+    mut f: impl FnMut(A) -> R,
+) -> ByteBuf {
     let n = chunk.count as usize;
     let all_fail = |why: String| all_fail(n, why);
     let args: Vec<A> = match codec::decode(&chunk.args, Vec::new()) {

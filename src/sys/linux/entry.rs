@@ -126,6 +126,41 @@ impl<A, B, R> FnPtr for fn(A, B) -> R {
     }
 }
 
+impl<R> FnPtr for fn() -> R {
+    fn addr(self) -> usize {
+        self as usize
+    }
+
+    unsafe fn from_token(token: i64) -> Self {
+        // SAFETY: as for `fn(A) -> R`.
+        unsafe { std::mem::transmute::<usize, fn() -> R>(token_addr(token)) }
+    }
+}
+
+/// A `fn(&mut S, A) -> R`, wrapped so that it can be a [`FnPtr`] (whose impl for `fn(A, B) -> R`
+/// would overlap a direct one).
+struct StateFn<S, A, R>(fn(&mut S, A) -> R);
+
+impl<S, A, R> Clone for StateFn<S, A, R> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<S, A, R> Copy for StateFn<S, A, R> {}
+
+impl<S, A, R> FnPtr for StateFn<S, A, R> {
+    fn addr(self) -> usize {
+        self.0 as usize
+    }
+
+    unsafe fn from_token(token: i64) -> Self {
+        // SAFETY: as for `fn(A) -> R` (`resolve_with_state` checked the type name of the
+        // function, `fn(&mut S, A) -> R`, before this).
+        StateFn(unsafe { std::mem::transmute::<usize, fn(&mut S, A) -> R>(token_addr(token)) })
+    }
+}
+
 /// Places `$hook` (a `fn()`) in `.init_array`, so that it runs before `main` in every process of
 /// this program (see the module notes), and defines `ensure_constructor_linked()` beside it, to be
 /// called on every path that starts a child so that the linker keeps the constructor's object file.
@@ -243,6 +278,46 @@ impl Func {
             token: f.token()?,
             signature: type_of::<fn(A, B) -> R>().to_string(),
         })
+    }
+
+    /// The token of a function of no arguments.
+    pub(crate) fn of0<R>(f: fn() -> R) -> io::Result<Func> {
+        Ok(Func {
+            token: f.token()?,
+            signature: type_of::<fn() -> R>().to_string(),
+        })
+    }
+
+    /// The token of a function of a state and an item (a higher-ranked pointer type, which
+    /// `FnPtr` cannot cover beside `fn(A, B) -> R`: it goes through `StateFn`).
+    pub(crate) fn of_with_state<S, A, R>(f: fn(&mut S, A) -> R) -> io::Result<Func> {
+        Ok(Func {
+            token: StateFn(f).token()?,
+            signature: type_of::<fn(&mut S, A) -> R>().to_string(),
+        })
+    }
+
+    /// The function, if it was made for type `fn() -> R`.
+    pub(crate) fn resolve0<R>(&self) -> Result<fn() -> R, String> {
+        resolve(self.token, &self.signature)
+    }
+
+    /// The function, if it was made for type `fn(&mut S, A) -> R`.
+    pub(crate) fn resolve_with_state<S, A, R>(&self) -> Result<fn(&mut S, A) -> R, String> {
+        if self.signature != type_of::<fn(&mut S, A) -> R>() {
+            return Err(format!(
+                "child entry mismatch: expected {}, got {}",
+                type_of::<fn(&mut S, A) -> R>(),
+                self.signature
+            ));
+        }
+        let f: StateFn<S, A, R> = resolve(self.token, type_of::<StateFn<S, A, R>>())?;
+        Ok(f.0)
+    }
+
+    /// This function's token, to tell functions apart.
+    pub(crate) fn token(&self) -> i64 {
+        self.token
     }
 
     /// The function, if it was made for type `fn(A) -> R`.
