@@ -679,10 +679,101 @@ fn map_init_keeps_a_state_per_worker() {
         for (pid, counts) in &per_worker {
             let mut sorted = counts.clone();
             sorted.sort();
-            assert_eq!(sorted, (1..=counts.len()).collect::<Vec<_>>(), "{method:?} {pid}");
+            assert_eq!(
+                sorted,
+                (1..=counts.len()).collect::<Vec<_>>(),
+                "{method:?} {pid}"
+            );
         }
         let e = p.map_init(init_panics, with_state, [1, 2]).unwrap_err();
-        assert!(matches!(&e.error, TaskError::Child(m) if m.contains("no state today")), "{e}");
+        assert!(
+            matches!(&e.error, TaskError::Child(m) if m.contains("no state today")),
+            "{e}"
+        );
         assert_eq!(p.apply(square, 3), Ok(9), "{method:?}: the pool goes on");
     }
+}
+
+fn segfaults(_: u64) -> u64 {
+    // As a real fault would: std's SIGSEGV handler (stack-overflow detection) finds no guard-page
+    // hit, restores the default action and returns; the fault then happens again, and kills.
+    for _ in 0..2 {
+        rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::SEGV)
+            .unwrap();
+    }
+    0
+}
+
+#[test]
+fn a_segfaulting_worker_fails_its_task_with_the_signal() {
+    for method in METHODS {
+        let p = pool(method, 2);
+        let r = p.apply(segfaults, 0);
+        assert!(
+            matches!(
+                r,
+                Err(TaskError::WorkerDied {
+                    signal: Some(11),
+                    ..
+                })
+            ),
+            "{method:?}: {r:?}"
+        );
+        assert_eq!(p.apply(square, 2), Ok(4));
+    }
+}
+
+fn leak_mib(mib: u64) -> u64 {
+    let v = vec![1u8; (mib as usize) << 20];
+    std::mem::forget(v);
+    std::process::id() as u64
+}
+
+#[test]
+fn a_worker_past_its_memory_ceiling_is_replaced_after_its_task() {
+    for method in METHODS {
+        let p = Pool::builder()
+            .processes(1)
+            .start_method(method)
+            .max_memory_per_worker(64 << 20)
+            .build()
+            .unwrap();
+        let first = p.apply(leak_mib, 1).unwrap();
+        assert_eq!(
+            p.apply(leak_mib, 1).unwrap(),
+            first,
+            "{method:?}: under the ceiling, kept"
+        );
+        let heavy = p.apply(leak_mib, 100).unwrap();
+        assert_eq!(
+            heavy, first,
+            "the task that passed the ceiling still finishes"
+        );
+        let next = p.apply(leak_mib, 1).unwrap();
+        assert_ne!(
+            next, first,
+            "{method:?}: the worker was replaced after its task"
+        );
+    }
+}
+
+#[test]
+fn dropping_an_imap_cancels_what_has_not_started() {
+    let p = pool(StartMethod::ForkServer, 2);
+    let started = Instant::now();
+    let first: Vec<u64> = p
+        .imap(sleep_ms, std::iter::repeat_n(100, 1000))
+        .in_flight(1000)
+        .take(2)
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(first, [100, 100]);
+    // 998 tasks were submitted and not started: dropping the iterator cancelled them, so the
+    // next call waits only for what the workers had in hand.
+    assert_eq!(p.apply(square, 3), Ok(9));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
 }
