@@ -429,8 +429,29 @@ fn cancel_skips_a_waiting_task_and_kills_a_running_one() {
         assert!(eventually(|| !pid_alive(worker)));
         // The task queued behind the killed one runs on the replacement.
         assert_eq!(queued.get(), Ok(9), "{method:?}");
+        // A task waiting in a worker's own queue (handed out ahead) is skipped, not run.
+        let mark =
+            std::env::temp_dir().join(format!("mp-pool-skip-{}-{method}", std::process::id()));
+        let _ = std::fs::remove_file(&mark);
+        let busy = p.apply_async(sleep_ms, 300);
+        let ahead = p.apply_async(touch, mark.to_string_lossy().into_owned());
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(ahead.cancel());
+        assert_eq!(ahead.get(), Err(TaskError::Cancelled));
+        assert_eq!(
+            busy.get(),
+            Ok(300),
+            "{method:?}: the running task was left alone"
+        );
+        assert_eq!(p.apply(square, 2), Ok(4));
+        assert!(!mark.exists(), "{method:?}: the cancelled task ran");
+        let _ = std::fs::remove_file(&mark);
         assert!(!queued.cancel(), "an ended task cannot be cancelled");
     }
+}
+
+fn touch(path: String) {
+    std::fs::write(path, b"ran").unwrap();
 }
 
 #[test]

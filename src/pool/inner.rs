@@ -176,8 +176,6 @@ struct Entry {
     retries_left: u32,
     /// How the task ends if its worker dies: set when the pool kills the worker on purpose.
     fail_as: Option<TaskError>,
-    /// Cancelled while queued in a worker: its outcome is dropped when it comes.
-    cancelled: bool,
 }
 
 /// One worker slot.
@@ -371,7 +369,6 @@ impl Shared {
                 task: Some(Task { id, runner, chunk }),
                 retries_left: self.config.retries,
                 fail_as: None,
-                cancelled: false,
             },
         );
         batch.lock().tasks.insert(id);
@@ -442,9 +439,9 @@ impl Shared {
         cbs
     }
 
-    /// Cancels a task: not handed out yet, it is skipped; handed to a worker that has not started
-    /// it, its outcome will be dropped; running, its worker is killed (and replaced). Whether it
-    /// was cancelled (false: it had ended already).
+    /// Cancels a task: one that has not started is skipped (also when it waits in a worker's
+    /// queue); a running one has its worker killed (and replaced). Whether it was cancelled
+    /// (false: it had ended already).
     pub(crate) fn cancel(&self, id: u64) -> bool {
         let mut st = self.lock();
         if !st.table.contains_key(&id) {
@@ -457,27 +454,57 @@ impl Shared {
             run_all(cbs);
             return true;
         }
-        let running = st
-            .slots
-            .iter()
-            .find(|s| s.held.front() == Some(&id))
-            .and_then(|s| s.process.clone());
-        let entry = st.table.get_mut(&id).expect("checked above");
-        match running {
-            Some(process) => {
-                entry.fail_as = Some(TaskError::Cancelled);
-                let _ = process.kill();
-                true
-            }
-            None => {
-                entry.cancelled = true;
-                let batch = entry.batch.clone();
-                let indices = entry.indices.clone();
-                drop(st);
-                run_all(batch.fail(indices, TaskError::Cancelled));
-                true
+        // Handed to a worker: take back what it has not started (all of that is in its queue,
+        // which the pool holds a handle to), skip this task if it is among them, and put the rest
+        // back in line.
+        let Some(slot) = st.slots.iter().position(|s| s.held.contains(&id)) else {
+            return false;
+        };
+        let mut unstarted = Vec::new();
+        if let Some(q) = &st.slots[slot].tasks {
+            for msg in q.try_iter() {
+                match msg {
+                    Ok(ToWorker::Run(task)) => unstarted.push(task),
+                    Ok(ToWorker::Stop) => {
+                        let _ = q.put(ToWorker::Stop);
+                    }
+                    Err(_) => {}
+                }
             }
         }
+        let mut cbs = Vec::new();
+        let mut skipped = false;
+        let mut back = Vec::new();
+        for task in unstarted {
+            let t = task.id;
+            let items = task.chunk.count as usize;
+            let s = &mut st.slots[slot];
+            s.held.retain(|&h| h != t);
+            s.held_items = s.held_items.saturating_sub(items);
+            if t == id {
+                skipped = true;
+                cbs.extend(fail(&mut st, id, TaskError::Cancelled));
+            } else if let Some(entry) = st.table.get_mut(&t) {
+                entry.task = Some(task);
+                back.push(t);
+            }
+        }
+        for t in back.into_iter().rev() {
+            st.pending.push_front(t);
+        }
+        if !skipped {
+            // Started: its worker is killed (and replaced); the task ends as cancelled.
+            if let Some(entry) = st.table.get_mut(&id) {
+                entry.fail_as = Some(TaskError::Cancelled);
+            }
+            if let Some(p) = &st.slots[slot].process {
+                let _ = p.kill();
+            }
+        }
+        cbs.extend(self.dispatch(&mut st));
+        drop(st);
+        run_all(cbs);
+        true
     }
 
     /// Cancels those of `tasks` that no worker has been handed (a dropped `imap` or map result).
@@ -543,12 +570,10 @@ impl Shared {
                 }
                 if let Some(entry) = st.table.remove(&task) {
                     entry.batch.lock().tasks.remove(&task);
-                    if !entry.cancelled {
-                        cbs.extend(entry.batch.deliver(Piece {
-                            indices: entry.indices,
-                            body: Body::Results(results),
-                        }));
-                    }
+                    cbs.extend(entry.batch.deliver(Piece {
+                        indices: entry.indices,
+                        body: Body::Results(results),
+                    }));
                 }
             }
             FromWorker::Retiring { worker } => {
@@ -811,9 +836,6 @@ fn slot_of(st: &mut State, worker: WorkerId) -> Option<&mut Slot> {
 fn fail(st: &mut State, id: u64, e: TaskError) -> Option<Callback> {
     let entry = st.table.remove(&id)?;
     entry.batch.lock().tasks.remove(&id);
-    if entry.cancelled {
-        return None;
-    }
     entry.batch.fail(entry.indices, e)
 }
 
