@@ -808,9 +808,9 @@ impl Shared {
 
     /// Whether every worker has ended (after `close`, once the work is done).
     pub(crate) fn all_ended(st: &State) -> bool {
-        st.slots
-            .iter()
-            .all(|s| !s.alive() || (s.stopped && s.reported))
+        // Ended means handled by the collector (its process reaped and taken), not only seen by
+        // the supervisor: after `join`, no worker is listed.
+        st.slots.iter().all(|s| !s.alive())
     }
 }
 
