@@ -482,11 +482,10 @@ fn a_full_side_channel_is_full_for_try_put_and_waits_for_put() {
     assert_eq!(q.len(), n);
 }
 
-#[test]
-fn a_queue_leaves_its_log_once_a_consumer_catches_up() {
+/// One round of the scenario below; how many of the later items went to the log.
+fn items_logged_after_a_slow_start(early: u64, more: u64) -> u64 {
     // No consumer yet: the ring fills and the rest goes to the log.
     let q = small::<u64>();
-    let early = 2_000u64;
     for i in 0..early {
         q.put(i).unwrap();
     }
@@ -495,7 +494,6 @@ fn a_queue_leaves_its_log_once_a_consumer_catches_up() {
     assert!(log_before > 0, "the early items overflowed into the log");
     // Now a consumer takes everything, a little slower than the producer puts (a microsecond of
     // work per item), so that the log would never empty on its own.
-    let more = 50_000u64;
     let consumer = {
         let q = second_handle(&q);
         std::thread::spawn(move || {
@@ -512,13 +510,26 @@ fn a_queue_leaves_its_log_once_a_consumer_catches_up() {
         q.put(i).unwrap();
     }
     consumer.join().unwrap();
-    // Each u64 item takes a 32-byte log record: had the queue stayed in the log, every one of the
-    // later items would be there.
-    let logged = (s.peek_u64(O_LOG_TAIL) - log_before) / 32;
-    assert!(
-        logged < more / 2,
-        "{logged} of the {more} later items went to the log"
-    );
+    // Each u64 item takes a 32-byte log record.
+    (s.peek_u64(O_LOG_TAIL) - log_before) / 32
+}
+
+#[test]
+fn a_queue_leaves_its_log_once_a_consumer_catches_up() {
+    // Had the queue stayed in the log, about three quarters of the later items would be there in
+    // every round (37 500 of 50 000 without the drain wait). A consumer thread descheduled for
+    // longer than the producer's 200 µs look (the other tests share two CPUs) sends some items to
+    // the log legitimately, so the round may be repeated: the old behaviour fails every round.
+    let more = 50_000u64;
+    let mut rounds = Vec::new();
+    for _ in 0..3 {
+        let logged = items_logged_after_a_slow_start(2_000, more);
+        rounds.push(logged);
+        if logged < more / 2 {
+            return;
+        }
+    }
+    panic!("items of the {more} later ones that went to the log, by round: {rounds:?}");
 }
 
 /// The fuzz targets' entry points, on a few inputs each: they are compiled and run with every test
