@@ -1,5 +1,5 @@
-//! Processes that run your own functions, pipes and queues between them, shared memory and locks (and,
-//! in later parts, pools and managers): Python's `multiprocessing`, for Rust.
+//! Processes that run your own functions, pipes and queues between them, shared memory and locks,
+//! pools of workers (and, in later parts, managers): Python's `multiprocessing`, for Rust.
 //!
 //! The sections below walk through the crate in the order a program meets it; each has an example
 //! that runs (they are the crate's doctests). `cargo run --release --example tour` walks the same
@@ -216,11 +216,46 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! # Pools
+//! [`Pool`] farms calls of a function out to worker processes, as Python's `Pool`: [`apply`]
+//! and [`apply_async`] for one call, [`map`], [`map_results`], [`starmap`], [`map_init`] and
+//! [`map_async`] for many, [`imap`] and [`imap_unordered`] for a lazy input (an endless one is
+//! fine), or `items.pool_map(&pool, f)` ([`PoolMap`]). Every item has its own outcome: a panic, a
+//! value that does not serialize, a worker killed in the middle fail that item (or that task) alone,
+//! with a [`TaskError`] that says which, and a dead worker is replaced.
+//! ```
+//! use multiprocess::{Pool, TaskError};
+//!
+//! fn parse(s: String) -> u32 {
+//!     s.parse().expect("not a number")
+//! }
+//!
+//! let pool = Pool::new(2)?;
+//! let words = ["1", "22", "x", "333"].map(String::from);
+//! let parsed = pool.map_results(parse, words);
+//! assert_eq!(parsed[1], Ok(22));
+//! assert!(matches!(&parsed[2], Err(TaskError::Panicked { message }) if message.starts_with("not a number")));
+//! assert_eq!(parsed[3], Ok(333));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! [`apply`]: Pool::apply
+//! [`apply_async`]: Pool::apply_async
+//! [`map`]: Pool::map
+//! [`map_results`]: Pool::map_results
+//! [`starmap`]: Pool::starmap
+//! [`map_init`]: Pool::map_init
+//! [`map_async`]: Pool::map_async
+//! [`imap`]: Pool::imap
+//! [`imap_unordered`]: Pool::imap_unordered
+//!
 //! # Optional features
 //! - `tracing`: events (target `multiprocess`) for what the crate does on its own behalf (a lock
 //!   taken over from a dead holder, a fork server replaced, a queue repaired after a dead producer or
 //!   consumer, corrupt shared state) and for errors it has nobody to return to. Without the feature
 //!   they compile to nothing.
+//! - `progress`: a progress bar (indicatif) on stderr for a pool's maps that run longer than a
+//!   second, when stderr is a terminal.
 //! - `fuzzing`: entry points for the fuzz targets in `fuzz/`; not part of the API.
 //!
 //! # Caveats

@@ -160,7 +160,7 @@ pub struct Progress {
 /// A pool of worker processes (Python's `multiprocessing.Pool`).
 ///
 /// Workers run plain `fn(A) -> R` functions of this program, with serde `A` and `R`, as
-/// [`Process`] does. A failing item never hides the others: every item has its own
+/// [`Process`](crate::Process) does. A failing item never hides the others: every item has its own
 /// `Result<R, TaskError>`, and a worker that dies (killed, aborted, out of memory) fails exactly
 /// the tasks it held and is replaced.
 ///
