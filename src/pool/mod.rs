@@ -448,6 +448,14 @@ impl Pool {
         self.shared.config.processes
     }
 
+    /// Python's chunk size for an input whose length is known, else 1.
+    fn default_chunksize(&self, size_hint: (usize, Option<usize>)) -> usize {
+        match size_hint {
+            (lo, Some(hi)) if lo == hi => python_chunksize(lo, self.processes()),
+            _ => 1,
+        }
+    }
+
     /// The pids of the live workers, by slot (a slot whose worker is being replaced is left out).
     pub fn worker_pids(&self) -> Vec<i32> {
         self.shared.pids()
@@ -607,10 +615,7 @@ impl Pool {
         I: IntoIterator<Item = A>,
     {
         let items = items.into_iter();
-        let chunksize = match items.size_hint() {
-            (lo, Some(hi)) if lo == hi => python_chunksize(lo, self.processes()),
-            _ => 1,
-        };
+        let chunksize = self.default_chunksize(items.size_hint());
         self.imap(f, items).chunksize(chunksize)
     }
 
@@ -638,10 +643,7 @@ impl Pool {
         I: IntoIterator<Item = (A, B)>,
     {
         let items = items.into_iter();
-        let chunksize = match items.size_hint() {
-            (lo, Some(hi)) if lo == hi => python_chunksize(lo, self.processes()),
-            _ => 1,
-        };
+        let chunksize = self.default_chunksize(items.size_hint());
         let it: Imap<_, (A, B), R> = Imap::new(self, tokens2(f), items, true).chunksize(chunksize);
         collect_ordered(it.collect())
     }
@@ -683,10 +685,7 @@ impl Pool {
         I: IntoIterator<Item = A>,
     {
         let items = items.into_iter();
-        let chunksize = match items.size_hint() {
-            (lo, Some(hi)) if lo == hi => python_chunksize(lo, self.processes()),
-            _ => 1,
-        };
+        let chunksize = self.default_chunksize(items.size_hint());
         let tokens = (|| {
             let runner =
                 Func::of(worker::runner_with_state::<S, A, R>()).map_err(|e| e.to_string())?;

@@ -293,11 +293,7 @@ pub(crate) fn worker_main(args: WorkerArgs) {
         };
         let outcomes = match task.runner.resolve::<Chunk, ByteBuf>() {
             Ok(run) => run(task.chunk),
-            Err(e) => {
-                let v: Vec<Result<(), Failure>> =
-                    vec![Err(Failure::Child(e)); task.chunk.count as usize];
-                ByteBuf::from(codec::encode(&v).map(|(b, _)| b).unwrap_or_default())
-            }
+            Err(e) => all_fail(task.chunk.count as usize, e),
         };
         tell(FromWorker::Done {
             worker: id,
