@@ -472,7 +472,9 @@ impl Pool {
 
     /// [`apply_async`](Self::apply_async) with a callback, run in the pool's collector thread in
     /// this process when the result is ready, with the result or the error (Python's `callback`
-    /// and `error_callback` in one). It should be quick: results wait behind it.
+    /// and `error_callback` in one). It should be quick: results wait behind it. It must not wait
+    /// for this pool (an `apply`, a `get`, a `join` inside it would wait for the thread it runs on)
+    /// nor drop the pool's last handle.
     ///
     /// # Examples
     /// ```
