@@ -83,11 +83,7 @@ fn spawn_with_few_descriptors(m: StartMethod) -> (usize, usize, Vec<String>) {
     // The limit bounds descriptor *numbers*, and a new descriptor takes the lowest free one: fill
     // the holes that other tests' closed descriptors left in the table (this child was forked from
     // a threaded test process), so that `spare` is exactly what is left under the limit.
-    let highest = std::fs::read_dir("/proc/self/fd")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
-        .max()
-        .unwrap();
+    let highest = common::highest_open_fd();
     let mut fillers = Vec::new();
     loop {
         let f = std::fs::File::open("/dev/null").unwrap();
@@ -451,11 +447,7 @@ fn terminate_at_once() {
 fn construct_at_the_limit(_: ()) -> Vec<String> {
     use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
     let old = getrlimit(Resource::Nofile);
-    let highest = std::fs::read_dir("/proc/self/fd")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
-        .max()
-        .unwrap();
+    let highest = common::highest_open_fd();
     let limit = Rlimit {
         current: Some(highest + 1),
         maximum: old.maximum,

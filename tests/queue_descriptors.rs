@@ -111,11 +111,7 @@ fn items_with_and_without_descriptors_keep_their_order_between_processes() {
 fn take_at_the_limit(q: Queue<Option<Connection>>) -> (String, bool) {
     use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
     let old = getrlimit(Resource::Nofile);
-    let highest = std::fs::read_dir("/proc/self/fd")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
-        .max()
-        .unwrap();
+    let highest = common::highest_open_fd();
     setrlimit(
         Resource::Nofile,
         Rlimit {

@@ -85,7 +85,7 @@ impl Python {
     /// Runs `bench_mp.py FIGURE [extra...] --warmup W --samples S --ops N` and returns its median time
     /// per operation in `unit`; `n/a` (with the reason) when Python is missing or the script fails.
     pub(crate) fn measure(&self, figure: &str, extra: &[String], plan: Plan, unit: Unit) -> Cell {
-        self.measure_reduced(figure, extra, plan, unit, |s| median(s))
+        self.measure_reduced(figure, extra, plan, unit, median)
     }
 
     /// [`measure`](Self::measure), reduced to the slowest batch (see `Plan::run_slowest`).

@@ -6,6 +6,7 @@
 
 use super::TaskError;
 use super::worker::{self, Chunk, FromWorker, Task, ToWorker, WorkerArgs, WorkerId};
+use crate::error::Timeout;
 use crate::process::{Process, ProcessError, StartMethod};
 use crate::queue::Queue;
 use crate::sys::entry::Func;
@@ -145,6 +146,24 @@ impl Batch {
 }
 
 impl Batch {
+    /// Waits until every item has its outcome, at most `timeout` when one is given (a timeout too
+    /// large to be a deadline waits as long as it takes).
+    pub(crate) fn wait_complete(&self, timeout: Option<Duration>) -> Result<(), Timeout> {
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        let (guard, complete) = self.wait_until(deadline, |s| s.is_complete());
+        drop(guard);
+        complete.then_some(()).ok_or(Timeout)
+    }
+
+    /// How many items are done, of how many.
+    pub(crate) fn progress(&self) -> super::Progress {
+        let s = self.lock();
+        super::Progress {
+            done: s.done,
+            total: s.total,
+        }
+    }
+
     /// The input has ended after `total` items; the completion callback, if that completed it.
     pub(crate) fn set_total(&self, total: u64) -> Option<Callback> {
         let mut s = self.lock();

@@ -52,7 +52,7 @@ use std::marker::PhantomData;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use thiserror::Error;
 use worker::Chunk;
 
@@ -959,7 +959,7 @@ impl<R: DeserializeOwned> AsyncResult<R> {
 
     /// Waits until the result is ready.
     pub fn wait(&self) {
-        drop(self.batch.wait_until(None, |s| s.is_complete()));
+        let _ = self.batch.wait_complete(None);
     }
 
     /// Waits at most `timeout` until the result is ready.
@@ -967,10 +967,7 @@ impl<R: DeserializeOwned> AsyncResult<R> {
     /// # Errors
     /// [`Timeout`] if it is not.
     pub fn wait_timeout(&self, timeout: Duration) -> Result<(), Timeout> {
-        let deadline = Instant::now().checked_add(timeout);
-        let (guard, ok) = self.batch.wait_until(deadline, |s| s.is_complete());
-        drop(guard);
-        ok.then_some(()).ok_or(Timeout)
+        self.batch.wait_complete(Some(timeout))
     }
 
     /// Whether the result is ready.
@@ -1053,7 +1050,7 @@ impl<R: DeserializeOwned> MapResult<R> {
 
     /// Waits until every item has its outcome.
     pub fn wait(&self) {
-        drop(self.batch.wait_until(None, |s| s.is_complete()));
+        let _ = self.batch.wait_complete(None);
     }
 
     /// Waits at most `timeout` until every item has its outcome.
@@ -1061,10 +1058,7 @@ impl<R: DeserializeOwned> MapResult<R> {
     /// # Errors
     /// [`Timeout`] if some have not.
     pub fn wait_timeout(&self, timeout: Duration) -> Result<(), Timeout> {
-        let deadline = Instant::now().checked_add(timeout);
-        let (guard, ok) = self.batch.wait_until(deadline, |s| s.is_complete());
-        drop(guard);
-        ok.then_some(()).ok_or(Timeout)
+        self.batch.wait_complete(Some(timeout))
     }
 
     /// Whether every item has its outcome.
@@ -1074,11 +1068,7 @@ impl<R: DeserializeOwned> MapResult<R> {
 
     /// How many items are done, of how many.
     pub fn progress(&self) -> Progress {
-        let s = self.batch.lock();
-        Progress {
-            done: s.done,
-            total: s.total,
-        }
+        self.batch.progress()
     }
 
     /// Cancels every task of the map that has not ended (see [`AsyncResult::cancel`]); how many.
@@ -1211,11 +1201,7 @@ where
 
     /// How many items are done, of how many (the total is known once the input has ended).
     pub fn progress(&self) -> Progress {
-        let s = self.feed.batch.lock();
-        Progress {
-            done: s.done,
-            total: s.total,
-        }
+        self.feed.batch.progress()
     }
 
     fn top_up(&mut self) {

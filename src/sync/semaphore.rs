@@ -175,16 +175,20 @@ impl Counter {
         }
     }
 
-    fn try_acquire(&self) -> bool {
-        self.core().try_acquire()
+    fn try_acquire(&self) -> Option<SemaphorePermit<'_>> {
+        self.core().try_acquire().then(|| self.permit())
     }
 
-    fn acquire(&self, wait: Wait) -> bool {
-        self.core().acquire(wait)
+    fn acquire(&self) -> SemaphorePermit<'_> {
+        self.core().acquire(Wait::Forever);
+        self.permit()
     }
 
-    fn acquire_timeout(&self, timeout: Duration) -> bool {
-        self.acquire(Wait::timeout(timeout))
+    fn acquire_timeout(&self, timeout: Duration) -> Result<SemaphorePermit<'_>, Timeout> {
+        match self.core().acquire(Wait::timeout(timeout)) {
+            true => Ok(self.permit()),
+            false => Err(Timeout),
+        }
     }
 
     fn release(&self) -> Result<(), ReleaseError> {
@@ -338,8 +342,7 @@ impl Semaphore {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn acquire(&self) -> SemaphorePermit<'_> {
-        self.counter.acquire(Wait::Forever);
-        self.counter.permit()
+        self.counter.acquire()
     }
 
     /// Takes a slot if one is free right now.
@@ -354,7 +357,7 @@ impl Semaphore {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn try_acquire(&self) -> Option<SemaphorePermit<'_>> {
-        self.counter.try_acquire().then(|| self.counter.permit())
+        self.counter.try_acquire()
     }
 
     /// Takes a slot, waiting at most `timeout` for one; [`Timeout`] if none came. A `timeout` too
@@ -372,11 +375,7 @@ impl Semaphore {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn acquire_timeout(&self, timeout: Duration) -> Result<SemaphorePermit<'_>, Timeout> {
-        if self.counter.acquire_timeout(timeout) {
-            Ok(self.counter.permit())
-        } else {
-            Err(Timeout)
-        }
+        self.counter.acquire_timeout(timeout)
     }
 
     /// Gives a slot back, waking one waiting process if there is one. Any process may release,
@@ -470,8 +469,7 @@ impl BoundedSemaphore {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn acquire(&self) -> SemaphorePermit<'_> {
-        self.counter.acquire(Wait::Forever);
-        self.counter.permit()
+        self.counter.acquire()
     }
 
     /// Takes a slot if one is free right now.
@@ -484,7 +482,7 @@ impl BoundedSemaphore {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn try_acquire(&self) -> Option<SemaphorePermit<'_>> {
-        self.counter.try_acquire().then(|| self.counter.permit())
+        self.counter.try_acquire()
     }
 
     /// Takes a slot, waiting at most `timeout` for one; [`Timeout`] if none came. A `timeout` too
@@ -499,11 +497,7 @@ impl BoundedSemaphore {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn acquire_timeout(&self, timeout: Duration) -> Result<SemaphorePermit<'_>, Timeout> {
-        if self.counter.acquire_timeout(timeout) {
-            Ok(self.counter.permit())
-        } else {
-            Err(Timeout)
-        }
+        self.counter.acquire_timeout(timeout)
     }
 
     /// Gives a slot back, waking one waiting process if there is one. Any process may release.

@@ -100,3 +100,12 @@ pub fn forkserver_pid() -> Option<i32> {
         (is_server && state != "Z").then_some(pid)
     })
 }
+
+/// The highest descriptor number open in this process.
+pub fn highest_open_fd() -> u64 {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+        .max()
+        .unwrap()
+}
