@@ -7,6 +7,7 @@
 use super::TaskError;
 use super::worker::{self, Chunk, FromWorker, Task, ToWorker, WorkerArgs, WorkerId};
 use crate::error::Timeout;
+use crate::error::TryGetError;
 use crate::process::{Process, ProcessError, StartMethod};
 use crate::queue::Queue;
 use crate::sys::entry::Func;
@@ -32,6 +33,9 @@ pub(crate) struct Config {
     /// Tasks handed to a worker ahead of the one it runs.
     pub(crate) prefetch: usize,
 }
+
+/// The most messages the collector handles under one lock.
+const COLLECT_AT_ONCE: usize = 64;
 
 /// How long the supervisor sleeps at most between looks at the workers it watches (new workers
 /// join its watch at its next look; an ended one is seen at once).
@@ -94,17 +98,28 @@ impl Batch {
 
     /// Records a piece; the completion callback, if this completed the batch.
     pub(crate) fn deliver(&self, piece: Piece) -> Option<Callback> {
-        let &first = piece.indices.first()?;
+        let (cb, wake) = self.record(piece);
+        if wake {
+            self.wake();
+        }
+        cb
+    }
+
+    /// Records a piece without waking its waiters: the completion callback, if this completed the
+    /// batch, and whether somebody waits (to be woken with [`Batch::wake`]).
+    fn record(&self, piece: Piece) -> (Option<Callback>, bool) {
+        let Some(&first) = piece.indices.first() else {
+            return (None, false);
+        };
         let mut s = self.lock();
         s.done += piece.indices.len() as u64;
         s.ready.insert(first, piece);
         let cb = s.is_complete().then(|| s.on_complete.take()).flatten();
-        let wake = s.waiters > 0;
-        drop(s);
-        if wake {
-            self.cond.notify_all();
-        }
-        cb
+        (cb, s.waiters > 0)
+    }
+
+    fn wake(&self) {
+        self.cond.notify_all();
     }
 
     /// Gives the items at `indices` the error `e`.
@@ -366,6 +381,20 @@ impl Shared {
 
     /// Adds a task to the pending list (or fails it at once if nothing can run it).
     pub(crate) fn submit(&self, batch: &Arc<Batch>, indices: Vec<u64>, runner: Func, chunk: Chunk) {
+        self.submit_many(batch, &runner, vec![(indices, chunk)]);
+    }
+
+    /// Adds tasks of one batch and runner to the pending list under one lock, with one round of
+    /// dispatch (or fails them at once if nothing can run them).
+    pub(crate) fn submit_many(
+        &self,
+        batch: &Arc<Batch>,
+        runner: &Func,
+        tasks: Vec<(Vec<u64>, Chunk)>,
+    ) {
+        if tasks.is_empty() {
+            return;
+        }
         let mut st = self.lock();
         let refuse = match (&st.broken, st.phase) {
             (Some(e), _) => Some(e.clone()),
@@ -375,23 +404,35 @@ impl Shared {
         };
         if let Some(e) = refuse {
             drop(st);
-            run_all(batch.fail(indices, e));
+            for (indices, _) in tasks {
+                run_all(batch.fail(indices, e.clone()));
+            }
             return;
         }
-        let id = st.next_task;
-        st.next_task += 1;
-        st.table.insert(
-            id,
-            Entry {
-                batch: batch.clone(),
-                indices,
-                task: Some(Task { id, runner, chunk }),
-                retries_left: self.config.retries,
-                fail_as: None,
-            },
-        );
-        batch.lock().tasks.insert(id);
-        st.pending.push_back(id);
+        {
+            let mut b = batch.lock();
+            for (indices, chunk) in tasks {
+                let id = st.next_task;
+                st.next_task += 1;
+                let task = Task {
+                    id,
+                    runner: runner.clone(),
+                    chunk,
+                };
+                st.table.insert(
+                    id,
+                    Entry {
+                        batch: batch.clone(),
+                        indices,
+                        task: Some(task),
+                        retries_left: self.config.retries,
+                        fail_as: None,
+                    },
+                );
+                b.tasks.insert(id);
+                st.pending.push_back(id);
+            }
+        }
         let cbs = self.dispatch(&mut st);
         drop(st);
         run_all(cbs);
@@ -541,10 +582,16 @@ impl Shared {
     }
 
     /// The collector: takes every message from the workers and the supervisor, in order.
+    ///
+    /// It takes what has arrived in one go (up to [`COLLECT_AT_ONCE`] messages) and handles it
+    /// under one lock, with one round of dispatch and one wake-up per batch: with quick tasks,
+    /// results arrive faster than a thread wakes, and a lock, a dispatch and a wake-up per result
+    /// would cost more than the tasks.
     pub(crate) fn collect(self: &Arc<Shared>) {
+        let mut msgs = Vec::with_capacity(COLLECT_AT_ONCE);
         loop {
-            let msg = match self.results.get() {
-                Ok(m) => m,
+            match self.results.get() {
+                Ok(m) => msgs.push(m),
                 Err(e) => {
                     crate::trace::event!(error, "a pool's result queue failed: {e}");
                     std::thread::sleep(Duration::from_millis(10));
@@ -553,69 +600,90 @@ impl Shared {
                     }
                     continue;
                 }
-            };
+            }
+            while msgs.len() < COLLECT_AT_ONCE {
+                match self.results.try_get() {
+                    Ok(m) => msgs.push(m),
+                    Err(TryGetError::Empty) => break,
+                    Err(e) => {
+                        crate::trace::event!(error, "a pool's result queue failed: {e}");
+                        break;
+                    }
+                }
+            }
             if self.stop.load(Ordering::Acquire) {
                 return;
             }
-            let cbs = self.handle(msg);
+            let cbs = self.handle(msgs.drain(..));
             run_all(cbs);
         }
     }
 
-    fn handle(&self, msg: FromWorker) -> Vec<Callback> {
+    fn handle(&self, msgs: impl Iterator<Item = FromWorker>) -> Vec<Callback> {
         let mut st = self.lock();
         let mut cbs = Vec::new();
         let mut ended = false;
-        match msg {
-            FromWorker::Done {
-                worker,
-                task,
-                results,
-            } => {
-                if let Some(s) = slot_of(&mut st, worker)
-                    && let Some(at) = s.held.iter().position(|&t| t == task)
-                {
-                    s.held.remove(at);
-                    if at == 0 {
-                        let took = s.head_since.elapsed();
-                        s.task_time = (s.task_time * 3 + took) / 4;
+        // Batches with waiters to wake once all is recorded (a few: a linear search is cheapest).
+        let mut woken: Vec<Arc<Batch>> = Vec::new();
+        for msg in msgs {
+            match msg {
+                FromWorker::Done {
+                    worker,
+                    task,
+                    results,
+                } => {
+                    if let Some(s) = slot_of(&mut st, worker)
+                        && let Some(at) = s.held.iter().position(|&t| t == task)
+                    {
+                        s.held.remove(at);
+                        if at == 0 {
+                            let took = s.head_since.elapsed();
+                            s.task_time = (s.task_time * 3 + took) / 4;
+                        }
+                        let items = st.table.get(&task).map_or(0, |e| e.indices.len());
+                        let s = slot_of(&mut st, worker).expect("found above");
+                        s.held_items = s.held_items.saturating_sub(items);
+                        if at == 0 {
+                            s.head_since = Instant::now();
+                        }
                     }
-                    let items = st.table.get(&task).map_or(0, |e| e.indices.len());
-                    let s = slot_of(&mut st, worker).expect("found above");
-                    s.held_items = s.held_items.saturating_sub(items);
-                    if at == 0 {
-                        s.head_since = Instant::now();
+                    if let Some(entry) = st.table.remove(&task) {
+                        entry.batch.lock().tasks.remove(&task);
+                        let (cb, wake) = entry.batch.record(Piece {
+                            indices: entry.indices,
+                            body: Body::Results(results),
+                        });
+                        cbs.extend(cb);
+                        if wake && !woken.iter().any(|b| Arc::ptr_eq(b, &entry.batch)) {
+                            woken.push(entry.batch);
+                        }
                     }
                 }
-                if let Some(entry) = st.table.remove(&task) {
-                    entry.batch.lock().tasks.remove(&task);
-                    cbs.extend(entry.batch.deliver(Piece {
-                        indices: entry.indices,
-                        body: Body::Results(results),
-                    }));
+                FromWorker::Retiring { worker } => {
+                    if let Some(s) = slot_of(&mut st, worker) {
+                        s.retiring = true;
+                    }
                 }
-            }
-            FromWorker::Retiring { worker } => {
-                if let Some(s) = slot_of(&mut st, worker) {
-                    s.retiring = true;
+                FromWorker::InitFailed { worker, message } => {
+                    if let Some(s) = slot_of(&mut st, worker) {
+                        s.retiring = true;
+                    }
+                    let e = TaskError::Initializer(message);
+                    st.broken = Some(e.clone());
+                    cbs.extend(fail_everything(&mut st, e));
                 }
-            }
-            FromWorker::InitFailed { worker, message } => {
-                if let Some(s) = slot_of(&mut st, worker) {
-                    s.retiring = true;
+                FromWorker::Ended { worker } => {
+                    cbs.extend(self.ended(&mut st, worker));
+                    ended = true;
                 }
-                let e = TaskError::Initializer(message);
-                st.broken = Some(e.clone());
-                cbs.extend(fail_everything(&mut st, e));
+                FromWorker::Wake => {}
             }
-            FromWorker::Ended { worker } => {
-                cbs.extend(self.ended(&mut st, worker));
-                ended = true;
-            }
-            FromWorker::Wake => {}
         }
         cbs.extend(self.dispatch(&mut st));
         drop(st);
+        for b in woken {
+            b.wake();
+        }
         if ended {
             self.changed.notify_all(); // for `join`
         }
