@@ -83,6 +83,19 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], fds: Vec<OwnedFd>) -> Re
     value.map_err(|e| e.to_string())
 }
 
+/// [`decode`] through a seed (no descriptors): for decoding straight into a caller's buffer.
+pub(crate) fn decode_seed<'de, S: serde::de::DeserializeSeed<'de>>(
+    bytes: &'de [u8],
+    seed: S,
+) -> Result<S::Value, String> {
+    let _ = INCOMING.try_with(|i| i.borrow_mut().push(Vec::new()));
+    let value = options()
+        .with_limit(bytes.len() as u64)
+        .deserialize_seed(seed, bytes);
+    let _ = INCOMING.try_with(|i| i.borrow_mut().pop());
+    value.map_err(|e| e.to_string())
+}
+
 /// Called by `Serialize` impls of descriptor-owning objects: registers `fd` for the message being
 /// encoded and returns its index, or `None` when no encode of this crate is running.
 pub(crate) fn push_fd(fd: BorrowedFd<'_>) -> Option<u32> {

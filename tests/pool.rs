@@ -596,6 +596,33 @@ fn map_reports_the_first_failed_item_with_its_index() {
 }
 
 #[test]
+fn map_keeps_input_order_over_many_tasks_and_reports_the_earliest_failure() {
+    for method in METHODS {
+        let p = pool(method, 2);
+        let n = 20_000u64;
+        let want: Vec<u64> = (0..n).map(square).collect();
+        assert_eq!(p.map(square, 0..n).unwrap(), want, "{method:?}");
+        assert_eq!(
+            p.starmap(u64::wrapping_add, (0..n).map(|i| (i, i)))
+                .unwrap()
+                .len(),
+            n as usize
+        );
+        // A panic late in the input, and an item that fails to serialize earlier, inside a task (a
+        // gap in that task's indices): the earlier one is the error, and every item still ran.
+        let items = (0..1000u64).map(|i| if i == 900 { 3 } else { 5 });
+        let e = p.map(panics_on_3, items).unwrap_err();
+        assert_eq!(e.index, 900, "{method:?}: {e}");
+        let picky = (0..100).map(|i| Picky(if i == 37 { 1 } else { 2 * i })); // tasks of 13
+        let e = p.map(picky_identity, picky).unwrap_err();
+        assert_eq!(e.index, 37, "{method:?}: {e}");
+        assert!(matches!(e.error, TaskError::Encode(_)), "{e}");
+        // The pool goes on after both.
+        assert_eq!(p.map(square, [4, 5]).unwrap(), [16, 25]);
+    }
+}
+
+#[test]
 #[ignore = "run by an_interrupted_or_killed_parent_leaves_no_worker_behind"]
 fn helper_a_long_map() {
     let p = pool(StartMethod::ForkServer, 2);

@@ -38,7 +38,9 @@
 //! in one go: a caller submits the tasks it has read under one lock of the pool (one round of
 //! dispatch for all), and the collector takes every message that has arrived (up to 64) under one
 //! lock, with one round of dispatch and one wake-up per waiting batch. No message carries more than
-//! one task, so what a worker held when it died, or was killed on purpose, stays exact.
+//! one task, so what a worker held when it died, or was killed on purpose, stays exact. With large
+//! tasks the cost is per item, so `map` decodes each task's results straight into its output
+//! vector, in order, instead of handing them through an item at a time.
 //!
 //! # The seam
 //! The pool talks to its workers only through the two message types in `worker.rs`; a second
@@ -53,8 +55,8 @@ use crate::error::Timeout;
 use crate::process::StartMethod;
 use crate::sys::entry::Func;
 use inner::{Batch, Body, Config, Phase, Piece, Shared};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
+use serde::de::{DeserializeOwned, DeserializeSeed, Deserializer, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
@@ -416,6 +418,49 @@ fn decode_piece<R: DeserializeOwned>(piece: Piece) -> Vec<(u64, Result<R, TaskEr
     }
 }
 
+/// Decodes a task's `Vec<Result<R, Failure>>` onto the end of `out` (until the first error, which
+/// goes to `error` with its index); the number of results seen.
+struct AppendOk<'a, R> {
+    out: &'a mut Vec<R>,
+    /// The index of the first result.
+    first: u64,
+    error: &'a mut Option<MapError>,
+}
+
+impl<'de, R: Deserialize<'de>> DeserializeSeed<'de> for AppendOk<'_, R> {
+    type Value = u64;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<u64, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de, R: Deserialize<'de>> Visitor<'de> for AppendOk<'_, R> {
+    type Value = u64;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a task's results")
+    }
+
+    fn visit_seq<S: SeqAccess<'de>>(self, mut seq: S) -> Result<u64, S::Error> {
+        let mut seen = 0;
+        while let Some(r) = seq.next_element::<Result<R, worker::Failure>>()? {
+            match r {
+                Ok(v) if self.error.is_none() => self.out.push(v),
+                Ok(_) => {}
+                Err(f) => {
+                    self.error.get_or_insert(MapError {
+                        index: (self.first + seen) as usize,
+                        error: task_error(f),
+                    });
+                }
+            }
+            seen += 1;
+        }
+        Ok(seen)
+    }
+}
+
 fn task_error(f: worker::Failure) -> TaskError {
     match f {
         worker::Failure::Panicked(message) => TaskError::Panicked { message },
@@ -579,18 +624,7 @@ impl Pool {
         R: Serialize + DeserializeOwned,
         I: IntoIterator<Item = A>,
     {
-        let mut out = Vec::new();
-        let mut first_error = None;
-        for (index, r) in self.map_iter(f, items).enumerate() {
-            match r {
-                Ok(v) if first_error.is_none() => out.push(v),
-                Ok(_) => {}
-                Err(error) => {
-                    first_error.get_or_insert(MapError { index, error });
-                }
-            }
-        }
-        first_error.map_or(Ok(out), Err)
+        self.map_iter(f, items).collect_ordered()
     }
 
     /// [`map`](Self::map), with every item's own `Result`: a failing item never hides the others.
@@ -657,7 +691,7 @@ impl Pool {
         let items = items.into_iter();
         let chunksize = self.default_chunksize(items.size_hint());
         let it: Imap<_, (A, B), R> = Imap::new(self, tokens2(f), items, true).chunksize(chunksize);
-        collect_ordered(it.collect())
+        it.collect_ordered()
     }
 
     /// [`map`](Self::map) with a state per worker (rayon's `map_init`): `init()` runs once in each
@@ -711,7 +745,7 @@ impl Pool {
         };
         let mut it: Imap<_, A, R> = Imap::new(self, tokens, items, true).chunksize(chunksize);
         it.feed.init = init;
-        collect_ordered(it.collect())
+        it.collect_ordered()
     }
 
     /// Submits `f` over every item and returns at once (Python's `map_async`); the input is read
@@ -1271,6 +1305,92 @@ where
             for (first, piece) in pieces {
                 self.decoded.insert(first, decode_piece(piece).into());
             }
+        }
+    }
+
+    /// Every item's result in input order, or the first failed item with its index (once every
+    /// item has ended, as Python's `map`): what `map` returns.
+    ///
+    /// The same walk as iterating, without an item at a time: a task's results are decoded straight
+    /// into the output (a trivial function's items cost less than their bookkeeping would).
+    fn collect_ordered(mut self) -> Result<Vec<R>, MapError> {
+        debug_assert!(self.ordered);
+        let mut out: Vec<R> = Vec::new();
+        let mut first_error: Option<MapError> = None;
+        // Pieces taken from the batch that are not next yet, by their first index.
+        let mut waiting: BTreeMap<u64, Piece> = BTreeMap::new();
+        loop {
+            // The next items: a whole task's results (indices without a gap), else one at a time
+            // through the general path (a piece with a gap, an error for all, a task still held).
+            loop {
+                if let Some(item) = self.take_decoded() {
+                    self.yielded += 1;
+                    match item.1 {
+                        Ok(v) if first_error.is_none() => out.push(v),
+                        Ok(_) => {}
+                        Err(error) => {
+                            first_error.get_or_insert(MapError {
+                                index: item.0 as usize,
+                                error,
+                            });
+                        }
+                    }
+                    continue;
+                }
+                let Some(entry) = waiting.first_entry() else {
+                    break;
+                };
+                if *entry.key() != self.yielded {
+                    break;
+                }
+                let piece = entry.remove();
+                let n = piece.indices.len() as u64;
+                let whole = piece.indices.last() == Some(&(self.yielded + n - 1));
+                match piece.body {
+                    Body::Results(bytes) if whole && first_error.is_none() => {
+                        out.reserve(n as usize);
+                        let seed = AppendOk {
+                            out: &mut out,
+                            first: self.yielded,
+                            error: &mut first_error,
+                        };
+                        let seen = match codec::decode_seed(&bytes, seed) {
+                            Ok(seen) if seen == n => Ok(()),
+                            Ok(seen) => {
+                                Err(TaskError::Decode(format!("{seen} results for {n} items")))
+                            }
+                            Err(e) => Err(TaskError::Decode(e)),
+                        };
+                        if let Err(error) = seen {
+                            // A worker's reply that does not decode: the first of its items that
+                            // has no result is the error (at worst the whole task).
+                            let index = out.len().max(self.yielded as usize);
+                            first_error.get_or_insert(MapError { index, error });
+                        }
+                        self.yielded += n;
+                    }
+                    // After an error nothing more is decoded; the items are only counted.
+                    _ if whole && first_error.is_some() => self.yielded += n,
+                    body => {
+                        let piece = Piece {
+                            indices: piece.indices,
+                            body,
+                        };
+                        let first = self.yielded;
+                        self.decoded.insert(first, decode_piece(piece).into());
+                    }
+                }
+                let total = self.input_done.then_some(self.feed.next);
+                self.bar.update(self.yielded, total);
+            }
+            self.top_up();
+            if self.input_done && self.yielded >= self.feed.next {
+                self.bar.finish();
+                return first_error.map_or(Ok(out), Err);
+            }
+            // Nothing next yet: take every piece that has arrived.
+            let (mut s, _) = self.feed.batch.wait_until(None, |s| !s.ready.is_empty());
+            waiting.append(&mut s.ready);
         }
     }
 
