@@ -428,3 +428,38 @@ pub enum ReleaseError {
         bound: u32,
     },
 }
+
+/// Why the authentication handshake of a [`Listener`](crate::Listener) or [`Client`](crate::Client)
+/// failed. Nothing the peer sent was deserialized; the connection is dropped.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum AuthError {
+    /// The peer answered this side's challenge with the wrong digest: its key is not this side's.
+    #[error("authentication failed: the digest received was wrong (the peer's key differs)")]
+    DigestWrong,
+    /// The peer rejected this side's answer to its challenge (`#FAILURE#`): this side's key is not
+    /// the peer's.
+    #[error("authentication failed: the digest sent was rejected (the peer's key differs)")]
+    Rejected,
+    /// The peer speaks the legacy HMAC-MD5 form (Python 3.11 and older), which this side refuses
+    /// ([`AuthPolicy::legacy`](crate::auth::AuthPolicy::legacy)).
+    #[error("authentication refused: the peer uses the legacy HMAC-MD5 handshake")]
+    LegacyRefused,
+    /// The peer broke the handshake's protocol (no challenge, an unknown digest, a frame too long or
+    /// too short, or a peer that expects no handshake while this side does).
+    #[error("authentication protocol error: {0}")]
+    Protocol(String),
+    /// The handshake did not finish by its deadline (a peer that connects and says nothing).
+    #[error("the authentication handshake did not finish in time")]
+    Timeout,
+    /// Receiving a frame of the handshake failed (the peer closed the connection, for example when
+    /// it rejected this side's key without saying so).
+    #[error("authentication failed while receiving: {0}")]
+    Recv(#[source] RecvError),
+    /// Sending a frame of the handshake failed.
+    #[error("authentication failed while sending: {0}")]
+    Send(#[source] SendError),
+    /// No random bytes for a challenge.
+    #[error("no random bytes for a challenge: {0}")]
+    Io(#[source] io::Error),
+}

@@ -303,10 +303,14 @@ mod sys;
 mod trace;
 mod tracked;
 
-pub use crate::connection::frame;
+pub use crate::connection::{
+    AcceptError, Address, Client, ClientBuilder, ClientError, DEFAULT_MAX_MESSAGE, Listener,
+    ListenerBuilder, ToAddress,
+};
 pub use crate::connection::{Connection, ConnectionIter, pipe, pipe_oneway};
+pub use crate::connection::{auth, frame};
 pub use crate::error::{
-    GetError, GetTimeoutError, PutError, PutTimeoutError, RecvError, RecvTimeoutError,
+    AuthError, GetError, GetTimeoutError, PutError, PutTimeoutError, RecvError, RecvTimeoutError,
     ReleaseError, SendError, TaskDoneError, Timeout, TryGetError, TryPutError, TryRecvError,
 };
 pub use crate::pool::{

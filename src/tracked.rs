@@ -72,3 +72,13 @@ impl Drop for TrackedFd {
         }
     }
 }
+
+/// [`made`] for one descriptor.
+pub(crate) fn made_one(
+    make: impl FnOnce() -> std::io::Result<OwnedFd>,
+) -> std::io::Result<TrackedFd> {
+    let mut set = owned_fds();
+    let fd = make()?;
+    set.insert(fd.as_raw_fd());
+    Ok(TrackedFd(Some(fd)))
+}

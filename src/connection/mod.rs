@@ -1,6 +1,13 @@
 //! Connections: message-framed, duplex or one-way byte streams between processes.
 
+pub mod auth;
 pub mod frame;
+mod listener;
+
+pub use listener::{
+    AcceptError, Address, Client, ClientBuilder, ClientError, DEFAULT_MAX_MESSAGE, Listener,
+    ListenerBuilder, ToAddress,
+};
 
 use crate::codec;
 use crate::error::{RecvError, RecvTimeoutError, SendError, TryRecvError};
@@ -125,6 +132,8 @@ pub struct Connection {
     socket: bool,
     /// How long a receive stays awake for a message before it blocks (see `spin_for_message`).
     spin: Budget,
+    /// The longest message this end receives (see [`Connection::with_max_message`]).
+    max_message: Option<u64>,
     rx: Mutex<Rx>,
     tx: Mutex<()>,
 }
@@ -182,6 +191,7 @@ impl Connection {
             writable: true,
             socket: true,
             spin: Budget::Own(Spin::new(SPIN_START)),
+            max_message: None,
             rx: Mutex::default(),
             tx: Mutex::new(()),
         }
@@ -194,6 +204,7 @@ impl Connection {
             writable,
             socket,
             spin: Budget::Own(Spin::new(SPIN_START)),
+            max_message: None,
             rx: Mutex::default(),
             tx: Mutex::new(()),
         }
@@ -243,12 +254,34 @@ impl Connection {
     /// ```
     pub fn try_clone(&self) -> io::Result<Connection> {
         let fd = sys::dup_cloexec(self.fd(), 0)?;
-        Ok(Connection::new(
-            fd,
-            self.socket,
-            self.readable,
-            self.writable,
-        ))
+        Ok(
+            Connection::new(fd, self.socket, self.readable, self.writable)
+                .with_max_message(self.max_message),
+        )
+    }
+
+    /// Sets the longest message this end accepts (`None`: no limit, the default for pipes): a longer
+    /// one fails with [`RecvError::TooLong`] before any of it is read (the receiving side is then
+    /// unusable, as in Python). Connections from a TCP [`Listener`](crate::Listener) or
+    /// [`Client`](crate::Client) start with a limit (see [`DEFAULT_MAX_MESSAGE`]). However large
+    /// the limit, a forged length never allocates: a buffer grows only as bytes arrive.
+    ///
+    /// # Examples
+    /// ```
+    /// let (a, b) = multiprocess::pipe()?;
+    /// let b = b.with_max_message(Some(8));
+    /// a.send_bytes(&[0; 9])?;
+    /// assert!(matches!(b.recv_bytes(), Err(multiprocess::RecvError::TooLong { len: 9, max: 8 })));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn with_max_message(mut self, max: Option<u64>) -> Connection {
+        self.max_message = max;
+        self
+    }
+
+    /// The longest message this end accepts (`None`: no limit).
+    pub fn max_message(&self) -> Option<u64> {
+        self.max_message
     }
 
     /// Whether this end can receive (false for the write end of a one-way pipe).
@@ -717,6 +750,10 @@ impl Connection {
             rx.tracked.extend(arrived);
         };
         let header_len = rx.header_got as u64;
+        let max = match (max, self.max_message) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         if let Some(max) = max
             && len > max
         {

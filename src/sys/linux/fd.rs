@@ -391,3 +391,16 @@ pub(crate) fn adopt_inherited(raw: RawFd) -> Option<OwnedFd> {
     let _ = fcntl_setfd(&fd, FdFlags::CLOEXEC);
     Some(fd)
 }
+
+/// Fills `buf` with random bytes from the kernel (for authentication challenges).
+pub(crate) fn random_bytes(buf: &mut [u8]) -> io::Result<()> {
+    let mut at = 0;
+    while at < buf.len() {
+        match rustix::rand::getrandom(&mut buf[at..], rustix::rand::GetRandomFlags::empty()) {
+            Ok(n) => at += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}

@@ -2,6 +2,7 @@
 
 pub(crate) mod entry;
 pub(crate) mod fd;
+pub(crate) mod net;
 pub(crate) mod process;
 pub(crate) mod shm;
 pub(crate) mod sigbus;
