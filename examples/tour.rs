@@ -82,14 +82,19 @@ fn main() -> Result {
     pool_worker_killed()?;
     pool_failures_stay_alone()?;
 
-    section("6. Limits");
+    section("6. Listener and Client");
+    listener_across_processes()?;
+    listener_refuses_wrong_keys()?;
+    listener_python_client()?;
+
+    section("7. Limits");
     out_of_descriptors()?;
 
-    section("7. Under load");
+    section("8. Under load");
     busy_cpus()?;
 
     section("Still to come");
-    println!("   manager, listener/client");
+    println!("   Python's values on the wire (pickle), wait(), TLS, the manager");
     println!("\ntour finished in {}", ms(t.elapsed()));
     Ok(())
 }
@@ -1298,6 +1303,126 @@ fn busy_cpus() -> Result {
         b.kill()?;
         let _ = b.join();
     }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------
+// 6. Listener and Client
+
+/// A child's side: connects with `key` and echoes one message; how long connect + handshake took.
+fn keyed_echo(args: (multiprocess::Address, Vec<u8>)) -> u64 {
+    let (address, key) = args;
+    let t = Instant::now();
+    let conn = multiprocess::Client::builder(&address)
+        .authkey(&key)
+        .connect()
+        .expect("connect");
+    let took = t.elapsed().as_micros() as u64;
+    let m = conn.recv_bytes().expect("recv");
+    conn.send_bytes(&m).expect("send");
+    took
+}
+
+fn listener_across_processes() -> Result {
+    step("a TCP listener with a key; a child connects, both prove the key (Python's handshake)");
+    let listener = multiprocess::Listener::builder("127.0.0.1:0")
+        .authkey(b"tour key")
+        .bind()?;
+    println!(
+        "   listening at {} (port 0: the kernel chose)",
+        listener.address()
+    );
+    let child = Process::spawn(
+        keyed_echo,
+        (listener.address().clone(), b"tour key".to_vec()),
+    )?;
+    let conn = listener.accept()?;
+    let t = Instant::now();
+    conn.send_bytes(b"ping")?;
+    let back = conn.recv_bytes()?;
+    let rt = t.elapsed();
+    let handshake = child.join()?;
+    println!(
+        "   the child authenticated: connect + 6-frame handshake {handshake} µs; echo {:?} in {:.1} µs",
+        String::from_utf8_lossy(&back),
+        rt.as_secs_f64() * 1e6
+    );
+    Ok(())
+}
+
+fn listener_refuses_wrong_keys() -> Result {
+    step("a wrong key is refused on both sides; a silent client holds nobody up");
+    let listener = multiprocess::Listener::builder("@multiprocess-tour")
+        .authkey(b"right")
+        .handshake_timeout(Duration::from_millis(300))
+        .bind()?;
+    let address = listener.address().clone();
+    let wrong = std::thread::spawn(move || {
+        multiprocess::Client::builder(&address)
+            .authkey(b"wrong")
+            .connect()
+            .err()
+            .map(|e| e.to_string())
+    });
+    println!(
+        "   listener: {}",
+        listener
+            .accept()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    );
+    println!(
+        "   client:   {}",
+        wrong.join().unwrap_or_default().unwrap_or_default()
+    );
+    let _silent = multiprocess::Client::connect(listener.address())?; // says nothing
+    let address = listener.address().clone();
+    let good = std::thread::spawn(move || {
+        multiprocess::Client::builder(&address)
+            .authkey(b"right")
+            .connect()
+            .map(|c| c.send_bytes(b"me"))
+    });
+    let t = Instant::now();
+    let conn = listener.accept()?;
+    println!(
+        "   a silent client came first; the good one was accepted after {} and said {:?}",
+        ms(t.elapsed()),
+        String::from_utf8_lossy(&conn.recv_bytes()?)
+    );
+    let _ = good.join();
+    let e = listener
+        .accept()
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    println!("   then, at its deadline (300 ms): {e}");
+    Ok(())
+}
+
+fn listener_python_client() -> Result {
+    step("a Python client (multiprocessing.connection.Client) connects to our listener");
+    let listener = multiprocess::Listener::builder("127.0.0.1:0")
+        .authkey(b"tour key")
+        .bind()?;
+    let script = "import sys\nfrom multiprocessing.connection import Client\n\
+        h, p = sys.argv[1].rsplit(':', 1)\n\
+        c = Client((h, int(p)), authkey=b'tour key')\n\
+        c.send_bytes(b'hello from Python %d.%d' % sys.version_info[:2])\n";
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let child = std::process::Command::new(&python)
+        .args(["-c", script, &listener.address().to_string()])
+        .spawn();
+    let Ok(mut child) = child else {
+        println!("   skipped: {python} did not start");
+        return Ok(());
+    };
+    match listener.accept_timeout(Duration::from_secs(20)) {
+        Ok(conn) => println!("   got {:?}", String::from_utf8_lossy(&conn.recv_bytes()?)),
+        Err(e) => println!("   {e}"),
+    }
+    child.wait()?;
     Ok(())
 }
 
