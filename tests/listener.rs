@@ -346,3 +346,81 @@ fn addresses_parse_and_fail_clearly() {
     let e = Client::connect("127.0.0.1:1").unwrap_err();
     assert!(matches!(e, ClientError::Io(_)), "{e}");
 }
+
+#[test]
+fn one_listener_serves_200_clients_while_silent_and_slow_ones_connect() {
+    const CLIENTS: usize = 200;
+    const ROUNDS: u64 = 100;
+    let listener = std::sync::Arc::new(
+        Listener::builder("127.0.0.1:0")
+            .authkey(b"load")
+            .handshake_timeout(Duration::from_secs(2))
+            .backlog(512)
+            .bind()
+            .unwrap(),
+    );
+    let address = listener.address().clone();
+    let Address::Tcp(addr) = address.clone() else {
+        unreachable!()
+    };
+    // The server: every accepted connection gets a thread that echoes until end of file.
+    let server = {
+        let listener = listener.clone();
+        std::thread::spawn(move || {
+            let mut served = Vec::new();
+            let mut refused = 0;
+            while served.len() < CLIENTS {
+                match listener.accept_timeout(common::DEADLINE) {
+                    Ok(conn) => served.push(std::thread::spawn(move || {
+                        let mut n = 0u64;
+                        while let Ok(m) = conn.recv_bytes() {
+                            conn.send_bytes(&m).unwrap();
+                            n += 1;
+                        }
+                        n
+                    })),
+                    Err(AcceptError::Auth { .. }) => refused += 1,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            let total: u64 = served.into_iter().map(|t| t.join().unwrap()).sum();
+            (total, refused)
+        })
+    };
+    // Silent clients (connect, say nothing) and slow ones (a byte at a time) meanwhile.
+    let silent: Vec<_> = (0..20)
+        .map(|_| std::net::TcpStream::connect(addr).unwrap())
+        .collect();
+    let slow = std::thread::spawn(move || {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        for b in [0u8, 0, 0, 16].iter().chain(&[7u8; 16]) {
+            let _ = s.write_all(&[*b]);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|i| {
+            let address = address.clone();
+            std::thread::spawn(move || {
+                let c = Client::builder(&address)
+                    .authkey(b"load")
+                    .timeout(common::DEADLINE)
+                    .connect()
+                    .unwrap();
+                for r in 0..ROUNDS {
+                    let m = format!("{i}:{r}");
+                    c.send_bytes(m.as_bytes()).unwrap();
+                    assert_eq!(c.recv_bytes().unwrap(), m.as_bytes());
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    let (total, _refused) = server.join().unwrap();
+    assert_eq!(total, CLIENTS as u64 * ROUNDS, "every round trip answered");
+    slow.join().unwrap();
+    drop(silent);
+}
