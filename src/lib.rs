@@ -307,7 +307,7 @@ pub use crate::connection::{
     AcceptError, Address, Client, ClientBuilder, ClientError, DEFAULT_MAX_MESSAGE, Listener,
     ListenerBuilder, ToAddress,
 };
-pub use crate::connection::{Connection, ConnectionIter, pipe, pipe_oneway};
+pub use crate::connection::{Connection, ConnectionIter, Waitable, pipe, pipe_oneway, wait};
 pub use crate::connection::{auth, frame};
 pub use crate::error::{
     AuthError, GetError, GetTimeoutError, PutError, PutTimeoutError, RecvError, RecvTimeoutError,

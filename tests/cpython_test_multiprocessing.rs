@@ -62,6 +62,23 @@
 //! | _TestPoolWorkerErrors test_async_error_callback, test_unpickleable_result | as above |
 //! | initializer (test_pool_initializer in _TestInitializers) | `pool.rs::cpython_initializer_runs_in_each_worker_and_a_failing_one_breaks_the_pool` |
 //!
+//! Listener, Client, wait and authentication (`_TestListener`, `_TestListenerClient`, `TestWait`,
+//! `OtherTest`, `ChallengeResponseTest`) are in `listener.rs` and `python_listener.rs`:
+//!
+//! | CPython test | here |
+//! |---|---|
+//! | _TestListener test_multiple_bind | `listener.rs::socket_files_are_removed_and_stale_ones_replaced` (a live listener keeps its path) |
+//! | _TestListener test_empty_authkey | `listener.rs::an_empty_key_is_a_key` (3.13's behaviour: an empty key is a key) |
+//! | _TestListener test_abstract_socket | `listener.rs::every_address_kind_with_and_without_a_key_across_processes` |
+//! | _TestListenerClient test_listener_client, test_issue16955 (poll after connect) | `listener.rs::every_address_kind_with_and_without_a_key_across_processes` (every start method), `an_empty_key_is_a_key` |
+//! | TestWait test_wait, test_wait_integer, test_wait_socket (a listener here) | `listener.rs::wait_collects_connections_listeners_and_processes_as_they_become_ready` |
+//! | TestWait test_wait_timeout, test_neg_timeout | `listener.rs::wait_with_a_timeout_waits_at_least_that_long` |
+//! | OtherTest test_deliver_challenge_auth_failure, test_answer_challenge_auth_failure | `listener.rs::a_wrong_key_is_a_clear_error_on_both_sides`, `a_key_on_one_side_only_fails_within_the_deadline`; `connection::auth::tests` |
+//! | ChallengeResponseTest test_challengeresponse | `connection::auth::tests::answers_match_cpython` (CPython's own vectors), `python_listener.rs` (real 3.11 and 3.12) |
+//!
+//! Not applicable there: test_issue14725 and the AF_PIPE tests (Windows named pipes), test_wait_slow
+//! (the same as test_wait with a slower child).
+//!
 //! Not applicable to the pool: test_map_handle_iterable_exception and its imap forms (a Rust
 //! iterator cannot raise; an item that fails to serialize is the nearest, above), test_release_task_refs
 //! and test_resource_warning (Python object lifetimes), test_worker_finalization_via_atexit_handler_of_multiprocessing

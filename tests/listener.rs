@@ -424,3 +424,114 @@ fn one_listener_serves_200_clients_while_silent_and_slow_ones_connect() {
     slow.join().unwrap();
     drop(silent);
 }
+
+/// A child that connects, sleeps `ms`, sends its index, and closes (CPython's `TestWait._child_test_wait`).
+fn connect_nap_send(args: (Address, u64, u32)) {
+    let (address, ms, index) = args;
+    let c = Client::connect(&address).expect("connect");
+    std::thread::sleep(Duration::from_millis(ms));
+    c.send(&index).unwrap();
+}
+
+fn nap(ms: u64) {
+    std::thread::sleep(Duration::from_millis(ms));
+}
+
+#[test]
+fn wait_collects_connections_listeners_and_processes_as_they_become_ready() {
+    use multiprocess::{Waitable, wait};
+    for method in METHODS {
+        // CPython's test_wait: several children each send one message at different moments; wait
+        // returns each connection as its message (and then its end of file) arrives.
+        let listener =
+            Listener::bind(format!("@mp-wait-{}-{method:?}", std::process::id())).unwrap();
+        let children: Vec<_> = (0..4u32)
+            .map(|i| {
+                common::start(
+                    method,
+                    connect_nap_send,
+                    (listener.address().clone(), 20 * u64::from(i), i),
+                )
+            })
+            .collect();
+        let mut conns: Vec<Connection> = (0..4).map(|_| serve_one(&listener)).collect();
+        let mut got = Vec::new();
+        while !conns.is_empty() {
+            let refs: Vec<&Connection> = conns.iter().collect();
+            let ready = wait(&refs, Some(common::DEADLINE)).unwrap();
+            assert!(!ready.is_empty());
+            for &i in ready.iter().rev() {
+                match conns[i].recv::<u32>() {
+                    Ok(v) => got.push(v),
+                    Err(RecvError::Eof) => {
+                        conns.remove(i);
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        }
+        got.sort();
+        assert_eq!(got, [0, 1, 2, 3], "{method:?}");
+        for c in children {
+            common::join(c).unwrap();
+        }
+        // test_wait_integer: processes are ready once they have ended, in the order they end.
+        let slow = common::start(method, nap, 300);
+        let quick = common::start(method, nap, 10);
+        let ready = wait(&[&slow, &quick], Some(common::DEADLINE)).unwrap();
+        assert_eq!(ready, [1], "{method:?}");
+        let ready = wait(&[&slow, &quick], Some(common::DEADLINE)).unwrap();
+        assert!(ready.contains(&1));
+        common::join(slow).unwrap();
+        common::join(quick).unwrap();
+        // A listener is ready when a client waits; mixed with other kinds through `dyn`.
+        let (a, _b) = multiprocess::pipe().unwrap();
+        let objects: [&dyn Waitable; 2] = [&a, &listener];
+        assert_eq!(
+            wait(&objects, Some(Duration::ZERO)).unwrap(),
+            Vec::<usize>::new()
+        );
+        let _c = Client::connect(listener.address()).unwrap();
+        assert_eq!(wait(&objects, Some(common::DEADLINE)).unwrap(), [1]);
+    }
+}
+
+#[test]
+fn wait_with_a_timeout_waits_at_least_that_long() {
+    // CPython's test_wait_timeout and test_neg_timeout (here a zero timeout looks once).
+    let (a, _b) = multiprocess::pipe().unwrap();
+    let t = Instant::now();
+    assert!(
+        multiprocess::wait(&[&a], Some(Duration::from_millis(100)))
+            .unwrap()
+            .is_empty()
+    );
+    assert!(t.elapsed() >= Duration::from_millis(100));
+    assert!(
+        multiprocess::wait(&[&a], Some(Duration::ZERO))
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[test]
+fn an_empty_key_is_a_key() {
+    // CPython's _TestListener test_empty_authkey (3.13 semantics; 3.11 and 3.12 deadlocked): b""
+    // on both sides runs the handshake and succeeds.
+    let l = Listener::builder("127.0.0.1:0")
+        .authkey(b"")
+        .bind()
+        .unwrap();
+    let address = l.address().clone();
+    let t = std::thread::spawn(move || {
+        let c = Client::builder(&address).authkey(b"").connect().unwrap();
+        c.send_bytes(b"ok").unwrap();
+        // test_issue16955: poll sees the reply.
+        assert!(c.poll(common::DEADLINE).unwrap());
+        c.recv_bytes().unwrap()
+    });
+    let s = serve_one(&l);
+    assert_eq!(s.recv_bytes().unwrap(), b"ok");
+    s.send_bytes(b"back").unwrap();
+    assert_eq!(t.join().unwrap(), b"back");
+}

@@ -3,11 +3,13 @@
 pub mod auth;
 pub mod frame;
 mod listener;
+mod wait;
 
 pub use listener::{
     AcceptError, Address, Client, ClientBuilder, ClientError, DEFAULT_MAX_MESSAGE, Listener,
     ListenerBuilder, ToAddress,
 };
+pub use wait::{Waitable, wait};
 
 use crate::codec;
 use crate::error::{RecvError, RecvTimeoutError, SendError, TryRecvError};
