@@ -535,3 +535,41 @@ fn an_empty_key_is_a_key() {
     s.send_bytes(b"back").unwrap();
     assert_eq!(t.join().unwrap(), b"back");
 }
+
+#[test]
+fn handshakes_past_the_limit_wait_in_the_backlog() {
+    let timeout = Duration::from_millis(300);
+    let listener = Listener::builder("127.0.0.1:0")
+        .authkey(b"k")
+        .handshake_timeout(timeout)
+        .max_pending(1)
+        .bind()
+        .unwrap();
+    let Address::Tcp(addr) = listener.address().clone() else {
+        unreachable!()
+    };
+    let _silent = std::net::TcpStream::connect(addr).unwrap();
+    // Let the silent one take the only handshake slot, then a good client comes.
+    assert!(matches!(
+        listener.accept_timeout(Duration::from_millis(50)),
+        Err(AcceptError::Timeout)
+    ));
+    let address = listener.address().clone();
+    let good = std::thread::spawn(move || {
+        let c = Client::builder(&address).authkey(b"k").connect().unwrap();
+        c.send_bytes(b"waited").unwrap();
+    });
+    // The silent one ends first (at its deadline); then the good one's handshake runs.
+    let t = Instant::now();
+    assert!(matches!(
+        listener.accept_timeout(common::DEADLINE),
+        Err(AcceptError::Auth {
+            error: AuthError::Timeout,
+            ..
+        })
+    ));
+    let conn = serve_one(&listener);
+    assert_eq!(conn.recv_bytes().unwrap(), b"waited");
+    assert!(t.elapsed() + Duration::from_millis(50) >= timeout);
+    good.join().unwrap();
+}

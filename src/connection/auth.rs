@@ -122,9 +122,10 @@ impl Digest {
 pub struct AuthPolicy {
     /// The digest this side challenges with (default SHA-256, as Python 3.12+).
     pub digest: Digest,
-    /// Whether the legacy form is accepted and answered: bare HMAC-MD5, what Python 3.11 and older
-    /// speak (default: yes, so that they can connect). With `false`, a legacy answer is refused
-    /// with `#FAILURE#` and a legacy challenge is not answered ([`AuthError::LegacyRefused`]).
+    /// Whether MD5 is accepted and answered: the legacy form, bare HMAC-MD5, is what Python 3.11
+    /// and older speak (default: yes, so that they can connect). With `false`, an MD5 answer (bare
+    /// or `{md5}`) is refused with `#FAILURE#` and an MD5 challenge is not answered
+    /// ([`AuthError::LegacyRefused`]).
     pub legacy: bool,
 }
 
@@ -182,7 +183,7 @@ pub fn answer(key: &[u8], message: &[u8], policy: &AuthPolicy) -> Result<Vec<u8>
         )));
     }
     match split_digest(message)? {
-        (None, _) if !policy.legacy => Err(AuthError::LegacyRefused),
+        (None | Some(Digest::Md5), _) if !policy.legacy => Err(AuthError::LegacyRefused),
         (None, _) => Ok(Digest::Md5.mac(key, message)),
         (Some(d), _) => {
             let mut out = format!("{{{}}}", d.name()).into_bytes();
@@ -205,7 +206,7 @@ pub fn check(
 ) -> Result<(), AuthError> {
     let (digest, mac) = split_digest(response)?;
     let digest = match digest {
-        None if !policy.legacy => return Err(AuthError::LegacyRefused),
+        None | Some(Digest::Md5) if !policy.legacy => return Err(AuthError::LegacyRefused),
         None => Digest::Md5,
         Some(d) => d,
     };
@@ -240,9 +241,10 @@ fn show(frame: &[u8]) -> String {
     s
 }
 
-/// One frame of the handshake, by `deadline`.
-fn recv(conn: &Connection, deadline: Instant) -> Result<Vec<u8>, AuthError> {
-    match conn.recv_frame(Wait::Until(deadline), Some(MAX_FRAME)) {
+/// One frame of the handshake, by `deadline` (`None`: as long as it takes).
+fn recv(conn: &Connection, deadline: Option<Instant>) -> Result<Vec<u8>, AuthError> {
+    let wait = deadline.map_or(Wait::Forever, Wait::Until);
+    match conn.recv_frame(wait, Some(MAX_FRAME)) {
         Ok(frame) => Ok(frame.bytes),
         Err(RecvTimeoutError::Timeout) => Err(AuthError::Timeout),
         Err(RecvTimeoutError::Failed(e)) => Err(AuthError::Recv(e)),
@@ -314,7 +316,7 @@ pub(crate) fn deliver_challenge(
     conn: &Connection,
     key: &[u8],
     policy: &AuthPolicy,
-    deadline: Instant,
+    deadline: Option<Instant>,
 ) -> Result<(), AuthError> {
     let message = new_message(policy.digest)?;
     send(conn, &challenge_frame(&message))?;
@@ -328,7 +330,7 @@ pub(crate) fn answer_challenge(
     conn: &Connection,
     key: &[u8],
     policy: &AuthPolicy,
-    deadline: Instant,
+    deadline: Option<Instant>,
 ) -> Result<(), AuthError> {
     let frame = recv(conn, deadline)?;
     respond(conn, key, &frame, policy)?;
@@ -391,6 +393,14 @@ mod tests {
             check(b"k", &message, &md5, &strict),
             Err(AuthError::LegacyRefused)
         ));
+        // `{md5}` is MD5 too.
+        let mut named = b"{md5}".to_vec();
+        named.extend(&md5);
+        assert!(matches!(
+            check(b"k", &message, &named, &strict),
+            Err(AuthError::LegacyRefused)
+        ));
+        check(b"k", &message, &named, &policy).unwrap();
         assert!(matches!(
             answer(b"k", &[1; 20], &strict),
             Err(AuthError::LegacyRefused)

@@ -22,7 +22,7 @@ use super::auth::{self, AuthPolicy};
 use crate::error::{AuthError, RecvTimeoutError};
 use crate::sync::futex::Wait;
 use crate::sys;
-use crate::sys::net::UnixName;
+use crate::sys::net::{Peer, UnixName};
 use crate::tracked::{self, TrackedFd};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -190,7 +190,8 @@ pub enum AcceptError {
     /// A client's authentication handshake failed or timed out; that connection was dropped.
     #[error("a client from {peer} failed to authenticate: {error}")]
     Auth {
-        /// Where the client connected from (`unknown` for a Unix socket's unnamed peer).
+        /// Where the client connected from (its TCP address, or "a local process" over a Unix
+        /// socket).
         peer: String,
         /// What went wrong.
         #[source]
@@ -262,15 +263,19 @@ pub struct Listener {
     max_message: Option<u64>,
     /// Handshakes in progress (see the module notes).
     pending: Mutex<Vec<Pending>>,
-    /// The socket file this listener made, and its identity (device, inode), to remove on drop.
-    file: Option<(PathBuf, (u64, u64))>,
+    /// At most this many handshakes run at once; more clients wait in the kernel's backlog.
+    max_pending: usize,
+    /// The socket file this listener made, its identity (device, inode), and the process that made
+    /// it: removed on drop by that process only (a forked child's copy leaves it alone).
+    file: Option<(PathBuf, (u64, u64), u32)>,
 }
 
 /// A handshake in progress on the listener's side.
 struct Pending {
     conn: Connection,
     peer: String,
-    deadline: Instant,
+    /// `None`: no deadline (a timeout too large to be an instant).
+    deadline: Option<Instant>,
     /// Our challenge's message, while we wait for the answer to it.
     message: Vec<u8>,
     step: Step,
@@ -293,6 +298,7 @@ pub struct ListenerBuilder {
     address: io::Result<Address>,
     auth: Auth,
     backlog: i32,
+    max_pending: usize,
     max_message: Option<Option<u64>>,
 }
 
@@ -302,6 +308,7 @@ impl Clone for ListenerBuilder {
             address: clone_result(&self.address),
             auth: self.auth.clone(),
             backlog: self.backlog,
+            max_pending: self.max_pending,
             max_message: self.max_message,
         }
     }
@@ -349,6 +356,14 @@ impl ListenerBuilder {
         self
     }
 
+    /// Handshakes run side by side at most (default 128): past it, further clients wait in the
+    /// kernel's backlog until a handshake ends, so a flood of silent connections costs at most
+    /// this many descriptors for at most the handshake timeout.
+    pub fn max_pending(mut self, n: usize) -> Self {
+        self.max_pending = n.max(1);
+        self
+    }
+
     /// Binds and listens.
     ///
     /// # Errors
@@ -374,7 +389,7 @@ impl ListenerBuilder {
                 (
                     fd,
                     address.clone(),
-                    Some((p.clone(), (meta.dev(), meta.ino()))),
+                    Some((p.clone(), (meta.dev(), meta.ino()), std::process::id())),
                 )
             }
         };
@@ -387,6 +402,7 @@ impl ListenerBuilder {
             auth: self.auth,
             max_message,
             pending: Mutex::new(Vec::new()),
+            max_pending: self.max_pending,
             file,
         })
     }
@@ -406,18 +422,20 @@ fn bind_path(path: &Path, backlog: i32) -> io::Result<TrackedFd> {
                     format!("{} exists and is not a socket", path.display()),
                 ));
             }
-            match sys::net::connect_unix(UnixName::Path(path)) {
-                Ok(_live) => Err(io::Error::new(
+            // The file's identity now, so that only this very file is removed.
+            let seen = std::fs::symlink_metadata(path).map(|m| (m.dev(), m.ino()))?;
+            if sys::net::unix_listener_is_live(path)? {
+                return Err(io::Error::new(
                     io::ErrorKind::AddrInUse,
                     format!("a listener is live at {}", path.display()),
-                )),
-                Err(c) if c.kind() == io::ErrorKind::ConnectionRefused => {
-                    crate::trace::event!(info, "removing a stale socket file {}", path.display());
-                    std::fs::remove_file(path)?;
-                    attempt()
-                }
-                Err(_) => Err(e),
+                ));
             }
+            let now = std::fs::symlink_metadata(path).map(|m| (m.dev(), m.ino()));
+            if now.is_ok_and(|id| id == seen) {
+                crate::trace::event!(info, "removing a stale socket file {}", path.display());
+                std::fs::remove_file(path)?;
+            }
+            attempt()
         }
         other => other,
     }
@@ -450,6 +468,7 @@ impl Listener {
             address: address.to_address(),
             auth: Auth::default(),
             backlog: 128,
+            max_pending: 128,
             max_message: None,
         }
     }
@@ -460,6 +479,22 @@ impl Listener {
     }
 
     /// Waits for a client and returns its connection, authenticated when the listener has a key.
+    ///
+    /// One thread accepts at a time: a second caller waits until the first returns (handshakes in
+    /// progress belong to the listener, whichever call advances them). A server loop goes on after
+    /// an [`AcceptError::Auth`], which concerns that client only:
+    ///
+    /// ```no_run
+    /// # let listener = multiprocess::Listener::builder("127.0.0.1:5000").authkey(b"k").bind()?;
+    /// for conn in listener.incoming() {
+    ///     match conn {
+    ///         Ok(conn) => { std::thread::spawn(move || { let _ = conn.recv_bytes(); }); }
+    ///         Err(multiprocess::AcceptError::Auth { peer, error }) => eprintln!("{peer}: {error}"),
+    ///         Err(e) => return Err(e.into()),
+    ///     }
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     ///
     /// # Errors
     /// A client that failed its handshake ([`AcceptError::Auth`]: that client is dropped; call
@@ -486,7 +521,10 @@ impl Listener {
         let mut pending = self.lock();
         loop {
             let now = Instant::now();
-            if let Some(at) = pending.iter().position(|p| p.deadline <= now) {
+            if let Some(at) = pending
+                .iter()
+                .position(|p| p.deadline.is_some_and(|d| d <= now))
+            {
                 let p = pending.swap_remove(at);
                 return Err(AcceptError::Auth {
                     peer: p.peer,
@@ -494,7 +532,7 @@ impl Listener {
                 });
             }
             // New clients: without a key each is ready at once; with one it gets its challenge.
-            loop {
+            while pending.len() < self.max_pending {
                 let fd = match tracked::made_one(|| sys::net::accept(self.fd.as_fd())) {
                     Ok(fd) => fd,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -516,7 +554,7 @@ impl Listener {
                     Ok(message) => pending.push(Pending {
                         conn,
                         peer,
-                        deadline: now + self.auth.timeout,
+                        deadline: now.checked_add(self.auth.timeout),
                         message,
                         step: Step::Answer,
                     }),
@@ -562,8 +600,16 @@ impl Listener {
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(AcceptError::Timeout);
             }
-            let wake = pending.iter().map(|p| p.deadline).chain(deadline).min();
-            let fds: Vec<BorrowedFd<'_>> = std::iter::once(self.fd.as_fd())
+            let wake = pending
+                .iter()
+                .filter_map(|p| p.deadline)
+                .chain(deadline)
+                .min();
+            // The listening socket only while there is room for another handshake.
+            let room = pending.len() < self.max_pending;
+            let fds: Vec<BorrowedFd<'_>> = room
+                .then(|| self.fd.as_fd())
+                .into_iter()
                 .chain(pending.iter().map(|p| p.conn.as_fd()))
                 .collect();
             sys::poll_readable(&fds, wake)?;
@@ -608,9 +654,12 @@ fn peer_of(conn: &Connection, address: &Address) -> String {
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        if let Some((path, id)) = &self.file {
-            // Only the file this listener made: a successor may have replaced it.
-            if std::fs::symlink_metadata(path).is_ok_and(|m| (m.dev(), m.ino()) == *id) {
+        if let Some((path, id, owner)) = &self.file {
+            // Only the file this listener made (a successor may have replaced it), and only in the
+            // process that made it.
+            if *owner == std::process::id()
+                && std::fs::symlink_metadata(path).is_ok_and(|m| (m.dev(), m.ino()) == *id)
+            {
                 let _ = std::fs::remove_file(path);
             }
         }
@@ -722,19 +771,16 @@ impl ClientBuilder {
     /// Connects (and authenticates, with a key).
     pub fn connect(self) -> Result<Connection, ClientError> {
         let address = clone_result(&self.address)?;
-        let deadline = Instant::now() + self.auth.timeout;
-        let conn = match &address {
-            Address::Tcp(a) => {
-                let fd = sys::net::connect_tcp(*a, Some(self.auth.timeout))?;
-                Connection::from_tracked_socket(TrackedFd::new(fd))
-            }
-            Address::Unix(p) => Connection::from_tracked_socket(tracked::made_one(|| {
-                sys::net::connect_unix(UnixName::Path(p))
-            })?),
-            Address::Abstract(n) => Connection::from_tracked_socket(tracked::made_one(|| {
-                sys::net::connect_unix(UnixName::Abstract(n))
-            })?),
+        let deadline = Instant::now().checked_add(self.auth.timeout);
+        let (peer, tcp) = match &address {
+            Address::Tcp(a) => (Peer::Tcp(*a), Some(*a)),
+            Address::Unix(p) => (Peer::Unix(UnixName::Path(p)), None),
+            Address::Abstract(n) => (Peer::Unix(UnixName::Abstract(n)), None),
         };
+        // Made under the descriptor set's lock (a fork sees it tracked), connected outside it.
+        let fd = tracked::made_one(|| sys::net::client_socket(tcp))?;
+        sys::net::connect(fd.as_fd(), peer, deadline)?;
+        let conn = Connection::from_tracked_socket(fd);
         let max = self
             .max_message
             .unwrap_or(address.is_tcp().then_some(DEFAULT_MAX_MESSAGE));
