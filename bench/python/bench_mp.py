@@ -72,6 +72,9 @@ DEFAULTS = {
     "pool-start": {"full": (1, 31, 1), "quick": (1, 9, 1)},
     "pool-cpu": {"full": (0, 5, 1_000), "quick": (0, 3, 200)},
     "pool-respawn": {"full": (1, 31, 1), "quick": (1, 9, 1)},
+    "socket-rt": {"full": (1, 51, 1000), "quick": (1, 15, 200)},
+    "socket-oneway": {"full": (1, 21, 256), "quick": (1, 7, 64)},
+    "socket-connect": {"full": (1, 31, 200), "quick": (1, 9, 50)},
 }
 
 
@@ -662,6 +665,129 @@ def fig_pool_respawn(args):
         return run_plan(args, batch)
 
 
+# --- socket: Listener/Client over an abstract Unix name or TCP loopback ---------------------------
+
+SOCKET_KEY = b"bench key"
+
+
+def socket_place(family):
+    if family == "unix":
+        return "\0mp-bench-py-%d-%d" % (os.getpid(), time.perf_counter_ns())
+    return ("127.0.0.1", 0)
+
+
+def socket_echo_client(address):
+    from multiprocessing.connection import Client
+
+    with Client(address) as c:
+        echo(c)
+
+
+def socket_send_client(address, size):
+    from multiprocessing.connection import Client
+
+    with Client(address) as c:
+        sender(c, size)
+
+
+def with_socket_client(args, target, extra, measure):
+    """The parent listens at a fresh place of --family; a forked child (pinned as with_child's)
+    connects with target(address, *extra); measure(conn) runs over the accepted connection."""
+    from multiprocessing.connection import Listener
+
+    ctx = mp.get_context("fork")
+    with Listener(socket_place(args.family)) as listener:
+        p = ctx.Process(target=target, args=(listener.address, *extra))
+        if args.cpus:
+            parent, child = args.cpus
+            os.sched_setaffinity(0, {child})
+            p.start()
+            os.sched_setaffinity(0, {parent})
+        else:
+            p.start()
+        conn = listener.accept()
+        try:
+            return measure(conn)
+        finally:
+            conn.send_bytes(b"")
+            conn.close()
+            p.join()
+
+
+def fig_socket_rt(args):
+    msg = b"\x07" * 8
+
+    def measure(conn):
+        def batch(ops):
+            for _ in range(ops):
+                conn.send_bytes(msg)
+                if len(conn.recv_bytes()) != 8:
+                    raise RuntimeError("echo came back with the wrong size")
+
+        return run_plan(args, batch)
+
+    return with_socket_client(args, socket_echo_client, (), measure)
+
+
+def fig_socket_oneway(args):
+    size = args.size
+
+    def measure(conn):
+        def batch(ops):
+            conn.send_bytes(ops.to_bytes(8, "little"))
+            for _ in range(ops):
+                if len(conn.recv_bytes()) != size:
+                    raise RuntimeError("a message of the wrong size")
+
+        return run_plan(args, batch)
+
+    return with_socket_client(args, socket_send_client, (size,), measure)
+
+
+def socket_keyed_server(report, family):
+    from multiprocessing.connection import Listener
+
+    with Listener(socket_place(family), authkey=SOCKET_KEY) as listener:
+        report.send(listener.address)
+        while True:
+            c = listener.accept()
+            try:
+                m = c.recv_bytes()
+            except EOFError:
+                c.close()
+                continue
+            c.close()
+            if m == b"stop":
+                return
+
+
+def fig_socket_connect(args):
+    from multiprocessing.connection import Client
+
+    ctx = mp.get_context("fork")
+    here, there = ctx.Pipe()
+    p = ctx.Process(target=socket_keyed_server, args=(there, args.family))
+    if args.cpus:
+        parent, child = args.cpus
+        os.sched_setaffinity(0, {child})
+        p.start()
+        os.sched_setaffinity(0, {parent})
+    else:
+        p.start()
+    address = here.recv()
+
+    def batch(ops):
+        for _ in range(ops):
+            Client(address, authkey=SOCKET_KEY).close()
+
+    try:
+        return run_plan(args, batch)
+    finally:
+        with Client(address, authkey=SOCKET_KEY) as c:
+            c.send_bytes(b"stop")
+        p.join()
+
+
 FIGURES = {
     "process": fig_process,
     "pipe-rt": fig_pipe_rt,
@@ -688,6 +814,9 @@ FIGURES = {
     "pool-start": fig_pool_start,
     "pool-cpu": fig_pool_cpu,
     "pool-respawn": fig_pool_respawn,
+    "socket-rt": fig_socket_rt,
+    "socket-oneway": fig_socket_oneway,
+    "socket-connect": fig_socket_connect,
 }
 
 
@@ -712,6 +841,7 @@ def parse_args(argv):
     ap.add_argument("--timeout-ms", type=int, default=1, help="the *-timeout figures' timeout")
     ap.add_argument("--chunksize", type=int, help="pool-map's chunk size (default: Python's rule)")
     ap.add_argument("--workers", type=int, default=2, help="pool-cpu's workers")
+    ap.add_argument("--family", choices=["unix", "tcp"], default="unix", help="socket-*'s transport")
     ap.add_argument("--warmup", type=int)
     ap.add_argument("--samples", type=int)
     ap.add_argument("--ops", type=int, help="operations per timed batch")

@@ -11,7 +11,7 @@
 //! stays a clean table.
 //!
 //! Usage: `cargo run --release -p multiprocess-bench -- [--quick] [GROUP...]` with groups `process`,
-//! `pipe`, `codec`, `sync`, `queue`, `pool` and `load` (all of them when none is named). See `bench/README.md`.
+//! `pipe`, `codec`, `sync`, `queue`, `pool`, `socket` and `load` (all of them when none is named). See `bench/README.md`.
 
 mod codec;
 mod load;
@@ -23,6 +23,7 @@ mod process;
 mod python;
 mod queue;
 mod raw;
+mod socket;
 mod sync;
 mod table;
 
@@ -33,7 +34,9 @@ use python::Python;
 use table::Table;
 
 /// The groups, in the order they run when none is named.
-const GROUPS: [&str; 7] = ["process", "pipe", "codec", "sync", "queue", "pool", "load"];
+const GROUPS: [&str; 8] = [
+    "process", "pipe", "codec", "sync", "queue", "pool", "socket", "load",
+];
 
 /// What every group needs: the run's mode and the Python side.
 #[derive(Debug)]
@@ -57,7 +60,7 @@ usage: multiprocess-bench [--quick] [GROUP...]
 Measures multiprocess against Python's multiprocessing and prints
 figure<TAB>multiprocess<TAB>python<TAB>unit<TAB>speedup   (speedup > 1: multiprocess is better)
 
-groups: process, pipe, codec, sync, queue, pool, load (default: all)
+groups: process, pipe, codec, sync, queue, pool, socket, load (default: all)
 options:
   --quick     fewer samples (the whole run takes well under a minute)
   -h, --help  this text
@@ -132,6 +135,7 @@ fn main() -> ExitCode {
             "sync" => sync::run(&ctx, &mut table),
             "queue" => queue::run(&ctx, &mut table),
             "pool" => pool::run(&ctx, &mut table),
+            "socket" => socket::run(&ctx, &mut table),
             "load" => load::run(&ctx, &mut table),
             _ => unreachable!("parse_args accepts only the names in GROUPS"),
         }
