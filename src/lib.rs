@@ -294,6 +294,7 @@
 mod codec;
 mod connection;
 mod error;
+pub mod pickle;
 mod pool;
 mod process;
 mod queue;

@@ -12,30 +12,6 @@ use std::path::PathBuf;
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// pyenv's interpreter for Python 3.`minor`.
-fn python(minor: u32) -> PathBuf {
-    let root = std::env::var_os("PYENV_ROOT")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".pyenv")))
-        .expect("PYENV_ROOT or HOME");
-    let versions = root.join("versions");
-    let prefix = format!("3.{minor}.");
-    let mut found: Vec<PathBuf> = std::fs::read_dir(&versions)
-        .unwrap_or_else(|e| panic!("no pyenv versions at {}: {e}", versions.display()))
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
-        .map(|e| e.path().join("bin").join(format!("python3.{minor}")))
-        .filter(|p| p.exists())
-        .collect();
-    found.sort();
-    found.pop().unwrap_or_else(|| {
-        panic!(
-            "this test needs Python 3.{minor} from pyenv under {} (install it: pyenv install 3.{minor})",
-            versions.display()
-        )
-    })
-}
-
 /// The versions every scenario runs against: the legacy handshake and the current one.
 const VERSIONS: [u32; 2] = [11, 12];
 
@@ -97,7 +73,7 @@ impl Py {
         let key = key.map_or("-".to_string(), |k| {
             k.iter().map(|b| format!("{b:02x}")).collect()
         });
-        let mut child = Command::new(python(minor))
+        let mut child = Command::new(common::python(minor))
             .args(["-c", PY_PEER, role, kind, addr, &key])
             .stdout(Stdio::piped())
             .spawn()

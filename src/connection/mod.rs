@@ -506,6 +506,44 @@ impl Connection {
         codec::decode(&frame.bytes, frame.fds).map_err(|e| RecvError::Decode(e).into())
     }
 
+    /// Sends `value` pickled, as Python's `Connection.send` does: for a Python peer (a Rust peer
+    /// reads it with [`recv_pickle`](Self::recv_pickle)). The codec is chosen by the method, per
+    /// message: `send`/`recv` carry bincode (Rust to Rust, with descriptors), `send_pickle`/
+    /// `recv_pickle` carry Python's values (see [`pickle`](crate::pickle) for the mapping).
+    ///
+    /// # Examples
+    /// ```
+    /// let (a, b) = multiprocess::pipe()?;
+    /// a.send_pickle(&("key", vec![1u32, 2]))?;
+    /// let v = b.recv_pickle_value()?; // what Python's `recv()` would give, as a Value
+    /// assert_eq!(format!("{v:?}"), r#"Tuple([Str("key"), List([Int(1), Int(2)])])"#);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn send_pickle<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), SendError> {
+        let bytes = crate::pickle::to_vec(value).map_err(|e| SendError::Encode(e.to_string()))?;
+        self.send_bytes(&bytes)
+    }
+
+    /// Sends a [`Value`](crate::pickle::Value) pickled.
+    pub fn send_pickle_value(&self, value: &crate::pickle::Value) -> Result<(), SendError> {
+        let bytes = crate::pickle::encode(value).map_err(|e| SendError::Encode(e.to_string()))?;
+        self.send_bytes(&bytes)
+    }
+
+    /// Receives one pickled message (what Python's `Connection.send` writes) as a `T`. Nothing is
+    /// imported or called; the decoder's limits hold (see [`pickle`](crate::pickle)). A message
+    /// that does not decode is [`RecvError::Decode`] and the connection stays usable.
+    pub fn recv_pickle<T: DeserializeOwned>(&self) -> Result<T, RecvError> {
+        let bytes = self.recv_bytes()?;
+        crate::pickle::from_slice(&bytes).map_err(|e| RecvError::Decode(e.to_string()))
+    }
+
+    /// Receives one pickled message as a [`Value`](crate::pickle::Value).
+    pub fn recv_pickle_value(&self) -> Result<crate::pickle::Value, RecvError> {
+        let bytes = self.recv_bytes()?;
+        crate::pickle::decode(&bytes).map_err(|e| RecvError::Decode(e.to_string()))
+    }
+
     /// Receives one raw message.
     pub fn recv_bytes(&self) -> Result<Vec<u8>, RecvError> {
         Ok(blocking(self.recv_frame(Wait::Forever, None))?.bytes)

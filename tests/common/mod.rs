@@ -4,6 +4,7 @@
 use multiprocess::{JoinTimeoutError, Process, ProcessError, SharedMemory, StartMethod};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// Every test that starts processes gives them this long at most.
@@ -108,4 +109,28 @@ pub fn highest_open_fd() -> u64 {
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
         .max()
         .unwrap()
+}
+
+/// pyenv's interpreter for Python 3.`minor`.
+pub fn python(minor: u32) -> PathBuf {
+    let root = std::env::var_os("PYENV_ROOT")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".pyenv")))
+        .expect("PYENV_ROOT or HOME");
+    let versions = root.join("versions");
+    let prefix = format!("3.{minor}.");
+    let mut found: Vec<PathBuf> = std::fs::read_dir(&versions)
+        .unwrap_or_else(|e| panic!("no pyenv versions at {}: {e}", versions.display()))
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path().join("bin").join(format!("python3.{minor}")))
+        .filter(|p| p.exists())
+        .collect();
+    found.sort();
+    found.pop().unwrap_or_else(|| {
+        panic!(
+            "this test needs Python 3.{minor} from pyenv under {} (install it: pyenv install 3.{minor})",
+            versions.display()
+        )
+    })
 }

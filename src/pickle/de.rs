@@ -1,0 +1,910 @@
+//! The decoder: the pickle machine over an arena, then the arena into a [`Value`] tree.
+
+use super::{Limits, PickleError, Value};
+use num_bigint::BigInt;
+use std::collections::HashMap;
+
+/// Decodes one pickle with the default [`Limits`]. Bytes after `STOP` are ignored, as Python does.
+///
+/// ```
+/// use multiprocess::pickle::{decode, Value};
+/// // pickle.dumps((1, 'a', [None]), protocol=2)
+/// let v = decode(b"\x80\x02K\x01X\x01\x00\x00\x00aq\x00]q\x01Na\x87q\x02.")?;
+/// let want = [Value::Int(1), Value::Str("a".into()), Value::List(vec![Value::None])];
+/// assert_eq!(v, Value::Tuple(want.to_vec()));
+/// # Ok::<(), multiprocess::pickle::PickleError>(())
+/// ```
+pub fn decode(bytes: &[u8]) -> Result<Value, PickleError> {
+    decode_with(bytes, &Limits::default())
+}
+
+/// [`decode`] with the given limits.
+pub fn decode_with(bytes: &[u8], limits: &Limits) -> Result<Value, PickleError> {
+    let mut m = Machine {
+        input: bytes,
+        at: 0,
+        nodes: Vec::new(),
+        stack: Vec::new(),
+        marks: Vec::new(),
+        memo: HashMap::new(),
+        limits,
+    };
+    let root = m.run()?;
+    let mut out = Expand {
+        nodes: &m.nodes,
+        visiting: vec![false; m.nodes.len()],
+        written: 0,
+        bytes: 0,
+        limits,
+    };
+    out.value(root)
+}
+
+type Id = usize;
+
+/// A value under construction: containers hold ids, so that memo references share them.
+#[derive(Debug)]
+enum Node {
+    Leaf(Value),
+    List(Vec<Id>),
+    Tuple(Vec<Id>),
+    Dict(Vec<(Id, Id)>),
+    Set(Vec<Id>),
+    FrozenSet(Vec<Id>),
+    Object {
+        callable: Id,
+        args: Id,
+        kwargs: Option<Id>,
+        state: Vec<Id>,
+        new: bool,
+        items: Vec<Id>,
+        entries: Vec<(Id, Id)>,
+    },
+}
+
+struct Machine<'a> {
+    input: &'a [u8],
+    at: usize,
+    nodes: Vec<Node>,
+    stack: Vec<Id>,
+    /// Stack lengths at each open MARK.
+    marks: Vec<usize>,
+    memo: HashMap<u64, Id>,
+    limits: &'a Limits,
+}
+
+/// The few globals that only make plain values (Python 2 names too, as protocol 2 writes them).
+fn builtin(module: &str, name: &str) -> Option<&'static str> {
+    match (module, name) {
+        ("builtins" | "__builtin__", "set") => Some("set"),
+        ("builtins" | "__builtin__", "frozenset") => Some("frozenset"),
+        ("builtins" | "__builtin__", "bytearray") => Some("bytearray"),
+        ("builtins" | "__builtin__", "bytes") => Some("bytes"),
+        ("_codecs", "encode") => Some("encode"),
+        _ => None,
+    }
+}
+
+impl Machine<'_> {
+    fn malformed(&self, why: impl Into<String>) -> PickleError {
+        PickleError::Malformed {
+            at: self.at,
+            why: why.into(),
+        }
+    }
+
+    fn take(&mut self, n: usize) -> Result<&[u8], PickleError> {
+        // A length prefix is checked against what is left before anything is allocated.
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|&e| e <= self.input.len())
+            .ok_or(PickleError::Truncated(self.input.len()))?;
+        let s = &self.input[self.at..end];
+        self.at = end;
+        Ok(s)
+    }
+
+    fn byte(&mut self) -> Result<u8, PickleError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u16(&mut self) -> Result<u16, PickleError> {
+        Ok(u16::from_le_bytes(self.take(2)?.try_into().expect("2")))
+    }
+
+    fn u32(&mut self) -> Result<u32, PickleError> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4")))
+    }
+
+    fn u64(&mut self) -> Result<u64, PickleError> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8")))
+    }
+
+    fn len64(&mut self) -> Result<usize, PickleError> {
+        let n = self.u64()?;
+        usize::try_from(n).map_err(|_| PickleError::Truncated(self.input.len()))
+    }
+
+    /// A text line (protocol 0), without its newline.
+    fn line(&mut self) -> Result<&[u8], PickleError> {
+        let rest = &self.input[self.at..];
+        let n = rest
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or(PickleError::Truncated(self.input.len()))?;
+        let s = &self.input[self.at..self.at + n];
+        self.at += n + 1;
+        Ok(s)
+    }
+
+    fn line_str(&mut self) -> Result<String, PickleError> {
+        let l = self.line()?.to_vec();
+        String::from_utf8(l).map_err(|_| self.malformed("a text line that is not UTF-8"))
+    }
+
+    fn node(&mut self, n: Node) -> Result<Id, PickleError> {
+        if self.nodes.len() as u64 >= self.limits.max_nodes {
+            return Err(PickleError::Limit {
+                what: "nodes",
+                limit: self.limits.max_nodes,
+            });
+        }
+        self.nodes.push(n);
+        Ok(self.nodes.len() - 1)
+    }
+
+    fn push(&mut self, id: Id) -> Result<(), PickleError> {
+        if self.stack.len() >= self.limits.max_stack {
+            return Err(PickleError::Limit {
+                what: "stack size",
+                limit: self.limits.max_stack as u64,
+            });
+        }
+        self.stack.push(id);
+        Ok(())
+    }
+
+    fn push_new(&mut self, n: Node) -> Result<(), PickleError> {
+        let id = self.node(n)?;
+        self.push(id)
+    }
+
+    fn leaf(&mut self, v: Value) -> Result<(), PickleError> {
+        self.push_new(Node::Leaf(v))
+    }
+
+    fn pop(&mut self) -> Result<Id, PickleError> {
+        match self.stack.pop() {
+            Some(id) if self.marks.last().is_none_or(|&m| self.stack.len() >= m) => Ok(id),
+            Some(_) => Err(self.malformed("an opcode took a value from below a mark")),
+            None => Err(self.malformed("an opcode took a value from an empty stack")),
+        }
+    }
+
+    fn top(&self) -> Result<Id, PickleError> {
+        self.stack
+            .last()
+            .copied()
+            .ok_or_else(|| self.malformed("an empty stack"))
+    }
+
+    /// Everything above the last mark, and the mark removed.
+    fn pop_mark(&mut self) -> Result<Vec<Id>, PickleError> {
+        let m = self
+            .marks
+            .pop()
+            .ok_or_else(|| self.malformed("no mark to pop to"))?;
+        Ok(self.stack.split_off(m))
+    }
+
+    fn memo_put(&mut self, key: u64) -> Result<(), PickleError> {
+        let id = self.top()?;
+        if self.memo.len() >= self.limits.max_memo && !self.memo.contains_key(&key) {
+            return Err(PickleError::Limit {
+                what: "memo entries",
+                limit: self.limits.max_memo as u64,
+            });
+        }
+        self.memo.insert(key, id);
+        Ok(())
+    }
+
+    fn memo_get(&mut self, key: u64) -> Result<(), PickleError> {
+        let id = *self
+            .memo
+            .get(&key)
+            .ok_or_else(|| self.malformed(format!("memo key {key} was never stored")))?;
+        self.push(id)
+    }
+
+    fn text_int(&self, s: &[u8]) -> Result<Value, PickleError> {
+        let s = std::str::from_utf8(s).map_err(|_| self.malformed("an INT that is not text"))?;
+        let s = s.trim().trim_end_matches('L');
+        if let Ok(i) = s.parse::<i64>() {
+            return Ok(Value::Int(i));
+        }
+        s.parse::<BigInt>()
+            .map(Value::BigInt)
+            .map_err(|_| self.malformed(format!("{s:?} is not an integer")))
+    }
+
+    fn append_items(&mut self, target: Id, items: Vec<Id>) -> Result<(), PickleError> {
+        match &mut self.nodes[target] {
+            Node::List(v) => v.extend(items),
+            Node::Object { items: v, .. } => v.extend(items),
+            _ => return Err(self.malformed("APPEND to something that is not a list")),
+        }
+        Ok(())
+    }
+
+    fn set_items(&mut self, target: Id, kv: Vec<Id>) -> Result<(), PickleError> {
+        if !kv.len().is_multiple_of(2) {
+            return Err(self.malformed("SETITEMS with an odd number of values"));
+        }
+        let pairs = kv.chunks(2).map(|p| (p[0], p[1]));
+        match &mut self.nodes[target] {
+            Node::Dict(v) => v.extend(pairs),
+            Node::Object { entries, .. } => entries.extend(pairs),
+            _ => return Err(self.malformed("SETITEM on something that is not a dict")),
+        }
+        Ok(())
+    }
+
+    /// `callable(*args)`: a plain value for the few builtins that make one, else an object.
+    fn reduce(&mut self, callable: Id, args: Id, new: bool) -> Result<Id, PickleError> {
+        if let (Node::Leaf(Value::Global { module, name }), Node::Tuple(a)) =
+            (&self.nodes[callable], &self.nodes[args])
+            && let Some(b) = builtin(module, name)
+        {
+            let a = a.clone();
+            let plain = match (b, a.as_slice()) {
+                ("set", []) => Some(Node::Set(Vec::new())),
+                ("frozenset", []) => Some(Node::FrozenSet(Vec::new())),
+                ("set" | "frozenset", [items]) => match &self.nodes[*items] {
+                    Node::List(v) | Node::Tuple(v) | Node::Set(v) | Node::FrozenSet(v) => {
+                        let v = v.clone();
+                        Some(if b == "set" {
+                            Node::Set(v)
+                        } else {
+                            Node::FrozenSet(v)
+                        })
+                    }
+                    _ => None,
+                },
+                ("bytearray" | "bytes", []) => Some(Node::Leaf(if b == "bytes" {
+                    Value::Bytes(Vec::new())
+                } else {
+                    Value::ByteArray(Vec::new())
+                })),
+                // Protocol 2 writes bytes as `_codecs.encode(text, 'latin1')`, and bytearray as
+                // `bytearray(text, 'latin-1')` or `bytearray(bytes)`.
+                ("encode" | "bytearray" | "bytes", [text, ..]) => {
+                    let raw = match &self.nodes[*text] {
+                        Node::Leaf(Value::Str(s)) => {
+                            s.chars().map(|c| u8::try_from(c as u32).ok()).collect()
+                        }
+                        Node::Leaf(Value::Bytes(b)) => Some(b.clone()),
+                        _ => None,
+                    };
+                    raw.map(|r| {
+                        Node::Leaf(if b == "bytearray" {
+                            Value::ByteArray(r)
+                        } else {
+                            Value::Bytes(r)
+                        })
+                    })
+                }
+                _ => None,
+            };
+            if let Some(n) = plain {
+                return self.node(n);
+            }
+        }
+        self.node(Node::Object {
+            callable,
+            args,
+            kwargs: None,
+            state: Vec::new(),
+            new,
+            items: Vec::new(),
+            entries: Vec::new(),
+        })
+    }
+
+    fn run(&mut self) -> Result<Id, PickleError> {
+        loop {
+            let at = self.at;
+            let op = self.byte()?;
+            match op {
+                0x80 => {
+                    // PROTO
+                    let p = self.byte()?;
+                    if p > 5 {
+                        return Err(self.malformed(format!("protocol {p} is newer than 5")));
+                    }
+                }
+                0x95 => {
+                    // FRAME: a length hint; the opcodes follow inline.
+                    self.u64()?;
+                }
+                b'.' => return self.pop(),
+                b'(' => {
+                    if self.marks.len() >= self.limits.max_marks {
+                        return Err(PickleError::Limit {
+                            what: "open marks",
+                            limit: self.limits.max_marks as u64,
+                        });
+                    }
+                    self.marks.push(self.stack.len());
+                }
+                b'0' => {
+                    if self.marks.last() == Some(&self.stack.len()) {
+                        self.marks.pop();
+                    } else {
+                        self.pop()?;
+                    }
+                }
+                b'1' => {
+                    self.pop_mark()?;
+                }
+                b'2' => {
+                    let t = self.top()?;
+                    self.push(t)?;
+                }
+                b'N' => self.leaf(Value::None)?,
+                0x88 => self.leaf(Value::Bool(true))?,
+                0x89 => self.leaf(Value::Bool(false))?,
+                b'I' => {
+                    let l = self.line()?.to_vec();
+                    let v = match l.as_slice() {
+                        b"01" => Value::Bool(true),
+                        b"00" => Value::Bool(false),
+                        _ => self.text_int(&l)?,
+                    };
+                    self.leaf(v)?;
+                }
+                b'L' => {
+                    let l = self.line()?.to_vec();
+                    let v = self.text_int(&l)?;
+                    self.leaf(v)?;
+                }
+                b'J' => {
+                    let v = i32::from_le_bytes(self.take(4)?.try_into().expect("4"));
+                    self.leaf(Value::Int(v.into()))?;
+                }
+                b'K' => {
+                    let v = self.byte()?;
+                    self.leaf(Value::Int(v.into()))?;
+                }
+                b'M' => {
+                    let v = self.u16()?;
+                    self.leaf(Value::Int(v.into()))?;
+                }
+                0x8a | 0x8b => {
+                    let n = if op == 0x8a {
+                        self.byte()? as usize
+                    } else {
+                        let n = i32::from_le_bytes(self.take(4)?.try_into().expect("4"));
+                        usize::try_from(n).map_err(|_| self.malformed("a negative LONG4 length"))?
+                    };
+                    let b = self.take(n)?;
+                    let big = BigInt::from_signed_bytes_le(b);
+                    let v = i64::try_from(&big).map_or(Value::BigInt(big), Value::Int);
+                    self.leaf(v)?;
+                }
+                b'F' => {
+                    let l = self.line()?;
+                    let v = std::str::from_utf8(l)
+                        .ok()
+                        .and_then(|s| s.trim().parse::<f64>().ok())
+                        .ok_or_else(|| self.malformed("a FLOAT that is not a number"))?;
+                    self.leaf(Value::Float(v))?;
+                }
+                b'G' => {
+                    let v = f64::from_be_bytes(self.take(8)?.try_into().expect("8"));
+                    self.leaf(Value::Float(v))?;
+                }
+                b'S' => {
+                    let l = self.line()?.to_vec();
+                    let raw = unquote(&l).ok_or_else(|| self.malformed("a bad STRING literal"))?;
+                    self.leaf(py2_str(raw))?;
+                }
+                b'T' | b'U' => {
+                    let n = if op == b'T' {
+                        let n = i32::from_le_bytes(self.take(4)?.try_into().expect("4"));
+                        usize::try_from(n).map_err(|_| self.malformed("a negative length"))?
+                    } else {
+                        self.byte()? as usize
+                    };
+                    let raw = self.take(n)?.to_vec();
+                    self.leaf(py2_str(raw))?;
+                }
+                b'V' => {
+                    let l = self.line()?.to_vec();
+                    let s = raw_unicode_escape(&l)
+                        .ok_or_else(|| self.malformed("a bad UNICODE literal"))?;
+                    self.leaf(Value::Str(s))?;
+                }
+                b'X' | 0x8c | 0x8d => {
+                    let n = match op {
+                        b'X' => self.u32()? as usize,
+                        0x8c => self.byte()? as usize,
+                        _ => self.len64()?,
+                    };
+                    let raw = self.take(n)?;
+                    let s = String::from_utf8(raw.to_vec())
+                        .map_err(|_| self.malformed("a str that is not UTF-8"))?;
+                    self.leaf(Value::Str(s))?;
+                }
+                b'B' | b'C' | 0x8e | 0x96 => {
+                    let n = match op {
+                        b'B' => self.u32()? as usize,
+                        b'C' => self.byte()? as usize,
+                        _ => self.len64()?,
+                    };
+                    let raw = self.take(n)?.to_vec();
+                    self.leaf(if op == 0x96 {
+                        Value::ByteArray(raw)
+                    } else {
+                        Value::Bytes(raw)
+                    })?;
+                }
+                b']' => self.push_new(Node::List(Vec::new()))?,
+                b')' => self.push_new(Node::Tuple(Vec::new()))?,
+                b'}' => self.push_new(Node::Dict(Vec::new()))?,
+                0x8f => self.push_new(Node::Set(Vec::new()))?,
+                b'l' => {
+                    let items = self.pop_mark()?;
+                    self.push_new(Node::List(items))?;
+                }
+                b't' => {
+                    let items = self.pop_mark()?;
+                    self.push_new(Node::Tuple(items))?;
+                }
+                0x91 => {
+                    let items = self.pop_mark()?;
+                    self.push_new(Node::FrozenSet(items))?;
+                }
+                0x85..=0x87 => {
+                    let n = (op - 0x84) as usize;
+                    let mut items = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        items.push(self.pop()?);
+                    }
+                    items.reverse();
+                    self.push_new(Node::Tuple(items))?;
+                }
+                b'd' => {
+                    let kv = self.pop_mark()?;
+                    let id = self.node(Node::Dict(Vec::new()))?;
+                    self.set_items(id, kv)?;
+                    self.push(id)?;
+                }
+                b'a' => {
+                    let v = self.pop()?;
+                    let t = self.top()?;
+                    self.append_items(t, vec![v])?;
+                }
+                b'e' => {
+                    let items = self.pop_mark()?;
+                    let t = self.top()?;
+                    self.append_items(t, items)?;
+                }
+                b's' => {
+                    let v = self.pop()?;
+                    let k = self.pop()?;
+                    let t = self.top()?;
+                    self.set_items(t, vec![k, v])?;
+                }
+                b'u' => {
+                    let kv = self.pop_mark()?;
+                    let t = self.top()?;
+                    self.set_items(t, kv)?;
+                }
+                0x90 => {
+                    let items = self.pop_mark()?;
+                    let t = self.top()?;
+                    match &mut self.nodes[t] {
+                        Node::Set(v) => v.extend(items),
+                        _ => return Err(self.malformed("ADDITEMS to something that is not a set")),
+                    }
+                }
+                b'p' => {
+                    let l = self.line()?.to_vec();
+                    let key = std::str::from_utf8(&l)
+                        .ok()
+                        .and_then(|s| s.parse::<u64>().ok())
+                        .ok_or_else(|| self.malformed("a bad PUT key"))?;
+                    self.memo_put(key)?;
+                }
+                b'q' => {
+                    let k = self.byte()?;
+                    self.memo_put(k.into())?;
+                }
+                b'r' => {
+                    let k = self.u32()?;
+                    self.memo_put(k.into())?;
+                }
+                0x94 => {
+                    let k = self.memo.len() as u64;
+                    self.memo_put(k)?;
+                }
+                b'g' => {
+                    let l = self.line()?.to_vec();
+                    let key = std::str::from_utf8(&l)
+                        .ok()
+                        .and_then(|s| s.parse::<u64>().ok())
+                        .ok_or_else(|| self.malformed("a bad GET key"))?;
+                    self.memo_get(key)?;
+                }
+                b'h' => {
+                    let k = self.byte()?;
+                    self.memo_get(k.into())?;
+                }
+                b'j' => {
+                    let k = self.u32()?;
+                    self.memo_get(k.into())?;
+                }
+                b'c' => {
+                    let module = self.line_str()?;
+                    let name = self.line_str()?;
+                    self.leaf(Value::Global { module, name })?;
+                }
+                0x93 => {
+                    let name = self.pop()?;
+                    let module = self.pop()?;
+                    let (Node::Leaf(Value::Str(m)), Node::Leaf(Value::Str(n))) =
+                        (&self.nodes[module], &self.nodes[name])
+                    else {
+                        return Err(self.malformed("STACK_GLOBAL of values that are not str"));
+                    };
+                    let g = Value::global(m, n);
+                    self.leaf(g)?;
+                }
+                b'R' => {
+                    let args = self.pop()?;
+                    let callable = self.pop()?;
+                    let id = self.reduce(callable, args, false)?;
+                    self.push(id)?;
+                }
+                0x81 => {
+                    let args = self.pop()?;
+                    let cls = self.pop()?;
+                    let id = self.reduce(cls, args, true)?;
+                    self.push(id)?;
+                }
+                0x92 => {
+                    let kwargs = self.pop()?;
+                    let args = self.pop()?;
+                    let cls = self.pop()?;
+                    let id = self.reduce(cls, args, true)?;
+                    if let Node::Object { kwargs: k, .. } = &mut self.nodes[id] {
+                        *k = Some(kwargs);
+                    }
+                    self.push(id)?;
+                }
+                b'i' => {
+                    let module = self.line_str()?;
+                    let name = self.line_str()?;
+                    let items = self.pop_mark()?;
+                    let cls = self.node(Node::Leaf(Value::Global { module, name }))?;
+                    let args = self.node(Node::Tuple(items))?;
+                    let id = self.reduce(cls, args, false)?;
+                    self.push(id)?;
+                }
+                b'o' => {
+                    let mut items = self.pop_mark()?;
+                    if items.is_empty() {
+                        return Err(self.malformed("OBJ without a class"));
+                    }
+                    let cls = items.remove(0);
+                    let args = self.node(Node::Tuple(items))?;
+                    let id = self.reduce(cls, args, true)?;
+                    self.push(id)?;
+                }
+                b'b' => {
+                    let state = self.pop()?;
+                    let t = self.top()?;
+                    match &mut self.nodes[t] {
+                        Node::Object { state: s, .. } => s.push(state),
+                        _ => return Err(self.malformed("BUILD on something that is not an object")),
+                    }
+                }
+                b'P' | b'Q' => {
+                    return Err(PickleError::Opcode {
+                        op,
+                        at,
+                        why: "persistent ids belong to one Python program",
+                    });
+                }
+                0x82..=0x84 => {
+                    return Err(PickleError::Opcode {
+                        op,
+                        at,
+                        why: "the extension registry is not carried",
+                    });
+                }
+                0x97 | 0x98 => {
+                    return Err(PickleError::Opcode {
+                        op,
+                        at,
+                        why: "out-of-band buffers are not carried",
+                    });
+                }
+                _ => return Err(PickleError::Opcode { op, at, why: "" }),
+            }
+        }
+    }
+}
+
+/// A Python 2 `str`: text when it is UTF-8 (as `encoding='utf-8'` would read it), else bytes.
+fn py2_str(raw: Vec<u8>) -> Value {
+    match String::from_utf8(raw) {
+        Ok(s) => Value::Str(s),
+        Err(e) => Value::Bytes(e.into_bytes()),
+    }
+}
+
+/// A protocol 0 `STRING` literal: a quoted Python 2 repr with backslash escapes.
+fn unquote(l: &[u8]) -> Option<Vec<u8>> {
+    let q = *l.first()?;
+    if l.len() < 2 || !(q == b'\'' || q == b'"') || *l.last()? != q {
+        return None;
+    }
+    let body = &l[1..l.len() - 1];
+    let mut out = Vec::with_capacity(body.len());
+    let mut i = 0;
+    while i < body.len() {
+        let c = body[i];
+        i += 1;
+        if c != b'\\' {
+            out.push(c);
+            continue;
+        }
+        let e = *body.get(i)?;
+        i += 1;
+        match e {
+            b'n' => out.push(b'\n'),
+            b't' => out.push(b'\t'),
+            b'r' => out.push(b'\r'),
+            b'0'..=b'7' => {
+                let mut v = u32::from(e - b'0');
+                for _ in 0..2 {
+                    match body.get(i) {
+                        Some(&d @ b'0'..=b'7') => {
+                            v = v * 8 + u32::from(d - b'0');
+                            i += 1;
+                        }
+                        _ => break,
+                    }
+                }
+                out.push(u8::try_from(v).ok()?);
+            }
+            b'x' => {
+                let h = std::str::from_utf8(body.get(i..i + 2)?).ok()?;
+                out.push(u8::from_str_radix(h, 16).ok()?);
+                i += 2;
+            }
+            b'\\' | b'\'' | b'"' => out.push(e),
+            other => {
+                out.push(b'\\');
+                out.push(other);
+            }
+        }
+    }
+    Some(out)
+}
+
+/// A protocol 0 `UNICODE` line: `raw-unicode-escape` (latin-1 bytes, `\uXXXX`, `\UXXXXXXXX`).
+fn raw_unicode_escape(l: &[u8]) -> Option<String> {
+    let mut out = String::with_capacity(l.len());
+    let mut i = 0;
+    while i < l.len() {
+        if l[i] == b'\\' && matches!(l.get(i + 1), Some(b'u' | b'U')) {
+            let n = if l[i + 1] == b'u' { 4 } else { 8 };
+            let h = std::str::from_utf8(l.get(i + 2..i + 2 + n)?).ok()?;
+            out.push(char::from_u32(u32::from_str_radix(h, 16).ok()?)?);
+            i += 2 + n;
+        } else {
+            out.push(char::from(l[i]));
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+/// The arena into a tree, counting what it writes.
+struct Expand<'a> {
+    nodes: &'a [Node],
+    visiting: Vec<bool>,
+    written: u64,
+    bytes: u64,
+    limits: &'a Limits,
+}
+
+/// Bytes a leaf adds to the expanded value (what a memo reference copies).
+fn leaf_bytes(v: &Value) -> u64 {
+    match v {
+        Value::Str(s) => s.len() as u64,
+        Value::Bytes(b) | Value::ByteArray(b) => b.len() as u64,
+        Value::Global { module, name } => (module.len() + name.len()) as u64,
+        _ => 0,
+    }
+}
+
+/// What a container's children rebuild into (see [`Expand::value`]).
+enum Kind {
+    List,
+    Tuple,
+    Set,
+    FrozenSet,
+    Dict,
+    /// With how many states, items and entries follow the callable and args (and kwargs).
+    Object {
+        kwargs: bool,
+        states: usize,
+        items: usize,
+        entries: usize,
+        new: bool,
+    },
+}
+
+/// A container being expanded: its children in order, and those done.
+struct Frame {
+    id: Id,
+    kind: Kind,
+    children: Vec<Id>,
+    next: usize,
+    done: Vec<Value>,
+}
+
+impl Expand<'_> {
+    /// The value of `root`, expanded with an explicit stack (no recursion: `max_depth` levels cost
+    /// heap, never the thread's stack).
+    fn value(&mut self, root: Id) -> Result<Value, PickleError> {
+        let mut stack: Vec<Frame> = Vec::new();
+        if let Some(v) = self.enter(root, &mut stack)? {
+            return Ok(v);
+        }
+        loop {
+            let top = stack.last_mut().expect("a frame while expanding");
+            if top.next < top.children.len() {
+                let child = top.children[top.next];
+                top.next += 1;
+                if let Some(v) = self.enter(child, &mut stack)? {
+                    stack.last_mut().expect("the parent").done.push(v);
+                }
+                continue;
+            }
+            let f = stack.pop().expect("the top");
+            self.visiting[f.id] = false;
+            let v = build(f);
+            match stack.last_mut() {
+                Some(parent) => parent.done.push(v),
+                None => return Ok(v),
+            }
+        }
+    }
+
+    /// Counts `id`; a leaf's value, or `None` after pushing its frame.
+    fn enter(&mut self, id: Id, stack: &mut Vec<Frame>) -> Result<Option<Value>, PickleError> {
+        self.written += 1;
+        if self.written > self.limits.max_nodes {
+            return Err(PickleError::Limit {
+                what: "nodes",
+                limit: self.limits.max_nodes,
+            });
+        }
+        let nodes = self.nodes;
+        let (kind, children) = match &nodes[id] {
+            Node::Leaf(v) => {
+                self.bytes += leaf_bytes(v);
+                if self.bytes > self.limits.max_bytes {
+                    return Err(PickleError::Limit {
+                        what: "bytes of the decoded value",
+                        limit: self.limits.max_bytes,
+                    });
+                }
+                return Ok(Some(v.clone()));
+            }
+            Node::List(v) => (Kind::List, v.clone()),
+            Node::Tuple(v) => (Kind::Tuple, v.clone()),
+            Node::Set(v) => (Kind::Set, v.clone()),
+            Node::FrozenSet(v) => (Kind::FrozenSet, v.clone()),
+            Node::Dict(kv) => (Kind::Dict, kv.iter().flat_map(|&(k, v)| [k, v]).collect()),
+            Node::Object {
+                callable,
+                args,
+                kwargs,
+                state,
+                new,
+                items,
+                entries,
+            } => {
+                let mut c = vec![*callable, *args];
+                c.extend(kwargs);
+                c.extend(state);
+                c.extend(items);
+                c.extend(entries.iter().flat_map(|&(k, v)| [k, v]));
+                let kind = Kind::Object {
+                    kwargs: kwargs.is_some(),
+                    states: state.len(),
+                    items: items.len(),
+                    entries: entries.len(),
+                    new: *new,
+                };
+                (kind, c)
+            }
+        };
+        if stack.len() >= self.limits.max_depth {
+            return Err(PickleError::Limit {
+                what: "nesting depth",
+                limit: self.limits.max_depth as u64,
+            });
+        }
+        if std::mem::replace(&mut self.visiting[id], true) {
+            return Err(PickleError::Recursive);
+        }
+        stack.push(Frame {
+            id,
+            kind,
+            done: Vec::with_capacity(children.len()),
+            children,
+            next: 0,
+        });
+        Ok(None)
+    }
+}
+
+fn pairs(flat: Vec<Value>) -> Vec<(Value, Value)> {
+    let mut out = Vec::with_capacity(flat.len() / 2);
+    let mut it = flat.into_iter();
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        out.push((k, v));
+    }
+    out
+}
+
+/// A finished frame into its value.
+fn build(f: Frame) -> Value {
+    match f.kind {
+        Kind::List => Value::List(f.done),
+        Kind::Tuple => Value::Tuple(f.done),
+        Kind::Set => Value::Set(f.done),
+        Kind::FrozenSet => Value::FrozenSet(f.done),
+        Kind::Dict => Value::Dict(pairs(f.done)),
+        Kind::Object {
+            kwargs,
+            states,
+            items,
+            entries,
+            new,
+        } => {
+            let mut it = f.done.into_iter();
+            let callable = Box::new(it.next().unwrap_or(Value::None));
+            let args = Box::new(it.next().unwrap_or(Value::None));
+            let kwargs = if kwargs {
+                it.next().map(Box::new)
+            } else {
+                None
+            };
+            let mut state: Vec<Value> = it.by_ref().take(states).collect();
+            // Items a reduce appended or set are part of its state: kept after it, in order, as
+            // a list and a dict.
+            if items > 0 {
+                state.push(Value::List(it.by_ref().take(items).collect()));
+            }
+            if entries > 0 {
+                state.push(Value::Dict(pairs(it.collect())));
+            }
+            Value::Object {
+                callable,
+                args,
+                kwargs,
+                state,
+                new,
+            }
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! Unit tests of the pickle codec: limits, bombs, sharing, round trips. (Against real CPython:
+//! `tests/python_pickle.rs`.)
+
+use super::*;
+
+#[test]
+fn a_memo_bomb_hits_the_node_limit() {
+    // A list memoized, then a list of 20 000 references to it, nested ten times: each level
+    // multiplies the expanded size by 20 000.
+    let mut p = vec![0x80, 4, b']', 0x94]; // [] memo 0
+    for level in 0..10u32 {
+        p.push(b']');
+        p.push(b'(');
+        for _ in 0..20_000 {
+            p.push(b'j');
+            p.extend(level.to_le_bytes());
+        }
+        p.push(b'e');
+        p.push(0x94);
+    }
+    p.push(b'.');
+    assert!(p.len() < 1 << 20);
+    let e = decode(&p).unwrap_err();
+    assert!(matches!(e, PickleError::Limit { what: "nodes", .. }), "{e}");
+}
+
+#[test]
+fn two_million_marks_hit_the_mark_limit() {
+    let mut p = vec![0x80, 4];
+    p.extend(std::iter::repeat_n(b'(', 2_000_000));
+    p.push(b'.');
+    let e = decode(&p).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            PickleError::Limit {
+                what: "open marks",
+                ..
+            }
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn deep_nesting_hits_the_depth_limit_without_overflowing_the_stack() {
+    // 100 000 nested lists: `]` then APPEND into the one below, built bottom up.
+    let mut p = vec![0x80, 4];
+    p.extend(std::iter::repeat_n(b']', 100_000));
+    p.extend(std::iter::repeat_n(b'a', 99_999));
+    p.push(b'.');
+    let e = decode(&p).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            PickleError::Limit {
+                what: "nesting depth",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    // Within the limit it decodes.
+    let mut p = vec![0x80, 4];
+    p.extend(std::iter::repeat_n(b']', 500));
+    p.extend(std::iter::repeat_n(b'a', 499));
+    p.push(b'.');
+    let mut v = decode(&p).unwrap();
+    let mut depth = 1;
+    while let Value::List(mut items) = v {
+        match items.pop() {
+            Some(inner) => {
+                depth += 1;
+                v = inner;
+            }
+            None => break,
+        }
+    }
+    assert_eq!(depth, 500);
+}
+
+#[test]
+fn forged_lengths_never_allocate() {
+    for op in [b'X', b'B', 0x8d, 0x8e, 0x96, b'T', 0x8b] {
+        let mut p = vec![0x80, 4, op];
+        p.extend([0xff; 8]);
+        assert!(decode(&p).is_err(), "{op:#x}");
+    }
+}
+
+#[test]
+fn memo_references_share_what_was_filled_later() {
+    // a = []; (a, a) after a.append(1): the memo entry is stored while a is empty.
+    let p = b"\x80\x04]\x94K\x01ah\x00\x86\x94.";
+    assert_eq!(
+        decode(p).unwrap(),
+        Value::Tuple(vec![Value::List(vec![Value::Int(1)]); 2])
+    );
+    // A list that contains itself cannot become a tree.
+    let p = b"\x80\x04]\x94h\x00a.";
+    assert_eq!(decode(p).unwrap_err(), PickleError::Recursive);
+}
+
+#[test]
+fn nothing_is_imported_or_called() {
+    // os.system('echo hi') by REDUCE: an object naming it, nothing run.
+    let p = b"\x80\x04\x8c\x02os\x8c\x06system\x93\x8c\x07echo hi\x85R.";
+    match decode(p).unwrap() {
+        Value::Object { callable, args, .. } => {
+            assert_eq!(*callable, Value::global("os", "system"));
+            assert_eq!(*args, Value::Tuple(vec![Value::Str("echo hi".into())]));
+        }
+        other => panic!("{other:?}"),
+    }
+    for refused in [
+        &b"\x80\x04K\x01Q."[..],
+        b"\x80\x04\x82\x01.",
+        b"\x80\x05\x97.",
+    ] {
+        assert!(matches!(decode(refused), Err(PickleError::Opcode { .. })));
+    }
+}
+
+#[test]
+fn values_round_trip_through_the_encoder() {
+    let v = Value::Tuple(vec![
+        Value::None,
+        Value::Bool(true),
+        Value::Int(-1),
+        Value::Int(300),
+        Value::Int(70_000),
+        Value::Int(i64::MIN),
+        Value::BigInt("123456789012345678901234567890".parse().unwrap()),
+        Value::Float(1.5),
+        Value::Str("ünï".into()),
+        Value::Bytes(vec![0, 255]),
+        Value::ByteArray(vec![1, 2]),
+        Value::List((0..2500).map(Value::Int).collect()),
+        Value::Dict(vec![
+            (Value::Int(2), Value::None),
+            (Value::Int(1), Value::None),
+        ]),
+        Value::Set(vec![Value::Int(1)]),
+        Value::FrozenSet(vec![]),
+        Value::global("builtins", "KeyError"),
+        Value::Tuple(vec![
+            Value::Int(1),
+            Value::Int(2),
+            Value::Int(3),
+            Value::Int(4),
+        ]),
+    ]);
+    assert_eq!(decode(&encode(&v).unwrap()).unwrap(), v);
+}
+
+#[test]
+fn serde_types_round_trip() {
+    use serde::{Deserialize, Serialize};
+    use std::collections::BTreeMap;
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    enum Shape {
+        Dot,
+        Circle(f64),
+        Rect { w: u32, h: u32 },
+        Pair(i8, i8),
+    }
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct All {
+        name: String,
+        big: u128,
+        neg: i128,
+        tuple: (u8, String, Option<bool>),
+        list: Vec<Shape>,
+        map: BTreeMap<String, Vec<u64>>,
+        #[serde(with = "serde_bytes")]
+        raw: Vec<u8>,
+        unit: (),
+        c: char,
+    }
+    let all = All {
+        name: "x".into(),
+        big: u128::MAX,
+        neg: i128::MIN,
+        tuple: (1, "t".into(), None),
+        list: vec![
+            Shape::Dot,
+            Shape::Circle(0.5),
+            Shape::Rect { w: 2, h: 3 },
+            Shape::Pair(-1, 1),
+        ],
+        map: [("k".to_string(), vec![u64::MAX, 0])].into(),
+        raw: vec![9; 3],
+        unit: (),
+        c: 'λ',
+    };
+    let bytes = to_vec(&all).unwrap();
+    assert_eq!(from_slice::<All>(&bytes).unwrap(), all);
+    // The Python shapes.
+    let Value::Dict(fields) = decode(&bytes).unwrap() else {
+        panic!()
+    };
+    assert_eq!(
+        fields[0],
+        (Value::Str("name".into()), Value::Str("x".into()))
+    );
+    assert!(matches!(fields[3].1, Value::Tuple(_)));
+    assert!(matches!(fields[6].1, Value::Bytes(_)));
+    // A type mismatch is a typed error.
+    assert!(matches!(
+        from_slice::<u8>(&to_vec(&300u32).unwrap()),
+        Err(PickleError::Type(_))
+    ));
+}
