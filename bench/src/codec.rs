@@ -17,7 +17,10 @@
 //! - `minicbor-serde`: CBOR (`to_vec`, a `Deserializer` whose position is checked);
 //! - `musli`: Müsli's `storage` format (its defaults: variable-length integers) through its serde
 //!   layer (`musli::serde`);
-//! - `musli-fixint`: the same with fixed-width little-endian integers and 64-bit lengths.
+//! - `musli-fixint`: the same with fixed-width little-endian integers and 64-bit lengths;
+//! - `pickle (ours)`: `multiprocess::pickle::to_vec`/`from_slice` (protocol 4, the decoder's default
+//!   limits): not a candidate for Rust-to-Rust messages but the codec for Python's values, so its row
+//!   is the like-for-like comparison with the python column.
 //!
 //! Shapes: `small struct` (a `u64`, a 16-character `String`, a `Vec<u32>` of 8; ns per round trip),
 //! `Vec<u64> 10k` (the squares of 0..10 000, so varints need 1 to 4 bytes each; µs per round trip) and
@@ -54,6 +57,8 @@ enum Codec {
     Minicbor,
     Musli,
     MusliFixed,
+    /// `multiprocess::pickle` (protocol 4), for values exchanged with Python.
+    Pickle,
 }
 
 /// Says that `read` of `len` bytes were decoded: the rest would be trailing bytes.
@@ -66,7 +71,7 @@ fn whole(read: usize, len: usize) -> Result<(), String> {
 }
 
 impl Codec {
-    const ALL: [Codec; 10] = [
+    const ALL: [Codec; 11] = [
         Codec::Bincode,
         Codec::Bincode2,
         Codec::BincodeNext,
@@ -77,6 +82,7 @@ impl Codec {
         Codec::Minicbor,
         Codec::Musli,
         Codec::MusliFixed,
+        Codec::Pickle,
     ];
 
     fn name(self) -> &'static str {
@@ -91,6 +97,7 @@ impl Codec {
             Codec::Minicbor => "minicbor-serde",
             Codec::Musli => "musli",
             Codec::MusliFixed => "musli-fixint",
+            Codec::Pickle => "pickle (ours)",
         }
     }
 
@@ -140,6 +147,10 @@ impl Codec {
                 .encode(&mut *buf, &MusliSerde(value))
                 .map(drop)
                 .map_err(|x| e(&x)),
+            Codec::Pickle => {
+                *buf = multiprocess::pickle::to_vec(value).map_err(|x| e(&x))?;
+                Ok(())
+            }
         }
     }
 
@@ -186,6 +197,8 @@ impl Codec {
                 .from_slice::<MusliSerde<T>>(bytes)
                 .map(|v| v.0)
                 .map_err(|x| e(&x)),
+            // Refuses bytes after STOP itself.
+            Codec::Pickle => multiprocess::pickle::from_slice(bytes).map_err(|x| e(&x)),
         }
     }
 }
@@ -560,13 +573,14 @@ mod tests {
     /// The codecs whose every probe must pass (the others' findings are only printed): bincode 2 and
     /// its fork abort on a forged string length (they allocate it before reading), bitcode panics on
     /// a value whose items serialize as different types, rmp-serde accepts trailing bytes.
-    const SAFE: [Codec; 6] = [
+    const SAFE: [Codec; 7] = [
         Codec::Bincode,
         Codec::Postcard,
         Codec::Ciborium,
         Codec::Minicbor,
         Codec::Musli,
         Codec::MusliFixed,
+        Codec::Pickle,
     ];
 
     const PROBES: [&str; 4] = ["truncated", "mutated", "side-channel", "mixed-shapes"];
@@ -642,6 +656,15 @@ mod tests {
                     Kind::Bytes => 2,
                 };
                 [vec![(major << 5) | 27], len.to_be_bytes().to_vec()].concat()
+            }
+            // No sequence length in a pickle: a str or bytes of that length stands for all three.
+            Codec::Pickle => {
+                let op = if matches!(kind, Kind::Str) {
+                    0x8d
+                } else {
+                    0x8e
+                };
+                [vec![0x80, 4, op], len.to_le_bytes().to_vec()].concat()
             }
         }
     }

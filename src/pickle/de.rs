@@ -4,7 +4,8 @@ use super::{Limits, PickleError, Value};
 use num_bigint::BigInt;
 use std::collections::HashMap;
 
-/// Decodes one pickle with the default [`Limits`]. Bytes after `STOP` are ignored, as Python does.
+/// Decodes one pickle with the default [`Limits`]. Bytes after `STOP` are refused (Python's
+/// `loads` ignores them, but no pickler writes them: in a framed message they are a forgery).
 ///
 /// ```
 /// use multiprocess::pickle::{decode, Value};
@@ -28,8 +29,15 @@ pub fn decode_with(bytes: &[u8], limits: &Limits) -> Result<Value, PickleError> 
         marks: Vec::new(),
         memo: HashMap::new(),
         limits,
+        copied: 0,
     };
     let root = m.run()?;
+    if m.at != bytes.len() {
+        return Err(PickleError::Malformed {
+            at: m.at,
+            why: format!("{} bytes after STOP", bytes.len() - m.at),
+        });
+    }
     let mut out = Expand {
         nodes: &m.nodes,
         visiting: vec![false; m.nodes.len()],
@@ -71,6 +79,8 @@ struct Machine<'a> {
     marks: Vec<usize>,
     memo: HashMap<u64, Id>,
     limits: &'a Limits,
+    /// Bytes copied while running (globals, builtin calls), charged to `max_bytes`.
+    copied: u64,
 }
 
 /// The few globals that only make plain values (Python 2 names too, as protocol 2 writes them).
@@ -150,6 +160,8 @@ impl Machine<'_> {
                 limit: self.limits.max_nodes,
             });
         }
+        // The arena's own memory counts against the byte budget too.
+        self.charge(std::mem::size_of::<Node>() as u64)?;
         self.nodes.push(n);
         Ok(self.nodes.len() - 1)
     }
@@ -183,6 +195,9 @@ impl Machine<'_> {
     }
 
     fn top(&self) -> Result<Id, PickleError> {
+        if self.marks.last() == Some(&self.stack.len()) {
+            return Err(self.malformed("an opcode used a value from below a mark"));
+        }
         self.stack
             .last()
             .copied()
@@ -221,6 +236,10 @@ impl Machine<'_> {
     fn text_int(&self, s: &[u8]) -> Result<Value, PickleError> {
         let s = std::str::from_utf8(s).map_err(|_| self.malformed("an INT that is not text"))?;
         let s = s.trim().trim_end_matches('L');
+        // CPython's own cap on decimal digits (parsing is quadratic in them).
+        if s.len() > 4300 {
+            return Err(self.malformed("an integer of more than 4300 digits"));
+        }
         if let Ok(i) = s.parse::<i64>() {
             return Ok(Value::Int(i));
         }
@@ -251,55 +270,83 @@ impl Machine<'_> {
         Ok(())
     }
 
-    /// `callable(*args)`: a plain value for the few builtins that make one, else an object.
-    fn reduce(&mut self, callable: Id, args: Id, new: bool) -> Result<Id, PickleError> {
-        if let (Node::Leaf(Value::Global { module, name }), Node::Tuple(a)) =
+    /// A plain value for the few builtin calls that make one (see [`builtin`]); the copy it
+    /// makes is charged to the byte budget.
+    fn plain(&mut self, callable: Id, args: Id) -> Result<Option<Node>, PickleError> {
+        let (Node::Leaf(Value::Global { module, name }), Node::Tuple(a)) =
             (&self.nodes[callable], &self.nodes[args])
-            && let Some(b) = builtin(module, name)
-        {
-            let a = a.clone();
-            let plain = match (b, a.as_slice()) {
-                ("set", []) => Some(Node::Set(Vec::new())),
-                ("frozenset", []) => Some(Node::FrozenSet(Vec::new())),
-                ("set" | "frozenset", [items]) => match &self.nodes[*items] {
-                    Node::List(v) | Node::Tuple(v) | Node::Set(v) | Node::FrozenSet(v) => {
-                        let v = v.clone();
-                        Some(if b == "set" {
-                            Node::Set(v)
-                        } else {
-                            Node::FrozenSet(v)
-                        })
-                    }
-                    _ => None,
-                },
-                ("bytearray" | "bytes", []) => Some(Node::Leaf(if b == "bytes" {
-                    Value::Bytes(Vec::new())
-                } else {
-                    Value::ByteArray(Vec::new())
-                })),
-                // Protocol 2 writes bytes as `_codecs.encode(text, 'latin1')`, and bytearray as
-                // `bytearray(text, 'latin-1')` or `bytearray(bytes)`.
-                ("encode" | "bytearray" | "bytes", [text, ..]) => {
-                    let raw = match &self.nodes[*text] {
-                        Node::Leaf(Value::Str(s)) => {
-                            s.chars().map(|c| u8::try_from(c as u32).ok()).collect()
-                        }
-                        Node::Leaf(Value::Bytes(b)) => Some(b.clone()),
-                        _ => None,
-                    };
-                    raw.map(|r| {
-                        Node::Leaf(if b == "bytearray" {
-                            Value::ByteArray(r)
-                        } else {
-                            Value::Bytes(r)
-                        })
+        else {
+            return Ok(None);
+        };
+        let Some(b) = builtin(module, name) else {
+            return Ok(None);
+        };
+        let nodes = &self.nodes;
+        let latin1 = |id: &Id| matches!(&nodes[*id], Node::Leaf(Value::Str(e)) if e == "latin1" || e == "latin-1");
+        let plain = match (b, a.as_slice()) {
+            ("set", []) => Some(Node::Set(Vec::new())),
+            ("frozenset", []) => Some(Node::FrozenSet(Vec::new())),
+            ("set" | "frozenset", [items]) => match &nodes[*items] {
+                Node::List(v) | Node::Tuple(v) | Node::Set(v) | Node::FrozenSet(v) => {
+                    let v = v.clone();
+                    Some(if b == "set" {
+                        Node::Set(v)
+                    } else {
+                        Node::FrozenSet(v)
                     })
                 }
                 _ => None,
+            },
+            ("bytearray" | "bytes", []) => Some(Node::Leaf(if b == "bytes" {
+                Value::Bytes(Vec::new())
+            } else {
+                Value::ByteArray(Vec::new())
+            })),
+            // Protocol 2 writes bytes as `_codecs.encode(text, 'latin1')`, and bytearray as
+            // `bytearray(text, 'latin-1')` or `bytearray(bytes)`.
+            ("encode" | "bytearray" | "bytes", [text, enc]) if latin1(enc) => match &nodes[*text] {
+                Node::Leaf(Value::Str(s)) => s
+                    .chars()
+                    .map(|c| u8::try_from(c as u32).ok())
+                    .collect::<Option<Vec<u8>>>()
+                    .map(|r| bytes_node(b, r)),
+                _ => None,
+            },
+            ("bytearray" | "bytes", [data]) => match &nodes[*data] {
+                Node::Leaf(Value::Bytes(d)) => Some(bytes_node(b, d.clone())),
+                _ => None,
+            },
+            _ => None,
+        };
+        if let Some(n) = &plain {
+            let copied = match n {
+                Node::Set(v) | Node::FrozenSet(v) => 8 * v.len() as u64,
+                Node::Leaf(v) => leaf_bytes(v),
+                _ => 0,
             };
-            if let Some(n) = plain {
-                return self.node(n);
-            }
+            self.charge(copied)?;
+        }
+        Ok(plain)
+    }
+
+    /// Charges bytes copied while the machine runs to the budget of [`Limits::max_bytes`].
+    fn charge(&mut self, n: u64) -> Result<(), PickleError> {
+        self.copied = self.copied.saturating_add(n);
+        if self.copied > self.limits.max_bytes {
+            return Err(PickleError::Limit {
+                what: "bytes of the decoded value",
+                limit: self.limits.max_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// `callable(*args)`: a plain value for the few builtins that make one, else an object.
+    fn reduce(&mut self, callable: Id, args: Id, new: bool) -> Result<Id, PickleError> {
+        // Only calls (`REDUCE`), not `cls.__new__` (which would make an empty one), and only
+        // with the arguments CPython's own pickler writes.
+        if !new && let Some(n) = self.plain(callable, args)? {
+            return self.node(n);
         }
         self.node(Node::Object {
             callable,
@@ -560,6 +607,7 @@ impl Machine<'_> {
                         return Err(self.malformed("STACK_GLOBAL of values that are not str"));
                     };
                     let g = Value::global(m, n);
+                    self.charge(leaf_bytes(&g))?;
                     self.leaf(g)?;
                 }
                 b'R' => {
@@ -600,7 +648,7 @@ impl Machine<'_> {
                     }
                     let cls = items.remove(0);
                     let args = self.node(Node::Tuple(items))?;
-                    let id = self.reduce(cls, args, true)?;
+                    let id = self.reduce(cls, args, false)?;
                     self.push(id)?;
                 }
                 b'b' => {
@@ -636,6 +684,14 @@ impl Machine<'_> {
             }
         }
     }
+}
+
+fn bytes_node(kind: &str, raw: Vec<u8>) -> Node {
+    Node::Leaf(if kind == "bytearray" {
+        Value::ByteArray(raw)
+    } else {
+        Value::Bytes(raw)
+    })
 }
 
 /// A Python 2 `str`: text when it is UTF-8 (as `encoding='utf-8'` would read it), else bytes.
@@ -729,6 +785,7 @@ fn leaf_bytes(v: &Value) -> u64 {
         Value::Str(s) => s.len() as u64,
         Value::Bytes(b) | Value::ByteArray(b) => b.len() as u64,
         Value::Global { module, name } => (module.len() + name.len()) as u64,
+        Value::BigInt(b) => b.bits().div_ceil(8),
         _ => 0,
     }
 }
@@ -889,20 +946,16 @@ fn build(f: Frame) -> Value {
             } else {
                 None
             };
-            let mut state: Vec<Value> = it.by_ref().take(states).collect();
-            // Items a reduce appended or set are part of its state: kept after it, in order, as
-            // a list and a dict.
-            if items > 0 {
-                state.push(Value::List(it.by_ref().take(items).collect()));
-            }
-            if entries > 0 {
-                state.push(Value::Dict(pairs(it.collect())));
-            }
+            let state: Vec<Value> = it.by_ref().take(states).collect();
+            let items: Vec<Value> = it.by_ref().take(items).collect();
+            let entries = pairs(it.take(2 * entries).collect());
             Value::Object {
                 callable,
                 args,
                 kwargs,
                 state,
+                items,
+                entries,
                 new,
             }
         }

@@ -89,6 +89,10 @@ pub enum Value {
         kwargs: Option<Box<Value>>,
         /// The state of `BUILD`s, in order, if any.
         state: Vec<Value>,
+        /// Items `APPEND`ed to it (a list subclass's), in order.
+        items: Vec<Value>,
+        /// Entries `SETITEM`ed on it (a dict subclass's, such as `OrderedDict`), in order.
+        entries: Vec<(Value, Value)>,
         /// Whether it was made with `NEWOBJ` (`cls.__new__`) rather than called.
         new: bool,
     },
@@ -118,8 +122,9 @@ pub struct Limits {
     pub max_stack: usize,
     /// Memo entries (default 1 000 000).
     pub max_memo: usize,
-    /// Bytes of text and binary data in the decoded value, every reference to a shared one counted
-    /// again (default 1 GiB).
+    /// Bytes the decoder may use: text and binary data in the decoded value (every reference to
+    /// a shared one counted again), copies made while decoding, and the decoder's own nodes (about
+    /// 100 bytes each). Default 1 GiB.
     pub max_bytes: u64,
 }
 

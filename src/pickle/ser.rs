@@ -187,6 +187,8 @@ impl Writer {
                 args,
                 kwargs,
                 state,
+                items,
+                entries,
                 new,
             } => {
                 self.value(callable);
@@ -198,6 +200,16 @@ impl Writer {
                     }
                     (true, None) => self.op(0x81),
                     (false, _) => self.op(b'R'),
+                }
+                // As CPython's `save_reduce`: list items, dict items, then the state.
+                self.seq(items, b'e');
+                for chunk in entries.chunks(BATCH) {
+                    self.op(b'(');
+                    for (k, v) in chunk {
+                        self.value(k);
+                        self.value(v);
+                    }
+                    self.op(b'u');
                 }
                 for s in state {
                     self.value(s);

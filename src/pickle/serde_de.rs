@@ -86,8 +86,17 @@ impl<'de> de::Deserializer<'de> for Value {
                 Ok(out)
             }
             other @ (Value::Global { .. } | Value::Object { .. }) => {
+                // Only the names: an object's arguments could be gigabytes.
+                let named = match &other {
+                    Value::Global { module, name } => format!("{module}.{name}"),
+                    Value::Object { callable, .. } => match &**callable {
+                        Value::Global { module, name } => format!("made by {module}.{name}"),
+                        c => format!("made by {}", kind(c)),
+                    },
+                    _ => String::new(),
+                };
                 Err(PickleError::Type(format!(
-                    "{} ({other:?}) has no serde form; decode it as a Value",
+                    "{} ({named}) has no serde form; decode it as a Value",
                     kind(&other)
                 )))
             }

@@ -211,3 +211,71 @@ fn serde_types_round_trip() {
         Err(PickleError::Type(_))
     ));
 }
+
+#[test]
+fn copies_made_while_decoding_count_against_the_byte_limit() {
+    let limits = Limits {
+        max_bytes: 10 << 20,
+        ..Limits::default()
+    };
+    // A memoized 1 MB big int referenced 100 times.
+    let mut p = vec![0x80, 4, 0x8b];
+    p.extend((1u32 << 20).to_le_bytes());
+    p.extend(std::iter::repeat_n(1u8, 1 << 20));
+    p.extend([0x94, b'(']);
+    for _ in 0..100 {
+        p.extend([b'h', 0]);
+    }
+    p.extend([b'l', b'.']);
+    let e = decode_with(&p, &limits).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            PickleError::Limit {
+                what: "bytes of the decoded value",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    // STACK_GLOBAL of a memoized 1 MB str, again and again.
+    let mut p = vec![0x80, 4, b'X'];
+    p.extend((1u32 << 20).to_le_bytes());
+    p.extend(std::iter::repeat_n(b'a', 1 << 20));
+    p.push(0x94);
+    for _ in 0..100 {
+        p.extend([b'h', 0, b'h', 0, 0x93, b'0']);
+    }
+    p.push(b'.');
+    assert!(matches!(
+        decode_with(&p, &limits),
+        Err(PickleError::Limit { .. })
+    ));
+    // Decimal ints past CPython's 4300 digits.
+    let mut p = b"I".to_vec();
+    p.extend(std::iter::repeat_n(b'9', 5000));
+    p.extend(b"\n.");
+    assert!(matches!(decode(&p), Err(PickleError::Malformed { .. })));
+    // `_codecs.encode` with an encoding other than latin-1 stays an object.
+    let p = b"\x80\x04\x8c\x07_codecs\x8c\x06encode\x93\x8c\x01a\x8c\x05utf-8\x86R.";
+    assert!(matches!(decode(p), Ok(Value::Object { .. })));
+}
+
+#[test]
+fn objects_keep_their_items_entries_and_state_apart() {
+    // collections.OrderedDict([('a', 1)]) at protocol 4.
+    let p = b"\x80\x04\x95\x23\x00\x00\x00\x00\x00\x00\x00\x8c\x0bcollections\x94\x8c\x0bOrderedDict\x94\x93\x94)R\x94\x8c\x01a\x94K\x01s.";
+    let v = decode(p).unwrap();
+    let Value::Object {
+        entries,
+        items,
+        state,
+        ..
+    } = &v
+    else {
+        panic!("{v:?}")
+    };
+    assert_eq!(entries, &[(Value::Str("a".into()), Value::Int(1))]);
+    assert!(items.is_empty() && state.is_empty());
+    assert_eq!(decode(&encode(&v).unwrap()).unwrap(), v);
+}
