@@ -94,7 +94,7 @@ fn main() -> Result {
     busy_cpus()?;
 
     section("Still to come");
-    println!("   Python's values on the wire (pickle), wait(), TLS, the manager");
+    println!("   TLS between Rust processes, the manager");
     println!("\ntour finished in {}", ms(t.elapsed()));
     Ok(())
 }
@@ -1402,14 +1402,16 @@ fn listener_refuses_wrong_keys() -> Result {
 }
 
 fn listener_python_client() -> Result {
-    step("a Python client (multiprocessing.connection.Client) connects to our listener");
+    step("a Python client (multiprocessing.connection.Client) connects; bytes and pickled values");
     let listener = multiprocess::Listener::builder("127.0.0.1:0")
         .authkey(b"tour key")
         .bind()?;
     let script = "import sys\nfrom multiprocessing.connection import Client\n\
         h, p = sys.argv[1].rsplit(':', 1)\n\
         c = Client((h, int(p)), authkey=b'tour key')\n\
-        c.send_bytes(b'hello from Python %d.%d' % sys.version_info[:2])\n";
+        c.send_bytes(b'hello from Python %d.%d' % sys.version_info[:2])\n\
+        c.send({'answer': 42, 'pair': (1, 2.5), 'big': 2**70, 'tags': {'a'}})\n\
+        print('   python got back:', c.recv())\n";
     let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
     let child = std::process::Command::new(&python)
         .args(["-c", script, &listener.address().to_string()])
@@ -1419,7 +1421,13 @@ fn listener_python_client() -> Result {
         return Ok(());
     };
     match listener.accept_timeout(Duration::from_secs(20)) {
-        Ok(conn) => println!("   got {:?}", String::from_utf8_lossy(&conn.recv_bytes()?)),
+        Ok(conn) => {
+            println!("   got {:?}", String::from_utf8_lossy(&conn.recv_bytes()?));
+            // A pickled value: decoded here (nothing imported or called), sent back pickled.
+            let v = conn.recv_pickle_value()?;
+            println!("   got a pickled value: {v:?}");
+            conn.send_pickle(&("thanks", vec![1u8, 2], Option::<u8>::None))?;
+        }
         Err(e) => println!("   {e}"),
     }
     child.wait()?;

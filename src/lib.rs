@@ -249,6 +249,29 @@
 //! [`imap`]: Pool::imap
 //! [`imap_unordered`]: Pool::imap_unordered
 //!
+//! # Listeners, clients and Python
+//! [`Listener`] and [`Client`] connect unrelated processes over a Unix socket file, a Linux
+//! abstract name or TCP, with Python's framing and authentication handshake, so the peer may be a
+//! Python program using `multiprocessing.connection`. [`wait`] waits for any of several
+//! connections, listeners and processes. Values cross to Python pickled: [`Connection::send_pickle`]
+//! and [`Connection::recv_pickle`] (serde types) or the dynamic [`pickle::Value`], through a codec
+//! of this crate's that never imports or calls and stops hostile pickles with typed limits.
+//! ```
+//! use multiprocess::{Client, Listener, pickle::Value};
+//!
+//! let listener = Listener::builder("127.0.0.1:0").authkey(b"secret").bind()?;
+//! let address = listener.address().clone();
+//! let client = std::thread::spawn(move || -> Result<(), multiprocess::SendError> {
+//!     let conn = Client::builder(&address).authkey(b"secret").connect().expect("connect");
+//!     conn.send_pickle(&("ping", 1u8)) // what Python's `conn.recv()` reads as ('ping', 1)
+//! });
+//! let conn = listener.accept()?;
+//! let v = conn.recv_pickle_value()?;
+//! assert_eq!(v, Value::Tuple(vec![Value::Str("ping".into()), Value::Int(1)]));
+//! client.join().unwrap()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! # Optional features
 //! - `tracing`: events (target `multiprocess`) for what the crate does on its own behalf (a lock
 //!   taken over from a dead holder, a fork server replaced, a queue repaired after a dead producer or
