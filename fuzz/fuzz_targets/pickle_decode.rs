@@ -15,13 +15,13 @@ fn has_nan(v: &Value) -> bool {
         Value::Float(f) => f.is_nan(),
         Value::List(x) | Value::Tuple(x) | Value::Set(x) | Value::FrozenSet(x) => x.iter().any(has_nan),
         Value::Dict(kv) => kv.iter().any(|(k, v)| has_nan(k) || has_nan(v)),
-        Value::Object { callable, args, kwargs, state, items, entries, .. } => {
-            has_nan(callable)
-                || has_nan(args)
-                || kwargs.as_deref().is_some_and(has_nan)
-                || state.iter().any(has_nan)
-                || items.iter().any(has_nan)
-                || entries.iter().any(|(k, v)| has_nan(k) || has_nan(v))
+        Value::Object(o) => {
+            has_nan(&o.callable)
+                || has_nan(&o.args)
+                || o.kwargs.as_ref().is_some_and(has_nan)
+                || o.state.iter().any(has_nan)
+                || o.items.iter().any(has_nan)
+                || o.entries.iter().any(|(k, v)| has_nan(k) || has_nan(v))
         }
         _ => false,
     }

@@ -59,15 +59,19 @@ enum Node {
     Dict(Vec<(Id, Id)>),
     Set(Vec<Id>),
     FrozenSet(Vec<Id>),
-    Object {
-        callable: Id,
-        args: Id,
-        kwargs: Option<Id>,
-        state: Vec<Id>,
-        new: bool,
-        items: Vec<Id>,
-        entries: Vec<(Id, Id)>,
-    },
+    Object(Box<ObjNode>),
+}
+
+/// An object under construction (see [`super::Object`]).
+#[derive(Debug)]
+struct ObjNode {
+    callable: Id,
+    args: Id,
+    kwargs: Option<Id>,
+    state: Vec<Id>,
+    new: bool,
+    items: Vec<Id>,
+    entries: Vec<(Id, Id)>,
 }
 
 struct Machine<'a> {
@@ -240,6 +244,12 @@ impl Machine<'_> {
         if s.len() > 4300 {
             return Err(self.malformed("an integer of more than 4300 digits"));
         }
+        // Digits with an optional sign, nothing else (no pickler writes `_` separators, which
+        // the big-int parser would take).
+        let digits = s.strip_prefix(['-', '+']).unwrap_or(s);
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(self.malformed(format!("{s:?} is not an integer")));
+        }
         if let Ok(i) = s.parse::<i64>() {
             return Ok(Value::Int(i));
         }
@@ -251,7 +261,7 @@ impl Machine<'_> {
     fn append_items(&mut self, target: Id, items: Vec<Id>) -> Result<(), PickleError> {
         match &mut self.nodes[target] {
             Node::List(v) => v.extend(items),
-            Node::Object { items: v, .. } => v.extend(items),
+            Node::Object(o) => o.items.extend(items),
             _ => return Err(self.malformed("APPEND to something that is not a list")),
         }
         Ok(())
@@ -264,7 +274,7 @@ impl Machine<'_> {
         let pairs = kv.chunks(2).map(|p| (p[0], p[1]));
         match &mut self.nodes[target] {
             Node::Dict(v) => v.extend(pairs),
-            Node::Object { entries, .. } => entries.extend(pairs),
+            Node::Object(o) => o.entries.extend(pairs),
             _ => return Err(self.malformed("SETITEM on something that is not a dict")),
         }
         Ok(())
@@ -348,7 +358,7 @@ impl Machine<'_> {
         if !new && let Some(n) = self.plain(callable, args)? {
             return self.node(n);
         }
-        self.node(Node::Object {
+        self.node(Node::Object(Box::new(ObjNode {
             callable,
             args,
             kwargs: None,
@@ -356,7 +366,7 @@ impl Machine<'_> {
             new,
             items: Vec::new(),
             entries: Vec::new(),
-        })
+        })))
     }
 
     fn run(&mut self) -> Result<Id, PickleError> {
@@ -627,8 +637,8 @@ impl Machine<'_> {
                     let args = self.pop()?;
                     let cls = self.pop()?;
                     let id = self.reduce(cls, args, true)?;
-                    if let Node::Object { kwargs: k, .. } = &mut self.nodes[id] {
-                        *k = Some(kwargs);
+                    if let Node::Object(o) = &mut self.nodes[id] {
+                        o.kwargs = Some(kwargs);
                     }
                     self.push(id)?;
                 }
@@ -655,7 +665,7 @@ impl Machine<'_> {
                     let state = self.pop()?;
                     let t = self.top()?;
                     match &mut self.nodes[t] {
-                        Node::Object { state: s, .. } => s.push(state),
+                        Node::Object(o) => o.state.push(state),
                         _ => return Err(self.malformed("BUILD on something that is not an object")),
                     }
                 }
@@ -870,26 +880,18 @@ impl Expand<'_> {
             Node::Set(v) => (Kind::Set, v.clone()),
             Node::FrozenSet(v) => (Kind::FrozenSet, v.clone()),
             Node::Dict(kv) => (Kind::Dict, kv.iter().flat_map(|&(k, v)| [k, v]).collect()),
-            Node::Object {
-                callable,
-                args,
-                kwargs,
-                state,
-                new,
-                items,
-                entries,
-            } => {
-                let mut c = vec![*callable, *args];
-                c.extend(kwargs);
-                c.extend(state);
-                c.extend(items);
-                c.extend(entries.iter().flat_map(|&(k, v)| [k, v]));
+            Node::Object(o) => {
+                let mut c = vec![o.callable, o.args];
+                c.extend(o.kwargs);
+                c.extend(&o.state);
+                c.extend(&o.items);
+                c.extend(o.entries.iter().flat_map(|&(k, v)| [k, v]));
                 let kind = Kind::Object {
-                    kwargs: kwargs.is_some(),
-                    states: state.len(),
-                    items: items.len(),
-                    entries: entries.len(),
-                    new: *new,
+                    kwargs: o.kwargs.is_some(),
+                    states: o.state.len(),
+                    items: o.items.len(),
+                    entries: o.entries.len(),
+                    new: o.new,
                 };
                 (kind, c)
             }
@@ -939,17 +941,13 @@ fn build(f: Frame) -> Value {
             new,
         } => {
             let mut it = f.done.into_iter();
-            let callable = Box::new(it.next().unwrap_or(Value::None));
-            let args = Box::new(it.next().unwrap_or(Value::None));
-            let kwargs = if kwargs {
-                it.next().map(Box::new)
-            } else {
-                None
-            };
+            let callable = it.next().unwrap_or(Value::None);
+            let args = it.next().unwrap_or(Value::None);
+            let kwargs = if kwargs { it.next() } else { None };
             let state: Vec<Value> = it.by_ref().take(states).collect();
             let items: Vec<Value> = it.by_ref().take(items).collect();
             let entries = pairs(it.take(2 * entries).collect());
-            Value::Object {
+            Value::Object(Box::new(super::Object {
                 callable,
                 args,
                 kwargs,
@@ -957,7 +955,7 @@ fn build(f: Frame) -> Value {
                 items,
                 entries,
                 new,
-            }
+            }))
         }
     }
 }

@@ -79,23 +79,28 @@ pub enum Value {
         name: String,
     },
     /// What `callable(*args)` (`REDUCE`), `cls.__new__(cls, *args)` (`NEWOBJ`) or a `BUILD` on it
-    /// would make, not made: the callable, its arguments and the state `BUILD` gave it.
-    Object {
-        /// Usually a [`Value::Global`].
-        callable: Box<Value>,
-        /// Usually a [`Value::Tuple`].
-        args: Box<Value>,
-        /// Keyword arguments (`NEWOBJ_EX`), if any.
-        kwargs: Option<Box<Value>>,
-        /// The state of `BUILD`s, in order, if any.
-        state: Vec<Value>,
-        /// Items `APPEND`ed to it (a list subclass's), in order.
-        items: Vec<Value>,
-        /// Entries `SETITEM`ed on it (a dict subclass's, such as `OrderedDict`), in order.
-        entries: Vec<(Value, Value)>,
-        /// Whether it was made with `NEWOBJ` (`cls.__new__`) rather than called.
-        new: bool,
-    },
+    /// would make, not made (boxed: objects are rare, and every other value stays small).
+    Object(Box<Object>),
+}
+
+/// A Python object a pickle describes: the callable that would make it, its arguments, and what
+/// the pickle then did to it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Object {
+    /// Usually a [`Value::Global`].
+    pub callable: Value,
+    /// Usually a [`Value::Tuple`].
+    pub args: Value,
+    /// Keyword arguments (`NEWOBJ_EX`), if any.
+    pub kwargs: Option<Value>,
+    /// The state of `BUILD`s, in order, if any.
+    pub state: Vec<Value>,
+    /// Items `APPEND`ed to it (a list subclass's), in order.
+    pub items: Vec<Value>,
+    /// Entries `SETITEM`ed on it (a dict subclass's, such as `OrderedDict`), in order.
+    pub entries: Vec<(Value, Value)>,
+    /// Whether it was made with `NEWOBJ` (`cls.__new__`) rather than called.
+    pub new: bool,
 }
 
 impl Value {

@@ -182,15 +182,16 @@ impl Writer {
                 self.op(0x91);
             }
             Value::Global { module, name } => self.global(module, name),
-            Value::Object {
-                callable,
-                args,
-                kwargs,
-                state,
-                items,
-                entries,
-                new,
-            } => {
+            Value::Object(o) => {
+                let super::Object {
+                    callable,
+                    args,
+                    kwargs,
+                    state,
+                    items,
+                    entries,
+                    new,
+                } = &**o;
                 self.value(callable);
                 self.value(args);
                 match (new, kwargs) {

@@ -35,7 +35,7 @@ fn kind(v: &Value) -> &'static str {
         Value::Set(_) => "a set",
         Value::FrozenSet(_) => "a frozenset",
         Value::Global { .. } => "a global",
-        Value::Object { .. } => "an object",
+        Value::Object(_) => "an object",
     }
 }
 
@@ -85,11 +85,11 @@ impl<'de> de::Deserializer<'de> for Value {
                 map.end()?;
                 Ok(out)
             }
-            other @ (Value::Global { .. } | Value::Object { .. }) => {
+            other @ (Value::Global { .. } | Value::Object(_)) => {
                 // Only the names: an object's arguments could be gigabytes.
                 let named = match &other {
                     Value::Global { module, name } => format!("{module}.{name}"),
-                    Value::Object { callable, .. } => match &**callable {
+                    Value::Object(o) => match &o.callable {
                         Value::Global { module, name } => format!("made by {module}.{name}"),
                         c => format!("made by {}", kind(c)),
                     },
