@@ -95,18 +95,30 @@ fn memory_that_could_shrink_is_refused_before_it_is_mapped() {
     assert_eq!(conn.recv::<SharedMemory>().unwrap().len(), 8);
 }
 
-/// A descriptor of `shm`'s memory, found in our own descriptor table.
+/// A descriptor of `shm`'s memory, found in our own descriptor table: the one that appeared when a
+/// copy of `shm` was received (tests in other threads make and close regions of the same name all
+/// the time, so it must be new, sealed and of `shm`'s size, and it is opened while the copy holds it).
 fn honest_fd(shm: &SharedMemory) -> OwnedFd {
     let (a, b) = pipe().unwrap();
+    let before = own_fds("multiprocess-shm");
     a.send(shm).unwrap();
-    drop(b.recv::<SharedMemory>().unwrap());
-    let path = own_fds("multiprocess-shm").pop().unwrap();
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap()
-        .into()
+    let copy = b.recv::<SharedMemory>().unwrap();
+    let found = own_fds("multiprocess-shm")
+        .into_iter()
+        .filter(|p| !before.contains(p))
+        .find_map(|path| {
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)
+                .ok()?;
+            let sealed = rustix::fs::fcntl_get_seals(&f)
+                .is_ok_and(|s| s.contains(rustix::fs::SealFlags::SHRINK));
+            (sealed && f.metadata().ok()?.len() == shm.len() as u64).then_some(f)
+        })
+        .expect("the received copy's descriptor");
+    drop(copy);
+    found.into()
 }
 
 fn unique(tag: &str) -> String {
