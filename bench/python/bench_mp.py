@@ -162,34 +162,38 @@ def with_child(args, target, extra, measure):
         p.join()
 
 
-def fig_pipe_rt(args):
+def timed_round_trips(args, here):
+    """The timed batches of a round-trip figure over here, whose peer runs echo."""
     msg = b"\x07" * 8
 
-    def measure(here):
-        def batch(ops):
-            for _ in range(ops):
-                here.send_bytes(msg)
-                if len(here.recv_bytes()) != 8:
-                    raise RuntimeError("echo came back with the wrong size")
+    def batch(ops):
+        for _ in range(ops):
+            here.send_bytes(msg)
+            if len(here.recv_bytes()) != 8:
+                raise RuntimeError("echo came back with the wrong size")
 
-        return run_plan(args, batch)
+    return run_plan(args, batch)
 
-    return with_child(args, echo, (), measure)
+
+def timed_one_way(args, here):
+    """The timed batches of a one-way figure over here, whose peer runs sender(args.size)."""
+    size = args.size
+
+    def batch(ops):
+        here.send_bytes(ops.to_bytes(8, "little"))
+        for _ in range(ops):
+            if len(here.recv_bytes()) != size:
+                raise RuntimeError("a message of the wrong size")
+
+    return run_plan(args, batch)
+
+
+def fig_pipe_rt(args):
+    return with_child(args, echo, (), lambda here: timed_round_trips(args, here))
 
 
 def fig_pipe_oneway(args):
-    size = args.size
-
-    def measure(here):
-        def batch(ops):
-            here.send_bytes(ops.to_bytes(8, "little"))
-            for _ in range(ops):
-                if len(here.recv_bytes()) != size:
-                    raise RuntimeError("a message of the wrong size")
-
-        return run_plan(args, batch)
-
-    return with_child(args, sender, (size,), measure)
+    return with_child(args, sender, (args.size,), lambda here: timed_one_way(args, here))
 
 
 # --- codec: pickle.dumps + pickle.loads, what multiprocessing does to every value ------------------
@@ -715,33 +719,13 @@ def with_socket_client(args, target, extra, measure):
 
 
 def fig_socket_rt(args):
-    msg = b"\x07" * 8
-
-    def measure(conn):
-        def batch(ops):
-            for _ in range(ops):
-                conn.send_bytes(msg)
-                if len(conn.recv_bytes()) != 8:
-                    raise RuntimeError("echo came back with the wrong size")
-
-        return run_plan(args, batch)
-
-    return with_socket_client(args, socket_echo_client, (), measure)
+    return with_socket_client(args, socket_echo_client, (), lambda c: timed_round_trips(args, c))
 
 
 def fig_socket_oneway(args):
-    size = args.size
-
-    def measure(conn):
-        def batch(ops):
-            conn.send_bytes(ops.to_bytes(8, "little"))
-            for _ in range(ops):
-                if len(conn.recv_bytes()) != size:
-                    raise RuntimeError("a message of the wrong size")
-
-        return run_plan(args, batch)
-
-    return with_socket_client(args, socket_send_client, (size,), measure)
+    return with_socket_client(
+        args, socket_send_client, (args.size,), lambda c: timed_one_way(args, c)
+    )
 
 
 def socket_keyed_server(report, family):

@@ -31,7 +31,7 @@ const SOCKET_BUFFER: usize = 4 << 20;
 const ROUND_TRIP_BYTES: usize = 8;
 
 /// Child of the round-trip figure: echoes every message until an empty one; returns how many.
-fn echo(conn: Connection) -> Result<u64, String> {
+pub(crate) fn echo(conn: Connection) -> Result<u64, String> {
     let mut echoed = 0;
     loop {
         let msg = conn.recv_bytes().map_err(|e| format!("echo: recv: {e}"))?;
@@ -46,7 +46,7 @@ fn echo(conn: Connection) -> Result<u64, String> {
 
 /// Child of the throughput figures: for each 8-byte little-endian count `n` it receives, sends `n`
 /// messages of `size` bytes; an empty message ends it. Returns how many it sent.
-fn sender((conn, size): (Connection, usize)) -> Result<u64, String> {
+pub(crate) fn sender((conn, size): (Connection, usize)) -> Result<u64, String> {
     let msg = vec![0x5a; size];
     let mut sent = 0;
     loop {
@@ -102,24 +102,22 @@ where
 
 /// `pipe round trip 8 B` on our side.
 pub(crate) fn round_trip(pin: &Pinning, plan: Plan) -> Result<f64, String> {
-    with_child(
-        pin,
-        echo,
-        |c| c,
-        |here| {
-            let msg = [7u8; ROUND_TRIP_BYTES];
-            plan.run(|ops| {
-                for _ in 0..ops {
-                    here.send_bytes(&msg).map_err(|e| format!("send: {e}"))?;
-                    let back = here.recv_bytes().map_err(|e| format!("recv: {e}"))?;
-                    if back.len() != ROUND_TRIP_BYTES {
-                        return Err(format!("echo came back with {} bytes", back.len()));
-                    }
-                }
-                Ok(())
-            })
-        },
-    )
+    with_child(pin, echo, |c| c, |here| timed_round_trips(here, plan))
+}
+
+/// The timed batches of a round-trip figure over `here`, whose peer runs [`echo`].
+pub(crate) fn timed_round_trips(here: &Connection, plan: Plan) -> Result<f64, String> {
+    let msg = [7u8; ROUND_TRIP_BYTES];
+    plan.run(|ops| {
+        for _ in 0..ops {
+            here.send_bytes(&msg).map_err(|e| format!("send: {e}"))?;
+            let back = here.recv_bytes().map_err(|e| format!("recv: {e}"))?;
+            if back.len() != ROUND_TRIP_BYTES {
+                return Err(format!("echo came back with {} bytes", back.len()));
+            }
+        }
+        Ok(())
+    })
 }
 
 /// One-way throughput on our side: seconds per message of `size` bytes.
@@ -128,20 +126,23 @@ fn one_way(pin: &Pinning, plan: Plan, size: usize) -> Result<f64, String> {
         pin,
         sender,
         |c| (c, size),
-        |here| {
-            plan.run(|ops| {
-                here.send_bytes(&(ops as u64).to_le_bytes())
-                    .map_err(|e| format!("send: {e}"))?;
-                for _ in 0..ops {
-                    let msg = here.recv_bytes().map_err(|e| format!("recv: {e}"))?;
-                    if msg.len() != size {
-                        return Err(format!("a {}-byte message, expected {size}", msg.len()));
-                    }
-                }
-                Ok(())
-            })
-        },
+        |here| timed_one_way(here, plan, size),
     )
+}
+
+/// The timed batches of a one-way figure over `here`, whose peer runs [`sender`] with `size`.
+pub(crate) fn timed_one_way(here: &Connection, plan: Plan, size: usize) -> Result<f64, String> {
+    plan.run(|ops| {
+        here.send_bytes(&(ops as u64).to_le_bytes())
+            .map_err(|e| format!("send: {e}"))?;
+        for _ in 0..ops {
+            let msg = here.recv_bytes().map_err(|e| format!("recv: {e}"))?;
+            if msg.len() != size {
+                return Err(format!("a {}-byte message, expected {size}", msg.len()));
+            }
+        }
+        Ok(())
+    })
 }
 
 /// A raw socket pair: (the parent's end, the child's end), with `pipe()`'s buffer sizes.

@@ -13,6 +13,7 @@ use multiprocess::{Address, Client, Connection, Listener, Process, StartMethod};
 use crate::Ctx;
 use crate::measure::Plan;
 use crate::pin::Pinning;
+use crate::pipe;
 use crate::table::{Row, Table, Unit};
 
 const KEY: &[u8] = b"bench key";
@@ -34,43 +35,18 @@ fn place(family: &str) -> Address {
     }
 }
 
-/// Child: connects, then echoes every message until an empty one.
+/// Child: connects, then echoes as the `pipe` group's child does.
 fn echo_client(address: Address) -> Result<u64, String> {
-    let conn = Client::connect(&address).map_err(|e| format!("connect: {e}"))?;
-    let mut n = 0;
-    loop {
-        let m = conn.recv_bytes().map_err(|e| format!("echo: recv: {e}"))?;
-        if m.is_empty() {
-            return Ok(n);
-        }
-        conn.send_bytes(&m)
-            .map_err(|e| format!("echo: send: {e}"))?;
-        n += 1;
-    }
+    pipe::echo(Client::connect(&address).map_err(|e| format!("connect: {e}"))?)
 }
 
-/// Child: connects, then for each 8-byte count `n` sends `n` messages of `size` bytes.
+/// Child: connects (no message limit), then sends as the `pipe` group's child does.
 fn send_client((address, size): (Address, usize)) -> Result<u64, String> {
     let conn = Client::builder(&address)
         .max_message(None)
         .connect()
         .map_err(|e| format!("connect: {e}"))?;
-    let msg = vec![0x5a; size];
-    let mut sent = 0;
-    loop {
-        let cmd = conn
-            .recv_bytes()
-            .map_err(|e| format!("sender: recv: {e}"))?;
-        if cmd.is_empty() {
-            return Ok(sent);
-        }
-        let n = u64::from_le_bytes(cmd.try_into().map_err(|_| "sender: a bad command")?);
-        for _ in 0..n {
-            conn.send_bytes(&msg)
-                .map_err(|e| format!("sender: send: {e}"))?;
-        }
-        sent += n;
-    }
+    pipe::sender((conn, size))
 }
 
 /// Runs `measure` over the connection of a forked child started with `f(arg(address))`.
@@ -111,19 +87,7 @@ fn round_trip(pin: &Pinning, family: &str, plan: Plan) -> Result<f64, String> {
         family,
         echo_client,
         |a| a,
-        |conn| {
-            let msg = [7u8; 8];
-            plan.run(|ops| {
-                for _ in 0..ops {
-                    conn.send_bytes(&msg).map_err(|e| format!("send: {e}"))?;
-                    let back = conn.recv_bytes().map_err(|e| format!("recv: {e}"))?;
-                    if back.len() != msg.len() {
-                        return Err("an echo of the wrong size".to_string());
-                    }
-                }
-                Ok(())
-            })
-        },
+        |conn| pipe::timed_round_trips(conn, plan),
     )
 }
 
@@ -133,19 +97,7 @@ fn one_way(pin: &Pinning, family: &str, plan: Plan, size: usize) -> Result<f64, 
         family,
         send_client,
         |a| (a, size),
-        |conn| {
-            plan.run(|ops| {
-                conn.send_bytes(&(ops as u64).to_le_bytes())
-                    .map_err(|e| format!("send: {e}"))?;
-                for _ in 0..ops {
-                    let m = conn.recv_bytes().map_err(|e| format!("recv: {e}"))?;
-                    if m.len() != size {
-                        return Err(format!("a {}-byte message, expected {size}", m.len()));
-                    }
-                }
-                Ok(())
-            })
-        },
+        |conn| pipe::timed_one_way(conn, plan, size),
     )
 }
 
