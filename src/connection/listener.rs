@@ -279,6 +279,9 @@ struct Pending {
     /// Our challenge's message, while we wait for the answer to it.
     message: Vec<u8>,
     step: Step,
+    /// Bytes may be waiting (the last poll said so, or a step just took a frame): only these are
+    /// read, so that an accept costs a receive per handshake that moved, not per handshake.
+    ready: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -519,6 +522,10 @@ impl Listener {
 
     fn accept_until(&self, deadline: Option<Instant>) -> Result<Connection, AcceptError> {
         let mut pending = self.lock();
+        // Bytes may have come for handshakes left by an earlier call.
+        for p in pending.iter_mut() {
+            p.ready = true;
+        }
         loop {
             let now = Instant::now();
             if let Some(at) = pending
@@ -557,6 +564,7 @@ impl Listener {
                         deadline: now.checked_add(self.auth.timeout),
                         message,
                         step: Step::Answer,
+                        ready: false,
                     }),
                     Err(error) => return Err(AcceptError::Auth { peer, error }),
                 }
@@ -566,11 +574,18 @@ impl Listener {
             let mut stepped = false;
             let mut i = 0;
             while i < pending.len() {
+                if !pending[i].ready {
+                    i += 1;
+                    continue;
+                }
                 match pending[i]
                     .conn
                     .recv_frame(Wait::Never, Some(auth::MAX_FRAME))
                 {
-                    Err(RecvTimeoutError::Timeout) => i += 1,
+                    Err(RecvTimeoutError::Timeout) => {
+                        pending[i].ready = false;
+                        i += 1;
+                    }
                     Err(RecvTimeoutError::Failed(e)) => {
                         let p = pending.swap_remove(i);
                         return Err(AcceptError::Auth {
@@ -612,7 +627,11 @@ impl Listener {
                 .into_iter()
                 .chain(pending.iter().map(|p| p.conn.as_fd()))
                 .collect();
-            sys::poll_readable(&fds, wake)?;
+            let ready = sys::poll_readable(&fds, wake)?;
+            let first = usize::from(room);
+            for (p, &r) in pending.iter_mut().zip(&ready[first..]) {
+                p.ready = r;
+            }
         }
     }
 

@@ -3,10 +3,11 @@
 
 use super::{Connection, Listener};
 use crate::process::Process;
+use crate::sync::futex::Wait;
 use crate::sys;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Something [`wait`] can wait for: it is ready when its descriptor is readable.
 ///
@@ -71,11 +72,8 @@ pub fn wait<W: Waitable + ?Sized>(
     objects: &[&W],
     timeout: Option<Duration>,
 ) -> io::Result<Vec<usize>> {
-    let deadline = timeout.map(|t| Instant::now().checked_add(t));
-    let deadline = match deadline {
-        Some(Some(d)) => Some(d),
-        _ => None, // none, or too far to be an instant
-    };
+    // None, or too far to be an instant: as long as it takes.
+    let deadline = timeout.and_then(|t| Wait::timeout(t).deadline());
     let fds: Vec<BorrowedFd<'_>> = objects.iter().map(|o| o.ready_fd()).collect();
     let ready = sys::poll_readable(&fds, deadline)?;
     Ok(ready
