@@ -327,6 +327,8 @@ mod sys;
 mod trace;
 mod tracked;
 
+#[cfg(feature = "tls")]
+pub use crate::connection::tls;
 pub use crate::connection::{
     AcceptError, Address, Client, ClientBuilder, ClientError, DEFAULT_MAX_MESSAGE, Listener,
     ListenerBuilder, ToAddress,

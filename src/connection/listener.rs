@@ -19,6 +19,7 @@
 
 use super::Connection;
 use super::auth::{self, AuthPolicy};
+use super::tls::{self, TlsError};
 use crate::error::{AuthError, RecvTimeoutError};
 use crate::sync::futex::Wait;
 use crate::sys;
@@ -200,9 +201,29 @@ pub enum AcceptError {
     /// [`Listener::accept_timeout`] ran out of time.
     #[error("no client connected and authenticated in time")]
     Timeout,
+    /// A client's TLS handshake failed or timed out; that connection was dropped.
+    #[cfg(feature = "tls")]
+    #[error("a client from {peer} failed its TLS handshake: {error}")]
+    Tls {
+        /// Where the client connected from.
+        peer: String,
+        /// What went wrong.
+        #[source]
+        error: TlsError,
+    },
     /// The operating system refused (for example: this process is out of descriptors).
     #[error("accept failed: {0}")]
     Io(#[from] io::Error),
+}
+
+#[cfg(feature = "tls")]
+fn tls_failed(peer: String, error: TlsError) -> AcceptError {
+    AcceptError::Tls { peer, error }
+}
+
+#[cfg(not(feature = "tls"))]
+fn tls_failed(_: String, error: TlsError) -> AcceptError {
+    match error {}
 }
 
 /// What listeners and clients share: the key, how to run the handshake, limits.
@@ -261,6 +282,8 @@ pub struct Listener {
     address: Address,
     auth: Auth,
     max_message: Option<u64>,
+    /// TLS for every accepted connection, first of all (see `tls`).
+    tls: Option<tls::ServerTls>,
     /// Handshakes in progress (see the module notes).
     pending: Mutex<Vec<Pending>>,
     /// At most this many handshakes run at once; more clients wait in the kernel's backlog.
@@ -286,6 +309,8 @@ struct Pending {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Step {
+    /// The TLS handshake runs.
+    Tls,
     /// Our challenge is sent; the client's answer is awaited.
     Answer,
     /// We welcomed the client; its challenge to us is awaited.
@@ -303,6 +328,7 @@ pub struct ListenerBuilder {
     backlog: i32,
     max_pending: usize,
     max_message: Option<Option<u64>>,
+    tls: Option<tls::ServerTls>,
 }
 
 impl Clone for ListenerBuilder {
@@ -313,6 +339,7 @@ impl Clone for ListenerBuilder {
             backlog: self.backlog,
             max_pending: self.max_pending,
             max_message: self.max_message,
+            tls: self.tls.clone(),
         }
     }
 }
@@ -367,6 +394,16 @@ impl ListenerBuilder {
         self
     }
 
+    /// Runs TLS on every accepted connection, before the authentication handshake (which then
+    /// runs inside it) and within the same deadline. Clients must connect with
+    /// [`ClientBuilder::tls`]; Python's, which have no TLS, cannot. See [`tls`](crate::tls) for
+    /// how to make a configuration and an example.
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, config: std::sync::Arc<tls::ServerConfig>) -> Self {
+        self.tls = Some(config);
+        self
+    }
+
     /// Binds and listens.
     ///
     /// # Errors
@@ -404,6 +441,7 @@ impl ListenerBuilder {
             address,
             auth: self.auth,
             max_message,
+            tls: self.tls,
             pending: Mutex::new(Vec::new()),
             max_pending: self.max_pending,
             file,
@@ -473,6 +511,7 @@ impl Listener {
             backlog: 128,
             max_pending: 128,
             max_message: None,
+            tls: None,
         }
     }
 
@@ -520,6 +559,8 @@ impl Listener {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    // Without the `tls` feature the TLS branches hold values of empty types.
+    #[cfg_attr(not(feature = "tls"), allow(unreachable_code, unused_mut))]
     fn accept_until(&self, deadline: Option<Instant>) -> Result<Connection, AcceptError> {
         let mut pending = self.lock();
         // Bytes may have come for handshakes left by an earlier call.
@@ -547,27 +588,37 @@ impl Listener {
                     Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
                     Err(e) => return Err(AcceptError::Io(e)),
                 };
-                let conn = self.wrap(fd);
-                if self.auth.key.is_none() {
-                    return Ok(conn);
-                }
+                let mut conn = self.wrap(fd);
                 let peer = peer_of(&conn, &self.address);
-                let started = auth::new_message(self.auth.policy.digest).and_then(|message| {
-                    conn.send_bytes(&auth::challenge_frame(&message))
-                        .map_err(AuthError::Send)?;
-                    Ok(message)
-                });
-                match started {
-                    Ok(message) => pending.push(Pending {
-                        conn,
-                        peer,
-                        deadline: now.checked_add(self.auth.timeout),
-                        message,
-                        step: Step::Answer,
-                        ready: false,
-                    }),
-                    Err(error) => return Err(AcceptError::Auth { peer, error }),
+                let step = match &self.tls {
+                    Some(config) => match tls::Transport::server(config) {
+                        Ok(transport) => {
+                            conn = conn.with_tls(transport);
+                            Step::Tls
+                        }
+                        Err(error) => return Err(tls_failed(peer, error)),
+                    },
+                    None if self.auth.key.is_none() => return Ok(conn),
+                    None => Step::Answer,
+                };
+                let mut p = Pending {
+                    conn,
+                    peer,
+                    deadline: now.checked_add(self.auth.timeout),
+                    message: Vec::new(),
+                    step,
+                    // A TLS client speaks first: its hello may be in already.
+                    ready: step == Step::Tls,
+                };
+                if step == Step::Answer
+                    && let Err(error) = self.challenge(&mut p)
+                {
+                    return Err(AcceptError::Auth {
+                        peer: p.peer,
+                        error,
+                    });
                 }
+                pending.push(p);
             }
             // Handshakes with a frame in: one step each (a step may leave the next frame ready,
             // so look again before sleeping).
@@ -576,6 +627,35 @@ impl Listener {
             while i < pending.len() {
                 if !pending[i].ready {
                     i += 1;
+                    continue;
+                }
+                if pending[i].step == Step::Tls {
+                    match pending[i].conn.tls_handshake_step() {
+                        Ok(false) => {
+                            pending[i].ready = false;
+                            i += 1;
+                        }
+                        Ok(true) if self.auth.key.is_none() => {
+                            return Ok(pending.swap_remove(i).conn);
+                        }
+                        Ok(true) => {
+                            pending[i].step = Step::Answer;
+                            if let Err(error) = self.challenge(&mut pending[i]) {
+                                let p = pending.swap_remove(i);
+                                return Err(AcceptError::Auth {
+                                    peer: p.peer,
+                                    error,
+                                });
+                            }
+                            // The client's answer may have come with the handshake's end.
+                            stepped = true;
+                            i += 1;
+                        }
+                        Err(error) => {
+                            let p = pending.swap_remove(i);
+                            return Err(tls_failed(p.peer, error));
+                        }
+                    }
                     continue;
                 }
                 match pending[i]
@@ -635,10 +715,21 @@ impl Listener {
         }
     }
 
+    /// Sends the client our challenge: the authentication handshake's first step.
+    fn challenge(&self, p: &mut Pending) -> Result<(), AuthError> {
+        p.message = auth::new_message(self.auth.policy.digest)?;
+        p.conn
+            .send_bytes(&auth::challenge_frame(&p.message))
+            .map_err(AuthError::Send)
+    }
+
     /// One step of a handshake on a frame from the client: whether it is complete.
     fn step(&self, p: &mut Pending, frame: &[u8]) -> Result<bool, AuthError> {
         let key = self.auth.key.as_deref().unwrap_or_default();
         match p.step {
+            Step::Tls => Err(AuthError::Protocol(
+                "a frame before the TLS handshake ended".into(),
+            )),
             Step::Answer => {
                 auth::judge(&p.conn, key, &p.message, frame, &self.auth.policy)?;
                 p.step = Step::PeerChallenge;
@@ -735,6 +826,7 @@ impl Client {
             address: address.to_address(),
             auth: Auth::default(),
             max_message: None,
+            tls: None,
         }
     }
 }
@@ -746,6 +838,7 @@ pub struct ClientBuilder {
     address: io::Result<Address>,
     auth: Auth,
     max_message: Option<Option<u64>>,
+    tls: Option<tls::ClientTls>,
 }
 
 /// Why [`Client::connect`] failed.
@@ -759,6 +852,11 @@ pub enum ClientError {
     /// in time).
     #[error("could not authenticate: {0}")]
     Auth(#[from] AuthError),
+    /// The TLS handshake failed (a certificate not trusted or not for this name, a listener
+    /// without TLS, or none in time).
+    #[cfg(feature = "tls")]
+    #[error("could not set up TLS: {0}")]
+    Tls(#[from] TlsError),
 }
 
 impl ClientBuilder {
@@ -787,7 +885,29 @@ impl ClientBuilder {
         self
     }
 
+    /// Runs TLS over the connection, checking the listener's certificate with `config` (see
+    /// [`tls`](crate::tls)) against the address's IP (or `localhost` for a Unix socket) unless
+    /// [`server_name`](Self::server_name) names another. The TLS handshake comes first; the
+    /// authentication handshake, with a key, runs inside it.
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, config: std::sync::Arc<tls::ClientConfig>) -> Self {
+        let name = self.tls.take().and_then(|t| t.name);
+        self.tls = Some(tls::ClientTls { config, name });
+        self
+    }
+
+    /// The name the listener's certificate must carry (a DNS name or an IP address), for
+    /// [`tls`](Self::tls).
+    #[cfg(feature = "tls")]
+    pub fn server_name(mut self, name: impl Into<String>) -> Self {
+        if let Some(t) = &mut self.tls {
+            t.name = Some(name.into());
+        }
+        self
+    }
+
     /// Connects (and authenticates, with a key).
+    #[cfg_attr(not(feature = "tls"), allow(unreachable_code, unused_mut))]
     pub fn connect(self) -> Result<Connection, ClientError> {
         let address = clone_result(&self.address)?;
         let deadline = Instant::now().checked_add(self.auth.timeout);
@@ -803,7 +923,11 @@ impl ClientBuilder {
         let max = self
             .max_message
             .unwrap_or(address.is_tcp().then_some(DEFAULT_MAX_MESSAGE));
-        let conn = conn.with_max_message(max);
+        let mut conn = conn.with_max_message(max);
+        if let Some(setup) = &self.tls {
+            conn = conn.with_tls(tls::Transport::client(setup, &address).map_err(tls_error)?);
+            conn.tls_handshake(deadline).map_err(tls_error)?;
+        }
         if let Some(key) = &self.auth.key {
             let policy = &self.auth.policy;
             auth::answer_challenge(&conn, key, policy, deadline)?;
@@ -819,6 +943,17 @@ impl Clone for ClientBuilder {
             address: clone_result(&self.address),
             auth: self.auth.clone(),
             max_message: self.max_message,
+            tls: self.tls.clone(),
         }
     }
+}
+
+#[cfg(feature = "tls")]
+fn tls_error(e: TlsError) -> ClientError {
+    ClientError::Tls(e)
+}
+
+#[cfg(not(feature = "tls"))]
+fn tls_error(e: TlsError) -> ClientError {
+    match e {}
 }

@@ -3,6 +3,10 @@
 pub mod auth;
 pub mod frame;
 mod listener;
+#[cfg(feature = "tls")]
+pub mod tls;
+#[cfg(not(feature = "tls"))]
+mod tls;
 mod wait;
 
 pub use listener::{
@@ -22,8 +26,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 /// Socket buffer size asked for on new pipes: big enough that a 1 MiB message needs few wake-ups.
 const SOCKET_BUFFER: usize = 4 << 20;
@@ -138,6 +142,9 @@ pub struct Connection {
     max_message: Option<u64>,
     rx: Mutex<Rx>,
     tx: Mutex<()>,
+    /// TLS under the framing, when the connection was made with it (see `tls`); `None`: the
+    /// socket's bytes are the frames.
+    tls: Option<Arc<tls::Transport>>,
 }
 
 /// A partly received message, kept across timeouts so that no byte is lost.
@@ -196,6 +203,7 @@ impl Connection {
             max_message: None,
             rx: Mutex::default(),
             tx: Mutex::new(()),
+            tls: None,
         }
     }
 
@@ -209,6 +217,7 @@ impl Connection {
             max_message: None,
             rx: Mutex::default(),
             tx: Mutex::new(()),
+            tls: None,
         }
     }
 
@@ -245,6 +254,13 @@ impl Connection {
     /// bytes only if each message is sent in one piece (the kernel does not promise that for large
     /// messages); receive through one handle at a time.
     ///
+    /// A connection over TLS has one TLS state, which a second handle cannot share: share the
+    /// connection itself instead (an `Arc<Connection>`; it sends and receives through `&self`).
+    ///
+    /// # Errors
+    /// The descriptor could not be duplicated, or the connection runs over TLS
+    /// ([`io::ErrorKind::Unsupported`]).
+    ///
     /// # Examples
     /// ```
     /// let (a, b) = multiprocess::pipe()?;
@@ -255,6 +271,12 @@ impl Connection {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn try_clone(&self) -> io::Result<Connection> {
+        if self.tls.is_some() {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "a TLS connection has one TLS state and cannot be cloned: share it in an Arc",
+            ));
+        }
         let fd = sys::dup_cloexec(self.fd(), 0)?;
         Ok(
             Connection::new(fd, self.socket, self.readable, self.writable)
@@ -395,6 +417,12 @@ impl Connection {
                 "connections and other OS objects can only travel over a socket, not a pipe",
             )));
         }
+        if !fds.is_empty() && self.tls.is_some() {
+            return Err(SendError::Io(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "connections and other OS objects cannot travel over TLS",
+            )));
+        }
         let len: usize = parts.iter().map(|p| p.len()).sum();
         let mut hbuf = [0u8; MAX_HEADER_LEN];
         let header = encode_header(len as u64, &mut hbuf);
@@ -420,6 +448,9 @@ impl Connection {
     ) -> Result<(), SendError> {
         let total: usize = slices.iter().map(|s| s.len()).sum();
         let _guard = lock(&self.tx);
+        if let Some(tls) = &self.tls {
+            return tls.write(fd, slices).map_err(send_error);
+        }
         let mut sent = 0usize;
         while sent < total {
             // Skip what is already sent.
@@ -440,12 +471,7 @@ impl Connection {
             };
             match res {
                 Ok(n) => sent += n,
-                Err(e) => {
-                    return Err(match e.raw_os_error() {
-                        Some(libc::EPIPE) | Some(libc::ECONNRESET) => SendError::Disconnected,
-                        _ => SendError::Io(e),
-                    });
-                }
+                Err(e) => return Err(send_error(e)),
             }
         }
         Ok(())
@@ -676,7 +702,59 @@ impl Connection {
     pub fn poll(&self, timeout: Duration) -> Result<bool, RecvError> {
         self.check_recv()?;
         let fd = self.fd();
-        sys::wait_readable(fd, Some(timeout)).map_err(RecvError::Io)
+        let Some(tls) = &self.tls else {
+            return sys::wait_readable(fd, Some(timeout)).map_err(RecvError::Io);
+        };
+        // Readable bytes may be a record that carries no message (a session ticket): ready only
+        // once plaintext (or the end) is in.
+        let deadline = Wait::timeout(timeout).deadline();
+        loop {
+            if tls.buffered() {
+                return Ok(true);
+            }
+            if !sys::poll_readable(&[fd], deadline).map_err(RecvError::Io)?[0] {
+                return Ok(false);
+            }
+            tls.pump(fd).map_err(RecvError::Io)?;
+        }
+    }
+
+    /// Puts TLS under the framing (before any byte of the connection was read or written).
+    pub(crate) fn with_tls(mut self, transport: tls::Transport) -> Connection {
+        self.tls = Some(Arc::new(transport));
+        self
+    }
+
+    /// One step of this connection's TLS handshake (see `tls::Transport::handshake_step`);
+    /// complete at once without TLS.
+    pub(crate) fn tls_handshake_step(&self) -> Result<bool, tls::TlsError> {
+        match &self.tls {
+            None => Ok(true),
+            Some(t) => t.handshake_step(self.fd()),
+        }
+    }
+
+    /// Runs this connection's TLS handshake to its end, or to `deadline`.
+    pub(crate) fn tls_handshake(&self, deadline: Option<Instant>) -> Result<(), tls::TlsError> {
+        match &self.tls {
+            None => Ok(()),
+            Some(t) => t.handshake(self.fd(), deadline),
+        }
+    }
+
+    /// Whether a receive would find input without reading the socket (TLS plaintext already
+    /// decrypted, or the end of its stream): `wait` reports such a connection at once.
+    pub(crate) fn input_buffered(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.buffered())
+    }
+
+    /// After the socket polled readable: whether that readiness is input (a TLS record may carry
+    /// none; an error is input too, for the receive to report).
+    pub(crate) fn confirm_readable(&self) -> bool {
+        match &self.tls {
+            None => true,
+            Some(tls) => tls.pump(self.fd()).is_err() || tls.buffered(),
+        }
     }
 
     fn check_recv(&self) -> Result<(), RecvError> {
@@ -731,20 +809,11 @@ impl Connection {
             ))
             .into());
         }
-        let ready = || -> Result<(), RecvTimeoutError> {
-            if wait == Wait::Forever && watch.is_none() {
-                return Ok(()); // plain blocking read
-            }
-            let ready = match watch {
-                Some(w) => sys::poll_readable(&[fd, w], wait.deadline()),
-                None => sys::poll_readable(&[fd], wait.deadline()),
-            }
-            .map_err(RecvError::Io)?;
-            if ready[0] {
-                Ok(())
-            } else {
-                Err(RecvTimeoutError::Timeout)
-            }
+        let input = Input {
+            conn: self,
+            fd,
+            wait,
+            watch,
         };
         // Header: read exactly as many bytes as the decoder says are still missing.
         let len = loop {
@@ -759,19 +828,14 @@ impl Connection {
                 None
             };
             let n = match spun {
-                Some(n) => n,
+                Some(n) => n.map_err(RecvError::Io)?,
                 None => {
-                    ready()?;
-                    sys::recv_into_slice(
-                        fd,
-                        &mut rx.header[rx.header_got..need],
-                        &mut rx.fds,
-                        self.socket,
-                        false,
-                    )
+                    let (header, inbox) = (&mut rx.header[rx.header_got..need], &mut rx.fds);
+                    input.read(false, |nonblocking| {
+                        self.read_slice(fd, header, inbox, nonblocking)
+                    })?
                 }
-            }
-            .map_err(RecvError::Io)?;
+            };
             if n == 0 {
                 if rx.header_got == 0 {
                     return Err(RecvError::Eof.into());
@@ -814,14 +878,9 @@ impl Connection {
                 buf.reserve(remaining.min(buf.capacity().max(64 << 10)));
             }
             // The rest of a message usually follows its header at once: try before waiting.
-            let n = match sys::recv_into_spare(fd, buf, remaining, self.socket, self.socket) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    ready()?;
-                    sys::recv_into_spare(fd, buf, remaining, self.socket, false)
-                }
-                other => other,
-            }
-            .map_err(RecvError::Io)?;
+            let n = input.read(self.socket, |nonblocking| {
+                self.read_vec(fd, buf, remaining, nonblocking)
+            })?;
             if n == 0 {
                 let received = header_len + got;
                 return Err(rx
@@ -857,11 +916,41 @@ impl Connection {
             return None;
         }
         self.spin.get().until(wait, || {
-            match sys::recv_into_slice(fd, &mut rx.header[..4], &mut rx.fds, true, true) {
+            match self.read_slice(fd, &mut rx.header[..4], &mut rx.fds, true) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
                 other => Some(other),
             }
         })
+    }
+
+    /// Reads into `buf` what the transport has: the socket's bytes (and the descriptors that come
+    /// with them), or TLS plaintext (always without waiting).
+    fn read_slice(
+        &self,
+        fd: BorrowedFd<'_>,
+        buf: &mut [u8],
+        inbox: &mut sys::Inbox,
+        nonblocking: bool,
+    ) -> io::Result<usize> {
+        match &self.tls {
+            None => sys::recv_into_slice(fd, buf, inbox, self.socket, nonblocking),
+            Some(tls) => tls.read(fd, &self.tx, buf),
+        }
+    }
+
+    /// Appends at most `max` bytes to `buf` from the transport (see `read_slice`); the socket's
+    /// bytes go into capacity the caller reserved.
+    fn read_vec(
+        &self,
+        fd: BorrowedFd<'_>,
+        buf: &mut Vec<u8>,
+        max: usize,
+        nonblocking: bool,
+    ) -> io::Result<usize> {
+        match &self.tls {
+            None => sys::recv_into_spare(fd, buf, max, self.socket, nonblocking),
+            Some(tls) => tls.read_vec(fd, &self.tx, buf, max),
+        }
     }
 
     pub(crate) fn recv_frame(
@@ -870,6 +959,70 @@ impl Connection {
         max: Option<u64>,
     ) -> Result<Frame, RecvTimeoutError> {
         self.recv_frame_watching(wait, max, None)
+    }
+}
+
+/// A failed write: a peer that is gone, or another error.
+fn send_error(e: io::Error) -> SendError {
+    match e.raw_os_error() {
+        Some(libc::EPIPE) | Some(libc::ECONNRESET) => SendError::Disconnected,
+        _ => SendError::Io(e),
+    }
+}
+
+/// How one receive waits for input: until its deadline, and for `watch` too.
+struct Input<'a> {
+    conn: &'a Connection,
+    fd: BorrowedFd<'a>,
+    wait: Wait,
+    watch: Option<BorrowedFd<'a>>,
+}
+
+impl Input<'_> {
+    /// Reads with `read` (told whether to read without waiting) once there is input. A plain
+    /// socket is read at once without waiting first if `try_first`; a receive with no deadline and
+    /// nothing to watch then simply blocks in the read, any other polls first. TLS input is read
+    /// without waiting, and polled for until a read finds some: readable bytes are not always
+    /// plaintext.
+    fn read(
+        &self,
+        try_first: bool,
+        mut read: impl FnMut(bool) -> io::Result<usize>,
+    ) -> Result<usize, RecvTimeoutError> {
+        let io = |r: io::Result<usize>| r.map_err(|e| RecvTimeoutError::from(RecvError::Io(e)));
+        if self.conn.tls.is_some() {
+            loop {
+                match read(true) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.poll()?,
+                    other => return io(other),
+                }
+            }
+        }
+        if try_first {
+            match read(true) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                other => return io(other),
+            }
+        }
+        if self.wait != Wait::Forever || self.watch.is_some() {
+            self.poll()?;
+        }
+        io(read(false))
+    }
+
+    /// Waits until the socket is readable: `Timeout` at the deadline or when `watch` is ready.
+    fn poll(&self) -> Result<(), RecvTimeoutError> {
+        let deadline = self.wait.deadline();
+        let ready = match self.watch {
+            Some(w) => sys::poll_readable(&[self.fd, w], deadline),
+            None => sys::poll_readable(&[self.fd], deadline),
+        }
+        .map_err(RecvError::Io)?;
+        if ready[0] {
+            Ok(())
+        } else {
+            Err(RecvTimeoutError::Timeout)
+        }
     }
 }
 
@@ -985,6 +1138,11 @@ impl fmt::Debug for Connection {
 /// [`Process`](crate::Process); anywhere else serialization fails with an error.
 impl Serialize for Connection {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.tls.is_some() {
+            return Err(serde::ser::Error::custom(
+                "a TLS connection cannot travel to another process (its keys live in this one)",
+            ));
+        }
         let fd = codec::FdRef(self.fd(), "Connection");
         (fd, self.readable, self.writable).serialize(s)
     }

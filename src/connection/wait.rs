@@ -7,7 +7,7 @@ use crate::sync::futex::Wait;
 use crate::sys;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Something [`wait`] can wait for: it is ready when its descriptor is readable.
 ///
@@ -17,11 +17,31 @@ use std::time::Duration;
 pub trait Waitable {
     /// The descriptor whose readability means "ready".
     fn ready_fd(&self) -> BorrowedFd<'_>;
+
+    /// Ready without the descriptor being readable (a TLS connection with decrypted input in
+    /// memory). The default: never.
+    fn ready_now(&self) -> bool {
+        false
+    }
+
+    /// After the descriptor polled readable: whether that is readiness (a TLS connection whose
+    /// readable bytes carried no message is not ready). The default: always.
+    fn confirm_ready(&self) -> bool {
+        true
+    }
 }
 
 impl Waitable for Connection {
     fn ready_fd(&self) -> BorrowedFd<'_> {
         self.as_fd()
+    }
+
+    fn ready_now(&self) -> bool {
+        self.input_buffered()
+    }
+
+    fn confirm_ready(&self) -> bool {
+        self.confirm_readable()
     }
 }
 
@@ -40,6 +60,14 @@ impl<R> Waitable for Process<R> {
 impl<T: Waitable + ?Sized> Waitable for &T {
     fn ready_fd(&self) -> BorrowedFd<'_> {
         (**self).ready_fd()
+    }
+
+    fn ready_now(&self) -> bool {
+        (**self).ready_now()
+    }
+
+    fn confirm_ready(&self) -> bool {
+        (**self).confirm_ready()
     }
 }
 
@@ -75,10 +103,20 @@ pub fn wait<W: Waitable + ?Sized>(
     // None, or too far to be an instant: as long as it takes.
     let deadline = timeout.and_then(|t| Wait::timeout(t).deadline());
     let fds: Vec<BorrowedFd<'_>> = objects.iter().map(|o| o.ready_fd()).collect();
-    let ready = sys::poll_readable(&fds, deadline)?;
-    Ok(ready
-        .iter()
-        .enumerate()
-        .filter_map(|(i, &r)| r.then_some(i))
-        .collect())
+    // Input already in memory: look at the others without waiting.
+    let now = objects.iter().any(|o| o.ready_now());
+    loop {
+        let polled = sys::poll_readable(&fds, if now { Some(Instant::now()) } else { deadline })?;
+        let ready: Vec<usize> = objects
+            .iter()
+            .zip(polled)
+            .enumerate()
+            .filter(|(_, (o, polled))| o.ready_now() || (*polled && o.confirm_ready()))
+            .map(|(i, _)| i)
+            .collect();
+        // Readiness that was not (a TLS record without a message) waits again, to the deadline.
+        if !ready.is_empty() || now || deadline.is_some_and(|d| Instant::now() >= d) {
+            return Ok(ready);
+        }
+    }
 }
