@@ -272,7 +272,14 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! Between Rust processes the byte stream can run over TLS (the `tls` feature, on by default):
+//! [`ListenerBuilder::tls`] and [`ClientBuilder::tls`] take rustls configurations, and
+//! [`tls::server_config`]/[`tls::client_config`] make them from PEM. The framing, the limits and
+//! the key handshake (inside TLS) are unchanged.
+//!
 //! # Optional features
+//! - `tls` (default): TLS for listeners and clients, with rustls and the ring provider
+//!   (`default-features = false` leaves both out).
 //! - `tracing`: events (target `multiprocess`) for what the crate does on its own behalf (a lock
 //!   taken over from a dead holder, a fork server replaced, a queue repaired after a dead producer or
 //!   consumer, corrupt shared state) and for errors it has nobody to return to. Without the feature

@@ -7,16 +7,55 @@
 //!   parent receives each.
 //! - `socket connect + handshake, unix` / `, tcp` (µs): the parent connects with a key to a
 //!   listener in the child, both sides prove the key (6 frames), the parent hangs up; per connection.
+//! - the same three over `tcp+tls` (TLS 1.3 with a self-signed certificate, rustls and ring, the key
+//!   handshake inside it): Python's multiprocessing has no TLS, so its column is its plain TCP
+//!   figure from the same run, for the price of encryption.
 
-use multiprocess::{Address, Client, Connection, Listener, Process, StartMethod};
+use multiprocess::{
+    Address, Client, ClientBuilder, Connection, Listener, Process, StartMethod, tls,
+};
 
 use crate::Ctx;
 use crate::measure::Plan;
 use crate::pin::Pinning;
 use crate::pipe;
-use crate::table::{Row, Table, Unit};
+use crate::table::{Cell, Row, Table, Unit};
 
 const KEY: &[u8] = b"bench key";
+
+/// Where a child connects, and the certificate it trusts (PEM) when the family is `tcp+tls`.
+type Target = (Address, Option<String>);
+
+/// A self-signed certificate for 127.0.0.1 (PEM certificate, PEM key), for the `tcp+tls` rows.
+fn certificate() -> Result<(String, String), String> {
+    let c = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()])
+        .map_err(|e| format!("certificate: {e}"))?;
+    Ok((c.cert.pem(), c.key_pair.serialize_pem()))
+}
+
+/// A listener for `family` (with TLS when `cert` is given).
+fn listener(
+    family: &str,
+    cert: Option<&(String, String)>,
+    with: impl FnOnce(multiprocess::ListenerBuilder) -> multiprocess::ListenerBuilder,
+) -> Result<Listener, String> {
+    let mut b = with(Listener::builder(place(family)));
+    if let Some((cert, key)) = cert {
+        let config = tls::server_config(cert.as_bytes(), key.as_bytes())
+            .map_err(|e| format!("TLS config: {e}"))?;
+        b = b.tls(config);
+    }
+    b.bind().map_err(|e| format!("bind: {e}"))
+}
+
+/// A client of `address`, trusting `roots` over TLS when given.
+fn client(address: &Address, roots: Option<&str>) -> Result<ClientBuilder, String> {
+    let b = Client::builder(address);
+    Ok(match roots {
+        Some(pem) => b.tls(tls::client_config(pem.as_bytes()).map_err(|e| format!("TLS: {e}"))?),
+        None => b,
+    })
+}
 
 /// A fresh place to listen: an abstract name, or TCP loopback on a port the kernel picks.
 fn place(family: &str) -> Address {
@@ -36,36 +75,36 @@ fn place(family: &str) -> Address {
 }
 
 /// Child: connects, then echoes as the `pipe` group's child does.
-fn echo_client(address: Address) -> Result<u64, String> {
-    pipe::echo(Client::connect(&address).map_err(|e| format!("connect: {e}"))?)
+fn echo_client((address, roots): Target) -> Result<u64, String> {
+    let conn = client(&address, roots.as_deref())?;
+    pipe::echo(conn.connect().map_err(|e| format!("connect: {e}"))?)
 }
 
 /// Child: connects (no message limit), then sends as the `pipe` group's child does.
-fn send_client((address, size): (Address, usize)) -> Result<u64, String> {
-    let conn = Client::builder(&address)
+fn send_client(((address, roots), size): (Target, usize)) -> Result<u64, String> {
+    let conn = client(&address, roots.as_deref())?
         .max_message(None)
         .connect()
         .map_err(|e| format!("connect: {e}"))?;
     pipe::sender((conn, size))
 }
 
-/// Runs `measure` over the connection of a forked child started with `f(arg(address))`.
+/// Runs `measure` over the connection of a forked child started with `f(arg(target))`.
 fn with_client<A: serde::Serialize + serde::de::DeserializeOwned>(
     pin: &Pinning,
     family: &str,
+    cert: Option<&(String, String)>,
     f: fn(A) -> Result<u64, String>,
-    arg: impl FnOnce(Address) -> A,
+    arg: impl FnOnce(Target) -> A,
     measure: impl FnOnce(&Connection) -> Result<f64, String>,
 ) -> Result<f64, String> {
-    let listener = Listener::builder(place(family))
-        .max_message(None)
-        .bind()
-        .map_err(|e| format!("bind: {e}"))?;
+    let listener = listener(family, cert, |b| b.max_message(None))?;
+    let target = (listener.address().clone(), cert.map(|c| c.0.clone()));
     let child = pin
         .start(|| {
             Process::builder()
                 .start_method(StartMethod::Fork)
-                .spawn(f, arg(listener.address().clone()))
+                .spawn(f, arg(target))
         })
         .map_err(|e| format!("start failed: {e}"))?;
     let conn = listener.accept().map_err(|e| format!("accept: {e}"))?;
@@ -81,20 +120,33 @@ fn with_client<A: serde::Serialize + serde::de::DeserializeOwned>(
     }
 }
 
-fn round_trip(pin: &Pinning, family: &str, plan: Plan) -> Result<f64, String> {
+fn round_trip(
+    pin: &Pinning,
+    family: &str,
+    cert: Option<&(String, String)>,
+    plan: Plan,
+) -> Result<f64, String> {
     with_client(
         pin,
         family,
+        cert,
         echo_client,
         |a| a,
         |conn| pipe::timed_round_trips(conn, plan),
     )
 }
 
-fn one_way(pin: &Pinning, family: &str, plan: Plan, size: usize) -> Result<f64, String> {
+fn one_way(
+    pin: &Pinning,
+    family: &str,
+    cert: Option<&(String, String)>,
+    plan: Plan,
+    size: usize,
+) -> Result<f64, String> {
     with_client(
         pin,
         family,
+        cert,
         send_client,
         |a| (a, size),
         |conn| pipe::timed_one_way(conn, plan, size),
@@ -102,11 +154,10 @@ fn one_way(pin: &Pinning, family: &str, plan: Plan, size: usize) -> Result<f64, 
 }
 
 /// Child: a keyed listener that accepts until a client says "stop"; its address goes back first.
-fn keyed_server((family, report): (String, Connection)) -> Result<u64, String> {
-    let listener = Listener::builder(place(&family))
-        .authkey(KEY)
-        .bind()
-        .map_err(|e| format!("bind: {e}"))?;
+fn keyed_server(
+    (family, cert, report): (String, Option<(String, String)>, Connection),
+) -> Result<u64, String> {
+    let listener = listener(&family, cert.as_ref(), |b| b.authkey(KEY))?;
     report
         .send(listener.address())
         .map_err(|e| format!("report: {e}"))?;
@@ -121,17 +172,23 @@ fn keyed_server((family, report): (String, Connection)) -> Result<u64, String> {
     }
 }
 
-fn connect(pin: &Pinning, family: &str, plan: Plan) -> Result<f64, String> {
+fn connect(
+    pin: &Pinning,
+    family: &str,
+    cert: Option<&(String, String)>,
+    plan: Plan,
+) -> Result<f64, String> {
     let (here, there) = multiprocess::pipe().map_err(|e| format!("pipe: {e}"))?;
     let child = pin
         .start(|| {
             Process::builder()
                 .start_method(StartMethod::Fork)
-                .spawn(keyed_server, (family.to_string(), there))
+                .spawn(keyed_server, (family.to_string(), cert.cloned(), there))
         })
         .map_err(|e| format!("start failed: {e}"))?;
     let address: Address = here.recv().map_err(|e| format!("address: {e}"))?;
-    let client = || Client::builder(&address).authkey(KEY).connect();
+    let builder = client(&address, cert.map(|c| c.0.as_str()))?.authkey(KEY);
+    let client = || builder.clone().connect();
     let result = plan.run(|ops| {
         for _ in 0..ops {
             drop(client().map_err(|e| format!("connect: {e}"))?);
@@ -157,20 +214,50 @@ fn connect(pin: &Pinning, family: &str, plan: Plan) -> Result<f64, String> {
 /// Runs the group.
 pub(crate) fn run(ctx: &Ctx, table: &mut Table) {
     let pin = Pinning::new("socket");
-    for family in ["unix", "tcp"] {
+    let cert = certificate();
+    // Python's plain TCP rows, the column the TLS rows show beside theirs.
+    let mut tcp_rows: Vec<Row> = Vec::new();
+    for family in ["unix", "tcp", "tcp+tls"] {
+        let tls = family == "tcp+tls";
+        let cert = match (tls, &cert) {
+            (false, _) => None,
+            (true, Ok(c)) => Some(c),
+            (true, Err(e)) => {
+                eprintln!("socket: no TLS rows: {e}");
+                break;
+            }
+        };
         let fam = ["--family".to_string(), family.to_string()];
+        let mut row =
+            |figure: String, unit: Unit, ours: Result<f64, String>, py: &dyn Fn() -> Cell| {
+                let python = match tls {
+                    false => py(),
+                    true => tcp_rows.remove(0).python_cell(),
+                };
+                let r = Row::compare(figure, unit, ours, python);
+                if family == "tcp" {
+                    tcp_rows.push(r.clone());
+                }
+                table.push(r);
+            };
+        let label = |s: &str| match tls {
+            true => format!("{s}, tcp+tls (Python: plain tcp)"),
+            false => format!("{s}, {family}"),
+        };
         let plan = Plan {
             warmup: 1,
             samples: ctx.pick(15, 51),
             ops: ctx.pick(200, 1000),
         };
-        table.push(Row::compare(
-            format!("socket round trip 8 B, {family}"),
+        row(
+            label("socket round trip 8 B"),
             Unit::Micros,
-            round_trip(&pin, family, plan),
-            ctx.python
-                .measure("socket-rt", &pin.python_args(&fam), plan, Unit::Micros),
-        ));
+            round_trip(&pin, family, cert, plan),
+            &|| {
+                ctx.python
+                    .measure("socket-rt", &pin.python_args(&fam), plan, Unit::Micros)
+            },
+        );
         let size = 1 << 20;
         let plan = Plan {
             warmup: 1,
@@ -180,24 +267,28 @@ pub(crate) fn run(ctx: &Ctx, table: &mut Table) {
         let unit = Unit::GigabytesPerSec(size as f64);
         let mut args = fam.to_vec();
         args.extend(["--size".to_string(), size.to_string()]);
-        table.push(Row::compare(
-            format!("socket one-way 1 MiB, {family}"),
+        row(
+            label("socket one-way 1 MiB"),
             unit,
-            one_way(&pin, family, plan, size),
-            ctx.python
-                .measure("socket-oneway", &pin.python_args(&args), plan, unit),
-        ));
+            one_way(&pin, family, cert, plan, size),
+            &|| {
+                ctx.python
+                    .measure("socket-oneway", &pin.python_args(&args), plan, unit)
+            },
+        );
         let plan = Plan {
             warmup: 1,
             samples: ctx.pick(9, 31),
             ops: ctx.pick(50, 200),
         };
-        table.push(Row::compare(
-            format!("socket connect + handshake, {family}"),
+        row(
+            label("socket connect + handshake"),
             Unit::Micros,
-            connect(&pin, family, plan),
-            ctx.python
-                .measure("socket-connect", &pin.python_args(&fam), plan, Unit::Micros),
-        ));
+            connect(&pin, family, cert, plan),
+            &|| {
+                ctx.python
+                    .measure("socket-connect", &pin.python_args(&fam), plan, Unit::Micros)
+            },
+        );
     }
 }

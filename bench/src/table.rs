@@ -219,6 +219,12 @@ impl Row {
         }
     }
 
+    /// The Python column, for a row whose Python counterpart is another row's (the same run's
+    /// figure, where Python has no such variant).
+    pub(crate) fn python_cell(&self) -> Cell {
+        self.python.clone()
+    }
+
     /// Attaches the DESIGN.md target for the `multiprocess` column.
     pub(crate) fn target(mut self, target: Target) -> Row {
         self.target = Some(target);
