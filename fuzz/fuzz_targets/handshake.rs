@@ -39,10 +39,15 @@ fuzz_target!(|data: &[u8]| {
     let _ = split_digest(data);
     let _ = answer(KEY, data, &policy);
     let message = b"{sha256}0123456789012345678901234567890123456789";
-    assert!(check(KEY, message, data, &policy).is_err(), "a response forged without the key");
+    assert!(
+        check(KEY, message, data, &policy).is_err(),
+        "a response forged without the key"
+    );
     // The whole client side, raw, to a keyed listener.
     let l = listener();
-    let Address::Abstract(name) = l.address().clone() else { unreachable!() };
+    let Address::Abstract(name) = l.address().clone() else {
+        unreachable!()
+    };
     let addr = std::os::unix::net::SocketAddr::from_abstract_name(&name).expect("name");
     let mut peer = std::os::unix::net::UnixStream::connect_addr(&addr).expect("connect");
     let bytes = data.to_vec();

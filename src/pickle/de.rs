@@ -21,6 +21,19 @@ pub fn decode(bytes: &[u8]) -> Result<Value, PickleError> {
 
 /// [`decode`] with the given limits.
 pub fn decode_with(bytes: &[u8], limits: &Limits) -> Result<Value, PickleError> {
+    let (nodes, root) = run(bytes, limits)?;
+    let mut out = Expand {
+        nodes: &nodes,
+        visiting: vec![false; nodes.len()],
+        written: 0,
+        bytes: 0,
+        limits,
+    };
+    out.value(root)
+}
+
+/// Runs the machine over a whole pickle: the arena and its root.
+pub(super) fn run(bytes: &[u8], limits: &Limits) -> Result<(Vec<Node>, Slot), PickleError> {
     let mut m = Machine {
         input: bytes,
         at: 0,
@@ -30,6 +43,7 @@ pub fn decode_with(bytes: &[u8], limits: &Limits) -> Result<Value, PickleError> 
         memo: HashMap::new(),
         limits,
         copied: 0,
+        made: 0,
     };
     let root = m.run()?;
     if m.at != bytes.len() {
@@ -38,53 +52,62 @@ pub fn decode_with(bytes: &[u8], limits: &Limits) -> Result<Value, PickleError> 
             why: format!("{} bytes after STOP", bytes.len() - m.at),
         });
     }
-    let mut out = Expand {
-        nodes: &m.nodes,
-        visiting: vec![false; m.nodes.len()],
-        written: 0,
-        bytes: 0,
-        limits,
-    };
-    out.value(root)
+    Ok((m.nodes, root))
 }
 
-type Id = usize;
+pub(super) type Id = usize;
 
-/// A value under construction: containers hold ids, so that memo references share them.
+/// A value on the machine's stack or in a container: a scalar held right here (most of a
+/// pickle's values: copying one is what a memo reference to it means anyway), or a node of the
+/// arena, which memo references share.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Slot {
+    None,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Node(Id),
+}
+
+/// A value under construction in the arena: containers hold slots, so that memo references
+/// share them.
 #[derive(Debug)]
-enum Node {
+pub(super) enum Node {
+    /// A str, bytes, bytearray, big int or global (never a scalar a slot holds).
     Leaf(Value),
-    List(Vec<Id>),
-    Tuple(Vec<Id>),
-    Dict(Vec<(Id, Id)>),
-    Set(Vec<Id>),
-    FrozenSet(Vec<Id>),
+    List(Vec<Slot>),
+    Tuple(Vec<Slot>),
+    Dict(Vec<(Slot, Slot)>),
+    Set(Vec<Slot>),
+    FrozenSet(Vec<Slot>),
     Object(Box<ObjNode>),
 }
 
 /// An object under construction (see [`super::Object`]).
 #[derive(Debug)]
-struct ObjNode {
-    callable: Id,
-    args: Id,
-    kwargs: Option<Id>,
-    state: Vec<Id>,
+pub(super) struct ObjNode {
+    pub(super) callable: Slot,
+    args: Slot,
+    kwargs: Option<Slot>,
+    state: Vec<Slot>,
     new: bool,
-    items: Vec<Id>,
-    entries: Vec<(Id, Id)>,
+    items: Vec<Slot>,
+    entries: Vec<(Slot, Slot)>,
 }
 
 struct Machine<'a> {
     input: &'a [u8],
     at: usize,
     nodes: Vec<Node>,
-    stack: Vec<Id>,
+    stack: Vec<Slot>,
     /// Stack lengths at each open MARK.
     marks: Vec<usize>,
-    memo: HashMap<u64, Id>,
+    memo: HashMap<u64, Slot>,
     limits: &'a Limits,
     /// Bytes copied while running (globals, builtin calls), charged to `max_bytes`.
     copied: u64,
+    /// Values made (arena nodes and scalars), against `max_nodes`.
+    made: u64,
 }
 
 /// The few globals that only make plain values (Python 2 names too, as protocol 2 writes them).
@@ -157,40 +180,73 @@ impl Machine<'_> {
         String::from_utf8(l).map_err(|_| self.malformed("a text line that is not UTF-8"))
     }
 
-    fn node(&mut self, n: Node) -> Result<Id, PickleError> {
-        if self.nodes.len() as u64 >= self.limits.max_nodes {
+    /// Counts a value made, of `size` bytes (its memory counts against the byte budget too).
+    fn made(&mut self, size: usize) -> Result<(), PickleError> {
+        if self.made >= self.limits.max_nodes {
             return Err(PickleError::Limit {
                 what: "nodes",
                 limit: self.limits.max_nodes,
             });
         }
-        // The arena's own memory counts against the byte budget too.
-        self.charge(std::mem::size_of::<Node>() as u64)?;
-        self.nodes.push(n);
-        Ok(self.nodes.len() - 1)
+        self.made += 1;
+        self.charge(size as u64)
     }
 
-    fn push(&mut self, id: Id) -> Result<(), PickleError> {
+    fn node(&mut self, n: Node) -> Result<Slot, PickleError> {
+        self.made(std::mem::size_of::<Node>())?;
+        self.nodes.push(n);
+        Ok(Slot::Node(self.nodes.len() - 1))
+    }
+
+    fn push(&mut self, slot: Slot) -> Result<(), PickleError> {
         if self.stack.len() >= self.limits.max_stack {
             return Err(PickleError::Limit {
                 what: "stack size",
                 limit: self.limits.max_stack as u64,
             });
         }
-        self.stack.push(id);
+        self.stack.push(slot);
         Ok(())
     }
 
     fn push_new(&mut self, n: Node) -> Result<(), PickleError> {
-        let id = self.node(n)?;
-        self.push(id)
+        let slot = self.node(n)?;
+        self.push(slot)
+    }
+
+    /// Pushes a scalar.
+    fn scalar(&mut self, slot: Slot) -> Result<(), PickleError> {
+        self.made(std::mem::size_of::<Slot>())?;
+        self.push(slot)
     }
 
     fn leaf(&mut self, v: Value) -> Result<(), PickleError> {
-        self.push_new(Node::Leaf(v))
+        match v {
+            Value::None => self.scalar(Slot::None),
+            Value::Bool(b) => self.scalar(Slot::Bool(b)),
+            Value::Int(i) => self.scalar(Slot::Int(i)),
+            Value::Float(f) => self.scalar(Slot::Float(f)),
+            v => self.push_new(Node::Leaf(v)),
+        }
     }
 
-    fn pop(&mut self) -> Result<Id, PickleError> {
+    /// The arena node a slot names (`None` for a scalar).
+    fn get(&self, slot: Slot) -> Option<&Node> {
+        match slot {
+            Slot::Node(id) => Some(&self.nodes[id]),
+            _ => None,
+        }
+    }
+
+    /// The arena node a slot names, to change (`None` for a scalar).
+    fn get_mut(&mut self, slot: Slot) -> Option<&mut Node> {
+        match slot {
+            Slot::Node(id) => Some(&mut self.nodes[id]),
+            _ => None,
+        }
+    }
+
+    fn pop(&mut self) -> Result<Slot, PickleError> {
         match self.stack.pop() {
             Some(id) if self.marks.last().is_none_or(|&m| self.stack.len() >= m) => Ok(id),
             Some(_) => Err(self.malformed("an opcode took a value from below a mark")),
@@ -198,7 +254,7 @@ impl Machine<'_> {
         }
     }
 
-    fn top(&self) -> Result<Id, PickleError> {
+    fn top(&self) -> Result<Slot, PickleError> {
         if self.marks.last() == Some(&self.stack.len()) {
             return Err(self.malformed("an opcode used a value from below a mark"));
         }
@@ -209,7 +265,7 @@ impl Machine<'_> {
     }
 
     /// Everything above the last mark, and the mark removed.
-    fn pop_mark(&mut self) -> Result<Vec<Id>, PickleError> {
+    fn pop_mark(&mut self) -> Result<Vec<Slot>, PickleError> {
         let m = self
             .marks
             .pop()
@@ -258,23 +314,23 @@ impl Machine<'_> {
             .map_err(|_| self.malformed(format!("{s:?} is not an integer")))
     }
 
-    fn append_items(&mut self, target: Id, items: Vec<Id>) -> Result<(), PickleError> {
-        match &mut self.nodes[target] {
-            Node::List(v) => v.extend(items),
-            Node::Object(o) => o.items.extend(items),
+    fn append_items(&mut self, target: Slot, items: Vec<Slot>) -> Result<(), PickleError> {
+        match self.get_mut(target) {
+            Some(Node::List(v)) => v.extend(items),
+            Some(Node::Object(o)) => o.items.extend(items),
             _ => return Err(self.malformed("APPEND to something that is not a list")),
         }
         Ok(())
     }
 
-    fn set_items(&mut self, target: Id, kv: Vec<Id>) -> Result<(), PickleError> {
+    fn set_items(&mut self, target: Slot, kv: Vec<Slot>) -> Result<(), PickleError> {
         if !kv.len().is_multiple_of(2) {
             return Err(self.malformed("SETITEMS with an odd number of values"));
         }
         let pairs = kv.chunks(2).map(|p| (p[0], p[1]));
-        match &mut self.nodes[target] {
-            Node::Dict(v) => v.extend(pairs),
-            Node::Object(o) => o.entries.extend(pairs),
+        match self.get_mut(target) {
+            Some(Node::Dict(v)) => v.extend(pairs),
+            Some(Node::Object(o)) => o.entries.extend(pairs),
             _ => return Err(self.malformed("SETITEM on something that is not a dict")),
         }
         Ok(())
@@ -282,22 +338,22 @@ impl Machine<'_> {
 
     /// A plain value for the few builtin calls that make one (see [`builtin`]); the copy it
     /// makes is charged to the byte budget.
-    fn plain(&mut self, callable: Id, args: Id) -> Result<Option<Node>, PickleError> {
-        let (Node::Leaf(Value::Global { module, name }), Node::Tuple(a)) =
-            (&self.nodes[callable], &self.nodes[args])
+    fn plain(&mut self, callable: Slot, args: Slot) -> Result<Option<Node>, PickleError> {
+        let (Some(Node::Leaf(Value::Global { module, name })), Some(Node::Tuple(a))) =
+            (self.get(callable), self.get(args))
         else {
             return Ok(None);
         };
         let Some(b) = builtin(module, name) else {
             return Ok(None);
         };
-        let nodes = &self.nodes;
-        let latin1 = |id: &Id| matches!(&nodes[*id], Node::Leaf(Value::Str(e)) if e == "latin1" || e == "latin-1");
+        let get = |slot: &Slot| self.get(*slot);
+        let latin1 = |slot: &Slot| matches!(get(slot), Some(Node::Leaf(Value::Str(e))) if e == "latin1" || e == "latin-1");
         let plain = match (b, a.as_slice()) {
             ("set", []) => Some(Node::Set(Vec::new())),
             ("frozenset", []) => Some(Node::FrozenSet(Vec::new())),
-            ("set" | "frozenset", [items]) => match &nodes[*items] {
-                Node::List(v) | Node::Tuple(v) | Node::Set(v) | Node::FrozenSet(v) => {
+            ("set" | "frozenset", [items]) => match get(items) {
+                Some(Node::List(v) | Node::Tuple(v) | Node::Set(v) | Node::FrozenSet(v)) => {
                     let v = v.clone();
                     Some(if b == "set" {
                         Node::Set(v)
@@ -314,23 +370,23 @@ impl Machine<'_> {
             })),
             // Protocol 2 writes bytes as `_codecs.encode(text, 'latin1')`, and bytearray as
             // `bytearray(text, 'latin-1')` or `bytearray(bytes)`.
-            ("encode" | "bytearray" | "bytes", [text, enc]) if latin1(enc) => match &nodes[*text] {
-                Node::Leaf(Value::Str(s)) => s
+            ("encode" | "bytearray" | "bytes", [text, enc]) if latin1(enc) => match get(text) {
+                Some(Node::Leaf(Value::Str(s))) => s
                     .chars()
                     .map(|c| u8::try_from(c as u32).ok())
                     .collect::<Option<Vec<u8>>>()
                     .map(|r| bytes_node(b, r)),
                 _ => None,
             },
-            ("bytearray" | "bytes", [data]) => match &nodes[*data] {
-                Node::Leaf(Value::Bytes(d)) => Some(bytes_node(b, d.clone())),
+            ("bytearray" | "bytes", [data]) => match get(data) {
+                Some(Node::Leaf(Value::Bytes(d))) => Some(bytes_node(b, d.clone())),
                 _ => None,
             },
             _ => None,
         };
         if let Some(n) = &plain {
             let copied = match n {
-                Node::Set(v) | Node::FrozenSet(v) => 8 * v.len() as u64,
+                Node::Set(v) | Node::FrozenSet(v) => (size_of::<Slot>() * v.len()) as u64,
                 Node::Leaf(v) => leaf_bytes(v),
                 _ => 0,
             };
@@ -352,7 +408,7 @@ impl Machine<'_> {
     }
 
     /// `callable(*args)`: a plain value for the few builtins that make one, else an object.
-    fn reduce(&mut self, callable: Id, args: Id, new: bool) -> Result<Id, PickleError> {
+    fn reduce(&mut self, callable: Slot, args: Slot, new: bool) -> Result<Slot, PickleError> {
         // Only calls (`REDUCE`), not `cls.__new__` (which would make an empty one), and only
         // with the arguments CPython's own pickler writes.
         if !new && let Some(n) = self.plain(callable, args)? {
@@ -369,7 +425,7 @@ impl Machine<'_> {
         })))
     }
 
-    fn run(&mut self) -> Result<Id, PickleError> {
+    fn run(&mut self) -> Result<Slot, PickleError> {
         loop {
             let at = self.at;
             let op = self.byte()?;
@@ -409,9 +465,9 @@ impl Machine<'_> {
                     let t = self.top()?;
                     self.push(t)?;
                 }
-                b'N' => self.leaf(Value::None)?,
-                0x88 => self.leaf(Value::Bool(true))?,
-                0x89 => self.leaf(Value::Bool(false))?,
+                b'N' => self.scalar(Slot::None)?,
+                0x88 => self.scalar(Slot::Bool(true))?,
+                0x89 => self.scalar(Slot::Bool(false))?,
                 b'I' => {
                     let l = self.line()?.to_vec();
                     let v = match l.as_slice() {
@@ -428,15 +484,15 @@ impl Machine<'_> {
                 }
                 b'J' => {
                     let v = i32::from_le_bytes(self.take(4)?.try_into().expect("4"));
-                    self.leaf(Value::Int(v.into()))?;
+                    self.scalar(Slot::Int(v.into()))?;
                 }
                 b'K' => {
                     let v = self.byte()?;
-                    self.leaf(Value::Int(v.into()))?;
+                    self.scalar(Slot::Int(v.into()))?;
                 }
                 b'M' => {
                     let v = self.u16()?;
-                    self.leaf(Value::Int(v.into()))?;
+                    self.scalar(Slot::Int(v.into()))?;
                 }
                 0x8a | 0x8b => {
                     let n = if op == 0x8a {
@@ -446,9 +502,14 @@ impl Machine<'_> {
                         usize::try_from(n).map_err(|_| self.malformed("a negative LONG4 length"))?
                     };
                     let b = self.take(n)?;
-                    let big = BigInt::from_signed_bytes_le(b);
-                    let v = i64::try_from(&big).map_or(Value::BigInt(big), Value::Int);
-                    self.leaf(v)?;
+                    match small_long(b) {
+                        Some(i) => self.scalar(Slot::Int(i))?,
+                        None => {
+                            let big = BigInt::from_signed_bytes_le(b);
+                            let v = i64::try_from(&big).map_or(Value::BigInt(big), Value::Int);
+                            self.leaf(v)?;
+                        }
+                    }
                 }
                 b'F' => {
                     let l = self.line()?;
@@ -460,7 +521,7 @@ impl Machine<'_> {
                 }
                 b'G' => {
                     let v = f64::from_be_bytes(self.take(8)?.try_into().expect("8"));
-                    self.leaf(Value::Float(v))?;
+                    self.scalar(Slot::Float(v))?;
                 }
                 b'S' => {
                     let l = self.line()?.to_vec();
@@ -562,8 +623,8 @@ impl Machine<'_> {
                 0x90 => {
                     let items = self.pop_mark()?;
                     let t = self.top()?;
-                    match &mut self.nodes[t] {
-                        Node::Set(v) => v.extend(items),
+                    match self.get_mut(t) {
+                        Some(Node::Set(v)) => v.extend(items),
                         _ => return Err(self.malformed("ADDITEMS to something that is not a set")),
                     }
                 }
@@ -611,8 +672,8 @@ impl Machine<'_> {
                 0x93 => {
                     let name = self.pop()?;
                     let module = self.pop()?;
-                    let (Node::Leaf(Value::Str(m)), Node::Leaf(Value::Str(n))) =
-                        (&self.nodes[module], &self.nodes[name])
+                    let (Some(Node::Leaf(Value::Str(m))), Some(Node::Leaf(Value::Str(n)))) =
+                        (self.get(module), self.get(name))
                     else {
                         return Err(self.malformed("STACK_GLOBAL of values that are not str"));
                     };
@@ -637,7 +698,7 @@ impl Machine<'_> {
                     let args = self.pop()?;
                     let cls = self.pop()?;
                     let id = self.reduce(cls, args, true)?;
-                    if let Node::Object(o) = &mut self.nodes[id] {
+                    if let Some(Node::Object(o)) = self.get_mut(id) {
                         o.kwargs = Some(kwargs);
                     }
                     self.push(id)?;
@@ -664,8 +725,8 @@ impl Machine<'_> {
                 b'b' => {
                     let state = self.pop()?;
                     let t = self.top()?;
-                    match &mut self.nodes[t] {
-                        Node::Object(o) => o.state.push(state),
+                    match self.get_mut(t) {
+                        Some(Node::Object(o)) => o.state.push(state),
                         _ => return Err(self.malformed("BUILD on something that is not an object")),
                     }
                 }
@@ -694,6 +755,22 @@ impl Machine<'_> {
             }
         }
     }
+}
+
+/// A `LONG1`/`LONG4` payload (little-endian two's complement) of at most 8 bytes, as an `i64`
+/// without a big int; `None` past 8 bytes.
+fn small_long(b: &[u8]) -> Option<i64> {
+    if b.len() > 8 {
+        return None;
+    }
+    let fill = if b.last().is_some_and(|&top| top & 0x80 != 0) {
+        0xff
+    } else {
+        0
+    };
+    let mut le = [fill; 8];
+    le[..b.len()].copy_from_slice(b);
+    Some(i64::from_le_bytes(le))
 }
 
 fn bytes_node(kind: &str, raw: Vec<u8>) -> Node {
@@ -790,7 +867,7 @@ struct Expand<'a> {
 }
 
 /// Bytes a leaf adds to the expanded value (what a memo reference copies).
-fn leaf_bytes(v: &Value) -> u64 {
+pub(super) fn leaf_bytes(v: &Value) -> u64 {
     match v {
         Value::Str(s) => s.len() as u64,
         Value::Bytes(b) | Value::ByteArray(b) => b.len() as u64,
@@ -821,7 +898,7 @@ enum Kind {
 struct Frame {
     id: Id,
     kind: Kind,
-    children: Vec<Id>,
+    children: Vec<Slot>,
     next: usize,
     done: Vec<Value>,
 }
@@ -829,7 +906,7 @@ struct Frame {
 impl Expand<'_> {
     /// The value of `root`, expanded with an explicit stack (no recursion: `max_depth` levels cost
     /// heap, never the thread's stack).
-    fn value(&mut self, root: Id) -> Result<Value, PickleError> {
+    fn value(&mut self, root: Slot) -> Result<Value, PickleError> {
         let mut stack: Vec<Frame> = Vec::new();
         if let Some(v) = self.enter(root, &mut stack)? {
             return Ok(v);
@@ -855,7 +932,7 @@ impl Expand<'_> {
     }
 
     /// Counts `id`; a leaf's value, or `None` after pushing its frame.
-    fn enter(&mut self, id: Id, stack: &mut Vec<Frame>) -> Result<Option<Value>, PickleError> {
+    fn enter(&mut self, slot: Slot, stack: &mut Vec<Frame>) -> Result<Option<Value>, PickleError> {
         self.written += 1;
         if self.written > self.limits.max_nodes {
             return Err(PickleError::Limit {
@@ -863,6 +940,13 @@ impl Expand<'_> {
                 limit: self.limits.max_nodes,
             });
         }
+        let id = match slot {
+            Slot::None => return Ok(Some(Value::None)),
+            Slot::Bool(b) => return Ok(Some(Value::Bool(b))),
+            Slot::Int(i) => return Ok(Some(Value::Int(i))),
+            Slot::Float(f) => return Ok(Some(Value::Float(f))),
+            Slot::Node(id) => id,
+        };
         let nodes = self.nodes;
         let (kind, children) = match &nodes[id] {
             Node::Leaf(v) => {

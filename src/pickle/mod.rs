@@ -32,7 +32,7 @@ mod serde_ser;
 
 pub use de::{decode, decode_with};
 pub use ser::encode;
-pub use serde_de::from_slice;
+pub use serde_de::{SERDE_MAX_DEPTH, from_slice, from_slice_with};
 pub use serde_ser::to_vec;
 
 use num_bigint::BigInt;
@@ -195,6 +195,44 @@ pub enum PickleError {
 impl serde::de::Error for PickleError {
     fn custom<T: std::fmt::Display>(msg: T) -> Self {
         PickleError::Type(msg.to_string())
+    }
+
+    // serde's own forms quote the whole value: a peer's gigabyte string would become a gigabyte
+    // message. These quote its start.
+    fn invalid_type(unexp: serde::de::Unexpected<'_>, exp: &dyn serde::de::Expected) -> Self {
+        PickleError::Type(format!("invalid type: {}, expected {exp}", Quoted(unexp)))
+    }
+
+    fn invalid_value(unexp: serde::de::Unexpected<'_>, exp: &dyn serde::de::Expected) -> Self {
+        PickleError::Type(format!("invalid value: {}, expected {exp}", Quoted(unexp)))
+    }
+}
+
+/// An unexpected value in an error message, a long str or bytes cut to its first 64 bytes.
+struct Quoted<'a>(serde::de::Unexpected<'a>);
+
+impl std::fmt::Display for Quoted<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use serde::de::Unexpected;
+        const KEEP: usize = 64;
+        match self.0 {
+            Unexpected::Str(s) if s.len() > KEEP => {
+                let cut = (0..=KEEP)
+                    .rev()
+                    .find(|&i| s.is_char_boundary(i))
+                    .unwrap_or(0);
+                write!(f, "{}... ({} bytes)", Unexpected::Str(&s[..cut]), s.len())
+            }
+            Unexpected::Bytes(b) if b.len() > KEEP => {
+                write!(
+                    f,
+                    "{}... ({} bytes)",
+                    Unexpected::Bytes(&b[..KEEP]),
+                    b.len()
+                )
+            }
+            other => write!(f, "{other}"),
+        }
     }
 }
 

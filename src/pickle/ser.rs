@@ -57,7 +57,20 @@ impl Writer {
             self.op(b'J');
             self.out.extend(v.to_le_bytes());
         } else {
-            self.bigint(&BigInt::from(v));
+            // LONG1 with the fewest two's complement bytes (as Python's `encode_long`), no big
+            // int on the way.
+            let le = v.to_le_bytes();
+            let mut n = 8;
+            while n > 1 {
+                let (top, next) = (le[n - 1], le[n - 2]);
+                if (top == 0 && next & 0x80 == 0) || (top == 0xff && next & 0x80 != 0) {
+                    n -= 1;
+                } else {
+                    break;
+                }
+            }
+            self.out.extend([0x8a, n as u8]);
+            self.out.extend(&le[..n]);
         }
     }
 

@@ -280,3 +280,134 @@ fn objects_keep_their_items_entries_and_state_apart() {
     assert!(o.items.is_empty() && o.state.is_empty());
     assert_eq!(decode(&encode(&v).unwrap()).unwrap(), v);
 }
+
+/// Nested lists, as a serde type: what the bombs below decode into through `from_slice`.
+#[derive(Debug, serde::Deserialize)]
+struct Nested(Vec<Nested>);
+
+#[test]
+fn the_serde_path_checks_what_the_tree_does() {
+    // The memo bomb of `a_memo_bomb_hits_the_node_limit`, read straight from the arena.
+    let mut p = vec![0x80, 4, b']', 0x94];
+    for level in 0..10u32 {
+        p.extend([b']', b'(']);
+        for _ in 0..20_000 {
+            p.push(b'j');
+            p.extend(level.to_le_bytes());
+        }
+        p.extend([b'e', 0x94]);
+    }
+    p.push(b'.');
+    let e = from_slice::<Nested>(&p).unwrap_err();
+    assert!(matches!(e, PickleError::Limit { what: "nodes", .. }), "{e}");
+    // 100 000 nested lists: the depth limit, not the thread's stack.
+    let mut p = vec![0x80, 4];
+    p.extend(std::iter::repeat_n(b']', 100_000));
+    p.extend(std::iter::repeat_n(b'a', 99_999));
+    p.push(b'.');
+    let e = from_slice::<Nested>(&p).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            PickleError::Limit {
+                what: "nesting depth",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    // The serde walk's own limit (serde recurses on the thread's stack); within it, it decodes.
+    let nested = |depth: usize| {
+        let mut p = vec![0x80, 4];
+        p.extend(std::iter::repeat_n(b']', depth));
+        p.extend(std::iter::repeat_n(b'a', depth - 1));
+        p.push(b'.');
+        p
+    };
+    let e = from_slice::<Nested>(&nested(SERDE_MAX_DEPTH + 1)).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            PickleError::Limit {
+                what: "nesting depth",
+                limit: 128
+            }
+        ),
+        "{e}"
+    );
+    assert!(decode(&nested(SERDE_MAX_DEPTH + 1)).is_ok());
+    let (mut n, mut depth) = (from_slice::<Nested>(&nested(SERDE_MAX_DEPTH)).unwrap(), 1);
+    while let Some(inner) = n.0.pop() {
+        (n, depth) = (inner, depth + 1);
+    }
+    assert_eq!(depth, SERDE_MAX_DEPTH);
+    // A list inside itself.
+    assert_eq!(
+        from_slice::<Nested>(b"\x80\x04]\x94h\x00a.").unwrap_err(),
+        PickleError::Recursive
+    );
+    // Shared (not nested) references are fine: (a, a) with a = [1].
+    let p = b"\x80\x04]\x94K\x01ah\x00\x86\x94.";
+    assert_eq!(
+        from_slice::<(Vec<u8>, Vec<u8>)>(p).unwrap(),
+        (vec![1], vec![1])
+    );
+    // A str memoized and referenced many times counts its bytes each time.
+    let mut p = vec![0x80, 4, 0x8d];
+    p.extend(1000u64.to_le_bytes());
+    p.extend([b'x'; 1000]);
+    p.extend([0x94, b']', b'(']);
+    for _ in 0..5000 {
+        p.extend([b'h', 0]);
+    }
+    p.extend([b'e', b'.']);
+    let small = Limits {
+        max_bytes: 1 << 20,
+        ..Limits::default()
+    };
+    let e = from_slice_with::<Vec<String>>(&p, &small).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            PickleError::Limit {
+                what: "bytes of the decoded value",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert_eq!(from_slice::<Vec<String>>(&p).unwrap().len(), 5000);
+    // A value of the wrong type is named by its start, not quoted whole.
+    let e = from_slice::<Vec<Vec<u8>>>(&p).unwrap_err().to_string();
+    assert!(e.contains("(1000 bytes)") && e.len() < 300, "{e}");
+}
+
+#[test]
+fn ints_past_32_bits_are_the_fewest_long1_bytes() {
+    let edges = [
+        i32::MAX as i64 + 1,
+        i32::MIN as i64 - 1,
+        1 << 39,
+        -(1 << 39),
+        (1 << 47) - 1,
+        -(1 << 47),
+        i64::MAX,
+        i64::MIN,
+        0x80_0000_0000,
+        -0x80_0000_0001,
+    ];
+    for v in edges {
+        let p = to_vec(&v).unwrap();
+        let want = num_bigint::BigInt::from(v).to_signed_bytes_le();
+        let mut expected = vec![0x80, 4, 0x8a, want.len() as u8];
+        expected.extend(&want);
+        expected.push(b'.');
+        assert_eq!(p, expected, "{v}");
+        assert_eq!(from_slice::<i64>(&p).unwrap(), v);
+        assert_eq!(decode(&p).unwrap(), Value::Int(v));
+    }
+    assert_eq!(
+        from_slice::<u64>(&to_vec(&u64::MAX).unwrap()).unwrap(),
+        u64::MAX
+    );
+}
