@@ -21,38 +21,84 @@ pub fn decode(bytes: &[u8]) -> Result<Value, PickleError> {
 
 /// [`decode`] with the given limits.
 pub fn decode_with(bytes: &[u8], limits: &Limits) -> Result<Value, PickleError> {
-    let (nodes, root) = run(bytes, limits)?;
-    let mut out = Expand {
-        nodes: &nodes,
-        visiting: vec![false; nodes.len()],
-        written: 0,
-        bytes: 0,
-        limits,
-    };
-    out.value(root)
+    with_arena(bytes, limits, |nodes, root| {
+        Expand {
+            nodes,
+            visiting: vec![false; nodes.len()],
+            written: 0,
+            bytes: 0,
+            limits,
+        }
+        .value(root)
+    })
 }
 
-/// Runs the machine over a whole pickle: the arena and its root.
-pub(super) fn run(bytes: &[u8], limits: &Limits) -> Result<(Vec<Node>, Slot), PickleError> {
+/// The machine's working vectors, kept per thread between decodes: most messages are small, and
+/// for them allocating and freeing the arena, the stack and the memo each time is most of the
+/// work. Only vectors that stayed modest in size are kept (a huge pickle's arena goes back to the
+/// allocator), and a decode while another is running on the thread (a `Deserialize` impl that
+/// decodes a pickle inside a pickle) gets fresh ones.
+#[derive(Default)]
+struct Scratch {
+    nodes: Vec<Node>,
+    stack: Vec<Slot>,
+    marks: Vec<usize>,
+    dense: Vec<Option<Slot>>,
+}
+
+/// Vectors past this many elements are not kept for the next decode.
+const KEEP: usize = 4096;
+
+thread_local! {
+    static SCRATCH: std::cell::Cell<Option<Scratch>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs the machine over a whole pickle and hands the arena and its root to `f`.
+pub(super) fn with_arena<R>(
+    bytes: &[u8],
+    limits: &Limits,
+    f: impl FnOnce(&[Node], Slot) -> Result<R, PickleError>,
+) -> Result<R, PickleError> {
+    let scratch = SCRATCH.take().unwrap_or_default();
     let mut m = Machine {
         input: bytes,
         at: 0,
-        nodes: Vec::new(),
-        stack: Vec::new(),
-        marks: Vec::new(),
-        memo: HashMap::new(),
+        nodes: scratch.nodes,
+        stack: scratch.stack,
+        marks: scratch.marks,
+        memo: Memo {
+            dense: scratch.dense,
+            ..Memo::default()
+        },
         limits,
         copied: 0,
         made: 0,
     };
-    let root = m.run()?;
-    if m.at != bytes.len() {
-        return Err(PickleError::Malformed {
-            at: m.at,
-            why: format!("{} bytes after STOP", bytes.len() - m.at),
-        });
+    let result = m.run().and_then(|root| {
+        if m.at != bytes.len() {
+            return Err(PickleError::Malformed {
+                at: m.at,
+                why: format!("{} bytes after STOP", bytes.len() - m.at),
+            });
+        }
+        f(&m.nodes, root)
+    });
+    SCRATCH.set(Some(Scratch {
+        nodes: reuse(m.nodes),
+        stack: reuse(m.stack),
+        marks: reuse(m.marks),
+        dense: reuse(m.memo.dense),
+    }));
+    result
+}
+
+/// `v` emptied for the next decode, or a new vector if it grew too big to keep.
+fn reuse<T>(mut v: Vec<T>) -> Vec<T> {
+    if v.capacity() > KEEP {
+        return Vec::new();
     }
-    Ok((m.nodes, root))
+    v.clear();
+    v
 }
 
 pub(super) type Id = usize;
@@ -95,6 +141,43 @@ pub(super) struct ObjNode {
     entries: Vec<(Slot, Slot)>,
 }
 
+/// The memo: picklers number entries 0, 1, 2, … (`MEMOIZE` always, `PUT` in practice), which a
+/// vector holds without hashing; a key past the end of that run (only a hand-made pickle writes
+/// one) goes to a map, so a forged key never sizes the vector.
+#[derive(Default)]
+struct Memo {
+    dense: Vec<Option<Slot>>,
+    sparse: HashMap<u64, Slot>,
+    len: usize,
+}
+
+impl Memo {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn get(&self, key: u64) -> Option<Slot> {
+        match usize::try_from(key).ok().and_then(|k| self.dense.get(k)) {
+            Some(slot) => *slot,
+            None => self.sparse.get(&key).copied(),
+        }
+    }
+
+    fn insert(&mut self, key: u64, slot: Slot) {
+        let new = match usize::try_from(key) {
+            Ok(k) if k < self.dense.len() => self.dense[k].replace(slot).is_none(),
+            Ok(k) if k == self.dense.len() && !self.sparse.contains_key(&key) => {
+                self.dense.push(Some(slot));
+                true
+            }
+            _ => self.sparse.insert(key, slot).is_none(),
+        };
+        if new {
+            self.len += 1;
+        }
+    }
+}
+
 struct Machine<'a> {
     input: &'a [u8],
     at: usize,
@@ -102,7 +185,7 @@ struct Machine<'a> {
     stack: Vec<Slot>,
     /// Stack lengths at each open MARK.
     marks: Vec<usize>,
-    memo: HashMap<u64, Slot>,
+    memo: Memo,
     limits: &'a Limits,
     /// Bytes copied while running (globals, builtin calls), charged to `max_bytes`.
     copied: u64,
@@ -274,23 +357,23 @@ impl Machine<'_> {
     }
 
     fn memo_put(&mut self, key: u64) -> Result<(), PickleError> {
-        let id = self.top()?;
-        if self.memo.len() >= self.limits.max_memo && !self.memo.contains_key(&key) {
+        let slot = self.top()?;
+        if self.memo.len() >= self.limits.max_memo && self.memo.get(key).is_none() {
             return Err(PickleError::Limit {
                 what: "memo entries",
                 limit: self.limits.max_memo as u64,
             });
         }
-        self.memo.insert(key, id);
+        self.memo.insert(key, slot);
         Ok(())
     }
 
     fn memo_get(&mut self, key: u64) -> Result<(), PickleError> {
-        let id = *self
+        let slot = self
             .memo
-            .get(&key)
+            .get(key)
             .ok_or_else(|| self.malformed(format!("memo key {key} was never stored")))?;
-        self.push(id)
+        self.push(slot)
     }
 
     fn text_int(&self, s: &[u8]) -> Result<Value, PickleError> {
@@ -312,6 +395,42 @@ impl Machine<'_> {
         s.parse::<BigInt>()
             .map(Value::BigInt)
             .map_err(|_| self.malformed(format!("{s:?} is not an integer")))
+    }
+
+    /// `APPENDS` (into a list, or an object's items) and `SETITEMS` (`pairs`: into a dict, or an
+    /// object's entries): what is above the last mark, moved straight from the stack into what is
+    /// below it.
+    fn extend_from_mark(&mut self, pairs: bool) -> Result<(), PickleError> {
+        let m = self
+            .marks
+            .pop()
+            .ok_or_else(|| self.malformed("no mark to pop to"))?;
+        if self.marks.last().is_some_and(|&below| below >= m) || m == 0 {
+            return Err(self.malformed("APPENDS or SETITEMS with nothing below its mark"));
+        }
+        let Slot::Node(target) = self.stack[m - 1] else {
+            return Err(self.malformed("APPENDS or SETITEMS on a scalar"));
+        };
+        if pairs && !(self.stack.len() - m).is_multiple_of(2) {
+            return Err(self.malformed("SETITEMS with an odd number of values"));
+        }
+        let Machine { stack, nodes, .. } = self;
+        let items = stack.drain(m..);
+        match (&mut nodes[target], pairs) {
+            (Node::List(v), false) => v.extend(items),
+            (Node::Object(o), false) => o.items.extend(items),
+            (Node::Dict(v), true) => v.extend(Pairs(items)),
+            (Node::Object(o), true) => o.entries.extend(Pairs(items)),
+            (_, false) => {
+                drop(items);
+                return Err(self.malformed("APPEND to something that is not a list"));
+            }
+            (_, true) => {
+                drop(items);
+                return Err(self.malformed("SETITEM on something that is not a dict"));
+            }
+        }
+        Ok(())
     }
 
     fn append_items(&mut self, target: Slot, items: Vec<Slot>) -> Result<(), PickleError> {
@@ -604,22 +723,14 @@ impl Machine<'_> {
                     let t = self.top()?;
                     self.append_items(t, vec![v])?;
                 }
-                b'e' => {
-                    let items = self.pop_mark()?;
-                    let t = self.top()?;
-                    self.append_items(t, items)?;
-                }
+                b'e' => self.extend_from_mark(false)?,
                 b's' => {
                     let v = self.pop()?;
                     let k = self.pop()?;
                     let t = self.top()?;
                     self.set_items(t, vec![k, v])?;
                 }
-                b'u' => {
-                    let kv = self.pop_mark()?;
-                    let t = self.top()?;
-                    self.set_items(t, kv)?;
-                }
+                b'u' => self.extend_from_mark(true)?,
                 0x90 => {
                     let items = self.pop_mark()?;
                     let t = self.top()?;
@@ -754,6 +865,17 @@ impl Machine<'_> {
                 _ => return Err(PickleError::Opcode { op, at, why: "" }),
             }
         }
+    }
+}
+
+/// Consecutive values as (key, value) pairs (the caller made sure they are even in number).
+struct Pairs<I>(I);
+
+impl<I: Iterator<Item = Slot>> Iterator for Pairs<I> {
+    type Item = (Slot, Slot);
+
+    fn next(&mut self) -> Option<(Slot, Slot)> {
+        Some((self.0.next()?, self.0.next()?))
     }
 }
 

@@ -24,7 +24,7 @@
 /// thread's stack. [`decode`](super::decode) reads up to [`Limits::max_depth`].
 pub const SERDE_MAX_DEPTH: usize = 128;
 
-use super::de::{Id, Node, Slot, leaf_bytes, run};
+use super::de::{Id, Node, Slot, leaf_bytes, with_arena};
 use super::{Limits, PickleError, Value};
 use serde::de::value::{MapDeserializer, SeqDeserializer};
 use serde::de::{self, DeserializeOwned, IntoDeserializer, Visitor};
@@ -49,18 +49,19 @@ pub fn from_slice_with<T: DeserializeOwned>(
     bytes: &[u8],
     limits: &Limits,
 ) -> Result<T, PickleError> {
-    let (nodes, root) = run(bytes, limits)?;
-    let walk = Walk {
-        nodes: &nodes,
-        limits,
-        written: Cell::new(0),
-        bytes: Cell::new(0),
-        visiting: nodes.iter().map(|_| Cell::new(false)).collect(),
-    };
-    T::deserialize(At {
-        walk: &walk,
-        slot: root,
-        depth: 0,
+    with_arena(bytes, limits, |nodes, root| {
+        let walk = Walk {
+            nodes,
+            limits,
+            written: Cell::new(0),
+            bytes: Cell::new(0),
+            visiting: nodes.iter().map(|_| Cell::new(false)).collect(),
+        };
+        T::deserialize(At {
+            walk: &walk,
+            slot: root,
+            depth: 0,
+        })
     })
 }
 

@@ -411,3 +411,21 @@ fn ints_past_32_bits_are_the_fewest_long1_bytes() {
         u64::MAX
     );
 }
+
+#[test]
+fn memo_keys_in_any_order_and_far_apart() {
+    // 'a' put at 3, 'b' at 0, 'c' at 2^32-1, then MEMOIZE (its key is the count, 3: replaces 'a'),
+    // then get 0, 2^32-1, 3 into a tuple.
+    let mut p = b"\x80\x04\x8c\x01aq\x03\x8c\x01bq\x00\x8c\x01cr\xff\xff\xff\xff\x8c\x01d\x94(h\x00j\xff\xff\xff\xffh\x03t".to_vec();
+    p.push(b'.');
+    let v = decode(&p).unwrap();
+    let s = |x: &str| Value::Str(x.into());
+    assert_eq!(v, Value::Tuple(vec![s("b"), s("c"), s("d")]));
+    assert_eq!(
+        from_slice::<(String, String, String)>(&p).unwrap(),
+        ("b".into(), "c".into(), "d".into())
+    );
+    // A key never stored is malformed, not a panic.
+    assert!(decode(b"\x80\x04h\x07.").is_err());
+    assert!(decode(b"\x80\x04j\xff\xff\xff\xff.").is_err());
+}
