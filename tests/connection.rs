@@ -499,3 +499,26 @@ fn descriptors_cannot_travel_over_an_os_pipe() {
     w.send(&5u8).unwrap(); // plain values still work over a pipe
     assert_eq!(r.recv::<u8>().unwrap(), 5);
 }
+
+#[test]
+fn a_timed_receive_on_an_os_pipe_returns_at_its_deadline_inside_a_message() {
+    // A pipe (not a socket) holding a header and part of the payload: the timed receive must poll
+    // before each read, or it blocks in the read past its deadline (it did before the TLS change
+    // reworked the receive path).
+    let (r, w) = rustix::pipe::pipe().unwrap();
+    let conn = Connection::from_fd(r);
+    let mut w = std::fs::File::from(w);
+    w.write_all(&10u32.to_be_bytes()).unwrap();
+    w.write_all(b"abc").unwrap();
+    let started = Instant::now();
+    assert!(matches!(
+        conn.recv_bytes_timeout(Duration::from_millis(200)),
+        Err(multiprocess::RecvTimeoutError::Timeout)
+    ));
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    w.write_all(b"defghij").unwrap();
+    assert_eq!(
+        conn.recv_bytes_timeout(common::DEADLINE).unwrap(),
+        b"abcdefghij"
+    );
+}

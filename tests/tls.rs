@@ -188,12 +188,20 @@ fn an_untrusted_certificate_or_a_wrong_name_is_refused_on_both_sides() {
     let other = certificate(&["127.0.0.1"]);
     let listener = tls_listener(&cert, None);
     let address = listener.address().clone();
-    for (roots, name) in [(&other.0, None), (&cert.0, Some("elsewhere.example"))] {
+    for (roots, name, first) in [
+        (&other.0, None, false),
+        (&cert.0, Some("elsewhere.example"), false),
+        // The name given before the configuration counts as well.
+        (&cert.0, Some("elsewhere.example"), true),
+    ] {
         let (a, r, n) = (address.clone(), roots.clone(), name);
         let client = std::thread::spawn(move || {
-            let mut b = tls_client(&a, &r);
-            if let Some(n) = n {
-                b = b.server_name(n);
+            let config = tls::client_config(r.as_bytes()).unwrap();
+            let mut b = Client::builder(&a).timeout(Duration::from_secs(20));
+            match (n, first) {
+                (Some(n), true) => b = b.server_name(n).tls(config),
+                (Some(n), false) => b = b.tls(config).server_name(n),
+                (None, _) => b = b.tls(config),
             }
             b.connect()
         });
@@ -216,9 +224,15 @@ fn an_untrusted_certificate_or_a_wrong_name_is_refused_on_both_sides() {
             other => panic!("the listener: {other:?}"),
         }
     }
-    // The listener serves the next client as usual.
+    // The listener serves the next client as usual (naming the server before configuring TLS).
     let roots = cert.0.clone();
-    let client = std::thread::spawn(move || tls_client(&address, &roots).connect().map(drop));
+    let client = std::thread::spawn(move || {
+        Client::builder(&address)
+            .server_name("127.0.0.1")
+            .tls(tls::client_config(roots.as_bytes()).unwrap())
+            .connect()
+            .map(drop)
+    });
     listener.accept_timeout(common::DEADLINE).unwrap();
     client.join().unwrap().unwrap();
 }
@@ -279,11 +293,20 @@ fn a_silent_client_does_not_hold_up_the_tls_handshakes_of_others() {
     assert_eq!(conn.recv::<u8>().unwrap(), 7);
     client.join().unwrap();
     match listener.accept_timeout(common::DEADLINE) {
-        Err(AcceptError::Auth { error, .. }) => {
-            assert!(matches!(error, multiprocess::AuthError::Timeout), "{error}")
+        Err(e @ AcceptError::Tls { .. }) => {
+            assert!(e.is_per_client());
+            let AcceptError::Tls { error, .. } = e else {
+                unreachable!()
+            };
+            assert!(matches!(error, tls::TlsError::Timeout), "{error}")
         }
         other => panic!("{other:?}"),
     }
+    // A client that connects and hangs up (a port scanner, a health check) ends its own
+    // handshake only.
+    drop(TcpStream::connect(at).unwrap());
+    let e = listener.accept_timeout(common::DEADLINE).unwrap_err();
+    assert!(e.is_per_client(), "{e}");
 }
 
 #[test]
@@ -397,4 +420,154 @@ fn what_cannot_cross_tls_is_refused_with_an_error() {
     // The connection still works.
     client.send(&"still fine").unwrap();
     assert_eq!(server.recv::<String>().unwrap(), "still fine");
+}
+
+/// A raw rustls client of `listener` (the hostile peer's view: it writes records as it likes),
+/// its handshake complete, and the accepted connection.
+fn raw_peer(cert: &(String, String)) -> (Connection, tls::rustls::ClientConnection, TcpStream) {
+    let listener = tls_listener(cert, None);
+    let Address::Tcp(at) = listener.address().clone() else {
+        unreachable!()
+    };
+    let roots = cert.0.clone();
+    let peer = std::thread::spawn(move || {
+        let config = tls::client_config(roots.as_bytes()).unwrap();
+        let name = "127.0.0.1".try_into().unwrap();
+        let mut c = tls::rustls::ClientConnection::new(config, name).unwrap();
+        let mut s = TcpStream::connect(at).unwrap();
+        while c.is_handshaking() {
+            c.complete_io(&mut s).unwrap();
+        }
+        while c.wants_write() {
+            c.write_tls(&mut s).unwrap();
+        }
+        (c, s)
+    });
+    let conn = listener.accept_timeout(common::DEADLINE).unwrap();
+    let (c, s) = peer.join().unwrap();
+    (conn, c, s)
+}
+
+/// The records that carry `payload` as one frame (4-byte length, then the bytes).
+fn records_of(c: &mut tls::rustls::ClientConnection, payload: &[u8]) -> Vec<u8> {
+    let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
+    frame.extend(payload);
+    c.writer().write_all(&frame).unwrap();
+    let mut out = Vec::new();
+    while c.wants_write() {
+        c.write_tls(&mut out).unwrap();
+    }
+    out
+}
+
+#[test]
+fn a_stream_cut_inside_a_record_is_not_a_clean_end() {
+    let cert = certificate(&["127.0.0.1"]);
+    // Cut between records: the end of the stream, as a closed plain socket.
+    let (conn, mut c, mut s) = raw_peer(&cert);
+    let whole = records_of(&mut c, b"whole");
+    s.write_all(&whole).unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(conn.recv_bytes().unwrap(), b"whole");
+    assert!(matches!(
+        conn.recv_bytes(),
+        Err(multiprocess::RecvError::Eof)
+    ));
+    // Cut inside the record that starts the next message: bytes that were sent are lost, which is
+    // an error, not a clean end.
+    let (conn, mut c, mut s) = raw_peer(&cert);
+    s.write_all(&records_of(&mut c, b"whole")).unwrap();
+    let cut = records_of(&mut c, b"the next message, cut");
+    s.write_all(&cut[..cut.len() / 2]).unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(conn.recv_bytes().unwrap(), b"whole");
+    match conn.recv_bytes() {
+        Err(multiprocess::RecvError::Io(e)) => {
+            assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof, "{e}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_record_that_is_refused_gets_an_alert_back() {
+    let cert = certificate(&["127.0.0.1"]);
+    let (conn, mut c, mut s) = raw_peer(&cert);
+    // An application-data record that no key made.
+    s.write_all(b"\x17\x03\x03\x00\x20forged forged forged forged !!!!")
+        .unwrap();
+    assert!(conn.recv_bytes().is_err());
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let refused = loop {
+        match c.read_tls(&mut s) {
+            Ok(0) => panic!("the connection closed without an alert"),
+            Ok(_) => match c.process_new_packets() {
+                Ok(_) => continue,
+                Err(e) => break e,
+            },
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert!(
+        matches!(refused, tls::rustls::Error::AlertReceived(_)),
+        "{refused:?}"
+    );
+}
+
+/// A thread receives messages one at a time while another polls (or waits on) the same
+/// connection; each message must arrive, whoever took its record off the socket.
+fn receive_beside(poller: fn(&Connection)) {
+    let cert = certificate(&["127.0.0.1"]);
+    let (server, client) = pair(&cert);
+    let server = Arc::new(server);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let polling = {
+        let (server, stop) = (server.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                poller(&server);
+            }
+        })
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    let receiving = {
+        let server = server.clone();
+        std::thread::spawn(move || {
+            while let Ok(m) = server.recv_bytes() {
+                if tx.send(m).is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    let mut stuck = None;
+    for i in 0..3000u32 {
+        client.send_bytes(&i.to_be_bytes()).unwrap();
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(m) => assert_eq!(m, i.to_be_bytes()),
+            Err(_) => {
+                stuck = Some(i);
+                break;
+            }
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    polling.join().unwrap();
+    drop(client); // the receiver sees the end
+    receiving.join().unwrap();
+    assert_eq!(stuck, None, "a message never reached its receiver");
+}
+
+#[test]
+fn a_receive_is_not_starved_by_poll_on_another_thread() {
+    receive_beside(|c| {
+        let _ = c.poll(Duration::ZERO);
+    });
+}
+
+#[test]
+fn a_receive_is_not_starved_by_wait_on_another_thread() {
+    receive_beside(|c| {
+        let _ = wait(&[c], Some(Duration::ZERO));
+    });
 }

@@ -216,6 +216,21 @@ pub enum AcceptError {
     Io(#[from] io::Error),
 }
 
+impl AcceptError {
+    /// Whether the error concerns one client only (its handshake failed or timed out, and it was
+    /// dropped): a server loop goes on to the next client. Otherwise the listener itself could
+    /// not accept ([`Io`](Self::Io), such as out of descriptors) or the time ran out
+    /// ([`Timeout`](Self::Timeout)).
+    pub fn is_per_client(&self) -> bool {
+        match self {
+            AcceptError::Auth { .. } => true,
+            #[cfg(feature = "tls")]
+            AcceptError::Tls { .. } => true,
+            AcceptError::Timeout | AcceptError::Io(_) => false,
+        }
+    }
+}
+
 #[cfg(feature = "tls")]
 fn tls_failed(peer: String, error: TlsError) -> AcceptError {
     AcceptError::Tls { peer, error }
@@ -224,6 +239,22 @@ fn tls_failed(peer: String, error: TlsError) -> AcceptError {
 #[cfg(not(feature = "tls"))]
 fn tls_failed(_: String, error: TlsError) -> AcceptError {
     match error {}
+}
+
+/// A handshake that passed its deadline at `step`.
+fn timed_out(peer: String, step: Step) -> AcceptError {
+    #[cfg(feature = "tls")]
+    if step == Step::Tls {
+        return AcceptError::Tls {
+            peer,
+            error: TlsError::Timeout,
+        };
+    }
+    let _ = step; // without the feature no handshake is ever at its TLS step
+    AcceptError::Auth {
+        peer,
+        error: AuthError::Timeout,
+    }
 }
 
 /// What listeners and clients share: the key, how to run the handshake, limits.
@@ -524,14 +555,15 @@ impl Listener {
     ///
     /// One thread accepts at a time: a second caller waits until the first returns (handshakes in
     /// progress belong to the listener, whichever call advances them). A server loop goes on after
-    /// an [`AcceptError::Auth`], which concerns that client only:
+    /// an error that concerns one client only ([`AcceptError::is_per_client`]: a failed key or TLS
+    /// handshake, a port scanner that connects and hangs up):
     ///
     /// ```no_run
     /// # let listener = multiprocess::Listener::builder("127.0.0.1:5000").authkey(b"k").bind()?;
     /// for conn in listener.incoming() {
     ///     match conn {
     ///         Ok(conn) => { std::thread::spawn(move || { let _ = conn.recv_bytes(); }); }
-    ///         Err(multiprocess::AcceptError::Auth { peer, error }) => eprintln!("{peer}: {error}"),
+    ///         Err(e) if e.is_per_client() => eprintln!("{e}"),
     ///         Err(e) => return Err(e.into()),
     ///     }
     /// }
@@ -539,8 +571,8 @@ impl Listener {
     /// ```
     ///
     /// # Errors
-    /// A client that failed its handshake ([`AcceptError::Auth`]: that client is dropped; call
-    /// again for the next one), or a system error.
+    /// A client that failed its handshake ([`AcceptError::Auth`], or `AcceptError::Tls` with the
+    /// `tls` feature: that client is dropped; call again for the next one), or a system error.
     pub fn accept(&self) -> Result<Connection, AcceptError> {
         self.accept_until(None)
     }
@@ -574,10 +606,7 @@ impl Listener {
                 .position(|p| p.deadline.is_some_and(|d| d <= now))
             {
                 let p = pending.swap_remove(at);
-                return Err(AcceptError::Auth {
-                    peer: p.peer,
-                    error: AuthError::Timeout,
-                });
+                return Err(timed_out(p.peer, p.step));
             }
             // New clients: without a key each is ready at once; with one it gets its challenge.
             while pending.len() < self.max_pending {
@@ -827,6 +856,8 @@ impl Client {
             auth: Auth::default(),
             max_message: None,
             tls: None,
+            #[cfg(feature = "tls")]
+            server_name: None,
         }
     }
 }
@@ -839,6 +870,8 @@ pub struct ClientBuilder {
     auth: Auth,
     max_message: Option<Option<u64>>,
     tls: Option<tls::ClientTls>,
+    #[cfg(feature = "tls")]
+    server_name: Option<String>,
 }
 
 /// Why [`Client::connect`] failed.
@@ -887,22 +920,28 @@ impl ClientBuilder {
 
     /// Runs TLS over the connection, checking the listener's certificate with `config` (see
     /// [`tls`](crate::tls)) against the address's IP (or `localhost` for a Unix socket) unless
-    /// [`server_name`](Self::server_name) names another. The TLS handshake comes first; the
-    /// authentication handshake, with a key, runs inside it.
+    /// [`server_name`](Self::server_name) names another. The TLS handshake comes first, within
+    /// the builder's timeout; the authentication handshake, with a key, runs inside it.
+    ///
+    /// With TLS 1.3 a listener that requires a client certificate judges the client's only after
+    /// the client's side of the handshake is done: a refused client certificate (or none) then
+    /// shows as the first receive's error, or, with a key, as [`ClientError::Auth`].
     #[cfg(feature = "tls")]
     pub fn tls(mut self, config: std::sync::Arc<tls::ClientConfig>) -> Self {
-        let name = self.tls.take().and_then(|t| t.name);
+        let name = self.server_name.clone();
         self.tls = Some(tls::ClientTls { config, name });
         self
     }
 
     /// The name the listener's certificate must carry (a DNS name or an IP address), for
-    /// [`tls`](Self::tls).
+    /// [`tls`](Self::tls) (before or after it).
     #[cfg(feature = "tls")]
     pub fn server_name(mut self, name: impl Into<String>) -> Self {
+        let name = name.into();
         if let Some(t) = &mut self.tls {
-            t.name = Some(name.into());
+            t.name = Some(name.clone());
         }
+        self.server_name = Some(name);
         self
     }
 
@@ -944,6 +983,8 @@ impl Clone for ClientBuilder {
             auth: self.auth.clone(),
             max_message: self.max_message,
             tls: self.tls.clone(),
+            #[cfg(feature = "tls")]
+            server_name: self.server_name.clone(),
         }
     }
 }

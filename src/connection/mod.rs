@@ -715,6 +715,12 @@ impl Connection {
             if !sys::poll_readable(&[fd], deadline).map_err(RecvError::Io)?[0] {
                 return Ok(false);
             }
+            // Only while no receive runs: one that found nothing and polls the socket must find
+            // there the bytes it polls for (taken in here, they would wake nobody). With a
+            // receive under way, readable is ready, as on a plain socket.
+            let Ok(_receiving) = self.rx.try_lock() else {
+                return Ok(true);
+            };
             tls.pump(fd).map_err(RecvError::Io)?;
         }
     }
@@ -753,7 +759,11 @@ impl Connection {
     pub(crate) fn confirm_readable(&self) -> bool {
         match &self.tls {
             None => true,
-            Some(tls) => tls.pump(self.fd()).is_err() || tls.buffered(),
+            // As in `poll`: only while no receive runs.
+            Some(tls) => match self.rx.try_lock() {
+                Ok(_receiving) => tls.pump(self.fd()).is_err() || tls.buffered(),
+                Err(_) => true,
+            },
         }
     }
 
@@ -1111,6 +1121,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The socket (or pipe) under the connection, for an event loop of your own. Over TLS its
+/// readability is not a message's: bytes may be a record that carries none, and a message may sit
+/// decrypted in memory with the socket empty; use [`poll`](Connection::poll) or [`wait`] for
+/// readiness there.
 impl AsFd for Connection {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd()

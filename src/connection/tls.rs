@@ -121,6 +121,9 @@ mod on {
     use std::sync::{Arc, Mutex, MutexGuard};
     use std::time::Instant;
 
+    /// The rustls this crate builds on (0.23), for configurations of your own: its types are
+    /// part of this crate's API, so a major rustls release comes with a new version of this
+    /// crate.
     pub use rustls;
     pub use rustls::{ClientConfig, ServerConfig};
 
@@ -229,6 +232,44 @@ mod on {
         out: Vec<u8>,
         /// The socket reported end-of-file.
         eof: bool,
+        /// Where the incoming byte stream is among TLS records (to tell a stream that ends
+        /// between records from one cut inside a record).
+        records: Records,
+    }
+
+    /// Follows the TLS record headers of a byte stream: 5 bytes (type, version, length), then
+    /// that many bytes.
+    #[derive(Default)]
+    struct Records {
+        header: [u8; 5],
+        header_got: usize,
+        body_left: usize,
+    }
+
+    impl Records {
+        fn saw(&mut self, mut bytes: &[u8]) {
+            while !bytes.is_empty() {
+                if self.body_left > 0 {
+                    let n = self.body_left.min(bytes.len());
+                    self.body_left -= n;
+                    bytes = &bytes[n..];
+                    continue;
+                }
+                let n = (5 - self.header_got).min(bytes.len());
+                self.header[self.header_got..self.header_got + n].copy_from_slice(&bytes[..n]);
+                self.header_got += n;
+                bytes = &bytes[n..];
+                if self.header_got == 5 {
+                    self.header_got = 0;
+                    self.body_left = u16::from_be_bytes([self.header[3], self.header[4]]).into();
+                }
+            }
+        }
+
+        /// Between two records.
+        fn at_boundary(&self) -> bool {
+            self.header_got == 0 && self.body_left == 0
+        }
     }
 
     impl fmt::Debug for Transport {
@@ -266,13 +307,15 @@ mod on {
     }
 
     /// Reads the socket without waiting: the TLS state only ever reads what is already there.
-    struct NoWait<'a>(BorrowedFd<'a>);
+    struct NoWait<'a>(BorrowedFd<'a>, &'a mut Records);
 
     impl Read for NoWait<'_> {
         fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
             // Descriptors attached by a local peer are dropped (closed) with the inbox.
             let mut inbox = sys::Inbox::default();
-            sys::recv_into_slice(self.0, buf, &mut inbox, true, true)
+            let n = sys::recv_into_slice(self.0, buf, &mut inbox, true, true)?;
+            self.1.saw(&buf[..n]);
+            Ok(n)
         }
     }
 
@@ -309,6 +352,7 @@ mod on {
                     tls,
                     out: Vec::new(),
                     eof: false,
+                    records: Records::default(),
                 }),
             }
         }
@@ -365,24 +409,41 @@ mod on {
             fill: impl FnOnce(&mut rustls::Reader<'_>, usize) -> io::Result<usize>,
         ) -> io::Result<usize> {
             let mut s = self.state();
-            let got = loop {
+            let got = (|| loop {
                 let state = s.tls.process_new_packets().map_err(invalid)?;
                 let available = state.plaintext_bytes_to_read();
                 if available > 0 {
-                    break fill(&mut s.tls.reader(), available.min(max));
+                    return fill(&mut s.tls.reader(), available.min(max));
                 }
-                if s.eof || state.peer_has_closed() {
-                    break Ok(0);
+                if state.peer_has_closed() {
+                    return Ok(0);
+                }
+                if s.eof {
+                    // A cut between records reads as the end, as a closed socket does without TLS
+                    // (the framing above tells a cut inside a message); one inside a record lost
+                    // bytes that were sent.
+                    if s.records.at_boundary() {
+                        return Ok(0);
+                    }
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the connection ended inside a TLS record",
+                    ));
                 }
                 if !s.take_in(fd)? {
-                    break Err(io::ErrorKind::WouldBlock.into());
+                    return Err(io::ErrorKind::WouldBlock.into());
                 }
-            };
-            let queued = !s.out.is_empty();
-            drop(s);
-            if queued && let Ok(_sending) = tx.try_lock() {
-                // Best effort: a socket that fails here fails the next send too, which reports it.
-                let _ = self.flush(fd);
+            })();
+            // Records this made (an alert for what was refused, a key update) go out now if no
+            // send is under way (the send writes them first otherwise), without waiting on the
+            // socket: a receive never blocks in a write. What does not fit stays queued, in order.
+            if !s.out.is_empty()
+                && let Ok(_sending) = tx.try_lock()
+            {
+                // Best effort: a socket that fails here fails the next send, which reports it.
+                if let Ok(n) = sys::send_with(fd, &[IoSlice::new(&s.out)], &[], true) {
+                    s.out.drain(..n);
+                }
             }
             got
         }
@@ -393,20 +454,53 @@ mod on {
             self.state().take_in(fd).map(drop)
         }
 
-        /// Encrypts the concatenation of `parts` and writes it (the caller holds the send lock).
+        /// Encrypts the concatenation of `parts` and writes it (the caller holds the send lock),
+        /// `CHUNK` bytes at a time: a small message's header and payload share their records and
+        /// one socket write.
         pub(crate) fn write(&self, fd: BorrowedFd<'_>, parts: &[&[u8]]) -> io::Result<()> {
             let mut queued = Vec::new();
-            for part in parts {
-                for chunk in part.chunks(CHUNK) {
-                    {
-                        let mut s = self.state();
-                        io::Write::write_all(&mut s.tls.writer(), chunk)?;
-                        s.queue();
-                        std::mem::swap(&mut s.out, &mut queued);
+            let mut rest: Vec<&[u8]> = parts.iter().copied().filter(|p| !p.is_empty()).collect();
+            rest.reverse(); // taken from the end
+            while !rest.is_empty() {
+                // The next chunk: whole parts while they fit, then the front of the next one.
+                let mut batch: Vec<&[u8]> = Vec::new();
+                let mut size = 0;
+                while size < CHUNK
+                    && let Some(part) = rest.pop()
+                {
+                    let take = part.len().min(CHUNK - size);
+                    batch.push(&part[..take]);
+                    size += take;
+                    if take < part.len() {
+                        rest.push(&part[take..]);
                     }
-                    write_socket(fd, &queued)?;
-                    queued.clear();
                 }
+                {
+                    let mut s = self.state();
+                    let mut w = s.tls.writer();
+                    // Without a buffer limit rustls takes everything offered at once; the loop
+                    // is for a writer that would not.
+                    while !batch.is_empty() {
+                        let iov: Vec<IoSlice<'_>> = batch.iter().map(|b| IoSlice::new(b)).collect();
+                        let mut n = io::Write::write_vectored(&mut w, &iov)?;
+                        if n == 0 {
+                            return Err(io::ErrorKind::WriteZero.into());
+                        }
+                        while n > 0 {
+                            if n >= batch[0].len() {
+                                n -= batch.remove(0).len();
+                            } else {
+                                batch[0] = &batch[0][n..];
+                                n = 0;
+                            }
+                        }
+                    }
+                    s.queue();
+                    // Records a receive queued earlier go first: they were made first.
+                    std::mem::swap(&mut s.out, &mut queued);
+                }
+                write_socket(fd, &queued)?;
+                queued.clear();
             }
             self.flush(fd)
         }
@@ -480,7 +574,7 @@ mod on {
         /// Reads what the socket holds (without waiting) and processes it; whether anything came.
         /// A TLS error is an `InvalidData` error with the rustls error inside.
         fn take_in(&mut self, fd: BorrowedFd<'_>) -> io::Result<bool> {
-            match self.tls.read_tls(&mut NoWait(fd)) {
+            match self.tls.read_tls(&mut NoWait(fd, &mut self.records)) {
                 Ok(0) => self.eof = true,
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),

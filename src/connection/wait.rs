@@ -9,11 +9,13 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
-/// Something [`wait`] can wait for: it is ready when its descriptor is readable.
+/// Something [`wait`] can wait for: it is ready when its descriptor is readable (and, for a TLS
+/// connection, when its decrypted input says so: see the two provided methods).
 ///
 /// A [`Connection`] is ready when a message (or end of file) has arrived, a [`Listener`] when a
 /// client is waiting to be accepted (with a key, `accept` then still runs the client's handshake),
-/// a [`Process`] when it has ended.
+/// a [`Process`] when it has ended. A type of yours that wraps one of these should forward all
+/// three methods to it, not only `ready_fd`.
 pub trait Waitable {
     /// The descriptor whose readability means "ready".
     fn ready_fd(&self) -> BorrowedFd<'_>;
