@@ -324,6 +324,7 @@
 mod codec;
 mod connection;
 mod error;
+pub mod manager;
 pub mod pickle;
 mod pool;
 mod process;

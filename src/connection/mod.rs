@@ -725,6 +725,12 @@ impl Connection {
         }
     }
 
+    /// Ends both directions of the socket now (for every process that holds it): a receive blocked
+    /// on it returns end-of-file, sends fail.
+    pub(crate) fn shutdown(&self) {
+        let _ = sys::shutdown(self.fd(), sys::Shutdown::Both);
+    }
+
     /// Puts TLS under the framing (before any byte of the connection was read or written).
     pub(crate) fn with_tls(mut self, transport: tls::Transport) -> Connection {
         self.tls = Some(Arc::new(transport));

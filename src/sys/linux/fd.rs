@@ -114,6 +114,7 @@ pub(crate) fn set_socket_buffers(fd: BorrowedFd<'_>, bytes: usize) -> io::Result
 pub(crate) enum Shutdown {
     Read,
     Write,
+    Both,
 }
 
 /// `shutdown(2)` on a socket.
@@ -121,6 +122,7 @@ pub(crate) fn shutdown(fd: BorrowedFd<'_>, how: Shutdown) -> io::Result<()> {
     let how = match how {
         Shutdown::Read => rustix::net::Shutdown::Read,
         Shutdown::Write => rustix::net::Shutdown::Write,
+        Shutdown::Both => rustix::net::Shutdown::Both,
     };
     Ok(rustix::net::shutdown(fd, how)?)
 }

@@ -1,0 +1,1300 @@
+//! The manager: a server process that holds shared objects (dicts, lists, namespaces, values,
+//! locks), and the proxies other processes use them through, on this machine or across the
+//! network (Python's `multiprocessing.Manager()`).
+//!
+//! ```
+//! use multiprocess::manager::Manager;
+//! use multiprocess::Process;
+//!
+//! fn square_into(args: (multiprocess::manager::Dict<u32, u64>, u32)) {
+//!     let (squares, i) = args;
+//!     squares.set(&i, &(u64::from(i) * u64::from(i))).unwrap();
+//! }
+//!
+//! let m = Manager::start()?;                  // the server, in a child process
+//! let squares = m.dict::<u32, u64>()?;
+//! let children: Vec<_> = (0..4)
+//!     .map(|i| Process::spawn(square_into, (squares.clone(), i)))
+//!     .collect::<Result<_, _>>()?;
+//! for c in children {
+//!     c.join()?;
+//! }
+//! assert_eq!(squares.get(&3)?, Some(9));
+//! assert_eq!(squares.len()?, 4);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # What it does that Python's does not
+//! - **One connection per client process**, carrying every proxy's calls from every thread, with
+//!   many in flight at once (Python opens a connection per proxy and thread, and several per
+//!   proxy's life).
+//! - **Batches and transactions**: many calls in one round trip; atomically (all or none, nothing
+//!   of another client's in between), only if the objects are still at the versions you read.
+//! - **Snapshots** of a whole container with its version, in one round trip (Python: one per item).
+//! - **Clients die cleanly**: a client's locks are released when its connection ends (it exited or
+//!   was killed), and the unnamed objects only it held are freed. Named objects any client can look
+//!   up stay.
+//! - **Typed**: keys and values are your serde types, encoded with the crate's codec; the server
+//!   stores them as bytes and never runs your code (keys compare by their encoding).
+//!
+//! A server fails a call it cannot do with a typed [`RemoteError`] (a missing key, an index out of
+//! range, a version conflict) and goes on; a request it cannot decode ends that client's connection
+//! only.
+
+mod client;
+mod proto;
+mod server;
+
+pub use proto::Kind;
+pub use server::{Server, Stopper};
+
+use crate::codec;
+use crate::{Address, Connection, Process, StartMethod, ToAddress};
+use client::Core;
+use proto::{Bytes, Call, ObjectId, Op, Reply};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+use thiserror::Error;
+
+/// Why a call on a manager's object failed on the server (the server goes on).
+#[derive(Clone, Debug, Error, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum RemoteError {
+    /// An index past the end (Python's `IndexError`).
+    #[error("index {index} is out of range for a list of {len}")]
+    IndexError {
+        /// The index asked for.
+        index: i64,
+        /// The list's length.
+        len: u64,
+    },
+    /// The item to remove is not in the list (Python's `ValueError`).
+    #[error("no such item in the list")]
+    NotFound,
+    /// The object was freed (nobody held it) or never existed.
+    #[error("the manager has no object {0} (freed, or never made)")]
+    NoSuchObject(u64),
+    /// No object has this name.
+    #[error("the manager has no object named {0:?}")]
+    NoSuchName(String),
+    /// Another object has this name.
+    #[error("the name {0:?} is taken")]
+    NameTaken(String),
+    /// The object is of another kind than the call needs.
+    #[error("object {object} is a {kind}, not a {wanted}")]
+    WrongKind {
+        /// The object.
+        object: u64,
+        /// What it is.
+        kind: String,
+        /// What the call needs.
+        wanted: String,
+    },
+    /// A transaction's object changed since the version it expected: nothing was done.
+    #[error("object {object} is at version {found}, not {expected}: the transaction did nothing")]
+    Conflict {
+        /// The object.
+        object: u64,
+        /// The version the transaction expected.
+        expected: u64,
+        /// The version it found.
+        found: u64,
+    },
+    /// A release of a lock that is not held (an RLock: not by this thread).
+    #[error("the lock is not held (by this thread, for an RLock)")]
+    NotHeld,
+    /// A call this object or this context does not take.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// The server could not make sense of the request.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+/// Why a manager operation failed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ManagerError {
+    /// The call failed on the server (see [`RemoteError`]).
+    #[error("the manager refused: {0}")]
+    Remote(#[from] RemoteError),
+    /// Connecting to the manager failed (nobody there, a wrong key, TLS refused).
+    #[error("could not connect to the manager: {0}")]
+    Connect(#[from] crate::ClientError),
+    /// The connection to the manager ended (it stopped or died); every later call fails too.
+    #[error("the connection to the manager is gone: {0}")]
+    Disconnected(String),
+    /// A key or value could not be encoded (or holds OS objects, which cannot be shared this way).
+    #[error("a value could not be encoded for the manager: {0}")]
+    Encode(String),
+    /// A value from the manager is not of the proxy's type.
+    #[error("a value from the manager is not of the expected type: {0}")]
+    Decode(String),
+    /// The manager's connection was made in another process (this one is a forked copy): use
+    /// [`Manager::connect`] here, or hand proxies to children as arguments (they reconnect).
+    #[error("this manager connection belongs to another process; connect again in this one")]
+    WrongProcess,
+    /// Starting the server failed.
+    #[error("could not start the manager: {0}")]
+    Start(String),
+}
+
+/// What a manager holds and who is connected ([`Manager::status`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// Every object, by id.
+    pub objects: Vec<ObjectStatus>,
+    /// Every connected client.
+    pub clients: Vec<ClientStatus>,
+}
+
+/// One object in a [`Status`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectStatus {
+    /// Its id.
+    pub id: u64,
+    /// Its kind.
+    pub kind: Kind,
+    /// Its name, if it has one.
+    pub name: Option<String>,
+    /// How many proxies hold it, over all clients.
+    pub holds: u64,
+    /// Its version (one more per change).
+    pub version: u64,
+    /// Entries or items (a lock: 1 when held).
+    pub len: u64,
+}
+
+/// One client in a [`Status`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientStatus {
+    /// Its id on the server.
+    pub id: u64,
+    /// Where it connected from.
+    pub peer: String,
+    /// How many holds it has on objects.
+    pub holds: u64,
+    /// Requests it made.
+    pub requests: u64,
+}
+
+/// A connection to a manager (cheap to clone: clones share the connection), and the server process
+/// itself when [`start`](Manager::start) made it.
+///
+/// A `Manager` (and every proxy) can be handed to a child process as (part of) its argument, or
+/// sent through a [`Connection`]: it travels as the manager's address and key, and the receiving
+/// process connects on its own (once, for all it receives). The key travels with it: send managers
+/// and proxies only to processes that may have it.
+#[derive(Clone)]
+pub struct Manager {
+    /// The server process, when this manager started it: stopped when the last clone drops
+    /// (first of the fields: it stops the server through `core`).
+    server: Option<Arc<ServerProcess>>,
+    core: Arc<Core>,
+}
+
+impl fmt::Debug for Manager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Manager")
+            .field("address", &self.core.address)
+            .field("started_here", &self.server.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The server child of [`Manager::start`].
+struct ServerProcess {
+    process: Process<Result<(), String>>,
+    core: Weak<Core>,
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if let Some(core) = self.core.upgrade() {
+            let _ = core.call(Op::Shutdown);
+        }
+        if self.process.join_timeout(Duration::from_secs(5)).is_err() {
+            let _ = self.process.kill();
+            let _ = self.process.join_timeout(Duration::from_secs(5));
+        }
+    }
+}
+
+/// Options for [`Manager::start`]: from [`Manager::builder`].
+#[derive(Debug, Default)]
+#[must_use = "a builder does nothing until `start` is called"]
+pub struct ManagerBuilder {
+    address: Option<Address>,
+    authkey: Option<Vec<u8>>,
+    method: Option<StartMethod>,
+}
+
+impl ManagerBuilder {
+    /// Where the server listens (default: a fresh Linux abstract name, reachable from this
+    /// machine only). A TCP address serves other machines; the key is then mandatory.
+    pub fn address(mut self, address: impl ToAddress) -> Result<Self, ManagerError> {
+        self.address = Some(
+            address
+                .to_address()
+                .map_err(|e| ManagerError::Connect(crate::ClientError::Io(e)))?,
+        );
+        Ok(self)
+    }
+
+    /// The key clients must prove (default: 32 random bytes, which the manager's proxies carry to
+    /// the processes they are sent to).
+    pub fn authkey(mut self, key: impl AsRef<[u8]>) -> Self {
+        self.authkey = Some(key.as_ref().to_vec());
+        self
+    }
+
+    /// How the server process starts (default: [`get_start_method`](crate::get_start_method)).
+    pub fn start_method(mut self, method: StartMethod) -> Self {
+        self.method = Some(method);
+        self
+    }
+
+    /// Starts the server in a child process and connects to it.
+    ///
+    /// # Errors
+    /// The child could not start, or its listener could not bind ([`ManagerError::Start`]), or
+    /// connecting to it failed.
+    pub fn start(self) -> Result<Manager, ManagerError> {
+        let key = match self.authkey {
+            Some(k) => k,
+            None => {
+                let mut k = vec![0u8; 32];
+                crate::sys::random_bytes(&mut k).map_err(|e| ManagerError::Start(e.to_string()))?;
+                k
+            }
+        };
+        let address = match self.address {
+            Some(a) => a,
+            None => {
+                let mut tag = [0u8; 8];
+                crate::sys::random_bytes(&mut tag)
+                    .map_err(|e| ManagerError::Start(e.to_string()))?;
+                Address::Abstract(
+                    format!(
+                        "multiprocess-manager-{}-{:016x}",
+                        std::process::id(),
+                        u64::from_ne_bytes(tag)
+                    )
+                    .into_bytes(),
+                )
+            }
+        };
+        let (here, there) = crate::pipe().map_err(|e| ManagerError::Start(e.to_string()))?;
+        let mut b = Process::builder().name("manager").daemon(true);
+        if let Some(m) = self.method {
+            b = b.start_method(m);
+        }
+        let process = b
+            .spawn(serve_child, (address, key.clone(), there))
+            .map_err(|e| ManagerError::Start(e.to_string()))?;
+        let bound: Result<Address, String> = match here.recv() {
+            Ok(r) => r,
+            Err(e) => Err(format!("the server process did not report: {e}")),
+        };
+        let address = match bound {
+            Ok(a) => a,
+            Err(why) => {
+                let _ = process.kill();
+                let _ = process.join_timeout(Duration::from_secs(5));
+                return Err(ManagerError::Start(why));
+            }
+        };
+        let core = Arc::new(connect_core(&address, &key)?);
+        Ok(Manager {
+            server: Some(Arc::new(ServerProcess {
+                process,
+                core: Arc::downgrade(&core),
+            })),
+            core,
+        })
+    }
+}
+
+/// The server child: binds, reports the address it got, serves until shut down.
+fn serve_child(args: (Address, Vec<u8>, Connection)) -> Result<(), String> {
+    let (address, key, report) = args;
+    let listener = match crate::Listener::builder(&address).authkey(&key).bind() {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = report.send(&Err::<Address, String>(format!("bind {address}: {e}")));
+            return Err(e.to_string());
+        }
+    };
+    let _ = report.send(&Ok::<Address, String>(listener.address().clone()));
+    drop(report);
+    Server::new(listener).serve().map_err(|e| e.to_string())
+}
+
+fn connect_core(address: &Address, key: &[u8]) -> Result<Core, ManagerError> {
+    let conn = crate::Client::builder(address).authkey(key).connect()?;
+    Ok(Core::new(conn, address.clone(), key.to_vec()))
+}
+
+/// This process's connections, by manager address and key: a process receiving proxies connects
+/// once per manager, however many it receives.
+fn connections() -> &'static Mutex<Connections> {
+    static CONNECTIONS: std::sync::OnceLock<Mutex<Connections>> = std::sync::OnceLock::new();
+    CONNECTIONS.get_or_init(Default::default)
+}
+
+/// A process's connections, by manager address and key.
+type Connections = HashMap<(Address, Vec<u8>), Weak<Core>>;
+
+impl Manager {
+    /// Starts a manager server in a child process (with the defaults of [`Manager::builder`]) and
+    /// connects to it. The server stops when the last clone of the returned `Manager` (and of
+    /// the proxies made through it) is dropped in this process, or when this process dies.
+    pub fn start() -> Result<Manager, ManagerError> {
+        ManagerBuilder::default().start()
+    }
+
+    /// Options for the started server: address, key, start method.
+    pub fn builder() -> ManagerBuilder {
+        ManagerBuilder::default()
+    }
+
+    /// Connects to a running manager (one that another process started, or a standalone
+    /// [`Server`]), proving `key`. The connection is this process's for that manager: a second
+    /// `connect` (or a proxy received from elsewhere) shares it.
+    pub fn connect(
+        address: impl ToAddress,
+        key: impl AsRef<[u8]>,
+    ) -> Result<Manager, ManagerError> {
+        let address = address
+            .to_address()
+            .map_err(|e| ManagerError::Connect(crate::ClientError::Io(e)))?;
+        let key = key.as_ref().to_vec();
+        Ok(Manager {
+            core: shared_core(&address, &key)?,
+            server: None,
+        })
+    }
+
+    /// Where the manager listens.
+    pub fn address(&self) -> &Address {
+        &self.core.address
+    }
+
+    fn call(&self, op: Op) -> Result<Reply, ManagerError> {
+        self.core()?.call(op)
+    }
+
+    /// The connection of this process: the one this handle was made with, or, in a child forked
+    /// with a copy of it, the child's own (made on first use).
+    fn core(&self) -> Result<Arc<Core>, ManagerError> {
+        if self.core.in_this_process() {
+            return Ok(self.core.clone());
+        }
+        // Nothing else in this process holds that connection: it is kept for the process's life
+        // (the holds it takes for inherited proxies are the process's).
+        static KEPT: Mutex<Vec<Arc<Core>>> = Mutex::new(Vec::new());
+        let mut kept = KEPT.lock().unwrap_or_else(|p| p.into_inner());
+        kept.retain(|c| c.in_this_process());
+        if let Some(c) = kept
+            .iter()
+            .find(|c| c.address == self.core.address && c.key == self.core.key)
+        {
+            return Ok(c.clone());
+        }
+        let core = shared_core(&self.core.address, &self.core.key)?;
+        kept.push(core.clone());
+        Ok(core)
+    }
+
+    fn create(
+        &self,
+        kind: Kind,
+        name: Option<&str>,
+        existing: bool,
+        init: Option<Bytes>,
+    ) -> Result<Handle, ManagerError> {
+        match self.call(Op::Create {
+            kind,
+            name: name.map(str::to_string),
+            existing,
+            init,
+        })? {
+            Reply::Object { id, .. } => Ok(self.handle(id)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    fn handle(&self, id: ObjectId) -> Handle {
+        Handle(Arc::new(HandleInner {
+            manager: self.clone(),
+            id,
+        }))
+    }
+
+    /// A new, empty dict.
+    pub fn dict<K, V>(&self) -> Result<Dict<K, V>, ManagerError> {
+        Ok(Dict::wrap(self.create(Kind::Dict, None, false, None)?))
+    }
+
+    /// The dict called `name`, made empty if there is none yet. Named objects stay on the server
+    /// until it stops, whoever holds them.
+    pub fn named_dict<K, V>(&self, name: &str) -> Result<Dict<K, V>, ManagerError> {
+        Ok(Dict::wrap(self.create(
+            Kind::Dict,
+            Some(name),
+            true,
+            None,
+        )?))
+    }
+
+    /// A new, empty list.
+    pub fn list<T>(&self) -> Result<List<T>, ManagerError> {
+        Ok(List::wrap(self.create(Kind::List, None, false, None)?))
+    }
+
+    /// The list called `name`, made empty if there is none yet.
+    pub fn named_list<T>(&self, name: &str) -> Result<List<T>, ManagerError> {
+        Ok(List::wrap(self.create(
+            Kind::List,
+            Some(name),
+            true,
+            None,
+        )?))
+    }
+
+    /// A new, empty namespace (named values of any types, Python's `Namespace`).
+    pub fn namespace(&self) -> Result<Namespace, ManagerError> {
+        Ok(Namespace(self.create(
+            Kind::Namespace,
+            None,
+            false,
+            None,
+        )?))
+    }
+
+    /// A new value, set to `init`.
+    pub fn value<T: Serialize>(&self, init: &T) -> Result<Value<T>, ManagerError> {
+        let init = encode(init)?;
+        Ok(Value::wrap(self.create(
+            Kind::Value,
+            None,
+            false,
+            Some(init),
+        )?))
+    }
+
+    /// A new lock (Python's `Manager().Lock()`): held by a thread of a client, released if that
+    /// client dies.
+    pub fn lock(&self) -> Result<Lock, ManagerError> {
+        Ok(Lock(self.create(
+            Kind::Lock { reentrant: false },
+            None,
+            false,
+            None,
+        )?))
+    }
+
+    /// A new reentrant lock (Python's `RLock`): its holder may take it again.
+    pub fn rlock(&self) -> Result<Lock, ManagerError> {
+        Ok(Lock(self.create(
+            Kind::Lock { reentrant: true },
+            None,
+            false,
+            None,
+        )?))
+    }
+
+    /// Calls in one round trip, each on its own (see [`Batch`]).
+    pub fn batch(&self) -> Batch {
+        Batch {
+            manager: self.clone(),
+            calls: Vec::new(),
+            expect: Vec::new(),
+            holds: Vec::new(),
+        }
+    }
+
+    /// What the server holds and who is connected.
+    pub fn status(&self) -> Result<Status, ManagerError> {
+        match self.call(Op::Status)? {
+            Reply::Status(s) => Ok(s),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Stops the server (every client's connection ends). A manager started here also stops when
+    /// its last handle drops.
+    pub fn shutdown(&self) -> Result<(), ManagerError> {
+        self.call(Op::Shutdown).map(drop)
+    }
+}
+
+fn shared_core(address: &Address, key: &[u8]) -> Result<Arc<Core>, ManagerError> {
+    let mut all = connections().lock().unwrap_or_else(|p| p.into_inner());
+    let tag = (address.clone(), key.to_vec());
+    if let Some(core) = all.get(&tag).and_then(Weak::upgrade)
+        && core.in_this_process()
+    {
+        return Ok(core);
+    }
+    let core = Arc::new(connect_core(address, key)?);
+    all.insert(tag, Arc::downgrade(&core));
+    Ok(core)
+}
+
+fn unexpected(reply: &Reply) -> ManagerError {
+    ManagerError::Decode(format!("an answer of the wrong shape: {reply:?}"))
+}
+
+fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Bytes, ManagerError> {
+    let (bytes, fds) = codec::encode(value).map_err(ManagerError::Encode)?;
+    if !fds.is_empty() {
+        return Err(ManagerError::Encode(
+            "OS objects (connections, locks, queues) cannot be stored in a manager".into(),
+        ));
+    }
+    Ok(Bytes::from(bytes))
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ManagerError> {
+    codec::decode(bytes, Vec::new()).map_err(ManagerError::Decode)
+}
+
+/// A Manager travels as its address and key (see the type's notes).
+impl Serialize for Manager {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (&self.core.address, serde_bytes::Bytes::new(&self.core.key)).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Manager {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (address, key): (Address, serde_bytes::ByteBuf) = Deserialize::deserialize(d)?;
+        let core = shared_core(&address, &key).map_err(serde::de::Error::custom)?;
+        Ok(Manager { core, server: None })
+    }
+}
+
+/// One hold on one object: let go of when the last clone of its proxy drops.
+#[derive(Clone)]
+struct Handle(Arc<HandleInner>);
+
+struct HandleInner {
+    manager: Manager,
+    id: ObjectId,
+}
+
+impl Drop for HandleInner {
+    fn drop(&mut self) {
+        self.manager.core.tell(Op::Release { object: self.id });
+    }
+}
+
+impl Handle {
+    fn id(&self) -> ObjectId {
+        self.0.id
+    }
+
+    /// Calls on a batch go by object id: this process must hold the object (see `call`).
+    fn ensure_held(&self) -> Result<(), ManagerError> {
+        let manager = &self.0.manager;
+        if !manager.core.in_this_process() {
+            manager.core()?.attach_once(self.0.id)?;
+        }
+        Ok(())
+    }
+
+    fn call(&self, call: Call) -> Result<Reply, ManagerError> {
+        let manager = &self.0.manager;
+        let core = manager.core()?;
+        if !manager.core.in_this_process() {
+            // A proxy this process has as a forked copy: its hold is the parent's, so this
+            // process takes one of its own first (kept until this process's connection ends).
+            core.attach_once(self.0.id)?;
+        }
+        core.call(Op::Call {
+            object: self.0.id,
+            call,
+        })
+    }
+
+    fn version(&self) -> Result<u64, ManagerError> {
+        match self.call(Call::Version)? {
+            Reply::Version(v) => Ok(v),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    fn len(&self) -> Result<usize, ManagerError> {
+        match self.call(Call::Len)? {
+            Reply::Len(n) => Ok(n as usize),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    fn unit(&self, call: Call) -> Result<(), ManagerError> {
+        match self.call(call)? {
+            Reply::Unit => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
+impl fmt::Debug for Handle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "object {} at {}", self.0.id, self.0.manager.core.address)
+    }
+}
+
+/// A proxy travels as its manager and object id; the receiving process takes a hold of its own.
+impl Serialize for Handle {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (&self.0.manager, self.0.id).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Handle {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (manager, id): (Manager, ObjectId) = Deserialize::deserialize(d)?;
+        match manager.call(Op::Attach { object: id }) {
+            Ok(Reply::Object { .. }) => Ok(manager.handle(id)),
+            Ok(other) => Err(serde::de::Error::custom(unexpected(&other))),
+            Err(e) => Err(serde::de::Error::custom(e)),
+        }
+    }
+}
+
+macro_rules! proxy_common {
+    ($name:ident < $($t:ident),* >) => {
+        impl<$($t),*> Clone for $name<$($t),*> {
+            fn clone(&self) -> Self {
+                $name { h: self.h.clone(), _t: PhantomData }
+            }
+        }
+
+        impl<$($t),*> fmt::Debug for $name<$($t),*> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({:?})", stringify!($name), self.h)
+            }
+        }
+
+        impl<$($t),*> Serialize for $name<$($t),*> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                self.h.serialize(s)
+            }
+        }
+
+        impl<'de, $($t),*> Deserialize<'de> for $name<$($t),*> {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                Ok($name::wrap(Handle::deserialize(d)?))
+            }
+        }
+
+        impl<$($t),*> $name<$($t),*> {
+            fn wrap(h: Handle) -> Self {
+                $name { h, _t: PhantomData }
+            }
+
+            /// The object's version: one more for each change.
+            pub fn version(&self) -> Result<u64, ManagerError> {
+                self.h.version()
+            }
+
+            /// The object's id on its manager.
+            pub fn id(&self) -> u64 {
+                self.h.id()
+            }
+        }
+    };
+}
+
+/// A dict on a manager, of `K` to `V` (Python's `Manager().dict()`), in insertion order. Keys
+/// compare by their encoding.
+pub struct Dict<K, V> {
+    h: Handle,
+    _t: PhantomData<fn() -> (K, V)>,
+}
+
+proxy_common!(Dict<K, V>);
+
+impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> Dict<K, V> {
+    /// The value of `key`, if it has one.
+    pub fn get(&self, key: &K) -> Result<Option<V>, ManagerError> {
+        match self.h.call(Call::DictGet(encode(key)?))? {
+            Reply::Maybe(v) => v.map(|b| decode(&b)).transpose(),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The value of `key`, or `default` (Python's `get(key, default)`).
+    pub fn get_or(&self, key: &K, default: V) -> Result<V, ManagerError> {
+        Ok(self.get(key)?.unwrap_or(default))
+    }
+
+    /// Sets `key` to `value`.
+    pub fn set(&self, key: &K, value: &V) -> Result<(), ManagerError> {
+        self.h.unit(Call::DictSet(encode(key)?, encode(value)?))
+    }
+
+    /// Sets `key` to `value` if it has no value; returns the value it has then (Python's
+    /// `setdefault`), in one round trip and atomically.
+    pub fn set_default(&self, key: &K, value: &V) -> Result<V, ManagerError> {
+        match self
+            .h
+            .call(Call::DictSetDefault(encode(key)?, encode(value)?))?
+        {
+            Reply::Bytes(b) => decode(&b),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Removes `key`; its value, if it had one.
+    pub fn remove(&self, key: &K) -> Result<Option<V>, ManagerError> {
+        match self.h.call(Call::DictRemove(encode(key)?))? {
+            Reply::Maybe(v) => v.map(|b| decode(&b)).transpose(),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Whether `key` has a value.
+    pub fn contains(&self, key: &K) -> Result<bool, ManagerError> {
+        match self.h.call(Call::DictContains(encode(key)?))? {
+            Reply::Bool(b) => Ok(b),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// How many entries.
+    pub fn len(&self) -> Result<usize, ManagerError> {
+        self.h.len()
+    }
+
+    /// Whether it has no entries.
+    pub fn is_empty(&self) -> Result<bool, ManagerError> {
+        Ok(self.len()? == 0)
+    }
+
+    /// The keys, in insertion order.
+    pub fn keys(&self) -> Result<Vec<K>, ManagerError> {
+        match self.h.call(Call::DictKeys)? {
+            Reply::Many(v) => v.iter().map(|b| decode(b)).collect(),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The values, in insertion order.
+    pub fn values(&self) -> Result<Vec<V>, ManagerError> {
+        match self.h.call(Call::DictValues)? {
+            Reply::Many(v) => v.iter().map(|b| decode(b)).collect(),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The entries, in insertion order (one round trip; see [`snapshot`](Self::snapshot)).
+    pub fn items(&self) -> Result<Vec<(K, V)>, ManagerError> {
+        Ok(self.snapshot()?.1)
+    }
+
+    /// The entries and the version they are at, in one round trip.
+    pub fn snapshot(&self) -> Result<(u64, Vec<(K, V)>), ManagerError> {
+        match self.h.call(Call::Snapshot)? {
+            Reply::Snapshot(version, items) => match *items {
+                Reply::Pairs(kv) => Ok((
+                    version,
+                    kv.iter()
+                        .map(|(k, v)| Ok((decode(k)?, decode(v)?)))
+                        .collect::<Result<_, ManagerError>>()?,
+                )),
+                other => Err(unexpected(&other)),
+            },
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Sets every entry of `entries`, in one round trip.
+    pub fn update<'a>(
+        &self,
+        entries: impl IntoIterator<Item = (&'a K, &'a V)>,
+    ) -> Result<(), ManagerError>
+    where
+        K: 'a,
+        V: 'a,
+    {
+        let kv = entries
+            .into_iter()
+            .map(|(k, v)| Ok((encode(k)?, encode(v)?)))
+            .collect::<Result<_, ManagerError>>()?;
+        self.h.unit(Call::DictUpdate(kv))
+    }
+
+    /// Removes every entry.
+    pub fn clear(&self) -> Result<(), ManagerError> {
+        self.h.unit(Call::Clear)
+    }
+}
+
+/// A list on a manager (Python's `Manager().list()`). Indices are Python's: `-1` is the last item.
+pub struct List<T> {
+    h: Handle,
+    _t: PhantomData<fn() -> T>,
+}
+
+proxy_common!(List<T>);
+
+/// Items a [`List::iter`] fetches per round trip.
+const LIST_CHUNK: u64 = 256;
+
+impl<T: Serialize + DeserializeOwned> List<T> {
+    /// Adds `item` at the end.
+    pub fn append(&self, item: &T) -> Result<(), ManagerError> {
+        self.h.unit(Call::ListAppend(encode(item)?))
+    }
+
+    /// Adds `items` at the end, in one round trip.
+    pub fn extend<'a>(&self, items: impl IntoIterator<Item = &'a T>) -> Result<(), ManagerError>
+    where
+        T: 'a,
+    {
+        let v = items.into_iter().map(encode).collect::<Result<_, _>>()?;
+        self.h.unit(Call::ListExtend(v))
+    }
+
+    /// Inserts `item` before `index` (clamped to the list, as Python's `insert`).
+    pub fn insert(&self, index: i64, item: &T) -> Result<(), ManagerError> {
+        self.h.unit(Call::ListInsert(index, encode(item)?))
+    }
+
+    /// The item at `index` ([`RemoteError::IndexError`] past the end).
+    pub fn get(&self, index: i64) -> Result<T, ManagerError> {
+        match self.h.call(Call::ListGet(index))? {
+            Reply::Bytes(b) => decode(&b),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Replaces the item at `index`.
+    pub fn set(&self, index: i64, item: &T) -> Result<(), ManagerError> {
+        self.h.unit(Call::ListSet(index, encode(item)?))
+    }
+
+    /// Removes and returns the item at `index` (`None`: the last).
+    pub fn pop(&self, index: Option<i64>) -> Result<T, ManagerError> {
+        match self.h.call(Call::ListPop(index))? {
+            Reply::Bytes(b) => decode(&b),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Removes the first item equal to `item` (by encoding; [`RemoteError::NotFound`] if none).
+    pub fn remove(&self, item: &T) -> Result<(), ManagerError> {
+        self.h.unit(Call::ListRemove(encode(item)?))
+    }
+
+    /// How many items.
+    pub fn len(&self) -> Result<usize, ManagerError> {
+        self.h.len()
+    }
+
+    /// Whether it has no items.
+    pub fn is_empty(&self) -> Result<bool, ManagerError> {
+        Ok(self.len()? == 0)
+    }
+
+    /// Removes every item.
+    pub fn clear(&self) -> Result<(), ManagerError> {
+        self.h.unit(Call::Clear)
+    }
+
+    /// The items and the version they are at, in one round trip.
+    pub fn snapshot(&self) -> Result<(u64, Vec<T>), ManagerError> {
+        match self.h.call(Call::Snapshot)? {
+            Reply::Snapshot(version, items) => match *items {
+                Reply::Many(v) => Ok((
+                    version,
+                    v.iter().map(|b| decode(b)).collect::<Result<_, _>>()?,
+                )),
+                other => Err(unexpected(&other)),
+            },
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The items, fetched 256 per round trip as the iteration goes (Python's proxy fetches one
+    /// per round trip). Items added or removed meanwhile may be seen or skipped; use
+    /// [`snapshot`](Self::snapshot) for one consistent view.
+    pub fn iter(&self) -> ListIter<'_, T> {
+        ListIter {
+            list: self,
+            next: 0,
+            buffer: Vec::new().into_iter(),
+            done: false,
+        }
+    }
+}
+
+/// The iterator of [`List::iter`].
+#[derive(Debug)]
+pub struct ListIter<'a, T> {
+    list: &'a List<T>,
+    next: u64,
+    buffer: std::vec::IntoIter<Bytes>,
+    done: bool,
+}
+
+impl<T: Serialize + DeserializeOwned> Iterator for ListIter<'_, T> {
+    type Item = Result<T, ManagerError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Some(b) = self.buffer.next() {
+            return Some(decode(&b));
+        }
+        if self.done {
+            return None;
+        }
+        let start = self.next;
+        match self.list.h.call(Call::ListRange(start, start + LIST_CHUNK)) {
+            Ok(Reply::Many(v)) => {
+                self.next += v.len() as u64;
+                self.done = (v.len() as u64) < LIST_CHUNK;
+                self.buffer = v.into_iter();
+                self.buffer.next().map(|b| decode(&b))
+            }
+            Ok(other) => {
+                self.done = true;
+                Some(Err(unexpected(&other)))
+            }
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+/// A namespace on a manager: named values of any serde types (Python's `Manager().Namespace()`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Namespace(Handle);
+
+impl Namespace {
+    /// The value called `name`, if set.
+    pub fn get<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, ManagerError> {
+        match self.0.call(Call::NsGet(name.to_string()))? {
+            Reply::Maybe(v) => v.map(|b| decode(&b)).transpose(),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Sets the value called `name`.
+    pub fn set<T: Serialize + ?Sized>(&self, name: &str, value: &T) -> Result<(), ManagerError> {
+        self.0.unit(Call::NsSet(name.to_string(), encode(value)?))
+    }
+
+    /// Removes the value called `name`; whether it was set.
+    pub fn remove(&self, name: &str) -> Result<bool, ManagerError> {
+        match self.0.call(Call::NsRemove(name.to_string()))? {
+            Reply::Maybe(v) => Ok(v.is_some()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The names that are set, in order.
+    pub fn names(&self) -> Result<Vec<String>, ManagerError> {
+        match self.0.call(Call::Snapshot)? {
+            Reply::Snapshot(_, named) => match *named {
+                Reply::Named(v) => Ok(v.into_iter().map(|(k, _)| k).collect()),
+                other => Err(unexpected(&other)),
+            },
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The namespace's version: one more for each change.
+    pub fn version(&self) -> Result<u64, ManagerError> {
+        self.0.version()
+    }
+}
+
+/// One value on a manager (Python's `Manager().Value()`).
+pub struct Value<T> {
+    h: Handle,
+    _t: PhantomData<fn() -> T>,
+}
+
+proxy_common!(Value<T>);
+
+impl<T: Serialize + DeserializeOwned> Value<T> {
+    /// The value.
+    pub fn get(&self) -> Result<T, ManagerError> {
+        match self.h.call(Call::ValueGet)? {
+            Reply::Bytes(b) => decode(&b),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Sets the value.
+    pub fn set(&self, value: &T) -> Result<(), ManagerError> {
+        self.h.unit(Call::ValueSet(encode(value)?))
+    }
+
+    /// Sets the value to `new` if it is `current` (by encoding); whether it did. A
+    /// read-modify-write loop on it loses no update from any client.
+    pub fn compare_and_set(&self, current: &T, new: &T) -> Result<bool, ManagerError> {
+        match self
+            .h
+            .call(Call::ValueCompareSet(encode(current)?, encode(new)?))?
+        {
+            Reply::Bool(b) => Ok(b),
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
+/// A lock on a manager (Python's `Manager().Lock()`, or `RLock()`): held by one thread of one
+/// client at a time, and released by the server if that client dies holding it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Lock(Handle);
+
+/// This thread's token for locks: distinct for every thread of the process.
+fn thread_token() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    thread_local! {
+        static TOKEN: u64 = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    TOKEN.with(|t| *t)
+}
+
+impl Lock {
+    fn acquire_for(&self, timeout: Option<Duration>) -> Result<bool, ManagerError> {
+        let timeout_us = timeout.map(|t| u64::try_from(t.as_micros()).unwrap_or(u64::MAX));
+        match self.0.call(Call::LockAcquire {
+            timeout_us,
+            thread: thread_token(),
+        })? {
+            Reply::Bool(b) => Ok(b),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Takes the lock, waiting as long as it takes.
+    pub fn acquire(&self) -> Result<(), ManagerError> {
+        self.acquire_for(None).map(drop)
+    }
+
+    /// Takes the lock if it is free now; whether it did.
+    pub fn try_acquire(&self) -> Result<bool, ManagerError> {
+        self.acquire_for(Some(Duration::ZERO))
+    }
+
+    /// Takes the lock, waiting at most `timeout`; whether it did.
+    pub fn acquire_timeout(&self, timeout: Duration) -> Result<bool, ManagerError> {
+        self.acquire_for(Some(timeout))
+    }
+
+    /// Releases the lock ([`RemoteError::NotHeld`] if it is not held; an RLock only by the thread
+    /// that holds it).
+    pub fn release(&self) -> Result<(), ManagerError> {
+        self.0.unit(Call::LockRelease {
+            thread: thread_token(),
+        })
+    }
+
+    /// Takes the lock and returns a guard that releases it when dropped.
+    pub fn lock(&self) -> Result<LockGuard<'_>, ManagerError> {
+        self.acquire()?;
+        Ok(LockGuard(self))
+    }
+}
+
+/// Holds a manager [`Lock`]; releases it when dropped (a failed release, such as the manager being
+/// gone, is ignored: the server releases the locks of a client whose connection ends).
+#[derive(Debug)]
+#[must_use = "the lock is released at once if the guard is not kept"]
+pub struct LockGuard<'a>(&'a Lock);
+
+impl Drop for LockGuard<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.release();
+    }
+}
+
+/// Calls on a manager's objects sent together (from [`Manager::batch`]): in one round trip with
+/// [`send`](Self::send), each call on its own; or with [`commit`](Self::commit) as one transaction:
+/// all of them or none, with no other client's call in between, and only if every object named by
+/// [`expect`](Self::expect) is still at that version.
+///
+/// ```
+/// use multiprocess::manager::{Manager, ManagerError, RemoteError};
+///
+/// let m = Manager::start()?;
+/// let balances = m.dict::<String, i64>()?;
+/// balances.set(&"alice".into(), &100)?;
+/// // Move 30 from alice to bob, unless someone changed the dict since we read it.
+/// let (version, _) = balances.snapshot()?;
+/// let mut tx = m.batch();
+/// tx.expect(&balances, version);
+/// tx.dict_set(&balances, &"alice".into(), &70)?;
+/// tx.dict_set(&balances, &"bob".into(), &30)?;
+/// tx.commit()?;
+/// assert_eq!(balances.get(&"bob".into())?, Some(30));
+/// // The same version again is stale now: nothing happens.
+/// let mut stale = m.batch();
+/// stale.expect(&balances, version);
+/// stale.dict_set(&balances, &"bob".into(), &0)?;
+/// assert!(matches!(stale.commit(), Err(ManagerError::Remote(RemoteError::Conflict { .. }))));
+/// assert_eq!(balances.get(&"bob".into())?, Some(30));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+#[must_use = "a batch does nothing until `send` or `commit`"]
+pub struct Batch {
+    manager: Manager,
+    calls: Vec<(ObjectId, Call)>,
+    expect: Vec<(ObjectId, u64)>,
+    /// The proxies the calls name: held until the batch has run.
+    holds: Vec<Handle>,
+}
+
+impl Batch {
+    /// Requires `object` to be at `version` (from its `version()` or `snapshot()`) when the batch
+    /// runs.
+    pub fn expect<P: Proxy>(&mut self, object: &P, version: u64) -> &mut Self {
+        self.expect.push((object.object_id(), version));
+        self
+    }
+
+    /// Adds `dict[key] = value`.
+    pub fn dict_set<K: Serialize, V: Serialize>(
+        &mut self,
+        dict: &Dict<K, V>,
+        key: &K,
+        value: &V,
+    ) -> Result<&mut Self, ManagerError> {
+        self.calls
+            .push((dict.h.id(), Call::DictSet(encode(key)?, encode(value)?)));
+        self.holds.push(dict.h.clone());
+        Ok(self)
+    }
+
+    /// Adds removing `key` from `dict`.
+    pub fn dict_remove<K: Serialize, V>(
+        &mut self,
+        dict: &Dict<K, V>,
+        key: &K,
+    ) -> Result<&mut Self, ManagerError> {
+        self.calls
+            .push((dict.h.id(), Call::DictRemove(encode(key)?)));
+        self.holds.push(dict.h.clone());
+        Ok(self)
+    }
+
+    /// Adds appending `item` to `list`.
+    pub fn list_append<T: Serialize>(
+        &mut self,
+        list: &List<T>,
+        item: &T,
+    ) -> Result<&mut Self, ManagerError> {
+        self.calls
+            .push((list.h.id(), Call::ListAppend(encode(item)?)));
+        self.holds.push(list.h.clone());
+        Ok(self)
+    }
+
+    /// Adds setting `value`.
+    pub fn value_set<T: Serialize>(
+        &mut self,
+        value: &Value<T>,
+        new: &T,
+    ) -> Result<&mut Self, ManagerError> {
+        self.calls
+            .push((value.h.id(), Call::ValueSet(encode(new)?)));
+        self.holds.push(value.h.clone());
+        Ok(self)
+    }
+
+    /// Adds setting `name` in `namespace`.
+    pub fn namespace_set<T: Serialize + ?Sized>(
+        &mut self,
+        namespace: &Namespace,
+        name: &str,
+        value: &T,
+    ) -> Result<&mut Self, ManagerError> {
+        self.calls.push((
+            namespace.0.id(),
+            Call::NsSet(name.to_string(), encode(value)?),
+        ));
+        self.holds.push(namespace.0.clone());
+        Ok(self)
+    }
+
+    /// How many calls so far.
+    pub fn len(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// Whether it has no calls.
+    pub fn is_empty(&self) -> bool {
+        self.calls.is_empty()
+    }
+
+    /// Runs the calls in one round trip, each on its own: the result of each, in order. The
+    /// expected versions are checked first ([`RemoteError::Conflict`] and nothing done).
+    pub fn send(self) -> Result<Vec<Result<(), RemoteError>>, ManagerError> {
+        self.run(false)
+    }
+
+    /// Runs the calls as one transaction: all of them or, if one fails or an expected version
+    /// does not match, none.
+    pub fn commit(self) -> Result<(), ManagerError> {
+        self.run(true).map(drop)
+    }
+
+    fn run(self, atomic: bool) -> Result<Vec<Result<(), RemoteError>>, ManagerError> {
+        for h in &self.holds {
+            h.ensure_held()?;
+        }
+        match self.manager.call(Op::Batch {
+            calls: self.calls,
+            atomic,
+            expect: self.expect,
+        })? {
+            Reply::Batch(results) => Ok(results.into_iter().map(|r| r.map(drop)).collect()),
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
+/// A proxy of a manager's object (for [`Batch::expect`]).
+pub trait Proxy {
+    /// The object's id on its manager.
+    fn object_id(&self) -> u64;
+}
+
+impl<K, V> Proxy for Dict<K, V> {
+    fn object_id(&self) -> u64 {
+        self.h.id()
+    }
+}
+
+impl<T> Proxy for List<T> {
+    fn object_id(&self) -> u64 {
+        self.h.id()
+    }
+}
+
+impl<T> Proxy for Value<T> {
+    fn object_id(&self) -> u64 {
+        self.h.id()
+    }
+}
+
+impl Proxy for Namespace {
+    fn object_id(&self) -> u64 {
+        self.0.id()
+    }
+}

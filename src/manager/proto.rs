@@ -1,0 +1,160 @@
+//! The manager's wire: what a client asks and what the server answers, in the crate's codec
+//! (bincode) inside the connection's frames, after the key handshake.
+//!
+//! Every request carries an id the client chose; the answer carries it back. A client sends
+//! requests without waiting for answers (many threads of one process share one connection), and a
+//! request that has to wait on the server (a lock held by another client) is answered when it can
+//! be, so answers may come in any order. Keys and values of the containers travel already encoded
+//! (`Bytes`): the server stores and compares them as bytes and never decodes a user's type.
+
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+/// An encoded key or value.
+pub(crate) type Bytes = ByteBuf;
+
+/// A shared object, as the server numbers them.
+pub(crate) type ObjectId = u64;
+
+/// One request.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Request {
+    pub(crate) id: u64,
+    pub(crate) op: Op,
+}
+
+/// What a request asks.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Op {
+    /// A new object of `kind`, named (any client may look it up) or not (freed when its last
+    /// holder lets go or dies). A name already taken is an error, unless `existing` allows the
+    /// object of that name (of the same kind) to be returned instead.
+    Create {
+        kind: Kind,
+        name: Option<String>,
+        existing: bool,
+        /// A value's first value.
+        init: Option<Bytes>,
+    },
+    /// The object called `name`.
+    Lookup { name: String },
+    /// This client takes a hold on `object` (a proxy it received from another process).
+    Attach { object: ObjectId },
+    /// This client lets go of one hold on `object`.
+    Release { object: ObjectId },
+    /// One call on one object.
+    Call { object: ObjectId, call: Call },
+    /// Calls in order, in one round trip. `atomic`: all of them or none, with no other client's
+    /// call in between, and only if each object in `expect` is still at its version.
+    Batch {
+        calls: Vec<(ObjectId, Call)>,
+        atomic: bool,
+        expect: Vec<(ObjectId, u64)>,
+    },
+    /// The server's objects and clients.
+    Status,
+    /// Stop the server (its clients' connections end).
+    Shutdown,
+}
+
+/// The kinds of object a manager serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Kind {
+    /// A dict ([`Dict`](super::Dict)).
+    Dict,
+    /// A list ([`List`](super::List)).
+    List,
+    /// A namespace of named values ([`Namespace`](super::Namespace)).
+    Namespace,
+    /// One value ([`Value`](super::Value)).
+    Value,
+    /// A lock ([`Lock`](super::Lock)); `reentrant`: an RLock.
+    Lock {
+        /// Whether its holder may acquire it again (Python's `RLock`).
+        reentrant: bool,
+    },
+}
+
+/// A call on one object. Indices are Python's: negative ones count from the end.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum Call {
+    /// How many entries or items.
+    Len,
+    /// Removes every entry or item.
+    Clear,
+    /// The whole content and its version, in one answer.
+    Snapshot,
+    /// The object's version (each change adds one).
+    Version,
+
+    DictGet(Bytes),
+    DictSet(Bytes, Bytes),
+    /// Sets `key` to `value` only if it has none; answers the value it has afterwards.
+    DictSetDefault(Bytes, Bytes),
+    DictRemove(Bytes),
+    DictContains(Bytes),
+    DictKeys,
+    DictValues,
+    DictUpdate(Vec<(Bytes, Bytes)>),
+
+    ListAppend(Bytes),
+    ListExtend(Vec<Bytes>),
+    ListInsert(i64, Bytes),
+    ListGet(i64),
+    ListSet(i64, Bytes),
+    ListPop(Option<i64>),
+    /// Removes the first item equal to this one.
+    ListRemove(Bytes),
+    /// Items `start..end` (clamped), for iteration in chunks.
+    ListRange(u64, u64),
+
+    NsGet(String),
+    NsSet(String, Bytes),
+    NsRemove(String),
+
+    ValueGet,
+    ValueSet(Bytes),
+    /// Sets the value to the second if it is the first; answers whether it did.
+    ValueCompareSet(Bytes, Bytes),
+
+    /// Takes the lock for `thread` (the client's token for its calling thread), waiting at most
+    /// `timeout_us` microseconds (`None`: as long as it takes); answers whether it got it.
+    LockAcquire {
+        timeout_us: Option<u64>,
+        thread: u64,
+    },
+    /// Releases the lock (an RLock only for the thread that holds it).
+    LockRelease {
+        thread: u64,
+    },
+}
+
+/// A successful answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Reply {
+    Unit,
+    Bool(bool),
+    Len(u64),
+    Object {
+        id: ObjectId,
+        kind: Kind,
+    },
+    Bytes(Bytes),
+    Maybe(Option<Bytes>),
+    Many(Vec<Bytes>),
+    Pairs(Vec<(Bytes, Bytes)>),
+    Named(Vec<(String, Bytes)>),
+    Version(u64),
+    /// A snapshot: the version and the content (`Many` of a list or value, `Pairs` of a dict,
+    /// `Named` of a namespace).
+    Snapshot(u64, Box<Reply>),
+    Batch(Vec<Result<Reply, super::RemoteError>>),
+    Status(super::Status),
+}
+
+/// One answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Response {
+    pub(crate) id: u64,
+    pub(crate) result: Result<Reply, super::RemoteError>,
+}

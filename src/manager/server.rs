@@ -1,0 +1,899 @@
+//! The manager's server: one thread per client connection over one shared state.
+//!
+//! # One lock, and nothing slow under it
+//! Every object lives in one `State` behind one mutex: a call, or a whole batch, runs under it, so
+//! an atomic batch sees and leaves a consistent world with nothing of another client's in between,
+//! for free. What could be slow never happens under that lock: answers are collected while it is
+//! held and sent after it is released (a client that stops reading fills its own socket, not
+//! everybody's lock), and a call that must wait (a lock another client holds) is parked on the
+//! object and answered by whichever thread frees it, or by the timer thread at its deadline.
+//!
+//! # Clients die
+//! A client is its connection. When it ends (the process exited, crashed, or was killed), its
+//! thread takes the client out of the state: the locks it held are released and handed to the next
+//! waiter, its parked calls are dropped, and its holds on objects are let go of, which frees every
+//! unnamed object nobody else holds. Named objects stay until they are removed or the server stops.
+
+use super::proto::{Bytes, Call, Kind, ObjectId, Op, Reply, Request, Response};
+use super::{ClientStatus, ObjectStatus, RemoteError, Status};
+use crate::{Connection, Listener};
+use indexmap::IndexMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::io;
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+type ClientId = u64;
+
+/// A manager server: serves the objects of its clients on a [`Listener`]. A [`Manager`](super::Manager)
+/// started with [`Manager::start`](super::Manager::start) runs one in a child process; the
+/// `multiprocess` command line tool runs one standalone.
+///
+/// # Examples
+/// ```
+/// use multiprocess::{Listener, manager::{Manager, Server}};
+///
+/// let listener = Listener::builder("@multiprocess-doc-server").authkey(b"key").bind()?;
+/// let server = Server::new(listener);
+/// let stop = server.stopper();
+/// let serving = std::thread::spawn(move || server.serve());
+/// let m = Manager::connect("@multiprocess-doc-server", b"key")?;
+/// let d = m.dict::<String, u32>()?;
+/// d.set(&"a".into(), &1)?;
+/// assert_eq!(d.get(&"a".into())?, Some(1));
+/// stop.stop();
+/// serving.join().unwrap()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct Server {
+    listener: Listener,
+    shared: Arc<Shared>,
+}
+
+/// Stops a [`Server`] from another thread: [`Server::serve`] returns soon after.
+#[derive(Clone, Debug)]
+pub struct Stopper {
+    shared: Arc<Shared>,
+    address: crate::Address,
+}
+
+impl Stopper {
+    /// Asks the server to stop: it stops accepting, ends its clients' connections, and `serve`
+    /// returns.
+    pub fn stop(&self) {
+        self.shared.stop(&self.address);
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<State>,
+    /// Wakes the timer thread when a call with an earlier deadline is parked, or at shutdown.
+    timer: Condvar,
+    stopping: AtomicBool,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    objects: HashMap<ObjectId, Entry>,
+    names: HashMap<String, ObjectId>,
+    next_object: ObjectId,
+    clients: HashMap<ClientId, Client>,
+    next_client: ClientId,
+}
+
+#[derive(Debug)]
+struct Client {
+    conn: Arc<Connection>,
+    peer: String,
+    /// How many holds this client has on each object.
+    holds: HashMap<ObjectId, u64>,
+    requests: u64,
+}
+
+#[derive(Debug)]
+struct Entry {
+    kind: Kind,
+    name: Option<String>,
+    /// Holds of all clients together.
+    holds: u64,
+    /// One more for each change.
+    version: u64,
+    data: Data,
+}
+
+#[derive(Debug, Clone)]
+enum Data {
+    Dict(IndexMap<Bytes, Bytes>),
+    List(Vec<Bytes>),
+    Namespace(BTreeMap<String, Bytes>),
+    Value(Bytes),
+    Lock(LockState),
+}
+
+#[derive(Debug, Clone, Default)]
+struct LockState {
+    reentrant: bool,
+    /// The holder: its client and its thread there, and how many times it holds it.
+    owner: Option<(ClientId, u64, u32)>,
+    waiters: VecDeque<Waiter>,
+}
+
+#[derive(Debug, Clone)]
+struct Waiter {
+    client: ClientId,
+    thread: u64,
+    request: u64,
+    deadline: Option<Instant>,
+}
+
+/// Answers to send once the state's lock is released.
+type Outbox = Vec<(Arc<Connection>, Response)>;
+
+impl Server {
+    /// A server for `listener` (its key, TLS and limits are the server's).
+    pub fn new(listener: Listener) -> Server {
+        Server {
+            listener,
+            shared: Arc::new(Shared {
+                state: Mutex::new(State::default()),
+                timer: Condvar::new(),
+                stopping: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// Where clients connect.
+    pub fn address(&self) -> &crate::Address {
+        self.listener.address()
+    }
+
+    /// A handle that stops the server from another thread.
+    pub fn stopper(&self) -> Stopper {
+        Stopper {
+            shared: self.shared.clone(),
+            address: self.listener.address().clone(),
+        }
+    }
+
+    /// Serves until stopped (by a [`Stopper`] or a client's shutdown request). A client that fails
+    /// its handshake is dropped and the server goes on.
+    ///
+    /// # Errors
+    /// The listener failed (out of descriptors, for example).
+    pub fn serve(self) -> io::Result<()> {
+        let timer = {
+            let shared = self.shared.clone();
+            std::thread::Builder::new()
+                .name("manager-timer".into())
+                .spawn(move || shared.run_timer())?
+        };
+        let mut threads = Vec::new();
+        let result = loop {
+            if self.shared.stopping.load(Ordering::Acquire) {
+                break Ok(());
+            }
+            match self.listener.accept_timeout(Duration::from_millis(200)) {
+                Ok(conn) => {
+                    if self.shared.stopping.load(Ordering::Acquire) {
+                        break Ok(());
+                    }
+                    let conn = Arc::new(conn);
+                    let id = self.shared.join(conn.clone(), self.listener.address());
+                    let shared = self.shared.clone();
+                    let address = self.listener.address().clone();
+                    threads.push(
+                        std::thread::Builder::new()
+                            .name(format!("manager-client-{id}"))
+                            .spawn(move || shared.serve_client(id, conn, &address))?,
+                    );
+                    threads.retain(|t| !t.is_finished());
+                }
+                Err(crate::AcceptError::Timeout) => {}
+                Err(e) if e.is_per_client() => {
+                    crate::trace::event!(debug, "manager: {e}");
+                }
+                Err(crate::AcceptError::Io(e)) => break Err(e),
+                Err(e) => break Err(io::Error::other(e.to_string())),
+            }
+        };
+        self.shared.stopping.store(true, Ordering::Release);
+        self.shared.timer.notify_all();
+        // End every client's connection: their threads see the end and leave.
+        for client in self.shared.lock().clients.values() {
+            client.conn.shutdown();
+        }
+        for t in threads {
+            let _ = t.join();
+        }
+        let _ = timer.join();
+        result
+    }
+}
+
+fn send_all(outbox: Outbox) {
+    for (conn, response) in outbox {
+        // A client that is gone is cleaned up by its own thread.
+        let _ = conn.send(&response);
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn stop(&self, address: &crate::Address) {
+        self.stopping.store(true, Ordering::Release);
+        self.timer.notify_all();
+        // Wake the accept loop at once (it also looks every 200 ms).
+        let _ = crate::Client::builder(address)
+            .timeout(Duration::from_millis(200))
+            .connect();
+    }
+
+    fn join(&self, conn: Arc<Connection>, address: &crate::Address) -> ClientId {
+        let peer = match address {
+            crate::Address::Tcp(_) => crate::sys::net::tcp_peer_addr(conn.as_fd())
+                .map_or_else(|_| "an unknown TCP peer".into(), |a| a.to_string()),
+            _ => "a local process".into(),
+        };
+        let mut st = self.lock();
+        st.next_client += 1;
+        let id = st.next_client;
+        st.clients.insert(
+            id,
+            Client {
+                conn,
+                peer,
+                holds: HashMap::new(),
+                requests: 0,
+            },
+        );
+        id
+    }
+
+    fn serve_client(&self, id: ClientId, conn: Arc<Connection>, address: &crate::Address) {
+        loop {
+            let request: Request = match conn.recv() {
+                Ok(r) => r,
+                Err(crate::RecvError::Decode(why)) => {
+                    // The frame was whole but not a request: this client speaks something else.
+                    crate::trace::event!(debug, "manager: a request that does not decode: {why}");
+                    let _ = conn.send(&Response {
+                        id: 0,
+                        result: Err(RemoteError::Protocol(format!(
+                            "a request that does not decode: {why}"
+                        ))),
+                    });
+                    break;
+                }
+                Err(_) => break,
+            };
+            if matches!(request.op, Op::Shutdown) {
+                let _ = conn.send(&Response {
+                    id: request.id,
+                    result: Ok(Reply::Unit),
+                });
+                self.stop(address);
+                break;
+            }
+            let outbox = self.handle(id, request);
+            send_all(outbox);
+            if self.stopping.load(Ordering::Acquire) {
+                break;
+            }
+        }
+        let outbox = self.leave(id);
+        send_all(outbox);
+    }
+
+    /// A client is gone: its locks are released, its parked calls dropped, its holds let go.
+    fn leave(&self, id: ClientId) -> Outbox {
+        let mut out = Outbox::new();
+        let mut st = self.lock();
+        let Some(client) = st.clients.remove(&id) else {
+            return out;
+        };
+        let st = &mut *st;
+        for entry in st.objects.values_mut() {
+            if let Data::Lock(lock) = &mut entry.data {
+                lock.waiters.retain(|w| w.client != id);
+                if lock.owner.is_some_and(|(c, _, _)| c == id) {
+                    lock.owner = None;
+                    entry.version += 1;
+                    grant(lock, &st.clients, &mut out);
+                }
+            }
+        }
+        for (object, n) in client.holds {
+            release(st, object, n);
+        }
+        out
+    }
+
+    fn handle(&self, client: ClientId, request: Request) -> Outbox {
+        let mut out = Outbox::new();
+        let mut st = self.lock();
+        let st = &mut *st;
+        let Some(c) = st.clients.get_mut(&client) else {
+            return out;
+        };
+        c.requests += 1;
+        let conn = c.conn.clone();
+        let id = request.id;
+        let result = match request.op {
+            Op::Create {
+                kind,
+                name,
+                existing,
+                init,
+            } => create(st, client, kind, name, existing, init),
+            Op::Lookup { name } => lookup(st, client, &name),
+            Op::Attach { object } => match st.objects.get(&object).map(|e| e.kind) {
+                Some(kind) => {
+                    hold(st, client, object);
+                    Ok(Reply::Object { id: object, kind })
+                }
+                None => Err(RemoteError::NoSuchObject(object)),
+            },
+            Op::Release { object } => {
+                if let Some(c) = st.clients.get_mut(&client)
+                    && let Some(n) = c.holds.get_mut(&object)
+                {
+                    *n -= 1;
+                    if *n == 0 {
+                        c.holds.remove(&object);
+                    }
+                    release(st, object, 1);
+                }
+                // Fire and forget: no answer.
+                return out;
+            }
+            Op::Call {
+                object,
+                call: Call::LockAcquire { timeout_us, thread },
+            } => match acquire(st, client, thread, id, object, timeout_us) {
+                // Parked: answered later.
+                Ok(None) => {
+                    self.timer.notify_all();
+                    return out;
+                }
+                Ok(Some(r)) => Ok(r),
+                Err(e) => Err(e),
+            },
+            Op::Call {
+                object,
+                call: Call::LockRelease { thread },
+            } => release_lock(st, client, thread, object, &mut out),
+            Op::Call { object, call } => call_one(st, object, call),
+            Op::Batch {
+                calls,
+                atomic,
+                expect,
+            } => batch(st, calls, atomic, expect),
+            Op::Status => Ok(Reply::Status(status(st))),
+            Op::Shutdown => Ok(Reply::Unit),
+        };
+        out.push((conn, Response { id, result }));
+        out
+    }
+
+    /// Answers parked calls whose deadline passed.
+    fn run_timer(&self) {
+        let mut st = self.lock();
+        loop {
+            if self.stopping.load(Ordering::Acquire) {
+                return;
+            }
+            let now = Instant::now();
+            let mut out = Outbox::new();
+            let mut next: Option<Instant> = None;
+            let State {
+                objects, clients, ..
+            } = &mut *st;
+            for entry in objects.values_mut() {
+                if let Data::Lock(lock) = &mut entry.data {
+                    lock.waiters.retain(|w| match w.deadline {
+                        Some(d) if d <= now => {
+                            if let Some(c) = clients.get(&w.client) {
+                                out.push((
+                                    c.conn.clone(),
+                                    Response {
+                                        id: w.request,
+                                        result: Ok(Reply::Bool(false)),
+                                    },
+                                ));
+                            }
+                            false
+                        }
+                        Some(d) => {
+                            next = Some(next.map_or(d, |n| n.min(d)));
+                            true
+                        }
+                        None => true,
+                    });
+                }
+            }
+            if !out.is_empty() {
+                drop(st);
+                send_all(out);
+                st = self.lock();
+                continue;
+            }
+            st = match next {
+                Some(at) => {
+                    let wait = at.saturating_duration_since(Instant::now());
+                    self.timer
+                        .wait_timeout(st, wait)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+                None => self.timer.wait(st).unwrap_or_else(|p| p.into_inner()),
+            };
+        }
+    }
+}
+
+/// Hands a free lock to its first waiter (answering its parked acquire).
+fn grant(lock: &mut LockState, clients: &HashMap<ClientId, Client>, out: &mut Outbox) {
+    while lock.owner.is_none()
+        && let Some(w) = lock.waiters.pop_front()
+    {
+        let Some(c) = clients.get(&w.client) else {
+            continue;
+        };
+        lock.owner = Some((w.client, w.thread, 1));
+        out.push((
+            c.conn.clone(),
+            Response {
+                id: w.request,
+                result: Ok(Reply::Bool(true)),
+            },
+        ));
+    }
+}
+
+fn release(st: &mut State, object: ObjectId, n: u64) {
+    let Some(entry) = st.objects.get_mut(&object) else {
+        return;
+    };
+    entry.holds = entry.holds.saturating_sub(n);
+    if entry.holds == 0 && entry.name.is_none() {
+        st.objects.remove(&object);
+    }
+}
+
+fn hold(st: &mut State, client: ClientId, object: ObjectId) {
+    if let Some(c) = st.clients.get_mut(&client) {
+        *c.holds.entry(object).or_default() += 1;
+    }
+    if let Some(e) = st.objects.get_mut(&object) {
+        e.holds += 1;
+    }
+}
+
+fn create(
+    st: &mut State,
+    client: ClientId,
+    kind: Kind,
+    name: Option<String>,
+    existing: bool,
+    init: Option<Bytes>,
+) -> Result<Reply, RemoteError> {
+    if let Some(n) = &name
+        && let Some(&id) = st.names.get(n)
+    {
+        let found = st.objects.get(&id).map(|e| e.kind);
+        return match found {
+            Some(k) if existing && k == kind => {
+                hold(st, client, id);
+                Ok(Reply::Object { id, kind })
+            }
+            Some(k) if existing => Err(RemoteError::WrongKind {
+                object: id,
+                kind: format!("{k:?}"),
+                wanted: format!("{kind:?}"),
+            }),
+            _ => Err(RemoteError::NameTaken(n.clone())),
+        };
+    }
+    let data = match kind {
+        Kind::Dict => Data::Dict(IndexMap::new()),
+        Kind::List => Data::List(Vec::new()),
+        Kind::Namespace => Data::Namespace(BTreeMap::new()),
+        Kind::Value => Data::Value(init.unwrap_or_default()),
+        Kind::Lock { reentrant } => Data::Lock(LockState {
+            reentrant,
+            ..LockState::default()
+        }),
+    };
+    st.next_object += 1;
+    let id = st.next_object;
+    if let Some(n) = &name {
+        st.names.insert(n.clone(), id);
+    }
+    st.objects.insert(
+        id,
+        Entry {
+            kind,
+            name,
+            holds: 0,
+            version: 0,
+            data,
+        },
+    );
+    hold(st, client, id);
+    Ok(Reply::Object { id, kind })
+}
+
+fn lookup(st: &mut State, client: ClientId, name: &str) -> Result<Reply, RemoteError> {
+    let id = *st
+        .names
+        .get(name)
+        .ok_or_else(|| RemoteError::NoSuchName(name.to_string()))?;
+    let kind = st
+        .objects
+        .get(&id)
+        .map(|e| e.kind)
+        .ok_or(RemoteError::NoSuchObject(id))?;
+    hold(st, client, id);
+    Ok(Reply::Object { id, kind })
+}
+
+fn acquire(
+    st: &mut State,
+    client: ClientId,
+    thread: u64,
+    request: u64,
+    object: ObjectId,
+    timeout: Option<u64>,
+) -> Result<Option<Reply>, RemoteError> {
+    let entry = st
+        .objects
+        .get_mut(&object)
+        .ok_or(RemoteError::NoSuchObject(object))?;
+    let Data::Lock(lock) = &mut entry.data else {
+        return Err(wrong_kind(object, entry.kind, "Lock"));
+    };
+    match &mut lock.owner {
+        None => {
+            lock.owner = Some((client, thread, 1));
+            entry.version += 1;
+            return Ok(Some(Reply::Bool(true)));
+        }
+        Some((c, t, n)) if lock.reentrant && *c == client && *t == thread => {
+            *n += 1;
+            return Ok(Some(Reply::Bool(true)));
+        }
+        Some(_) => {}
+    }
+    if timeout == Some(0) {
+        return Ok(Some(Reply::Bool(false)));
+    }
+    lock.waiters.push_back(Waiter {
+        client,
+        thread,
+        request,
+        deadline: timeout.and_then(|us| Instant::now().checked_add(Duration::from_micros(us))),
+    });
+    Ok(None)
+}
+
+fn release_lock(
+    st: &mut State,
+    client: ClientId,
+    thread: u64,
+    object: ObjectId,
+    out: &mut Outbox,
+) -> Result<Reply, RemoteError> {
+    let clients = &st.clients;
+    let entry = st
+        .objects
+        .get_mut(&object)
+        .ok_or(RemoteError::NoSuchObject(object))?;
+    let Data::Lock(lock) = &mut entry.data else {
+        return Err(wrong_kind(object, entry.kind, "Lock"));
+    };
+    match &mut lock.owner {
+        None => return Err(RemoteError::NotHeld),
+        // An RLock is released only by its holder; a Lock by anyone (as in Python).
+        Some((c, t, _)) if lock.reentrant && (*c != client || *t != thread) => {
+            return Err(RemoteError::NotHeld);
+        }
+        Some((_, _, n)) if *n > 1 => {
+            *n -= 1;
+            return Ok(Reply::Unit);
+        }
+        Some(_) => lock.owner = None,
+    }
+    entry.version += 1;
+    grant(lock, clients, out);
+    Ok(Reply::Unit)
+}
+
+fn wrong_kind(object: ObjectId, kind: Kind, wanted: &str) -> RemoteError {
+    RemoteError::WrongKind {
+        object,
+        kind: format!("{kind:?}"),
+        wanted: wanted.to_string(),
+    }
+}
+
+/// A Python index into a sequence of `len`: negative counts from the end.
+fn index(i: i64, len: usize) -> Result<usize, RemoteError> {
+    let at = if i < 0 { len as i64 + i } else { i };
+    if (0..len as i64).contains(&at) {
+        Ok(at as usize)
+    } else {
+        Err(RemoteError::IndexError {
+            index: i,
+            len: len as u64,
+        })
+    }
+}
+
+fn call_one(st: &mut State, object: ObjectId, call: Call) -> Result<Reply, RemoteError> {
+    let entry = st
+        .objects
+        .get_mut(&object)
+        .ok_or(RemoteError::NoSuchObject(object))?;
+    apply(object, entry, call)
+}
+
+/// One call on one object's entry.
+fn apply(object: ObjectId, entry: &mut Entry, call: Call) -> Result<Reply, RemoteError> {
+    let kind = entry.kind;
+    let mut changed = false;
+    let reply = match (&mut entry.data, call) {
+        (_, Call::Version) => Reply::Version(entry.version),
+        (Data::Dict(d), Call::Len) => Reply::Len(d.len() as u64),
+        (Data::List(l), Call::Len) => Reply::Len(l.len() as u64),
+        (Data::Namespace(n), Call::Len) => Reply::Len(n.len() as u64),
+        (Data::Dict(d), Call::Clear) => {
+            changed = !d.is_empty();
+            d.clear();
+            Reply::Unit
+        }
+        (Data::List(l), Call::Clear) => {
+            changed = !l.is_empty();
+            l.clear();
+            Reply::Unit
+        }
+        (Data::Namespace(n), Call::Clear) => {
+            changed = !n.is_empty();
+            n.clear();
+            Reply::Unit
+        }
+        (Data::Dict(d), Call::Snapshot) => Reply::Snapshot(
+            entry.version,
+            Box::new(Reply::Pairs(
+                d.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            )),
+        ),
+        (Data::List(l), Call::Snapshot) => {
+            Reply::Snapshot(entry.version, Box::new(Reply::Many(l.clone())))
+        }
+        (Data::Namespace(n), Call::Snapshot) => Reply::Snapshot(
+            entry.version,
+            Box::new(Reply::Named(
+                n.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            )),
+        ),
+        (Data::Value(v), Call::Snapshot) => {
+            Reply::Snapshot(entry.version, Box::new(Reply::Many(vec![v.clone()])))
+        }
+
+        (Data::Dict(d), Call::DictGet(k)) => Reply::Maybe(d.get(&k).cloned()),
+        (Data::Dict(d), Call::DictSet(k, v)) => {
+            d.insert(k, v);
+            changed = true;
+            Reply::Unit
+        }
+        (Data::Dict(d), Call::DictSetDefault(k, v)) => {
+            let len = d.len();
+            let now = d.entry(k).or_insert(v).clone();
+            changed = d.len() != len;
+            Reply::Bytes(now)
+        }
+        (Data::Dict(d), Call::DictRemove(k)) => {
+            let old = d.shift_remove(&k);
+            changed = old.is_some();
+            Reply::Maybe(old)
+        }
+        (Data::Dict(d), Call::DictContains(k)) => Reply::Bool(d.contains_key(&k)),
+        (Data::Dict(d), Call::DictKeys) => Reply::Many(d.keys().cloned().collect()),
+        (Data::Dict(d), Call::DictValues) => Reply::Many(d.values().cloned().collect()),
+        (Data::Dict(d), Call::DictUpdate(kv)) => {
+            changed = !kv.is_empty();
+            d.extend(kv);
+            Reply::Unit
+        }
+
+        (Data::List(l), Call::ListAppend(v)) => {
+            l.push(v);
+            changed = true;
+            Reply::Unit
+        }
+        (Data::List(l), Call::ListExtend(v)) => {
+            changed = !v.is_empty();
+            l.extend(v);
+            Reply::Unit
+        }
+        (Data::List(l), Call::ListInsert(i, v)) => {
+            // Python's insert clamps the index.
+            let len = l.len() as i64;
+            let at = if i < 0 { (len + i).max(0) } else { i.min(len) };
+            l.insert(at as usize, v);
+            changed = true;
+            Reply::Unit
+        }
+        (Data::List(l), Call::ListGet(i)) => Reply::Bytes(l[index(i, l.len())?].clone()),
+        (Data::List(l), Call::ListSet(i, v)) => {
+            let at = index(i, l.len())?;
+            l[at] = v;
+            changed = true;
+            Reply::Unit
+        }
+        (Data::List(l), Call::ListPop(i)) => {
+            let at = index(i.unwrap_or(-1), l.len())?;
+            changed = true;
+            Reply::Bytes(l.remove(at))
+        }
+        (Data::List(l), Call::ListRemove(v)) => {
+            let at = l
+                .iter()
+                .position(|x| *x == v)
+                .ok_or(RemoteError::NotFound)?;
+            l.remove(at);
+            changed = true;
+            Reply::Unit
+        }
+        (Data::List(l), Call::ListRange(start, end)) => {
+            let end = (end.min(l.len() as u64)) as usize;
+            let start = (start as usize).min(end);
+            Reply::Many(l[start..end].to_vec())
+        }
+
+        (Data::Namespace(n), Call::NsGet(k)) => Reply::Maybe(n.get(&k).cloned()),
+        (Data::Namespace(n), Call::NsSet(k, v)) => {
+            n.insert(k, v);
+            changed = true;
+            Reply::Unit
+        }
+        (Data::Namespace(n), Call::NsRemove(k)) => {
+            let old = n.remove(&k);
+            changed = old.is_some();
+            Reply::Maybe(old)
+        }
+
+        (Data::Value(v), Call::ValueGet) => Reply::Bytes(v.clone()),
+        (Data::Value(v), Call::ValueSet(new)) => {
+            *v = new;
+            changed = true;
+            Reply::Unit
+        }
+        (Data::Value(v), Call::ValueCompareSet(old, new)) => {
+            let same = *v == old;
+            if same {
+                *v = new;
+                changed = true;
+            }
+            Reply::Bool(same)
+        }
+        (_, call) => {
+            return Err(RemoteError::Unsupported(format!(
+                "{call:?} on object {object}, a {kind:?}"
+            )));
+        }
+    };
+    if changed {
+        entry.version += 1;
+    }
+    Ok(reply)
+}
+
+fn batch(
+    st: &mut State,
+    calls: Vec<(ObjectId, Call)>,
+    atomic: bool,
+    expect: Vec<(ObjectId, u64)>,
+) -> Result<Reply, RemoteError> {
+    if calls
+        .iter()
+        .any(|(_, c)| matches!(c, Call::LockAcquire { .. } | Call::LockRelease { .. }))
+    {
+        return Err(RemoteError::Unsupported(
+            "locks cannot be taken or released inside a batch".into(),
+        ));
+    }
+    for &(object, expected) in &expect {
+        let found = st
+            .objects
+            .get(&object)
+            .ok_or(RemoteError::NoSuchObject(object))?
+            .version;
+        if found != expected {
+            return Err(RemoteError::Conflict {
+                object,
+                expected,
+                found,
+            });
+        }
+    }
+    if !atomic {
+        return Ok(Reply::Batch(
+            calls
+                .into_iter()
+                .map(|(object, call)| call_one(st, object, call))
+                .collect(),
+        ));
+    }
+    // All or nothing: the calls run on copies of the objects they touch, which replace the
+    // originals only if every call succeeded.
+    let mut copies: HashMap<ObjectId, Entry> = HashMap::new();
+    let mut results = Vec::with_capacity(calls.len());
+    for (object, call) in calls {
+        let copy = match copies.entry(object) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let e = st
+                    .objects
+                    .get(&object)
+                    .ok_or(RemoteError::NoSuchObject(object))?;
+                v.insert(Entry {
+                    kind: e.kind,
+                    name: None,
+                    holds: 0,
+                    version: e.version,
+                    data: e.data.clone(),
+                })
+            }
+        };
+        results.push(apply(object, copy, call)?);
+    }
+    for (object, copy) in copies {
+        if let Some(e) = st.objects.get_mut(&object) {
+            e.data = copy.data;
+            e.version = copy.version;
+        }
+    }
+    Ok(Reply::Batch(results.into_iter().map(Ok).collect()))
+}
+
+fn status(st: &State) -> Status {
+    let mut objects: Vec<ObjectStatus> = st
+        .objects
+        .iter()
+        .map(|(&id, e)| ObjectStatus {
+            id,
+            kind: e.kind,
+            name: e.name.clone(),
+            holds: e.holds,
+            version: e.version,
+            len: match &e.data {
+                Data::Dict(d) => d.len() as u64,
+                Data::List(l) => l.len() as u64,
+                Data::Namespace(n) => n.len() as u64,
+                Data::Value(_) => 1,
+                Data::Lock(l) => u64::from(l.owner.is_some()),
+            },
+        })
+        .collect();
+    objects.sort_by_key(|o| o.id);
+    let mut clients: Vec<ClientStatus> = st
+        .clients
+        .iter()
+        .map(|(&id, c)| ClientStatus {
+            id,
+            peer: c.peer.clone(),
+            holds: c.holds.values().sum(),
+            requests: c.requests,
+        })
+        .collect();
+    clients.sort_by_key(|c| c.id);
+    Status { objects, clients }
+}

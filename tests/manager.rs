@@ -1,0 +1,347 @@
+//! The manager across real processes: concurrent updates (plain and in transactions) from children
+//! under every start method, clients that are not the server's descendants over a Unix socket and
+//! TCP, clients killed while holding a lock or in the middle of calls, a wrong key, a forged request,
+//! objects freed with the client that held them.
+
+mod common;
+
+use multiprocess::manager::{Dict, Kind, List, Lock, Manager, ManagerError, RemoteError, Value};
+use multiprocess::{Address, Client, Connection, StartMethod};
+use std::time::{Duration, Instant};
+
+const METHODS: [StartMethod; 3] = [
+    StartMethod::Fork,
+    StartMethod::Spawn,
+    StartMethod::ForkServer,
+];
+
+/// A child's share of the work: `n` rounds of a list append, its own dict entry, a counter
+/// incremented by compare-and-set, and a dict total incremented in a version-checked transaction.
+fn worker(args: (Manager, Dict<String, u64>, List<u32>, Value<u64>, u32, u32)) -> u32 {
+    let (m, d, l, counter, me, n) = args;
+    let mut conflicts = 0;
+    for i in 0..n {
+        l.append(&(me * 1000 + i)).unwrap();
+        d.set(&format!("worker-{me}"), &u64::from(i + 1)).unwrap();
+        loop {
+            let now = counter.get().unwrap();
+            if counter.compare_and_set(&now, &(now + 1)).unwrap() {
+                break;
+            }
+        }
+        loop {
+            let (version, items) = d.snapshot().unwrap();
+            let total = items
+                .iter()
+                .find(|(k, _)| k == "total")
+                .map_or(0, |(_, v)| *v);
+            let mut tx = m.batch();
+            tx.expect(&d, version);
+            tx.dict_set(&d, &"total".to_string(), &(total + 1)).unwrap();
+            match tx.commit() {
+                Ok(()) => break,
+                Err(ManagerError::Remote(RemoteError::Conflict { .. })) => conflicts += 1,
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+    conflicts
+}
+
+#[test]
+fn concurrent_updates_from_children_under_every_start_method() {
+    for method in METHODS {
+        let m = Manager::builder().start_method(method).start().unwrap();
+        let d = m.dict::<String, u64>().unwrap();
+        let l = m.list::<u32>().unwrap();
+        let counter = m.value(&0u64).unwrap();
+        let n = 100;
+        let children: Vec<_> = (0..4)
+            .map(|me| {
+                common::start(
+                    method,
+                    worker,
+                    (m.clone(), d.clone(), l.clone(), counter.clone(), me, n),
+                )
+            })
+            .collect();
+        let conflicts: u32 = children.into_iter().map(|c| common::join(c).unwrap()).sum();
+        assert_eq!(counter.get().unwrap(), 4 * u64::from(n), "{method:?}");
+        assert_eq!(
+            d.get(&"total".into()).unwrap(),
+            Some(4 * u64::from(n)),
+            "{method:?}"
+        );
+        for me in 0..4 {
+            assert_eq!(d.get(&format!("worker-{me}")).unwrap(), Some(u64::from(n)));
+        }
+        let (_, items) = l.snapshot().unwrap();
+        assert_eq!(items.len(), 4 * n as usize);
+        for me in 0..4 {
+            // Each child's appends keep their order.
+            let mine: Vec<u32> = items.iter().copied().filter(|x| x / 1000 == me).collect();
+            assert_eq!(mine, (0..n).map(|i| me * 1000 + i).collect::<Vec<_>>());
+        }
+        eprintln!("{method:?}: {conflicts} transaction conflicts retried");
+    }
+}
+
+/// A client that is not a descendant of the manager: connects by address and key.
+fn outsider(args: (Address, Vec<u8>, String)) -> Vec<String> {
+    let (address, key, me) = args;
+    let m = Manager::connect(&address, &key).unwrap();
+    let names = m.named_list::<String>("visitors").unwrap();
+    names.append(&me).unwrap();
+    names.iter().map(|r| r.unwrap()).collect()
+}
+
+#[test]
+fn clients_that_are_not_descendants_over_a_unix_socket_and_tcp() {
+    for address in ["@multiprocess-test-manager-outsiders", "127.0.0.1:0"] {
+        let key = b"outsiders' key".to_vec();
+        let m = Manager::builder()
+            .address(address)
+            .unwrap()
+            .authkey(&key)
+            .start()
+            .unwrap();
+        let at = m.address().clone();
+        if address.starts_with("127") {
+            assert!(matches!(at, Address::Tcp(a) if a.port() != 0), "{at}");
+        }
+        for (i, method) in METHODS.into_iter().enumerate() {
+            let seen = common::join(common::start(
+                method,
+                outsider,
+                (at.clone(), key.clone(), format!("visitor {i}")),
+            ))
+            .unwrap();
+            assert_eq!(seen.len(), i + 1, "{at}: {seen:?}");
+        }
+        let names = m.named_list::<String>("visitors").unwrap();
+        assert_eq!(
+            names.snapshot().unwrap().1,
+            ["visitor 0", "visitor 1", "visitor 2"]
+        );
+        // A wrong key is refused.
+        match Manager::connect(&at, b"not the key") {
+            Err(ManagerError::Connect(multiprocess::ClientError::Auth(_))) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+/// Takes the lock, says so, and waits to be killed.
+fn hold_lock_and_wait(args: (Lock, Connection)) {
+    let (lock, report) = args;
+    lock.acquire().unwrap();
+    report.send(&"held").unwrap();
+    std::thread::sleep(Duration::from_secs(120));
+}
+
+/// Calls as fast as it can until killed.
+fn keep_calling(args: (Dict<u64, Vec<u8>>, Connection)) {
+    let (d, report) = args;
+    report.send(&"calling").unwrap();
+    for i in 0.. {
+        d.set(&(i % 64), &vec![7u8; 4096]).unwrap();
+        let _ = d.get(&(i % 64)).unwrap();
+    }
+}
+
+#[test]
+fn a_client_killed_holding_a_lock_or_mid_call_leaves_nothing_stuck() {
+    for method in METHODS {
+        let m = Manager::builder().start_method(method).start().unwrap();
+        let lock = m.lock().unwrap();
+        let (here, there) = multiprocess::pipe().unwrap();
+        let holder = common::start(method, hold_lock_and_wait, (lock.clone(), there));
+        assert_eq!(here.recv::<String>().unwrap(), "held");
+        assert!(!lock.try_acquire().unwrap(), "the child holds it");
+        let started = Instant::now();
+        assert!(!lock.acquire_timeout(Duration::from_millis(100)).unwrap());
+        assert!(started.elapsed() >= Duration::from_millis(100));
+        holder.kill().unwrap();
+        let _ = common::join(holder);
+        // Released by the server when the child's connection ended.
+        assert!(
+            lock.acquire_timeout(common::DEADLINE).unwrap(),
+            "{method:?}"
+        );
+        lock.release().unwrap();
+
+        let d = m.dict::<u64, Vec<u8>>().unwrap();
+        let (here, there) = multiprocess::pipe().unwrap();
+        let caller = common::start(method, keep_calling, (d.clone(), there));
+        assert_eq!(here.recv::<String>().unwrap(), "calling");
+        std::thread::sleep(Duration::from_millis(50));
+        caller.kill().unwrap();
+        let _ = common::join(caller);
+        // The server goes on.
+        d.set(&1, &vec![1]).unwrap();
+        assert_eq!(d.get(&1).unwrap(), Some(vec![1]));
+    }
+}
+
+/// Makes an unnamed and a named dict, then exits.
+fn make_and_leave(m: Manager) -> (u64, u64) {
+    let unnamed = m.dict::<u8, u8>().unwrap();
+    let named = m.named_dict::<u8, u8>("stays").unwrap();
+    named.set(&1, &2).unwrap();
+    (unnamed.id(), named.id())
+}
+
+#[test]
+fn objects_only_a_dead_client_held_are_freed_named_ones_stay() {
+    let m = Manager::start().unwrap();
+    let (unnamed, named) =
+        common::join(common::start(StartMethod::Fork, make_and_leave, m.clone())).unwrap();
+    // The child's connection ends as it exits; the server notices at once, but the status call
+    // may come first.
+    assert!(common::eventually(|| {
+        let s = m.status().unwrap();
+        !s.objects.iter().any(|o| o.id == unnamed)
+    }));
+    let s = m.status().unwrap();
+    let kept = s
+        .objects
+        .iter()
+        .find(|o| o.id == named)
+        .expect("the named dict");
+    assert_eq!(
+        (kept.kind, kept.name.as_deref(), kept.len),
+        (Kind::Dict, Some("stays"), 1)
+    );
+    assert_eq!(
+        m.named_dict::<u8, u8>("stays").unwrap().get(&1).unwrap(),
+        Some(2)
+    );
+    // A proxy's drop lets go of its hold: an unnamed object nobody holds is gone.
+    let d = m.dict::<u8, u8>().unwrap();
+    let id = d.id();
+    drop(d);
+    assert!(common::eventually(|| !m
+        .status()
+        .unwrap()
+        .objects
+        .iter()
+        .any(|o| o.id == id)));
+}
+
+#[test]
+fn remote_errors_are_typed_and_the_connection_goes_on() {
+    let m = Manager::start().unwrap();
+    let l = m.list::<i32>().unwrap();
+    l.extend(&[1, 2, 3]).unwrap();
+    assert_eq!(l.get(-1).unwrap(), 3);
+    assert!(matches!(
+        l.get(3),
+        Err(ManagerError::Remote(RemoteError::IndexError {
+            index: 3,
+            len: 3
+        }))
+    ));
+    assert!(matches!(
+        l.remove(&9),
+        Err(ManagerError::Remote(RemoteError::NotFound))
+    ));
+    assert_eq!(l.pop(None).unwrap(), 3);
+    l.insert(-100, &0).unwrap();
+    assert_eq!(l.snapshot().unwrap().1, [0, 1, 2]);
+    let d = m.dict::<String, i32>().unwrap();
+    assert_eq!(d.get(&"missing".into()).unwrap(), None);
+    assert_eq!(d.set_default(&"k".into(), &5).unwrap(), 5);
+    assert_eq!(d.set_default(&"k".into(), &6).unwrap(), 5);
+    // A value of the wrong type is a decode error on this side; the call itself succeeded.
+    let same: Dict<String, String> = m.named_dict("typed").unwrap();
+    same.set(&"x".into(), &"text".into()).unwrap();
+    let other: Dict<String, u8> = m.named_dict("typed").unwrap();
+    assert!(matches!(
+        other.get(&"x".into()),
+        Err(ManagerError::Decode(_))
+    ));
+    // A name is one kind.
+    assert!(matches!(
+        m.named_list::<u8>("typed"),
+        Err(ManagerError::Remote(RemoteError::WrongKind { .. }))
+    ));
+    // An RLock: its holder may take it again; another thread may not release it.
+    let r = m.rlock().unwrap();
+    r.acquire().unwrap();
+    r.acquire().unwrap();
+    let r2 = r.clone();
+    let refused = std::thread::spawn(move || r2.release()).join().unwrap();
+    assert!(matches!(
+        refused,
+        Err(ManagerError::Remote(RemoteError::NotHeld))
+    ));
+    r.release().unwrap();
+    r.release().unwrap();
+    assert!(matches!(
+        r.release(),
+        Err(ManagerError::Remote(RemoteError::NotHeld))
+    ));
+    assert_eq!(d.get(&"k".into()).unwrap(), Some(5));
+}
+
+#[test]
+fn a_forged_request_ends_only_that_connection() {
+    let key = b"forgery".to_vec();
+    let m = Manager::builder()
+        .address("@multiprocess-test-manager-forged")
+        .unwrap()
+        .authkey(&key)
+        .start()
+        .unwrap();
+    let d = m.dict::<u8, u8>().unwrap();
+    // A client that knows the key but sends garbage: the server answers with a protocol error
+    // and hangs up on it.
+    let raw = Client::builder(m.address())
+        .authkey(&key)
+        .connect()
+        .unwrap();
+    raw.send_bytes(&[0xff; 64]).unwrap();
+    let _ = raw.recv_bytes();
+    assert!(matches!(
+        raw.recv_bytes(),
+        Err(multiprocess::RecvError::Eof)
+    ));
+    // One announcing a gigabyte and sending a few bytes, then hanging up: nothing is allocated for
+    // the announcement, and its thread ends with the connection.
+    let forger = Client::builder(m.address())
+        .authkey(&key)
+        .connect()
+        .unwrap();
+    let mut forged = (-1i32).to_be_bytes().to_vec();
+    forged.extend((1u64 << 30).to_be_bytes());
+    forged.extend(b"short");
+    forger.send_bytes(&forged).unwrap();
+    drop(forger);
+    d.set(&1, &1).unwrap();
+    assert_eq!(d.get(&1).unwrap(), Some(1));
+    // Only this test's own connection is left.
+    assert!(common::eventually(|| m.status().unwrap().clients.len() == 1));
+}
+
+#[test]
+fn many_threads_share_one_connection_with_calls_in_flight() {
+    let m = Manager::start().unwrap();
+    let d = m.dict::<u32, u32>().unwrap();
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let d = d.clone();
+            std::thread::spawn(move || {
+                for i in 0..200 {
+                    d.set(&(t * 1000 + i), &i).unwrap();
+                    assert_eq!(d.get(&(t * 1000 + i)).unwrap(), Some(i));
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(d.len().unwrap(), 1600);
+    // One client: all those threads used this process's one connection.
+    assert_eq!(m.status().unwrap().clients.len(), 1);
+}
