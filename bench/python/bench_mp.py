@@ -29,6 +29,11 @@ Run by the Rust harness (bench/src/python.rs), one figure per invocation:
     bench_mp.py pool-cpu    --workers N                      [plan]
     bench_mp.py pool-respawn                                 [plan]
 
+    bench_mp.py manager-dict-rt                              [plan]
+    bench_mp.py manager-updates                              [plan]
+    bench_mp.py manager-updates-each                         [plan]
+    bench_mp.py manager-snapshot                             [plan]
+
     plan: [--warmup W] [--samples S] [--ops N] [--quick]
 
 Each figure runs W untimed batches, then S timed batches of N operations, and prints one JSON object
@@ -75,6 +80,10 @@ DEFAULTS = {
     "socket-rt": {"full": (1, 51, 1000), "quick": (1, 15, 200)},
     "socket-oneway": {"full": (1, 21, 256), "quick": (1, 7, 64)},
     "socket-connect": {"full": (1, 31, 200), "quick": (1, 9, 50)},
+    "manager-dict-rt": {"full": (1, 31, 500), "quick": (1, 9, 100)},
+    "manager-updates": {"full": (1, 11, 1), "quick": (1, 5, 1)},
+    "manager-updates-each": {"full": (1, 11, 1), "quick": (1, 5, 1)},
+    "manager-snapshot": {"full": (1, 11, 1), "quick": (1, 5, 1)},
 }
 
 
@@ -772,6 +781,62 @@ def fig_socket_connect(args):
         p.join()
 
 
+# --- manager: Manager().dict() through its proxy --------------------------------------------------
+
+
+def fig_manager_dict_rt(args):
+    """One op: d[k] = v, then d[k] (two round trips, as the Rust side's set + get)."""
+    with mp.get_context("fork").Manager() as m:
+        d = m.dict()
+
+        def batch(ops):
+            for i in range(ops):
+                d[i % 64] = i
+                if d[i % 64] != i:
+                    raise RuntimeError("a wrong value")
+
+        return run_plan(args, batch)
+
+
+def fig_manager_updates_each(args):
+    """One op: 1000 updates of a dict, one at a time (d[i] = i)."""
+    with mp.get_context("fork").Manager() as m:
+        d = m.dict()
+
+        def batch(ops):
+            for _ in range(ops):
+                for i in range(1000):
+                    d[i] = i
+
+        return run_plan(args, batch)
+
+
+def fig_manager_updates(args):
+    """One op: 1000 updates of a dict in one call (Python has no batch: d.update is its one
+    round trip for many, and what the batched row compares with)."""
+    with mp.get_context("fork").Manager() as m:
+        d = m.dict()
+
+        def batch(ops):
+            for _ in range(ops):
+                d.update({i: i for i in range(1000)})
+
+        return run_plan(args, batch)
+
+
+def fig_manager_snapshot(args):
+    """One op: a copy of a 10 000-entry dict (`d.copy()`, one round trip)."""
+    with mp.get_context("fork").Manager() as m:
+        d = m.dict({i: i for i in range(10_000)})
+
+        def batch(ops):
+            for _ in range(ops):
+                if len(d.copy()) != 10_000:
+                    raise RuntimeError("a short copy")
+
+        return run_plan(args, batch)
+
+
 FIGURES = {
     "process": fig_process,
     "pipe-rt": fig_pipe_rt,
@@ -801,6 +866,10 @@ FIGURES = {
     "socket-rt": fig_socket_rt,
     "socket-oneway": fig_socket_oneway,
     "socket-connect": fig_socket_connect,
+    "manager-dict-rt": fig_manager_dict_rt,
+    "manager-updates": fig_manager_updates,
+    "manager-updates-each": fig_manager_updates_each,
+    "manager-snapshot": fig_manager_snapshot,
 }
 
 

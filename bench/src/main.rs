@@ -11,10 +11,11 @@
 //! stays a clean table.
 //!
 //! Usage: `cargo run --release -p multiprocess-bench -- [--quick] [GROUP...]` with groups `process`,
-//! `pipe`, `codec`, `sync`, `queue`, `pool`, `socket` and `load` (all of them when none is named). See `bench/README.md`.
+//! `pipe`, `codec`, `sync`, `queue`, `pool`, `socket`, `manager` and `load` (all of them when none is named). See `bench/README.md`.
 
 mod codec;
 mod load;
+mod manager;
 mod measure;
 mod pin;
 mod pipe;
@@ -34,8 +35,8 @@ use python::Python;
 use table::Table;
 
 /// The groups, in the order they run when none is named.
-const GROUPS: [&str; 8] = [
-    "process", "pipe", "codec", "sync", "queue", "pool", "socket", "load",
+const GROUPS: [&str; 9] = [
+    "process", "pipe", "codec", "sync", "queue", "pool", "socket", "manager", "load",
 ];
 
 /// What every group needs: the run's mode and the Python side.
@@ -60,7 +61,7 @@ usage: multiprocess-bench [--quick] [GROUP...]
 Measures multiprocess against Python's multiprocessing and prints
 figure<TAB>multiprocess<TAB>python<TAB>unit<TAB>speedup   (speedup > 1: multiprocess is better)
 
-groups: process, pipe, codec, sync, queue, pool, socket, load (default: all)
+groups: process, pipe, codec, sync, queue, pool, socket, manager, load (default: all)
 options:
   --quick     fewer samples (the whole run takes well under a minute)
   -h, --help  this text
@@ -136,6 +137,7 @@ fn main() -> ExitCode {
             "queue" => queue::run(&ctx, &mut table),
             "pool" => pool::run(&ctx, &mut table),
             "socket" => socket::run(&ctx, &mut table),
+            "manager" => manager::run(&ctx, &mut table),
             "load" => load::run(&ctx, &mut table),
             _ => unreachable!("parse_args accepts only the names in GROUPS"),
         }
@@ -176,7 +178,7 @@ mod tests {
 
     #[test]
     fn unknown_names_are_errors() {
-        assert!(parse(&["manager"]).unwrap_err().contains("unknown group"));
+        assert!(parse(&["managers"]).unwrap_err().contains("unknown group"));
         assert!(parse(&["--fast"]).unwrap_err().contains("unknown option"));
         assert!(parse(&["-h"]).unwrap().is_none());
     }

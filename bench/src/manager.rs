@@ -1,0 +1,124 @@
+//! Group `manager`: a manager server in a forked child and this process as its client, against
+//! Python's `multiprocessing.Manager()` (also forked) on the same shapes. Medians:
+//! - `manager dict set+get round trip` (µs): `d.set(k, v)` then `d.get(k)`, two round trips (Python:
+//!   `d[k] = v; d[k]`). DESIGN.md: ≤ 30 µs; the issue: ≥ 3× Python.
+//! - `manager 1000 dict updates, one at a time` (ms): 1000 `set` calls (Python: 1000 `d[i] = i`).
+//! - `manager 1000 dict updates, batched` (ms): the same 1000 in one [`Batch`] (one round trip;
+//!   Python has no batch: its column is `d.update({...})`, its one call for many updates).
+//! - `manager snapshot of a 10 000-entry dict` (ms): `snapshot()`, entries and version in one round
+//!   trip (Python: `d.copy()`).
+
+use multiprocess::StartMethod;
+use multiprocess::manager::{Dict, Manager};
+
+use crate::Ctx;
+use crate::measure::Plan;
+use crate::table::{Row, Table, Target, Unit};
+
+fn start() -> Result<Manager, String> {
+    Manager::builder()
+        .start_method(StartMethod::Fork)
+        .start()
+        .map_err(|e| format!("manager start failed: {e}"))
+}
+
+fn dict(m: &Manager) -> Result<Dict<u64, u64>, String> {
+    m.dict().map_err(|e| e.to_string())
+}
+
+fn set_get(plan: Plan) -> Result<f64, String> {
+    let m = start()?;
+    let d = dict(&m)?;
+    plan.run(|ops| {
+        for i in 0..ops as u64 {
+            d.set(&(i % 64), &i).map_err(|e| e.to_string())?;
+            if d.get(&(i % 64)).map_err(|e| e.to_string())? != Some(i) {
+                return Err("a wrong value".to_string());
+            }
+        }
+        Ok::<(), String>(())
+    })
+}
+
+fn updates(plan: Plan, batched: bool) -> Result<f64, String> {
+    let m = start()?;
+    let d = dict(&m)?;
+    plan.run(|ops| {
+        for _ in 0..ops {
+            if batched {
+                let mut b = m.batch();
+                for i in 0..1000u64 {
+                    b.dict_set(&d, &i, &i).map_err(|e| e.to_string())?;
+                }
+                b.send().map_err(|e| e.to_string())?;
+            } else {
+                for i in 0..1000u64 {
+                    d.set(&i, &i).map_err(|e| e.to_string())?;
+                }
+            }
+        }
+        Ok::<(), String>(())
+    })
+}
+
+fn snapshot(plan: Plan) -> Result<f64, String> {
+    let m = start()?;
+    let d = dict(&m)?;
+    let entries: Vec<(u64, u64)> = (0..10_000).map(|i| (i, i)).collect();
+    d.update(entries.iter().map(|(k, v)| (k, v)))
+        .map_err(|e| e.to_string())?;
+    plan.run(|ops| {
+        for _ in 0..ops {
+            let (_, items) = d.snapshot().map_err(|e| e.to_string())?;
+            if items.len() != 10_000 {
+                return Err("a short snapshot".to_string());
+            }
+        }
+        Ok::<(), String>(())
+    })
+}
+
+/// Runs the group.
+pub(crate) fn run(ctx: &Ctx, table: &mut Table) {
+    let plan = Plan {
+        warmup: 1,
+        samples: ctx.pick(9, 31),
+        ops: ctx.pick(100, 500),
+    };
+    table.push(
+        Row::compare(
+            "manager dict set+get round trip",
+            Unit::Micros,
+            set_get(plan),
+            ctx.python
+                .measure("manager-dict-rt", &[], plan, Unit::Micros),
+        )
+        .target(Target::AtMost(30.0)),
+    );
+    let plan = Plan {
+        warmup: 1,
+        samples: ctx.pick(5, 11),
+        ops: 1,
+    };
+    table.push(Row::compare(
+        "manager 1000 dict updates, one at a time",
+        Unit::Millis,
+        updates(plan, false),
+        ctx.python
+            .measure("manager-updates-each", &[], plan, Unit::Millis),
+    ));
+    table.push(Row::compare(
+        "manager 1000 dict updates, batched (Python: d.update)",
+        Unit::Millis,
+        updates(plan, true),
+        ctx.python
+            .measure("manager-updates", &[], plan, Unit::Millis),
+    ));
+    table.push(Row::compare(
+        "manager snapshot of a 10 000-entry dict (Python: d.copy())",
+        Unit::Millis,
+        snapshot(plan),
+        ctx.python
+            .measure("manager-snapshot", &[], plan, Unit::Millis),
+    ));
+}
