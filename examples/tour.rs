@@ -88,14 +88,21 @@ fn main() -> Result {
     listener_python_client()?;
     listener_tls()?;
 
-    section("7. Limits");
+    section("7. Manager");
+    manager_basics()?;
+    manager_transactions()?;
+    manager_dead_client()?;
+
+    section("8. Limits");
     out_of_descriptors()?;
 
-    section("8. Under load");
+    section("9. Under load");
     busy_cpus()?;
 
     section("Still to come");
-    println!("   the manager, and its command line tool");
+    println!(
+        "   the manager's queues, events, semaphores, conditions, barriers and arrays; its command line tool"
+    );
     println!("\ntour finished in {}", ms(t.elapsed()));
     Ok(())
 }
@@ -1218,7 +1225,7 @@ fn checked_sqrt(x: i64) -> i64 {
 }
 
 // ---------------------------------------------------------------------------------------------------
-// 6. Limits
+// 8. Limits
 
 /// Lowers this process's descriptor limit and makes pipes until the system says no.
 fn pipes_until_refused(limit: u64) -> (usize, String, String) {
@@ -1249,7 +1256,7 @@ fn out_of_descriptors() -> Result {
 }
 
 // ---------------------------------------------------------------------------------------------------
-// 7. Under load
+// 9. Under load
 
 fn burn(_: ()) {
     let mut x = 0u64;
@@ -1496,6 +1503,123 @@ fn listener_tls() -> Result {
 #[cfg(not(feature = "tls"))]
 fn listener_tls() -> Result {
     step("TLS between Rust processes: built without the `tls` feature, skipped");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------
+// 7. Manager
+
+/// A child's side: squares its number into the shared dict.
+fn square_into(args: (multiprocess::manager::Dict<u32, u32>, u32)) {
+    let (d, i) = args;
+    d.set(&i, &(i * i)).expect("set");
+}
+
+fn manager_basics() -> Result {
+    use multiprocess::manager::Manager;
+    step("a manager server in a child process; ten children fill its dict (the seed's example)");
+    let t = Instant::now();
+    let m = Manager::start()?;
+    println!(
+        "   started in {}, listening at {}",
+        ms(t.elapsed()),
+        m.address()
+    );
+    let d = m.dict::<u32, u32>()?;
+    let children: Vec<_> = (0..10)
+        .map(|i| Process::spawn(square_into, (d.clone(), i)))
+        .collect::<std::result::Result<_, _>>()?;
+    for c in children {
+        c.join()?;
+    }
+    let mut items = d.items()?;
+    items.sort();
+    println!("   the dict: {items:?}");
+    let rt = median_of(201, || {
+        let t = Instant::now();
+        d.set(&1, &1)?;
+        d.get(&1)?;
+        Ok(t.elapsed())
+    })?;
+    println!(
+        "   set + get round trip: {} (one connection per process, calls pipelined)",
+        us(rt)
+    );
+    let l = m.list::<u64>()?;
+    l.extend(&(0..1000).collect::<Vec<u64>>())?;
+    let t = Instant::now();
+    let sum: u64 = l
+        .iter()
+        .map(|x| x.map_err(Box::from))
+        .sum::<Result<u64>>()?;
+    println!(
+        "   a 1000-item list iterated in {} (256 items per round trip): sum {sum}",
+        us(t.elapsed())
+    );
+    Ok(())
+}
+
+fn manager_transactions() -> Result {
+    use multiprocess::manager::{Manager, ManagerError, RemoteError};
+    step("a version-checked transaction: all or nothing, refused when the data moved");
+    let m = Manager::start()?;
+    let accounts = m.dict::<String, i64>()?;
+    accounts.set(&"alice".into(), &100)?;
+    let (version, _) = accounts.snapshot()?;
+    let mut tx = m.batch();
+    tx.expect(&accounts, version);
+    tx.dict_set(&accounts, &"alice".into(), &70)?;
+    tx.dict_set(&accounts, &"bob".into(), &30)?;
+    tx.commit()?;
+    println!("   moved 30 at version {version}: {:?}", accounts.items()?);
+    let mut stale = m.batch();
+    stale.expect(&accounts, version);
+    stale.dict_set(&accounts, &"bob".into(), &1_000_000)?;
+    match stale.commit() {
+        Err(ManagerError::Remote(e @ RemoteError::Conflict { .. })) => {
+            println!("   again at {version}: {e}")
+        }
+        other => println!("   unexpected: {other:?}"),
+    }
+    println!("   still {:?}", accounts.items()?);
+    Ok(())
+}
+
+/// A child's side: takes the lock, says so, and waits to be killed.
+fn take_manager_lock(args: (multiprocess::manager::Lock, Connection)) {
+    let (lock, told) = args;
+    lock.acquire().expect("acquire");
+    told.send(&()).expect("tell");
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+fn manager_dead_client() -> Result {
+    use multiprocess::manager::Manager;
+    step("a client SIGKILLed holding a manager lock: the server releases it");
+    let m = Manager::start()?;
+    let lock = m.lock()?;
+    let (here, there) = multiprocess::pipe()?;
+    let child = Process::spawn(take_manager_lock, (lock.clone(), there))?;
+    here.recv::<()>()?;
+    println!(
+        "   held by the child: try_acquire here = {}",
+        lock.try_acquire()?
+    );
+    let t = Instant::now();
+    child.kill()?;
+    let _ = child.join();
+    let got = lock.acquire_timeout(Duration::from_secs(10))?;
+    println!(
+        "   killed; acquired here {} after the kill: {got}",
+        ms(t.elapsed())
+    );
+    lock.release()?;
+    let s = m.status()?;
+    println!(
+        "   the server now: {} objects, {} client(s)",
+        s.objects.len(),
+        s.clients.len()
+    );
     Ok(())
 }
 

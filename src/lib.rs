@@ -277,6 +277,13 @@
 //! [`tls::server_config`]/[`tls::client_config`] make them from PEM. The framing, the limits and
 //! the key handshake (inside TLS) are unchanged.
 //!
+//! # Manager
+//! [`manager::Manager`] starts a server process that holds shared objects (dicts, lists,
+//! namespaces, values, locks) and hands out typed proxies; children get proxies as arguments and
+//! unrelated processes connect by address and key. One pipelined connection per client process,
+//! batches and version-checked transactions, snapshots in one round trip, and a dead client's locks
+//! released: see the [`manager`] module.
+//!
 //! # Optional features
 //! - `tls` (default): TLS for listeners and clients, with rustls and the ring provider
 //!   (`default-features = false` leaves both out).
