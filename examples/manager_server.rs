@@ -42,7 +42,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let key = b"example key".to_vec();
     let listener = Listener::builder("127.0.0.1:0").authkey(&key).bind()?;
     let address = listener.address().clone();
-    let server = Server::new(listener);
+    let server = Server::new(listener)?;
     let stop = server.stopper();
     let serving = std::thread::spawn(move || server.serve());
     println!("serving at {address}");

@@ -587,6 +587,11 @@ impl Listener {
         std::iter::repeat_with(move || self.accept())
     }
 
+    /// Whether clients must prove a key.
+    pub(crate) fn has_authkey(&self) -> bool {
+        self.auth.key.is_some()
+    }
+
     fn lock(&self) -> MutexGuard<'_, Vec<Pending>> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -943,6 +948,12 @@ impl ClientBuilder {
         }
         self.server_name = Some(name);
         self
+    }
+
+    /// The address to connect to, and the key (for the manager, which hands both to the processes
+    /// it sends proxies to).
+    pub(crate) fn target(&self) -> (io::Result<Address>, Option<Vec<u8>>) {
+        (clone_result(&self.address), self.auth.key.clone())
     }
 
     /// Connects (and authenticates, with a key).

@@ -332,7 +332,9 @@ fn serve_child(args: (Address, Vec<u8>, Connection)) -> Result<(), String> {
     };
     let _ = report.send(&Ok::<Address, String>(listener.address().clone()));
     drop(report);
-    Server::new(listener).serve().map_err(|e| e.to_string())
+    Server::new(listener)
+        .and_then(Server::serve)
+        .map_err(|e| e.to_string())
 }
 
 fn connect_core(address: &Address, key: &[u8]) -> Result<Core, ManagerError> {
@@ -376,6 +378,31 @@ impl Manager {
         let key = key.as_ref().to_vec();
         Ok(Manager {
             core: shared_core(&address, &key)?,
+            server: None,
+        })
+    }
+
+    /// Connects with a client builder of your own: TLS, a timeout, a message limit; it must
+    /// carry the manager's key. This connection is not shared with [`connect`](Self::connect)'s,
+    /// and a process this manager's proxies are sent to connects with the address and key only
+    /// (so, not over TLS).
+    ///
+    /// # Errors
+    /// The builder has no key, or connecting failed.
+    pub fn connect_with(builder: crate::ClientBuilder) -> Result<Manager, ManagerError> {
+        let (address, key) = builder.target();
+        let address = address.map_err(|e| ManagerError::Connect(crate::ClientError::Io(e)))?;
+        let Some(key) = key else {
+            return Err(ManagerError::Connect(crate::ClientError::Io(
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "a manager needs its key: give the builder an authkey",
+                ),
+            )));
+        };
+        let conn = builder.connect()?;
+        Ok(Manager {
+            core: Arc::new(Core::new(conn, address, key)),
             server: None,
         })
     }

@@ -36,7 +36,7 @@ type ClientId = u64;
 /// use multiprocess::{Listener, manager::{Manager, Server}};
 ///
 /// let listener = Listener::builder("@multiprocess-doc-server").authkey(b"key").bind()?;
-/// let server = Server::new(listener);
+/// let server = Server::new(listener)?;
 /// let stop = server.stopper();
 /// let serving = std::thread::spawn(move || server.serve());
 /// let m = Manager::connect("@multiprocess-doc-server", b"key")?;
@@ -135,15 +135,25 @@ type Outbox = Vec<(Arc<Connection>, Response)>;
 
 impl Server {
     /// A server for `listener` (its key, TLS and limits are the server's).
-    pub fn new(listener: Listener) -> Server {
-        Server {
+    ///
+    /// # Errors
+    /// A TCP listener without a key ([`io::ErrorKind::InvalidInput`]): a manager reachable from
+    /// the network must require one.
+    pub fn new(listener: Listener) -> io::Result<Server> {
+        if matches!(listener.address(), crate::Address::Tcp(_)) && !listener.has_authkey() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a manager on TCP needs a key: bind its listener with one",
+            ));
+        }
+        Ok(Server {
             listener,
             shared: Arc::new(Shared {
                 state: Mutex::new(State::default()),
                 timer: Condvar::new(),
                 stopping: AtomicBool::new(false),
             }),
-        }
+        })
     }
 
     /// Where clients connect.
@@ -183,6 +193,7 @@ impl Server {
                     }
                     let conn = Arc::new(conn);
                     let id = self.shared.join(conn.clone(), self.listener.address());
+                    crate::trace::event!(info, "manager: client {id} connected");
                     let shared = self.shared.clone();
                     let address = self.listener.address().clone();
                     threads.push(
@@ -289,6 +300,7 @@ impl Shared {
         }
         let outbox = self.leave(id);
         send_all(outbox);
+        crate::trace::event!(info, "manager: client {id} left");
     }
 
     /// A client is gone: its locks are released, its parked calls dropped, its holds let go.
@@ -299,10 +311,14 @@ impl Shared {
             return out;
         };
         let st = &mut *st;
-        for entry in st.objects.values_mut() {
+        for (&object, entry) in st.objects.iter_mut() {
             if let Data::Lock(lock) = &mut entry.data {
                 lock.waiters.retain(|w| w.client != id);
                 if lock.owner.is_some_and(|(c, _, _)| c == id) {
+                    crate::trace::event!(
+                        info,
+                        "manager: lock {object} released: its holder, client {id}, is gone"
+                    );
                     lock.owner = None;
                     entry.version += 1;
                     grant(lock, &st.clients, &mut out);

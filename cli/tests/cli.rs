@@ -1,0 +1,274 @@
+//! The `multiprocess` command against real processes: `manager serve` in the background, a Rust
+//! client making objects, `manager status` listing them, `manager stop` ending the server (which
+//! exits 0); over an abstract socket, TCP, and TCP with TLS; a wrong key and a missing key file.
+
+use multiprocess::manager::Manager;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_multiprocess");
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// A scratch directory, removed by the guard.
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(tag: &str) -> Dir {
+        let d = std::env::temp_dir().join(format!("mp-cli-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        Dir(d)
+    }
+
+    fn file(&self, name: &str, content: &[u8]) -> PathBuf {
+        let p = self.0.join(name);
+        std::fs::write(&p, content).unwrap();
+        p
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The server process, killed if the test fails before it stops it.
+struct Served(Child);
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn serve(args: &[&str]) -> Served {
+    Served(
+        Command::new(BIN)
+            .args(["manager", "serve"])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// Retries `connect` until the server listens.
+fn until_up<T, E: std::fmt::Debug>(mut connect: impl FnMut() -> Result<T, E>) -> T {
+    let start = Instant::now();
+    loop {
+        match connect() {
+            Ok(t) => return t,
+            Err(e) if start.elapsed() > DEADLINE => panic!("the server never came up: {e:?}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+fn wait_exit(mut served: Served) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = served.0.try_wait().unwrap() {
+            return status;
+        }
+        assert!(start.elapsed() < DEADLINE, "the server did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn exercise(
+    address: &str,
+    target: &str,
+    key_file: &Path,
+    tls: &[&str],
+    client: impl Fn() -> Manager,
+) {
+    let m = until_up(|| Ok::<_, ()>(client()));
+    let d = m.named_dict::<String, u32>("scores").unwrap();
+    d.set(&"ada".into(), &3).unwrap();
+    m.named_list::<u8>("log")
+        .unwrap()
+        .extend(&[1, 2, 3])
+        .unwrap();
+    let key = key_file.to_str().unwrap();
+    let mut args = vec![
+        "manager",
+        "status",
+        "--address",
+        target,
+        "--authkey-file",
+        key,
+    ];
+    args.extend(tls);
+    let out = run(&args);
+    let t = text(&out);
+    assert!(out.status.success(), "{address}: {t}");
+    assert!(t.contains("2 objects"), "{t}");
+    assert!(t.contains("scores") && t.contains("log"), "{t}");
+    assert!(t.contains("2 clients"), "{t}"); // this test's and the status command's
+    drop(m);
+    let mut args = vec![
+        "manager",
+        "stop",
+        "--address",
+        target,
+        "--authkey-file",
+        key,
+    ];
+    args.extend(tls);
+    let out = run(&args);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn serve_status_and_stop_over_a_unix_socket_and_tcp() {
+    let dir = Dir::new("plain");
+    let key = dir.file("key", b"a key for the cli test");
+    for (address, target) in [
+        (format!("@mp-cli-test-{}", std::process::id()), None),
+        ("127.0.0.1:0".to_string(), Some(())),
+    ] {
+        // TCP: a fixed free port, found by binding port 0 first.
+        let address = match target {
+            None => address,
+            Some(()) => {
+                let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                let a = probe.local_addr().unwrap().to_string();
+                drop(probe);
+                a
+            }
+        };
+        let served = serve(&[
+            "--address",
+            &address,
+            "--authkey-file",
+            key.to_str().unwrap(),
+        ]);
+        let client = || Manager::connect(address.as_str(), b"a key for the cli test").unwrap();
+        let up = until_up(|| Manager::connect(address.as_str(), b"a key for the cli test"));
+        drop(up);
+        exercise(&address, &address, &key, &[], client);
+        assert!(wait_exit(served).success(), "{address}");
+    }
+}
+
+#[test]
+fn serve_over_tls() {
+    let dir = Dir::new("tls");
+    let key = dir.file("key", b"tls key");
+    let c = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+    let cert = dir.file("cert.pem", c.cert.pem().as_bytes());
+    let cert_key = dir.file("cert.key", c.key_pair.serialize_pem().as_bytes());
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = probe.local_addr().unwrap().to_string();
+    drop(probe);
+    let served = serve(&[
+        "--address",
+        &address,
+        "--authkey-file",
+        key.to_str().unwrap(),
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        cert_key.to_str().unwrap(),
+    ]);
+    let pem = c.cert.pem();
+    let client = || {
+        let config = multiprocess::tls::client_config(pem.as_bytes()).unwrap();
+        Manager::connect_with(
+            multiprocess::Client::builder(address.as_str())
+                .authkey(b"tls key")
+                .tls(config),
+        )
+        .unwrap()
+    };
+    until_up(|| {
+        let config = multiprocess::tls::client_config(pem.as_bytes()).unwrap();
+        Manager::connect_with(
+            multiprocess::Client::builder(address.as_str())
+                .authkey(b"tls key")
+                .tls(config),
+        )
+    });
+    // Without TLS the server refuses (the plain handshake waits for a challenge that never comes).
+    assert!(
+        Manager::connect_with(
+            multiprocess::Client::builder(address.as_str())
+                .authkey(b"tls key")
+                .timeout(Duration::from_millis(300))
+        )
+        .is_err()
+    );
+    exercise(
+        &address,
+        &address,
+        &key,
+        &["--tls-ca", cert.to_str().unwrap()],
+        client,
+    );
+    assert!(wait_exit(served).success());
+}
+
+#[test]
+fn a_wrong_key_and_a_missing_key_file_are_clear_errors() {
+    let dir = Dir::new("errors");
+    let key = dir.file("key", b"right");
+    let wrong = dir.file("wrong", b"wrong");
+    let address = format!("@mp-cli-errors-{}", std::process::id());
+    let served = serve(&[
+        "--address",
+        &address,
+        "--authkey-file",
+        key.to_str().unwrap(),
+    ]);
+    until_up(|| Manager::connect(address.as_str(), b"right"));
+    let out = run(&[
+        "manager",
+        "status",
+        "--address",
+        &address,
+        "--authkey-file",
+        wrong.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("authenticat"), "{}", text(&out));
+    let out = run(&[
+        "manager",
+        "status",
+        "--address",
+        &address,
+        "--authkey-file",
+        "/nonexistent/key",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("cannot read the key file"),
+        "{}",
+        text(&out)
+    );
+    let out = run(&[
+        "manager",
+        "stop",
+        "--address",
+        &address,
+        "--authkey-file",
+        key.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(wait_exit(served).success());
+}
