@@ -48,6 +48,9 @@ mod server;
 pub use proto::Kind;
 pub use server::{Server, Stopper};
 
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) use server::fuzz_requests;
+
 use crate::codec;
 use crate::{Address, Connection, Process, StartMethod, ToAddress};
 use client::Core;

@@ -913,3 +913,94 @@ fn status(st: &State) -> Status {
     clients.sort_by_key(|c| c.id);
     Status { objects, clients }
 }
+
+/// Runs requests decoded from `data` against a fresh server state, as one client: a fuzz entry
+/// (see `multiprocess::fuzzing::manager_requests`). `data` is a sequence of chunks, each a 2-byte
+/// little-endian length and that many bytes of one encoded request; a chunk that does not decode
+/// ends the run, as it ends a client's connection. Answers go to a socket pair's other end, which
+/// is drained.
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn fuzz_requests(data: &[u8]) -> usize {
+    let Ok((here, there)) = crate::pipe() else {
+        return 0;
+    };
+    let shared = Shared {
+        state: Mutex::new(State::default()),
+        timer: Condvar::new(),
+        stopping: AtomicBool::new(false),
+    };
+    let address = crate::Address::Abstract(b"fuzz".to_vec());
+    let id = shared.join(Arc::new(here), &address);
+    let mut rest = data;
+    let mut handled = 0;
+    while rest.len() >= 2 {
+        let n = usize::from(u16::from_le_bytes([rest[0], rest[1]])).min(rest.len() - 2);
+        let (chunk, tail) = rest[2..].split_at(n);
+        rest = tail;
+        let Ok(request) = crate::codec::decode::<Request>(chunk, Vec::new()) else {
+            break;
+        };
+        if matches!(request.op, Op::Shutdown) {
+            break;
+        }
+        send_all(shared.handle(id, request));
+        handled += 1;
+        while there.try_recv_bytes().is_ok() {}
+    }
+    send_all(shared.leave(id));
+    handled
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::proto::{Bytes, Call, Kind, Op, Request};
+    use super::fuzz_requests;
+
+    /// A session of well-formed requests in the fuzz entry's format (also the fuzz corpus's seed:
+    /// with `MP_WRITE_FUZZ_SEEDS=dir`, it is written there).
+    fn session() -> Vec<u8> {
+        let b = |s: &[u8]| Bytes::from(s.to_vec());
+        let ops = vec![
+            Op::Create { kind: Kind::Dict, name: None, existing: false, init: None },
+            Op::Create { kind: Kind::List, name: Some("l".into()), existing: false, init: None },
+            Op::Create { kind: Kind::Lock { reentrant: true }, name: None, existing: false, init: None },
+            Op::Call { object: 1, call: Call::DictSet(b(b"k"), b(b"v")) },
+            Op::Call { object: 2, call: Call::ListInsert(i64::MIN, b(b"x")) },
+            Op::Call { object: 2, call: Call::ListRange(u64::MAX - 1, u64::MAX) },
+            Op::Call { object: 2, call: Call::ListPop(Some(i64::MIN)) },
+            Op::Call { object: 3, call: Call::LockAcquire { timeout_us: Some(0), thread: 1 } },
+            Op::Call { object: 3, call: Call::LockAcquire { timeout_us: Some(1), thread: 2 } },
+            Op::Batch {
+                calls: vec![(1, Call::DictRemove(b(b"k"))), (2, Call::ListGet(5))],
+                atomic: true,
+                expect: vec![(1, 1)],
+            },
+            Op::Release { object: 1 },
+            Op::Release { object: 99 },
+            Op::Attach { object: 2 },
+            Op::Lookup { name: "l".into() },
+            Op::Status,
+        ];
+        let mut out = Vec::new();
+        for (id, op) in ops.into_iter().enumerate() {
+            let (bytes, _) = crate::codec::encode(&Request { id: id as u64, op }).unwrap();
+            out.extend((bytes.len() as u16).to_le_bytes());
+            out.extend(bytes);
+        }
+        out
+    }
+
+    #[test]
+    fn the_fuzz_entry_runs_a_whole_session_and_survives_garbage() {
+        let s = session();
+        assert_eq!(fuzz_requests(&s), 15);
+        if let Ok(dir) = std::env::var("MP_WRITE_FUZZ_SEEDS") {
+            std::fs::write(std::path::Path::new(&dir).join("session"), &s).unwrap();
+        }
+        // Garbage after a good prefix ends the run there.
+        let mut bad = s[..s.len() / 2].to_vec();
+        bad.extend([0xff, 0x00, 0xde, 0xad]);
+        assert!(fuzz_requests(&bad) < 15);
+        assert_eq!(fuzz_requests(&[0x05, 0x00, 1, 2, 3, 4, 5]), 0);
+    }
+}

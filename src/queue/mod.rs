@@ -757,6 +757,12 @@ pub mod fuzzing {
         ring::log_record_len(header, available)
     }
 
+    /// Runs the manager requests encoded in `data` (chunks of a 2-byte little-endian length and one
+    /// encoded request) against a fresh server state as one client; how many it handled.
+    pub fn manager_requests(data: &[u8]) -> usize {
+        crate::manager::fuzz_requests(data)
+    }
+
     /// The item type the forged queue holds.
     pub type Item = (u64, String, Vec<u8>);
 
