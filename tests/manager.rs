@@ -193,7 +193,10 @@ fn make_and_leave(m: Manager) -> (u64, u64) {
 
 #[test]
 fn objects_only_a_dead_client_held_are_freed_named_ones_stay() {
-    let m = Manager::start().unwrap();
+    let m = Manager::builder()
+        .free_after(Duration::from_millis(100))
+        .start()
+        .unwrap();
     let (unnamed, named) =
         common::join(common::start(StartMethod::Fork, make_and_leave, m.clone())).unwrap();
     // The child's connection ends as it exits; the server notices at once, but the status call
@@ -344,4 +347,104 @@ fn many_threads_share_one_connection_with_calls_in_flight() {
     assert_eq!(d.len().unwrap(), 1600);
     // One client: all those threads used this process's one connection.
     assert_eq!(m.status().unwrap().clients.len(), 1);
+}
+
+/// Whether the thread ends within the tests' deadline.
+fn within<T>(t: &std::thread::JoinHandle<T>) -> bool {
+    common::eventually(|| t.is_finished())
+}
+
+/// Reads the dict it was handed (which nobody else holds while it travels).
+fn read_handed(d: Dict<u32, u32>) -> Option<u32> {
+    d.get(&7).unwrap()
+}
+
+#[test]
+fn a_proxy_handed_to_a_child_survives_its_sender_letting_go() {
+    for method in METHODS {
+        let m = Manager::start().unwrap();
+        let d = m.dict::<u32, u32>().unwrap();
+        d.set(&7, &49).unwrap();
+        // Moved into the child's argument: the parent keeps no handle on the dict.
+        let child = common::start(method, read_handed, d);
+        assert_eq!(common::join(child).unwrap(), Some(49), "{method:?}");
+    }
+}
+
+#[test]
+fn a_batch_refuses_another_managers_proxy() {
+    let (m1, m2) = (Manager::start().unwrap(), Manager::start().unwrap());
+    let (d1, d2) = (
+        m1.dict::<String, u8>().unwrap(),
+        m2.dict::<String, u8>().unwrap(),
+    );
+    assert_eq!(
+        d1.id(),
+        d2.id(),
+        "ids are per manager: the collision this guards against"
+    );
+    let mut b = m1.batch();
+    b.dict_set(&d2, &"x".into(), &42).unwrap();
+    assert!(matches!(b.commit(), Err(ManagerError::OtherManager)));
+    assert!(d1.is_empty().unwrap() && d2.is_empty().unwrap());
+}
+
+/// Parks an acquire of `lock` on one thread and asks for snapshots of `big` on another, forever;
+/// says "ready" once both are under way. Stopped by the test, it reads nothing any more.
+fn never_reads(args: (Lock, Dict<u32, Vec<u8>>, Connection)) {
+    let (lock, big, report) = args;
+    let l = lock.clone();
+    std::thread::spawn(move || {
+        let _ = l.acquire();
+    });
+    let _ = big.snapshot().unwrap();
+    report.send(&"ready").unwrap();
+    loop {
+        let _ = big.snapshot();
+    }
+}
+
+#[test]
+fn a_client_that_stops_reading_stalls_nobody_else() {
+    let m = Manager::start().unwrap();
+    let lock = m.lock().unwrap();
+    lock.acquire().unwrap();
+    let big = m.dict::<u32, Vec<u8>>().unwrap();
+    let entries: Vec<(u32, Vec<u8>)> = (0..64).map(|i| (i, vec![i as u8; 64 << 10])).collect();
+    big.update(entries.iter().map(|(k, v)| (k, v))).unwrap();
+    let (here, there) = multiprocess::pipe().unwrap();
+    let child = common::start(
+        StartMethod::Fork,
+        never_reads,
+        (lock.clone(), big.clone(), there),
+    );
+    assert_eq!(here.recv::<String>().unwrap(), "ready");
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(child.pid()).unwrap(),
+        rustix::process::Signal::STOP,
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300)); // its socket fills
+    // Another client's timed wait still ends, and a release that hands the lock to the stopped
+    // client is still answered.
+    let other = m.lock().unwrap();
+    other.acquire().unwrap();
+    let started = Instant::now();
+    let o = other.clone();
+    let timed = std::thread::spawn(move || o.acquire_timeout(Duration::from_millis(200)).unwrap());
+    let released = std::thread::spawn(move || lock.release());
+    assert!(
+        within(&timed),
+        "a timed acquire stalled behind a client that does not read"
+    );
+    assert!(!timed.join().unwrap());
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    assert!(
+        within(&released),
+        "a release stalled behind a client that does not read"
+    );
+    released.join().unwrap().unwrap();
+    assert_eq!(big.len().unwrap(), 64);
+    child.kill().unwrap();
+    let _ = common::join(child);
 }

@@ -32,8 +32,9 @@
 //!   of another client's in between), only if the objects are still at the versions you read.
 //! - **Snapshots** of a whole container with its version, in one round trip (Python: one per item).
 //! - **Clients die cleanly**: a client's locks are released when its connection ends (it exited or
-//!   was killed), and the unnamed objects only it held are freed. Named objects any client can look
-//!   up stay.
+//!   was killed), and the unnamed objects only it held are freed (after a grace period, for
+//!   proxies in transit). Named objects ([`Manager::named_dict`], [`Manager::named_list`]: made by
+//!   the first client to ask, found by the others) stay until the server stops.
 //! - **Typed**: keys and values are your serde types, encoded with the crate's codec; the server
 //!   stores them as bytes and never runs your code (keys compare by their encoding).
 //!
@@ -145,6 +146,9 @@ pub enum ManagerError {
     /// Starting the server failed.
     #[error("could not start the manager: {0}")]
     Start(String),
+    /// A batch names a proxy of another manager than its own: nothing was sent.
+    #[error("a batch can only name objects of its own manager")]
+    OtherManager,
 }
 
 /// What a manager holds and who is connected ([`Manager::status`]).
@@ -165,7 +169,8 @@ pub struct ObjectStatus {
     pub kind: Kind,
     /// Its name, if it has one.
     pub name: Option<String>,
-    /// How many proxies hold it, over all clients.
+    /// How many holds clients have on it: one per proxy made or received (clones share one), and
+    /// one per forked child that used a copy.
     pub holds: u64,
     /// Its version (one more per change).
     pub version: u64,
@@ -235,6 +240,7 @@ pub struct ManagerBuilder {
     address: Option<Address>,
     authkey: Option<Vec<u8>>,
     method: Option<StartMethod>,
+    free_after: Option<Duration>,
 }
 
 impl ManagerBuilder {
@@ -253,6 +259,13 @@ impl ManagerBuilder {
     /// the processes they are sent to).
     pub fn authkey(mut self, key: impl AsRef<[u8]>) -> Self {
         self.authkey = Some(key.as_ref().to_vec());
+        self
+    }
+
+    /// How long an unnamed object nobody holds is kept before it is freed (default 10 s; see
+    /// [`Server::free_after`]).
+    pub fn free_after(mut self, grace: Duration) -> Self {
+        self.free_after = Some(grace);
         self
     }
 
@@ -298,7 +311,7 @@ impl ManagerBuilder {
             b = b.start_method(m);
         }
         let process = b
-            .spawn(serve_child, (address, key.clone(), there))
+            .spawn(serve_child, (address, key.clone(), self.free_after, there))
             .map_err(|e| ManagerError::Start(e.to_string()))?;
         let bound: Result<Address, String> = match here.recv() {
             Ok(r) => r,
@@ -313,6 +326,11 @@ impl ManagerBuilder {
             }
         };
         let core = Arc::new(connect_core(&address, &key)?);
+        // This process's connection to that manager (proxies received back share it).
+        connections()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((address.clone(), key.clone()), Arc::downgrade(&core));
         Ok(Manager {
             server: Some(Arc::new(ServerProcess {
                 process,
@@ -324,8 +342,8 @@ impl ManagerBuilder {
 }
 
 /// The server child: binds, reports the address it got, serves until shut down.
-fn serve_child(args: (Address, Vec<u8>, Connection)) -> Result<(), String> {
-    let (address, key, report) = args;
+fn serve_child(args: (Address, Vec<u8>, Option<Duration>, Connection)) -> Result<(), String> {
+    let (address, key, free_after, report) = args;
     let listener = match crate::Listener::builder(&address).authkey(&key).bind() {
         Ok(l) => l,
         Err(e) => {
@@ -336,6 +354,10 @@ fn serve_child(args: (Address, Vec<u8>, Connection)) -> Result<(), String> {
     let _ = report.send(&Ok::<Address, String>(listener.address().clone()));
     drop(report);
     Server::new(listener)
+        .map(|s| match free_after {
+            Some(grace) => s.free_after(grace),
+            None => s,
+        })
         .and_then(Server::serve)
         .map_err(|e| e.to_string())
 }
@@ -370,7 +392,8 @@ impl Manager {
 
     /// Connects to a running manager (one that another process started, or a standalone
     /// [`Server`]), proving `key`. The connection is this process's for that manager: a second
-    /// `connect` (or a proxy received from elsewhere) shares it.
+    /// `connect`, a proxy received from elsewhere, and the connection of a manager this process
+    /// [`start`](Self::start)ed all share it.
     pub fn connect(
         address: impl ToAddress,
         key: impl AsRef<[u8]>,
@@ -461,9 +484,28 @@ impl Manager {
 
     fn handle(&self, id: ObjectId) -> Handle {
         Handle(Arc::new(HandleInner {
-            manager: self.clone(),
+            manager: self.local(),
             id,
         }))
+    }
+
+    /// This manager as this process sees it: itself, or in a child forked with a copy of it, the
+    /// same manager through the child's own connection (so that the child's proxies let go of
+    /// their holds when dropped).
+    fn local(&self) -> Manager {
+        if self.core.in_this_process() {
+            return self.clone();
+        }
+        match self.core() {
+            Ok(core) => Manager { core, server: None },
+            Err(_) => self.clone(),
+        }
+    }
+
+    /// Whether `other` is this manager (the same address and key).
+    fn same_as(&self, other: &Manager) -> bool {
+        Arc::ptr_eq(&self.core, &other.core)
+            || (self.core.address == other.core.address && self.core.key == other.core.key)
     }
 
     /// A new, empty dict.
@@ -546,6 +588,7 @@ impl Manager {
             calls: Vec::new(),
             expect: Vec::new(),
             holds: Vec::new(),
+            foreign: false,
         }
     }
 
@@ -1101,7 +1144,9 @@ fn thread_token() -> u64 {
 
 impl Lock {
     fn acquire_for(&self, timeout: Option<Duration>) -> Result<bool, ManagerError> {
-        let timeout_us = timeout.map(|t| u64::try_from(t.as_micros()).unwrap_or(u64::MAX));
+        // Rounded up: a timeout never waits less than asked.
+        let timeout_us =
+            timeout.map(|t| u64::try_from(t.as_nanos().div_ceil(1000)).unwrap_or(u64::MAX));
         match self.0.call(Call::LockAcquire {
             timeout_us,
             thread: thread_token(),
@@ -1188,14 +1233,27 @@ pub struct Batch {
     expect: Vec<(ObjectId, u64)>,
     /// The proxies the calls name: held until the batch has run.
     holds: Vec<Handle>,
+    /// A call names a proxy of another manager.
+    foreign: bool,
 }
 
 impl Batch {
     /// Requires `object` to be at `version` (from its `version()` or `snapshot()`) when the batch
-    /// runs.
+    /// runs. A proxy of another manager makes the batch fail ([`ManagerError::OtherManager`]).
     pub fn expect<P: Proxy>(&mut self, object: &P, version: u64) -> &mut Self {
-        self.expect.push((object.object_id(), version));
+        let h = object.handle();
+        self.check(h);
+        self.expect.push((h.id(), version));
+        self.holds.push(h.clone());
         self
+    }
+
+    /// Notes a proxy of another manager: the batch then fails as a whole when run (ids are only
+    /// unique within one manager).
+    fn check(&mut self, h: &Handle) {
+        if !self.manager.same_as(&h.0.manager) {
+            self.foreign = true;
+        }
     }
 
     /// Adds `dict[key] = value`.
@@ -1207,6 +1265,7 @@ impl Batch {
     ) -> Result<&mut Self, ManagerError> {
         self.calls
             .push((dict.h.id(), Call::DictSet(encode(key)?, encode(value)?)));
+        self.check(&dict.h);
         self.holds.push(dict.h.clone());
         Ok(self)
     }
@@ -1219,6 +1278,7 @@ impl Batch {
     ) -> Result<&mut Self, ManagerError> {
         self.calls
             .push((dict.h.id(), Call::DictRemove(encode(key)?)));
+        self.check(&dict.h);
         self.holds.push(dict.h.clone());
         Ok(self)
     }
@@ -1231,6 +1291,7 @@ impl Batch {
     ) -> Result<&mut Self, ManagerError> {
         self.calls
             .push((list.h.id(), Call::ListAppend(encode(item)?)));
+        self.check(&list.h);
         self.holds.push(list.h.clone());
         Ok(self)
     }
@@ -1243,6 +1304,7 @@ impl Batch {
     ) -> Result<&mut Self, ManagerError> {
         self.calls
             .push((value.h.id(), Call::ValueSet(encode(new)?)));
+        self.check(&value.h);
         self.holds.push(value.h.clone());
         Ok(self)
     }
@@ -1258,6 +1320,7 @@ impl Batch {
             namespace.0.id(),
             Call::NsSet(name.to_string(), encode(value)?),
         ));
+        self.check(&namespace.0);
         self.holds.push(namespace.0.clone());
         Ok(self)
     }
@@ -1285,6 +1348,9 @@ impl Batch {
     }
 
     fn run(self, atomic: bool) -> Result<Vec<Result<(), RemoteError>>, ManagerError> {
+        if self.foreign {
+            return Err(ManagerError::OtherManager);
+        }
         for h in &self.holds {
             h.ensure_held()?;
         }
@@ -1299,32 +1365,52 @@ impl Batch {
     }
 }
 
-/// A proxy of a manager's object (for [`Batch::expect`]).
-pub trait Proxy {
+/// A proxy of a manager's container (for [`Batch::expect`]). Sealed: implemented by [`Dict`],
+/// [`List`], [`Value`] and [`Namespace`].
+#[allow(private_interfaces)]
+pub trait Proxy: sealed::Sealed {
     /// The object's id on its manager.
-    fn object_id(&self) -> u64;
+    fn object_id(&self) -> u64 {
+        self.handle().id()
+    }
+
+    #[doc(hidden)]
+    fn handle(&self) -> &Handle;
 }
 
+mod sealed {
+    pub trait Sealed {}
+}
+
+impl<K, V> sealed::Sealed for Dict<K, V> {}
+impl<T> sealed::Sealed for List<T> {}
+impl<T> sealed::Sealed for Value<T> {}
+impl sealed::Sealed for Namespace {}
+
+#[allow(private_interfaces)]
 impl<K, V> Proxy for Dict<K, V> {
-    fn object_id(&self) -> u64 {
-        self.h.id()
+    fn handle(&self) -> &Handle {
+        &self.h
     }
 }
 
+#[allow(private_interfaces)]
 impl<T> Proxy for List<T> {
-    fn object_id(&self) -> u64 {
-        self.h.id()
+    fn handle(&self) -> &Handle {
+        &self.h
     }
 }
 
+#[allow(private_interfaces)]
 impl<T> Proxy for Value<T> {
-    fn object_id(&self) -> u64 {
-        self.h.id()
+    fn handle(&self) -> &Handle {
+        &self.h
     }
 }
 
+#[allow(private_interfaces)]
 impl Proxy for Namespace {
-    fn object_id(&self) -> u64 {
-        self.0.id()
+    fn handle(&self) -> &Handle {
+        &self.0
     }
 }

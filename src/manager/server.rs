@@ -3,22 +3,37 @@
 //! # One lock, and nothing slow under it
 //! Every object lives in one `State` behind one mutex: a call, or a whole batch, runs under it, so
 //! an atomic batch sees and leaves a consistent world with nothing of another client's in between,
-//! for free. What could be slow never happens under that lock: answers are collected while it is
-//! held and sent after it is released (a client that stops reading fills its own socket, not
-//! everybody's lock), and a call that must wait (a lock another client holds) is parked on the
-//! object and answered by whichever thread frees it, or by the timer thread at its deadline.
+//! for free. No socket is written under that lock: answers are collected while it is held and
+//! delivered after. A call that must wait (a lock another client holds) is parked on the object and
+//! answered by whichever thread frees it, or by the timer thread at its deadline (a heap of
+//! deadlines: it looks only at the objects whose time came).
+//!
+//! # A client that stops reading stalls only itself
+//! A client's own answers are written by its own thread, which may block on that client's full
+//! socket; that stalls nobody else. An answer another thread produces for it (a lock granted on
+//! someone's release, a timeout) goes into the client's mailbox, which a writer thread of its own
+//! empties; a mailbox that grows past `MAILBOX_LIMIT` answers means the client is not reading, and
+//! its connection is ended.
+//!
+//! # Proxies in transit
+//! An unnamed object nobody holds is not freed at once but after a grace period (`free_after`,
+//! 10 s by default): a proxy on its way to another process (in a child's argument, a message, a
+//! forked child's copy, a value stored in a dict) holds nothing while in transit, and the receiving
+//! process takes its hold when it arrives.
 //!
 //! # Clients die
 //! A client is its connection. When it ends (the process exited, crashed, or was killed), its
 //! thread takes the client out of the state: the locks it held are released and handed to the next
 //! waiter, its parked calls are dropped, and its holds on objects are let go of, which frees every
-//! unnamed object nobody else holds. Named objects stay until they are removed or the server stops.
+//! unnamed object nobody else holds (after the grace period below). Named objects stay until the
+//! server stops.
 
 use super::proto::{Bytes, Call, Kind, ObjectId, Op, Reply, Request, Response};
 use super::{ClientStatus, ObjectStatus, RemoteError, Status};
 use crate::{Connection, Listener};
 use indexmap::IndexMap;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::io;
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -74,7 +89,15 @@ struct Shared {
     /// Wakes the timer thread when a call with an earlier deadline is parked, or at shutdown.
     timer: Condvar,
     stopping: AtomicBool,
+    /// How long an unnamed object nobody holds is kept (see the module notes).
+    free_after: Duration,
 }
+
+/// Answers in a mailbox past this many: the client is not reading, and its connection is ended.
+const MAILBOX_LIMIT: usize = 4096;
+
+/// The default of [`Server::free_after`].
+const FREE_AFTER: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Default)]
 struct State {
@@ -83,15 +106,77 @@ struct State {
     next_object: ObjectId,
     clients: HashMap<ClientId, Client>,
     next_client: ClientId,
+    /// When the timer must look at an object: a parked call's deadline, or the end of an unheld
+    /// object's grace period. Stale entries (the call was answered) cost one look.
+    timers: BinaryHeap<Reverse<(Instant, ObjectId)>>,
 }
 
 #[derive(Debug)]
 struct Client {
     conn: Arc<Connection>,
+    mailbox: Arc<Mailbox>,
     peer: String,
     /// How many holds this client has on each object.
     holds: HashMap<ObjectId, u64>,
     requests: u64,
+}
+
+/// Answers for a client that other threads produced (see the module notes).
+#[derive(Debug)]
+struct Mailbox {
+    conn: Arc<Connection>,
+    queue: Mutex<(VecDeque<Response>, bool)>,
+    ready: Condvar,
+}
+
+impl Mailbox {
+    fn lock(&self) -> MutexGuard<'_, (VecDeque<Response>, bool)> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn put(&self, response: Response) {
+        let mut q = self.lock();
+        if q.1 {
+            return;
+        }
+        if q.0.len() >= MAILBOX_LIMIT {
+            crate::trace::event!(warn, "manager: a client does not read its answers: dropped");
+            q.1 = true;
+            q.0.clear();
+            self.conn.shutdown();
+            self.ready.notify_all();
+            return;
+        }
+        q.0.push_back(response);
+        self.ready.notify_all();
+    }
+
+    fn close(&self) {
+        self.lock().1 = true;
+        self.ready.notify_all();
+    }
+
+    /// The writer thread: sends what arrives until closed (or the connection fails).
+    fn run(&self) {
+        loop {
+            let response = {
+                let mut q = self.lock();
+                loop {
+                    if let Some(r) = q.0.pop_front() {
+                        break r;
+                    }
+                    if q.1 {
+                        return;
+                    }
+                    q = self.ready.wait(q).unwrap_or_else(|p| p.into_inner());
+                }
+            };
+            if self.conn.send(&response).is_err() {
+                self.close();
+                return;
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -100,6 +185,8 @@ struct Entry {
     name: Option<String>,
     /// Holds of all clients together.
     holds: u64,
+    /// Since when nobody holds it (an unnamed object is freed a grace period later).
+    unheld: Option<Instant>,
     /// One more for each change.
     version: u64,
     data: Data,
@@ -130,8 +217,8 @@ struct Waiter {
     deadline: Option<Instant>,
 }
 
-/// Answers to send once the state's lock is released.
-type Outbox = Vec<(Arc<Connection>, Response)>;
+/// Answers to deliver once the state's lock is released.
+type Outbox = Vec<(Arc<Mailbox>, Response)>;
 
 impl Server {
     /// A server for `listener` (its key, TLS and limits are the server's).
@@ -148,12 +235,18 @@ impl Server {
         }
         Ok(Server {
             listener,
-            shared: Arc::new(Shared {
-                state: Mutex::new(State::default()),
-                timer: Condvar::new(),
-                stopping: AtomicBool::new(false),
-            }),
+            shared: Arc::new(Shared::new(FREE_AFTER)),
         })
+    }
+
+    /// How long an unnamed object nobody holds is kept before it is freed (default 10 s): long
+    /// enough for a proxy in transit to another process (which holds nothing on the way) to
+    /// arrive and take its hold.
+    pub fn free_after(mut self, grace: Duration) -> Server {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.free_after = grace;
+        }
+        self
     }
 
     /// Where clients connect.
@@ -170,10 +263,13 @@ impl Server {
     }
 
     /// Serves until stopped (by a [`Stopper`] or a client's shutdown request). A client that fails
-    /// its handshake is dropped and the server goes on.
+    /// its handshake is dropped and the server goes on; so does the server when it runs out of
+    /// descriptors or threads for a new client (that client is refused, the others are served, and
+    /// accepting resumes a little later).
     ///
     /// # Errors
-    /// The listener failed (out of descriptors, for example).
+    /// The timer thread could not start, or the listener failed for a reason other than a
+    /// shortage.
     pub fn serve(self) -> io::Result<()> {
         let timer = {
             let shared = self.shared.clone();
@@ -192,20 +288,43 @@ impl Server {
                         break Ok(());
                     }
                     let conn = Arc::new(conn);
-                    let id = self.shared.join(conn.clone(), self.listener.address());
+                    let (id, mailbox) = self.shared.join(conn.clone(), self.listener.address());
                     crate::trace::event!(info, "manager: client {id} connected");
                     let shared = self.shared.clone();
                     let address = self.listener.address().clone();
-                    threads.push(
+                    let reader = std::thread::Builder::new()
+                        .name(format!("manager-client-{id}"))
+                        .spawn(move || shared.serve_client(id, conn, &address));
+                    let writer = {
+                        let mailbox = mailbox.clone();
                         std::thread::Builder::new()
-                            .name(format!("manager-client-{id}"))
-                            .spawn(move || shared.serve_client(id, conn, &address))?,
-                    );
+                            .name(format!("manager-mail-{id}"))
+                            .spawn(move || mailbox.run())
+                    };
+                    match (reader, writer) {
+                        (Ok(r), Ok(w)) => threads.extend([r, w]),
+                        (r, w) => {
+                            // Out of threads: this client is refused, the others go on.
+                            crate::trace::event!(warn, "manager: no thread for client {id}");
+                            mailbox.close();
+                            mailbox.conn.shutdown();
+                            if r.is_err() {
+                                send_all(self.shared.leave(id), None);
+                            }
+                            threads.extend(r.ok().into_iter().chain(w.ok()));
+                        }
+                    }
                     threads.retain(|t| !t.is_finished());
                 }
                 Err(crate::AcceptError::Timeout) => {}
                 Err(e) if e.is_per_client() => {
                     crate::trace::event!(debug, "manager: {e}");
+                }
+                Err(crate::AcceptError::Io(e)) if is_shortage(&e) => {
+                    // Out of descriptors or memory: serve the clients there are, and try again
+                    // a little later (the waiting client stays in the kernel's backlog).
+                    crate::trace::event!(warn, "manager: cannot accept now: {e}");
+                    std::thread::sleep(Duration::from_millis(50));
                 }
                 Err(crate::AcceptError::Io(e)) => break Err(e),
                 Err(e) => break Err(io::Error::other(e.to_string())),
@@ -225,14 +344,38 @@ impl Server {
     }
 }
 
-fn send_all(outbox: Outbox) {
-    for (conn, response) in outbox {
-        // A client that is gone is cleaned up by its own thread.
-        let _ = conn.send(&response);
+/// Out of descriptors, threads or memory: a shortage to wait out, not a broken listener.
+fn is_shortage(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ENOBUFS)
+    ) || e.kind() == io::ErrorKind::QuotaExceeded
+}
+
+/// Delivers answers: those for `me` (the client whose thread this is) written now, unless its
+/// mailbox holds earlier ones; every other client's through its mailbox.
+fn send_all(outbox: Outbox, me: Option<&Arc<Mailbox>>) {
+    for (mailbox, response) in outbox {
+        let mine = me.is_some_and(|m| Arc::ptr_eq(m, &mailbox));
+        if mine && mailbox.lock().0.is_empty() {
+            // A client that is gone is cleaned up by its own thread.
+            let _ = mailbox.conn.send(&response);
+        } else {
+            mailbox.put(response);
+        }
     }
 }
 
 impl Shared {
+    fn new(free_after: Duration) -> Shared {
+        Shared {
+            state: Mutex::new(State::default()),
+            timer: Condvar::new(),
+            stopping: AtomicBool::new(false),
+            free_after,
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -246,12 +389,17 @@ impl Shared {
             .connect();
     }
 
-    fn join(&self, conn: Arc<Connection>, address: &crate::Address) -> ClientId {
+    fn join(&self, conn: Arc<Connection>, address: &crate::Address) -> (ClientId, Arc<Mailbox>) {
         let peer = match address {
             crate::Address::Tcp(_) => crate::sys::net::tcp_peer_addr(conn.as_fd())
                 .map_or_else(|_| "an unknown TCP peer".into(), |a| a.to_string()),
             _ => "a local process".into(),
         };
+        let mailbox = Arc::new(Mailbox {
+            conn: conn.clone(),
+            queue: Mutex::new((VecDeque::new(), false)),
+            ready: Condvar::new(),
+        });
         let mut st = self.lock();
         st.next_client += 1;
         let id = st.next_client;
@@ -259,15 +407,17 @@ impl Shared {
             id,
             Client {
                 conn,
+                mailbox: mailbox.clone(),
                 peer,
                 holds: HashMap::new(),
                 requests: 0,
             },
         );
-        id
+        (id, mailbox)
     }
 
     fn serve_client(&self, id: ClientId, conn: Arc<Connection>, address: &crate::Address) {
+        let mailbox = self.lock().clients.get(&id).map(|c| c.mailbox.clone());
         loop {
             let request: Request = match conn.recv() {
                 Ok(r) => r,
@@ -293,13 +443,16 @@ impl Shared {
                 break;
             }
             let outbox = self.handle(id, request);
-            send_all(outbox);
+            send_all(outbox, mailbox.as_ref());
             if self.stopping.load(Ordering::Acquire) {
                 break;
             }
         }
         let outbox = self.leave(id);
-        send_all(outbox);
+        send_all(outbox, None);
+        if let Some(m) = mailbox {
+            m.close();
+        }
         crate::trace::event!(info, "manager: client {id} left");
     }
 
@@ -326,8 +479,10 @@ impl Shared {
             }
         }
         for (object, n) in client.holds {
-            release(st, object, n);
+            release(st, object, n, self.free_after);
         }
+        self.timer.notify_all();
+        client.mailbox.close();
         out
     }
 
@@ -339,7 +494,7 @@ impl Shared {
             return out;
         };
         c.requests += 1;
-        let conn = c.conn.clone();
+        let conn = c.mailbox.clone();
         let id = request.id;
         let result = match request.op {
             Op::Create {
@@ -364,7 +519,9 @@ impl Shared {
                     if *n == 0 {
                         c.holds.remove(&object);
                     }
-                    release(st, object, 1);
+                    release(st, object, 1, self.free_after);
+                    // It may have a new deadline to keep.
+                    self.timer.notify_all();
                 }
                 // Fire and forget: no answer.
                 return out;
@@ -398,7 +555,8 @@ impl Shared {
         out
     }
 
-    /// Answers parked calls whose deadline passed.
+    /// Answers parked calls whose deadline passed, and frees unheld objects whose grace ended:
+    /// only the objects the deadline heap names.
     fn run_timer(&self) {
         let mut st = self.lock();
         loop {
@@ -407,40 +565,20 @@ impl Shared {
             }
             let now = Instant::now();
             let mut out = Outbox::new();
-            let mut next: Option<Instant> = None;
-            let State {
-                objects, clients, ..
-            } = &mut *st;
-            for entry in objects.values_mut() {
-                if let Data::Lock(lock) = &mut entry.data {
-                    lock.waiters.retain(|w| match w.deadline {
-                        Some(d) if d <= now => {
-                            if let Some(c) = clients.get(&w.client) {
-                                out.push((
-                                    c.conn.clone(),
-                                    Response {
-                                        id: w.request,
-                                        result: Ok(Reply::Bool(false)),
-                                    },
-                                ));
-                            }
-                            false
-                        }
-                        Some(d) => {
-                            next = Some(next.map_or(d, |n| n.min(d)));
-                            true
-                        }
-                        None => true,
-                    });
+            while let Some(&Reverse((at, object))) = st.timers.peek() {
+                if at > now {
+                    break;
                 }
+                st.timers.pop();
+                self.expire(&mut st, object, now, &mut out);
             }
             if !out.is_empty() {
                 drop(st);
-                send_all(out);
+                send_all(out, None);
                 st = self.lock();
                 continue;
             }
-            st = match next {
+            st = match st.timers.peek().map(|Reverse((at, _))| *at) {
                 Some(at) => {
                     let wait = at.saturating_duration_since(Instant::now());
                     self.timer
@@ -450,6 +588,40 @@ impl Shared {
                 }
                 None => self.timer.wait(st).unwrap_or_else(|p| p.into_inner()),
             };
+        }
+    }
+
+    /// What came due on `object` at `now`.
+    fn expire(&self, st: &mut State, object: ObjectId, now: Instant, out: &mut Outbox) {
+        let State {
+            objects, clients, ..
+        } = st;
+        let Some(entry) = objects.get_mut(&object) else {
+            return;
+        };
+        if entry
+            .unheld
+            .is_some_and(|since| since + self.free_after <= now)
+        {
+            objects.remove(&object);
+            return;
+        }
+        if let Data::Lock(lock) = &mut entry.data {
+            lock.waiters.retain(|w| match w.deadline {
+                Some(d) if d <= now => {
+                    if let Some(c) = clients.get(&w.client) {
+                        out.push((
+                            c.mailbox.clone(),
+                            Response {
+                                id: w.request,
+                                result: Ok(Reply::Bool(false)),
+                            },
+                        ));
+                    }
+                    false
+                }
+                _ => true,
+            });
         }
     }
 }
@@ -464,7 +636,7 @@ fn grant(lock: &mut LockState, clients: &HashMap<ClientId, Client>, out: &mut Ou
         };
         lock.owner = Some((w.client, w.thread, 1));
         out.push((
-            c.conn.clone(),
+            c.mailbox.clone(),
             Response {
                 id: w.request,
                 result: Ok(Reply::Bool(true)),
@@ -473,13 +645,17 @@ fn grant(lock: &mut LockState, clients: &HashMap<ClientId, Client>, out: &mut Ou
     }
 }
 
-fn release(st: &mut State, object: ObjectId, n: u64) {
+/// Lets go of `n` holds on `object`; an unnamed object nobody holds is freed `grace` later
+/// (unless someone takes a hold meanwhile).
+fn release(st: &mut State, object: ObjectId, n: u64, grace: Duration) {
     let Some(entry) = st.objects.get_mut(&object) else {
         return;
     };
     entry.holds = entry.holds.saturating_sub(n);
-    if entry.holds == 0 && entry.name.is_none() {
-        st.objects.remove(&object);
+    if entry.holds == 0 && entry.name.is_none() && entry.unheld.is_none() {
+        let now = Instant::now();
+        entry.unheld = Some(now);
+        st.timers.push(Reverse((now + grace, object)));
     }
 }
 
@@ -489,6 +665,7 @@ fn hold(st: &mut State, client: ClientId, object: ObjectId) {
     }
     if let Some(e) = st.objects.get_mut(&object) {
         e.holds += 1;
+        e.unheld = None;
     }
 }
 
@@ -538,6 +715,7 @@ fn create(
             kind,
             name,
             holds: 0,
+            unheld: None,
             version: 0,
             data,
         },
@@ -590,12 +768,16 @@ fn acquire(
     if timeout == Some(0) {
         return Ok(Some(Reply::Bool(false)));
     }
+    let deadline = timeout.and_then(|us| Instant::now().checked_add(Duration::from_micros(us)));
     lock.waiters.push_back(Waiter {
         client,
         thread,
         request,
-        deadline: timeout.and_then(|us| Instant::now().checked_add(Duration::from_micros(us))),
+        deadline,
     });
+    if let Some(d) = deadline {
+        st.timers.push(Reverse((d, object)));
+    }
     Ok(None)
 }
 
@@ -864,6 +1046,7 @@ fn batch(
                     kind: e.kind,
                     name: None,
                     holds: 0,
+                    unheld: None,
                     version: e.version,
                     data: e.data.clone(),
                 })
@@ -924,13 +1107,9 @@ pub(crate) fn fuzz_requests(data: &[u8]) -> usize {
     let Ok((here, there)) = crate::pipe() else {
         return 0;
     };
-    let shared = Shared {
-        state: Mutex::new(State::default()),
-        timer: Condvar::new(),
-        stopping: AtomicBool::new(false),
-    };
+    let shared = Shared::new(FREE_AFTER);
     let address = crate::Address::Abstract(b"fuzz".to_vec());
-    let id = shared.join(Arc::new(here), &address);
+    let (id, mailbox) = shared.join(Arc::new(here), &address);
     let mut rest = data;
     let mut handled = 0;
     while rest.len() >= 2 {
@@ -943,33 +1122,72 @@ pub(crate) fn fuzz_requests(data: &[u8]) -> usize {
         if matches!(request.op, Op::Shutdown) {
             break;
         }
-        send_all(shared.handle(id, request));
+        send_all(shared.handle(id, request), Some(&mailbox));
         handled += 1;
         while there.try_recv_bytes().is_ok() {}
     }
-    send_all(shared.leave(id));
+    send_all(shared.leave(id), None);
     handled
 }
 
 #[cfg(test)]
 mod tests {
     use super::super::proto::{Bytes, Call, Kind, Op, Request};
-    use super::fuzz_requests;
+    use crate::queue::fuzzing::manager_requests as fuzz_requests;
 
     /// A session of well-formed requests in the fuzz entry's format (also the fuzz corpus's seed:
     /// with `MP_WRITE_FUZZ_SEEDS=dir`, it is written there).
     fn session() -> Vec<u8> {
         let b = |s: &[u8]| Bytes::from(s.to_vec());
         let ops = vec![
-            Op::Create { kind: Kind::Dict, name: None, existing: false, init: None },
-            Op::Create { kind: Kind::List, name: Some("l".into()), existing: false, init: None },
-            Op::Create { kind: Kind::Lock { reentrant: true }, name: None, existing: false, init: None },
-            Op::Call { object: 1, call: Call::DictSet(b(b"k"), b(b"v")) },
-            Op::Call { object: 2, call: Call::ListInsert(i64::MIN, b(b"x")) },
-            Op::Call { object: 2, call: Call::ListRange(u64::MAX - 1, u64::MAX) },
-            Op::Call { object: 2, call: Call::ListPop(Some(i64::MIN)) },
-            Op::Call { object: 3, call: Call::LockAcquire { timeout_us: Some(0), thread: 1 } },
-            Op::Call { object: 3, call: Call::LockAcquire { timeout_us: Some(1), thread: 2 } },
+            Op::Create {
+                kind: Kind::Dict,
+                name: None,
+                existing: false,
+                init: None,
+            },
+            Op::Create {
+                kind: Kind::List,
+                name: Some("l".into()),
+                existing: false,
+                init: None,
+            },
+            Op::Create {
+                kind: Kind::Lock { reentrant: true },
+                name: None,
+                existing: false,
+                init: None,
+            },
+            Op::Call {
+                object: 1,
+                call: Call::DictSet(b(b"k"), b(b"v")),
+            },
+            Op::Call {
+                object: 2,
+                call: Call::ListInsert(i64::MIN, b(b"x")),
+            },
+            Op::Call {
+                object: 2,
+                call: Call::ListRange(u64::MAX - 1, u64::MAX),
+            },
+            Op::Call {
+                object: 2,
+                call: Call::ListPop(Some(i64::MIN)),
+            },
+            Op::Call {
+                object: 3,
+                call: Call::LockAcquire {
+                    timeout_us: Some(0),
+                    thread: 1,
+                },
+            },
+            Op::Call {
+                object: 3,
+                call: Call::LockAcquire {
+                    timeout_us: Some(1),
+                    thread: 2,
+                },
+            },
             Op::Batch {
                 calls: vec![(1, Call::DictRemove(b(b"k"))), (2, Call::ListGet(5))],
                 atomic: true,
