@@ -448,3 +448,57 @@ fn a_client_that_stops_reading_stalls_nobody_else() {
     child.kill().unwrap();
     let _ = common::join(child);
 }
+
+#[test]
+fn a_transaction_that_fails_half_way_leaves_everything_as_it_was() {
+    let m = Manager::start().unwrap();
+    let d = m.dict::<String, u32>().unwrap();
+    for (k, v) in [("a", 1), ("b", 2), ("c", 3)] {
+        d.set(&k.into(), &v).unwrap();
+    }
+    let l = m.list::<u32>().unwrap();
+    l.extend(&[10, 20]).unwrap();
+    let v = m.value(&"before".to_string()).unwrap();
+    let ns = m.namespace().unwrap();
+    ns.set("x", &1u8).unwrap();
+    let versions =
+        |d: &Dict<String, u32>, l: &List<u32>| (d.version().unwrap(), l.version().unwrap());
+    let before = (
+        d.snapshot().unwrap(),
+        l.snapshot().unwrap(),
+        versions(&d, &l),
+    );
+    let mut tx = m.batch();
+    tx.dict_set(&d, &"new".into(), &9).unwrap();
+    tx.dict_set(&d, &"b".into(), &20).unwrap();
+    tx.dict_remove(&d, &"a".into()).unwrap();
+    tx.list_append(&l, &30).unwrap();
+    tx.list_set(&l, 0, &11).unwrap();
+    tx.value_set(&v, &"after".into()).unwrap();
+    tx.namespace_set(&ns, "x", &2u8).unwrap();
+    tx.namespace_set(&ns, "y", &3u8).unwrap();
+    tx.list_set(&l, 99, &0).unwrap(); // fails: nothing of the above may remain
+    assert!(matches!(
+        tx.commit(),
+        Err(ManagerError::Remote(RemoteError::IndexError {
+            index: 99,
+            ..
+        }))
+    ));
+    let after = (
+        d.snapshot().unwrap(),
+        l.snapshot().unwrap(),
+        versions(&d, &l),
+    );
+    assert_eq!(after, before, "dict order, list and versions as they were");
+    assert_eq!(v.get().unwrap(), "before");
+    assert_eq!(ns.get::<u8>("x").unwrap(), Some(1));
+    assert_eq!(ns.get::<u8>("y").unwrap(), None);
+    // The same calls without the failing one all happen.
+    let mut tx = m.batch();
+    tx.dict_remove(&d, &"a".into()).unwrap();
+    tx.list_set(&l, -1, &21).unwrap();
+    tx.commit().unwrap();
+    assert_eq!(d.keys().unwrap(), ["b", "c"]);
+    assert_eq!(l.snapshot().unwrap().1, [10, 21]);
+}

@@ -1296,6 +1296,21 @@ impl Batch {
         Ok(self)
     }
 
+    /// Adds `list[index] = item` ([`RemoteError::IndexError`] past the end, which fails a
+    /// transaction as a whole).
+    pub fn list_set<T: Serialize>(
+        &mut self,
+        list: &List<T>,
+        index: i64,
+        item: &T,
+    ) -> Result<&mut Self, ManagerError> {
+        self.calls
+            .push((list.h.id(), Call::ListSet(index, encode(item)?)));
+        self.check(&list.h);
+        self.holds.push(list.h.clone());
+        Ok(self)
+    }
+
     /// Adds setting `value`.
     pub fn value_set<T: Serialize>(
         &mut self,

@@ -1030,37 +1030,134 @@ fn batch(
                 .collect(),
         ));
     }
-    // All or nothing: the calls run on copies of the objects they touch, which replace the
-    // originals only if every call succeeded.
-    let mut copies: HashMap<ObjectId, Entry> = HashMap::new();
+    // All or nothing: each call runs on the object itself, after noting how to undo it; if one
+    // fails, what the earlier ones did is undone, newest first. Undoing the calls a batch can be
+    // built of (set, remove, append) costs what they cost; any other call copies its object first.
+    let mut undo: Vec<(ObjectId, u64, Undo)> = Vec::with_capacity(calls.len());
+    // Objects copied whole already: later calls on them need no undo of their own (the copy,
+    // restored last, takes everything back), and no object is copied twice.
+    let mut copied: std::collections::HashSet<ObjectId> = std::collections::HashSet::new();
     let mut results = Vec::with_capacity(calls.len());
     for (object, call) in calls {
-        let copy = match copies.entry(object) {
-            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) => {
-                let e = st
-                    .objects
-                    .get(&object)
-                    .ok_or(RemoteError::NoSuchObject(object))?;
-                v.insert(Entry {
-                    kind: e.kind,
-                    name: None,
-                    holds: 0,
-                    unheld: None,
-                    version: e.version,
-                    data: e.data.clone(),
-                })
+        let done = match st.objects.get_mut(&object) {
+            None => Err(RemoteError::NoSuchObject(object)),
+            Some(entry) => {
+                let u = if copied.contains(&object) {
+                    Undo::Nothing
+                } else {
+                    undo_for(&entry.data, &call)
+                };
+                if matches!(u, Undo::Whole(_)) {
+                    copied.insert(object);
+                }
+                let before = (entry.version, u);
+                apply(object, entry, call).map(|reply| (reply, before))
             }
         };
-        results.push(apply(object, copy, call)?);
-    }
-    for (object, copy) in copies {
-        if let Some(e) = st.objects.get_mut(&object) {
-            e.data = copy.data;
-            e.version = copy.version;
+        match done {
+            Ok((reply, (version, u))) => {
+                undo.push((object, version, u));
+                results.push(Ok(reply));
+            }
+            Err(e) => {
+                for (object, version, u) in undo.into_iter().rev() {
+                    if let Some(entry) = st.objects.get_mut(&object) {
+                        u.apply(&mut entry.data);
+                        entry.version = version;
+                    }
+                }
+                return Err(e);
+            }
         }
     }
-    Ok(Reply::Batch(results.into_iter().map(Ok).collect()))
+    Ok(Reply::Batch(results))
+}
+
+/// How to take one call back.
+enum Undo {
+    Nothing,
+    Whole(Data),
+    /// The dict's last entry was added: remove it.
+    DictPop,
+    DictRestore(Bytes, Bytes),
+    DictReinsert(usize, Bytes, Bytes),
+    ListPop,
+    ListSetAt(usize, Bytes),
+    ValueRestore(Bytes),
+    NsRestore(String, Option<Bytes>),
+}
+
+/// What undoes `call` on `data` (looked at before the call runs).
+fn undo_for(data: &Data, call: &Call) -> Undo {
+    match (data, call) {
+        (
+            _,
+            Call::Len
+            | Call::Snapshot
+            | Call::Version
+            | Call::DictGet(_)
+            | Call::DictContains(_)
+            | Call::DictKeys
+            | Call::DictValues
+            | Call::ListGet(_)
+            | Call::ListRange(..)
+            | Call::NsGet(_)
+            | Call::ValueGet,
+        ) => Undo::Nothing,
+        (Data::Dict(d), Call::DictSet(k, _)) => match d.get(k) {
+            Some(old) => Undo::DictRestore(k.clone(), old.clone()),
+            None => Undo::DictPop,
+        },
+        (Data::Dict(d), Call::DictRemove(k)) => match d.get_full(k) {
+            Some((at, k, v)) => Undo::DictReinsert(at, k.clone(), v.clone()),
+            None => Undo::Nothing,
+        },
+        (Data::List(_), Call::ListAppend(_)) => Undo::ListPop,
+        (Data::List(l), Call::ListSet(i, _)) => match index(*i, l.len()) {
+            Ok(at) => Undo::ListSetAt(at, l[at].clone()),
+            Err(_) => Undo::Nothing, // the call fails and changes nothing
+        },
+        (Data::Value(v), Call::ValueSet(_)) => Undo::ValueRestore(v.clone()),
+        (Data::Namespace(n), Call::NsSet(k, _)) => Undo::NsRestore(k.clone(), n.get(k).cloned()),
+        (data, _) => Undo::Whole(data.clone()),
+    }
+}
+
+impl Undo {
+    fn apply(self, data: &mut Data) {
+        match (self, data) {
+            (Undo::Nothing, _) => {}
+            (Undo::Whole(old), data) => *data = old,
+            (Undo::DictPop, Data::Dict(d)) => {
+                d.pop();
+            }
+            (Undo::DictRestore(k, v), Data::Dict(d)) => {
+                d.insert(k, v);
+            }
+            (Undo::DictReinsert(at, k, v), Data::Dict(d)) => {
+                d.shift_insert(at.min(d.len()), k, v);
+            }
+            (Undo::ListPop, Data::List(l)) => {
+                l.pop();
+            }
+            (Undo::ListSetAt(at, old), Data::List(l)) => {
+                if let Some(slot) = l.get_mut(at) {
+                    *slot = old;
+                }
+            }
+            (Undo::ValueRestore(old), Data::Value(v)) => *v = old,
+            (Undo::NsRestore(k, old), Data::Namespace(n)) => match old {
+                Some(v) => {
+                    n.insert(k, v);
+                }
+                None => {
+                    n.remove(&k);
+                }
+            },
+            // An undo is only ever made for the kind of data it undoes.
+            _ => {}
+        }
+    }
 }
 
 fn status(st: &State) -> Status {
