@@ -502,3 +502,23 @@ fn a_transaction_that_fails_half_way_leaves_everything_as_it_was() {
     assert_eq!(d.keys().unwrap(), ["b", "c"]);
     assert_eq!(l.snapshot().unwrap().1, [10, 21]);
 }
+
+#[test]
+fn a_message_past_the_limit_ends_that_connection_with_a_clear_error() {
+    let m = Manager::builder()
+        .address("127.0.0.1:0")
+        .unwrap()
+        .max_message(Some(64 << 10))
+        .start()
+        .unwrap();
+    let d = m.dict::<u8, Vec<u8>>().unwrap();
+    d.set(&1, &vec![1; 1000]).unwrap();
+    match d.set(&2, &vec![2; 100 << 10]) {
+        Err(ManagerError::Disconnected(why)) => eprintln!("as expected: {why}"),
+        other => panic!("{other:?}"),
+    }
+    // The server goes on: a new connection sees the first entry (the dict is kept for the grace
+    // period, and this test's new connection is a new client).
+    let again = Manager::connect(m.address(), Vec::<u8>::new());
+    assert!(again.is_err(), "the key is still required");
+}

@@ -219,11 +219,18 @@ impl fmt::Debug for Manager {
 struct ServerProcess {
     process: Process<Result<(), String>>,
     core: Weak<Core>,
+    /// To ask again on a fresh connection if this one is gone.
+    address: Address,
+    key: Vec<u8>,
 }
 
 impl Drop for ServerProcess {
     fn drop(&mut self) {
-        if let Some(core) = self.core.upgrade() {
+        let asked = self
+            .core
+            .upgrade()
+            .is_some_and(|core| core.call(Op::Shutdown).is_ok());
+        if !asked && let Ok(core) = connect_core(&self.address, &self.key, Some(None)) {
             let _ = core.call(Op::Shutdown);
         }
         if self.process.join_timeout(Duration::from_secs(5)).is_err() {
@@ -241,6 +248,7 @@ pub struct ManagerBuilder {
     authkey: Option<Vec<u8>>,
     method: Option<StartMethod>,
     free_after: Option<Duration>,
+    max_message: Option<Option<u64>>,
 }
 
 impl ManagerBuilder {
@@ -266,6 +274,15 @@ impl ManagerBuilder {
     /// [`Server::free_after`]).
     pub fn free_after(mut self, grace: Duration) -> Self {
         self.free_after = Some(grace);
+        self
+    }
+
+    /// The longest message (request or answer) the server and this connection take (`None`: no
+    /// limit). Default: [`DEFAULT_MAX_MESSAGE`](crate::DEFAULT_MAX_MESSAGE) over TCP, none over a
+    /// Unix socket. A message past it ends the connection that carried it (the server then lets go
+    /// of that client's holds and locks): raise it for snapshots of huge containers.
+    pub fn max_message(mut self, max: Option<u64>) -> Self {
+        self.max_message = Some(max);
         self
     }
 
@@ -311,7 +328,15 @@ impl ManagerBuilder {
             b = b.start_method(m);
         }
         let process = b
-            .spawn(serve_child, (address, key.clone(), self.free_after, there))
+            .spawn(
+                serve_child,
+                (
+                    address,
+                    key.clone(),
+                    (self.free_after, self.max_message),
+                    there,
+                ),
+            )
             .map_err(|e| ManagerError::Start(e.to_string()))?;
         let bound: Result<Address, String> = match here.recv() {
             Ok(r) => r,
@@ -325,7 +350,7 @@ impl ManagerBuilder {
                 return Err(ManagerError::Start(why));
             }
         };
-        let core = Arc::new(connect_core(&address, &key)?);
+        let core = Arc::new(connect_core(&address, &key, self.max_message)?);
         // This process's connection to that manager (proxies received back share it).
         connections()
             .lock()
@@ -335,6 +360,8 @@ impl ManagerBuilder {
             server: Some(Arc::new(ServerProcess {
                 process,
                 core: Arc::downgrade(&core),
+                address: address.clone(),
+                key: key.clone(),
             })),
             core,
         })
@@ -342,9 +369,16 @@ impl ManagerBuilder {
 }
 
 /// The server child: binds, reports the address it got, serves until shut down.
-fn serve_child(args: (Address, Vec<u8>, Option<Duration>, Connection)) -> Result<(), String> {
-    let (address, key, free_after, report) = args;
-    let listener = match crate::Listener::builder(&address).authkey(&key).bind() {
+/// The server's options: free_after, max_message.
+type ServeOptions = (Option<Duration>, Option<Option<u64>>);
+
+fn serve_child(args: (Address, Vec<u8>, ServeOptions, Connection)) -> Result<(), String> {
+    let (address, key, (free_after, max_message), report) = args;
+    let mut b = crate::Listener::builder(&address).authkey(&key);
+    if let Some(max) = max_message {
+        b = b.max_message(max);
+    }
+    let listener = match b.bind() {
         Ok(l) => l,
         Err(e) => {
             let _ = report.send(&Err::<Address, String>(format!("bind {address}: {e}")));
@@ -362,8 +396,16 @@ fn serve_child(args: (Address, Vec<u8>, Option<Duration>, Connection)) -> Result
         .map_err(|e| e.to_string())
 }
 
-fn connect_core(address: &Address, key: &[u8]) -> Result<Core, ManagerError> {
-    let conn = crate::Client::builder(address).authkey(key).connect()?;
+fn connect_core(
+    address: &Address,
+    key: &[u8],
+    max_message: Option<Option<u64>>,
+) -> Result<Core, ManagerError> {
+    let mut b = crate::Client::builder(address).authkey(key);
+    if let Some(max) = max_message {
+        b = b.max_message(max);
+    }
+    let conn = b.connect()?;
     Ok(Core::new(conn, address.clone(), key.to_vec()))
 }
 
@@ -615,7 +657,7 @@ fn shared_core(address: &Address, key: &[u8]) -> Result<Arc<Core>, ManagerError>
     {
         return Ok(core);
     }
-    let core = Arc::new(connect_core(address, key)?);
+    let core = Arc::new(connect_core(address, key, None)?);
     all.insert(tag, Arc::downgrade(&core));
     Ok(core)
 }
