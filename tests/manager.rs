@@ -522,3 +522,73 @@ fn a_message_past_the_limit_ends_that_connection_with_a_clear_error() {
     let again = Manager::connect(m.address(), Vec::<u8>::new());
     assert!(again.is_err(), "the key is still required");
 }
+
+/// One load process: `threads` threads, each making `ops` sets of its own keys and a get of each,
+/// timing every call; returns the latencies in microseconds.
+fn load_client(args: (Dict<(u32, u32, u32), u32>, u32, u32, u32)) -> Vec<u32> {
+    let (d, me, threads, ops) = args;
+    let workers: Vec<_> = (0..threads)
+        .map(|t| {
+            let d = d.clone();
+            std::thread::spawn(move || {
+                let mut lat = Vec::with_capacity(ops as usize);
+                for i in 0..ops {
+                    let t0 = Instant::now();
+                    if i % 2 == 0 {
+                        d.set(&(me, t, i), &i).unwrap();
+                    } else {
+                        d.set(&(me, t, i), &i).unwrap();
+                        assert_eq!(d.get(&(me, t, i - 1)).unwrap(), Some(i - 1));
+                    }
+                    lat.push(t0.elapsed().as_micros() as u32);
+                }
+                lat
+            })
+        })
+        .collect();
+    workers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect()
+}
+
+#[test]
+fn two_hundred_clients_a_thousand_calls_each_nothing_lost() {
+    let m = Manager::start().unwrap();
+    let d = m.dict::<(u32, u32, u32), u32>().unwrap();
+    let (processes, threads, ops) = (8u32, 25u32, 1000u32);
+    let started = Instant::now();
+    let children: Vec<_> = (0..processes)
+        .map(|p| {
+            common::start(
+                METHODS[p as usize % 3],
+                load_client,
+                (d.clone(), p, threads, ops),
+            )
+        })
+        .collect();
+    let mut lat: Vec<u32> = children
+        .into_iter()
+        .flat_map(|c| common::join(c).unwrap())
+        .collect();
+    let took = started.elapsed();
+    assert_eq!(lat.len(), (processes * threads * ops) as usize);
+    assert_eq!(
+        d.len().unwrap(),
+        (processes * threads * ops) as usize,
+        "nothing lost"
+    );
+    let (_, items) = d.snapshot().unwrap();
+    assert!(items.iter().all(|((_, _, i), v)| i == v));
+    lat.sort_unstable();
+    let at = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)];
+    eprintln!(
+        "load: {} clients ({processes} processes x {threads} threads), {} calls in {took:?}; \
+         latency per call p50 {} us, p99 {} us, max {} us",
+        processes * threads,
+        lat.len(),
+        at(0.5),
+        at(0.99),
+        lat[lat.len() - 1]
+    );
+}
