@@ -525,7 +525,10 @@ fn a_message_past_the_limit_ends_that_connection_with_a_clear_error() {
 
 /// One load process: `threads` threads, each making `ops` sets of its own keys and a get of each,
 /// timing every call; returns the latencies in microseconds.
-fn load_client(args: (Dict<(u32, u32, u32), u32>, u32, u32, u32)) -> Vec<u32> {
+/// A load client's keys: (process, thread, call).
+type LoadDict = Dict<(u32, u32, u32), u32>;
+
+fn load_client(args: (LoadDict, u32, u32, u32)) -> Vec<u32> {
     let (d, me, threads, ops) = args;
     let workers: Vec<_> = (0..threads)
         .map(|t| {

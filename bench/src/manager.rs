@@ -3,8 +3,10 @@
 //! - `manager dict set+get round trip` (µs): `d.set(k, v)` then `d.get(k)`, two round trips (Python:
 //!   `d[k] = v; d[k]`). DESIGN.md: ≤ 30 µs; the issue: ≥ 3× Python.
 //! - `manager 1000 dict updates, one at a time` (ms): 1000 `set` calls (Python: 1000 `d[i] = i`).
-//! - `manager 1000 dict updates, batched` (ms): the same 1000 in one [`Batch`] (one round trip;
+//! - `manager 1000 dict updates, batched` (ms): the same 1000 in one `Batch` (one round trip;
 //!   Python has no batch: its column is `d.update({...})`, its one call for many updates).
+//! - `manager 1000 dict updates, Dict::update` (ms): the same 1000 in one `update` call (Python:
+//!   `d.update({...})`).
 //! - `manager snapshot of a 10 000-entry dict` (ms): `snapshot()`, entries and version in one round
 //!   trip (Python: `d.copy()`).
 
@@ -40,20 +42,36 @@ fn set_get(plan: Plan) -> Result<f64, String> {
     })
 }
 
-fn updates(plan: Plan, batched: bool) -> Result<f64, String> {
+/// How `updates` sends its 1000.
+#[derive(Clone, Copy)]
+enum Way {
+    OneAtATime,
+    Batch,
+    Update,
+}
+
+fn updates(plan: Plan, way: Way) -> Result<f64, String> {
     let m = start()?;
     let d = dict(&m)?;
     plan.run(|ops| {
         for _ in 0..ops {
-            if batched {
-                let mut b = m.batch();
-                for i in 0..1000u64 {
-                    b.dict_set(&d, &i, &i).map_err(|e| e.to_string())?;
+            match way {
+                Way::Batch => {
+                    let mut b = m.batch();
+                    for i in 0..1000u64 {
+                        b.dict_set(&d, &i, &i).map_err(|e| e.to_string())?;
+                    }
+                    b.send().map_err(|e| e.to_string())?;
                 }
-                b.send().map_err(|e| e.to_string())?;
-            } else {
-                for i in 0..1000u64 {
-                    d.set(&i, &i).map_err(|e| e.to_string())?;
+                Way::Update => {
+                    let entries: Vec<(u64, u64)> = (0..1000).map(|i| (i, i)).collect();
+                    d.update(entries.iter().map(|(k, v)| (k, v)))
+                        .map_err(|e| e.to_string())?;
+                }
+                Way::OneAtATime => {
+                    for i in 0..1000u64 {
+                        d.set(&i, &i).map_err(|e| e.to_string())?;
+                    }
                 }
             }
         }
@@ -103,14 +121,21 @@ pub(crate) fn run(ctx: &Ctx, table: &mut Table) {
     table.push(Row::compare(
         "manager 1000 dict updates, one at a time",
         Unit::Millis,
-        updates(plan, false),
+        updates(plan, Way::OneAtATime),
         ctx.python
             .measure("manager-updates-each", &[], plan, Unit::Millis),
     ));
     table.push(Row::compare(
         "manager 1000 dict updates, batched (Python: d.update)",
         Unit::Millis,
-        updates(plan, true),
+        updates(plan, Way::Batch),
+        ctx.python
+            .measure("manager-updates", &[], plan, Unit::Millis),
+    ));
+    table.push(Row::compare(
+        "manager 1000 dict updates, Dict::update (Python: d.update)",
+        Unit::Millis,
+        updates(plan, Way::Update),
         ctx.python
             .measure("manager-updates", &[], plan, Unit::Millis),
     ));

@@ -662,6 +662,42 @@ fn shared_core(address: &Address, key: &[u8]) -> Result<Arc<Core>, ManagerError>
     Ok(core)
 }
 
+/// Reads a [`Reply::Raw`]: its count, then its parts one by one, each checked against what is
+/// there (a forged count or length is an error, never an allocation).
+struct RawParts<'a> {
+    rest: &'a [u8],
+    count: usize,
+}
+
+impl<'a> RawParts<'a> {
+    /// `per`: parts per entry (2 for a dict's key and value).
+    fn new(raw: &'a [u8], per: usize) -> Result<RawParts<'a>, ManagerError> {
+        let bad = || ManagerError::Decode("a malformed container from the manager".into());
+        let (n, rest) = raw.split_first_chunk::<8>().ok_or_else(bad)?;
+        let count = usize::try_from(u64::from_le_bytes(*n)).map_err(|_| bad())?;
+        // Each part takes at least its 8-byte length.
+        if count
+            .checked_mul(per * 8)
+            .is_none_or(|min| min > rest.len())
+        {
+            return Err(bad());
+        }
+        Ok(RawParts { rest, count })
+    }
+
+    fn next(&mut self) -> Result<&'a [u8], ManagerError> {
+        let bad = || ManagerError::Decode("a malformed container from the manager".into());
+        let (n, rest) = self.rest.split_first_chunk::<8>().ok_or_else(bad)?;
+        let n = usize::try_from(u64::from_le_bytes(*n)).map_err(|_| bad())?;
+        if n > rest.len() {
+            return Err(bad());
+        }
+        let (part, rest) = rest.split_at(n);
+        self.rest = rest;
+        Ok(part)
+    }
+}
+
 fn unexpected(reply: &Reply) -> ManagerError {
     ManagerError::Decode(format!("an answer of the wrong shape: {reply:?}"))
 }
@@ -919,12 +955,14 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> Dict<K, V
     pub fn snapshot(&self) -> Result<(u64, Vec<(K, V)>), ManagerError> {
         match self.h.call(Call::Snapshot)? {
             Reply::Snapshot(version, items) => match *items {
-                Reply::Pairs(kv) => Ok((
-                    version,
-                    kv.iter()
-                        .map(|(k, v)| Ok((decode(k)?, decode(v)?)))
-                        .collect::<Result<_, ManagerError>>()?,
-                )),
+                Reply::Raw(raw) => {
+                    let mut parts = RawParts::new(&raw, 2)?;
+                    let mut out = Vec::with_capacity(parts.count);
+                    for _ in 0..parts.count {
+                        out.push((decode(parts.next()?)?, decode(parts.next()?)?));
+                    }
+                    Ok((version, out))
+                }
                 other => Err(unexpected(&other)),
             },
             other => Err(unexpected(&other)),
@@ -1029,10 +1067,14 @@ impl<T: Serialize + DeserializeOwned> List<T> {
     pub fn snapshot(&self) -> Result<(u64, Vec<T>), ManagerError> {
         match self.h.call(Call::Snapshot)? {
             Reply::Snapshot(version, items) => match *items {
-                Reply::Many(v) => Ok((
-                    version,
-                    v.iter().map(|b| decode(b)).collect::<Result<_, _>>()?,
-                )),
+                Reply::Raw(raw) => {
+                    let mut parts = RawParts::new(&raw, 1)?;
+                    let mut out = Vec::with_capacity(parts.count);
+                    for _ in 0..parts.count {
+                        out.push(decode(parts.next()?)?);
+                    }
+                    Ok((version, out))
+                }
                 other => Err(unexpected(&other)),
             },
             other => Err(unexpected(&other)),
@@ -1286,8 +1328,19 @@ impl Batch {
         let h = object.handle();
         self.check(h);
         self.expect.push((h.id(), version));
-        self.holds.push(h.clone());
+        self.hold(h);
         self
+    }
+
+    /// Keeps `h` until the batch has run (once for a run of calls on one object).
+    fn hold(&mut self, h: &Handle) {
+        if self
+            .holds
+            .last()
+            .is_none_or(|last| !Arc::ptr_eq(&last.0, &h.0))
+        {
+            self.holds.push(h.clone());
+        }
     }
 
     /// Notes a proxy of another manager: the batch then fails as a whole when run (ids are only
@@ -1308,7 +1361,7 @@ impl Batch {
         self.calls
             .push((dict.h.id(), Call::DictSet(encode(key)?, encode(value)?)));
         self.check(&dict.h);
-        self.holds.push(dict.h.clone());
+        self.hold(&dict.h);
         Ok(self)
     }
 
@@ -1321,7 +1374,7 @@ impl Batch {
         self.calls
             .push((dict.h.id(), Call::DictRemove(encode(key)?)));
         self.check(&dict.h);
-        self.holds.push(dict.h.clone());
+        self.hold(&dict.h);
         Ok(self)
     }
 
@@ -1334,7 +1387,7 @@ impl Batch {
         self.calls
             .push((list.h.id(), Call::ListAppend(encode(item)?)));
         self.check(&list.h);
-        self.holds.push(list.h.clone());
+        self.hold(&list.h);
         Ok(self)
     }
 
@@ -1349,7 +1402,7 @@ impl Batch {
         self.calls
             .push((list.h.id(), Call::ListSet(index, encode(item)?)));
         self.check(&list.h);
-        self.holds.push(list.h.clone());
+        self.hold(&list.h);
         Ok(self)
     }
 
@@ -1362,7 +1415,7 @@ impl Batch {
         self.calls
             .push((value.h.id(), Call::ValueSet(encode(new)?)));
         self.check(&value.h);
-        self.holds.push(value.h.clone());
+        self.hold(&value.h);
         Ok(self)
     }
 
@@ -1378,7 +1431,7 @@ impl Batch {
             Call::NsSet(name.to_string(), encode(value)?),
         ));
         self.check(&namespace.0);
-        self.holds.push(namespace.0.clone());
+        self.hold(&namespace.0);
         Ok(self)
     }
 

@@ -145,9 +145,13 @@ pub(crate) enum Reply {
     Pairs(Vec<(Bytes, Bytes)>),
     Named(Vec<(String, Bytes)>),
     Version(u64),
-    /// A snapshot: the version and the content (`Many` of a list or value, `Pairs` of a dict,
+    /// A snapshot: the version and the content (`Raw` of a list or dict, `Many` of a value,
     /// `Named` of a namespace).
     Snapshot(u64, Box<Reply>),
+    /// A container's content as the server wrote it from its own storage without copying each
+    /// entry: a u64 count, then each item (a list's) or key and value (a dict's) as a u64 length
+    /// and that many bytes, all little-endian. The client reads its types straight from it.
+    Raw(Bytes),
     Batch(Vec<Result<Reply, super::RemoteError>>),
     Status(super::Status),
 }

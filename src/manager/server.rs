@@ -868,12 +868,10 @@ fn apply(object: ObjectId, entry: &mut Entry, call: Call) -> Result<Reply, Remot
         }
         (Data::Dict(d), Call::Snapshot) => Reply::Snapshot(
             entry.version,
-            Box::new(Reply::Pairs(
-                d.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-            )),
+            Box::new(Reply::Raw(raw(d.len(), d.iter().flat_map(|(k, v)| [k, v])))),
         ),
         (Data::List(l), Call::Snapshot) => {
-            Reply::Snapshot(entry.version, Box::new(Reply::Many(l.clone())))
+            Reply::Snapshot(entry.version, Box::new(Reply::Raw(raw(l.len(), l.iter()))))
         }
         (Data::Namespace(n), Call::Snapshot) => Reply::Snapshot(
             entry.version,
@@ -992,6 +990,16 @@ fn apply(object: ObjectId, entry: &mut Entry, call: Call) -> Result<Reply, Remot
         entry.version += 1;
     }
     Ok(reply)
+}
+
+/// A container's content in the form of [`Reply::Raw`].
+fn raw<'a>(count: usize, parts: impl Iterator<Item = &'a Bytes>) -> Bytes {
+    let mut out = (count as u64).to_le_bytes().to_vec();
+    for p in parts {
+        out.extend((p.len() as u64).to_le_bytes());
+        out.extend_from_slice(p);
+    }
+    Bytes::from(out)
 }
 
 fn batch(
