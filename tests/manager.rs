@@ -595,3 +595,68 @@ fn two_hundred_clients_a_thousand_calls_each_nothing_lost() {
         lat[lat.len() - 1]
     );
 }
+
+/// Takes `n` slots, says so, and waits to be killed.
+fn hold_slots(args: (multiprocess::manager::Semaphore, u32, Connection)) {
+    let (sem, n, report) = args;
+    for _ in 0..n {
+        sem.acquire().unwrap();
+    }
+    report.send(&"held").unwrap();
+    std::thread::sleep(Duration::from_secs(120));
+}
+
+/// Waits for the event, then says how long it waited.
+fn wait_for(args: (multiprocess::manager::Event, Connection)) -> bool {
+    let (ev, report) = args;
+    report.send(&"waiting").unwrap();
+    ev.wait_timeout(common::DEADLINE).unwrap()
+}
+
+#[test]
+fn semaphores_give_a_dead_holders_slots_back_and_events_wake_other_processes() {
+    for method in METHODS {
+        let m = Manager::start().unwrap();
+        let sem = m.semaphore(3).unwrap();
+        let (here, there) = multiprocess::pipe().unwrap();
+        let holder = common::start(method, hold_slots, (sem.clone(), 2, there));
+        assert_eq!(here.recv::<String>().unwrap(), "held");
+        assert_eq!(sem.value().unwrap(), 1);
+        sem.acquire().unwrap();
+        let started = Instant::now();
+        assert!(!sem.acquire_timeout(Duration::from_millis(100)).unwrap());
+        assert!(started.elapsed() >= Duration::from_millis(100));
+        holder.kill().unwrap();
+        let _ = common::join(holder);
+        // Its two slots came back: one goes to this waiter, one stays free.
+        assert!(sem.acquire_timeout(common::DEADLINE).unwrap(), "{method:?}");
+        assert!(common::eventually(|| sem.value().unwrap() == 1));
+        sem.release().unwrap();
+        sem.release().unwrap();
+        assert_eq!(sem.value().unwrap(), 3);
+
+        let ev = m.event().unwrap();
+        assert!(!ev.is_set().unwrap());
+        let (here, there) = multiprocess::pipe().unwrap();
+        let waiter = common::start(method, wait_for, (ev.clone(), there));
+        assert_eq!(here.recv::<String>().unwrap(), "waiting");
+        std::thread::sleep(Duration::from_millis(20));
+        ev.set().unwrap();
+        assert!(common::join(waiter).unwrap(), "{method:?}");
+        assert!(ev.is_set().unwrap());
+        ev.clear().unwrap();
+        let started = Instant::now();
+        assert!(!ev.wait_timeout(Duration::from_millis(50)).unwrap());
+        assert!(started.elapsed() >= Duration::from_millis(50));
+    }
+    // A bounded semaphore refuses a release past its value.
+    let m = Manager::start().unwrap();
+    let b = m.bounded_semaphore(1).unwrap();
+    assert!(matches!(
+        b.release(),
+        Err(ManagerError::Remote(RemoteError::TooManyReleases))
+    ));
+    b.acquire().unwrap();
+    b.release().unwrap();
+    assert!(b.try_acquire().unwrap());
+}

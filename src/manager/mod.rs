@@ -109,6 +109,9 @@ pub enum RemoteError {
         /// The version it found.
         found: u64,
     },
+    /// A bounded semaphore released past its starting value (Python's `ValueError`).
+    #[error("the bounded semaphore was released too many times")]
+    TooManyReleases,
     /// A release of a lock that is not held (an RLock: not by this thread).
     #[error("the lock is not held (by this thread, for an RLock)")]
     NotHeld,
@@ -621,6 +624,31 @@ impl Manager {
             false,
             None,
         )?))
+    }
+
+    /// A new semaphore with `value` slots (Python's `Manager().Semaphore(value)`): the slots a
+    /// client holds are given back if it dies.
+    pub fn semaphore(&self, value: u64) -> Result<Semaphore, ManagerError> {
+        let kind = Kind::Semaphore {
+            value,
+            bounded: false,
+        };
+        Ok(Semaphore(self.create(kind, None, false, None)?))
+    }
+
+    /// A new bounded semaphore (Python's `BoundedSemaphore`): a release past `value` is
+    /// [`RemoteError::TooManyReleases`].
+    pub fn bounded_semaphore(&self, value: u64) -> Result<Semaphore, ManagerError> {
+        let kind = Kind::Semaphore {
+            value,
+            bounded: true,
+        };
+        Ok(Semaphore(self.create(kind, None, false, None)?))
+    }
+
+    /// A new event, not set (Python's `Manager().Event()`).
+    pub fn event(&self) -> Result<Event, ManagerError> {
+        Ok(Event(self.create(Kind::Event, None, false, None)?))
     }
 
     /// Calls in one round trip, each on its own (see [`Batch`]).
@@ -1267,6 +1295,89 @@ impl Lock {
     pub fn lock(&self) -> Result<LockGuard<'_>, ManagerError> {
         self.acquire()?;
         Ok(LockGuard(self))
+    }
+}
+
+/// A semaphore on a manager (Python's `Manager().Semaphore()` / `BoundedSemaphore()`): the slots
+/// a client holds are given back by the server if that client dies.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Semaphore(Handle);
+
+/// A microsecond timeout for the wire, rounded up (never waits less than asked).
+fn micros(timeout: Option<Duration>) -> Option<u64> {
+    timeout.map(|t| u64::try_from(t.as_nanos().div_ceil(1000)).unwrap_or(u64::MAX))
+}
+
+fn bool_reply(reply: Reply) -> Result<bool, ManagerError> {
+    match reply {
+        Reply::Bool(b) => Ok(b),
+        other => Err(unexpected(&other)),
+    }
+}
+
+impl Semaphore {
+    /// Takes a slot, waiting as long as it takes.
+    pub fn acquire(&self) -> Result<(), ManagerError> {
+        self.acquire_for(None).map(drop)
+    }
+
+    /// Takes a slot if one is free now; whether it did.
+    pub fn try_acquire(&self) -> Result<bool, ManagerError> {
+        self.acquire_for(Some(Duration::ZERO))
+    }
+
+    /// Takes a slot, waiting at most `timeout`; whether it did.
+    pub fn acquire_timeout(&self, timeout: Duration) -> Result<bool, ManagerError> {
+        self.acquire_for(Some(timeout))
+    }
+
+    fn acquire_for(&self, timeout: Option<Duration>) -> Result<bool, ManagerError> {
+        bool_reply(self.0.call(Call::SemAcquire {
+            timeout_us: micros(timeout),
+        })?)
+    }
+
+    /// Gives a slot back (to a waiter, if one waits).
+    pub fn release(&self) -> Result<(), ManagerError> {
+        self.0.unit(Call::SemRelease)
+    }
+
+    /// The free slots now.
+    pub fn value(&self) -> Result<u64, ManagerError> {
+        self.0.len().map(|n| n as u64)
+    }
+}
+
+/// An event on a manager (Python's `Manager().Event()`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Event(Handle);
+
+impl Event {
+    /// Sets it, waking every waiter.
+    pub fn set(&self) -> Result<(), ManagerError> {
+        self.0.unit(Call::EventSet)
+    }
+
+    /// Clears it.
+    pub fn clear(&self) -> Result<(), ManagerError> {
+        self.0.unit(Call::EventClear)
+    }
+
+    /// Whether it is set.
+    pub fn is_set(&self) -> Result<bool, ManagerError> {
+        bool_reply(self.0.call(Call::EventIsSet)?)
+    }
+
+    /// Waits until it is set.
+    pub fn wait(&self) -> Result<(), ManagerError> {
+        bool_reply(self.0.call(Call::EventWait { timeout_us: None })?).map(drop)
+    }
+
+    /// Waits at most `timeout` for it to be set; whether it is.
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<bool, ManagerError> {
+        bool_reply(self.0.call(Call::EventWait {
+            timeout_us: micros(Some(timeout)),
+        })?)
     }
 }
 

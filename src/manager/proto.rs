@@ -73,6 +73,15 @@ pub enum Kind {
         /// Whether its holder may acquire it again (Python's `RLock`).
         reentrant: bool,
     },
+    /// A semaphore ([`Semaphore`](super::Semaphore)).
+    Semaphore {
+        /// Its starting value.
+        value: u64,
+        /// Whether a release past the starting value is an error (Python's `BoundedSemaphore`).
+        bounded: bool,
+    },
+    /// An event ([`Event`](super::Event)).
+    Event,
 }
 
 /// A call on one object. Indices are Python's: negative ones count from the end.
@@ -126,6 +135,21 @@ pub(crate) enum Call {
     /// Releases the lock (an RLock only for the thread that holds it).
     LockRelease {
         thread: u64,
+    },
+
+    /// Takes a slot, waiting at most `timeout_us` (`None`: as long as it takes); whether it did.
+    SemAcquire {
+        timeout_us: Option<u64>,
+    },
+    /// Gives a slot back (to the first waiter, if one waits).
+    SemRelease,
+
+    EventSet,
+    EventClear,
+    EventIsSet,
+    /// Waits until the event is set, at most `timeout_us`; whether it is set.
+    EventWait {
+        timeout_us: Option<u64>,
     },
 }
 
