@@ -660,3 +660,81 @@ fn semaphores_give_a_dead_holders_slots_back_and_events_wake_other_processes() {
     b.release().unwrap();
     assert!(b.try_acquire().unwrap());
 }
+
+/// Puts `n` numbers starting at `from`.
+fn produce(args: (multiprocess::manager::Queue<u32>, u32, u32)) {
+    let (q, from, n) = args;
+    for i in from..from + n {
+        q.put(&i).unwrap();
+    }
+}
+
+/// Takes items until it gets `u32::MAX`, marking each done; returns their sum.
+fn consume(q: multiprocess::manager::Queue<u32>) -> u64 {
+    let mut sum = 0;
+    loop {
+        let x = q.get().unwrap();
+        q.task_done().unwrap();
+        if x == u32::MAX {
+            return sum;
+        }
+        sum += u64::from(x);
+    }
+}
+
+#[test]
+fn a_queue_between_producers_and_consumers_loses_nothing() {
+    for method in METHODS {
+        let m = Manager::start().unwrap();
+        let q = m.queue::<u32>(16).unwrap(); // bounded: producers wait for room
+        let producers: Vec<_> = (0..3)
+            .map(|p| common::start(method, produce, (q.clone(), p * 1000, 500)))
+            .collect();
+        let consumers: Vec<_> = (0..2)
+            .map(|_| common::start(method, consume, q.clone()))
+            .collect();
+        for p in producers {
+            common::join(p).unwrap();
+        }
+        for _ in 0..2 {
+            q.put(&u32::MAX).unwrap();
+        }
+        let total: u64 = consumers
+            .into_iter()
+            .map(|c| common::join(c).unwrap())
+            .sum();
+        let want: u64 = (0..3u64)
+            .map(|p| (p * 1000..p * 1000 + 500).sum::<u64>())
+            .sum();
+        assert_eq!(total, want, "{method:?}");
+        assert!(q.join_timeout(common::DEADLINE).unwrap(), "every item done");
+        assert!(q.is_empty().unwrap());
+    }
+    let m = Manager::start().unwrap();
+    let q = m.queue::<u8>(1).unwrap();
+    let started = Instant::now();
+    assert!(matches!(
+        q.get_timeout(Duration::from_millis(50)),
+        Err(ManagerError::Remote(RemoteError::Empty))
+    ));
+    assert!(started.elapsed() >= Duration::from_millis(50));
+    q.put(&1).unwrap();
+    assert!(matches!(
+        q.try_put(&2),
+        Err(ManagerError::Remote(RemoteError::Full))
+    ));
+    let started = Instant::now();
+    assert!(matches!(
+        q.put_timeout(&2, Duration::from_millis(50)),
+        Err(ManagerError::Remote(RemoteError::Full))
+    ));
+    assert!(started.elapsed() >= Duration::from_millis(50));
+    assert!(!q.join_timeout(Duration::from_millis(10)).unwrap());
+    assert_eq!(q.try_get().unwrap(), 1);
+    q.task_done().unwrap();
+    assert!(matches!(
+        q.task_done(),
+        Err(ManagerError::Remote(RemoteError::TooManyTaskDone))
+    ));
+    assert!(q.join_timeout(Duration::ZERO).unwrap());
+}

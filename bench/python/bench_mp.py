@@ -30,6 +30,7 @@ Run by the Rust harness (bench/src/python.rs), one figure per invocation:
     bench_mp.py pool-respawn                                 [plan]
 
     bench_mp.py manager-dict-rt                              [plan]
+    bench_mp.py manager-queue-rt                             [plan]
     bench_mp.py manager-updates                              [plan]
     bench_mp.py manager-updates-each                         [plan]
     bench_mp.py manager-snapshot                             [plan]
@@ -81,6 +82,7 @@ DEFAULTS = {
     "socket-oneway": {"full": (1, 21, 256), "quick": (1, 7, 64)},
     "socket-connect": {"full": (1, 31, 200), "quick": (1, 9, 50)},
     "manager-dict-rt": {"full": (1, 31, 500), "quick": (1, 9, 100)},
+    "manager-queue-rt": {"full": (1, 31, 500), "quick": (1, 9, 100)},
     "manager-updates": {"full": (1, 11, 1), "quick": (1, 5, 1)},
     "manager-updates-each": {"full": (1, 11, 1), "quick": (1, 5, 1)},
     "manager-snapshot": {"full": (1, 11, 1), "quick": (1, 5, 1)},
@@ -798,6 +800,20 @@ def fig_manager_dict_rt(args):
         return run_plan(args, batch)
 
 
+def fig_manager_queue_rt(args):
+    """One op: q.put(i) then q.get() on a Manager().Queue() (two round trips)."""
+    with mp.get_context("fork").Manager() as m:
+        q = m.Queue()
+
+        def batch(ops):
+            for i in range(ops):
+                q.put(i)
+                if q.get() != i:
+                    raise RuntimeError("a wrong item")
+
+        return run_plan(args, batch)
+
+
 def fig_manager_updates_each(args):
     """One op: 1000 updates of a dict, one at a time (d[i] = i)."""
     with mp.get_context("fork").Manager() as m:
@@ -867,6 +883,7 @@ FIGURES = {
     "socket-oneway": fig_socket_oneway,
     "socket-connect": fig_socket_connect,
     "manager-dict-rt": fig_manager_dict_rt,
+    "manager-queue-rt": fig_manager_queue_rt,
     "manager-updates": fig_manager_updates,
     "manager-updates-each": fig_manager_updates_each,
     "manager-snapshot": fig_manager_snapshot,

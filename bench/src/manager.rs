@@ -2,6 +2,8 @@
 //! Python's `multiprocessing.Manager()` (also forked) on the same shapes. Medians:
 //! - `manager dict set+get round trip` (µs): `d.set(k, v)` then `d.get(k)`, two round trips (Python:
 //!   `d[k] = v; d[k]`). DESIGN.md: ≤ 30 µs; the issue: ≥ 3× Python.
+//! - `manager queue put+get round trip` (µs): `q.put(i)` then `q.get()`, two round trips (Python:
+//!   the same on `Manager().Queue()`).
 //! - `manager 1000 dict updates, one at a time` (ms): 1000 `set` calls (Python: 1000 `d[i] = i`).
 //! - `manager 1000 dict updates, batched` (ms): the same 1000 in one `Batch` (one round trip;
 //!   Python has no batch: its column is `d.update({...})`, its one call for many updates).
@@ -48,6 +50,20 @@ enum Way {
     OneAtATime,
     Batch,
     Update,
+}
+
+fn queue_rt(plan: Plan) -> Result<f64, String> {
+    let m = start()?;
+    let q = m.queue::<u64>(0).map_err(|e| e.to_string())?;
+    plan.run(|ops| {
+        for i in 0..ops as u64 {
+            q.put(&i).map_err(|e| e.to_string())?;
+            if q.get().map_err(|e| e.to_string())? != i {
+                return Err("a wrong item".to_string());
+            }
+        }
+        Ok::<(), String>(())
+    })
 }
 
 fn updates(plan: Plan, way: Way) -> Result<f64, String> {
@@ -113,6 +129,13 @@ pub(crate) fn run(ctx: &Ctx, table: &mut Table) {
         )
         .target(Target::AtMost(30.0)),
     );
+    table.push(Row::compare(
+        "manager queue put+get round trip",
+        Unit::Micros,
+        queue_rt(plan),
+        ctx.python
+            .measure("manager-queue-rt", &[], plan, Unit::Micros),
+    ));
     let plan = Plan {
         warmup: 1,
         samples: ctx.pick(5, 11),

@@ -1,5 +1,5 @@
 //! The manager: a server process that holds shared objects (dicts, lists, namespaces, values,
-//! locks), and the proxies other processes use them through, on this machine or across the
+//! locks, semaphores, events, queues), and the proxies other processes use them through, on this machine or across the
 //! network (Python's `multiprocessing.Manager()`).
 //!
 //! ```
@@ -31,8 +31,8 @@
 //! - **Batches and transactions**: many calls in one round trip; atomically (all or none, nothing
 //!   of another client's in between), only if the objects are still at the versions you read.
 //! - **Snapshots** of a whole container with its version, in one round trip (Python: one per item).
-//! - **Clients die cleanly**: a client's locks are released when its connection ends (it exited or
-//!   was killed), and the unnamed objects only it held are freed (after a grace period, for
+//! - **Clients die cleanly**: a client's locks and semaphore slots are released when its
+//!   connection ends (it exited or was killed), and the unnamed objects only it held are freed (after a grace period, for
 //!   proxies in transit). Named objects ([`Manager::named_dict`], [`Manager::named_list`]: made by
 //!   the first client to ask, found by the others) stay until the server stops.
 //! - **Typed**: keys and values are your serde types, encoded with the crate's codec; the server
@@ -109,6 +109,15 @@ pub enum RemoteError {
         /// The version it found.
         found: u64,
     },
+    /// No item came in time (Python's `queue.Empty`).
+    #[error("the queue is empty")]
+    Empty,
+    /// No room came in time (Python's `queue.Full`).
+    #[error("the queue is full")]
+    Full,
+    /// `task_done` called more times than items were put (Python's `ValueError`).
+    #[error("task_done called more times than items were put")]
+    TooManyTaskDone,
     /// A bounded semaphore released past its starting value (Python's `ValueError`).
     #[error("the bounded semaphore was released too many times")]
     TooManyReleases,
@@ -644,6 +653,15 @@ impl Manager {
             bounded: true,
         };
         Ok(Semaphore(self.create(kind, None, false, None)?))
+    }
+
+    /// A new queue holding at most `maxsize` items (0: no limit), Python's `Manager().Queue()`
+    /// (and `JoinableQueue()`: it counts what is done with [`Queue::task_done`]).
+    pub fn queue<T>(&self, maxsize: usize) -> Result<Queue<T>, ManagerError> {
+        let kind = Kind::Queue {
+            maxsize: maxsize as u64,
+        };
+        Ok(Queue::wrap(self.create(kind, None, false, None)?))
     }
 
     /// A new event, not set (Python's `Manager().Event()`).
@@ -1345,6 +1363,90 @@ impl Semaphore {
     /// The free slots now.
     pub fn value(&self) -> Result<u64, ManagerError> {
         self.0.len().map(|n| n as u64)
+    }
+}
+
+/// A queue on a manager (Python's `Manager().Queue()` and `JoinableQueue()`): any client puts and
+/// gets; a get that waits is answered by the put that feeds it.
+pub struct Queue<T> {
+    h: Handle,
+    _t: PhantomData<fn() -> T>,
+}
+
+proxy_common!(Queue<T>);
+
+impl<T: Serialize + DeserializeOwned> Queue<T> {
+    fn put_for(&self, item: &T, timeout: Option<Duration>) -> Result<(), ManagerError> {
+        self.h.unit(Call::QueuePut {
+            item: encode(item)?,
+            timeout_us: micros(timeout),
+        })
+    }
+
+    fn get_for(&self, timeout: Option<Duration>) -> Result<T, ManagerError> {
+        match self.h.call(Call::QueueGet {
+            timeout_us: micros(timeout),
+        })? {
+            Reply::Bytes(b) => decode(&b),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Puts `item`, waiting as long as it takes for room.
+    pub fn put(&self, item: &T) -> Result<(), ManagerError> {
+        self.put_for(item, None)
+    }
+
+    /// Puts `item` if there is room now ([`RemoteError::Full`] if not).
+    pub fn try_put(&self, item: &T) -> Result<(), ManagerError> {
+        self.put_for(item, Some(Duration::ZERO))
+    }
+
+    /// Puts `item`, waiting at most `timeout` for room ([`RemoteError::Full`] then).
+    pub fn put_timeout(&self, item: &T, timeout: Duration) -> Result<(), ManagerError> {
+        self.put_for(item, Some(timeout))
+    }
+
+    /// Takes the oldest item, waiting as long as it takes.
+    pub fn get(&self) -> Result<T, ManagerError> {
+        self.get_for(None)
+    }
+
+    /// Takes the oldest item if there is one now ([`RemoteError::Empty`] if not).
+    pub fn try_get(&self) -> Result<T, ManagerError> {
+        self.get_for(Some(Duration::ZERO))
+    }
+
+    /// Takes the oldest item, waiting at most `timeout` ([`RemoteError::Empty`] then).
+    pub fn get_timeout(&self, timeout: Duration) -> Result<T, ManagerError> {
+        self.get_for(Some(timeout))
+    }
+
+    /// How many items it holds now.
+    pub fn len(&self) -> Result<usize, ManagerError> {
+        self.h.len()
+    }
+
+    /// Whether it holds no item now.
+    pub fn is_empty(&self) -> Result<bool, ManagerError> {
+        Ok(self.len()? == 0)
+    }
+
+    /// One item taken earlier is done ([`RemoteError::TooManyTaskDone`] past the items put).
+    pub fn task_done(&self) -> Result<(), ManagerError> {
+        self.h.unit(Call::QueueTaskDone)
+    }
+
+    /// Waits until every item put is done.
+    pub fn join(&self) -> Result<(), ManagerError> {
+        bool_reply(self.h.call(Call::QueueJoin { timeout_us: None })?).map(drop)
+    }
+
+    /// Waits at most `timeout` until every item put is done; whether they are.
+    pub fn join_timeout(&self, timeout: Duration) -> Result<bool, ManagerError> {
+        bool_reply(self.h.call(Call::QueueJoin {
+            timeout_us: micros(Some(timeout)),
+        })?)
     }
 }
 

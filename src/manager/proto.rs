@@ -82,6 +82,11 @@ pub enum Kind {
     },
     /// An event ([`Event`](super::Event)).
     Event,
+    /// A queue ([`Queue`](super::Queue)).
+    Queue {
+        /// Items it holds at most (0: no limit).
+        maxsize: u64,
+    },
 }
 
 /// A call on one object. Indices are Python's: negative ones count from the end.
@@ -143,6 +148,22 @@ pub(crate) enum Call {
     },
     /// Gives a slot back (to the first waiter, if one waits).
     SemRelease,
+
+    /// Puts an item, waiting at most `timeout_us` for room (`None`: as long as it takes).
+    QueuePut {
+        item: Bytes,
+        timeout_us: Option<u64>,
+    },
+    /// Takes the oldest item, waiting at most `timeout_us` for one.
+    QueueGet {
+        timeout_us: Option<u64>,
+    },
+    /// One item taken earlier is done (`JoinableQueue.task_done`).
+    QueueTaskDone,
+    /// Waits until every item put is done, at most `timeout_us`; whether they are.
+    QueueJoin {
+        timeout_us: Option<u64>,
+    },
 
     EventSet,
     EventClear,

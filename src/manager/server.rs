@@ -201,6 +201,26 @@ enum Data {
     Lock(LockState),
     Semaphore(SemState),
     Event(EventState),
+    Queue(QueueState),
+}
+
+#[derive(Debug, Clone, Default)]
+struct QueueState {
+    items: VecDeque<Bytes>,
+    /// 0: no limit.
+    maxsize: u64,
+    /// Items put and not yet marked done.
+    unfinished: u64,
+    getters: VecDeque<Waiter>,
+    /// Puts waiting for room, with their items.
+    putters: VecDeque<(Waiter, Bytes)>,
+    joiners: VecDeque<Waiter>,
+}
+
+impl QueueState {
+    fn full(&self) -> bool {
+        self.maxsize != 0 && self.items.len() as u64 >= self.maxsize
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -498,6 +518,11 @@ impl Shared {
                     }
                 }
                 Data::Event(ev) => ev.waiters.retain(|w| w.client != id),
+                Data::Queue(q) => {
+                    q.getters.retain(|w| w.client != id);
+                    q.putters.retain(|(w, _)| w.client != id);
+                    q.joiners.retain(|w| w.client != id);
+                }
                 _ => {}
             }
             if let Data::Lock(lock) = &mut entry.data {
@@ -583,7 +608,11 @@ impl Shared {
                     call @ (Call::SemAcquire { .. }
                     | Call::SemRelease
                     | Call::EventSet
-                    | Call::EventWait { .. }),
+                    | Call::EventWait { .. }
+                    | Call::QueuePut { .. }
+                    | Call::QueueGet { .. }
+                    | Call::QueueTaskDone
+                    | Call::QueueJoin { .. }),
             } => match wait_call(st, client, id, object, call, &mut out) {
                 Ok(None) => {
                     self.timer.notify_all();
@@ -656,10 +685,46 @@ impl Shared {
             objects.remove(&object);
             return;
         }
+        let mut answer = |w: &Waiter, result: Result<Reply, RemoteError>| {
+            if let Some(c) = clients.get(&w.client) {
+                out.push((
+                    c.mailbox.clone(),
+                    Response {
+                        id: w.request,
+                        result,
+                    },
+                ));
+            }
+        };
+        let due = |w: &Waiter| w.deadline.is_some_and(|d| d <= now);
         let waiters = match &mut entry.data {
             Data::Lock(l) => &mut l.waiters,
             Data::Semaphore(s) => &mut s.waiters,
             Data::Event(e) => &mut e.waiters,
+            Data::Queue(q) => {
+                q.getters.retain(|w| {
+                    let late = due(w);
+                    if late {
+                        answer(w, Err(RemoteError::Empty));
+                    }
+                    !late
+                });
+                q.putters.retain(|(w, _)| {
+                    let late = due(w);
+                    if late {
+                        answer(w, Err(RemoteError::Full));
+                    }
+                    !late
+                });
+                q.joiners.retain(|w| {
+                    let late = due(w);
+                    if late {
+                        answer(w, Ok(Reply::Bool(false)));
+                    }
+                    !late
+                });
+                return;
+            }
             _ => return,
         };
         {
@@ -765,6 +830,10 @@ fn create(
             ..SemState::default()
         }),
         Kind::Event => Data::Event(EventState::default()),
+        Kind::Queue { maxsize } => Data::Queue(QueueState {
+            maxsize,
+            ..QueueState::default()
+        }),
     };
     st.next_object += 1;
     let id = st.next_object;
@@ -989,6 +1058,103 @@ fn wait_call(
             park(&mut ev.waiters, timers, who, timeout_us);
             Ok(None)
         }
+        (Data::Queue(q), Call::QueuePut { item, timeout_us }) => {
+            // A waiting get takes it at once; else it goes in if there is room.
+            while let Some(w) = q.getters.pop_front() {
+                if let Some(c) = clients.get(&w.client) {
+                    q.unfinished += 1;
+                    entry.version += 1;
+                    out.push((
+                        c.mailbox.clone(),
+                        Response {
+                            id: w.request,
+                            result: Ok(Reply::Bytes(item)),
+                        },
+                    ));
+                    return Ok(Some(Reply::Unit));
+                }
+            }
+            if !q.full() {
+                q.items.push_back(item);
+                q.unfinished += 1;
+                entry.version += 1;
+                return Ok(Some(Reply::Unit));
+            }
+            if timeout_us == Some(0) {
+                return Err(RemoteError::Full);
+            }
+            let deadline =
+                timeout_us.and_then(|us| Instant::now().checked_add(Duration::from_micros(us)));
+            q.putters.push_back((
+                Waiter {
+                    client,
+                    thread: 0,
+                    request,
+                    deadline,
+                },
+                item,
+            ));
+            if let Some(d) = deadline {
+                timers.push(Reverse((d, object)));
+            }
+            Ok(None)
+        }
+        (Data::Queue(q), Call::QueueGet { timeout_us }) => {
+            if let Some(item) = q.items.pop_front() {
+                // Room now: the first waiting put goes in.
+                while let Some((w, waiting)) = q.putters.pop_front() {
+                    if let Some(c) = clients.get(&w.client) {
+                        q.items.push_back(waiting);
+                        q.unfinished += 1;
+                        out.push((
+                            c.mailbox.clone(),
+                            Response {
+                                id: w.request,
+                                result: Ok(Reply::Unit),
+                            },
+                        ));
+                        break;
+                    }
+                }
+                entry.version += 1;
+                return Ok(Some(Reply::Bytes(item)));
+            }
+            if timeout_us == Some(0) {
+                return Err(RemoteError::Empty);
+            }
+            park(&mut q.getters, timers, who, timeout_us);
+            Ok(None)
+        }
+        (Data::Queue(q), Call::QueueTaskDone) => {
+            if q.unfinished == 0 {
+                return Err(RemoteError::TooManyTaskDone);
+            }
+            q.unfinished -= 1;
+            if q.unfinished == 0 {
+                for w in q.joiners.drain(..) {
+                    if let Some(c) = clients.get(&w.client) {
+                        out.push((
+                            c.mailbox.clone(),
+                            Response {
+                                id: w.request,
+                                result: Ok(Reply::Bool(true)),
+                            },
+                        ));
+                    }
+                }
+            }
+            Ok(Some(Reply::Unit))
+        }
+        (Data::Queue(q), Call::QueueJoin { timeout_us }) => {
+            if q.unfinished == 0 {
+                return Ok(Some(Reply::Bool(true)));
+            }
+            if timeout_us == Some(0) {
+                return Ok(Some(Reply::Bool(false)));
+            }
+            park(&mut q.joiners, timers, who, timeout_us);
+            Ok(None)
+        }
         (_, call) => Err(RemoteError::Unsupported(format!(
             "{call:?} on object {object}, a {kind:?}"
         ))),
@@ -1155,6 +1321,7 @@ fn apply(object: ObjectId, entry: &mut Entry, call: Call) -> Result<Reply, Remot
             Reply::Unit
         }
         (Data::Semaphore(s), Call::Len) => Reply::Len(s.value),
+        (Data::Queue(q), Call::Len) => Reply::Len(q.items.len() as u64),
         (Data::Value(v), Call::ValueGet) => Reply::Bytes(v.clone()),
         (Data::Value(v), Call::ValueSet(new)) => {
             *v = new;
@@ -1206,10 +1373,14 @@ fn batch(
                 | Call::SemRelease
                 | Call::EventSet
                 | Call::EventWait { .. }
+                | Call::QueuePut { .. }
+                | Call::QueueGet { .. }
+                | Call::QueueTaskDone
+                | Call::QueueJoin { .. }
         )
     }) {
         return Err(RemoteError::Unsupported(
-            "locks, semaphores and events cannot be waited on or released inside a batch".into(),
+            "locks, semaphores, events and queues cannot be waited on inside a batch".into(),
         ));
     }
     for &(object, expected) in &expect {
@@ -1382,6 +1553,7 @@ fn status(st: &State) -> Status {
                 Data::Lock(l) => u64::from(l.owner.is_some()),
                 Data::Semaphore(s) => s.value,
                 Data::Event(e) => u64::from(e.set),
+                Data::Queue(q) => q.items.len() as u64,
             },
         })
         .collect();
