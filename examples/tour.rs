@@ -101,7 +101,7 @@ fn main() -> Result {
 
     section("Still to come");
     println!(
-        "   the manager's queues, events, semaphores, conditions, barriers and arrays; its command line tool"
+        "   the manager's conditions, barriers and arrays, watches, and served types of your own"
     );
     println!("\ntour finished in {}", ms(t.elapsed()));
     Ok(())
