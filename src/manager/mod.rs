@@ -1,6 +1,6 @@
 //! The manager: a server process that holds shared objects (dicts, lists, namespaces, values,
-//! locks, semaphores, events, queues), and the proxies other processes use them through, on this machine or across the
-//! network (Python's `multiprocessing.Manager()`).
+//! locks, semaphores, events, queues), and the proxies other processes use them through, on this
+//! machine or across the network (Python's `multiprocessing.Manager()`).
 //!
 //! ```
 //! use multiprocess::manager::Manager;
