@@ -738,3 +738,46 @@ fn a_queue_between_producers_and_consumers_loses_nothing() {
     ));
     assert!(q.join_timeout(Duration::ZERO).unwrap());
 }
+
+/// Watches `d` from `since` and reports the version it saw, twice.
+fn watcher(args: (Dict<String, u32>, u64, Connection)) -> (u64, u64) {
+    let (d, since, report) = args;
+    report.send(&"watching").unwrap();
+    let first = d.watch(since).unwrap();
+    report.send(&first).unwrap();
+    let second = d.watch(first).unwrap();
+    (first, second)
+}
+
+#[test]
+fn a_watch_wakes_on_a_change_from_another_process_and_resumes_from_a_version() {
+    let m = Manager::start().unwrap();
+    let d = m.dict::<String, u32>().unwrap();
+    d.set(&"a".into(), &1).unwrap();
+    let (v0, _) = d.snapshot().unwrap();
+    for method in METHODS {
+        let since = d.version().unwrap();
+        let (here, there) = multiprocess::pipe().unwrap();
+        let child = common::start(method, watcher, (d.clone(), since, there));
+        assert_eq!(here.recv::<String>().unwrap(), "watching");
+        std::thread::sleep(Duration::from_millis(20));
+        d.set(&"b".into(), &2).unwrap();
+        // The second change after the first watch was answered (else both could answer it).
+        let _first: u64 = here.recv().unwrap();
+        d.remove(&"b".into()).unwrap();
+        let (first, second) = common::join(child).unwrap();
+        assert!(
+            first > since && second > first,
+            "{method:?}: {since} {first} {second}"
+        );
+    }
+    // Resumable: changes made while nobody watched answer a watch from an old version at once.
+    assert!(d.watch(v0).unwrap() > v0);
+    let now = d.version().unwrap();
+    let started = Instant::now();
+    assert_eq!(
+        d.watch_timeout(now, Duration::from_millis(50)).unwrap(),
+        None
+    );
+    assert!(started.elapsed() >= Duration::from_millis(50));
+}

@@ -30,7 +30,9 @@
 //!   proxy's life).
 //! - **Batches and transactions**: many calls in one round trip; atomically (all or none, nothing
 //!   of another client's in between), only if the objects are still at the versions you read.
-//! - **Snapshots** of a whole container with its version, in one round trip (Python: one per item).
+//! - **Snapshots** of a whole container with its version, in one round trip (Python: one per item),
+//!   and **watches**: `watch(version)` waits until the object changes past a version, and answers
+//!   at once if it already has (so a watcher that was away loses no change).
 //! - **Clients die cleanly**: a client's locks and semaphore slots are released when its
 //!   connection ends (it exited or was killed), and the unnamed objects only it held are freed (after a grace period, for
 //!   proxies in transit). Named objects ([`Manager::named_dict`], [`Manager::named_list`]: made by
@@ -827,6 +829,17 @@ impl Handle {
         }
     }
 
+    fn watch(&self, since: u64, timeout: Option<Duration>) -> Result<Option<u64>, ManagerError> {
+        match self.call(Call::Watch {
+            since,
+            timeout_us: micros(timeout),
+        })? {
+            Reply::Version(v) => Ok(Some(v)),
+            Reply::Bool(false) => Ok(None),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     fn len(&self) -> Result<usize, ManagerError> {
         match self.call(Call::Len)? {
             Reply::Len(n) => Ok(n as usize),
@@ -900,6 +913,22 @@ macro_rules! proxy_common {
             /// The object's version: one more for each change.
             pub fn version(&self) -> Result<u64, ManagerError> {
                 self.h.version()
+            }
+
+            /// Waits until the object changes past version `since` (from `version()` or
+            /// `snapshot()`, or the last `watch`); returns its version then. A watch is
+            /// resumable: changes made while nobody watched answer it at once.
+            pub fn watch(&self, since: u64) -> Result<u64, ManagerError> {
+                self.h.watch(since, None).map(|v| v.unwrap_or(since))
+            }
+
+            /// [`watch`](Self::watch), waiting at most `timeout` (`None` then).
+            pub fn watch_timeout(
+                &self,
+                since: u64,
+                timeout: Duration,
+            ) -> Result<Option<u64>, ManagerError> {
+                self.h.watch(since, Some(timeout))
             }
 
             /// The object's id on its manager.

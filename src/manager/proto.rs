@@ -100,6 +100,12 @@ pub(crate) enum Call {
     Snapshot,
     /// The object's version (each change adds one).
     Version,
+    /// Waits until the object's version is past `since`, at most `timeout_us`: answers the
+    /// version then (or `Bool(false)` at the deadline).
+    Watch {
+        since: u64,
+        timeout_us: Option<u64>,
+    },
 
     DictGet(Bytes),
     DictSet(Bytes, Bytes),

@@ -109,6 +109,8 @@ struct State {
     /// When the timer must look at an object: a parked call's deadline, or the end of an unheld
     /// object's grace period. Stale entries (the call was answered) cost one look.
     timers: BinaryHeap<Reverse<(Instant, ObjectId)>>,
+    /// Watches waiting for an object's version to pass theirs.
+    watchers: HashMap<ObjectId, Vec<(Waiter, u64)>>,
 }
 
 #[derive(Debug)]
@@ -541,6 +543,11 @@ impl Shared {
         for (object, n) in client.holds {
             release(st, object, n, self.free_after);
         }
+        for list in st.watchers.values_mut() {
+            list.retain(|(w, _)| w.client != id);
+        }
+        st.watchers.retain(|_, list| !list.is_empty());
+        wake_watchers(st, &mut out);
         self.timer.notify_all();
         client.mailbox.close();
         out
@@ -621,6 +628,30 @@ impl Shared {
                 Ok(Some(r)) => Ok(r),
                 Err(e) => Err(e),
             },
+            Op::Call {
+                object,
+                call: Call::Watch { since, timeout_us },
+            } => match st.objects.get(&object).map(|e| e.version) {
+                None => Err(RemoteError::NoSuchObject(object)),
+                Some(v) if v > since => Ok(Reply::Version(v)),
+                Some(_) if timeout_us == Some(0) => Ok(Reply::Bool(false)),
+                Some(_) => {
+                    let deadline = timeout_us
+                        .and_then(|us| Instant::now().checked_add(Duration::from_micros(us)));
+                    let waiter = Waiter {
+                        client,
+                        thread: 0,
+                        request: id,
+                        deadline,
+                    };
+                    st.watchers.entry(object).or_default().push((waiter, since));
+                    if let Some(d) = deadline {
+                        st.timers.push(Reverse((d, object)));
+                        self.timer.notify_all();
+                    }
+                    return out;
+                }
+            },
             Op::Call { object, call } => call_one(st, object, call),
             Op::Batch {
                 calls,
@@ -630,6 +661,7 @@ impl Shared {
             Op::Status => Ok(Reply::Status(status(st))),
             Op::Shutdown => Ok(Reply::Unit),
         };
+        wake_watchers(st, &mut out);
         out.push((conn, Response { id, result }));
         out
     }
@@ -673,8 +705,39 @@ impl Shared {
     /// What came due on `object` at `now`.
     fn expire(&self, st: &mut State, object: ObjectId, now: Instant, out: &mut Outbox) {
         let State {
-            objects, clients, ..
+            objects,
+            clients,
+            watchers,
+            ..
         } = st;
+        // Watches of this object: those past their deadline, or all if it is gone.
+        if let Some(list) = watchers.get_mut(&object) {
+            let gone = objects
+                .get(&object)
+                .is_none_or(|e| e.unheld.is_some_and(|since| since + self.free_after <= now));
+            list.retain(|(w, _)| {
+                let result = if gone {
+                    Err(RemoteError::NoSuchObject(object))
+                } else if w.deadline.is_some_and(|d| d <= now) {
+                    Ok(Reply::Bool(false))
+                } else {
+                    return true;
+                };
+                if let Some(c) = clients.get(&w.client) {
+                    out.push((
+                        c.mailbox.clone(),
+                        Response {
+                            id: w.request,
+                            result,
+                        },
+                    ));
+                }
+                false
+            });
+            if list.is_empty() {
+                watchers.remove(&object);
+            }
+        }
         let Some(entry) = objects.get_mut(&object) else {
             return;
         };
@@ -745,6 +808,41 @@ impl Shared {
             });
         }
     }
+}
+
+/// Answers the watches whose object moved past their version (a look at each watched object: free
+/// when nothing is watched).
+fn wake_watchers(st: &mut State, out: &mut Outbox) {
+    if st.watchers.is_empty() {
+        return;
+    }
+    let State {
+        objects,
+        clients,
+        watchers,
+        ..
+    } = st;
+    watchers.retain(|object, list| {
+        let Some(version) = objects.get(object).map(|e| e.version) else {
+            return true; // the timer answers watches of a freed object
+        };
+        list.retain(|(w, since)| {
+            if version <= *since {
+                return true;
+            }
+            if let Some(c) = clients.get(&w.client) {
+                out.push((
+                    c.mailbox.clone(),
+                    Response {
+                        id: w.request,
+                        result: Ok(Reply::Version(version)),
+                    },
+                ));
+            }
+            false
+        });
+        !list.is_empty()
+    });
 }
 
 /// Hands a free lock to its first waiter (answering its parked acquire).
@@ -1377,6 +1475,7 @@ fn batch(
                 | Call::QueueGet { .. }
                 | Call::QueueTaskDone
                 | Call::QueueJoin { .. }
+                | Call::Watch { .. }
         )
     }) {
         return Err(RemoteError::Unsupported(
@@ -1470,6 +1569,7 @@ fn undo_for(data: &Data, call: &Call) -> Undo {
             Call::Len
             | Call::Snapshot
             | Call::Version
+            | Call::Watch { .. }
             | Call::DictGet(_)
             | Call::DictContains(_)
             | Call::DictKeys
