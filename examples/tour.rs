@@ -100,9 +100,7 @@ fn main() -> Result {
     busy_cpus()?;
 
     section("Still to come");
-    println!(
-        "   the manager's conditions, barriers and arrays, watches, and served types of your own"
-    );
+    println!("   the manager's conditions, and served types of your own");
     println!("\ntour finished in {}", ms(t.elapsed()));
     Ok(())
 }

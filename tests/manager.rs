@@ -781,3 +781,83 @@ fn a_watch_wakes_on_a_change_from_another_process_and_resumes_from_a_version() {
     );
     assert!(started.elapsed() >= Duration::from_millis(50));
 }
+
+/// Waits at the barrier and returns its index.
+fn at_barrier(b: multiprocess::manager::Barrier) -> usize {
+    b.wait_timeout(common::DEADLINE).unwrap()
+}
+
+/// Waits at the barrier, having said so: killed while waiting.
+fn die_at_barrier(args: (multiprocess::manager::Barrier, Connection)) {
+    let (b, report) = args;
+    report.send(&"waiting").unwrap();
+    let _ = b.wait();
+}
+
+/// Doubles every item of the array in place.
+fn double_all(a: multiprocess::manager::Array<i64>) {
+    for i in 0..a.len().unwrap() as i64 {
+        let x = a.get(i).unwrap();
+        a.set(i, &(2 * x)).unwrap();
+    }
+}
+
+#[test]
+fn barriers_and_arrays_across_processes() {
+    for method in METHODS {
+        let m = Manager::start().unwrap();
+        let b = m.barrier(3).unwrap();
+        let children: Vec<_> = (0..2)
+            .map(|_| common::start(method, at_barrier, b.clone()))
+            .collect();
+        let mine = b.wait_timeout(common::DEADLINE).unwrap();
+        let mut all: Vec<usize> = children
+            .into_iter()
+            .map(|c| common::join(c).unwrap())
+            .chain([mine])
+            .collect();
+        all.sort_unstable();
+        assert_eq!(all, [0, 1, 2], "{method:?}");
+
+        // A party killed while waiting breaks the barrier for the others.
+        let b = m.barrier(3).unwrap();
+        let (here, there) = multiprocess::pipe().unwrap();
+        let doomed = common::start(method, die_at_barrier, (b.clone(), there));
+        assert_eq!(here.recv::<String>().unwrap(), "waiting");
+        std::thread::sleep(Duration::from_millis(20));
+        let b2 = b.clone();
+        let waiting = std::thread::spawn(move || b2.wait());
+        std::thread::sleep(Duration::from_millis(20));
+        doomed.kill().unwrap();
+        let _ = common::join(doomed);
+        assert!(within(&waiting));
+        assert!(matches!(
+            waiting.join().unwrap(),
+            Err(ManagerError::Remote(RemoteError::BrokenBarrier))
+        ));
+
+        let a = m.array(&[1i64, 2, 3]).unwrap();
+        common::join(common::start(method, double_all, a.clone())).unwrap();
+        assert_eq!(a.snapshot().unwrap().1, [2, 4, 6]);
+        assert_eq!(a.get(-1).unwrap(), 6);
+        assert!(matches!(
+            a.get(3),
+            Err(ManagerError::Remote(RemoteError::IndexError { .. }))
+        ));
+    }
+    // A timeout breaks it too (having waited at least that long).
+    let m = Manager::start().unwrap();
+    let b = m.barrier(2).unwrap();
+    let started = Instant::now();
+    assert!(matches!(
+        b.wait_timeout(Duration::from_millis(50)),
+        Err(ManagerError::Remote(RemoteError::BrokenBarrier))
+    ));
+    assert!(started.elapsed() >= Duration::from_millis(50));
+    assert!(matches!(
+        b.wait(),
+        Err(ManagerError::Remote(RemoteError::BrokenBarrier))
+    ));
+    let a = m.array(&[0u8; 4]).unwrap();
+    assert_eq!(a.len().unwrap(), 4);
+}

@@ -1,6 +1,6 @@
 //! The manager: a server process that holds shared objects (dicts, lists, namespaces, values,
-//! locks, semaphores, events, queues), and the proxies other processes use them through, on this
-//! machine or across the network (Python's `multiprocessing.Manager()`).
+//! arrays, locks, semaphores, events, barriers, queues), and the proxies other processes use them
+//! through, on this machine or across the network (Python's `multiprocessing.Manager()`).
 //!
 //! ```
 //! use multiprocess::manager::Manager;
@@ -111,6 +111,10 @@ pub enum RemoteError {
         /// The version it found.
         found: u64,
     },
+    /// The barrier is broken: a wait timed out, or a waiting party died (Python's
+    /// `BrokenBarrierError`).
+    #[error("the barrier is broken")]
+    BrokenBarrier,
     /// No item came in time (Python's `queue.Empty`).
     #[error("the queue is empty")]
     Empty,
@@ -664,6 +668,24 @@ impl Manager {
             maxsize: maxsize as u64,
         };
         Ok(Queue::wrap(self.create(kind, None, false, None)?))
+    }
+
+    /// A new array holding `items` (Python's `Manager().Array()`): a list whose length never
+    /// changes (`get`, `set`, `len`, `snapshot`, `iter`).
+    pub fn array<T: Serialize>(&self, items: &[T]) -> Result<Array<T>, ManagerError> {
+        let h = self.create(Kind::Array, None, false, None)?;
+        let items = items.iter().map(encode).collect::<Result<_, _>>()?;
+        h.unit(Call::ArrayInit(items))?;
+        Ok(Array::wrap(h))
+    }
+
+    /// A new barrier for `parties` parties (Python's `Manager().Barrier()`): a party that dies
+    /// waiting breaks it for the others.
+    pub fn barrier(&self, parties: usize) -> Result<Barrier, ManagerError> {
+        let kind = Kind::Barrier {
+            parties: parties as u64,
+        };
+        Ok(Barrier(self.create(kind, None, false, None)?))
     }
 
     /// A new event, not set (Python's `Manager().Event()`).
@@ -1476,6 +1498,70 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         bool_reply(self.h.call(Call::QueueJoin {
             timeout_us: micros(Some(timeout)),
         })?)
+    }
+}
+
+/// A fixed-length array on a manager (Python's `Manager().Array()`).
+pub struct Array<T> {
+    h: Handle,
+    _t: PhantomData<fn() -> T>,
+}
+
+proxy_common!(Array<T>);
+
+impl<T: Serialize + DeserializeOwned> Array<T> {
+    /// The item at `index` (Python's: `-1` is the last; [`RemoteError::IndexError`] past it).
+    pub fn get(&self, index: i64) -> Result<T, ManagerError> {
+        match self.h.call(Call::ListGet(index))? {
+            Reply::Bytes(b) => decode(&b),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Replaces the item at `index`.
+    pub fn set(&self, index: i64, item: &T) -> Result<(), ManagerError> {
+        self.h.unit(Call::ListSet(index, encode(item)?))
+    }
+
+    /// How many items (fixed).
+    pub fn len(&self) -> Result<usize, ManagerError> {
+        self.h.len()
+    }
+
+    /// Whether it has no items.
+    pub fn is_empty(&self) -> Result<bool, ManagerError> {
+        Ok(self.len()? == 0)
+    }
+
+    /// The items and the version they are at, in one round trip.
+    pub fn snapshot(&self) -> Result<(u64, Vec<T>), ManagerError> {
+        List::<T>::wrap(self.h.clone()).snapshot()
+    }
+}
+
+/// A barrier on a manager (Python's `Manager().Barrier()`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Barrier(Handle);
+
+impl Barrier {
+    /// Waits until every party waits; this party's index (0 to parties - 1).
+    pub fn wait(&self) -> Result<usize, ManagerError> {
+        self.wait_for(None)
+    }
+
+    /// Waits at most `timeout`: past it the barrier breaks ([`RemoteError::BrokenBarrier`], for
+    /// every party).
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<usize, ManagerError> {
+        self.wait_for(Some(timeout))
+    }
+
+    fn wait_for(&self, timeout: Option<Duration>) -> Result<usize, ManagerError> {
+        match self.0.call(Call::BarrierWait {
+            timeout_us: micros(timeout),
+        })? {
+            Reply::Len(i) => Ok(i as usize),
+            other => Err(unexpected(&other)),
+        }
     }
 }
 

@@ -82,6 +82,13 @@ pub enum Kind {
     },
     /// An event ([`Event`](super::Event)).
     Event,
+    /// A fixed-length array ([`Array`](super::Array)): a list whose length never changes.
+    Array,
+    /// A barrier ([`Barrier`](super::Barrier)) for this many parties.
+    Barrier {
+        /// How many must wait before all go on.
+        parties: u64,
+    },
     /// A queue ([`Queue`](super::Queue)).
     Queue {
         /// Items it holds at most (0: no limit).
@@ -100,6 +107,8 @@ pub(crate) enum Call {
     Snapshot,
     /// The object's version (each change adds one).
     Version,
+    /// An array's items (`init` of its creation).
+    ArrayInit(Vec<Bytes>),
     /// Waits until the object's version is past `since`, at most `timeout_us`: answers the
     /// version then (or `Bool(false)` at the deadline).
     Watch {
@@ -162,6 +171,11 @@ pub(crate) enum Call {
     },
     /// Takes the oldest item, waiting at most `timeout_us` for one.
     QueueGet {
+        timeout_us: Option<u64>,
+    },
+    /// Waits until the barrier's parties all wait, at most `timeout_us`; answers this party's
+    /// index (`Len`), or breaks the barrier at the deadline.
+    BarrierWait {
         timeout_us: Option<u64>,
     },
     /// One item taken earlier is done (`JoinableQueue.task_done`).

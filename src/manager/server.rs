@@ -204,6 +204,16 @@ enum Data {
     Semaphore(SemState),
     Event(EventState),
     Queue(QueueState),
+    Barrier(BarrierState),
+}
+
+#[derive(Debug, Clone, Default)]
+struct BarrierState {
+    parties: u64,
+    waiting: VecDeque<Waiter>,
+    /// Broken (a wait timed out, or a waiting party died): every wait fails from then on (there
+    /// is no `reset`).
+    broken: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -520,6 +530,12 @@ impl Shared {
                     }
                 }
                 Data::Event(ev) => ev.waiters.retain(|w| w.client != id),
+                // A party that died waiting: the others would wait forever.
+                Data::Barrier(b) if b.waiting.iter().any(|w| w.client == id) => {
+                    b.waiting.retain(|w| w.client != id);
+                    break_barrier(b, &st.clients, &mut out);
+                    entry.version += 1;
+                }
                 Data::Queue(q) => {
                     q.getters.retain(|w| w.client != id);
                     q.putters.retain(|(w, _)| w.client != id);
@@ -619,7 +635,8 @@ impl Shared {
                     | Call::QueuePut { .. }
                     | Call::QueueGet { .. }
                     | Call::QueueTaskDone
-                    | Call::QueueJoin { .. }),
+                    | Call::QueueJoin { .. }
+                    | Call::BarrierWait { .. }),
             } => match wait_call(st, client, id, object, call, &mut out) {
                 Ok(None) => {
                     self.timer.notify_all();
@@ -764,6 +781,13 @@ impl Shared {
             Data::Lock(l) => &mut l.waiters,
             Data::Semaphore(s) => &mut s.waiters,
             Data::Event(e) => &mut e.waiters,
+            Data::Barrier(b) => {
+                if b.waiting.iter().any(due) {
+                    break_barrier(b, clients, out);
+                    entry.version += 1;
+                }
+                return;
+            }
             Data::Queue(q) => {
                 q.getters.retain(|w| {
                     let late = due(w);
@@ -915,7 +939,11 @@ fn create(
     }
     let data = match kind {
         Kind::Dict => Data::Dict(IndexMap::new()),
-        Kind::List => Data::List(Vec::new()),
+        Kind::List | Kind::Array => Data::List(Vec::new()),
+        Kind::Barrier { parties } => Data::Barrier(BarrierState {
+            parties: parties.max(1),
+            ..BarrierState::default()
+        }),
         Kind::Namespace => Data::Namespace(BTreeMap::new()),
         Kind::Value => Data::Value(init.unwrap_or_default()),
         Kind::Lock { reentrant } => Data::Lock(LockState {
@@ -1080,6 +1108,22 @@ fn park(
     }
 }
 
+/// Breaks a barrier: every waiting party's wait fails, and every later one.
+fn break_barrier(b: &mut BarrierState, clients: &HashMap<ClientId, Client>, out: &mut Outbox) {
+    b.broken = true;
+    for w in b.waiting.drain(..) {
+        if let Some(c) = clients.get(&w.client) {
+            out.push((
+                c.mailbox.clone(),
+                Response {
+                    id: w.request,
+                    result: Err(RemoteError::BrokenBarrier),
+                },
+            ));
+        }
+    }
+}
+
 /// The semaphore and event calls that wait or wake: an answer now, or `None` when parked.
 fn wait_call(
     st: &mut State,
@@ -1223,6 +1267,36 @@ fn wait_call(
             park(&mut q.getters, timers, who, timeout_us);
             Ok(None)
         }
+        (Data::Barrier(b), Call::BarrierWait { timeout_us }) => {
+            if b.broken {
+                return Err(RemoteError::BrokenBarrier);
+            }
+            if b.waiting.len() as u64 + 1 >= b.parties {
+                // The last party: everyone goes on, each with its own index (0 to parties - 1,
+                // in the order they came; the last gets the highest).
+                let index = b.waiting.len() as u64;
+                for (i, w) in b.waiting.drain(..).enumerate() {
+                    if let Some(c) = clients.get(&w.client) {
+                        out.push((
+                            c.mailbox.clone(),
+                            Response {
+                                id: w.request,
+                                result: Ok(Reply::Len(i as u64)),
+                            },
+                        ));
+                    }
+                }
+                entry.version += 1;
+                return Ok(Some(Reply::Len(index)));
+            }
+            if timeout_us == Some(0) {
+                break_barrier(b, clients, out);
+                entry.version += 1;
+                return Err(RemoteError::BrokenBarrier);
+            }
+            park(&mut b.waiting, timers, who, timeout_us);
+            Ok(None)
+        }
         (Data::Queue(q), Call::QueueTaskDone) => {
             if q.unfinished == 0 {
                 return Err(RemoteError::TooManyTaskDone);
@@ -1292,8 +1366,28 @@ fn call_one(st: &mut State, object: ObjectId, call: Call) -> Result<Reply, Remot
 fn apply(object: ObjectId, entry: &mut Entry, call: Call) -> Result<Reply, RemoteError> {
     let kind = entry.kind;
     let mut changed = false;
+    if kind == Kind::Array
+        && matches!(
+            call,
+            Call::Clear
+                | Call::ListAppend(_)
+                | Call::ListExtend(_)
+                | Call::ListInsert(..)
+                | Call::ListPop(_)
+                | Call::ListRemove(_)
+        )
+    {
+        return Err(RemoteError::Unsupported(format!(
+            "an array's length is fixed: {call:?} on object {object}"
+        )));
+    }
     let reply = match (&mut entry.data, call) {
         (_, Call::Version) => Reply::Version(entry.version),
+        (Data::List(l), Call::ArrayInit(items)) if kind == Kind::Array && l.is_empty() => {
+            *l = items;
+            changed = true;
+            Reply::Unit
+        }
         (Data::Dict(d), Call::Len) => Reply::Len(d.len() as u64),
         (Data::List(l), Call::Len) => Reply::Len(l.len() as u64),
         (Data::Namespace(n), Call::Len) => Reply::Len(n.len() as u64),
@@ -1476,6 +1570,7 @@ fn batch(
                 | Call::QueueTaskDone
                 | Call::QueueJoin { .. }
                 | Call::Watch { .. }
+                | Call::BarrierWait { .. }
         )
     }) {
         return Err(RemoteError::Unsupported(
@@ -1654,6 +1749,7 @@ fn status(st: &State) -> Status {
                 Data::Semaphore(s) => s.value,
                 Data::Event(e) => u64::from(e.set),
                 Data::Queue(q) => q.items.len() as u64,
+                Data::Barrier(b) => b.waiting.len() as u64,
             },
         })
         .collect();
