@@ -100,7 +100,7 @@ fn main() -> Result {
     busy_cpus()?;
 
     section("Still to come");
-    println!("   the manager's conditions, and served types of your own");
+    println!("   the manager's served types of your own; Pool and Queue on Redis Streams");
     println!("\ntour finished in {}", ms(t.elapsed()));
     Ok(())
 }

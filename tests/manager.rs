@@ -861,3 +861,67 @@ fn barriers_and_arrays_across_processes() {
     let a = m.array(&[0u8; 4]).unwrap();
     assert_eq!(a.len().unwrap(), 4);
 }
+
+/// Waits on the condition until the namespace says "go"; returns how many waits it took.
+fn wait_for_go(
+    args: (
+        multiprocess::manager::Condition,
+        multiprocess::manager::Namespace,
+        Connection,
+    ),
+) -> u32 {
+    let (cond, ns, report) = args;
+    let _held = cond.lock().lock().unwrap();
+    report.send(&"waiting").unwrap();
+    let mut waits = 0;
+    while ns.get::<bool>("go").unwrap() != Some(true) {
+        assert!(cond.wait_timeout(common::DEADLINE).unwrap(), "notified");
+        waits += 1;
+    }
+    waits
+}
+
+#[test]
+fn conditions_wait_and_notify_across_processes() {
+    for method in METHODS {
+        let m = Manager::start().unwrap();
+        let cond = m.condition().unwrap();
+        let ns = m.namespace().unwrap();
+        let waiters: Vec<_> = (0..2)
+            .map(|_| {
+                let (here, there) = multiprocess::pipe().unwrap();
+                let c = common::start(method, wait_for_go, (cond.clone(), ns.clone(), there));
+                assert_eq!(here.recv::<String>().unwrap(), "waiting");
+                c
+            })
+            .collect();
+        {
+            // Both children wait with the lock released (or this acquire would not return).
+            let _held = cond.lock().lock().unwrap();
+            ns.set("go", &true).unwrap();
+            cond.notify_all().unwrap();
+        }
+        for w in waiters {
+            assert!(common::join(w).unwrap() >= 1, "{method:?}");
+        }
+    }
+    let m = Manager::start().unwrap();
+    let cond = m.condition().unwrap();
+    assert!(matches!(
+        cond.wait(),
+        Err(ManagerError::Remote(RemoteError::NotHeld))
+    ));
+    cond.lock().acquire().unwrap();
+    cond.lock().acquire().unwrap(); // reentrant
+    let started = Instant::now();
+    assert!(!cond.wait_timeout(Duration::from_millis(50)).unwrap());
+    assert!(started.elapsed() >= Duration::from_millis(50));
+    // The lock came back with its count: two releases.
+    cond.lock().release().unwrap();
+    cond.lock().release().unwrap();
+    assert!(matches!(
+        cond.lock().release(),
+        Err(ManagerError::Remote(RemoteError::NotHeld))
+    ));
+    cond.notify(1).unwrap_err();
+}

@@ -1,6 +1,7 @@
 //! The manager: a server process that holds shared objects (dicts, lists, namespaces, values,
-//! arrays, locks, semaphores, events, barriers, queues), and the proxies other processes use them
-//! through, on this machine or across the network (Python's `multiprocessing.Manager()`).
+//! arrays, locks, conditions, semaphores, events, barriers, queues), and the proxies other
+//! processes use them through, on this machine or across the network (Python's
+//! `multiprocessing.Manager()`).
 //!
 //! ```
 //! use multiprocess::manager::Manager;
@@ -686,6 +687,16 @@ impl Manager {
             parties: parties as u64,
         };
         Ok(Barrier(self.create(kind, None, false, None)?))
+    }
+
+    /// A new condition with its own reentrant lock (Python's `Manager().Condition()`).
+    pub fn condition(&self) -> Result<Condition, ManagerError> {
+        Ok(Condition(Lock(self.create(
+            Kind::Condition,
+            None,
+            false,
+            None,
+        )?)))
     }
 
     /// A new event, not set (Python's `Manager().Event()`).
@@ -1536,6 +1547,51 @@ impl<T: Serialize + DeserializeOwned> Array<T> {
     /// The items and the version they are at, in one round trip.
     pub fn snapshot(&self) -> Result<(u64, Vec<T>), ManagerError> {
         List::<T>::wrap(self.h.clone()).snapshot()
+    }
+}
+
+/// A condition on a manager (Python's `Manager().Condition()`): its lock is taken and released
+/// as a [`Lock`]'s (it is reentrant, and released by the server if its holder dies); `wait` and
+/// `notify` need it held by the calling thread.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Condition(Lock);
+
+impl Condition {
+    /// Its lock (acquire, release, `lock()` guard).
+    pub fn lock(&self) -> &Lock {
+        &self.0
+    }
+
+    /// Releases the lock, waits for a notify, takes the lock back ([`RemoteError::NotHeld`] if
+    /// this thread does not hold it).
+    pub fn wait(&self) -> Result<(), ManagerError> {
+        self.wait_for(None).map(drop)
+    }
+
+    /// [`wait`](Self::wait), waiting at most `timeout` for the notify (the lock is taken back
+    /// either way); whether it was notified.
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<bool, ManagerError> {
+        self.wait_for(Some(timeout))
+    }
+
+    fn wait_for(&self, timeout: Option<Duration>) -> Result<bool, ManagerError> {
+        bool_reply((self.0).0.call(Call::CondWait {
+            timeout_us: micros(timeout),
+            thread: thread_token(),
+        })?)
+    }
+
+    /// Wakes at most `n` waiters (they run once this thread releases the lock).
+    pub fn notify(&self, n: usize) -> Result<(), ManagerError> {
+        (self.0).0.unit(Call::CondNotify {
+            n: n as u64,
+            thread: thread_token(),
+        })
+    }
+
+    /// Wakes every waiter.
+    pub fn notify_all(&self) -> Result<(), ManagerError> {
+        self.notify(usize::MAX)
     }
 }
 

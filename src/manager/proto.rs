@@ -82,6 +82,8 @@ pub enum Kind {
     },
     /// An event ([`Event`](super::Event)).
     Event,
+    /// A condition ([`Condition`](super::Condition)) with its own reentrant lock.
+    Condition,
     /// A fixed-length array ([`Array`](super::Array)): a list whose length never changes.
     Array,
     /// A barrier ([`Barrier`](super::Barrier)) for this many parties.
@@ -154,6 +156,18 @@ pub(crate) enum Call {
     },
     /// Releases the lock (an RLock only for the thread that holds it).
     LockRelease {
+        thread: u64,
+    },
+
+    /// Waits on a condition whose lock `thread` holds: releases it, waits for a notify (at most
+    /// `timeout_us`), takes it back; answers whether it was notified.
+    CondWait {
+        timeout_us: Option<u64>,
+        thread: u64,
+    },
+    /// Wakes at most `n` waiters of a condition whose lock `thread` holds.
+    CondNotify {
+        n: u64,
         thread: u64,
     },
 

@@ -205,6 +205,26 @@ enum Data {
     Event(EventState),
     Queue(QueueState),
     Barrier(BarrierState),
+    Condition(CondState),
+}
+
+#[derive(Debug, Clone, Default)]
+struct CondState {
+    /// Its lock (reentrant, as Python's default).
+    lock: LockState,
+    /// Waiting for a notify, with the lock count each had.
+    waiters: VecDeque<Waiter>,
+}
+
+impl Data {
+    /// The lock of a lock or a condition.
+    fn lock_mut(&mut self) -> Option<&mut LockState> {
+        match self {
+            Data::Lock(l) => Some(l),
+            Data::Condition(c) => Some(&mut c.lock),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -265,6 +285,10 @@ struct Waiter {
     thread: u64,
     request: u64,
     deadline: Option<Instant>,
+    /// For a lock's waiter: how many times it holds the lock once granted (a condition's waiter
+    /// takes back the count it had), and the answer then (`false`: its condition wait timed out).
+    count: u32,
+    notified: bool,
 }
 
 /// Answers to deliver once the state's lock is released.
@@ -530,6 +554,7 @@ impl Shared {
                     }
                 }
                 Data::Event(ev) => ev.waiters.retain(|w| w.client != id),
+                Data::Condition(c) => c.waiters.retain(|w| w.client != id),
                 // A party that died waiting: the others would wait forever.
                 Data::Barrier(b) if b.waiting.iter().any(|w| w.client == id) => {
                     b.waiting.retain(|w| w.client != id);
@@ -543,7 +568,7 @@ impl Shared {
                 }
                 _ => {}
             }
-            if let Data::Lock(lock) = &mut entry.data {
+            if let Some(lock) = entry.data.lock_mut() {
                 lock.waiters.retain(|w| w.client != id);
                 if lock.owner.is_some_and(|(c, _, _)| c == id) {
                     crate::trace::event!(
@@ -627,6 +652,21 @@ impl Shared {
             } => release_lock(st, client, thread, object, &mut out),
             Op::Call {
                 object,
+                call: Call::CondWait { timeout_us, thread },
+            } => match cond_wait(st, client, thread, id, object, timeout_us, &mut out) {
+                Ok(()) => {
+                    self.timer.notify_all();
+                    wake_watchers(st, &mut out);
+                    return out;
+                }
+                Err(e) => Err(e),
+            },
+            Op::Call {
+                object,
+                call: Call::CondNotify { n, thread },
+            } => cond_notify(st, client, thread, object, n),
+            Op::Call {
+                object,
                 call:
                     call @ (Call::SemAcquire { .. }
                     | Call::SemRelease
@@ -660,6 +700,8 @@ impl Shared {
                         thread: 0,
                         request: id,
                         deadline,
+                        count: 1,
+                        notified: true,
                     };
                     st.watchers.entry(object).or_default().push((waiter, since));
                     if let Some(d) = deadline {
@@ -765,6 +807,24 @@ impl Shared {
             objects.remove(&object);
             return;
         }
+        if let Data::Condition(cond) = &mut entry.data {
+            // A wait that timed out takes its lock back (with no deadline), then answers false.
+            let mut late = Vec::new();
+            cond.waiters.retain(|w| {
+                if w.deadline.is_some_and(|d| d <= now) {
+                    late.push(w.clone());
+                    false
+                } else {
+                    true
+                }
+            });
+            for mut w in late {
+                w.deadline = None;
+                w.notified = false;
+                cond.lock.waiters.push_back(w);
+            }
+            grant(&mut cond.lock, clients, out);
+        }
         let mut answer = |w: &Waiter, result: Result<Reply, RemoteError>| {
             if let Some(c) = clients.get(&w.client) {
                 out.push((
@@ -779,6 +839,7 @@ impl Shared {
         let due = |w: &Waiter| w.deadline.is_some_and(|d| d <= now);
         let waiters = match &mut entry.data {
             Data::Lock(l) => &mut l.waiters,
+            Data::Condition(c) => &mut c.lock.waiters,
             Data::Semaphore(s) => &mut s.waiters,
             Data::Event(e) => &mut e.waiters,
             Data::Barrier(b) => {
@@ -877,12 +938,12 @@ fn grant(lock: &mut LockState, clients: &HashMap<ClientId, Client>, out: &mut Ou
         let Some(c) = clients.get(&w.client) else {
             continue;
         };
-        lock.owner = Some((w.client, w.thread, 1));
+        lock.owner = Some((w.client, w.thread, w.count));
         out.push((
             c.mailbox.clone(),
             Response {
                 id: w.request,
-                result: Ok(Reply::Bool(true)),
+                result: Ok(Reply::Bool(w.notified)),
             },
         ));
     }
@@ -956,6 +1017,13 @@ fn create(
             ..SemState::default()
         }),
         Kind::Event => Data::Event(EventState::default()),
+        Kind::Condition => Data::Condition(CondState {
+            lock: LockState {
+                reentrant: true,
+                ..LockState::default()
+            },
+            waiters: VecDeque::new(),
+        }),
         Kind::Queue { maxsize } => Data::Queue(QueueState {
             maxsize,
             ..QueueState::default()
@@ -1007,8 +1075,9 @@ fn acquire(
         .objects
         .get_mut(&object)
         .ok_or(RemoteError::NoSuchObject(object))?;
-    let Data::Lock(lock) = &mut entry.data else {
-        return Err(wrong_kind(object, entry.kind, "Lock"));
+    let kind = entry.kind;
+    let Some(lock) = entry.data.lock_mut() else {
+        return Err(wrong_kind(object, kind, "Lock"));
     };
     match &mut lock.owner {
         None => {
@@ -1031,6 +1100,8 @@ fn acquire(
         thread,
         request,
         deadline,
+        count: 1,
+        notified: true,
     });
     if let Some(d) = deadline {
         st.timers.push(Reverse((d, object)));
@@ -1050,8 +1121,9 @@ fn release_lock(
         .objects
         .get_mut(&object)
         .ok_or(RemoteError::NoSuchObject(object))?;
-    let Data::Lock(lock) = &mut entry.data else {
-        return Err(wrong_kind(object, entry.kind, "Lock"));
+    let kind = entry.kind;
+    let Some(lock) = entry.data.lock_mut() else {
+        return Err(wrong_kind(object, kind, "Lock"));
     };
     match &mut lock.owner {
         None => return Err(RemoteError::NotHeld),
@@ -1102,10 +1174,87 @@ fn park(
         thread: 0,
         request,
         deadline,
+        count: 1,
+        notified: true,
     });
     if let Some(d) = deadline {
         timers.push(Reverse((d, object)));
     }
+}
+
+/// A condition wait: the caller's thread must hold the lock; it lets go of it entirely (the next
+/// lock waiter gets it) and waits for a notify, parked (answered when it has the lock back).
+fn cond_wait(
+    st: &mut State,
+    client: ClientId,
+    thread: u64,
+    request: u64,
+    object: ObjectId,
+    timeout_us: Option<u64>,
+    out: &mut Outbox,
+) -> Result<(), RemoteError> {
+    let State {
+        objects,
+        clients,
+        timers,
+        ..
+    } = st;
+    let entry = objects
+        .get_mut(&object)
+        .ok_or(RemoteError::NoSuchObject(object))?;
+    let kind = entry.kind;
+    let Data::Condition(cond) = &mut entry.data else {
+        return Err(wrong_kind(object, kind, "Condition"));
+    };
+    let count = match cond.lock.owner {
+        Some((c, t, n)) if c == client && t == thread => n,
+        _ => return Err(RemoteError::NotHeld),
+    };
+    cond.lock.owner = None;
+    entry.version += 1;
+    let deadline = timeout_us.and_then(|us| Instant::now().checked_add(Duration::from_micros(us)));
+    cond.waiters.push_back(Waiter {
+        client,
+        thread,
+        request,
+        deadline,
+        count,
+        notified: true,
+    });
+    if let Some(d) = deadline {
+        timers.push(Reverse((d, object)));
+    }
+    grant(&mut cond.lock, clients, out);
+    Ok(())
+}
+
+/// Wakes at most `n` waiters of a condition (the caller's thread must hold its lock): each queues
+/// for the lock, to get it back once the caller lets go.
+fn cond_notify(
+    st: &mut State,
+    client: ClientId,
+    thread: u64,
+    object: ObjectId,
+    n: u64,
+) -> Result<Reply, RemoteError> {
+    let entry = st
+        .objects
+        .get_mut(&object)
+        .ok_or(RemoteError::NoSuchObject(object))?;
+    let kind = entry.kind;
+    let Data::Condition(cond) = &mut entry.data else {
+        return Err(wrong_kind(object, kind, "Condition"));
+    };
+    if !matches!(cond.lock.owner, Some((c, t, _)) if c == client && t == thread) {
+        return Err(RemoteError::NotHeld);
+    }
+    for _ in 0..n.min(cond.waiters.len() as u64) {
+        if let Some(mut w) = cond.waiters.pop_front() {
+            w.deadline = None;
+            cond.lock.waiters.push_back(w);
+        }
+    }
+    Ok(Reply::Unit)
 }
 
 /// Breaks a barrier: every waiting party's wait fails, and every later one.
@@ -1233,6 +1382,8 @@ fn wait_call(
                     thread: 0,
                     request,
                     deadline,
+                    count: 1,
+                    notified: true,
                 },
                 item,
             ));
@@ -1571,6 +1722,8 @@ fn batch(
                 | Call::QueueJoin { .. }
                 | Call::Watch { .. }
                 | Call::BarrierWait { .. }
+                | Call::CondWait { .. }
+                | Call::CondNotify { .. }
         )
     }) {
         return Err(RemoteError::Unsupported(
@@ -1750,6 +1903,7 @@ fn status(st: &State) -> Status {
                 Data::Event(e) => u64::from(e.set),
                 Data::Queue(q) => q.items.len() as u64,
                 Data::Barrier(b) => b.waiting.len() as u64,
+                Data::Condition(c) => c.waiters.len() as u64,
             },
         })
         .collect();
