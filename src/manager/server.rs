@@ -2046,6 +2046,73 @@ mod tests {
                 object: 4,
                 call: Call::SemRelease,
             },
+            Op::Create {
+                kind: Kind::Queue { maxsize: 1 },
+                name: None,
+                existing: false,
+                init: None,
+            },
+            Op::Call {
+                object: 5,
+                call: Call::QueuePut {
+                    item: b(b"i"),
+                    timeout_us: Some(0),
+                },
+            },
+            Op::Call {
+                object: 5,
+                call: Call::QueuePut {
+                    item: b(b"j"),
+                    timeout_us: Some(3),
+                },
+            },
+            Op::Call {
+                object: 5,
+                call: Call::QueueGet { timeout_us: None },
+            },
+            Op::Create {
+                kind: Kind::Condition,
+                name: None,
+                existing: false,
+                init: None,
+            },
+            Op::Call {
+                object: 6,
+                call: Call::LockAcquire {
+                    timeout_us: None,
+                    thread: 1,
+                },
+            },
+            Op::Call {
+                object: 6,
+                call: Call::CondWait {
+                    timeout_us: Some(2),
+                    thread: 1,
+                },
+            },
+            Op::Call {
+                object: 6,
+                call: Call::CondNotify { n: 9, thread: 1 },
+            },
+            Op::Create {
+                kind: Kind::Barrier { parties: 2 },
+                name: None,
+                existing: false,
+                init: None,
+            },
+            Op::Call {
+                object: 7,
+                call: Call::BarrierWait {
+                    timeout_us: Some(4),
+                },
+            },
+            Op::Call {
+                object: 1,
+                call: Call::Watch {
+                    since: 0,
+                    timeout_us: Some(1),
+                },
+            },
         ];
         let mut out = Vec::new();
         for (id, op) in ops.into_iter().enumerate() {
@@ -2059,14 +2126,14 @@ mod tests {
     #[test]
     fn the_fuzz_entry_runs_a_whole_session_and_survives_garbage() {
         let s = session();
-        assert_eq!(fuzz_requests(&s), 19);
+        assert_eq!(fuzz_requests(&s), 30);
         if let Ok(dir) = std::env::var("MP_WRITE_FUZZ_SEEDS") {
             std::fs::write(std::path::Path::new(&dir).join("session"), &s).unwrap();
         }
         // Garbage after a good prefix ends the run there.
         let mut bad = s[..s.len() / 2].to_vec();
         bad.extend([0xff, 0x00, 0xde, 0xad]);
-        assert!(fuzz_requests(&bad) < 19);
+        assert!(fuzz_requests(&bad) < 30);
         assert_eq!(fuzz_requests(&[0x05, 0x00, 1, 2, 3, 4, 5]), 0);
     }
 }
