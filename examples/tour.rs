@@ -100,7 +100,7 @@ fn main() -> Result {
     busy_cpus()?;
 
     section("Still to come");
-    println!("   the manager's served types of your own; Pool and Queue on Redis Streams");
+    println!("   Pool and Queue on Redis Streams across machines; Python clients of the manager");
     println!("\ntour finished in {}", ms(t.elapsed()));
     Ok(())
 }

@@ -925,3 +925,127 @@ fn conditions_wait_and_notify_across_processes() {
     ));
     cond.notify(1).unwrap_err();
 }
+
+/// A type of this test's own, served by the manager.
+struct Tally {
+    total: u64,
+    calls: u64,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+enum TallyCall {
+    Add(u64),
+    Read,
+    Boom,
+}
+
+impl multiprocess::manager::Serve for Tally {
+    const NAME: &'static str = "tests.Tally";
+    type Init = u64;
+    type Request = TallyCall;
+    type Response = (u64, u64);
+    fn new(start: u64) -> Tally {
+        Tally {
+            total: start,
+            calls: 0,
+        }
+    }
+    fn call(&mut self, call: TallyCall) -> (u64, u64) {
+        self.calls += 1;
+        match call {
+            TallyCall::Add(n) => self.total += n,
+            TallyCall::Read => {}
+            TallyCall::Boom => panic!("asked to explode"),
+        }
+        (self.total, self.calls)
+    }
+}
+
+/// The same name with other requests: what a mismatched client sends.
+struct Impostor;
+
+impl multiprocess::manager::Serve for Impostor {
+    const NAME: &'static str = "tests.Tally";
+    type Init = u64;
+    type Request = String;
+    type Response = String;
+    fn new(_: u64) -> Impostor {
+        Impostor
+    }
+    fn call(&mut self, s: String) -> String {
+        s
+    }
+}
+
+/// A type no server here serves.
+struct Unserved;
+
+impl multiprocess::manager::Serve for Unserved {
+    const NAME: &'static str = "tests.Unserved";
+    type Init = ();
+    type Request = ();
+    type Response = ();
+    fn new(_: ()) -> Unserved {
+        Unserved
+    }
+    fn call(&mut self, _: ()) {}
+}
+
+struct TestTypes;
+
+impl multiprocess::manager::Registrations for TestTypes {
+    fn register(r: &mut multiprocess::manager::Registry) {
+        r.register::<Tally>();
+    }
+}
+
+/// Adds 1 to the tally `n` times.
+fn add_to_tally(args: (multiprocess::manager::Served<Tally>, u64)) {
+    let (t, n) = args;
+    for _ in 0..n {
+        t.call(&TallyCall::Add(1)).unwrap();
+    }
+}
+
+#[test]
+fn types_of_your_own_are_served_and_called_from_other_processes() {
+    for method in METHODS {
+        // The server child runs the registrations under every start method too.
+        let m = Manager::builder()
+            .start_method(method)
+            .serving::<TestTypes>()
+            .start()
+            .unwrap();
+        let t = m.served::<Tally>(&100).unwrap();
+        let children: Vec<_> = (0..3)
+            .map(|_| common::start(method, add_to_tally, (t.clone(), 50)))
+            .collect();
+        for c in children {
+            common::join(c).unwrap();
+        }
+        assert_eq!(t.call(&TallyCall::Read).unwrap(), (250, 151), "{method:?}");
+        // A panicking method is a typed error; the object and the server go on.
+        match t.call(&TallyCall::Boom) {
+            Err(ManagerError::Remote(RemoteError::Served(why))) => {
+                assert!(why.contains("asked to explode"), "{why}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(t.call(&TallyCall::Read).unwrap(), (250, 153));
+        // A request of another type under the same name changes nothing.
+        let wrong = m.served::<Impostor>(&0).unwrap();
+        assert!(matches!(
+            wrong.call(&"not a tally call".to_string()),
+            Err(ManagerError::Remote(RemoteError::Served(_)))
+        ));
+        // A type the server does not serve.
+        assert!(matches!(
+            m.served::<Unserved>(&()),
+            Err(ManagerError::Remote(RemoteError::UnknownType(_)))
+        ));
+        // A watch sees the calls.
+        let v = t.version().unwrap();
+        t.call(&TallyCall::Add(1)).unwrap();
+        assert!(t.watch(v).unwrap() > v);
+    }
+}

@@ -39,7 +39,8 @@
 //!   proxies in transit). Named objects ([`Manager::named_dict`], [`Manager::named_list`]: made by
 //!   the first client to ask, found by the others) stay until the server stops.
 //! - **Typed**: keys and values are your serde types, encoded with the crate's codec; the server
-//!   stores them as bytes and never runs your code (keys compare by their encoding).
+//!   stores them as bytes and never runs your code (keys compare by their encoding) unless you
+//!   ask it to: types of your own ([`Serve`]) live in the server and answer typed calls.
 //!
 //! A server fails a call it cannot do with a typed [`RemoteError`] (a missing key, an index out of
 //! range, a version conflict) and goes on; a request it cannot decode ends that client's connection
@@ -47,9 +48,11 @@
 
 mod client;
 mod proto;
+mod serve;
 mod server;
 
 pub use proto::Kind;
+pub use serve::{Registrations, Registry, Serve};
 pub use server::{Server, Stopper};
 
 #[cfg(any(test, feature = "fuzzing"))]
@@ -131,6 +134,12 @@ pub enum RemoteError {
     /// A release of a lock that is not held (an RLock: not by this thread).
     #[error("the lock is not held (by this thread, for an RLock)")]
     NotHeld,
+    /// The server does not serve a type of this name ([`Registry::register`]).
+    #[error("the manager serves no type named {0:?}")]
+    UnknownType(String),
+    /// A served object's call failed: its request did not decode, or its method panicked.
+    #[error("the served object failed: {0}")]
+    Served(String),
     /// A call this object or this context does not take.
     #[error("unsupported: {0}")]
     Unsupported(String),
@@ -268,9 +277,21 @@ pub struct ManagerBuilder {
     method: Option<StartMethod>,
     free_after: Option<Duration>,
     max_message: Option<Option<u64>>,
+    /// The server child's function: `serve_child::<R>` for the registrations `R`.
+    child: Option<ServeChild>,
 }
 
+/// The function a started server runs, for one set of registrations.
+type ServeChild = fn((Address, Vec<u8>, ServeOptions, Connection)) -> Result<(), String>;
+
 impl ManagerBuilder {
+    /// Serves the types of your own that `R` registers (see [`Serve`]); every process that starts
+    /// this manager's server must be this program (the server child runs `R::register`).
+    pub fn serving<R: Registrations>(mut self) -> Self {
+        self.child = Some(serve_child::<R>);
+        self
+    }
+
     /// Where the server listens (default: a fresh Linux abstract name, reachable from this
     /// machine only). A TCP address serves other machines; the key is then mandatory.
     pub fn address(mut self, address: impl ToAddress) -> Result<Self, ManagerError> {
@@ -348,7 +369,7 @@ impl ManagerBuilder {
         }
         let process = b
             .spawn(
-                serve_child,
+                self.child.unwrap_or(serve_child::<serve::Nothing>),
                 (
                     address,
                     key.clone(),
@@ -391,7 +412,9 @@ impl ManagerBuilder {
 /// The server's options: free_after, max_message.
 type ServeOptions = (Option<Duration>, Option<Option<u64>>);
 
-fn serve_child(args: (Address, Vec<u8>, ServeOptions, Connection)) -> Result<(), String> {
+fn serve_child<R: Registrations>(
+    args: (Address, Vec<u8>, ServeOptions, Connection),
+) -> Result<(), String> {
     let (address, key, (free_after, max_message), report) = args;
     let mut b = crate::Listener::builder(&address).authkey(&key);
     if let Some(max) = max_message {
@@ -411,6 +434,7 @@ fn serve_child(args: (Address, Vec<u8>, ServeOptions, Connection)) -> Result<(),
             Some(grace) => s.free_after(grace),
             None => s,
         })
+        .map(|s| s.serving(R::register))
         .and_then(Server::serve)
         .map_err(|e| e.to_string())
 }
@@ -697,6 +721,18 @@ impl Manager {
             false,
             None,
         )?)))
+    }
+
+    /// A new value of a type of your own, made in the server from `init` (the server must serve
+    /// `T`: [`ManagerBuilder::serving`], or [`Server::serving`]).
+    pub fn served<T: Serve>(&self, init: &T::Init) -> Result<Served<T>, ManagerError> {
+        match self.call(Op::CreateServed {
+            type_name: T::NAME.to_string(),
+            init: encode(init)?,
+        })? {
+            Reply::Object { id, .. } => Ok(Served::wrap(self.handle(id))),
+            other => Err(unexpected(&other)),
+        }
     }
 
     /// A new event, not set (Python's `Manager().Event()`).
@@ -1592,6 +1628,25 @@ impl Condition {
     /// Wakes every waiter.
     pub fn notify_all(&self) -> Result<(), ManagerError> {
         self.notify(usize::MAX)
+    }
+}
+
+/// A value of a type of your own on a manager (see [`Serve`]): calls take `T::Request` and
+/// answer `T::Response`, so a call that does not fit the type does not compile.
+pub struct Served<T> {
+    h: Handle,
+    _t: PhantomData<fn() -> T>,
+}
+
+proxy_common!(Served<T>);
+
+impl<T: Serve> Served<T> {
+    /// Runs `request` on the object, in the server.
+    pub fn call(&self, request: &T::Request) -> Result<T::Response, ManagerError> {
+        match self.h.call(Call::Served(encode(request)?))? {
+            Reply::Bytes(b) => decode(&b),
+            other => Err(unexpected(&other)),
+        }
     }
 }
 

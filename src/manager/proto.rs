@@ -36,6 +36,8 @@ pub(crate) enum Op {
         /// A value's first value.
         init: Option<Bytes>,
     },
+    /// A new value of the served type called `type_name`, made from `init`.
+    CreateServed { type_name: String, init: Bytes },
     /// The object called `name`.
     Lookup { name: String },
     /// This client takes a hold on `object` (a proxy it received from another process).
@@ -91,6 +93,8 @@ pub enum Kind {
         /// How many must wait before all go on.
         parties: u64,
     },
+    /// A value of a type of your own ([`Served`](super::Served)).
+    Served,
     /// A queue ([`Queue`](super::Queue)).
     Queue {
         /// Items it holds at most (0: no limit).
@@ -111,6 +115,8 @@ pub(crate) enum Call {
     Version,
     /// An array's items (`init` of its creation).
     ArrayInit(Vec<Bytes>),
+    /// One call of a served object (its type's encoded request).
+    Served(Bytes),
     /// Waits until the object's version is past `since`, at most `timeout_us`: answers the
     /// version then (or `Bool(false)` at the deadline).
     Watch {

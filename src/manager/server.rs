@@ -91,6 +91,8 @@ struct Shared {
     stopping: AtomicBool,
     /// How long an unnamed object nobody holds is kept (see the module notes).
     free_after: Duration,
+    /// The types of your own this server serves.
+    registry: super::Registry,
 }
 
 /// Answers in a mailbox past this many: the client is not reading, and its connection is ended.
@@ -206,6 +208,7 @@ enum Data {
     Queue(QueueState),
     Barrier(BarrierState),
     Condition(CondState),
+    Served(super::serve::ServedObject),
 }
 
 #[derive(Debug, Clone, Default)]
@@ -311,6 +314,14 @@ impl Server {
             listener,
             shared: Arc::new(Shared::new(FREE_AFTER)),
         })
+    }
+
+    /// Serves the types `register` names ([`Registry::register`](super::Registry::register)).
+    pub fn serving(mut self, register: impl FnOnce(&mut super::Registry)) -> Server {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            register(&mut shared.registry);
+        }
+        self
     }
 
     /// How long an unnamed object nobody holds is kept before it is freed (default 10 s): long
@@ -447,6 +458,7 @@ impl Shared {
             timer: Condvar::new(),
             stopping: AtomicBool::new(false),
             free_after,
+            registry: super::Registry::default(),
         }
     }
 
@@ -516,7 +528,13 @@ impl Shared {
                 self.stop(address);
                 break;
             }
-            let outbox = self.handle(id, request);
+            let outbox = match request.op {
+                Op::Call {
+                    object,
+                    call: Call::Served(ref bytes),
+                } => self.served_call(id, request.id, object, bytes),
+                _ => self.handle(id, request),
+            };
             send_all(outbox, mailbox.as_ref());
             if self.stopping.load(Ordering::Acquire) {
                 break;
@@ -528,6 +546,48 @@ impl Shared {
             m.close();
         }
         crate::trace::event!(info, "manager: client {id} left");
+    }
+
+    /// A call of a served object: looked up under the server's lock, run under the object's own.
+    fn served_call(
+        &self,
+        client: ClientId,
+        request: u64,
+        object: ObjectId,
+        bytes: &[u8],
+    ) -> Outbox {
+        let (mailbox, target) = {
+            let mut st = self.lock();
+            let Some(c) = st.clients.get_mut(&client) else {
+                return Outbox::new();
+            };
+            c.requests += 1;
+            let mailbox = c.mailbox.clone();
+            let target = match st.objects.get(&object) {
+                Some(Entry {
+                    data: Data::Served(s),
+                    ..
+                }) => Ok(s.clone()),
+                Some(e) => Err(wrong_kind(object, e.kind, "served object")),
+                None => Err(RemoteError::NoSuchObject(object)),
+            };
+            (mailbox, target)
+        };
+        let result = target.and_then(|s| s.call(bytes)).map(Reply::Bytes);
+        let mut out = vec![(
+            mailbox,
+            Response {
+                id: request,
+                result,
+            },
+        )];
+        // Its version moves with every call (what a call changed is the type's own business).
+        let mut st = self.lock();
+        if let Some(e) = st.objects.get_mut(&object) {
+            e.version += 1;
+        }
+        wake_watchers(&mut st, &mut out);
+        out
     }
 
     /// A client is gone: its locks are released, its parked calls dropped, its holds let go.
@@ -611,6 +671,18 @@ impl Shared {
                 existing,
                 init,
             } => create(st, client, kind, name, existing, init),
+            Op::CreateServed { type_name, init } => match self.registry.make(&type_name, &init) {
+                Ok(object) => {
+                    let id = create(st, client, Kind::Served, None, false, None);
+                    if let Ok(Reply::Object { id, .. }) = &id
+                        && let Some(e) = st.objects.get_mut(id)
+                    {
+                        e.data = Data::Served(object);
+                    }
+                    id
+                }
+                Err(e) => Err(e),
+            },
             Op::Lookup { name } => lookup(st, client, &name),
             Op::Attach { object } => match st.objects.get(&object).map(|e| e.kind) {
                 Some(kind) => {
@@ -1001,6 +1073,9 @@ fn create(
     let data = match kind {
         Kind::Dict => Data::Dict(IndexMap::new()),
         Kind::List | Kind::Array => Data::List(Vec::new()),
+        // Its value is put in by `CreateServed` (a bare `Create` of this kind makes a value
+        // nothing can call).
+        Kind::Served => Data::Value(Bytes::new()),
         Kind::Barrier { parties } => Data::Barrier(BarrierState {
             parties: parties.max(1),
             ..BarrierState::default()
@@ -1724,6 +1799,7 @@ fn batch(
                 | Call::BarrierWait { .. }
                 | Call::CondWait { .. }
                 | Call::CondNotify { .. }
+                | Call::Served(_)
         )
     }) {
         return Err(RemoteError::Unsupported(
@@ -1904,6 +1980,7 @@ fn status(st: &State) -> Status {
                 Data::Queue(q) => q.items.len() as u64,
                 Data::Barrier(b) => b.waiting.len() as u64,
                 Data::Condition(c) => c.waiters.len() as u64,
+                Data::Served(_) => 0,
             },
         })
         .collect();
