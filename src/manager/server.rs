@@ -2024,7 +2024,14 @@ pub(crate) fn fuzz_requests(data: &[u8]) -> usize {
         if matches!(request.op, Op::Shutdown) {
             break;
         }
-        send_all(shared.handle(id, request), Some(&mailbox));
+        let out = match request.op {
+            Op::Call {
+                object,
+                call: Call::Served(ref bytes),
+            } => shared.served_call(id, request.id, object, bytes),
+            _ => shared.handle(id, request),
+        };
+        send_all(out, Some(&mailbox));
         handled += 1;
         while there.try_recv_bytes().is_ok() {}
     }
@@ -2190,6 +2197,14 @@ mod tests {
                     timeout_us: Some(1),
                 },
             },
+            Op::CreateServed {
+                type_name: "nobody".into(),
+                init: b(b""),
+            },
+            Op::Call {
+                object: 1,
+                call: Call::Served(b(b"x")),
+            },
         ];
         let mut out = Vec::new();
         for (id, op) in ops.into_iter().enumerate() {
@@ -2203,14 +2218,14 @@ mod tests {
     #[test]
     fn the_fuzz_entry_runs_a_whole_session_and_survives_garbage() {
         let s = session();
-        assert_eq!(fuzz_requests(&s), 30);
+        assert_eq!(fuzz_requests(&s), 32);
         if let Ok(dir) = std::env::var("MP_WRITE_FUZZ_SEEDS") {
             std::fs::write(std::path::Path::new(&dir).join("session"), &s).unwrap();
         }
         // Garbage after a good prefix ends the run there.
         let mut bad = s[..s.len() / 2].to_vec();
         bad.extend([0xff, 0x00, 0xde, 0xad]);
-        assert!(fuzz_requests(&bad) < 30);
+        assert!(fuzz_requests(&bad) < 32);
         assert_eq!(fuzz_requests(&[0x05, 0x00, 1, 2, 3, 4, 5]), 0);
     }
 }
