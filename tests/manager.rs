@@ -1049,3 +1049,25 @@ fn types_of_your_own_are_served_and_called_from_other_processes() {
         assert!(t.watch(v).unwrap() > v);
     }
 }
+
+/// Receives a dict proxy through a connection and writes into it.
+fn receive_and_write(conn: Connection) {
+    let d: Dict<String, u32> = conn.recv().unwrap();
+    d.set(&"from the child".into(), &7).unwrap();
+    conn.send(&d.len().unwrap()).unwrap();
+}
+
+#[test]
+fn a_proxy_sent_through_a_connection_reconnects_on_the_other_side() {
+    for method in METHODS {
+        let m = Manager::start().unwrap();
+        let d = m.dict::<String, u32>().unwrap();
+        d.set(&"from the parent".into(), &1).unwrap();
+        let (here, there) = multiprocess::pipe().unwrap();
+        let child = common::start(method, receive_and_write, there);
+        here.send(&d).unwrap();
+        assert_eq!(here.recv::<usize>().unwrap(), 2, "{method:?}");
+        common::join(child).unwrap();
+        assert_eq!(d.get(&"from the child".into()).unwrap(), Some(7));
+    }
+}
