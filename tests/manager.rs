@@ -1071,3 +1071,46 @@ fn a_proxy_sent_through_a_connection_reconnects_on_the_other_side() {
         assert_eq!(d.get(&"from the child".into()).unwrap(), Some(7));
     }
 }
+
+/// Serves a manager at `address` with `key` until stopped (a process the test can freeze).
+fn serve_standalone(args: (String, Vec<u8>)) {
+    let (address, key) = args;
+    let listener = multiprocess::Listener::builder(address.as_str())
+        .authkey(&key)
+        .bind()
+        .unwrap();
+    multiprocess::manager::Server::new(listener)
+        .unwrap()
+        .serve()
+        .unwrap();
+}
+
+#[test]
+fn a_call_timeout_ends_calls_to_a_stuck_manager_and_drops_their_late_answers() {
+    let address = format!("@mp-test-call-timeout-{}", std::process::id());
+    let key = b"timeout key".to_vec();
+    let server = common::start(
+        StartMethod::Fork,
+        serve_standalone,
+        (address.clone(), key.clone()),
+    );
+    let m = common::eventually(|| Manager::connect(address.as_str(), &key).is_ok())
+        .then(|| Manager::connect(address.as_str(), &key).unwrap())
+        .expect("the server came up");
+    let d = m.dict::<u8, u8>().unwrap();
+    d.set(&1, &1).unwrap();
+    m.set_call_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let pid = rustix::process::Pid::from_raw(server.pid()).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+    let started = Instant::now();
+    assert!(matches!(d.set(&2, &2), Err(ManagerError::Timeout)));
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    rustix::process::kill_process(pid, rustix::process::Signal::CONT).unwrap();
+    // The late answer of the abandoned call is dropped: the next call gets its own.
+    m.set_call_timeout(None).unwrap();
+    assert_eq!(d.get(&1).unwrap(), Some(1));
+    assert_eq!(d.get(&2).unwrap(), Some(2), "the abandoned set did happen");
+    m.shutdown().unwrap();
+    common::join(server).unwrap();
+}

@@ -15,6 +15,7 @@ use crate::{Address, Connection};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 /// The shared connection.
 #[derive(Debug)]
@@ -26,6 +27,8 @@ pub(crate) struct Core {
     /// the connection's other end of things, and must connect on its own.
     pid: u32,
     next: AtomicU64,
+    /// The longest a call waits for its answer, in microseconds (0: as long as it takes).
+    timeout_us: AtomicU64,
     state: Mutex<Inbox>,
     arrived: Condvar,
     /// Objects this connection took a hold on for proxies inherited through `fork`.
@@ -40,6 +43,8 @@ struct Inbox {
     answers: HashMap<u64, Result<Reply, RemoteError>>,
     /// The connection ended (why), for every caller still waiting and every later one.
     dead: Option<String>,
+    /// Calls whose callers gave up (their deadline passed): their answers are dropped.
+    abandoned: HashSet<u64>,
 }
 
 impl Core {
@@ -50,6 +55,7 @@ impl Core {
             key,
             pid: std::process::id(),
             next: AtomicU64::new(1),
+            timeout_us: AtomicU64::new(0),
             state: Mutex::new(Inbox::default()),
             arrived: Condvar::new(),
             attached: Mutex::default(),
@@ -69,6 +75,14 @@ impl Core {
         self.call(Op::Attach { object })?;
         attached.insert(object);
         Ok(())
+    }
+
+    /// Sets the longest a call waits for its answer (`None`: as long as it takes).
+    pub(crate) fn set_timeout(&self, timeout: Option<Duration>) {
+        let us = timeout.map_or(0, |t| {
+            u64::try_from(t.as_micros()).unwrap_or(u64::MAX).max(1)
+        });
+        self.timeout_us.store(us, Ordering::Relaxed);
     }
 
     /// Whether this process made the connection (not a forked copy of one).
@@ -91,13 +105,18 @@ impl Core {
         }
     }
 
-    /// Sends `op` and waits for its answer.
+    /// Sends `op` and waits for its answer (at most the connection's call timeout, if it has one:
+    /// then [`ManagerError::Timeout`], and the answer, if it comes, is dropped).
     pub(crate) fn call(&self, op: Op) -> Result<Reply, ManagerError> {
         self.check_process()?;
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         if let Some(why) = &self.inbox().dead {
             return Err(ManagerError::Disconnected(why.clone()));
         }
+        let deadline = match self.timeout_us.load(Ordering::Relaxed) {
+            0 => None,
+            us => Instant::now().checked_add(Duration::from_micros(us)),
+        };
         self.conn
             .send(&Request { id, op })
             .map_err(|e| ManagerError::Disconnected(e.to_string()))?;
@@ -109,23 +128,50 @@ impl Core {
             if let Some(why) = &inbox.dead {
                 return Err(ManagerError::Disconnected(why.clone()));
             }
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left == Some(Duration::ZERO) {
+                inbox.abandoned.insert(id);
+                return Err(ManagerError::Timeout);
+            }
             if inbox.reading {
-                inbox = self.arrived.wait(inbox).unwrap_or_else(|p| p.into_inner());
+                inbox = match left {
+                    Some(left) => {
+                        self.arrived
+                            .wait_timeout(inbox, left)
+                            .unwrap_or_else(|p| p.into_inner())
+                            .0
+                    }
+                    None => self.arrived.wait(inbox).unwrap_or_else(|p| p.into_inner()),
+                };
                 continue;
             }
             inbox.reading = true;
             drop(inbox);
-            let got = self.conn.recv::<Response>();
+            let got = match left {
+                // Lossless: a message cut by the deadline is finished by the next reader.
+                Some(left) => match self.conn.recv_timeout::<Response>(left) {
+                    Ok(r) => Ok(Some(r)),
+                    Err(crate::RecvTimeoutError::Timeout) => Ok(None),
+                    Err(crate::RecvTimeoutError::Failed(e)) => Err(e),
+                },
+                None => self.conn.recv::<Response>().map(Some),
+            };
             inbox = self.inbox();
             inbox.reading = false;
             match got {
-                Ok(r) if r.id == id => {
+                Ok(None) => {
+                    // Someone else reads from now on (this caller's time is up).
+                    self.arrived.notify_all();
+                }
+                Ok(Some(r)) if r.id == id => {
                     // Someone else reads from now on.
                     self.arrived.notify_all();
                     return r.result.map_err(ManagerError::Remote);
                 }
-                Ok(r) => {
-                    inbox.answers.insert(r.id, r.result);
+                Ok(Some(r)) => {
+                    if !inbox.abandoned.remove(&r.id) {
+                        inbox.answers.insert(r.id, r.result);
+                    }
                     self.arrived.notify_all();
                 }
                 Err(e) => {

@@ -174,6 +174,11 @@ pub enum ManagerError {
     /// Starting the server failed.
     #[error("could not start the manager: {0}")]
     Start(String),
+    /// No answer within the call timeout ([`Manager::set_call_timeout`]): the manager (or the
+    /// network) is stuck, or the call waits longer than the timeout allows. Whether the call took
+    /// effect is unknown; its answer, if it comes, is dropped.
+    #[error("the manager did not answer in time")]
+    Timeout,
     /// A batch names a proxy of another manager than its own: nothing was sent.
     #[error("a batch can only name objects of its own manager")]
     OtherManager,
@@ -516,6 +521,15 @@ impl Manager {
             core: Arc::new(Core::new(conn, address, key)),
             server: None,
         })
+    }
+
+    /// Bounds how long any call through this process's connection to the manager waits for its
+    /// answer (`None`, the default: as long as it takes), waits included: a lock acquire that may
+    /// wait 10 s needs a call timeout above 10 s. A manager whose host vanished then fails calls
+    /// with [`ManagerError::Timeout`] instead of hanging them.
+    pub fn set_call_timeout(&self, timeout: Option<Duration>) -> Result<(), ManagerError> {
+        self.core()?.set_timeout(timeout);
+        Ok(())
     }
 
     /// Where the manager listens.
