@@ -44,6 +44,13 @@ impl Drop for Served {
     }
 }
 
+/// A loopback address with a free port (found by binding port 0 and letting go): the server is
+/// given a fixed address, so that the test knows where to connect before it is up.
+fn free_tcp_address() -> String {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    probe.local_addr().unwrap().to_string()
+}
+
 fn run(args: &[&str]) -> Output {
     Command::new(BIN).args(args).output().unwrap()
 }
@@ -143,15 +150,9 @@ fn serve_status_and_stop_over_a_unix_socket_and_tcp() {
         (format!("@mp-cli-test-{}", std::process::id()), None),
         ("127.0.0.1:0".to_string(), Some(())),
     ] {
-        // TCP: a fixed free port, found by binding port 0 first.
         let address = match target {
             None => address,
-            Some(()) => {
-                let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-                let a = probe.local_addr().unwrap().to_string();
-                drop(probe);
-                a
-            }
+            Some(()) => free_tcp_address(),
         };
         let served = serve(&[
             "--address",
@@ -174,9 +175,7 @@ fn serve_over_tls() {
     let c = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
     let cert = dir.file("cert.pem", c.cert.pem().as_bytes());
     let cert_key = dir.file("cert.key", c.key_pair.serialize_pem().as_bytes());
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let address = probe.local_addr().unwrap().to_string();
-    drop(probe);
+    let address = free_tcp_address();
     let served = serve(&[
         "--address",
         &address,

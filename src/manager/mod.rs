@@ -1785,6 +1785,14 @@ impl Batch {
         self
     }
 
+    /// Adds `call` on `h`'s object.
+    fn push(&mut self, h: &Handle, call: Call) -> &mut Self {
+        self.calls.push((h.id(), call));
+        self.check(h);
+        self.hold(h);
+        self
+    }
+
     /// Keeps `h` until the batch has run (once for a run of calls on one object).
     fn hold(&mut self, h: &Handle) {
         if self
@@ -1811,11 +1819,7 @@ impl Batch {
         key: &K,
         value: &V,
     ) -> Result<&mut Self, ManagerError> {
-        self.calls
-            .push((dict.h.id(), Call::DictSet(encode(key)?, encode(value)?)));
-        self.check(&dict.h);
-        self.hold(&dict.h);
-        Ok(self)
+        Ok(self.push(&dict.h, Call::DictSet(encode(key)?, encode(value)?)))
     }
 
     /// Adds removing `key` from `dict`.
@@ -1824,11 +1828,7 @@ impl Batch {
         dict: &Dict<K, V>,
         key: &K,
     ) -> Result<&mut Self, ManagerError> {
-        self.calls
-            .push((dict.h.id(), Call::DictRemove(encode(key)?)));
-        self.check(&dict.h);
-        self.hold(&dict.h);
-        Ok(self)
+        Ok(self.push(&dict.h, Call::DictRemove(encode(key)?)))
     }
 
     /// Adds appending `item` to `list`.
@@ -1837,11 +1837,7 @@ impl Batch {
         list: &List<T>,
         item: &T,
     ) -> Result<&mut Self, ManagerError> {
-        self.calls
-            .push((list.h.id(), Call::ListAppend(encode(item)?)));
-        self.check(&list.h);
-        self.hold(&list.h);
-        Ok(self)
+        Ok(self.push(&list.h, Call::ListAppend(encode(item)?)))
     }
 
     /// Adds `list[index] = item` ([`RemoteError::IndexError`] past the end, which fails a
@@ -1852,11 +1848,7 @@ impl Batch {
         index: i64,
         item: &T,
     ) -> Result<&mut Self, ManagerError> {
-        self.calls
-            .push((list.h.id(), Call::ListSet(index, encode(item)?)));
-        self.check(&list.h);
-        self.hold(&list.h);
-        Ok(self)
+        Ok(self.push(&list.h, Call::ListSet(index, encode(item)?)))
     }
 
     /// Adds setting `value`.
@@ -1865,11 +1857,7 @@ impl Batch {
         value: &Value<T>,
         new: &T,
     ) -> Result<&mut Self, ManagerError> {
-        self.calls
-            .push((value.h.id(), Call::ValueSet(encode(new)?)));
-        self.check(&value.h);
-        self.hold(&value.h);
-        Ok(self)
+        Ok(self.push(&value.h, Call::ValueSet(encode(new)?)))
     }
 
     /// Adds setting `name` in `namespace`.
@@ -1879,13 +1867,7 @@ impl Batch {
         name: &str,
         value: &T,
     ) -> Result<&mut Self, ManagerError> {
-        self.calls.push((
-            namespace.0.id(),
-            Call::NsSet(name.to_string(), encode(value)?),
-        ));
-        self.check(&namespace.0);
-        self.hold(&namespace.0);
-        Ok(self)
+        Ok(self.push(&namespace.0, Call::NsSet(name.to_string(), encode(value)?)))
     }
 
     /// How many calls so far.

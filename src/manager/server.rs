@@ -294,8 +294,49 @@ struct Waiter {
     notified: bool,
 }
 
+impl Waiter {
+    /// A parked call of `client`'s `thread`, answered by request id `request`; it holds a lock
+    /// once when granted, and is answered `true` unless a timeout says otherwise.
+    fn new(client: ClientId, thread: u64, request: u64, deadline: Option<Instant>) -> Self {
+        Waiter {
+            client,
+            thread,
+            request,
+            deadline,
+            count: 1,
+            notified: true,
+        }
+    }
+}
+
+/// When a wait of `timeout_us` started now ends (`None`: never, or too far off to say).
+fn deadline_in(timeout_us: Option<u64>) -> Option<Instant> {
+    timeout_us.and_then(|us| Instant::now().checked_add(Duration::from_micros(us)))
+}
+
 /// Answers to deliver once the state's lock is released.
 type Outbox = Vec<(Arc<Mailbox>, Response)>;
+
+/// Queues `result` as the answer to waiter `w`, if its client is still connected (`false` if not:
+/// a departed client's waits are dropped unanswered).
+fn answer(
+    clients: &HashMap<ClientId, Client>,
+    w: &Waiter,
+    result: Result<Reply, RemoteError>,
+    out: &mut Outbox,
+) -> bool {
+    let Some(c) = clients.get(&w.client) else {
+        return false;
+    };
+    out.push((
+        c.mailbox.clone(),
+        Response {
+            id: w.request,
+            result,
+        },
+    ));
+    true
+}
 
 impl Server {
     /// A server for `listener` (its key, TLS and limits are the server's).
@@ -765,16 +806,8 @@ impl Shared {
                 Some(v) if v > since => Ok(Reply::Version(v)),
                 Some(_) if timeout_us == Some(0) => Ok(Reply::Bool(false)),
                 Some(_) => {
-                    let deadline = timeout_us
-                        .and_then(|us| Instant::now().checked_add(Duration::from_micros(us)));
-                    let waiter = Waiter {
-                        client,
-                        thread: 0,
-                        request: id,
-                        deadline,
-                        count: 1,
-                        notified: true,
-                    };
+                    let deadline = deadline_in(timeout_us);
+                    let waiter = Waiter::new(client, 0, id, deadline);
                     st.watchers.entry(object).or_default().push((waiter, since));
                     if let Some(d) = deadline {
                         st.timers.push(Reverse((d, object)));
@@ -854,15 +887,7 @@ impl Shared {
                 } else {
                     return true;
                 };
-                if let Some(c) = clients.get(&w.client) {
-                    out.push((
-                        c.mailbox.clone(),
-                        Response {
-                            id: w.request,
-                            result,
-                        },
-                    ));
-                }
+                answer(clients, w, result, out);
                 false
             });
             if list.is_empty() {
@@ -897,17 +922,6 @@ impl Shared {
             }
             grant(&mut cond.lock, clients, out);
         }
-        let mut answer = |w: &Waiter, result: Result<Reply, RemoteError>| {
-            if let Some(c) = clients.get(&w.client) {
-                out.push((
-                    c.mailbox.clone(),
-                    Response {
-                        id: w.request,
-                        result,
-                    },
-                ));
-            }
-        };
         let due = |w: &Waiter| w.deadline.is_some_and(|d| d <= now);
         let waiters = match &mut entry.data {
             Data::Lock(l) => &mut l.waiters,
@@ -925,21 +939,21 @@ impl Shared {
                 q.getters.retain(|w| {
                     let late = due(w);
                     if late {
-                        answer(w, Err(RemoteError::Empty));
+                        answer(clients, w, Err(RemoteError::Empty), out);
                     }
                     !late
                 });
                 q.putters.retain(|(w, _)| {
                     let late = due(w);
                     if late {
-                        answer(w, Err(RemoteError::Full));
+                        answer(clients, w, Err(RemoteError::Full), out);
                     }
                     !late
                 });
                 q.joiners.retain(|w| {
                     let late = due(w);
                     if late {
-                        answer(w, Ok(Reply::Bool(false)));
+                        answer(clients, w, Ok(Reply::Bool(false)), out);
                     }
                     !late
                 });
@@ -950,15 +964,7 @@ impl Shared {
         {
             waiters.retain(|w| match w.deadline {
                 Some(d) if d <= now => {
-                    if let Some(c) = clients.get(&w.client) {
-                        out.push((
-                            c.mailbox.clone(),
-                            Response {
-                                id: w.request,
-                                result: Ok(Reply::Bool(false)),
-                            },
-                        ));
-                    }
+                    answer(clients, w, Ok(Reply::Bool(false)), out);
                     false
                 }
                 _ => true,
@@ -987,15 +993,7 @@ fn wake_watchers(st: &mut State, out: &mut Outbox) {
             if version <= *since {
                 return true;
             }
-            if let Some(c) = clients.get(&w.client) {
-                out.push((
-                    c.mailbox.clone(),
-                    Response {
-                        id: w.request,
-                        result: Ok(Reply::Version(version)),
-                    },
-                ));
-            }
+            answer(clients, w, Ok(Reply::Version(version)), out);
             false
         });
         !list.is_empty()
@@ -1007,17 +1005,9 @@ fn grant(lock: &mut LockState, clients: &HashMap<ClientId, Client>, out: &mut Ou
     while lock.owner.is_none()
         && let Some(w) = lock.waiters.pop_front()
     {
-        let Some(c) = clients.get(&w.client) else {
-            continue;
-        };
-        lock.owner = Some((w.client, w.thread, w.count));
-        out.push((
-            c.mailbox.clone(),
-            Response {
-                id: w.request,
-                result: Ok(Reply::Bool(w.notified)),
-            },
-        ));
+        if answer(clients, &w, Ok(Reply::Bool(w.notified)), out) {
+            lock.owner = Some((w.client, w.thread, w.count));
+        }
     }
 }
 
@@ -1169,15 +1159,9 @@ fn acquire(
     if timeout == Some(0) {
         return Ok(Some(Reply::Bool(false)));
     }
-    let deadline = timeout.and_then(|us| Instant::now().checked_add(Duration::from_micros(us)));
-    lock.waiters.push_back(Waiter {
-        client,
-        thread,
-        request,
-        deadline,
-        count: 1,
-        notified: true,
-    });
+    let deadline = deadline_in(timeout);
+    lock.waiters
+        .push_back(Waiter::new(client, thread, request, deadline));
     if let Some(d) = deadline {
         st.timers.push(Reverse((d, object)));
     }
@@ -1220,18 +1204,10 @@ fn release_lock(
 /// Gives one slot of `sem` back: to its first waiter (whose acquire is answered), or to its value.
 fn sem_give(sem: &mut SemState, clients: &HashMap<ClientId, Client>, out: &mut Outbox) {
     while let Some(w) = sem.waiters.pop_front() {
-        let Some(c) = clients.get(&w.client) else {
-            continue;
-        };
-        *sem.holders.entry(w.client).or_default() += 1;
-        out.push((
-            c.mailbox.clone(),
-            Response {
-                id: w.request,
-                result: Ok(Reply::Bool(true)),
-            },
-        ));
-        return;
+        if answer(clients, &w, Ok(Reply::Bool(true)), out) {
+            *sem.holders.entry(w.client).or_default() += 1;
+            return;
+        }
     }
     sem.value += 1;
 }
@@ -1243,15 +1219,8 @@ fn park(
     (client, request, object): (ClientId, u64, ObjectId),
     timeout_us: Option<u64>,
 ) {
-    let deadline = timeout_us.and_then(|us| Instant::now().checked_add(Duration::from_micros(us)));
-    waiters.push_back(Waiter {
-        client,
-        thread: 0,
-        request,
-        deadline,
-        count: 1,
-        notified: true,
-    });
+    let deadline = deadline_in(timeout_us);
+    waiters.push_back(Waiter::new(client, 0, request, deadline));
     if let Some(d) = deadline {
         timers.push(Reverse((d, object)));
     }
@@ -1287,14 +1256,10 @@ fn cond_wait(
     };
     cond.lock.owner = None;
     entry.version += 1;
-    let deadline = timeout_us.and_then(|us| Instant::now().checked_add(Duration::from_micros(us)));
+    let deadline = deadline_in(timeout_us);
     cond.waiters.push_back(Waiter {
-        client,
-        thread,
-        request,
-        deadline,
         count,
-        notified: true,
+        ..Waiter::new(client, thread, request, deadline)
     });
     if let Some(d) = deadline {
         timers.push(Reverse((d, object)));
@@ -1336,15 +1301,7 @@ fn cond_notify(
 fn break_barrier(b: &mut BarrierState, clients: &HashMap<ClientId, Client>, out: &mut Outbox) {
     b.broken = true;
     for w in b.waiting.drain(..) {
-        if let Some(c) = clients.get(&w.client) {
-            out.push((
-                c.mailbox.clone(),
-                Response {
-                    id: w.request,
-                    result: Err(RemoteError::BrokenBarrier),
-                },
-            ));
-        }
+        answer(clients, &w, Err(RemoteError::BrokenBarrier), out);
     }
 }
 
@@ -1402,15 +1359,7 @@ fn wait_call(
                 entry.version += 1;
             }
             for w in ev.waiters.drain(..) {
-                if let Some(c) = clients.get(&w.client) {
-                    out.push((
-                        c.mailbox.clone(),
-                        Response {
-                            id: w.request,
-                            result: Ok(Reply::Bool(true)),
-                        },
-                    ));
-                }
+                answer(clients, &w, Ok(Reply::Bool(true)), out);
             }
             Ok(Some(Reply::Unit))
         }
@@ -1427,16 +1376,10 @@ fn wait_call(
         (Data::Queue(q), Call::QueuePut { item, timeout_us }) => {
             // A waiting get takes it at once; else it goes in if there is room.
             while let Some(w) = q.getters.pop_front() {
-                if let Some(c) = clients.get(&w.client) {
+                if clients.contains_key(&w.client) {
                     q.unfinished += 1;
                     entry.version += 1;
-                    out.push((
-                        c.mailbox.clone(),
-                        Response {
-                            id: w.request,
-                            result: Ok(Reply::Bytes(item)),
-                        },
-                    ));
+                    answer(clients, &w, Ok(Reply::Bytes(item)), out);
                     return Ok(Some(Reply::Unit));
                 }
             }
@@ -1449,19 +1392,9 @@ fn wait_call(
             if timeout_us == Some(0) {
                 return Err(RemoteError::Full);
             }
-            let deadline =
-                timeout_us.and_then(|us| Instant::now().checked_add(Duration::from_micros(us)));
-            q.putters.push_back((
-                Waiter {
-                    client,
-                    thread: 0,
-                    request,
-                    deadline,
-                    count: 1,
-                    notified: true,
-                },
-                item,
-            ));
+            let deadline = deadline_in(timeout_us);
+            q.putters
+                .push_back((Waiter::new(client, 0, request, deadline), item));
             if let Some(d) = deadline {
                 timers.push(Reverse((d, object)));
             }
@@ -1471,16 +1404,9 @@ fn wait_call(
             if let Some(item) = q.items.pop_front() {
                 // Room now: the first waiting put goes in.
                 while let Some((w, waiting)) = q.putters.pop_front() {
-                    if let Some(c) = clients.get(&w.client) {
+                    if answer(clients, &w, Ok(Reply::Unit), out) {
                         q.items.push_back(waiting);
                         q.unfinished += 1;
-                        out.push((
-                            c.mailbox.clone(),
-                            Response {
-                                id: w.request,
-                                result: Ok(Reply::Unit),
-                            },
-                        ));
                         break;
                     }
                 }
@@ -1502,15 +1428,7 @@ fn wait_call(
                 // in the order they came; the last gets the highest).
                 let index = b.waiting.len() as u64;
                 for (i, w) in b.waiting.drain(..).enumerate() {
-                    if let Some(c) = clients.get(&w.client) {
-                        out.push((
-                            c.mailbox.clone(),
-                            Response {
-                                id: w.request,
-                                result: Ok(Reply::Len(i as u64)),
-                            },
-                        ));
-                    }
+                    answer(clients, &w, Ok(Reply::Len(i as u64)), out);
                 }
                 entry.version += 1;
                 return Ok(Some(Reply::Len(index)));
@@ -1530,15 +1448,7 @@ fn wait_call(
             q.unfinished -= 1;
             if q.unfinished == 0 {
                 for w in q.joiners.drain(..) {
-                    if let Some(c) = clients.get(&w.client) {
-                        out.push((
-                            c.mailbox.clone(),
-                            Response {
-                                id: w.request,
-                                result: Ok(Reply::Bool(true)),
-                            },
-                        ));
-                    }
+                    answer(clients, &w, Ok(Reply::Bool(true)), out);
                 }
             }
             Ok(Some(Reply::Unit))
