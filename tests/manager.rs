@@ -991,11 +991,80 @@ impl multiprocess::manager::Serve for Unserved {
     fn call(&mut self, _: ()) {}
 }
 
+/// A gate in the server process: `WaitOpen` blocks its caller (at most `DEADLINE / 2`) until some
+/// gate's `Open`; `Waiting` says how many callers are blocked.
+struct Gate;
+
+static GATE: (std::sync::Mutex<(bool, usize)>, std::sync::Condvar) =
+    (std::sync::Mutex::new((false, 0)), std::sync::Condvar::new());
+
+#[derive(serde::Serialize, serde::Deserialize)]
+enum GateCall {
+    WaitOpen,
+    Waiting,
+    Open,
+}
+
+impl multiprocess::manager::Serve for Gate {
+    const NAME: &'static str = "tests.Gate";
+    type Init = ();
+    type Request = GateCall;
+    type Response = (bool, usize);
+    fn new(_: ()) -> Gate {
+        Gate
+    }
+    fn call(&mut self, call: GateCall) -> (bool, usize) {
+        let mut g = GATE.0.lock().unwrap();
+        match call {
+            GateCall::WaitOpen => {
+                g.1 += 1;
+                let end = Instant::now() + common::DEADLINE / 2;
+                while !g.0 && Instant::now() < end {
+                    g = GATE
+                        .1
+                        .wait_timeout(g, Duration::from_millis(100))
+                        .unwrap()
+                        .0;
+                }
+                g.1 -= 1;
+            }
+            GateCall::Waiting => {}
+            GateCall::Open => {
+                g.0 = true;
+                GATE.1.notify_all();
+            }
+        }
+        *g
+    }
+}
+
+/// Its `Drop` panics.
+struct Grumpy;
+
+impl multiprocess::manager::Serve for Grumpy {
+    const NAME: &'static str = "tests.Grumpy";
+    type Init = ();
+    type Request = ();
+    type Response = ();
+    fn new(_: ()) -> Grumpy {
+        Grumpy
+    }
+    fn call(&mut self, _: ()) {}
+}
+
+impl Drop for Grumpy {
+    fn drop(&mut self) {
+        panic!("a grumpy drop");
+    }
+}
+
 struct TestTypes;
 
 impl multiprocess::manager::Registrations for TestTypes {
     fn register(r: &mut multiprocess::manager::Registry) {
-        r.register::<Tally>();
+        r.register::<Tally>()
+            .register::<Gate>()
+            .register::<Grumpy>();
     }
 }
 
@@ -1032,12 +1101,14 @@ fn types_of_your_own_are_served_and_called_from_other_processes() {
             other => panic!("{other:?}"),
         }
         assert_eq!(t.call(&TallyCall::Read).unwrap(), (250, 153));
-        // A request of another type under the same name changes nothing.
+        // A request of another type under the same name changes nothing (not even the version).
         let wrong = m.served::<Impostor>(&0).unwrap();
+        let v = wrong.version().unwrap();
         assert!(matches!(
             wrong.call(&"not a tally call".to_string()),
             Err(ManagerError::Remote(RemoteError::Served(_)))
         ));
+        assert_eq!(wrong.version().unwrap(), v);
         // A type the server does not serve.
         assert!(matches!(
             m.served::<Unserved>(&()),
@@ -1085,6 +1156,21 @@ fn serve_standalone(args: (String, Vec<u8>)) {
         .unwrap();
 }
 
+/// Whether every thread of process `pid` is stopped (state `T` in its `/proc` stat).
+fn all_threads_stopped(pid: i32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|t| {
+        std::fs::read_to_string(t.path().join("stat")).is_ok_and(|stat| {
+            stat.rsplit(')')
+                .next()
+                .and_then(|s| s.split_whitespace().next())
+                == Some("T")
+        })
+    })
+}
+
 #[test]
 fn a_call_timeout_ends_calls_to_a_stuck_manager_and_drops_their_late_answers() {
     let address = format!("@mp-test-call-timeout-{}", std::process::id());
@@ -1103,8 +1189,12 @@ fn a_call_timeout_ends_calls_to_a_stuck_manager_and_drops_their_late_answers() {
         .unwrap();
     let pid = rustix::process::Pid::from_raw(server.pid()).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+    // The stop takes each thread at its next trip through the kernel: wait until all are stopped
+    // (else a thread still running could answer the next call).
+    assert!(common::eventually(|| all_threads_stopped(server.pid())));
     let started = Instant::now();
-    assert!(matches!(d.set(&2, &2), Err(ManagerError::Timeout)));
+    let late = d.set(&2, &2);
+    assert!(matches!(late, Err(ManagerError::Timeout)), "{late:?}");
     assert!(started.elapsed() >= Duration::from_millis(200));
     rustix::process::kill_process(pid, rustix::process::Signal::CONT).unwrap();
     // The late answer of the abandoned call is dropped: the next call gets its own.
@@ -1113,4 +1203,225 @@ fn a_call_timeout_ends_calls_to_a_stuck_manager_and_drops_their_late_answers() {
     assert_eq!(d.get(&2).unwrap(), Some(2), "the abandoned set did happen");
     m.shutdown().unwrap();
     common::join(server).unwrap();
+}
+
+/// Blocks on `gate` in the server; whether it was opened (not timed out).
+fn wait_at_gate(gate: multiprocess::manager::Served<Gate>) -> bool {
+    gate.call(&GateCall::WaitOpen).unwrap().0
+}
+
+#[test]
+fn a_served_call_that_blocks_does_not_hold_up_its_process_s_other_calls() {
+    for method in METHODS {
+        let m = Manager::builder()
+            .start_method(method)
+            .serving::<TestTypes>()
+            .start()
+            .unwrap();
+        m.set_call_timeout(Some(common::DEADLINE)).unwrap();
+        let (shut, opener) = (
+            m.served::<Gate>(&()).unwrap(),
+            m.served::<Gate>(&()).unwrap(),
+        );
+        let d = m.dict::<u32, u32>().unwrap();
+        // One thread of this process blocks in a served call; the others share its connection.
+        let blocked = std::thread::spawn(move || wait_at_gate(shut));
+        // Answered only while the blocked call runs: nothing but a fresh reader can read it.
+        assert!(common::eventually(|| opener
+            .call(&GateCall::Waiting)
+            .unwrap()
+            .1
+            == 1));
+        for i in 0..100 {
+            d.set(&i, &(i * i)).unwrap();
+        }
+        assert_eq!(d.len().unwrap(), 100);
+        let t = m.served::<Tally>(&0).unwrap();
+        assert_eq!(t.call(&TallyCall::Add(5)).unwrap(), (5, 1));
+        opener.call(&GateCall::Open).unwrap();
+        assert!(
+            blocked.join().unwrap(),
+            "{method:?}: the gate opened, no timeout"
+        );
+        // The connection stays in step after the hand-off.
+        assert_eq!(d.get(&7).unwrap(), Some(49));
+        assert_eq!(m.status().unwrap().clients.len(), 1);
+    }
+}
+
+#[test]
+fn a_proxy_is_checked_against_the_object_it_arrives_for() {
+    let m = Manager::builder().serving::<TestTypes>().start().unwrap();
+    let t = m.served::<Tally>(&1).unwrap();
+    let d = m.dict::<u32, u32>().unwrap();
+    let (here, there) = multiprocess::pipe().unwrap();
+    // As what it is: attaches.
+    here.send(&t).unwrap();
+    let back: multiprocess::manager::Served<Tally> = there.recv().unwrap();
+    assert_eq!(back.call(&TallyCall::Read).unwrap(), (1, 1));
+    // As another served type, or another kind: refused before any call.
+    here.send(&t).unwrap();
+    let err = there
+        .recv::<multiprocess::manager::Served<Gate>>()
+        .unwrap_err();
+    assert!(err.to_string().contains("tests.Tally"), "{err}");
+    here.send(&t).unwrap();
+    assert!(there.recv::<Dict<u32, u32>>().is_err());
+    here.send(&d).unwrap();
+    assert!(there.recv::<Lock>().is_err());
+    here.send(&d).unwrap();
+    assert!(
+        there
+            .recv::<multiprocess::manager::Served<Tally>>()
+            .is_err()
+    );
+    here.send(&d).unwrap();
+    let d2: Dict<u32, u32> = there.recv().unwrap();
+    d2.set(&1, &2).unwrap();
+    assert_eq!(d.get(&1).unwrap(), Some(2));
+    // The refused ones took no hold: the tally is held by `t` and `back` only.
+    let holds = |id| {
+        m.status()
+            .unwrap()
+            .objects
+            .iter()
+            .find(|o| o.id == id)
+            .map(|o| o.holds)
+    };
+    assert_eq!(holds(t.id()), Some(2));
+}
+
+#[test]
+fn a_served_object_whose_drop_panics_leaves_the_server_working() {
+    let m = Manager::builder()
+        .serving::<TestTypes>()
+        .free_after(Duration::from_millis(20))
+        .start()
+        .unwrap();
+    m.set_call_timeout(Some(common::DEADLINE)).unwrap();
+    let g = m.served::<Grumpy>(&()).unwrap();
+    g.call(&()).unwrap();
+    let id = g.id();
+    drop(g);
+    // The timer frees it (its drop panics, outside the server's lock, caught)...
+    assert!(common::eventually(|| !m
+        .status()
+        .unwrap()
+        .objects
+        .iter()
+        .any(|o| o.id == id)));
+    // ... and goes on timing out waits.
+    let lock = m.lock().unwrap();
+    lock.acquire().unwrap();
+    let other = lock.clone();
+    let started = Instant::now();
+    let timed = std::thread::spawn(move || other.acquire_timeout(Duration::from_millis(50)));
+    assert!(!timed.join().unwrap().unwrap());
+    assert!(started.elapsed() >= Duration::from_millis(50));
+    lock.release().unwrap();
+}
+
+/// Waits at the barrier; what the wait answered.
+fn wait_at(b: multiprocess::manager::Barrier) -> Result<usize, String> {
+    b.wait_timeout(common::DEADLINE).map_err(|e| e.to_string())
+}
+
+#[test]
+fn barriers_abort_reset_and_say_how_they_stand() {
+    for method in METHODS {
+        let m = Manager::start().unwrap();
+        assert!(matches!(
+            m.barrier(0),
+            Err(ManagerError::Remote(RemoteError::NoParties))
+        ));
+        let b = m.barrier(2).unwrap();
+        assert_eq!((b.parties().unwrap(), b.n_waiting().unwrap()), (2, 0));
+        assert!(!b.broken().unwrap());
+        // A reset fails the party waiting now; the barrier works again after it.
+        let child = common::start(method, wait_at, b.clone());
+        assert!(common::eventually(|| b.n_waiting().unwrap() == 1));
+        b.reset().unwrap();
+        let failed = common::join(child).unwrap().unwrap_err();
+        assert!(failed.contains("broken"), "{method:?}: {failed}");
+        assert!(!b.broken().unwrap());
+        let child = common::start(method, wait_at, b.clone());
+        let mine = b.wait_timeout(common::DEADLINE).unwrap();
+        let theirs = common::join(child).unwrap().unwrap();
+        assert_eq!(mine + theirs, 1, "{method:?}: indices 0 and 1");
+        // An abort fails the waiting party and every later wait, until a reset.
+        let child = common::start(method, wait_at, b.clone());
+        assert!(common::eventually(|| b.n_waiting().unwrap() == 1));
+        b.abort().unwrap();
+        assert!(common::join(child).unwrap().is_err());
+        assert!(b.broken().unwrap());
+        assert!(matches!(
+            b.wait(),
+            Err(ManagerError::Remote(RemoteError::BrokenBarrier))
+        ));
+        b.reset().unwrap();
+        assert!(!b.broken().unwrap());
+    }
+    // A wait that times out breaks the barrier in the timer: a watch sees its version move.
+    let m = Manager::start().unwrap();
+    let b = m.barrier(2).unwrap();
+    let v = b.version().unwrap();
+    let watching = {
+        let b = b.clone();
+        std::thread::spawn(move || b.watch_timeout(v, common::DEADLINE))
+    };
+    assert!(b.wait_timeout(Duration::from_millis(30)).is_err());
+    assert!(
+        watching
+            .join()
+            .unwrap()
+            .unwrap()
+            .is_some_and(|seen| seen > v)
+    );
+}
+
+/// Finds the named objects the parent made (or makes them), and uses them.
+fn use_named(m: Manager) -> (u32, u64, Vec<u8>) {
+    let jobs = m.named("jobs").queue::<u32>(0).unwrap();
+    let counter = m.named("counter").value(&1000u64).unwrap();
+    let gate = m.named("gate").event().unwrap();
+    let cells = m.named("cells").array(&[9u8, 9, 9]).unwrap();
+    cells.set(0, &1).unwrap();
+    gate.set().unwrap();
+    (
+        jobs.get().unwrap(),
+        counter.get().unwrap(),
+        cells.snapshot().unwrap().1,
+    )
+}
+
+#[test]
+fn objects_of_every_kind_can_be_named_and_found_by_other_processes() {
+    for method in METHODS {
+        let m = Manager::start().unwrap();
+        let jobs = m.named("jobs").queue::<u32>(0).unwrap();
+        jobs.put(&7).unwrap();
+        let counter = m.named("counter").value(&5u64).unwrap();
+        let gate = m.named("gate").event().unwrap();
+        let cells = m.named("cells").array(&[0u8, 0, 0]).unwrap();
+        // The child's `init` and `items` are ignored: the objects are there already.
+        let (job, count, seen) = common::join(common::start(method, use_named, m.clone())).unwrap();
+        assert_eq!((job, count, seen), (7, 5, vec![1, 0, 0]), "{method:?}");
+        assert!(gate.is_set().unwrap());
+        assert_eq!(cells.get(0).unwrap(), 1);
+        // Another kind, or the same kind with other parameters, under a taken name.
+        for wrong in [
+            m.named("jobs").lock().map(drop),
+            m.named("jobs").queue::<u32>(5).map(drop),
+            m.named("counter").dict::<u8, u8>().map(drop),
+        ] {
+            assert!(matches!(
+                wrong,
+                Err(ManagerError::Remote(RemoteError::WrongKind { .. }))
+            ));
+        }
+        // Named ones stay when nobody holds them.
+        let id = counter.id();
+        drop((jobs, counter, gate, cells));
+        assert_eq!(m.named("counter").value(&0u64).unwrap().id(), id);
+    }
 }

@@ -571,3 +571,49 @@ fn a_receive_is_not_starved_by_wait_on_another_thread() {
         let _ = wait(&[c], Some(Duration::ZERO));
     });
 }
+
+/// Connects to the manager over TLS first, then receives a dict proxy of it and writes into it:
+/// the proxy uses this process's TLS connection.
+fn tls_manager_child(args: (Address, String, Connection)) -> usize {
+    let (address, roots, conn) = args;
+    let _m = multiprocess::manager::Manager::connect_with(
+        tls_client(&address, &roots).authkey(b"manager key"),
+    )
+    .expect("the manager over TLS");
+    let d: multiprocess::manager::Dict<String, u32> = conn.recv().expect("the proxy");
+    d.set(&"child".into(), &2).unwrap();
+    d.len().unwrap()
+}
+
+#[test]
+fn manager_proxies_received_after_a_tls_connect_use_that_connection() {
+    let cert = certificate(&["127.0.0.1"]);
+    let server =
+        multiprocess::manager::Server::new(tls_listener(&cert, Some(b"manager key"))).unwrap();
+    let address = server.address().clone();
+    let stop = server.stopper();
+    let serving = std::thread::spawn(move || server.serve());
+    let m = multiprocess::manager::Manager::connect_with(
+        tls_client(&address, &cert.0).authkey(b"manager key"),
+    )
+    .unwrap();
+    let d = m.dict::<String, u32>().unwrap();
+    d.set(&"parent".into(), &1).unwrap();
+    // This process's plain `connect` to that manager is the TLS connection too.
+    let again = multiprocess::manager::Manager::connect(&address, b"manager key").unwrap();
+    assert_eq!(again.status().unwrap().clients.len(), 1);
+    for method in METHODS {
+        let (here, there) = multiprocess::pipe().unwrap();
+        let child = common::start(
+            method,
+            tls_manager_child,
+            (address.clone(), cert.0.clone(), there),
+        );
+        here.send(&d).unwrap();
+        assert_eq!(common::join(child).unwrap(), 2, "{method:?}");
+    }
+    assert_eq!(d.get(&"child".into()).unwrap(), Some(2));
+    drop((d, m, again));
+    stop.stop();
+    serving.join().unwrap().unwrap();
+}

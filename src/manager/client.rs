@@ -72,7 +72,10 @@ impl Core {
         if attached.contains(&object) {
             return Ok(());
         }
-        self.call(Op::Attach { object })?;
+        self.call(Op::Attach {
+            object,
+            expect: super::proto::Expect::Any,
+        })?;
         attached.insert(object);
         Ok(())
     }

@@ -36,8 +36,8 @@
 //!   at once if it already has (so a watcher that was away loses no change).
 //! - **Clients die cleanly**: a client's locks and semaphore slots are released when its
 //!   connection ends (it exited or was killed), and the unnamed objects only it held are freed (after a grace period, for
-//!   proxies in transit). Named objects ([`Manager::named_dict`], [`Manager::named_list`]: made by
-//!   the first client to ask, found by the others) stay until the server stops.
+//!   proxies in transit). Named objects of every kind ([`Manager::named`]: made by the first
+//!   client to ask, found by the others) stay until the server stops.
 //! - **Typed**: keys and values are your serde types, encoded with the crate's codec; the server
 //!   stores them as bytes and never runs your code (keys compare by their encoding) unless you
 //!   ask it to: types of your own ([`Serve`]) live in the server and answer typed calls.
@@ -61,7 +61,7 @@ pub(crate) use server::fuzz_requests;
 use crate::codec;
 use crate::{Address, Connection, Process, StartMethod, ToAddress};
 use client::Core;
-use proto::{Bytes, Call, ObjectId, Op, Reply};
+use proto::{Bytes, Call, Expect, ObjectId, Op, Reply};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -131,6 +131,9 @@ pub enum RemoteError {
     /// A bounded semaphore released past its starting value (Python's `ValueError`).
     #[error("the bounded semaphore was released too many times")]
     TooManyReleases,
+    /// A barrier for no parties (Python's `ValueError`).
+    #[error("a barrier needs at least one party")]
+    NoParties,
     /// A release of a lock that is not held (an RLock: not by this thread).
     #[error("the lock is not held (by this thread, for an RLock)")]
     NotHeld,
@@ -499,9 +502,12 @@ impl Manager {
     }
 
     /// Connects with a client builder of your own: TLS, a timeout, a message limit; it must
-    /// carry the manager's key. This connection is not shared with [`connect`](Self::connect)'s,
-    /// and a process this manager's proxies are sent to connects with the address and key only
-    /// (so, not over TLS).
+    /// carry the manager's key. This connection becomes the process's connection to that manager:
+    /// [`connect`](Self::connect) with the same address and key, and proxies of it that arrive in
+    /// this process (through a `Connection`, a queue, a child's argument), use it too. A process
+    /// that receives proxies without having connected connects with the address and key only
+    /// (so, not over TLS): a process that must reach the manager over TLS calls `connect_with`
+    /// before it receives them.
     ///
     /// # Errors
     /// The builder has no key, or connecting failed.
@@ -517,10 +523,12 @@ impl Manager {
             )));
         };
         let conn = builder.connect()?;
-        Ok(Manager {
-            core: Arc::new(Core::new(conn, address, key)),
-            server: None,
-        })
+        let core = Arc::new(Core::new(conn, address.clone(), key.clone()));
+        connections()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((address, key), Arc::downgrade(&core));
+        Ok(Manager { core, server: None })
     }
 
     /// Bounds how long any call through this process's connection to the manager waits for its
@@ -563,19 +571,9 @@ impl Manager {
         Ok(core)
     }
 
-    fn create(
-        &self,
-        kind: Kind,
-        name: Option<&str>,
-        existing: bool,
-        init: Option<Bytes>,
-    ) -> Result<Handle, ManagerError> {
-        match self.call(Op::Create {
-            kind,
-            name: name.map(str::to_string),
-            existing,
-            init,
-        })? {
+    /// Runs a request that makes (or finds) an object: a handle on it.
+    fn create_op(&self, op: Op) -> Result<Handle, ManagerError> {
+        match self.call(op)? {
             Reply::Object { id, .. } => Ok(self.handle(id)),
             other => Err(unexpected(&other)),
         }
@@ -607,151 +605,32 @@ impl Manager {
             || (self.core.address == other.core.address && self.core.key == other.core.key)
     }
 
-    /// A new, empty dict.
-    pub fn dict<K, V>(&self) -> Result<Dict<K, V>, ManagerError> {
-        Ok(Dict::wrap(self.create(Kind::Dict, None, false, None)?))
+    /// The objects called `name`: each of [`Manager`]'s constructors, as get-or-create by name
+    /// (see [`Named`]).
+    pub fn named<'a>(&'a self, name: &'a str) -> Named<'a> {
+        Named {
+            manager: self,
+            name,
+        }
     }
 
-    /// The dict called `name`, made empty if there is none yet. Named objects stay on the server
-    /// until it stops, whoever holds them.
+    /// The dict called `name`, made empty if there is none yet (`named(name).dict()`).
     pub fn named_dict<K, V>(&self, name: &str) -> Result<Dict<K, V>, ManagerError> {
-        Ok(Dict::wrap(self.create(
-            Kind::Dict,
-            Some(name),
-            true,
-            None,
-        )?))
+        self.named(name).dict()
     }
 
-    /// A new, empty list.
-    pub fn list<T>(&self) -> Result<List<T>, ManagerError> {
-        Ok(List::wrap(self.create(Kind::List, None, false, None)?))
-    }
-
-    /// The list called `name`, made empty if there is none yet.
+    /// The list called `name`, made empty if there is none yet (`named(name).list()`).
     pub fn named_list<T>(&self, name: &str) -> Result<List<T>, ManagerError> {
-        Ok(List::wrap(self.create(
-            Kind::List,
-            Some(name),
-            true,
-            None,
-        )?))
-    }
-
-    /// A new, empty namespace (named values of any types, Python's `Namespace`).
-    pub fn namespace(&self) -> Result<Namespace, ManagerError> {
-        Ok(Namespace(self.create(
-            Kind::Namespace,
-            None,
-            false,
-            None,
-        )?))
-    }
-
-    /// A new value, set to `init`.
-    pub fn value<T: Serialize>(&self, init: &T) -> Result<Value<T>, ManagerError> {
-        let init = encode(init)?;
-        Ok(Value::wrap(self.create(
-            Kind::Value,
-            None,
-            false,
-            Some(init),
-        )?))
-    }
-
-    /// A new lock (Python's `Manager().Lock()`): held by a thread of a client, released if that
-    /// client dies.
-    pub fn lock(&self) -> Result<Lock, ManagerError> {
-        Ok(Lock(self.create(
-            Kind::Lock { reentrant: false },
-            None,
-            false,
-            None,
-        )?))
-    }
-
-    /// A new reentrant lock (Python's `RLock`): its holder may take it again.
-    pub fn rlock(&self) -> Result<Lock, ManagerError> {
-        Ok(Lock(self.create(
-            Kind::Lock { reentrant: true },
-            None,
-            false,
-            None,
-        )?))
-    }
-
-    /// A new semaphore with `value` slots (Python's `Manager().Semaphore(value)`): the slots a
-    /// client holds are given back if it dies.
-    pub fn semaphore(&self, value: u64) -> Result<Semaphore, ManagerError> {
-        let kind = Kind::Semaphore {
-            value,
-            bounded: false,
-        };
-        Ok(Semaphore(self.create(kind, None, false, None)?))
-    }
-
-    /// A new bounded semaphore (Python's `BoundedSemaphore`): a release past `value` is
-    /// [`RemoteError::TooManyReleases`].
-    pub fn bounded_semaphore(&self, value: u64) -> Result<Semaphore, ManagerError> {
-        let kind = Kind::Semaphore {
-            value,
-            bounded: true,
-        };
-        Ok(Semaphore(self.create(kind, None, false, None)?))
-    }
-
-    /// A new queue holding at most `maxsize` items (0: no limit), Python's `Manager().Queue()`
-    /// (and `JoinableQueue()`: it counts what is done with [`Queue::task_done`]).
-    pub fn queue<T>(&self, maxsize: usize) -> Result<Queue<T>, ManagerError> {
-        let kind = Kind::Queue {
-            maxsize: maxsize as u64,
-        };
-        Ok(Queue::wrap(self.create(kind, None, false, None)?))
-    }
-
-    /// A new array holding `items` (Python's `Manager().Array()`): a list whose length never
-    /// changes (`get`, `set`, `len`, `snapshot`, `iter`).
-    pub fn array<T: Serialize>(&self, items: &[T]) -> Result<Array<T>, ManagerError> {
-        let h = self.create(Kind::Array, None, false, None)?;
-        let items = items.iter().map(encode).collect::<Result<_, _>>()?;
-        h.unit(Call::ArrayInit(items))?;
-        Ok(Array::wrap(h))
-    }
-
-    /// A new barrier for `parties` parties (Python's `Manager().Barrier()`): a party that dies
-    /// waiting breaks it for the others.
-    pub fn barrier(&self, parties: usize) -> Result<Barrier, ManagerError> {
-        let kind = Kind::Barrier {
-            parties: parties as u64,
-        };
-        Ok(Barrier(self.create(kind, None, false, None)?))
-    }
-
-    /// A new condition with its own reentrant lock (Python's `Manager().Condition()`).
-    pub fn condition(&self) -> Result<Condition, ManagerError> {
-        Ok(Condition(Lock(self.create(
-            Kind::Condition,
-            None,
-            false,
-            None,
-        )?)))
+        self.named(name).list()
     }
 
     /// A new value of a type of your own, made in the server from `init` (the server must serve
     /// `T`: [`ManagerBuilder::serving`], or [`Server::serving`]).
     pub fn served<T: Serve>(&self, init: &T::Init) -> Result<Served<T>, ManagerError> {
-        match self.call(Op::CreateServed {
+        Ok(Served::wrap(self.create_op(Op::CreateServed {
             type_name: T::NAME.to_string(),
             init: encode(init)?,
-        })? {
-            Reply::Object { id, .. } => Ok(Served::wrap(self.handle(id))),
-            other => Err(unexpected(&other)),
-        }
-    }
-
-    /// A new event, not set (Python's `Manager().Event()`).
-    pub fn event(&self) -> Result<Event, ManagerError> {
-        Ok(Event(self.create(Kind::Event, None, false, None)?))
+        })?))
     }
 
     /// Calls in one round trip, each on its own (see [`Batch`]).
@@ -778,6 +657,145 @@ impl Manager {
     pub fn shutdown(&self) -> Result<(), ManagerError> {
         self.call(Op::Shutdown).map(drop)
     }
+}
+
+/// Objects by name, from [`Manager::named`]: each constructor returns the object called that name
+/// if there is one (held by this proxy too; an `init` or `items` given is then ignored), and makes
+/// it so if there is none. Named objects stay on the server until it stops, whoever holds them,
+/// and any client can reach them by name. One of another kind, or of the same kind with other
+/// parameters (a queue of another `maxsize`), is [`RemoteError::WrongKind`].
+///
+/// # Examples
+/// ```
+/// use multiprocess::manager::Manager;
+///
+/// let m = Manager::start()?;
+/// let jobs = m.named("jobs").queue::<u32>(0)?;
+/// jobs.put(&7)?;
+/// // Any client, with the same name: the same queue.
+/// let again = m.named("jobs").queue::<u32>(0)?;
+/// assert_eq!(again.get()?, 7);
+/// assert!(m.named("jobs").lock().is_err());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub struct Named<'a> {
+    manager: &'a Manager,
+    name: &'a str,
+}
+
+/// Makes an object, named or not.
+struct Maker<'a> {
+    manager: &'a Manager,
+    name: Option<&'a str>,
+}
+
+impl Maker<'_> {
+    fn make(
+        &self,
+        kind: Kind,
+        init: Option<Bytes>,
+        items: Vec<Bytes>,
+    ) -> Result<Handle, ManagerError> {
+        self.manager.create_op(Op::Create {
+            kind,
+            name: self.name.map(str::to_string),
+            existing: self.name.is_some(),
+            init,
+            items,
+        })
+    }
+
+    fn kind(&self, kind: Kind) -> Result<Handle, ManagerError> {
+        self.make(kind, None, Vec::new())
+    }
+}
+
+/// The constructors of [`Manager`] (new objects) and of [`Named`] (get-or-create by name), from
+/// one list: `fn name[generics](args) -> Proxy => |maker| body;`.
+macro_rules! constructors {
+    ($(
+        $(#[doc = $doc:expr])*
+        fn $f:ident $([$($g:tt)*])? ($($a:ident: $t:ty),*) -> $r:ty => |$mk:ident| $body:expr;
+    )*) => {
+        impl Manager {$(
+            $(#[doc = $doc])*
+            pub fn $f $(<$($g)*>)? (&self, $($a: $t),*) -> Result<$r, ManagerError> {
+                let $mk = Maker { manager: self, name: None };
+                $body
+            }
+        )*}
+
+        impl Named<'_> {$(
+            $(#[doc = $doc])*
+            ///
+            /// By name: the one called so, made if there is none.
+            pub fn $f $(<$($g)*>)? (&self, $($a: $t),*) -> Result<$r, ManagerError> {
+                let $mk = Maker { manager: self.manager, name: Some(self.name) };
+                $body
+            }
+        )*}
+    };
+}
+
+constructors! {
+    /// A new, empty dict.
+    fn dict[K, V]() -> Dict<K, V> => |mk| Ok(Dict::wrap(mk.kind(Kind::Dict)?));
+
+    /// A new, empty list.
+    fn list[T]() -> List<T> => |mk| Ok(List::wrap(mk.kind(Kind::List)?));
+
+    /// A new, empty namespace (named values of any types, Python's `Namespace`).
+    fn namespace() -> Namespace => |mk| Ok(Namespace(mk.kind(Kind::Namespace)?));
+
+    /// A new value, set to `init`.
+    fn value[T: Serialize](init: &T) -> Value<T> => |mk| {
+        Ok(Value::wrap(mk.make(Kind::Value, Some(encode(init)?), Vec::new())?))
+    };
+
+    /// A new lock (Python's `Manager().Lock()`): held by a thread of a client, released if that
+    /// client dies.
+    fn lock() -> Lock => |mk| Ok(Lock(mk.kind(Kind::Lock { reentrant: false })?));
+
+    /// A new reentrant lock (Python's `RLock`): its holder may take it again.
+    fn rlock() -> Lock => |mk| Ok(Lock(mk.kind(Kind::Lock { reentrant: true })?));
+
+    /// A new semaphore with `value` slots (Python's `Manager().Semaphore(value)`): the slots a
+    /// client holds are given back if it dies.
+    fn semaphore(value: u64) -> Semaphore => |mk| {
+        Ok(Semaphore(mk.kind(Kind::Semaphore { value, bounded: false })?))
+    };
+
+    /// A new bounded semaphore (Python's `BoundedSemaphore`): a release past `value` is
+    /// [`RemoteError::TooManyReleases`].
+    fn bounded_semaphore(value: u64) -> Semaphore => |mk| {
+        Ok(Semaphore(mk.kind(Kind::Semaphore { value, bounded: true })?))
+    };
+
+    /// A new queue holding at most `maxsize` items (0: no limit), Python's `Manager().Queue()`
+    /// (and `JoinableQueue()`: it counts what is done with [`Queue::task_done`]).
+    fn queue[T](maxsize: usize) -> Queue<T> => |mk| {
+        Ok(Queue::wrap(mk.kind(Kind::Queue { maxsize: maxsize as u64 })?))
+    };
+
+    /// A new array holding `items` (Python's `Manager().Array()`): a list whose length never
+    /// changes (`get`, `set`, `len`, `snapshot`, `iter`).
+    fn array[T: Serialize](items: &[T]) -> Array<T> => |mk| {
+        let items = items.iter().map(encode).collect::<Result<_, _>>()?;
+        Ok(Array::wrap(mk.make(Kind::Array, None, items)?))
+    };
+
+    /// A new barrier for `parties` parties (Python's `Manager().Barrier()`): a party that dies
+    /// waiting breaks it for the others. No parties is [`RemoteError::NoParties`].
+    fn barrier(parties: usize) -> Barrier => |mk| {
+        Ok(Barrier(mk.kind(Kind::Barrier { parties: parties as u64 })?))
+    };
+
+    /// A new condition with its own reentrant lock (Python's `Manager().Condition()`).
+    fn condition() -> Condition => |mk| Ok(Condition(Lock(mk.kind(Kind::Condition)?)));
+
+    /// A new event, not set (Python's `Manager().Event()`).
+    fn event() -> Event => |mk| Ok(Event(mk.kind(Kind::Event)?));
 }
 
 fn shared_core(address: &Address, key: &[u8]) -> Result<Arc<Core>, ManagerError> {
@@ -951,10 +969,12 @@ impl Serialize for Handle {
     }
 }
 
-impl<'de> Deserialize<'de> for Handle {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+impl Handle {
+    /// A proxy arriving in this process: takes a hold, if the object is what the proxy is for
+    /// (else [`RemoteError::WrongKind`], as a deserialization error).
+    fn attach<'de, D: serde::Deserializer<'de>>(d: D, expect: Expect) -> Result<Self, D::Error> {
         let (manager, id): (Manager, ObjectId) = Deserialize::deserialize(d)?;
-        match manager.call(Op::Attach { object: id }) {
+        match manager.call(Op::Attach { object: id, expect }) {
             Ok(Reply::Object { .. }) => Ok(manager.handle(id)),
             Ok(other) => Err(serde::de::Error::custom(unexpected(&other))),
             Err(e) => Err(serde::de::Error::custom(e)),
@@ -962,7 +982,41 @@ impl<'de> Deserialize<'de> for Handle {
     }
 }
 
+/// Deserialize for the proxies that are a bare handle: attach as `$expect`.
+macro_rules! attach_as {
+    ($($name:ident => $expect:expr),* $(,)?) => {$(
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                Ok($name(Handle::attach(d, $expect)?))
+            }
+        }
+    )*};
+}
+
+attach_as!(
+    Namespace => Expect::Namespace,
+    Lock => Expect::Lock,
+    Semaphore => Expect::Semaphore,
+    Barrier => Expect::Barrier,
+    Event => Expect::Event,
+);
+
+impl<'de> Deserialize<'de> for Condition {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Condition(Lock(Handle::attach(d, Expect::Condition)?)))
+    }
+}
+
 macro_rules! proxy_common {
+    ($name:ident < $($t:ident),* >, $expect:expr) => {
+        impl<'de, $($t),*> Deserialize<'de> for $name<$($t),*> {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                Ok($name::wrap(Handle::attach(d, $expect)?))
+            }
+        }
+
+        proxy_common!($name<$($t),*>);
+    };
     ($name:ident < $($t:ident),* >) => {
         impl<$($t),*> Clone for $name<$($t),*> {
             fn clone(&self) -> Self {
@@ -982,27 +1036,42 @@ macro_rules! proxy_common {
             }
         }
 
-        impl<'de, $($t),*> Deserialize<'de> for $name<$($t),*> {
-            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                Ok($name::wrap(Handle::deserialize(d)?))
-            }
-        }
-
         impl<$($t),*> $name<$($t),*> {
             fn wrap(h: Handle) -> Self {
                 $name { h, _t: PhantomData }
             }
+        }
 
-            /// The object's version: one more for each change.
+        impl<$($t),*> sealed::Sealed for $name<$($t),*> {}
+
+        #[allow(private_interfaces)]
+        impl<$($t),*> Proxy for $name<$($t),*> {
+            fn handle(&self) -> &Handle {
+                &self.h
+            }
+        }
+
+        watchable!($name<$($t),*>);
+    };
+}
+
+/// Every proxy's `version`, `watch`, `watch_timeout` and `id`.
+macro_rules! watchable {
+    ($name:ident $(< $($t:ident),* >)?) => {
+        impl$(<$($t),*>)? $name$(<$($t),*>)? {
+            /// The object's version: one more for each change (of its content, or of its state:
+            /// a lock taken or released, an event set, a barrier broken).
             pub fn version(&self) -> Result<u64, ManagerError> {
-                self.h.version()
+                self.handle().version()
             }
 
             /// Waits until the object changes past version `since` (from `version()` or
             /// `snapshot()`, or the last `watch`); returns its version then. A watch is
             /// resumable: changes made while nobody watched answer it at once.
             pub fn watch(&self, since: u64) -> Result<u64, ManagerError> {
-                self.h.watch(since, None).map(|v| v.unwrap_or(since))
+                self.handle().watch(since, None)?.ok_or_else(|| {
+                    ManagerError::Decode("a watch without a timeout answered a timeout".into())
+                })
             }
 
             /// [`watch`](Self::watch), waiting at most `timeout` (`None` then).
@@ -1011,16 +1080,45 @@ macro_rules! proxy_common {
                 since: u64,
                 timeout: Duration,
             ) -> Result<Option<u64>, ManagerError> {
-                self.h.watch(since, Some(timeout))
+                self.handle().watch(since, Some(timeout))
             }
 
             /// The object's id on its manager.
             pub fn id(&self) -> u64 {
-                self.h.id()
+                self.handle().id()
             }
         }
     };
 }
+
+/// The proxies that are a bare handle: sealed, a [`Proxy`], watchable.
+macro_rules! bare_proxy {
+    ($($name:ident),*) => {$(
+        impl sealed::Sealed for $name {}
+
+        #[allow(private_interfaces)]
+        impl Proxy for $name {
+            fn handle(&self) -> &Handle {
+                &self.0
+            }
+        }
+
+        watchable!($name);
+    )*};
+}
+
+bare_proxy!(Namespace, Lock, Semaphore, Event, Barrier);
+
+impl sealed::Sealed for Condition {}
+
+#[allow(private_interfaces)]
+impl Proxy for Condition {
+    fn handle(&self) -> &Handle {
+        &(self.0).0
+    }
+}
+
+watchable!(Condition);
 
 /// A dict on a manager, of `K` to `V` (Python's `Manager().dict()`), in insertion order. Keys
 /// compare by their encoding.
@@ -1029,7 +1127,7 @@ pub struct Dict<K, V> {
     _t: PhantomData<fn() -> (K, V)>,
 }
 
-proxy_common!(Dict<K, V>);
+proxy_common!(Dict<K, V>, Expect::Dict);
 
 impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> Dict<K, V> {
     /// The value of `key`, if it has one.
@@ -1155,7 +1253,7 @@ pub struct List<T> {
     _t: PhantomData<fn() -> T>,
 }
 
-proxy_common!(List<T>);
+proxy_common!(List<T>, Expect::List);
 
 /// Items a [`List::iter`] fetches per round trip.
 const LIST_CHUNK: u64 = 256;
@@ -1292,7 +1390,7 @@ impl<T: Serialize + DeserializeOwned> Iterator for ListIter<'_, T> {
 }
 
 /// A namespace on a manager: named values of any serde types (Python's `Manager().Namespace()`).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct Namespace(Handle);
 
 impl Namespace {
@@ -1327,11 +1425,6 @@ impl Namespace {
             other => Err(unexpected(&other)),
         }
     }
-
-    /// The namespace's version: one more for each change.
-    pub fn version(&self) -> Result<u64, ManagerError> {
-        self.0.version()
-    }
 }
 
 /// One value on a manager (Python's `Manager().Value()`).
@@ -1340,7 +1433,7 @@ pub struct Value<T> {
     _t: PhantomData<fn() -> T>,
 }
 
-proxy_common!(Value<T>);
+proxy_common!(Value<T>, Expect::Value);
 
 impl<T: Serialize + DeserializeOwned> Value<T> {
     /// The value.
@@ -1371,7 +1464,7 @@ impl<T: Serialize + DeserializeOwned> Value<T> {
 
 /// A lock on a manager (Python's `Manager().Lock()`, or `RLock()`): held by one thread of one
 /// client at a time, and released by the server if that client dies holding it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct Lock(Handle);
 
 /// This thread's token for locks: distinct for every thread of the process.
@@ -1430,7 +1523,7 @@ impl Lock {
 
 /// A semaphore on a manager (Python's `Manager().Semaphore()` / `BoundedSemaphore()`): the slots
 /// a client holds are given back by the server if that client dies.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct Semaphore(Handle);
 
 /// A microsecond timeout for the wire, rounded up (never waits less than asked).
@@ -1485,7 +1578,7 @@ pub struct Queue<T> {
     _t: PhantomData<fn() -> T>,
 }
 
-proxy_common!(Queue<T>);
+proxy_common!(Queue<T>, Expect::Queue);
 
 impl<T: Serialize + DeserializeOwned> Queue<T> {
     fn put_for(&self, item: &T, timeout: Option<Duration>) -> Result<(), ManagerError> {
@@ -1568,7 +1661,7 @@ pub struct Array<T> {
     _t: PhantomData<fn() -> T>,
 }
 
-proxy_common!(Array<T>);
+proxy_common!(Array<T>, Expect::Array);
 
 impl<T: Serialize + DeserializeOwned> Array<T> {
     /// The item at `index` (Python's: `-1` is the last; [`RemoteError::IndexError`] past it).
@@ -1603,7 +1696,7 @@ impl<T: Serialize + DeserializeOwned> Array<T> {
 /// A condition on a manager (Python's `Manager().Condition()`): its lock is taken and released
 /// as a [`Lock`]'s (it is reentrant, and released by the server if its holder dies); `wait` and
 /// `notify` need it held by the calling thread.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct Condition(Lock);
 
 impl Condition {
@@ -1654,6 +1747,16 @@ pub struct Served<T> {
 
 proxy_common!(Served<T>);
 
+/// A served proxy attaches only to a value of its own type.
+impl<'de, T: Serve> Deserialize<'de> for Served<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Served::wrap(Handle::attach(
+            d,
+            Expect::Served(T::NAME.to_string()),
+        )?))
+    }
+}
+
 impl<T: Serve> Served<T> {
     /// Runs `request` on the object, in the server.
     pub fn call(&self, request: &T::Request) -> Result<T::Response, ManagerError> {
@@ -1665,7 +1768,7 @@ impl<T: Serve> Served<T> {
 }
 
 /// A barrier on a manager (Python's `Manager().Barrier()`).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct Barrier(Handle);
 
 impl Barrier {
@@ -1675,9 +1778,48 @@ impl Barrier {
     }
 
     /// Waits at most `timeout`: past it the barrier breaks ([`RemoteError::BrokenBarrier`], for
-    /// every party).
+    /// every party). As in Python, a zero timeout does not poll: unless this party is the last,
+    /// it breaks the barrier at once.
     pub fn wait_timeout(&self, timeout: Duration) -> Result<usize, ManagerError> {
         self.wait_for(Some(timeout))
+    }
+
+    /// Breaks the barrier (Python's `abort`): waiting parties and every later wait fail with
+    /// [`RemoteError::BrokenBarrier`], until a [`reset`](Self::reset).
+    pub fn abort(&self) -> Result<(), ManagerError> {
+        self.0.unit(Call::BarrierAbort)
+    }
+
+    /// Mends the barrier (Python's `reset`): parties waiting now fail with
+    /// [`RemoteError::BrokenBarrier`]; later waits work again.
+    pub fn reset(&self) -> Result<(), ManagerError> {
+        self.0.unit(Call::BarrierReset)
+    }
+
+    /// How many parties it waits for (Python's `parties`).
+    pub fn parties(&self) -> Result<usize, ManagerError> {
+        Ok(self.state()?.0)
+    }
+
+    /// How many parties wait now (Python's `n_waiting`).
+    pub fn n_waiting(&self) -> Result<usize, ManagerError> {
+        Ok(self.state()?.1)
+    }
+
+    /// Whether it is broken (Python's `broken`).
+    pub fn broken(&self) -> Result<bool, ManagerError> {
+        Ok(self.state()?.2)
+    }
+
+    fn state(&self) -> Result<(usize, usize, bool), ManagerError> {
+        match self.0.call(Call::BarrierState)? {
+            Reply::Barrier {
+                parties,
+                waiting,
+                broken,
+            } => Ok((parties as usize, waiting as usize, broken)),
+            other => Err(unexpected(&other)),
+        }
     }
 
     fn wait_for(&self, timeout: Option<Duration>) -> Result<usize, ManagerError> {
@@ -1691,7 +1833,7 @@ impl Barrier {
 }
 
 /// An event on a manager (Python's `Manager().Event()`).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct Event(Handle);
 
 impl Event {
@@ -1910,8 +2052,8 @@ impl Batch {
     }
 }
 
-/// A proxy of a manager's container (for [`Batch::expect`]). Sealed: implemented by [`Dict`],
-/// [`List`], [`Value`] and [`Namespace`].
+/// A proxy of a manager's object (for [`Batch::expect`], and the `version`, `watch` and `id`
+/// every proxy has). Sealed: implemented by this module's proxies only.
 #[allow(private_interfaces)]
 pub trait Proxy: sealed::Sealed {
     /// The object's id on its manager.
@@ -1925,37 +2067,4 @@ pub trait Proxy: sealed::Sealed {
 
 mod sealed {
     pub trait Sealed {}
-}
-
-impl<K, V> sealed::Sealed for Dict<K, V> {}
-impl<T> sealed::Sealed for List<T> {}
-impl<T> sealed::Sealed for Value<T> {}
-impl sealed::Sealed for Namespace {}
-
-#[allow(private_interfaces)]
-impl<K, V> Proxy for Dict<K, V> {
-    fn handle(&self) -> &Handle {
-        &self.h
-    }
-}
-
-#[allow(private_interfaces)]
-impl<T> Proxy for List<T> {
-    fn handle(&self) -> &Handle {
-        &self.h
-    }
-}
-
-#[allow(private_interfaces)]
-impl<T> Proxy for Value<T> {
-    fn handle(&self) -> &Handle {
-        &self.h
-    }
-}
-
-#[allow(private_interfaces)]
-impl Proxy for Namespace {
-    fn handle(&self) -> &Handle {
-        &self.0
-    }
 }

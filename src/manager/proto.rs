@@ -35,13 +35,16 @@ pub(crate) enum Op {
         existing: bool,
         /// A value's first value.
         init: Option<Bytes>,
+        /// An array's items (its length for good).
+        items: Vec<Bytes>,
     },
     /// A new value of the served type called `type_name`, made from `init`.
     CreateServed { type_name: String, init: Bytes },
     /// The object called `name`.
     Lookup { name: String },
-    /// This client takes a hold on `object` (a proxy it received from another process).
-    Attach { object: ObjectId },
+    /// This client takes a hold on `object` (a proxy it received from another process), which
+    /// must be what the proxy is for.
+    Attach { object: ObjectId, expect: Expect },
     /// This client lets go of one hold on `object`.
     Release { object: ObjectId },
     /// One call on one object.
@@ -102,6 +105,27 @@ pub enum Kind {
     },
 }
 
+/// What a proxy that attaches is a proxy of: the object must be one (a `Lock` proxy fits a lock
+/// and an RLock, a `Served` proxy only a value of its type).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Expect {
+    /// Anything (a forked child's copy of a proxy its parent made).
+    Any,
+    Dict,
+    List,
+    Namespace,
+    Value,
+    Lock,
+    Semaphore,
+    Event,
+    Condition,
+    Array,
+    Barrier,
+    Queue,
+    /// A value of the served type of this name.
+    Served(String),
+}
+
 /// A call on one object. Indices are Python's: negative ones count from the end.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) enum Call {
@@ -113,8 +137,6 @@ pub(crate) enum Call {
     Snapshot,
     /// The object's version (each change adds one).
     Version,
-    /// An array's items (`init` of its creation).
-    ArrayInit(Vec<Bytes>),
     /// One call of a served object (its type's encoded request).
     Served(Bytes),
     /// Waits until the object's version is past `since`, at most `timeout_us`: answers the
@@ -198,6 +220,12 @@ pub(crate) enum Call {
     BarrierWait {
         timeout_us: Option<u64>,
     },
+    /// Breaks the barrier: waiting parties and later waits fail until a reset.
+    BarrierAbort,
+    /// Mends the barrier: parties waiting fail (as Python's), later waits work.
+    BarrierReset,
+    /// Its parties, the parties waiting now, and whether it is broken (`Reply::Barrier`).
+    BarrierState,
     /// One item taken earlier is done (`JoinableQueue.task_done`).
     QueueTaskDone,
     /// Waits until every item put is done, at most `timeout_us`; whether they are.
@@ -238,6 +266,11 @@ pub(crate) enum Reply {
     /// and that many bytes, all little-endian. The client reads its types straight from it.
     Raw(Bytes),
     Batch(Vec<Result<Reply, super::RemoteError>>),
+    Barrier {
+        parties: u64,
+        waiting: u64,
+        broken: bool,
+    },
     Status(super::Status),
 }
 

@@ -9,10 +9,19 @@
 //! told of ([`Registry::register`]), and a request that does not decode as `T::Request` is a
 //! typed error ([`RemoteError::Served`]) and changes nothing.
 //!
-//! # Not under the server's lock
+//! # Not under the server's lock, and not in the way of the connection
 //! A served object's call runs under that object's own mutex, never under the lock of the whole
-//! server: a slow method delays the calls on the same object, nobody else's. A method that panics
-//! answers [`RemoteError::Served`] and leaves the object as the panic left it (the server goes on).
+//! server: a slow method delays the calls on the same object, nobody else's. It runs on the thread
+//! that read it from the client's connection (no hand-off for a quick call), and a call still
+//! running after a millisecond hands that connection to a fresh reader thread, so the client's
+//! other threads go on being served meanwhile (see the server's notes). A method that panics
+//! answers [`RemoteError::Served`] and leaves the object as the panic left it (the server goes on);
+//! so does a `Drop` that panics, which runs outside the server's lock.
+//!
+//! # The type is checked where it can be
+//! A proxy that arrives in another process is told which type it was made for: attaching a
+//! `Served<A>` to an object made as a `B` is refused ([`RemoteError::WrongKind`]) before any
+//! call, since `A`'s requests might decode as `B`'s and do the wrong thing quietly.
 
 use super::RemoteError;
 use super::proto::Bytes;
@@ -106,16 +115,24 @@ impl Registry {
         self
     }
 
+    /// Whether it serves no type.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.types.is_empty()
+    }
+
     /// Makes a `name` from its encoded `init`.
     pub(crate) fn make(&self, name: &str, init: &[u8]) -> Result<ServedObject, RemoteError> {
-        let factory = self
+        let (&name, factory) = self
             .types
-            .get(name)
+            .get_key_value(name)
             .ok_or_else(|| RemoteError::UnknownType(name.to_string()))?;
         let made = std::panic::catch_unwind(|| factory(init))
             .map_err(|p| RemoteError::Served(format!("{name}::new panicked: {}", message(&*p))))?
             .map_err(RemoteError::Served)?;
-        Ok(ServedObject(Arc::new(Mutex::new(made))))
+        Ok(ServedObject(Arc::new(Cell {
+            name,
+            object: Mutex::new(Some(made)),
+        })))
     }
 }
 
@@ -136,18 +153,28 @@ impl Registrations for Nothing {
 
 /// A served value, its type erased: bytes in, bytes out.
 pub(crate) trait Erased: Send {
-    fn call(&mut self, request: &[u8]) -> Result<Bytes, String>;
+    fn call(&mut self, request: &[u8]) -> Result<Bytes, Failed>;
+}
+
+/// Why a served call has no answer.
+pub(crate) enum Failed {
+    /// The request is not one of the type's: nothing ran.
+    Request(String),
+    /// The method ran, and its answer did not encode.
+    Response(String),
 }
 
 struct Typed<T>(T);
 
 impl<T: Serve> Erased for Typed<T> {
-    fn call(&mut self, request: &[u8]) -> Result<Bytes, String> {
-        let request: T::Request = crate::codec::decode(request, Vec::new())
-            .map_err(|e| format!("a request that is not a {} request: {e}", T::NAME))?;
+    fn call(&mut self, request: &[u8]) -> Result<Bytes, Failed> {
+        let request: T::Request = crate::codec::decode(request, Vec::new()).map_err(|e| {
+            Failed::Request(format!("a request that is not a {} request: {e}", T::NAME))
+        })?;
         let response = self.0.call(request);
-        let (bytes, _) = crate::codec::encode(&response)
-            .map_err(|e| format!("a {} response that does not encode: {e}", T::NAME))?;
+        let (bytes, _) = crate::codec::encode(&response).map_err(|e| {
+            Failed::Response(format!("a {} response that does not encode: {e}", T::NAME))
+        })?;
         Ok(Bytes::from(bytes))
     }
 }
@@ -168,24 +195,65 @@ fn message(payload: &(dyn std::any::Any + Send)) -> String {
 
 /// A served object in the server: shared so that its calls run outside the server's lock.
 #[derive(Clone)]
-pub(crate) struct ServedObject(Arc<Mutex<Box<dyn Erased>>>);
+pub(crate) struct ServedObject(Arc<Cell>);
+
+struct Cell {
+    /// Its type's [`Serve::NAME`].
+    name: &'static str,
+    /// `None` only while it is dropped.
+    object: Mutex<Option<Box<dyn Erased>>>,
+}
+
+/// The object's own `Drop` may panic: that must not take down whichever server thread let go of
+/// it last (the timer freeing it, or a reader finishing its last call).
+impl Drop for Cell {
+    fn drop(&mut self) {
+        let object = self
+            .object
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(object))) {
+            crate::trace::event!(
+                warn,
+                "manager: dropping a {} panicked: {}",
+                self.name,
+                message(&*p)
+            );
+        }
+    }
+}
 
 impl fmt::Debug for ServedObject {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ServedObject")
+        write!(f, "ServedObject({})", self.0.name)
     }
 }
 
 impl ServedObject {
-    /// Runs one call (a panic is an error; the object stays usable).
-    pub(crate) fn call(&self, request: &[u8]) -> Result<Bytes, RemoteError> {
-        let mut inner = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.call(request))) {
-            Ok(r) => r.map_err(RemoteError::Served),
-            Err(p) => Err(RemoteError::Served(format!(
-                "the call panicked: {}",
-                message(&*p)
-            ))),
+    /// Its type's name.
+    pub(crate) fn type_name(&self) -> &'static str {
+        self.0.name
+    }
+
+    /// Runs one call (a panic is an error; the object stays usable). The flag says whether the
+    /// method ran (and so may have changed the object), even if the call failed.
+    pub(crate) fn call(&self, request: &[u8]) -> (Result<Bytes, RemoteError>, bool) {
+        let mut inner = self.0.object.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(object) = inner.as_mut() else {
+            return (Err(RemoteError::Served("the object is gone".into())), false);
+        };
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| object.call(request))) {
+            Ok(Ok(bytes)) => (Ok(bytes), true),
+            Ok(Err(Failed::Request(why))) => (Err(RemoteError::Served(why)), false),
+            Ok(Err(Failed::Response(why))) => (Err(RemoteError::Served(why)), true),
+            Err(p) => (
+                Err(RemoteError::Served(format!(
+                    "the call panicked: {}",
+                    message(&*p)
+                ))),
+                true,
+            ),
         }
     }
 }

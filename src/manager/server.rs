@@ -15,6 +15,17 @@
 //! empties; a mailbox that grows past `MAILBOX_LIMIT` answers means the client is not reading, and
 //! its connection is ended.
 //!
+//! # A slow served call does not hold up its connection
+//! A client's requests are read by one thread, which runs a served object's method itself: a
+//! quick call pays no hand-off to another thread (a wake-up costs ~25 µs on a small machine). But
+//! a method that runs on blocks the reading, and every other thread of that client process (they
+//! share the connection) would wait behind it. So while served calls run, a watchdog looks every
+//! millisecond for a reader that has been in one call longer than `HANDOFF_AFTER`, and starts a
+//! fresh reader for that connection. Old and new settle who reads with one compare-and-swap on
+//! the call's sequence number: whichever swaps it first (the old reader finishing, or the new one
+//! starting) owns the connection; an old reader that lost sends its answer and ends. The watchdog
+//! sleeps when no served call has run for a while, and the next one wakes it.
+//!
 //! # Proxies in transit
 //! An unnamed object nobody holds is not freed at once but after a grace period (`free_after`,
 //! 10 s by default): a proxy on its way to another process (in a child's argument, a message, a
@@ -28,7 +39,7 @@
 //! unnamed object nobody else holds (after the grace period below). Named objects stay until the
 //! server stops.
 
-use super::proto::{Bytes, Call, Kind, ObjectId, Op, Reply, Request, Response};
+use super::proto::{Bytes, Call, Expect, Kind, ObjectId, Op, Reply, Request, Response};
 use super::{ClientStatus, ObjectStatus, RemoteError, Status};
 use crate::{Connection, Listener};
 use indexmap::IndexMap;
@@ -36,7 +47,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::io;
 use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -93,6 +104,93 @@ struct Shared {
     free_after: Duration,
     /// The types of your own this server serves.
     registry: super::Registry,
+    handoff: Handoff,
+}
+
+/// A served call running this long has its connection handed to a fresh reader (see the module
+/// notes).
+const HANDOFF_AFTER: Duration = Duration::from_millis(1);
+
+/// The watchdog sleeps after this many looks in a row found no served call running.
+const HANDOFF_QUIET_LOOKS: u32 = 100;
+
+/// The readers of a server that serves types of its own (see "A slow served call").
+#[derive(Debug, Default)]
+struct Handoff {
+    readers: Mutex<Vec<Arc<Reader>>>,
+    /// The watchdog sleeps on `wake` (with `readers` locked) until a served call starts; the
+    /// first call to see it asleep clears it and wakes it.
+    parked: AtomicBool,
+    wake: Condvar,
+    /// Readers the watchdog started, joined when the server stops.
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+/// Who reads one client's connection.
+#[derive(Debug)]
+struct Reader {
+    id: ClientId,
+    conn: Arc<Connection>,
+    /// Odd while its reader runs a served call (the call's sequence number), even while it reads.
+    /// Only the reader makes it odd; the reader finishing or a fresh one taking over makes it
+    /// even again, whichever comes first.
+    call: AtomicU64,
+    /// When the running call started, in microseconds since `epoch`.
+    since_us: AtomicU64,
+    epoch: Instant,
+    /// The call a fresh reader was last started for (one per call at most).
+    helped: AtomicU64,
+}
+
+impl Handoff {
+    fn lock(&self) -> MutexGuard<'_, Vec<Arc<Reader>>> {
+        self.readers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Notes that `r`'s reader starts a served call; the call's sequence number.
+    fn begin(&self, r: &Reader) -> u64 {
+        let seq = r.call.load(Ordering::Relaxed) + 1;
+        r.since_us
+            .store(r.epoch.elapsed().as_micros() as u64, Ordering::Relaxed);
+        r.call.store(seq, Ordering::SeqCst);
+        // Paired with the watchdog's `parked` store and look, both SeqCst: either it sees this
+        // call, or this sees it parked and wakes it (only the first call to see it does).
+        if self.parked.swap(false, Ordering::SeqCst) {
+            let _readers = self.lock();
+            self.wake.notify_all();
+        }
+        seq
+    }
+}
+
+impl Reader {
+    /// Ends call `seq`: whether this thread still reads the connection (`false`: a fresh reader
+    /// took it over meanwhile).
+    fn end(&self, seq: u64) -> bool {
+        self.take(seq)
+    }
+
+    /// Makes call `seq` no longer the reader's: `true` for the one that did.
+    fn take(&self, seq: u64) -> bool {
+        self.call
+            .compare_exchange(seq, seq + 1, Ordering::SeqCst, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    /// The call its reader has been running for at least `HANDOFF_AFTER`, if any.
+    fn slow_call(&self) -> Option<u64> {
+        let seq = self.call.load(Ordering::SeqCst);
+        if seq.is_multiple_of(2) {
+            return None;
+        }
+        let ran = (self.epoch.elapsed().as_micros() as u64)
+            .saturating_sub(self.since_us.load(Ordering::Relaxed));
+        (ran >= HANDOFF_AFTER.as_micros() as u64).then_some(seq)
+    }
+
+    fn in_call(&self) -> bool {
+        !self.call.load(Ordering::SeqCst).is_multiple_of(2)
+    }
 }
 
 /// Answers in a mailbox past this many: the client is not reading, and its connection is ended.
@@ -234,8 +332,8 @@ impl Data {
 struct BarrierState {
     parties: u64,
     waiting: VecDeque<Waiter>,
-    /// Broken (a wait timed out, or a waiting party died): every wait fails from then on (there
-    /// is no `reset`).
+    /// Broken (a wait timed out, a waiting party died, or it was aborted): every wait fails
+    /// until a reset.
     broken: bool,
 }
 
@@ -403,6 +501,18 @@ impl Server {
                 .name("manager-timer".into())
                 .spawn(move || shared.run_timer())?
         };
+        // Only a server with types of its own runs served calls, and needs the watchdog.
+        let watchdog = if self.shared.registry.is_empty() {
+            None
+        } else {
+            let shared = self.shared.clone();
+            let address = self.listener.address().clone();
+            Some(
+                std::thread::Builder::new()
+                    .name("manager-watchdog".into())
+                    .spawn(move || shared.run_watchdog(&address))?,
+            )
+        };
         let mut threads = Vec::new();
         let result = loop {
             if self.shared.stopping.load(Ordering::Acquire) {
@@ -418,9 +528,10 @@ impl Server {
                     crate::trace::event!(info, "manager: client {id} connected");
                     let shared = self.shared.clone();
                     let address = self.listener.address().clone();
+                    let watched = watchdog.is_some().then(|| shared.watch_reader(id, &conn));
                     let reader = std::thread::Builder::new()
                         .name(format!("manager-client-{id}"))
-                        .spawn(move || shared.serve_client(id, conn, &address));
+                        .spawn(move || shared.serve_client(id, conn, &address, watched.as_deref()));
                     let writer = {
                         let mailbox = mailbox.clone();
                         std::thread::Builder::new()
@@ -462,7 +573,20 @@ impl Server {
         for client in self.shared.lock().clients.values() {
             client.conn.shutdown();
         }
-        for t in threads {
+        if let Some(w) = watchdog {
+            drop(self.shared.handoff.lock());
+            self.shared.handoff.wake.notify_all();
+            let _ = w.join();
+        }
+        let helpers = std::mem::take(
+            &mut *self
+                .shared
+                .handoff
+                .threads
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        for t in threads.into_iter().chain(helpers) {
             let _ = t.join();
         }
         let _ = timer.join();
@@ -500,6 +624,7 @@ impl Shared {
             stopping: AtomicBool::new(false),
             free_after,
             registry: super::Registry::default(),
+            handoff: Handoff::default(),
         }
     }
 
@@ -543,7 +668,91 @@ impl Shared {
         (id, mailbox)
     }
 
-    fn serve_client(&self, id: ClientId, conn: Arc<Connection>, address: &crate::Address) {
+    /// A reader the watchdog looks after, for client `id`.
+    fn watch_reader(&self, id: ClientId, conn: &Arc<Connection>) -> Arc<Reader> {
+        let r = Arc::new(Reader {
+            id,
+            conn: conn.clone(),
+            call: AtomicU64::new(0),
+            since_us: AtomicU64::new(0),
+            epoch: Instant::now(),
+            helped: AtomicU64::new(0),
+        });
+        self.handoff.lock().push(r.clone());
+        r
+    }
+
+    /// The watchdog: starts a fresh reader for a connection whose reader is stuck in a served
+    /// call (see the module notes); sleeps while no served call runs.
+    fn run_watchdog(self: &Arc<Self>, address: &crate::Address) {
+        let mut quiet = 0;
+        loop {
+            if self.stopping.load(Ordering::Acquire) {
+                return;
+            }
+            let mut busy = false;
+            for r in self.handoff.lock().iter() {
+                busy |= r.in_call();
+                let Some(seq) = r.slow_call() else {
+                    continue;
+                };
+                if r.helped.swap(seq, Ordering::Relaxed) == seq {
+                    continue;
+                }
+                let (shared, r2, address) = (self.clone(), r.clone(), address.clone());
+                let fresh = std::thread::Builder::new()
+                    .name(format!("manager-client-{}", r.id))
+                    .spawn(move || {
+                        if r2.take(seq) {
+                            crate::trace::event!(
+                                debug,
+                                "manager: client {}'s served call runs long: a fresh reader",
+                                r2.id
+                            );
+                            shared.serve_client(r2.id, r2.conn.clone(), &address, Some(&r2));
+                        }
+                    });
+                let mut threads = self
+                    .handoff
+                    .threads
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                threads.retain(|t| !t.is_finished());
+                match fresh {
+                    Ok(t) => threads.push(t),
+                    Err(e) => crate::trace::event!(warn, "manager: no fresh reader: {e}"),
+                }
+            }
+            quiet = if busy { 0 } else { quiet + 1 };
+            if quiet < HANDOFF_QUIET_LOOKS {
+                std::thread::sleep(HANDOFF_AFTER);
+                continue;
+            }
+            // No served call for a while: sleep until one starts (or the server stops).
+            let mut readers = self.handoff.lock();
+            self.handoff.parked.store(true, Ordering::SeqCst);
+            while self.handoff.parked.load(Ordering::SeqCst)
+                && !self.stopping.load(Ordering::Acquire)
+                && !readers.iter().any(|r| r.in_call())
+            {
+                readers = self
+                    .handoff
+                    .wake
+                    .wait(readers)
+                    .unwrap_or_else(|p| p.into_inner());
+            }
+            self.handoff.parked.store(false, Ordering::SeqCst);
+            quiet = 0;
+        }
+    }
+
+    fn serve_client(
+        &self,
+        id: ClientId,
+        conn: Arc<Connection>,
+        address: &crate::Address,
+        reader: Option<&Reader>,
+    ) {
         let mailbox = self.lock().clients.get(&id).map(|c| c.mailbox.clone());
         loop {
             let request: Request = match conn.recv() {
@@ -573,7 +782,20 @@ impl Shared {
                 Op::Call {
                     object,
                     call: Call::Served(ref bytes),
-                } => self.served_call(id, request.id, object, bytes),
+                } => {
+                    let seq = reader.map(|r| self.handoff.begin(r));
+                    let out = self.served_call(id, request.id, object, bytes);
+                    if let (Some(r), Some(seq)) = (reader, seq)
+                        && !r.end(seq)
+                    {
+                        // A fresh reader took the connection while this call ran: it goes on
+                        // reading (and cleans up when the client leaves); this thread answers
+                        // and ends.
+                        send_all(out, mailbox.as_ref());
+                        return;
+                    }
+                    out
+                }
                 _ => self.handle(id, request),
             };
             send_all(outbox, mailbox.as_ref());
@@ -581,6 +803,7 @@ impl Shared {
                 break;
             }
         }
+        self.handoff.lock().retain(|r| r.id != id);
         let outbox = self.leave(id);
         send_all(outbox, None);
         if let Some(m) = mailbox {
@@ -614,20 +837,28 @@ impl Shared {
             };
             (mailbox, target)
         };
-        let result = target.and_then(|s| s.call(bytes)).map(Reply::Bytes);
+        // (The object is let go of before the lock is taken again: if it was freed meanwhile, its
+        // `Drop` runs here, outside the lock.)
+        let (result, ran) = match target {
+            Ok(s) => s.call(bytes),
+            Err(e) => (Err(e), false),
+        };
         let mut out = vec![(
             mailbox,
             Response {
                 id: request,
-                result,
+                result: result.map(Reply::Bytes),
             },
         )];
-        // Its version moves with every call (what a call changed is the type's own business).
-        let mut st = self.lock();
-        if let Some(e) = st.objects.get_mut(&object) {
-            e.version += 1;
+        // Its version moves with every call that ran its method (what the method changed is the
+        // type's own business); a request that did not decode changed nothing.
+        if ran {
+            let mut st = self.lock();
+            if let Some(e) = st.objects.get_mut(&object) {
+                e.version += 1;
+            }
+            wake_watchers(&mut st, &mut out);
         }
-        wake_watchers(&mut st, &mut out);
         out
     }
 
@@ -711,25 +942,27 @@ impl Shared {
                 name,
                 existing,
                 init,
-            } => create(st, client, kind, name, existing, init),
-            Op::CreateServed { type_name, init } => match self.registry.make(&type_name, &init) {
-                Ok(object) => {
-                    let id = create(st, client, Kind::Served, None, false, None);
-                    if let Ok(Reply::Object { id, .. }) = &id
-                        && let Some(e) = st.objects.get_mut(id)
-                    {
-                        e.data = Data::Served(object);
-                    }
-                    id
-                }
-                Err(e) => Err(e),
-            },
+                items,
+            } => create(st, client, kind, name, existing, (init, items)),
+            Op::CreateServed { type_name, init } => self
+                .registry
+                .make(&type_name, &init)
+                .map(|object| insert(st, client, Kind::Served, None, Data::Served(object))),
             Op::Lookup { name } => lookup(st, client, &name),
-            Op::Attach { object } => match st.objects.get(&object).map(|e| e.kind) {
-                Some(kind) => {
+            Op::Attach { object, expect } => match st.objects.get(&object) {
+                Some(e) if fits(e, &expect) => {
+                    let kind = e.kind;
                     hold(st, client, object);
                     Ok(Reply::Object { id: object, kind })
                 }
+                Some(e) => Err(RemoteError::WrongKind {
+                    object,
+                    kind: match &e.data {
+                        Data::Served(s) => format!("Served({})", s.type_name()),
+                        _ => format!("{:?}", e.kind),
+                    },
+                    wanted: format!("{expect:?}"),
+                }),
                 None => Err(RemoteError::NoSuchObject(object)),
             },
             Op::Release { object } => {
@@ -789,7 +1022,9 @@ impl Shared {
                     | Call::QueueGet { .. }
                     | Call::QueueTaskDone
                     | Call::QueueJoin { .. }
-                    | Call::BarrierWait { .. }),
+                    | Call::BarrierWait { .. }
+                    | Call::BarrierAbort
+                    | Call::BarrierReset),
             } => match wait_call(st, client, id, object, call, &mut out) {
                 Ok(None) => {
                     self.timer.notify_all();
@@ -840,16 +1075,21 @@ impl Shared {
             }
             let now = Instant::now();
             let mut out = Outbox::new();
+            let mut freed = Vec::new();
             while let Some(&Reverse((at, object))) = st.timers.peek() {
                 if at > now {
                     break;
                 }
                 st.timers.pop();
-                self.expire(&mut st, object, now, &mut out);
+                freed.extend(self.expire(&mut st, object, now, &mut out));
             }
-            if !out.is_empty() {
+            // A broken barrier moved its version.
+            wake_watchers(&mut st, &mut out);
+            if !out.is_empty() || !freed.is_empty() {
                 drop(st);
                 send_all(out, None);
+                // A served object's own `Drop` runs here, outside the lock.
+                drop(freed);
                 st = self.lock();
                 continue;
             }
@@ -866,8 +1106,15 @@ impl Shared {
         }
     }
 
-    /// What came due on `object` at `now`.
-    fn expire(&self, st: &mut State, object: ObjectId, now: Instant, out: &mut Outbox) {
+    /// What came due on `object` at `now`; the object, if its grace ended and it is freed (to be
+    /// dropped once the lock is let go of).
+    fn expire(
+        &self,
+        st: &mut State,
+        object: ObjectId,
+        now: Instant,
+        out: &mut Outbox,
+    ) -> Option<Entry> {
         let State {
             objects,
             clients,
@@ -894,15 +1141,12 @@ impl Shared {
                 watchers.remove(&object);
             }
         }
-        let Some(entry) = objects.get_mut(&object) else {
-            return;
-        };
+        let entry = objects.get_mut(&object)?;
         if entry
             .unheld
             .is_some_and(|since| since + self.free_after <= now)
         {
-            objects.remove(&object);
-            return;
+            return objects.remove(&object);
         }
         if let Data::Condition(cond) = &mut entry.data {
             // A wait that timed out takes its lock back (with no deadline), then answers false.
@@ -923,53 +1167,40 @@ impl Shared {
             grant(&mut cond.lock, clients, out);
         }
         let due = |w: &Waiter| w.deadline.is_some_and(|d| d <= now);
-        let waiters = match &mut entry.data {
-            Data::Lock(l) => &mut l.waiters,
-            Data::Condition(c) => &mut c.lock.waiters,
-            Data::Semaphore(s) => &mut s.waiters,
-            Data::Event(e) => &mut e.waiters,
-            Data::Barrier(b) => {
-                if b.waiting.iter().any(due) {
-                    break_barrier(b, clients, out);
-                    entry.version += 1;
+        // Answers the waiters of `list` whose deadline passed, with `result`.
+        let time_out = |list: &mut VecDeque<Waiter>, out: &mut Outbox, result: fn() -> _| {
+            list.retain(|w| {
+                if !due(w) {
+                    return true;
                 }
-                return;
+                answer(clients, w, result(), out);
+                false
+            });
+        };
+        let timed_out = || Ok(Reply::Bool(false));
+        match &mut entry.data {
+            Data::Lock(l) => time_out(&mut l.waiters, out, timed_out),
+            Data::Condition(c) => time_out(&mut c.lock.waiters, out, timed_out),
+            Data::Semaphore(s) => time_out(&mut s.waiters, out, timed_out),
+            Data::Event(e) => time_out(&mut e.waiters, out, timed_out),
+            Data::Barrier(b) if b.waiting.iter().any(due) => {
+                break_barrier(b, clients, out);
+                entry.version += 1;
             }
             Data::Queue(q) => {
-                q.getters.retain(|w| {
-                    let late = due(w);
-                    if late {
-                        answer(clients, w, Err(RemoteError::Empty), out);
-                    }
-                    !late
-                });
+                time_out(&mut q.getters, out, || Err(RemoteError::Empty));
                 q.putters.retain(|(w, _)| {
-                    let late = due(w);
-                    if late {
-                        answer(clients, w, Err(RemoteError::Full), out);
+                    if !due(w) {
+                        return true;
                     }
-                    !late
-                });
-                q.joiners.retain(|w| {
-                    let late = due(w);
-                    if late {
-                        answer(clients, w, Ok(Reply::Bool(false)), out);
-                    }
-                    !late
-                });
-                return;
-            }
-            _ => return,
-        };
-        {
-            waiters.retain(|w| match w.deadline {
-                Some(d) if d <= now => {
-                    answer(clients, w, Ok(Reply::Bool(false)), out);
+                    answer(clients, w, Err(RemoteError::Full), out);
                     false
-                }
-                _ => true,
-            });
+                });
+                time_out(&mut q.joiners, out, timed_out);
+            }
+            _ => {}
         }
+        None
     }
 }
 
@@ -1025,6 +1256,32 @@ fn release(st: &mut State, object: ObjectId, n: u64, grace: Duration) {
     }
 }
 
+/// Whether `entry` is what a proxy attaching as `expect` is a proxy of.
+fn fits(entry: &Entry, expect: &Expect) -> bool {
+    match (expect, &entry.data) {
+        (Expect::Served(name), Data::Served(s)) => s.type_name() == name,
+        (Expect::Served(_), _) => false,
+        (Expect::Any, _) => true,
+        (expect, _) => {
+            *expect
+                == match entry.kind {
+                    Kind::Dict => Expect::Dict,
+                    Kind::List => Expect::List,
+                    Kind::Namespace => Expect::Namespace,
+                    Kind::Value => Expect::Value,
+                    Kind::Lock { .. } => Expect::Lock,
+                    Kind::Semaphore { .. } => Expect::Semaphore,
+                    Kind::Event => Expect::Event,
+                    Kind::Condition => Expect::Condition,
+                    Kind::Array => Expect::Array,
+                    Kind::Barrier { .. } => Expect::Barrier,
+                    Kind::Served => return false,
+                    Kind::Queue { .. } => Expect::Queue,
+                }
+        }
+    }
+}
+
 fn hold(st: &mut State, client: ClientId, object: ObjectId) {
     if let Some(c) = st.clients.get_mut(&client) {
         *c.holds.entry(object).or_default() += 1;
@@ -1041,7 +1298,7 @@ fn create(
     kind: Kind,
     name: Option<String>,
     existing: bool,
-    init: Option<Bytes>,
+    (init, items): (Option<Bytes>, Vec<Bytes>),
 ) -> Result<Reply, RemoteError> {
     if let Some(n) = &name
         && let Some(&id) = st.names.get(n)
@@ -1062,12 +1319,16 @@ fn create(
     }
     let data = match kind {
         Kind::Dict => Data::Dict(IndexMap::new()),
-        Kind::List | Kind::Array => Data::List(Vec::new()),
-        // Its value is put in by `CreateServed` (a bare `Create` of this kind makes a value
-        // nothing can call).
-        Kind::Served => Data::Value(Bytes::new()),
+        Kind::List => Data::List(Vec::new()),
+        Kind::Array => Data::List(items),
+        Kind::Served => {
+            return Err(RemoteError::Unsupported(
+                "a served object is made by its type (CreateServed)".into(),
+            ));
+        }
+        Kind::Barrier { parties: 0 } => return Err(RemoteError::NoParties),
         Kind::Barrier { parties } => Data::Barrier(BarrierState {
-            parties: parties.max(1),
+            parties,
             ..BarrierState::default()
         }),
         Kind::Namespace => Data::Namespace(BTreeMap::new()),
@@ -1094,6 +1355,11 @@ fn create(
             ..QueueState::default()
         }),
     };
+    Ok(insert(st, client, kind, name, data))
+}
+
+/// A new object, held once by `client`.
+fn insert(st: &mut State, client: ClientId, kind: Kind, name: Option<String>, data: Data) -> Reply {
     st.next_object += 1;
     let id = st.next_object;
     if let Some(n) = &name {
@@ -1111,7 +1377,7 @@ fn create(
         },
     );
     hold(st, client, id);
-    Ok(Reply::Object { id, kind })
+    Reply::Object { id, kind }
 }
 
 fn lookup(st: &mut State, client: ClientId, name: &str) -> Result<Reply, RemoteError> {
@@ -1441,6 +1707,25 @@ fn wait_call(
             park(&mut b.waiting, timers, who, timeout_us);
             Ok(None)
         }
+        (Data::Barrier(b), Call::BarrierAbort) => {
+            if !b.broken {
+                break_barrier(b, clients, out);
+                entry.version += 1;
+            }
+            Ok(Some(Reply::Unit))
+        }
+        (Data::Barrier(b), Call::BarrierReset) => {
+            // As Python's: parties waiting now fail; the barrier works again for later ones.
+            let waiting = !b.waiting.is_empty();
+            if waiting {
+                break_barrier(b, clients, out);
+            }
+            if waiting || b.broken {
+                b.broken = false;
+                entry.version += 1;
+            }
+            Ok(Some(Reply::Unit))
+        }
         (Data::Queue(q), Call::QueueTaskDone) => {
             if q.unfinished == 0 {
                 return Err(RemoteError::TooManyTaskDone);
@@ -1519,11 +1804,11 @@ fn apply(object: ObjectId, entry: &mut Entry, call: Call) -> Result<Reply, Remot
     }
     let reply = match (&mut entry.data, call) {
         (_, Call::Version) => Reply::Version(entry.version),
-        (Data::List(l), Call::ArrayInit(items)) if kind == Kind::Array && l.is_empty() => {
-            *l = items;
-            changed = true;
-            Reply::Unit
-        }
+        (Data::Barrier(b), Call::BarrierState) => Reply::Barrier {
+            parties: b.parties,
+            waiting: b.waiting.len() as u64,
+            broken: b.broken,
+        },
         (Data::Dict(d), Call::Len) => Reply::Len(d.len() as u64),
         (Data::List(l), Call::Len) => Reply::Len(l.len() as u64),
         (Data::Namespace(n), Call::Len) => Reply::Len(n.len() as u64),
@@ -1707,6 +1992,8 @@ fn batch(
                 | Call::QueueJoin { .. }
                 | Call::Watch { .. }
                 | Call::BarrierWait { .. }
+                | Call::BarrierAbort
+                | Call::BarrierReset
                 | Call::CondWait { .. }
                 | Call::CondNotify { .. }
                 | Call::Served(_)
@@ -1951,7 +2238,7 @@ pub(crate) fn fuzz_requests(data: &[u8]) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use super::super::proto::{Bytes, Call, Kind, Op, Request};
+    use super::super::proto::{Bytes, Call, Expect, Kind, Op, Request};
     use crate::queue::fuzzing::manager_requests as fuzz_requests;
 
     /// A session of well-formed requests in the fuzz entry's format (also the fuzz corpus's seed:
@@ -1964,18 +2251,21 @@ mod tests {
                 name: None,
                 existing: false,
                 init: None,
+                items: Vec::new(),
             },
             Op::Create {
                 kind: Kind::List,
                 name: Some("l".into()),
                 existing: false,
                 init: None,
+                items: Vec::new(),
             },
             Op::Create {
                 kind: Kind::Lock { reentrant: true },
                 name: None,
                 existing: false,
                 init: None,
+                items: Vec::new(),
             },
             Op::Call {
                 object: 1,
@@ -2014,7 +2304,14 @@ mod tests {
             },
             Op::Release { object: 1 },
             Op::Release { object: 99 },
-            Op::Attach { object: 2 },
+            Op::Attach {
+                object: 2,
+                expect: Expect::List,
+            },
+            Op::Attach {
+                object: 2,
+                expect: Expect::Served("nobody".into()),
+            },
             Op::Lookup { name: "l".into() },
             Op::Status,
             Op::Create {
@@ -2025,6 +2322,7 @@ mod tests {
                 name: None,
                 existing: false,
                 init: None,
+                items: Vec::new(),
             },
             Op::Call {
                 object: 4,
@@ -2045,6 +2343,7 @@ mod tests {
                 name: None,
                 existing: false,
                 init: None,
+                items: Vec::new(),
             },
             Op::Call {
                 object: 5,
@@ -2069,6 +2368,7 @@ mod tests {
                 name: None,
                 existing: false,
                 init: None,
+                items: Vec::new(),
             },
             Op::Call {
                 object: 6,
@@ -2093,12 +2393,36 @@ mod tests {
                 name: None,
                 existing: false,
                 init: None,
+                items: Vec::new(),
             },
             Op::Call {
                 object: 7,
                 call: Call::BarrierWait {
                     timeout_us: Some(4),
                 },
+            },
+            Op::Call {
+                object: 7,
+                call: Call::BarrierState,
+            },
+            Op::Call {
+                object: 7,
+                call: Call::BarrierAbort,
+            },
+            Op::Call {
+                object: 7,
+                call: Call::BarrierReset,
+            },
+            Op::Create {
+                kind: Kind::Array,
+                name: None,
+                existing: false,
+                init: None,
+                items: vec![b(b"a"), b(b"b")],
+            },
+            Op::Call {
+                object: 8,
+                call: Call::ListSet(-1, b(b"c")),
             },
             Op::Call {
                 object: 1,
@@ -2128,7 +2452,7 @@ mod tests {
     #[test]
     fn the_fuzz_entry_runs_a_whole_session_and_survives_garbage() {
         let s = session();
-        assert_eq!(fuzz_requests(&s), 32);
+        assert_eq!(fuzz_requests(&s), 38);
         if let Ok(dir) = std::env::var("MP_WRITE_FUZZ_SEEDS") {
             std::fs::write(std::path::Path::new(&dir).join("session"), &s).unwrap();
         }
