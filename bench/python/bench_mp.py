@@ -34,6 +34,7 @@ Run by the Rust harness (bench/src/python.rs), one figure per invocation:
     bench_mp.py manager-updates                              [plan]
     bench_mp.py manager-updates-each                         [plan]
     bench_mp.py manager-snapshot                             [plan]
+    bench_mp.py manager-served-rt                            [plan]
 
     plan: [--warmup W] [--samples S] [--ops N] [--quick]
 
@@ -50,6 +51,7 @@ import os
 import pickle
 import sys
 import time
+from multiprocessing.managers import BaseManager
 
 # Default plans: (warmup, samples, ops) for full and quick runs.
 DEFAULTS = {
@@ -86,6 +88,7 @@ DEFAULTS = {
     "manager-updates": {"full": (1, 11, 1), "quick": (1, 5, 1)},
     "manager-updates-each": {"full": (1, 11, 1), "quick": (1, 5, 1)},
     "manager-snapshot": {"full": (1, 11, 1), "quick": (1, 5, 1)},
+    "manager-served-rt": {"full": (1, 31, 500), "quick": (1, 9, 100)},
 }
 
 
@@ -853,6 +856,39 @@ def fig_manager_snapshot(args):
         return run_plan(args, batch)
 
 
+class Counter:
+    """A type of the benchmark's own, served by a BaseManager (the Rust side's `Serve` type)."""
+
+    def __init__(self):
+        self.total = 0
+
+    def add(self, n):
+        self.total += n
+        return self.total
+
+
+class CounterManager(BaseManager):
+    pass
+
+
+CounterManager.register("Counter", Counter)
+
+
+def fig_manager_served_rt(args):
+    """One op: c.add(1) on a registered type's proxy (one round trip)."""
+    with CounterManager(ctx=mp.get_context("fork")) as m:
+        c = m.Counter()
+        expected = [0]
+
+        def batch(ops):
+            for _ in range(ops):
+                expected[0] += 1
+                if c.add(1) != expected[0]:
+                    raise RuntimeError("a wrong total")
+
+        return run_plan(args, batch)
+
+
 FIGURES = {
     "process": fig_process,
     "pipe-rt": fig_pipe_rt,
@@ -887,6 +923,7 @@ FIGURES = {
     "manager-updates": fig_manager_updates,
     "manager-updates-each": fig_manager_updates_each,
     "manager-snapshot": fig_manager_snapshot,
+    "manager-served-rt": fig_manager_served_rt,
 }
 
 

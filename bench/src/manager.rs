@@ -11,9 +11,11 @@
 //!   `d.update({...})`).
 //! - `manager snapshot of a 10 000-entry dict` (ms): `snapshot()`, entries and version in one round
 //!   trip (Python: `d.copy()`).
+//! - `manager served call round trip` (µs): one call of a type of the bench's own (`Serve`), `Add(1)`
+//!   answering the total (Python: `c.add(1)` on a `BaseManager.register`ed class's proxy).
 
 use multiprocess::StartMethod;
-use multiprocess::manager::{Dict, Manager};
+use multiprocess::manager::{Dict, Manager, Registrations, Registry, Serve};
 
 use crate::Ctx;
 use crate::measure::Plan;
@@ -24,6 +26,50 @@ fn start() -> Result<Manager, String> {
         .start_method(StartMethod::Fork)
         .start()
         .map_err(|e| format!("manager start failed: {e}"))
+}
+
+/// The served type: a counter.
+struct Counter(u64);
+
+impl Serve for Counter {
+    const NAME: &'static str = "bench.Counter";
+    type Init = ();
+    type Request = u64;
+    type Response = u64;
+    fn new(_: ()) -> Counter {
+        Counter(0)
+    }
+    fn call(&mut self, n: u64) -> u64 {
+        self.0 += n;
+        self.0
+    }
+}
+
+struct BenchTypes;
+
+impl Registrations for BenchTypes {
+    fn register(r: &mut Registry) {
+        r.register::<Counter>();
+    }
+}
+
+fn served_rt(plan: Plan) -> Result<f64, String> {
+    let m = Manager::builder()
+        .start_method(StartMethod::Fork)
+        .serving::<BenchTypes>()
+        .start()
+        .map_err(|e| format!("manager start failed: {e}"))?;
+    let c = m.served::<Counter>(&()).map_err(|e| e.to_string())?;
+    let mut expected = 0;
+    plan.run(|ops| {
+        for _ in 0..ops {
+            expected += 1;
+            if c.call(&1).map_err(|e| e.to_string())? != expected {
+                return Err("a wrong total".to_string());
+            }
+        }
+        Ok::<(), String>(())
+    })
 }
 
 fn dict(m: &Manager) -> Result<Dict<u64, u64>, String> {
@@ -135,6 +181,13 @@ pub(crate) fn run(ctx: &Ctx, table: &mut Table) {
         queue_rt(plan),
         ctx.python
             .measure("manager-queue-rt", &[], plan, Unit::Micros),
+    ));
+    table.push(Row::compare(
+        "manager served call round trip",
+        Unit::Micros,
+        served_rt(plan),
+        ctx.python
+            .measure("manager-served-rt", &[], plan, Unit::Micros),
     ));
     let plan = Plan {
         warmup: 1,
