@@ -1425,3 +1425,78 @@ fn objects_of_every_kind_can_be_named_and_found_by_other_processes() {
         assert_eq!(m.named("counter").value(&0u64).unwrap().id(), id);
     }
 }
+
+/// Serves a manager with the test's types at `address` with `key` until told to stop.
+fn serve_standalone_types(args: (String, Vec<u8>)) {
+    let (address, key) = args;
+    let listener = multiprocess::Listener::builder(address.as_str())
+        .authkey(&key)
+        .bind()
+        .unwrap();
+    multiprocess::manager::Server::new(listener)
+        .unwrap()
+        .serving(<TestTypes as multiprocess::manager::Registrations>::register)
+        .serve()
+        .unwrap();
+}
+
+/// How many threads process `pid` has.
+fn threads_of(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count())
+}
+
+#[test]
+fn abandoned_calls_to_a_stuck_method_cannot_grow_the_server_s_threads_without_end() {
+    let address = format!("@mp-test-stuck-{}", std::process::id());
+    let key = b"stuck key".to_vec();
+    let server = common::start(
+        StartMethod::Fork,
+        serve_standalone_types,
+        (address.clone(), key.clone()),
+    );
+    let m = common::eventually(|| Manager::connect(address.as_str(), &key).is_ok())
+        .then(|| Manager::connect(address.as_str(), &key).unwrap())
+        .expect("the server came up");
+    let gate = m.served::<Gate>(&()).unwrap();
+    let before = threads_of(server.pid());
+    // Every call waits at the gate and is abandoned after 20 ms; the next one is sent at once.
+    m.set_call_timeout(Some(Duration::from_millis(20))).unwrap();
+    for _ in 0..100 {
+        assert!(matches!(
+            gate.call(&GateCall::WaitOpen),
+            Err(ManagerError::Timeout)
+        ));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    let during = threads_of(server.pid());
+    // At most 16 stuck readers that handed the connection on, and the one stuck now.
+    assert!(during <= before + 18, "{before} threads, then {during}");
+    // This connection is stuck behind them now; another one opens the gate.
+    let other = Manager::connect_with(Client::builder(address.as_str()).authkey(&key)).unwrap();
+    let opener = other.served::<Gate>(&()).unwrap();
+    opener.call(&GateCall::Open).unwrap();
+    m.set_call_timeout(Some(common::DEADLINE)).unwrap();
+    assert!(gate.call(&GateCall::WaitOpen).unwrap().0);
+    assert!(common::eventually(|| threads_of(server.pid()) <= before + 3));
+    other.shutdown().unwrap();
+    common::join(server).unwrap();
+}
+
+/// Receives a lock proxy; whether it attached.
+fn recv_lock(conn: Connection) -> Result<(), String> {
+    let lock: Lock = conn.recv().map_err(|e| e.to_string())?;
+    lock.acquire().map_err(|e| e.to_string())?;
+    lock.release().map_err(|e| e.to_string())
+}
+
+#[test]
+fn a_condition_s_lock_travels_as_a_lock() {
+    for method in METHODS {
+        let m = Manager::start().unwrap();
+        let c = m.condition().unwrap();
+        let (here, there) = multiprocess::pipe().unwrap();
+        let child = common::start(method, recv_lock, there);
+        here.send(c.lock()).unwrap();
+        assert_eq!(common::join(child).unwrap(), Ok(()), "{method:?}");
+    }
+}

@@ -105,8 +105,8 @@ pub enum Kind {
     },
 }
 
-/// What a proxy that attaches is a proxy of: the object must be one (a `Lock` proxy fits a lock
-/// and an RLock, a `Served` proxy only a value of its type).
+/// What a proxy that attaches is a proxy of: the object must be one (a `Lock` proxy fits a lock,
+/// an RLock and a condition's lock; a `Served` proxy only a value of its type).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum Expect {
     /// Anything (a forked child's copy of a proxy its parent made).

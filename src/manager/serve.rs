@@ -13,8 +13,9 @@
 //! A served object's call runs under that object's own mutex, never under the lock of the whole
 //! server: a slow method delays the calls on the same object, nobody else's. It runs on the thread
 //! that read it from the client's connection (no hand-off for a quick call), and a call still
-//! running after a millisecond hands that connection to a fresh reader thread, so the client's
-//! other threads go on being served meanwhile (see the server's notes). A method that panics
+//! running after 2 ms hands that connection to a fresh reader thread, so the client's other
+//! threads go on being served meanwhile (see the server's notes; a method that never returns
+//! holds a server thread for good, and stopping the server waits for it). A method that panics
 //! answers [`RemoteError::Served`] and leaves the object as the panic left it (the server goes on);
 //! so does a `Drop` that panics, which runs outside the server's lock.
 //!

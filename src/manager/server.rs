@@ -20,11 +20,15 @@
 //! quick call pays no hand-off to another thread (a wake-up costs ~25 µs on a small machine). But
 //! a method that runs on blocks the reading, and every other thread of that client process (they
 //! share the connection) would wait behind it. So while served calls run, a watchdog looks every
-//! millisecond for a reader that has been in one call longer than `HANDOFF_AFTER`, and starts a
-//! fresh reader for that connection. Old and new settle who reads with one compare-and-swap on
-//! the call's sequence number: whichever swaps it first (the old reader finishing, or the new one
-//! starting) owns the connection; an old reader that lost sends its answer and ends. The watchdog
-//! sleeps when no served call has run for a while, and the next one wakes it.
+//! millisecond for a reader that has been in one call longer than `HANDOFF_AFTER` (2 ms), and
+//! starts a fresh reader for that connection. Old and new settle who reads with one
+//! compare-and-swap on the call's sequence number: whichever swaps it first (the old reader
+//! finishing, or the new one starting) owns the connection; an old reader that lost sends its
+//! answer and ends. The watchdog sleeps when no served call has run for a while, and the next one
+//! wakes it. A method that never returns holds its thread for good (and `serve` waits for it when
+//! stopping): so at most `MAX_STUCK_PER_CLIENT` readers of one client may be stuck, past which its
+//! calls wait in line again, and a client that keeps abandoning such calls cannot make the server
+//! grow threads without end.
 //!
 //! # Proxies in transit
 //! An unnamed object nobody holds is not freed at once but after a grace period (`free_after`,
@@ -47,7 +51,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::io;
 use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -108,8 +112,14 @@ struct Shared {
 }
 
 /// A served call running this long has its connection handed to a fresh reader (see the module
-/// notes).
-const HANDOFF_AFTER: Duration = Duration::from_millis(1);
+/// notes); the watchdog looks twice as often.
+const HANDOFF_AFTER: Duration = Duration::from_millis(2);
+
+/// At most this many readers of one client may be stuck in served calls, each having handed its
+/// connection on; past it the next call waits behind them (as with no hand-off), so that a client
+/// that keeps abandoning calls to a method that never returns cannot make the server grow threads
+/// without end.
+const MAX_STUCK_PER_CLIENT: usize = 16;
 
 /// The watchdog sleeps after this many looks in a row found no served call running.
 const HANDOFF_QUIET_LOOKS: u32 = 100;
@@ -140,6 +150,8 @@ struct Reader {
     epoch: Instant,
     /// The call a fresh reader was last started for (one per call at most).
     helped: AtomicU64,
+    /// Fresh readers started whose old reader is still in its call (see `MAX_STUCK_PER_CLIENT`).
+    stuck: AtomicUsize,
 }
 
 impl Handoff {
@@ -546,6 +558,7 @@ impl Server {
                             mailbox.close();
                             mailbox.conn.shutdown();
                             if r.is_err() {
+                                self.shared.handoff.lock().retain(|x| x.id != id);
                                 send_all(self.shared.leave(id), None);
                             }
                             threads.extend(r.ok().into_iter().chain(w.ok()));
@@ -677,6 +690,7 @@ impl Shared {
             since_us: AtomicU64::new(0),
             epoch: Instant::now(),
             helped: AtomicU64::new(0),
+            stuck: AtomicUsize::new(0),
         });
         self.handoff.lock().push(r.clone());
         r
@@ -696,9 +710,14 @@ impl Shared {
                 let Some(seq) = r.slow_call() else {
                     continue;
                 };
-                if r.helped.swap(seq, Ordering::Relaxed) == seq {
+                if r.stuck.load(Ordering::Relaxed) >= MAX_STUCK_PER_CLIENT
+                    || r.helped.swap(seq, Ordering::Relaxed) == seq
+                {
                     continue;
                 }
+                // Counted before the fresh reader runs: the old one may finish (and count itself
+                // out) before the new one could count itself in.
+                r.stuck.fetch_add(1, Ordering::Relaxed);
                 let (shared, r2, address) = (self.clone(), r.clone(), address.clone());
                 let fresh = std::thread::Builder::new()
                     .name(format!("manager-client-{}", r.id))
@@ -710,6 +729,9 @@ impl Shared {
                                 r2.id
                             );
                             shared.serve_client(r2.id, r2.conn.clone(), &address, Some(&r2));
+                        } else {
+                            // The call ended first: nobody is stuck.
+                            r2.stuck.fetch_sub(1, Ordering::Relaxed);
                         }
                     });
                 let mut threads = self
@@ -720,12 +742,15 @@ impl Shared {
                 threads.retain(|t| !t.is_finished());
                 match fresh {
                     Ok(t) => threads.push(t),
-                    Err(e) => crate::trace::event!(warn, "manager: no fresh reader: {e}"),
+                    Err(e) => {
+                        r.stuck.fetch_sub(1, Ordering::Relaxed);
+                        crate::trace::event!(warn, "manager: no fresh reader: {e}");
+                    }
                 }
             }
             quiet = if busy { 0 } else { quiet + 1 };
             if quiet < HANDOFF_QUIET_LOOKS {
-                std::thread::sleep(HANDOFF_AFTER);
+                std::thread::sleep(HANDOFF_AFTER / 2);
                 continue;
             }
             // No served call for a while: sleep until one starts (or the server stops).
@@ -792,6 +817,7 @@ impl Shared {
                         // reading (and cleans up when the client leaves); this thread answers
                         // and ends.
                         send_all(out, mailbox.as_ref());
+                        r.stuck.fetch_sub(1, Ordering::Relaxed);
                         return;
                     }
                     out
@@ -928,6 +954,11 @@ impl Shared {
 
     fn handle(&self, client: ClientId, request: Request) -> Outbox {
         let mut out = Outbox::new();
+        // A type's own `new` may be slow: it runs before the server's lock is taken.
+        let mut made = match &request.op {
+            Op::CreateServed { type_name, init } => Some(self.registry.make(type_name, init)),
+            _ => None,
+        };
         let mut st = self.lock();
         let st = &mut *st;
         let Some(c) = st.clients.get_mut(&client) else {
@@ -944,10 +975,13 @@ impl Shared {
                 init,
                 items,
             } => create(st, client, kind, name, existing, (init, items)),
-            Op::CreateServed { type_name, init } => self
-                .registry
-                .make(&type_name, &init)
-                .map(|object| insert(st, client, Kind::Served, None, Data::Served(object))),
+            Op::CreateServed { .. } => match made.take() {
+                Some(Ok(object)) => {
+                    Ok(insert(st, client, Kind::Served, None, Data::Served(object)))
+                }
+                Some(Err(e)) => Err(e),
+                None => Err(RemoteError::Protocol("a served object not made".into())),
+            },
             Op::Lookup { name } => lookup(st, client, &name),
             Op::Attach { object, expect } => match st.objects.get(&object) {
                 Some(e) if fits(e, &expect) => {
@@ -1262,6 +1296,8 @@ fn fits(entry: &Entry, expect: &Expect) -> bool {
         (Expect::Served(name), Data::Served(s)) => s.type_name() == name,
         (Expect::Served(_), _) => false,
         (Expect::Any, _) => true,
+        // A condition's lock, handed out as a `Lock`.
+        (Expect::Lock, Data::Condition(_)) => true,
         (expect, _) => {
             *expect
                 == match entry.kind {
