@@ -1143,7 +1143,8 @@ fn a_proxy_sent_through_a_connection_reconnects_on_the_other_side() {
     }
 }
 
-/// Serves a manager at `address` with `key` until stopped (a process the test can freeze).
+/// Serves a manager (with the test's types) at `address` with `key` until stopped: a process the
+/// test can freeze or look into.
 fn serve_standalone(args: (String, Vec<u8>)) {
     let (address, key) = args;
     let listener = multiprocess::Listener::builder(address.as_str())
@@ -1152,8 +1153,24 @@ fn serve_standalone(args: (String, Vec<u8>)) {
         .unwrap();
     multiprocess::manager::Server::new(listener)
         .unwrap()
+        .serving(<TestTypes as multiprocess::manager::Registrations>::register)
         .serve()
         .unwrap();
+}
+
+/// A standalone server in a forked child at a fresh abstract address (`tag` names it), and this
+/// process connected to it with `key`.
+fn standalone(tag: &str, key: &[u8]) -> (multiprocess::Process<()>, Manager, String) {
+    let address = format!("@mp-test-{tag}-{}", std::process::id());
+    let server = common::start(
+        StartMethod::Fork,
+        serve_standalone,
+        (address.clone(), key.to_vec()),
+    );
+    let m = common::eventually(|| Manager::connect(address.as_str(), key).is_ok())
+        .then(|| Manager::connect(address.as_str(), key).unwrap())
+        .expect("the server came up");
+    (server, m, address)
 }
 
 /// Whether every thread of process `pid` is stopped (state `T` in its `/proc` stat).
@@ -1173,16 +1190,7 @@ fn all_threads_stopped(pid: i32) -> bool {
 
 #[test]
 fn a_call_timeout_ends_calls_to_a_stuck_manager_and_drops_their_late_answers() {
-    let address = format!("@mp-test-call-timeout-{}", std::process::id());
-    let key = b"timeout key".to_vec();
-    let server = common::start(
-        StartMethod::Fork,
-        serve_standalone,
-        (address.clone(), key.clone()),
-    );
-    let m = common::eventually(|| Manager::connect(address.as_str(), &key).is_ok())
-        .then(|| Manager::connect(address.as_str(), &key).unwrap())
-        .expect("the server came up");
+    let (server, m, _) = standalone("call-timeout", b"timeout key");
     let d = m.dict::<u8, u8>().unwrap();
     d.set(&1, &1).unwrap();
     m.set_call_timeout(Some(Duration::from_millis(200)))
@@ -1426,20 +1434,6 @@ fn objects_of_every_kind_can_be_named_and_found_by_other_processes() {
     }
 }
 
-/// Serves a manager with the test's types at `address` with `key` until told to stop.
-fn serve_standalone_types(args: (String, Vec<u8>)) {
-    let (address, key) = args;
-    let listener = multiprocess::Listener::builder(address.as_str())
-        .authkey(&key)
-        .bind()
-        .unwrap();
-    multiprocess::manager::Server::new(listener)
-        .unwrap()
-        .serving(<TestTypes as multiprocess::manager::Registrations>::register)
-        .serve()
-        .unwrap();
-}
-
 /// How many threads process `pid` has.
 fn threads_of(pid: i32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count())
@@ -1447,16 +1441,8 @@ fn threads_of(pid: i32) -> usize {
 
 #[test]
 fn abandoned_calls_to_a_stuck_method_cannot_grow_the_server_s_threads_without_end() {
-    let address = format!("@mp-test-stuck-{}", std::process::id());
-    let key = b"stuck key".to_vec();
-    let server = common::start(
-        StartMethod::Fork,
-        serve_standalone_types,
-        (address.clone(), key.clone()),
-    );
-    let m = common::eventually(|| Manager::connect(address.as_str(), &key).is_ok())
-        .then(|| Manager::connect(address.as_str(), &key).unwrap())
-        .expect("the server came up");
+    let key = b"stuck key";
+    let (server, m, address) = standalone("stuck", key);
     let gate = m.served::<Gate>(&()).unwrap();
     let before = threads_of(server.pid());
     // Every call waits at the gate and is abandoned after 20 ms; the next one is sent at once.
@@ -1472,7 +1458,7 @@ fn abandoned_calls_to_a_stuck_method_cannot_grow_the_server_s_threads_without_en
     // At most 16 stuck readers that handed the connection on, and the one stuck now.
     assert!(during <= before + 18, "{before} threads, then {during}");
     // This connection is stuck behind them now; another one opens the gate.
-    let other = Manager::connect_with(Client::builder(address.as_str()).authkey(&key)).unwrap();
+    let other = Manager::connect_with(Client::builder(address.as_str()).authkey(key)).unwrap();
     let opener = other.served::<Gate>(&()).unwrap();
     opener.call(&GateCall::Open).unwrap();
     m.set_call_timeout(Some(common::DEADLINE)).unwrap();
