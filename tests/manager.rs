@@ -1114,6 +1114,10 @@ fn types_of_your_own_are_served_and_called_from_other_processes() {
             m.served::<Unserved>(&()),
             Err(ManagerError::Remote(RemoteError::UnknownType(_)))
         ));
+        // The status names the type.
+        let s = m.status().unwrap();
+        let me = s.objects.iter().find(|o| o.id == t.id()).unwrap();
+        assert_eq!(me.served.as_deref(), Some("tests.Tally"));
         // A watch sees the calls.
         let v = t.version().unwrap();
         t.call(&TallyCall::Add(1)).unwrap();
@@ -1340,6 +1344,11 @@ fn barriers_abort_reset_and_say_how_they_stand() {
         let m = Manager::start().unwrap();
         assert!(matches!(
             m.barrier(0),
+            Err(ManagerError::Remote(RemoteError::NoParties))
+        ));
+        m.named("b").barrier(2).unwrap();
+        assert!(matches!(
+            m.named("b").barrier(0),
             Err(ManagerError::Remote(RemoteError::NoParties))
         ));
         let b = m.barrier(2).unwrap();

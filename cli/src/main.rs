@@ -163,7 +163,10 @@ fn status(args: Remote) -> Result<(), String> {
         println!(
             "  {:>6}  {:<22} {:<24} {:>8} {:>6} {:>8}",
             o.id,
-            format!("{:?}", o.kind),
+            match &o.served {
+                Some(name) => format!("Served({name})"),
+                None => format!("{:?}", o.kind),
+            },
             o.name.as_deref().unwrap_or("-"),
             o.len,
             o.holds,

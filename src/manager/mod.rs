@@ -212,6 +212,8 @@ pub struct ObjectStatus {
     pub version: u64,
     /// Entries or items (a lock: 1 when held).
     pub len: u64,
+    /// For a value of a type of your own: the type's [`Serve::NAME`].
+    pub served: Option<String>,
 }
 
 /// One client in a [`Status`].

@@ -1336,6 +1336,9 @@ fn create(
     existing: bool,
     (init, items): (Option<Bytes>, Vec<Bytes>),
 ) -> Result<Reply, RemoteError> {
+    if kind == (Kind::Barrier { parties: 0 }) {
+        return Err(RemoteError::NoParties);
+    }
     if let Some(n) = &name
         && let Some(&id) = st.names.get(n)
     {
@@ -1362,7 +1365,6 @@ fn create(
                 "a served object is made by its type (CreateServed)".into(),
             ));
         }
-        Kind::Barrier { parties: 0 } => return Err(RemoteError::NoParties),
         Kind::Barrier { parties } => Data::Barrier(BarrierState {
             parties,
             ..BarrierState::default()
@@ -2214,6 +2216,10 @@ fn status(st: &State) -> Status {
                 Data::Barrier(b) => b.waiting.len() as u64,
                 Data::Condition(c) => c.waiters.len() as u64,
                 Data::Served(_) => 0,
+            },
+            served: match &e.data {
+                Data::Served(s) => Some(s.type_name().to_string()),
+                _ => None,
             },
         })
         .collect();
