@@ -1,6 +1,8 @@
 //! Shared helpers for the integration tests: bounded joins and process inspection.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod redis;
+
 use multiprocess::{JoinTimeoutError, Process, ProcessError, SharedMemory, StartMethod};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
