@@ -72,6 +72,21 @@ use std::time::Duration;
 use thiserror::Error;
 
 /// Why a call on a manager's object failed on the server (the server goes on).
+///
+/// # Examples
+/// ```
+/// use multiprocess::manager::{Manager, ManagerError, RemoteError};
+///
+/// let m = Manager::start()?;
+/// let l = m.list::<u8>()?;
+/// match l.get(5) {
+///     Err(ManagerError::Remote(RemoteError::IndexError { index, len })) => {
+///         assert_eq!((index, len), (5, 0))
+///     }
+///     other => panic!("{other:?}"),
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Debug, Error, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum RemoteError {
@@ -152,6 +167,15 @@ pub enum RemoteError {
 }
 
 /// Why a manager operation failed.
+///
+/// # Examples
+/// ```
+/// use multiprocess::manager::{Manager, ManagerError};
+///
+/// // Nobody serves there.
+/// let err = Manager::connect("@multiprocess-doc-nobody-here", b"key").unwrap_err();
+/// assert!(matches!(err, ManagerError::Connect(_)));
+/// ```
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum ManagerError {
@@ -188,6 +212,19 @@ pub enum ManagerError {
 }
 
 /// What a manager holds and who is connected ([`Manager::status`]).
+///
+/// # Examples
+/// ```
+/// use multiprocess::manager::{Kind, Manager};
+///
+/// let m = Manager::start()?;
+/// let _jobs = m.named("jobs").queue::<u32>(0)?;
+/// let s = m.status()?;
+/// assert_eq!(s.clients.len(), 1);
+/// assert!(s.objects.iter().any(|o| o.name.as_deref() == Some("jobs")
+///     && o.kind == Kind::Queue { maxsize: 0 }));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
     /// Every object, by id.
@@ -236,6 +273,29 @@ pub struct ClientStatus {
 /// sent through a [`Connection`]: it travels as the manager's address and key, and the receiving
 /// process connects on its own (once, for all it receives). The key travels with it: send managers
 /// and proxies only to processes that may have it.
+///
+/// # Examples
+/// ```
+/// use multiprocess::Process;
+/// use multiprocess::manager::{Dict, Manager};
+///
+/// fn square(args: (Dict<u32, u32>, u32)) {
+///     let (d, i) = args;
+///     d.set(&i, &(i * i)).unwrap();
+/// }
+///
+/// let m = Manager::start()?;
+/// let d = m.dict()?;
+/// let children: Vec<_> = (0..4)
+///     .map(|i| Process::spawn(square, (d.clone(), i)))
+///     .collect::<Result<_, _>>()?;
+/// for c in children {
+///     c.join()?;
+/// }
+/// assert_eq!(d.len()?, 4);
+/// assert_eq!(d.get(&3)?, Some(9));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone)]
 pub struct Manager {
     /// The server process, when this manager started it: stopped when the last clone drops
@@ -279,6 +339,25 @@ impl Drop for ServerProcess {
 }
 
 /// Options for [`Manager::start`]: from [`Manager::builder`].
+///
+/// # Examples
+/// ```
+/// use multiprocess::StartMethod;
+/// use multiprocess::manager::Manager;
+/// use std::time::Duration;
+///
+/// let m = Manager::builder()
+///     .start_method(StartMethod::Spawn)
+///     .authkey(b"a key of our own")
+///     .free_after(Duration::from_secs(30))
+///     .start()?;
+/// let d = m.dict::<u8, u8>()?;
+/// d.set(&1, &2)?;
+/// // Another program reaches it by address and key.
+/// let other = Manager::connect(m.address(), b"a key of our own")?;
+/// assert_eq!(other.named_dict::<u8, u8>("absent")?.len()?, 0);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Default)]
 #[must_use = "a builder does nothing until `start` is called"]
 pub struct ManagerBuilder {
@@ -1124,6 +1203,21 @@ watchable!(Condition);
 
 /// A dict on a manager, of `K` to `V` (Python's `Manager().dict()`), in insertion order. Keys
 /// compare by their encoding.
+///
+/// # Examples
+/// ```
+/// use multiprocess::manager::Manager;
+///
+/// let m = Manager::start()?;
+/// let d = m.dict::<String, u32>()?;
+/// d.set(&"a".into(), &1)?;
+/// assert_eq!(d.set_default(&"a".into(), &5)?, 1);
+/// assert_eq!(d.get_or(&"b".into(), 0)?, 0);
+/// let (version, items) = d.snapshot()?;
+/// assert_eq!(items, [("a".to_string(), 1)]);
+/// assert!(version > 0);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct Dict<K, V> {
     h: Handle,
     _t: PhantomData<fn() -> (K, V)>,
@@ -1250,6 +1344,21 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> Dict<K, V
 }
 
 /// A list on a manager (Python's `Manager().list()`). Indices are Python's: `-1` is the last item.
+///
+/// # Examples
+/// ```
+/// use multiprocess::manager::Manager;
+///
+/// let m = Manager::start()?;
+/// let l = m.list::<i32>()?;
+/// l.extend(&[1, 2, 3])?;
+/// l.insert(0, &0)?;
+/// assert_eq!(l.get(-1)?, 3);
+/// assert_eq!(l.pop(None)?, 3);
+/// let all: Vec<i32> = l.iter().collect::<Result<_, _>>()?;
+/// assert_eq!(all, [0, 1, 2]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct List<T> {
     h: Handle,
     _t: PhantomData<fn() -> T>,
@@ -1353,6 +1462,19 @@ impl<T: Serialize + DeserializeOwned> List<T> {
 }
 
 /// The iterator of [`List::iter`].
+///
+/// # Examples
+/// ```
+/// use multiprocess::manager::Manager;
+///
+/// let m = Manager::start()?;
+/// let l = m.list::<u64>()?;
+/// l.extend(&(0..1000).collect::<Vec<_>>())?;
+/// // 256 items per round trip.
+/// let sum: u64 = l.iter().map(|x| x.unwrap()).sum();
+/// assert_eq!(sum, 499_500);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct ListIter<'a, T> {
     list: &'a List<T>,
@@ -1392,6 +1514,19 @@ impl<T: Serialize + DeserializeOwned> Iterator for ListIter<'_, T> {
 }
 
 /// A namespace on a manager: named values of any serde types (Python's `Manager().Namespace()`).
+///
+/// # Examples
+/// ```
+/// use multiprocess::manager::Manager;
+///
+/// let m = Manager::start()?;
+/// let ns = m.namespace()?;
+/// ns.set("name", "worker")?;
+/// ns.set("count", &3u32)?;
+/// assert_eq!(ns.get::<String>("name")?.as_deref(), Some("worker"));
+/// assert_eq!(ns.names()?, ["count", "name"]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Debug, Serialize)]
 pub struct Namespace(Handle);
 
@@ -1430,6 +1565,18 @@ impl Namespace {
 }
 
 /// One value on a manager (Python's `Manager().Value()`).
+///
+/// # Examples
+/// ```
+/// use multiprocess::manager::Manager;
+///
+/// let m = Manager::start()?;
+/// let v = m.value(&10u64)?;
+/// assert!(v.compare_and_set(&10, &11)?);
+/// assert!(!v.compare_and_set(&10, &12)?);
+/// assert_eq!(v.get()?, 11);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct Value<T> {
     h: Handle,
     _t: PhantomData<fn() -> T>,
@@ -1466,6 +1613,24 @@ impl<T: Serialize + DeserializeOwned> Value<T> {
 
 /// A lock on a manager (Python's `Manager().Lock()`, or `RLock()`): held by one thread of one
 /// client at a time, and released by the server if that client dies holding it.
+///
+/// # Examples
+/// ```
+/// use multiprocess::manager::Manager;
+/// use std::time::Duration;
+///
+/// let m = Manager::start()?;
+/// let lock = m.lock()?;
+/// {
+///     let _held = lock.lock()?; // released when the guard drops
+///     let other = lock.clone();
+///     let waited = std::thread::spawn(move || other.acquire_timeout(Duration::from_millis(10)));
+///     assert!(!waited.join().unwrap()?);
+/// }
+/// assert!(lock.try_acquire()?);
+/// lock.release()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Debug, Serialize)]
 pub struct Lock(Handle);
 
@@ -1525,6 +1690,22 @@ impl Lock {
 
 /// A semaphore on a manager (Python's `Manager().Semaphore()` / `BoundedSemaphore()`): the slots
 /// a client holds are given back by the server if that client dies.
+///
+/// # Examples
+/// ```
+/// use multiprocess::manager::{Manager, ManagerError, RemoteError};
+///
+/// let m = Manager::start()?;
+/// let s = m.bounded_semaphore(2)?;
+/// assert!(s.try_acquire()?);
+/// assert_eq!(s.value()?, 1);
+/// s.release()?;
+/// assert!(matches!(
+///     s.release(),
+///     Err(ManagerError::Remote(RemoteError::TooManyReleases))
+/// ));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Debug, Serialize)]
 pub struct Semaphore(Handle);
 
@@ -1575,6 +1756,21 @@ impl Semaphore {
 
 /// A queue on a manager (Python's `Manager().Queue()` and `JoinableQueue()`): any client puts and
 /// gets; a get that waits is answered by the put that feeds it.
+///
+/// # Examples
+/// ```
+/// use multiprocess::manager::Manager;
+/// use std::time::Duration;
+///
+/// let m = Manager::start()?;
+/// let q = m.queue::<String>(0)?;
+/// q.put(&"job".to_string())?;
+/// assert_eq!(q.get()?, "job");
+/// q.task_done()?;
+/// q.join()?; // everything put is done
+/// assert!(q.get_timeout(Duration::from_millis(10)).is_err());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct Queue<T> {
     h: Handle,
     _t: PhantomData<fn() -> T>,
@@ -1658,6 +1854,18 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
 }
 
 /// A fixed-length array on a manager (Python's `Manager().Array()`).
+///
+/// # Examples
+/// ```
+/// use multiprocess::manager::Manager;
+///
+/// let m = Manager::start()?;
+/// let a = m.array(&[0.0f64; 3])?;
+/// a.set(-1, &2.5)?;
+/// assert_eq!(a.len()?, 3);
+/// assert_eq!(a.snapshot()?.1, [0.0, 0.0, 2.5]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct Array<T> {
     h: Handle,
     _t: PhantomData<fn() -> T>,
@@ -1698,6 +1906,31 @@ impl<T: Serialize + DeserializeOwned> Array<T> {
 /// A condition on a manager (Python's `Manager().Condition()`): its lock is taken and released
 /// as a [`Lock`]'s (it is reentrant, and released by the server if its holder dies); `wait` and
 /// `notify` need it held by the calling thread.
+///
+/// # Examples
+/// ```
+/// use multiprocess::manager::Manager;
+/// use std::time::Duration;
+///
+/// let m = Manager::start()?;
+/// let c = m.condition()?;
+/// let ready = m.value(&false)?;
+/// let (c2, ready2) = (c.clone(), ready.clone());
+/// let waiter = std::thread::spawn(move || -> Result<bool, multiprocess::manager::ManagerError> {
+///     let _held = c2.lock().lock()?;
+///     while !ready2.get()? {
+///         c2.wait_timeout(Duration::from_secs(10))?;
+///     }
+///     Ok(true)
+/// });
+/// {
+///     let _held = c.lock().lock()?;
+///     ready.set(&true)?;
+///     c.notify_all()?;
+/// }
+/// assert!(waiter.join().unwrap()?);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Debug, Serialize)]
 pub struct Condition(Lock);
 
@@ -1742,6 +1975,53 @@ impl Condition {
 
 /// A value of a type of your own on a manager (see [`Serve`]): calls take `T::Request` and
 /// answer `T::Response`, so a call that does not fit the type does not compile.
+///
+/// # Examples
+/// ```
+/// use multiprocess::manager::{Manager, Registrations, Registry, Serve};
+///
+/// /// A stack that lives in the manager.
+/// struct Stack(Vec<String>);
+///
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// enum StackCall {
+///     Push(String),
+///     Pop,
+/// }
+///
+/// impl Serve for Stack {
+///     const NAME: &'static str = "example.Stack";
+///     type Init = ();
+///     type Request = StackCall;
+///     type Response = Option<String>;
+///     fn new(_: ()) -> Stack {
+///         Stack(Vec::new())
+///     }
+///     fn call(&mut self, call: StackCall) -> Option<String> {
+///         match call {
+///             StackCall::Push(s) => {
+///                 self.0.push(s);
+///                 None
+///             }
+///             StackCall::Pop => self.0.pop(),
+///         }
+///     }
+/// }
+///
+/// struct Types;
+/// impl Registrations for Types {
+///     fn register(r: &mut Registry) {
+///         r.register::<Stack>();
+///     }
+/// }
+///
+/// let m = Manager::builder().serving::<Types>().start()?;
+/// let stack = m.served::<Stack>(&())?;
+/// stack.call(&StackCall::Push("a".into()))?;
+/// assert_eq!(stack.call(&StackCall::Pop)?.as_deref(), Some("a"));
+/// assert_eq!(stack.call(&StackCall::Pop)?, None);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct Served<T> {
     h: Handle,
     _t: PhantomData<fn() -> T>,
@@ -1770,6 +2050,21 @@ impl<T: Serve> Served<T> {
 }
 
 /// A barrier on a manager (Python's `Manager().Barrier()`).
+///
+/// # Examples
+/// ```
+/// use multiprocess::manager::Manager;
+///
+/// let m = Manager::start()?;
+/// let b = m.barrier(2)?;
+/// let other = b.clone();
+/// let party = std::thread::spawn(move || other.wait());
+/// let mine = b.wait()?;
+/// let theirs = party.join().unwrap()?;
+/// assert_eq!(mine + theirs, 1); // indices 0 and 1
+/// assert_eq!((b.parties()?, b.n_waiting()?, b.broken()?), (2, 0, false));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Debug, Serialize)]
 pub struct Barrier(Handle);
 
@@ -1835,6 +2130,20 @@ impl Barrier {
 }
 
 /// An event on a manager (Python's `Manager().Event()`).
+///
+/// # Examples
+/// ```
+/// use multiprocess::manager::Manager;
+/// use std::time::Duration;
+///
+/// let m = Manager::start()?;
+/// let e = m.event()?;
+/// assert!(!e.wait_timeout(Duration::from_millis(10))?);
+/// e.set()?;
+/// assert!(e.is_set()?);
+/// e.wait()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Debug, Serialize)]
 pub struct Event(Handle);
 
@@ -1869,6 +2178,19 @@ impl Event {
 
 /// Holds a manager [`Lock`]; releases it when dropped (a failed release, such as the manager being
 /// gone, is ignored: the server releases the locks of a client whose connection ends).
+///
+/// # Examples
+/// ```
+/// use multiprocess::manager::Manager;
+///
+/// let m = Manager::start()?;
+/// let lock = m.lock()?;
+/// let guard = lock.lock()?;
+/// assert!(!lock.clone().try_acquire()?); // a Lock is not reentrant, even for this thread
+/// drop(guard);
+/// assert!(lock.try_acquire()?);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 #[must_use = "the lock is released at once if the guard is not kept"]
 pub struct LockGuard<'a>(&'a Lock);
@@ -2056,6 +2378,21 @@ impl Batch {
 
 /// A proxy of a manager's object (for [`Batch::expect`], and the `version`, `watch` and `id`
 /// every proxy has). Sealed: implemented by this module's proxies only.
+///
+/// # Examples
+/// ```
+/// use multiprocess::manager::{Manager, Proxy};
+///
+/// let m = Manager::start()?;
+/// let d = m.dict::<u8, u8>()?;
+/// let lock = m.lock()?;
+/// assert_ne!(d.object_id(), lock.object_id());
+/// // A transaction may expect any proxy's version.
+/// let mut tx = m.batch();
+/// tx.expect(&lock, lock.version()?).dict_set(&d, &1, &1)?;
+/// tx.commit()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[allow(private_interfaces)]
 pub trait Proxy: sealed::Sealed {
     /// The object's id on its manager.
