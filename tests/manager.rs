@@ -191,6 +191,11 @@ fn make_and_leave(m: Manager) -> (u64, u64) {
     (unnamed.id(), named.id())
 }
 
+/// Whether the manager still holds object `id`.
+fn has_object(m: &Manager, id: u64) -> bool {
+    m.status().unwrap().objects.iter().any(|o| o.id == id)
+}
+
 #[test]
 fn objects_only_a_dead_client_held_are_freed_named_ones_stay() {
     let m = Manager::builder()
@@ -223,12 +228,7 @@ fn objects_only_a_dead_client_held_are_freed_named_ones_stay() {
     let d = m.dict::<u8, u8>().unwrap();
     let id = d.id();
     drop(d);
-    assert!(common::eventually(|| !m
-        .status()
-        .unwrap()
-        .objects
-        .iter()
-        .any(|o| o.id == id)));
+    assert!(common::eventually(|| !has_object(&m, id)));
 }
 
 #[test]
@@ -977,19 +977,30 @@ impl multiprocess::manager::Serve for Impostor {
     }
 }
 
-/// A type no server here serves.
-struct Unserved;
+/// A served type with nothing in it: `()` in, `()` out.
+macro_rules! unit_served {
+    ($(#[$doc:meta])* $name:ident, $wire:literal) => {
+        $(#[$doc])*
+        struct $name;
 
-impl multiprocess::manager::Serve for Unserved {
-    const NAME: &'static str = "tests.Unserved";
-    type Init = ();
-    type Request = ();
-    type Response = ();
-    fn new(_: ()) -> Unserved {
-        Unserved
-    }
-    fn call(&mut self, _: ()) {}
+        impl multiprocess::manager::Serve for $name {
+            const NAME: &'static str = $wire;
+            type Init = ();
+            type Request = ();
+            type Response = ();
+            fn new(_: ()) -> $name {
+                $name
+            }
+            fn call(&mut self, _: ()) {}
+        }
+    };
 }
+
+unit_served!(
+    /// A type no server here serves.
+    Unserved,
+    "tests.Unserved"
+);
 
 /// A gate in the server process: `WaitOpen` blocks its caller (at most `DEADLINE / 2`) until some
 /// gate's `Open`; `Waiting` says how many callers are blocked.
@@ -1038,19 +1049,11 @@ impl multiprocess::manager::Serve for Gate {
     }
 }
 
-/// Its `Drop` panics.
-struct Grumpy;
-
-impl multiprocess::manager::Serve for Grumpy {
-    const NAME: &'static str = "tests.Grumpy";
-    type Init = ();
-    type Request = ();
-    type Response = ();
-    fn new(_: ()) -> Grumpy {
-        Grumpy
-    }
-    fn call(&mut self, _: ()) {}
-}
+unit_served!(
+    /// Its `Drop` panics.
+    Grumpy,
+    "tests.Grumpy"
+);
 
 impl Drop for Grumpy {
     fn drop(&mut self) {
@@ -1068,6 +1071,16 @@ impl multiprocess::manager::Registrations for TestTypes {
     }
 }
 
+/// A manager serving the test's types, its server started under `method` (the server child runs
+/// the registrations under every start method).
+fn with_types(method: StartMethod) -> Manager {
+    Manager::builder()
+        .start_method(method)
+        .serving::<TestTypes>()
+        .start()
+        .unwrap()
+}
+
 /// Adds 1 to the tally `n` times.
 fn add_to_tally(args: (multiprocess::manager::Served<Tally>, u64)) {
     let (t, n) = args;
@@ -1079,12 +1092,7 @@ fn add_to_tally(args: (multiprocess::manager::Served<Tally>, u64)) {
 #[test]
 fn types_of_your_own_are_served_and_called_from_other_processes() {
     for method in METHODS {
-        // The server child runs the registrations under every start method too.
-        let m = Manager::builder()
-            .start_method(method)
-            .serving::<TestTypes>()
-            .start()
-            .unwrap();
+        let m = with_types(method);
         let t = m.served::<Tally>(&100).unwrap();
         let children: Vec<_> = (0..3)
             .map(|_| common::start(method, add_to_tally, (t.clone(), 50)))
@@ -1225,11 +1233,7 @@ fn wait_at_gate(gate: multiprocess::manager::Served<Gate>) -> bool {
 #[test]
 fn a_served_call_that_blocks_does_not_hold_up_its_process_s_other_calls() {
     for method in METHODS {
-        let m = Manager::builder()
-            .start_method(method)
-            .serving::<TestTypes>()
-            .start()
-            .unwrap();
+        let m = with_types(method);
         m.set_call_timeout(Some(common::DEADLINE)).unwrap();
         let (shut, opener) = (
             m.served::<Gate>(&()).unwrap(),
@@ -1316,12 +1320,7 @@ fn a_served_object_whose_drop_panics_leaves_the_server_working() {
     let id = g.id();
     drop(g);
     // The timer frees it (its drop panics, outside the server's lock, caught)...
-    assert!(common::eventually(|| !m
-        .status()
-        .unwrap()
-        .objects
-        .iter()
-        .any(|o| o.id == id)));
+    assert!(common::eventually(|| !has_object(&m, id)));
     // ... and goes on timing out waits.
     let lock = m.lock().unwrap();
     lock.acquire().unwrap();
