@@ -176,13 +176,9 @@ impl Handoff {
 }
 
 impl Reader {
-    /// Ends call `seq`: whether this thread still reads the connection (`false`: a fresh reader
-    /// took it over meanwhile).
-    fn end(&self, seq: u64) -> bool {
-        self.take(seq)
-    }
-
-    /// Makes call `seq` no longer the reader's: `true` for the one that did.
+    /// Makes call `seq` no longer the reader's: `true` for the one that did. The reader calls it
+    /// when the call ends (`false`: a fresh reader took the connection over meanwhile), a fresh
+    /// reader when it starts.
     fn take(&self, seq: u64) -> bool {
         self.call
             .compare_exchange(seq, seq + 1, Ordering::SeqCst, Ordering::Relaxed)
@@ -192,7 +188,7 @@ impl Reader {
     /// The call its reader has been running for at least `HANDOFF_AFTER`, if any.
     fn slow_call(&self) -> Option<u64> {
         let seq = self.call.load(Ordering::SeqCst);
-        if seq.is_multiple_of(2) {
+        if !in_call(seq) {
             return None;
         }
         let ran = (self.epoch.elapsed().as_micros() as u64)
@@ -201,8 +197,13 @@ impl Reader {
     }
 
     fn in_call(&self) -> bool {
-        !self.call.load(Ordering::SeqCst).is_multiple_of(2)
+        in_call(self.call.load(Ordering::SeqCst))
     }
+}
+
+/// Whether a reader's call sequence number says it is in a call (odd).
+fn in_call(seq: u64) -> bool {
+    !seq.is_multiple_of(2)
 }
 
 /// Answers in a mailbox past this many: the client is not reading, and its connection is ended.
@@ -811,7 +812,7 @@ impl Shared {
                     let seq = reader.map(|r| self.handoff.begin(r));
                     let out = self.served_call(id, request.id, object, bytes);
                     if let (Some(r), Some(seq)) = (reader, seq)
-                        && !r.end(seq)
+                        && !r.take(seq)
                     {
                         // A fresh reader took the connection while this call ran: it goes on
                         // reading (and cleans up when the client leaves); this thread answers
@@ -1110,15 +1111,19 @@ impl Shared {
             let now = Instant::now();
             let mut out = Outbox::new();
             let mut freed = Vec::new();
+            let mut expired = false;
             while let Some(&Reverse((at, object))) = st.timers.peek() {
                 if at > now {
                     break;
                 }
                 st.timers.pop();
                 freed.extend(self.expire(&mut st, object, now, &mut out));
+                expired = true;
             }
-            // A broken barrier moved its version.
-            wake_watchers(&mut st, &mut out);
+            if expired {
+                // A barrier broken by a timeout moved its version.
+                wake_watchers(&mut st, &mut out);
+            }
             if !out.is_empty() || !freed.is_empty() {
                 drop(st);
                 send_all(out, None);
@@ -1463,12 +1468,8 @@ fn acquire(
     if timeout == Some(0) {
         return Ok(Some(Reply::Bool(false)));
     }
-    let deadline = deadline_in(timeout);
-    lock.waiters
-        .push_back(Waiter::new(client, thread, request, deadline));
-    if let Some(d) = deadline {
-        st.timers.push(Reverse((d, object)));
-    }
+    let w = Waiter::new(client, thread, request, deadline_in(timeout));
+    park_waiter(&mut lock.waiters, &mut st.timers, object, w);
     Ok(None)
 }
 
@@ -1516,18 +1517,29 @@ fn sem_give(sem: &mut SemState, clients: &HashMap<ClientId, Client>, out: &mut O
     sem.value += 1;
 }
 
-/// Parks a waiting call on `waiters`, with its deadline on the timer heap.
+/// Parks a waiting call (of no particular thread) on `waiters`, with its deadline on the timer
+/// heap.
 fn park(
     waiters: &mut VecDeque<Waiter>,
     timers: &mut BinaryHeap<Reverse<(Instant, ObjectId)>>,
     (client, request, object): (ClientId, u64, ObjectId),
     timeout_us: Option<u64>,
 ) {
-    let deadline = deadline_in(timeout_us);
-    waiters.push_back(Waiter::new(client, 0, request, deadline));
-    if let Some(d) = deadline {
+    let w = Waiter::new(client, 0, request, deadline_in(timeout_us));
+    park_waiter(waiters, timers, object, w);
+}
+
+/// Parks `w` on `waiters` (a call waiting on `object`), with its deadline on the timer heap.
+fn park_waiter(
+    waiters: &mut VecDeque<Waiter>,
+    timers: &mut BinaryHeap<Reverse<(Instant, ObjectId)>>,
+    object: ObjectId,
+    w: Waiter,
+) {
+    if let Some(d) = w.deadline {
         timers.push(Reverse((d, object)));
     }
+    waiters.push_back(w);
 }
 
 /// A condition wait: the caller's thread must hold the lock; it lets go of it entirely (the next
@@ -1560,14 +1572,11 @@ fn cond_wait(
     };
     cond.lock.owner = None;
     entry.version += 1;
-    let deadline = deadline_in(timeout_us);
-    cond.waiters.push_back(Waiter {
+    let w = Waiter {
         count,
-        ..Waiter::new(client, thread, request, deadline)
-    });
-    if let Some(d) = deadline {
-        timers.push(Reverse((d, object)));
-    }
+        ..Waiter::new(client, thread, request, deadline_in(timeout_us))
+    };
+    park_waiter(&mut cond.waiters, timers, object, w);
     grant(&mut cond.lock, clients, out);
     Ok(())
 }
