@@ -328,6 +328,8 @@
 
 #![warn(missing_docs)]
 
+#[cfg(feature = "cluster")]
+pub mod cluster;
 mod codec;
 mod connection;
 mod error;

@@ -380,10 +380,6 @@ impl Shared {
     }
 
     /// Adds a task to the pending list (or fails it at once if nothing can run it).
-    pub(crate) fn submit(&self, batch: &Arc<Batch>, indices: Vec<u64>, runner: Func, chunk: Chunk) {
-        self.submit_many(batch, &runner, vec![(indices, chunk)]);
-    }
-
     /// Adds tasks of one batch and runner to the pending list under one lock, with one round of
     /// dispatch (or fails them at once if nothing can run them).
     pub(crate) fn submit_many(

@@ -46,7 +46,8 @@
 //! The pool talks to its workers only through the two message types in `worker.rs`; a second
 //! transport (a broker, for workers on other machines) carries the same messages.
 
-mod inner;
+mod engine;
+pub(crate) mod inner;
 mod progress;
 pub(crate) mod worker;
 
@@ -54,7 +55,8 @@ use crate::codec;
 use crate::error::Timeout;
 use crate::process::StartMethod;
 use crate::sys::entry::Func;
-use inner::{Batch, Body, Config, Phase, Piece, Shared};
+pub(crate) use engine::Engine;
+use inner::{Batch, Body, Config, Piece, Shared};
 use serde::de::{DeserializeOwned, DeserializeSeed, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
@@ -69,7 +71,9 @@ use thiserror::Error;
 use worker::Chunk;
 
 /// Why one task (one item of a map) has no result.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
+///
+/// It is serde-serializable: a worker on another machine sends it back (feature `cluster`).
+#[derive(Debug, Clone, PartialEq, Eq, Error, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum TaskError {
     /// The function panicked; the message is the panic's.
@@ -116,6 +120,32 @@ pub enum TaskError {
     /// No worker could be started.
     #[error("no worker could be started: {0}")]
     Spawn(String),
+    /// (A pool on a broker.) The task was handed out `deliveries` times and every worker that
+    /// took it was lost (killed, cut off, or paused past its lease) before it answered.
+    #[error("the task was lost with its worker {deliveries} times (the most deliveries allowed)")]
+    WorkerLost {
+        /// How many times it was handed to a worker.
+        deliveries: u32,
+    },
+    /// (A pool on a broker.) No live worker of this program's build was seen for the pool's
+    /// no-worker timeout, so the task was withdrawn; the message says what was seen instead.
+    #[error("no live worker: {0}")]
+    NoWorkers(String),
+    /// (A pool on a broker.) The worker that took the task runs another build of the program, so
+    /// it could not know the task's functions; it refused the task without decoding it.
+    #[error(
+        "a worker of another build refused the task: this program is build {caller}, the worker \
+         runs build {worker}"
+    )]
+    Build {
+        /// The caller's build (its executable's build ID).
+        caller: String,
+        /// The worker's build.
+        worker: String,
+    },
+    /// (A pool on a broker.) The broker could not be reached, or lost what the task needed.
+    #[error("the broker: {0}")]
+    Broker(String),
 }
 
 fn died(code: Option<i32>, signal: Option<i32>) -> String {
@@ -199,7 +229,8 @@ pub struct Progress {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct Pool {
-    shared: Arc<Shared>,
+    shared: Arc<Engine>,
+    /// The local pool's collector and supervisor (a pool on a broker has its own threads).
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -215,6 +246,8 @@ pub struct PoolBuilder {
     max_memory: Option<u64>,
     task_timeout: Option<Duration>,
     retries: u32,
+    #[cfg(feature = "cluster")]
+    broker: Option<crate::cluster::Broker>,
 }
 
 impl std::fmt::Debug for PoolBuilder {
@@ -293,12 +326,30 @@ impl PoolBuilder {
         self
     }
 
+    /// Sends the pool's tasks to workers on a broker instead of starting workers here (feature
+    /// `cluster`): see [`cluster`](crate::cluster) for the workers, what is promised, and how it
+    /// differs from a local pool. `processes` then only sets the default chunk size and `imap`'s
+    /// window (default: the live workers' processes).
+    #[cfg(feature = "cluster")]
+    pub fn broker(mut self, broker: crate::cluster::Broker) -> Self {
+        self.broker = Some(broker);
+        self
+    }
+
     /// Starts the workers.
     ///
     /// # Errors
     /// `processes(0)`, an initializer argument that does not serialize (`InvalidInput`), or a worker
     /// that could not be started.
     pub fn build(self) -> io::Result<Pool> {
+        #[cfg(feature = "cluster")]
+        if let Some(broker) = self.broker {
+            let caller = crate::cluster::Caller::start(broker, self.processes)?;
+            return Ok(Pool {
+                shared: Arc::new(Engine::Cluster(caller)),
+                threads: Mutex::new(Vec::new()),
+            });
+        }
         let processes = self.processes.unwrap_or_else(crate::cpu_count);
         if processes == 0 {
             return Err(io::Error::new(
@@ -338,7 +389,7 @@ impl PoolBuilder {
             }
         };
         Ok(Pool {
-            shared,
+            shared: Arc::new(Engine::Local(shared)),
             threads: Mutex::new(threads),
         })
     }
@@ -474,7 +525,7 @@ fn single<R: DeserializeOwned>(batch: &Batch) -> Option<Result<R, TaskError>> {
     decode_piece(piece).into_iter().next().map(|(_, r)| r)
 }
 
-fn stop_threads(shared: &Shared, threads: Vec<JoinHandle<()>>) {
+pub(crate) fn stop_threads(shared: &Shared, threads: Vec<JoinHandle<()>>) {
     shared.stop.store(true, Ordering::Release);
     shared.wake_supervisor();
     let _ = shared.results.put(worker::FromWorker::Wake);
@@ -500,7 +551,7 @@ impl Pool {
 
     /// The number of workers.
     pub fn processes(&self) -> usize {
-        self.shared.config.processes
+        self.shared.processes()
     }
 
     /// Python's chunk size for an input whose length is known, else 1.
@@ -508,6 +559,44 @@ impl Pool {
         match size_hint {
             (lo, Some(hi)) if lo == hi => python_chunksize(lo, self.processes()),
             _ => 1,
+        }
+    }
+
+    /// Runs one raw task (a chunk and its runner) and hands `done` its outcome: for a worker of a
+    /// pool on a broker, whose tasks arrive already cut and encoded.
+    #[cfg(feature = "cluster")]
+    pub(crate) fn submit_raw(
+        &self,
+        runner: Func,
+        chunk: Chunk,
+        done: Box<dyn FnOnce(Body) + Send>,
+    ) {
+        let count = u64::from(chunk.count);
+        if count == 0 {
+            let none: Vec<Result<(), worker::Failure>> = Vec::new();
+            let bytes = codec::encode(&none).map(|(b, _)| b).unwrap_or_default();
+            return done(Body::Results(ByteBuf::from(bytes)));
+        }
+        let batch = Batch::new(Some(count));
+        let b = batch.clone();
+        // One task is one piece (the local pool never splits a raw task).
+        batch.lock().on_complete = Some(Box::new(move || {
+            let piece = std::mem::take(&mut b.lock().ready).into_values().next();
+            if let Some(piece) = piece {
+                done(piece.body);
+            }
+        }));
+        self.shared
+            .submit(&batch, (0..count).collect(), runner, chunk);
+    }
+
+    /// For a pool on a broker (feature `cluster`): its tasks outstanding, the duplicate results it
+    /// dropped and the tasks it sent again; `None` for a local pool.
+    #[cfg(feature = "cluster")]
+    pub fn broker_stats(&self) -> Option<crate::cluster::CallerStats> {
+        match &*self.shared {
+            Engine::Cluster(c) => Some(c.stats()),
+            Engine::Local(_) => None,
         }
     }
 
@@ -830,29 +919,17 @@ impl Pool {
     /// # Errors
     /// [`PoolError::StillRunning`] if the pool was neither closed nor terminated.
     pub fn join(&self) -> Result<(), PoolError> {
-        let mut st = self.shared.lock();
-        if st.phase == Phase::Running {
-            return Err(PoolError::StillRunning);
-        }
-        while !Shared::all_ended(&st) {
-            st = self
-                .shared
-                .changed
-                .wait_timeout(st, Duration::from_millis(50))
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
-        Ok(())
+        self.shared.join()
     }
 }
 
 impl Drop for Pool {
     fn drop(&mut self) {
-        if self.shared.lock().phase != Phase::Terminated {
+        if !self.shared.terminated() {
             self.shared.terminate();
         }
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
-        stop_threads(&self.shared, threads);
+        self.shared.stop(threads);
     }
 }
 
@@ -860,7 +937,7 @@ impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pool")
             .field("processes", &self.processes())
-            .field("phase", &self.shared.lock().phase)
+            .field("phase", &self.shared.phase())
             .finish()
     }
 }
@@ -886,7 +963,7 @@ const STAGED_AT_MOST: usize = 64;
 
 /// Cuts an input into tasks and submits them.
 struct Feed<A, R> {
-    shared: Arc<Shared>,
+    shared: Arc<Engine>,
     batch: Arc<Batch>,
     /// The runner and function tokens, or why there are none.
     tokens: Result<(Func, Func), String>,
@@ -900,7 +977,7 @@ struct Feed<A, R> {
 }
 
 impl<A: Serialize + DeserializeOwned, R: Serialize + DeserializeOwned> Feed<A, R> {
-    fn new(shared: Arc<Shared>, batch: Arc<Batch>, tokens: Result<(Func, Func), String>) -> Self {
+    fn new(shared: Arc<Engine>, batch: Arc<Batch>, tokens: Result<(Func, Func), String>) -> Self {
         Feed {
             shared,
             batch,
@@ -995,7 +1072,7 @@ impl<A: Serialize + DeserializeOwned, R: Serialize + DeserializeOwned> Feed<A, R
 /// The result of [`Pool::apply_async`]: wait for it, look at it, or cancel it.
 #[must_use = "an AsyncResult is how the task's result is read"]
 pub struct AsyncResult<R> {
-    shared: Arc<Shared>,
+    shared: Arc<Engine>,
     batch: Arc<Batch>,
     _r: PhantomData<fn() -> R>,
 }
@@ -1072,7 +1149,7 @@ impl<R> std::fmt::Debug for AsyncResult<R> {
 /// The results of [`Pool::map_async`]. Dropping it cancels the tasks that have not started.
 #[must_use = "a MapResult is how the map's results are read; dropping it cancels the map"]
 pub struct MapResult<R> {
-    shared: Arc<Shared>,
+    shared: Arc<Engine>,
     batch: Arc<Batch>,
     total: u64,
     _r: PhantomData<fn() -> R>,
@@ -1160,7 +1237,7 @@ impl<R> Drop for MapResult<R> {
 }
 
 /// Cancels the batch's tasks that no worker has started.
-fn cancel_unstarted(shared: &Shared, batch: &Batch) {
+fn cancel_unstarted(shared: &Engine, batch: &Batch) {
     let tasks: Vec<u64> = batch.lock().tasks.iter().copied().collect();
     shared.cancel_pending(&tasks);
 }

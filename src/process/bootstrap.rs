@@ -124,6 +124,11 @@ fn on_load() {
         sys::close_from(BOOT_FD + 1);
         super::forkserver::serve(Connection::from_socket(fd));
     }
+    #[cfg(feature = "cluster")]
+    if std::env::var_os(crate::cluster::ENV_WORKER).is_some_and(|v| !v.is_empty()) {
+        // Worker mode: this program joins a pool on a broker instead of running `main`.
+        crate::cluster::worker_main_from_env();
+    }
 }
 
 /// Ends a process that will not take orders from whoever started it.

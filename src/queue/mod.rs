@@ -743,6 +743,13 @@ pub mod fuzzing {
         crate::sys::entry::decode_prelude(bytes)
     }
 
+    /// A worker's and a caller's checks of a broker entry (feature `cluster`): its frame and MAC
+    /// under the key `fuzz`, then its body; every byte string gets an answer, never a panic.
+    #[cfg(feature = "cluster")]
+    pub fn broker_entry(bytes: &[u8]) -> Result<String, String> {
+        crate::cluster::fuzz_decode(bytes)
+    }
+
     /// A consumer's check of a ring record header.
     pub fn ring_record_len(
         header: [u8; 8],

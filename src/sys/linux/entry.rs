@@ -197,6 +197,16 @@ pub(crate) fn take_env_fd(key: &str) -> Option<std::os::fd::RawFd> {
     value.to_str()?.parse().ok()
 }
 
+/// Reads and removes an environment variable (worker mode's settings, which the worker's own
+/// children must not see). Called only from the constructor, before `main`.
+pub(crate) fn take_env(key: &str) -> Option<std::ffi::OsString> {
+    let value = std::env::var_os(key)?;
+    // SAFETY: as in `take_env_fd`: the constructor runs before `main` and before any thread of
+    // the program exists, so nothing can read the environment concurrently.
+    unsafe { std::env::remove_var(key) };
+    Some(value)
+}
+
 /// A function token with the type name it was made for: received from a verified parent (see the
 /// module notes), or, in a pool worker, from the worker's own task queue, which only the pool's
 /// owner (the worker's parent, which forked or verified it) holds a handle to write.

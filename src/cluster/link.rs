@@ -1,0 +1,109 @@
+//! One connection to the broker that comes back by itself: a command that fails for any reason
+//! but the server's own answer (a refused connection, a reset, a timeout) drops the connection,
+//! and the next command dials again. Every caller and worker thread owns one link, so no thread
+//! waits behind another's blocking read.
+
+use redis::{Client, Connection, RedisError, RedisResult};
+use std::time::{Duration, Instant};
+
+/// How long a dial may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Pause between failed dials (so a broker that is down is not hammered).
+const REDIAL_PAUSE: Duration = Duration::from_millis(100);
+
+pub(crate) struct Link {
+    client: Client,
+    con: Option<Connection>,
+    /// A socket read waits at most this (longer than any `BLOCK` this link sends).
+    read_timeout: Duration,
+    last_dial: Option<Instant>,
+    /// When the last command succeeded (or the link was made).
+    pub(crate) ok_at: Instant,
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link")
+            .field("connected", &self.con.is_some())
+            .finish()
+    }
+}
+
+impl Link {
+    pub(crate) fn new(url: &str, read_timeout: Duration) -> RedisResult<Link> {
+        Ok(Link {
+            client: Client::open(url)?,
+            con: None,
+            read_timeout,
+            last_dial: None,
+            ok_at: Instant::now(),
+        })
+    }
+
+    /// Runs `f` on the connection (dialling first if there is none).
+    pub(crate) fn run<T>(
+        &mut self,
+        f: impl FnOnce(&mut Connection) -> RedisResult<T>,
+    ) -> RedisResult<T> {
+        if self.con.is_none() {
+            if let Some(last) = self.last_dial {
+                let since = last.elapsed();
+                if since < REDIAL_PAUSE {
+                    std::thread::sleep(REDIAL_PAUSE - since);
+                }
+            }
+            self.last_dial = Some(Instant::now());
+            let con = self.client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
+            con.set_read_timeout(Some(self.read_timeout))?;
+            con.set_write_timeout(Some(self.read_timeout))?;
+            self.con = Some(con);
+        }
+        let Some(con) = self.con.as_mut() else {
+            unreachable!("dialled above")
+        };
+        match f(con) {
+            Ok(v) => {
+                self.ok_at = Instant::now();
+                Ok(v)
+            }
+            Err(e) => {
+                if !is_answer(&e) {
+                    self.con = None;
+                } else {
+                    self.ok_at = Instant::now();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether a connection is open now.
+    pub(crate) fn connected(&self) -> bool {
+        self.con.is_some()
+    }
+}
+
+/// Whether `e` is the server's own answer (the connection is fine).
+pub(crate) fn is_answer(e: &RedisError) -> bool {
+    e.code().is_some() && !e.is_io_error() && !e.is_connection_dropped() && !e.is_timeout()
+}
+
+/// Whether `e` says the consumer group (or its stream) is gone: the broker lost its data.
+pub(crate) fn is_nogroup(e: &RedisError) -> bool {
+    e.code() == Some("NOGROUP")
+}
+
+/// Creates the task stream's group if it is not there (`MKSTREAM`; `BUSYGROUP` is fine).
+pub(crate) fn ensure_group(con: &mut Connection, stream: &str) -> RedisResult<()> {
+    let r: RedisResult<()> = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(stream)
+        .arg(super::GROUP)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query(con);
+    match r {
+        Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+        r => r,
+    }
+}

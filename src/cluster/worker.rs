@@ -1,0 +1,836 @@
+//! A worker of a pool on a broker: takes tasks from the stream, runs them on a local pool of its
+//! own, and answers each in one transaction with its acknowledgement.
+//!
+//! # Three threads, three connections
+//! - The **reader** takes tasks (`XREADGROUP ... COUNT <free slots> BLOCK`): never more than the
+//!   local pool has room for (twice its processes), so a worker does not hoard tasks that another
+//!   could run now. It checks each entry (its MAC, then its build) before anything else is read.
+//! - The **writer** answers: `MULTI XADD <caller's results> XACK XDEL EXEC` per task, pipelined,
+//!   retried until the broker takes it (a result is never dropped because the broker was down for
+//!   a while; the task stays leased to this worker meanwhile).
+//! - The **keeper** does what time asks for, every quarter lease: the heartbeat, renewing the lease
+//!   of every task the local pool holds (`XCLAIM <me> 0 ... JUSTID`, only for tasks the group still
+//!   says are ours, so that a worker resumed after a pause does not take back what another took),
+//!   taking tasks idle past their lease from lost workers (`XPENDING ... IDLE`, `XCLAIM`: a
+//!   delivery is counted), failing those past the most deliveries as worker-lost, and, now and
+//!   then, removing consumers that are dead and hold nothing.
+//!
+//! A task's own crash (a panic, an abort, a signal) is the local pool's business: the task fails
+//! with the local pool's error, which is sent back like any result. Only the loss of the whole
+//! worker (or its connection) leaves a task to be reclaimed.
+
+use super::caller::{BLOB_TTL_MS, fetch_blob};
+use super::entry::{self, BLOB_OVER, Kind, Outcome, Payload, ResultBody, TaskBody};
+use super::link::{Link, ensure_group, is_nogroup};
+use super::status::describe;
+use super::{Broker, ClusterError, GROUP, Keys, build_id, hex, unique_name};
+use crate::Pool;
+use crate::pool::TaskError;
+use crate::pool::inner::Body;
+use crate::process::StartMethod;
+use redis::RedisResult;
+use redis::streams::{StreamClaimReply, StreamId, StreamPendingCountReply, StreamReadReply};
+use serde_bytes::ByteBuf;
+use sha2::Digest;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Joins a pool on a broker as a worker, running its tasks on a local pool of this program.
+///
+/// The one line a worker program needs is none: a program started with `MULTIPROCESS_WORKER`
+/// (and `MULTIPROCESS_BROKER`, `MULTIPROCESS_AUTHKEY`) set becomes a worker before `main` runs
+/// (see [`Broker::from_env`]). `Worker` is for a program that decides for itself.
+///
+/// # Examples
+/// ```no_run
+/// use multiprocess::cluster::{Broker, Worker};
+///
+/// let broker = Broker::redis("redis://127.0.0.1:6379", "squares").authkey("secret");
+/// // Runs until the process is stopped.
+/// Worker::new(broker).processes(4).run()?;
+/// # Ok::<(), multiprocess::cluster::ClusterError>(())
+/// ```
+#[derive(Debug, Clone)]
+#[must_use = "a Worker does nothing until .run() or .start()"]
+pub struct Worker {
+    broker: Broker,
+    processes: Option<usize>,
+    method: Option<StartMethod>,
+}
+
+/// A worker started with [`Worker::start`]; stop it with [`stop`](RunningWorker::stop).
+#[derive(Debug)]
+pub struct RunningWorker {
+    inner: Arc<Inner>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+struct Inner {
+    broker: Broker,
+    keys: Keys,
+    key: Vec<u8>,
+    consumer: String,
+    build: String,
+    pool: Pool,
+    /// Stream ids of the tasks this worker holds (taken, not yet answered).
+    held: Mutex<HashSet<String>>,
+    freed: Condvar,
+    capacity: usize,
+    done: Mutex<Option<mpsc::Sender<Done>>>,
+    stop: AtomicBool,
+    blobs: AtomicU64,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("consumer", &self.consumer)
+            .finish()
+    }
+}
+
+/// A task's outcome, for the writer.
+struct Done {
+    stream_id: String,
+    caller: String,
+    task: u64,
+    outcome: Outcome,
+}
+
+/// A caller's name as a key part: what `unique_name` makes.
+fn plausible_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 96
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
+}
+
+impl Worker {
+    /// A worker of `broker`'s pool.
+    pub fn new(broker: Broker) -> Worker {
+        Worker {
+            broker,
+            processes: None,
+            method: None,
+        }
+    }
+
+    /// The processes of its local pool (default: the CPUs this process may use).
+    pub fn processes(mut self, n: usize) -> Worker {
+        self.processes = Some(n.max(1));
+        self
+    }
+
+    /// How its local pool starts its processes.
+    pub fn start_method(mut self, method: StartMethod) -> Worker {
+        self.method = Some(method);
+        self
+    }
+
+    /// Starts the worker and serves until the process ends.
+    ///
+    /// # Errors
+    /// See [`start`](Self::start).
+    pub fn run(self) -> Result<(), ClusterError> {
+        let w = self.start()?;
+        for t in w.threads {
+            let _ = t.join();
+        }
+        Ok(())
+    }
+
+    /// Starts the worker in this process's background threads.
+    ///
+    /// # Errors
+    /// A bad pool name or no key ([`ClusterError`]), a broker that cannot be reached, or a local
+    /// pool that could not start.
+    pub fn start(self) -> Result<RunningWorker, ClusterError> {
+        let (keys, key) = self.broker.ready()?;
+        let processes = self.processes.unwrap_or_else(crate::cpu_count).max(1);
+        let mut link = Link::new(&self.broker.url, Duration::from_secs(5))
+            .map_err(|e| self.broker.error(e))?;
+        let consumer = unique_name();
+        let build = hex(build_id());
+        link.run(|c| {
+            ensure_group(c, &keys.tasks())?;
+            register(c, &keys, &consumer, &build, processes, self.broker.lease)
+        })
+        .map_err(|e| self.broker.error(e))?;
+        let mut b = Pool::builder().processes(processes);
+        if let Some(m) = self.method {
+            b = b.start_method(m);
+        }
+        let pool = b.build().map_err(ClusterError::LocalPool)?;
+        let (tx, rx) = mpsc::channel();
+        let inner = Arc::new(Inner {
+            broker: self.broker,
+            keys,
+            key,
+            consumer,
+            build,
+            pool,
+            held: Mutex::new(HashSet::new()),
+            freed: Condvar::new(),
+            capacity: 2 * processes,
+            done: Mutex::new(Some(tx)),
+            stop: AtomicBool::new(false),
+            blobs: AtomicU64::new(0),
+        });
+        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(f)
+                .map_err(ClusterError::LocalPool)
+        };
+        let (a, b, c) = (inner.clone(), inner.clone(), inner.clone());
+        let threads = vec![
+            spawn("worker-read", Box::new(move || a.read_loop()))?,
+            spawn("worker-write", Box::new(move || b.write_loop(rx)))?,
+            spawn("worker-keep", Box::new(move || c.keep_loop()))?,
+        ];
+        crate::trace::event!(
+            info,
+            "worker {} joined pool {:?}",
+            inner.consumer,
+            inner.broker.pool
+        );
+        Ok(RunningWorker { inner, threads })
+    }
+}
+
+fn register(
+    c: &mut redis::Connection,
+    keys: &Keys,
+    consumer: &str,
+    build: &str,
+    processes: usize,
+    lease: Duration,
+) -> RedisResult<()> {
+    redis::pipe()
+        .cmd("HSET")
+        .arg(keys.workers())
+        .arg(consumer)
+        .arg(describe(build, processes))
+        .ignore()
+        .cmd("SET")
+        .arg(keys.heartbeat(consumer))
+        .arg(1)
+        .arg("PX")
+        .arg(lease.as_millis() as u64)
+        .ignore()
+        .query(c)
+}
+
+impl RunningWorker {
+    /// Its consumer name (unique to this process run).
+    pub fn consumer(&self) -> &str {
+        &self.inner.consumer
+    }
+
+    /// The tasks its local pool holds now.
+    pub fn holding(&self) -> usize {
+        self.inner
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
+    /// Stops taking tasks, lets the running ones finish (for up to `grace`) and answers them,
+    /// then leaves the pool. Tasks still running after `grace` are left to be reclaimed by other
+    /// workers after their lease.
+    pub fn stop(self, grace: Duration) {
+        let inner = self.inner;
+        inner.stop.store(true, Ordering::Release);
+        inner.freed.notify_all();
+        let deadline = Instant::now() + grace;
+        let mut held = inner.held.lock().unwrap_or_else(|p| p.into_inner());
+        while !held.is_empty() && Instant::now() < deadline {
+            held = inner
+                .freed
+                .wait_timeout(held, Duration::from_millis(20))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        drop(held);
+        inner.pool.terminate();
+        inner.done.lock().unwrap_or_else(|p| p.into_inner()).take();
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Inner {
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+
+    fn link(&self) -> Option<Link> {
+        Link::new(&self.broker.url, Duration::from_secs(5)).ok()
+    }
+
+    fn read_loop(self: Arc<Self>) {
+        let Some(mut link) = self.link() else { return };
+        let stream = self.keys.tasks();
+        while !self.stopping() {
+            let free = {
+                let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+                if held.len() >= self.capacity {
+                    held = self
+                        .freed
+                        .wait_timeout(held, Duration::from_millis(100))
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                }
+                self.capacity.saturating_sub(held.len())
+            };
+            if free == 0 || self.stopping() {
+                continue;
+            }
+            let r: RedisResult<Option<StreamReadReply>> = link.run(|c| {
+                redis::cmd("XREADGROUP")
+                    .arg("GROUP")
+                    .arg(GROUP)
+                    .arg(&self.consumer)
+                    .arg("COUNT")
+                    .arg(free)
+                    .arg("BLOCK")
+                    .arg(500)
+                    .arg("STREAMS")
+                    .arg(&stream)
+                    .arg(">")
+                    .query(c)
+            });
+            match r {
+                Ok(Some(reply)) => {
+                    for e in reply.keys.into_iter().flat_map(|k| k.ids) {
+                        self.take(&mut link, e);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) if is_nogroup(&e) => {
+                    // The broker lost its data: the group is made again (the callers resend).
+                    let _ = link.run(|c| ensure_group(c, &stream));
+                }
+                Err(e) => {
+                    if link.connected() {
+                        crate::trace::event!(warn, "worker {}: reading tasks: {e}", self.consumer);
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+    }
+
+    fn answer(&self, d: Done) {
+        if let Some(tx) = self.done.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            let _ = tx.send(d);
+        }
+    }
+
+    /// Drops an entry that is not a task of this pool (it cannot be answered: nothing in it can
+    /// be believed).
+    fn discard(&self, link: &mut Link, id: &str, why: &str) {
+        crate::trace::event!(warn, "worker {}: dropped entry {id}: {why}", self.consumer);
+        let stream = self.keys.tasks();
+        let _ = link.run(|c| {
+            redis::pipe()
+                .cmd("XACK")
+                .arg(&stream)
+                .arg(GROUP)
+                .arg(id)
+                .ignore()
+                .cmd("XDEL")
+                .arg(&stream)
+                .arg(id)
+                .ignore()
+                .query::<()>(c)
+        });
+        self.release(id);
+    }
+
+    fn release(&self, id: &str) {
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        self.freed.notify_all();
+    }
+
+    /// Takes one task entry: checks it, and hands it to the local pool.
+    fn take(self: &Arc<Self>, link: &mut Link, e: StreamId) {
+        let id = e.id;
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone());
+        let checked =
+            match entry::field(&e.map).and_then(|m| entry::check(m, Kind::Task, &self.key)) {
+                Ok(c) => c,
+                Err(why) => return self.discard(link, &id, &why.to_string()),
+            };
+        let body = match checked.body::<TaskBody>() {
+            Ok(b) if plausible_name(&b.caller) => b,
+            Ok(_) => return self.discard(link, &id, "the caller's name is not one"),
+            Err(why) => return self.discard(link, &id, &why.to_string()),
+        };
+        let theirs = checked.build_hex();
+        if theirs != self.build {
+            crate::trace::event!(
+                warn,
+                "worker {}: refused a task of build {theirs}",
+                self.consumer
+            );
+            return self.answer(Done {
+                stream_id: id,
+                caller: body.caller,
+                task: body.task,
+                outcome: Outcome::Failed(TaskError::Build {
+                    caller: theirs,
+                    worker: self.build.clone(),
+                }),
+            });
+        }
+        let args = match &body.args {
+            Payload::Inline(b) => b.clone(),
+            Payload::Blob { key, len, sha256 } => match fetch_blob(link, key, *len, *sha256) {
+                Ok(b) => ByteBuf::from(b),
+                Err(why) => {
+                    return self.answer(Done {
+                        stream_id: id,
+                        caller: body.caller,
+                        task: body.task,
+                        outcome: Outcome::Failed(TaskError::Broker(why)),
+                    });
+                }
+            },
+        };
+        let chunk = body.chunk(args);
+        let me = self.clone();
+        let (caller, task) = (body.caller, body.task);
+        self.pool.submit_raw(
+            body.runner,
+            chunk,
+            Box::new(move |outcome: Body| {
+                if me.stopping() && matches!(outcome, Body::Failed(TaskError::Terminated)) {
+                    // Cut short by this worker's own stop: left leased, for another worker.
+                    return;
+                }
+                me.answer(Done {
+                    stream_id: id,
+                    caller,
+                    task,
+                    outcome: match outcome {
+                        Body::Results(b) => Outcome::Results(Payload::Inline(b)),
+                        Body::Failed(e) => Outcome::Failed(e),
+                    },
+                });
+            }),
+        );
+    }
+
+    fn write_loop(self: Arc<Self>, rx: mpsc::Receiver<Done>) {
+        let Some(mut link) = self.link() else { return };
+        let stream = self.keys.tasks();
+        let mut pending: Vec<Done> = Vec::new();
+        let mut failures = 0u32;
+        loop {
+            if pending.is_empty() {
+                match rx.recv_timeout(Duration::from_millis(100)) {
+                    Ok(d) => pending.push(d),
+                    Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+            }
+            while pending.len() < 256 {
+                match rx.try_recv() {
+                    Ok(d) => pending.push(d),
+                    Err(_) => break,
+                }
+            }
+            let mut p = redis::pipe();
+            for d in &mut pending {
+                let outcome = match &mut d.outcome {
+                    Outcome::Results(Payload::Inline(b)) if b.len() > BLOB_OVER => {
+                        let n = self.blobs.fetch_add(1, Ordering::Relaxed);
+                        let key = self.keys.blob(&self.consumer, n);
+                        let bytes = std::mem::take(b).into_vec();
+                        let blob = Payload::Blob {
+                            key: key.clone(),
+                            len: bytes.len() as u64,
+                            sha256: sha2::Sha256::digest(&bytes).into(),
+                        };
+                        p.cmd("SET")
+                            .arg(&key)
+                            .arg(bytes)
+                            .arg("PX")
+                            .arg(BLOB_TTL_MS)
+                            .ignore();
+                        d.outcome = Outcome::Results(blob);
+                        &d.outcome
+                    }
+                    o => &*o,
+                };
+                let body = ResultBody {
+                    task: d.task,
+                    consumer: self.consumer.clone(),
+                    outcome: outcome.clone(),
+                };
+                let entry = match entry::encode(Kind::Result, build_id(), &self.key, &body) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        let failed = ResultBody {
+                            task: d.task,
+                            consumer: self.consumer.clone(),
+                            outcome: Outcome::Failed(TaskError::Child(format!(
+                                "the result could not be encoded: {e}"
+                            ))),
+                        };
+                        entry::encode(Kind::Result, build_id(), &self.key, &failed)
+                            .unwrap_or_default()
+                    }
+                };
+                let results = self.keys.results(&d.caller);
+                p.cmd("MULTI").ignore();
+                p.cmd("XADD")
+                    .arg(&results)
+                    .arg("*")
+                    .arg("m")
+                    .arg(entry)
+                    .ignore();
+                p.cmd("PEXPIRE").arg(&results).arg(3_600_000u64).ignore();
+                p.cmd("XACK")
+                    .arg(&stream)
+                    .arg(GROUP)
+                    .arg(&d.stream_id)
+                    .ignore();
+                p.cmd("XDEL").arg(&stream).arg(&d.stream_id).ignore();
+                p.cmd("EXEC").ignore();
+            }
+            match link.run(|c| p.query::<()>(c)) {
+                Ok(()) => {
+                    failures = 0;
+                    for d in pending.drain(..) {
+                        self.release(&d.stream_id);
+                    }
+                }
+                Err(e) => {
+                    failures += 1;
+                    crate::trace::event!(
+                        warn,
+                        "worker {}: answering {} tasks: {e}",
+                        self.consumer,
+                        pending.len()
+                    );
+                    if self.stopping() && failures > 20 {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+
+    fn keep_loop(self: Arc<Self>) {
+        let Some(mut link) = self.link() else { return };
+        let lease = self.broker.lease;
+        let tick = (lease / 4).clamp(Duration::from_millis(20), Duration::from_secs(5));
+        let mut n = 0u64;
+        let mut next = Instant::now();
+        while !self.stopping() {
+            let now = Instant::now();
+            if now < next {
+                std::thread::sleep((next - now).min(Duration::from_millis(50)));
+                continue;
+            }
+            next = now + tick;
+            n += 1;
+            let beat = link.run(|c| {
+                if n % 8 == 1 {
+                    register(
+                        c,
+                        &self.keys,
+                        &self.consumer,
+                        &self.build,
+                        self.pool.processes(),
+                        lease,
+                    )
+                } else {
+                    redis::cmd("SET")
+                        .arg(self.keys.heartbeat(&self.consumer))
+                        .arg(1)
+                        .arg("PX")
+                        .arg(lease.as_millis() as u64)
+                        .query(c)
+                }
+            });
+            if beat.is_err() {
+                continue;
+            }
+            self.renew(&mut link);
+            if n.is_multiple_of(2) {
+                self.reclaim(&mut link);
+            }
+            if n.is_multiple_of(40) {
+                self.clean(&mut link);
+            }
+        }
+        let _ = link.run(|c| {
+            redis::pipe()
+                .cmd("HDEL")
+                .arg(self.keys.workers())
+                .arg(&self.consumer)
+                .ignore()
+                .cmd("DEL")
+                .arg(self.keys.heartbeat(&self.consumer))
+                .ignore()
+                .query::<()>(c)
+        });
+    }
+
+    /// Renews the lease of every task this worker holds that the group still says is its own.
+    fn renew(&self, link: &mut Link) {
+        let held: HashSet<String> = self.held.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if held.is_empty() {
+            return;
+        }
+        let stream = self.keys.tasks();
+        let _ = link.run(|c| {
+            let mine: StreamPendingCountReply = redis::cmd("XPENDING")
+                .arg(&stream)
+                .arg(GROUP)
+                .arg("-")
+                .arg("+")
+                .arg(held.len() + 64)
+                .arg(&self.consumer)
+                .query(c)?;
+            let ids: Vec<&str> = mine
+                .ids
+                .iter()
+                .map(|p| p.id.as_str())
+                .filter(|id| held.contains(*id))
+                .collect();
+            if ids.is_empty() {
+                return Ok(());
+            }
+            redis::cmd("XCLAIM")
+                .arg(&stream)
+                .arg(GROUP)
+                .arg(&self.consumer)
+                .arg(0)
+                .arg(&ids)
+                .arg("JUSTID")
+                .query::<Vec<String>>(c)
+                .map(drop)
+        });
+    }
+
+    /// Takes tasks idle past their lease (from lost workers); fails those past the most
+    /// deliveries as worker-lost.
+    fn reclaim(self: &Arc<Self>, link: &mut Link) {
+        let stream = self.keys.tasks();
+        let lease_ms = self.broker.lease.as_millis() as u64;
+        let idle: RedisResult<StreamPendingCountReply> = link.run(|c| {
+            redis::cmd("XPENDING")
+                .arg(&stream)
+                .arg(GROUP)
+                .arg("IDLE")
+                .arg(lease_ms)
+                .arg("-")
+                .arg("+")
+                .arg(64)
+                .query(c)
+        });
+        let Ok(idle) = idle else { return };
+        let held = self.held.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let max = self.broker.max_deliveries as usize;
+        let (lost, again): (Vec<_>, Vec<_>) = idle
+            .ids
+            .into_iter()
+            .filter(|p| !held.contains(&p.id))
+            .partition(|p| p.times_delivered >= max);
+        if !again.is_empty() {
+            let ids: Vec<&str> = again.iter().map(|p| p.id.as_str()).collect();
+            let claimed: RedisResult<StreamClaimReply> = link.run(|c| {
+                redis::cmd("XCLAIM")
+                    .arg(&stream)
+                    .arg(GROUP)
+                    .arg(&self.consumer)
+                    .arg(lease_ms)
+                    .arg(&ids)
+                    .query(c)
+            });
+            if let Ok(claimed) = claimed {
+                let n = claimed.ids.len();
+                if n > 0 {
+                    crate::trace::event!(info, "worker {} reclaimed {n} tasks", self.consumer);
+                    let _ = link.run(|c| {
+                        redis::cmd("INCRBY")
+                            .arg(self.keys.reclaimed())
+                            .arg(n)
+                            .query::<()>(c)
+                    });
+                }
+                for e in claimed.ids {
+                    self.take(link, e);
+                }
+            }
+        }
+        for p in lost {
+            let id = p.id;
+            // Claimed first (without counting a delivery), so that one worker answers it.
+            let won: RedisResult<Vec<String>> = link.run(|c| {
+                redis::cmd("XCLAIM")
+                    .arg(&stream)
+                    .arg(GROUP)
+                    .arg(&self.consumer)
+                    .arg(lease_ms)
+                    .arg(&id)
+                    .arg("JUSTID")
+                    .query(c)
+            });
+            if !won.is_ok_and(|w| w.contains(&id)) {
+                continue;
+            }
+            self.held
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id.clone());
+            let entry: RedisResult<redis::streams::StreamRangeReply> =
+                link.run(|c| redis::cmd("XRANGE").arg(&stream).arg(&id).arg(&id).query(c));
+            let Ok(entry) = entry else {
+                self.release(&id);
+                continue;
+            };
+            let Some(e) = entry.ids.into_iter().next() else {
+                // Deleted meanwhile (answered, or withdrawn): nothing to say.
+                let _ = link.run(|c| {
+                    redis::cmd("XACK")
+                        .arg(&stream)
+                        .arg(GROUP)
+                        .arg(&id)
+                        .query::<()>(c)
+                });
+                self.release(&id);
+                continue;
+            };
+            let body = entry::field(&e.map)
+                .and_then(|m| entry::check(m, Kind::Task, &self.key))
+                .and_then(|c| c.body::<TaskBody>());
+            match body {
+                Ok(b) if plausible_name(&b.caller) => {
+                    let _ = link.run(|c| redis::cmd("INCR").arg(self.keys.lost()).query::<()>(c));
+                    self.answer(Done {
+                        stream_id: id,
+                        caller: b.caller,
+                        task: b.task,
+                        outcome: Outcome::Failed(TaskError::WorkerLost {
+                            deliveries: p.times_delivered as u32,
+                        }),
+                    });
+                }
+                _ => self.discard(link, &id, "not a task of this pool"),
+            }
+        }
+    }
+
+    /// Removes dead consumers that hold nothing, and the descriptions of dead workers.
+    fn clean(&self, link: &mut Link) {
+        let stream = self.keys.tasks();
+        let _ = link.run(|c| {
+            let workers = super::status::read_workers(c, &self.keys)?;
+            let consumers: redis::streams::StreamInfoConsumersReply = redis::cmd("XINFO")
+                .arg("CONSUMERS")
+                .arg(&stream)
+                .arg(GROUP)
+                .query(c)?;
+            let alive: HashSet<&str> = workers
+                .iter()
+                .filter(|w| w.alive)
+                .map(|w| w.consumer.as_str())
+                .collect();
+            let mut p = redis::pipe();
+            for con in &consumers.consumers {
+                let idle_long = con.idle as u128 > 4 * self.broker.lease.as_millis();
+                if con.name != self.consumer
+                    && con.pending == 0
+                    && idle_long
+                    && !alive.contains(con.name.as_str())
+                {
+                    p.cmd("XGROUP")
+                        .arg("DELCONSUMER")
+                        .arg(&stream)
+                        .arg(GROUP)
+                        .arg(&con.name)
+                        .ignore();
+                    p.cmd("HDEL")
+                        .arg(self.keys.workers())
+                        .arg(&con.name)
+                        .ignore();
+                }
+            }
+            for w in workers.iter().filter(|w| !w.alive) {
+                if !consumers.consumers.iter().any(|c| c.name == w.consumer) {
+                    p.cmd("HDEL")
+                        .arg(self.keys.workers())
+                        .arg(&w.consumer)
+                        .ignore();
+                }
+            }
+            p.query::<()>(c)
+        });
+    }
+}
+
+/// Worker mode from the environment (before `main`, when `MULTIPROCESS_WORKER` is set): serves
+/// until the process is stopped, then exits. Never returns.
+pub(crate) fn main_from_env() -> ! {
+    let code = match worker_from_env() {
+        Ok(w) => match w.run() {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("multiprocess worker: {e}");
+                1
+            }
+        },
+        Err(e) => {
+            eprintln!("multiprocess worker: {e}");
+            2
+        }
+    };
+    std::process::exit(code)
+}
+
+fn worker_from_env() -> Result<Worker, ClusterError> {
+    let broker = Broker::from_env()?;
+    let key = crate::sys::entry::take_env(super::ENV_AUTHKEY);
+    let processes = crate::sys::entry::take_env(super::ENV_PROCESSES);
+    for k in [
+        super::ENV_WORKER,
+        super::ENV_BROKER,
+        super::ENV_LEASE_MS,
+        super::ENV_MAX_DELIVERIES,
+    ] {
+        let _ = crate::sys::entry::take_env(k);
+    }
+    let broker = match key {
+        Some(k) => broker.authkey(std::os::unix::ffi::OsStrExt::as_bytes(k.as_os_str())),
+        None => return Err(ClusterError::NoAuthkey),
+    };
+    let mut w = Worker::new(broker);
+    if let Some(n) = processes {
+        let n = n
+            .to_str()
+            .and_then(|s| s.parse::<usize>().ok())
+            .ok_or_else(|| {
+                ClusterError::Env(format!("{}={n:?} is not a number", super::ENV_PROCESSES))
+            })?;
+        w = w.processes(n);
+    }
+    Ok(w)
+}

@@ -1,0 +1,602 @@
+//! A pool on a real broker (the Redis server `.ci/with-redis` starts, or a private one a test
+//! kills and restarts), with workers that are this test binary started in worker mode
+//! (`MULTIPROCESS_WORKER`), each running its tasks on a local pool of its own processes.
+#![cfg(feature = "cluster")]
+
+mod common;
+
+use common::redis::{RedisServer, connect, shared_url};
+use multiprocess::cluster::{self, Broker};
+use multiprocess::{Pool, TaskError};
+use std::collections::{BTreeMap, HashSet};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const KEY: &str = "cluster tests";
+
+/// Worker processes of one pool: this test binary in worker mode. Killed (SIGKILL) and reaped
+/// when dropped; their local pools' processes go with them (each holds a lifeline to its worker).
+struct Workers {
+    url: String,
+    pool: String,
+    env: Vec<(String, String)>,
+    children: Vec<Child>,
+}
+
+impl Workers {
+    fn new(url: &str, pool: &str) -> Workers {
+        Workers {
+            url: url.into(),
+            pool: pool.into(),
+            env: Vec::new(),
+            children: Vec::new(),
+        }
+    }
+
+    fn env(mut self, k: &str, v: impl ToString) -> Workers {
+        self.env.push((k.into(), v.to_string()));
+        self
+    }
+
+    /// Starts one more worker with `processes` local processes; its pid.
+    fn start(&mut self, processes: usize) -> u32 {
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.env(cluster::ENV_WORKER, &self.pool)
+            .env(cluster::ENV_BROKER, &self.url)
+            .env(cluster::ENV_AUTHKEY, KEY)
+            .env(cluster::ENV_PROCESSES, processes.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start a worker");
+        let pid = child.id();
+        self.children.push(child);
+        pid
+    }
+
+    /// Waits until `n` workers of the pool are alive.
+    fn wait_live(&self, n: usize) {
+        let end = Instant::now() + common::DEADLINE;
+        loop {
+            let live = cluster::status(&self.url, &self.pool)
+                .map(|s| s.workers.iter().filter(|w| w.alive).count())
+                .unwrap_or(0);
+            if live >= n {
+                return;
+            }
+            assert!(Instant::now() < end, "{n} workers did not come up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn signal(&self, pid: u32, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(pid.to_string())
+            .status();
+        assert!(ok.is_ok_and(|s| s.success()), "kill -{sig} {pid}");
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // The pool's keys go too, so that the shared broker holds nothing of this test.
+        if let Ok(client) = redis::Client::open(self.url.as_str())
+            && let Ok(mut c) = client.get_connection_with_timeout(Duration::from_secs(2))
+        {
+            let pattern = format!("mp:{{{}}}:*", self.pool);
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(&pattern)
+                .query(&mut c)
+                .unwrap_or_default();
+            if !keys.is_empty() {
+                let _: redis::RedisResult<()> = redis::cmd("DEL").arg(&keys).query(&mut c);
+            }
+        }
+    }
+}
+
+/// A pool name unique to this test run.
+fn pool_name(test: &str) -> String {
+    format!("{test}-{}", std::process::id())
+}
+
+fn broker(url: &str, pool: &str) -> Broker {
+    Broker::redis(url, pool).authkey(KEY)
+}
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+fn pid_of(_: u32) -> u32 {
+    std::thread::sleep(Duration::from_millis(20));
+    std::process::id()
+}
+
+fn checked(x: i32) -> i32 {
+    assert!(x != 13, "thirteen");
+    x
+}
+
+fn add(a: u64, b: u64) -> u64 {
+    a + b
+}
+
+#[test]
+fn the_pool_api_works_through_the_broker() {
+    let url = shared_url();
+    let pool = pool_name("api");
+    let mut w = Workers::new(&url, &pool);
+    w.start(2);
+    w.start(2);
+    w.wait_live(2);
+    let p = Pool::builder().broker(broker(&url, &pool)).build().unwrap();
+    assert_eq!(p.processes(), 4, "the live workers' processes");
+    assert_eq!(p.apply(square, 12), Ok(144));
+    let items: Vec<u64> = (0..2000).collect();
+    let want: Vec<u64> = items.iter().map(|x| x * x).collect();
+    assert_eq!(p.map(square, items.clone()).unwrap(), want);
+    let got: Vec<u64> = p
+        .imap(square, items.clone())
+        .chunksize(7)
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(got, want);
+    let mut unordered: Vec<(usize, u64)> = p
+        .imap_unordered(square, items.clone())
+        .chunksize(50)
+        .map(|(i, r)| (i, r.unwrap()))
+        .collect();
+    unordered.sort();
+    assert_eq!(
+        unordered,
+        want.iter().copied().enumerate().collect::<Vec<_>>()
+    );
+    assert_eq!(p.starmap(add, [(1, 2), (30, 40)]).unwrap(), [3, 70]);
+    // A failing item fails alone, with its index.
+    let r = p.map_results(checked, 10..16);
+    assert!(
+        matches!(&r[3], Err(TaskError::Panicked { message }) if message == "thirteen"),
+        "{r:?}"
+    );
+    assert_eq!(r.iter().filter(|r| r.is_ok()).count(), 5);
+    let e = p.map(checked, 10..16).unwrap_err();
+    assert_eq!(e.index, 3);
+    // Callbacks, and tasks on the workers' processes, not here.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let _ = p.apply_async_then(square, 9, move |r| tx.send(r).unwrap());
+    assert_eq!(rx.recv_timeout(common::DEADLINE).unwrap(), Ok(81));
+    let pids: HashSet<u32> = p.map(pid_of, 0..40).unwrap().into_iter().collect();
+    assert!(!pids.contains(&std::process::id()));
+    assert!(pids.len() >= 2, "{pids:?}");
+    let async_map = p.map_async(square, 0..100u64);
+    assert_eq!(
+        async_map.get().unwrap(),
+        (0..100u64).map(|x| x * x).collect::<Vec<_>>()
+    );
+    p.close();
+    p.join().unwrap();
+}
+
+/// The test's seed: `MP_SEED`, or the clock; printed, so that a failing run can be repeated.
+fn seed(test: &str) -> u64 {
+    let s = std::env::var("MP_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    eprintln!("{test}: seed {s} (MP_SEED={s} repeats it)");
+    s
+}
+
+/// xorshift64*: the choices a seed makes.
+fn next(s: &mut u64) -> u64 {
+    *s ^= *s >> 12;
+    *s ^= *s << 25;
+    *s ^= *s >> 27;
+    s.wrapping_mul(0x2545_f491_4f6c_dd1d)
+}
+
+/// A task that records each run of item `x` (one byte appended to `dir/x`), sleeps `ms`, and
+/// returns `x * x`.
+fn logged_square((dir, x, ms): (String, u64, u64)) -> u64 {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(format!("{dir}/{x}"))
+        .unwrap();
+    f.write_all(b".").unwrap();
+    drop(f);
+    std::thread::sleep(Duration::from_millis(ms));
+    x * x
+}
+
+/// A directory for run logs, removed when dropped.
+struct RunLog(std::path::PathBuf);
+
+impl RunLog {
+    fn new(test: &str) -> RunLog {
+        let d = std::env::temp_dir().join(format!("mp-cluster-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        RunLog(d)
+    }
+
+    fn dir(&self) -> String {
+        self.0.to_string_lossy().into_owned()
+    }
+
+    fn runs(&self, x: u64) -> usize {
+        std::fs::read(self.0.join(x.to_string())).map_or(0, |b| b.len())
+    }
+}
+
+impl Drop for RunLog {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The history check: every item ended in exactly one outcome, each a value equal to `f(item)`
+/// or a typed error allowed here; no phantom results; runs within the deliveries allowed.
+fn check_history(
+    items: &[u64],
+    outcomes: &[(usize, Result<u64, TaskError>)],
+    log: &RunLog,
+    max_deliveries: usize,
+    allowed_error: impl Fn(&TaskError) -> bool,
+) {
+    let mut seen: BTreeMap<usize, &Result<u64, TaskError>> = BTreeMap::new();
+    for (i, r) in outcomes {
+        assert!(*i < items.len(), "a phantom result for index {i}");
+        assert!(seen.insert(*i, r).is_none(), "two outcomes for item {i}");
+    }
+    assert_eq!(seen.len(), items.len(), "items without an outcome");
+    for (i, r) in seen {
+        let x = items[i];
+        match r {
+            Ok(v) => assert_eq!(*v, x * x, "item {i}"),
+            Err(e) => assert!(allowed_error(e), "item {i}: {e}"),
+        }
+        let runs = log.runs(x);
+        assert!(runs <= max_deliveries, "item {i} ran {runs} times");
+        if r.is_ok() {
+            assert!(runs >= 1, "item {i} has a result but never ran");
+        }
+    }
+}
+
+#[test]
+fn workers_killed_mid_task_have_their_tasks_run_elsewhere() {
+    let mut rng = seed("sigkill");
+    let url = shared_url();
+    let pool = pool_name("sigkill");
+    let log = RunLog::new("sigkill");
+    let mut w = Workers::new(&url, &pool)
+        .env(cluster::ENV_LEASE_MS, 500)
+        .env(cluster::ENV_MAX_DELIVERIES, 3);
+    let pids: Vec<u32> = (0..3).map(|_| w.start(1)).collect();
+    w.wait_live(3);
+    let p = Pool::builder().broker(broker(&url, &pool)).build().unwrap();
+    let items: Vec<u64> = (0..24).collect();
+    let args: Vec<(String, u64, u64)> = items.iter().map(|&x| (log.dir(), x, 60)).collect();
+    let run = p.imap_unordered(logged_square, args).chunksize(1);
+    // Two of the three workers are killed while they run tasks, at moments the seed picks.
+    let victims = {
+        let first = (next(&mut rng) % 3) as usize;
+        [
+            pids[first],
+            pids[(first + 1 + (next(&mut rng) % 2) as usize) % 3],
+        ]
+    };
+    let delays = [100 + next(&mut rng) % 200, 100 + next(&mut rng) % 200];
+    let killer = {
+        let url = url.clone();
+        let pool = pool.clone();
+        std::thread::spawn(move || {
+            for (pid, ms) in victims.into_iter().zip(delays) {
+                std::thread::sleep(Duration::from_millis(ms));
+                // Killed while holding a task (its pending count says so).
+                let end = Instant::now() + Duration::from_secs(10);
+                while Instant::now() < end {
+                    let holds = cluster::status(&url, &pool)
+                        .is_ok_and(|s| s.workers.iter().any(|w| w.pid == pid && w.pending > 0));
+                    if holds {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                let _ = Command::new("kill")
+                    .arg("-KILL")
+                    .arg(pid.to_string())
+                    .status();
+            }
+        })
+    };
+    let outcomes: Vec<(usize, Result<u64, TaskError>)> = run.collect();
+    killer.join().unwrap();
+    check_history(&items, &outcomes, &log, 3, |_| false);
+    let reruns = items.iter().filter(|&&x| log.runs(x) > 1).count();
+    assert!(reruns >= 1, "a killed worker's task ran again elsewhere");
+    let s = cluster::status(&url, &pool).unwrap();
+    assert!(s.reclaimed >= 1, "{s:?}");
+    assert_eq!(s.queued + s.in_flight, 0, "{s:?}");
+}
+
+/// A task that kills the worker process that took it (its local pool's parent).
+fn kill_my_worker(_: u32) -> u32 {
+    let parent = std::os::unix::process::parent_id();
+    let _ = Command::new("kill")
+        .arg("-KILL")
+        .arg(parent.to_string())
+        .status();
+    std::thread::sleep(Duration::from_secs(5));
+    0
+}
+
+#[test]
+fn a_task_that_loses_every_worker_fails_as_worker_lost_after_the_most_deliveries() {
+    let url = shared_url();
+    let pool = pool_name("lost");
+    let mut w = Workers::new(&url, &pool)
+        .env(cluster::ENV_LEASE_MS, 300)
+        .env(cluster::ENV_MAX_DELIVERIES, 2);
+    for _ in 0..3 {
+        w.start(1);
+    }
+    w.wait_live(3);
+    let p = Pool::builder().broker(broker(&url, &pool)).build().unwrap();
+    let r = p
+        .apply_async(kill_my_worker, 0)
+        .get_timeout(common::DEADLINE);
+    assert!(
+        matches!(
+            r,
+            Err(multiprocess::ResultTimeoutError::Failed(
+                TaskError::WorkerLost { deliveries: 2 }
+            ))
+        ),
+        "{r:?}"
+    );
+    // Two deliveries killed two workers; the third answered for the task without running it.
+    let alive = w
+        .children
+        .iter_mut()
+        .filter_map(|c| c.try_wait().unwrap().is_none().then_some(()))
+        .count();
+    assert_eq!(alive, 1);
+    let s = cluster::status(&url, &pool).unwrap();
+    assert_eq!((s.lost, s.queued, s.in_flight), (1, 0, 0), "{s:?}");
+    // The pool goes on with the worker left.
+    assert_eq!(p.apply(square, 3), Ok(9));
+}
+
+#[test]
+fn a_worker_paused_past_its_lease_runs_again_but_its_result_is_delivered_once() {
+    let mut rng = seed("sigstop");
+    let url = shared_url();
+    let pool = pool_name("sigstop");
+    let log = RunLog::new("sigstop");
+    let mut w = Workers::new(&url, &pool).env(cluster::ENV_LEASE_MS, 400);
+    let paused = w.start(1);
+    w.wait_live(1);
+    let p = Pool::builder().broker(broker(&url, &pool)).build().unwrap();
+    let items: Vec<u64> = (0..6).collect();
+    let args: Vec<(String, u64, u64)> = items.iter().map(|&x| (log.dir(), x, 150)).collect();
+    let pending = p.map_async(logged_square, args);
+    // The first worker takes tasks, then stops (its local process keeps running the one it has).
+    assert!(common::eventually(|| items
+        .iter()
+        .any(|&x| log.runs(x) > 0)));
+    w.signal(paused, "STOP");
+    w.start(1);
+    let pause = Duration::from_millis(1200 + next(&mut rng) % 600);
+    std::thread::sleep(pause);
+    w.signal(paused, "CONT");
+    let results = pending.get_timeout(common::DEADLINE).unwrap();
+    let outcomes: Vec<_> = results.into_iter().map(Ok).enumerate().collect();
+    check_history(&items, &outcomes, &log, 3, |_| false);
+    // The resumed worker answers what it ran: a duplicate, dropped (the map saw each once).
+    assert!(common::eventually(
+        || p.broker_stats().unwrap().duplicates >= 1
+    ));
+    assert!(items.iter().any(|&x| log.runs(x) == 2), "a task ran twice");
+    assert_eq!(p.broker_stats().unwrap().outstanding, 0);
+}
+
+#[test]
+fn a_caller_with_no_live_worker_gets_an_error_after_the_timeout() {
+    let url = shared_url();
+    let pool = pool_name("noworker");
+    let _w = Workers::new(&url, &pool);
+    let wait = Duration::from_millis(800);
+    let p = Pool::builder()
+        .broker(broker(&url, &pool).no_worker_timeout(wait))
+        .build()
+        .unwrap();
+    let t = Instant::now();
+    let r = p.apply(square, 2);
+    assert!(t.elapsed() >= wait);
+    assert!(
+        matches!(&r, Err(TaskError::NoWorkers(m)) if m.contains("no worker is alive")),
+        "{r:?}"
+    );
+    // Withdrawn: nothing is left on the stream for a worker that comes later.
+    let s = cluster::status(&url, &pool).unwrap();
+    assert_eq!(s.queued + s.in_flight, 0, "{s:?}");
+}
+
+#[test]
+fn a_worker_of_another_build_refuses_the_task_naming_both_builds() {
+    let url = shared_url();
+    let pool = pool_name("build");
+    // A copy of this test binary whose build ID differs in one byte: the same code, another build.
+    let exe = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+    let mine = cluster::this_build();
+    let id: Vec<u8> = (0..mine.len() / 2)
+        .map(|i| u8::from_str_radix(&mine[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    let at = exe
+        .windows(id.len())
+        .position(|w| w == id)
+        .expect("the build ID is in the file");
+    let mut other = exe.clone();
+    other[at] ^= 0xff;
+    let path = std::env::temp_dir().join(format!("mp-other-build-{}", std::process::id()));
+    std::fs::write(&path, &other).unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    drop((exe, other));
+    let mut w = Workers::new(&url, &pool);
+    let child = Command::new(&path)
+        .env(cluster::ENV_WORKER, &pool)
+        .env(cluster::ENV_BROKER, &url)
+        .env(cluster::ENV_AUTHKEY, KEY)
+        .env(cluster::ENV_PROCESSES, "1")
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    w.children.push(child);
+    w.wait_live(1);
+    let _ = std::fs::remove_file(&path);
+    let p = Pool::builder().broker(broker(&url, &pool)).build().unwrap();
+    match p.apply(square, 5) {
+        Err(TaskError::Build { caller, worker }) => {
+            assert_eq!(caller, mine);
+            assert_ne!(worker, mine);
+            assert_eq!(worker.len(), mine.len());
+            let msg = TaskError::Build {
+                caller: caller.clone(),
+                worker: worker.clone(),
+            }
+            .to_string();
+            assert!(msg.contains(&caller) && msg.contains(&worker), "{msg}");
+        }
+        r => panic!("{r:?}"),
+    }
+}
+
+fn size_of(v: Vec<u8>) -> (usize, u64) {
+    (v.len(), v.iter().map(|&b| u64::from(b)).sum())
+}
+
+fn big(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i % 251) as u8).collect()
+}
+
+#[test]
+fn large_arguments_and_results_go_beside_the_stream() {
+    let url = shared_url();
+    let pool = pool_name("blobs");
+    let mut w = Workers::new(&url, &pool);
+    w.start(1);
+    w.wait_live(1);
+    let p = Pool::builder().broker(broker(&url, &pool)).build().unwrap();
+    let arg = big(3 << 20);
+    let want = (arg.len(), arg.iter().map(|&b| u64::from(b)).sum());
+    assert_eq!(p.apply(size_of, arg), Ok(want));
+    let out = p.apply(big, 2 << 20).unwrap();
+    assert_eq!(out, big(2 << 20));
+    // Every payload key is gone once answered.
+    let mut c = connect(&url);
+    let left: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("mp:{{{pool}}}:b:*"))
+        .query(&mut c)
+        .unwrap();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn cancel_withdraws_a_task_not_taken_and_terminate_fails_the_rest() {
+    let url = shared_url();
+    let pool = pool_name("cancel");
+    let log = RunLog::new("cancel");
+    let mut w = Workers::new(&url, &pool);
+    w.start(1);
+    w.wait_live(1);
+    let p = Pool::builder().broker(broker(&url, &pool)).build().unwrap();
+    // The worker takes two at a time (twice its processes); the rest wait on the stream.
+    let tasks: Vec<_> = (0..6)
+        .map(|x| p.apply_async(logged_square, (log.dir(), x, 300)))
+        .collect();
+    assert!(common::eventually(|| log.runs(0) > 0));
+    assert!(tasks[5].cancel());
+    assert_eq!(tasks[5].get(), Err(TaskError::Cancelled));
+    assert!(!tasks[5].cancel(), "cancelled once");
+    assert_eq!(tasks[0].get(), Ok(0));
+    p.terminate();
+    for t in &tasks[1..5] {
+        let r = t.get();
+        assert!(matches!(r, Ok(_) | Err(TaskError::Terminated)), "{r:?}");
+    }
+    assert_eq!(log.runs(5), 0, "a cancelled task never ran");
+    assert_eq!(p.apply(square, 1), Err(TaskError::Terminated));
+    // Withdrawn from the stream: only what the worker had taken can still be there.
+    let s = cluster::status(&url, &pool).unwrap();
+    assert_eq!(s.queued, 0, "{s:?}");
+}
+
+/// A map across a broker that is killed with SIGKILL and restarted.
+fn map_across_a_broker_restart(keep_data: bool) {
+    let tag = if keep_data {
+        "restart-data"
+    } else {
+        "restart-empty"
+    };
+    let mut rng = seed(tag);
+    let mut server = RedisServer::start(tag, "always");
+    let url = server.url();
+    let pool = pool_name(tag);
+    let log = RunLog::new(tag);
+    let mut w = Workers::new(&url, &pool).env(cluster::ENV_LEASE_MS, 1000);
+    w.start(2);
+    w.start(2);
+    w.wait_live(2);
+    let p = Pool::builder()
+        .broker(broker(&url, &pool).no_worker_timeout(Duration::from_secs(30)))
+        .build()
+        .unwrap();
+    let items: Vec<u64> = (0..120).collect();
+    let args: Vec<(String, u64, u64)> = items.iter().map(|&x| (log.dir(), x, 10)).collect();
+    let pending = p.map_async(logged_square, args);
+    std::thread::sleep(Duration::from_millis(50 + next(&mut rng) % 150));
+    server.kill9();
+    std::thread::sleep(Duration::from_millis(300 + next(&mut rng) % 400));
+    server.restart(keep_data);
+    let results = pending.get_timeout(common::DEADLINE).unwrap();
+    let outcomes: Vec<_> = results.into_iter().map(Ok).enumerate().collect();
+    // Runs: a task the broker lost is run again, so more than the deliveries here; at most a few.
+    check_history(&items, &outcomes, &log, 4, |_| false);
+    let stats = p.broker_stats().unwrap();
+    if !keep_data {
+        assert!(stats.resent > 0, "{stats:?}");
+    }
+    assert_eq!(stats.outstanding, 0);
+    // The workers survived it: the pool goes on.
+    assert_eq!(
+        p.map(square, 0..50).unwrap(),
+        (0..50).map(|x| x * x).collect::<Vec<_>>()
+    );
+    drop(w);
+}
+
+#[test]
+fn a_map_completes_across_a_broker_killed_and_restarted_with_its_data() {
+    map_across_a_broker_restart(true);
+}
+
+#[test]
+fn a_map_completes_across_a_broker_killed_and_restarted_without_its_data() {
+    map_across_a_broker_restart(false);
+}
