@@ -245,6 +245,14 @@ pub enum PutError<T> {
         #[source]
         error: io::Error,
     },
+    /// (A queue on a broker.) The broker could not be reached for a while, or refused the item.
+    #[error("the broker did not take the item: {reason}")]
+    Broker {
+        /// The item.
+        item: T,
+        /// What went wrong.
+        reason: String,
+    },
 }
 
 impl<T> PutError<T> {
@@ -254,7 +262,8 @@ impl<T> PutError<T> {
             PutError::Closed(item) => item,
             PutError::Encode { item, .. }
             | PutError::Corrupt { item, .. }
-            | PutError::Io { item, .. } => item,
+            | PutError::Io { item, .. }
+            | PutError::Broker { item, .. } => item,
         }
     }
 }
@@ -274,6 +283,10 @@ impl<T> std::fmt::Debug for PutError<T> {
             PutError::Io { error, .. } => f
                 .debug_struct("Io")
                 .field("error", error)
+                .finish_non_exhaustive(),
+            PutError::Broker { reason, .. } => f
+                .debug_struct("Broker")
+                .field("reason", reason)
                 .finish_non_exhaustive(),
         }
     }
@@ -381,6 +394,9 @@ pub enum GetError {
     /// The operating system failed to read an item from the queue's overflow file. Nothing was taken.
     #[error("I/O error while taking an item: {0}")]
     Io(#[source] io::Error),
+    /// (A queue on a broker.) The broker could not be reached for a while. Nothing was taken.
+    #[error("the broker could not be reached: {0}")]
+    Broker(String),
 }
 
 /// Why [`Queue::try_get`](crate::Queue::try_get) took nothing.

@@ -600,3 +600,213 @@ fn a_map_completes_across_a_broker_killed_and_restarted_with_its_data() {
 fn a_map_completes_across_a_broker_killed_and_restarted_without_its_data() {
     map_across_a_broker_restart(false);
 }
+
+// ---- Queue and JoinableQueue on the broker ----
+
+use multiprocess::{GetError, GetTimeoutError, JoinableQueue, Queue, StartMethod, TryGetError};
+
+fn queue_broker(url: &str, name: &str) -> Broker {
+    Broker::redis(url, name).authkey(KEY)
+}
+
+/// Removes a queue's keys when dropped.
+struct QueueKeys(String, String);
+
+impl Drop for QueueKeys {
+    fn drop(&mut self) {
+        let mut c = connect(&self.0);
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("mq:{{{}}}:*", self.1))
+            .query(&mut c)
+            .unwrap_or_default();
+        if !keys.is_empty() {
+            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(&keys).query(&mut c);
+        }
+    }
+}
+
+fn produce((q, from): (Queue<(u32, String)>, u32)) {
+    for i in from..from + 50 {
+        q.put((i, format!("item {i}"))).unwrap();
+    }
+}
+
+fn consume_and_mark(q: JoinableQueue<u64>) -> u64 {
+    let mut sum = 0;
+    loop {
+        let x = q.get().unwrap();
+        q.task_done().unwrap();
+        if x == u64::MAX {
+            return sum;
+        }
+        sum += x;
+    }
+}
+
+#[test]
+fn a_queue_on_the_broker_carries_items_between_processes_under_every_start_method() {
+    let url = shared_url();
+    for method in [
+        StartMethod::Fork,
+        StartMethod::Spawn,
+        StartMethod::ForkServer,
+    ] {
+        let name = pool_name(&format!("queue-{method:?}"));
+        let _keys = QueueKeys(url.clone(), name.clone());
+        let q: Queue<(u32, String)> = Queue::builder()
+            .broker(queue_broker(&url, &name))
+            .build()
+            .unwrap();
+        // Two producers, each a process that received the handle.
+        let kids: Vec<_> = [0, 1000]
+            .into_iter()
+            .map(|from| common::start(method, produce, (q.clone(), from)))
+            .collect();
+        for k in kids {
+            common::join(k).unwrap();
+        }
+        assert_eq!(q.len(), 100);
+        let mut got: Vec<(u32, String)> = (0..100)
+            .map(|_| q.get_timeout(common::DEADLINE).unwrap())
+            .collect();
+        assert!(q.is_empty());
+        // Each producer's items in its order.
+        let firsts: Vec<u32> = got.iter().map(|(i, _)| *i).filter(|i| *i < 1000).collect();
+        assert_eq!(firsts, (0..50).collect::<Vec<_>>());
+        got.sort();
+        assert_eq!(got[99], (1049, "item 1049".into()));
+        // JoinableQueue: a consumer process marks items done; join waits for them.
+        let jq: JoinableQueue<u64> = Queue::builder()
+            .broker(queue_broker(&url, &format!("{name}-j")))
+            .build_joinable()
+            .unwrap();
+        let _jkeys = QueueKeys(url.clone(), format!("{name}-j"));
+        let consumer = common::start(method, consume_and_mark, jq.clone());
+        for x in 1..=100 {
+            jq.put(x).unwrap();
+        }
+        jq.put(u64::MAX).unwrap();
+        jq.join_timeout(common::DEADLINE).unwrap();
+        assert_eq!(jq.unfinished(), 0);
+        assert_eq!(common::join(consumer).unwrap(), 5050);
+        assert!(jq.task_done().is_err(), "one too many");
+    }
+}
+
+#[test]
+fn a_broker_queue_keeps_its_bound_and_its_deadlines() {
+    let url = shared_url();
+    let name = pool_name("queue-bound");
+    let _keys = QueueKeys(url.clone(), name.clone());
+    let q: Queue<u8> = Queue::builder()
+        .maxsize(2)
+        .broker(queue_broker(&url, &name))
+        .build()
+        .unwrap();
+    assert_eq!(q.maxsize(), Some(2));
+    assert!(matches!(q.try_get(), Err(TryGetError::Empty)));
+    let t = Instant::now();
+    assert!(matches!(
+        q.get_timeout(Duration::from_millis(150)),
+        Err(GetTimeoutError::Timeout)
+    ));
+    assert!(t.elapsed() >= Duration::from_millis(150));
+    q.put(1).unwrap();
+    q.put(2).unwrap();
+    assert!(q.is_full());
+    assert!(q.try_put(3).unwrap_err().is_full());
+    let t = Instant::now();
+    let e = q.put_timeout(3, Duration::from_millis(150)).unwrap_err();
+    assert!(e.is_timeout() && t.elapsed() >= Duration::from_millis(150));
+    // A second handle (another process would do the same) sees the bound the first one set.
+    let other: Queue<u8> = Queue::builder()
+        .broker(queue_broker(&url, &name))
+        .build()
+        .unwrap();
+    assert_eq!(other.maxsize(), Some(2));
+    assert_eq!(other.get().unwrap(), 1);
+    q.put(3).unwrap();
+    assert_eq!(q.try_iter().collect::<Result<Vec<_>, _>>().unwrap(), [2, 3]);
+    // Another item type is refused.
+    let wrong = Queue::<String>::builder()
+        .broker(queue_broker(&url, &name))
+        .build();
+    assert!(wrong.unwrap_err().to_string().contains("another item type"));
+}
+
+#[test]
+fn a_broker_queue_refuses_items_put_under_another_key_and_redelivers_orphans() {
+    let url = shared_url();
+    let name = pool_name("queue-key");
+    let _keys = QueueKeys(url.clone(), name.clone());
+    let q: Queue<u32> = Queue::builder()
+        .broker(queue_broker(&url, &name).lease(Duration::from_millis(300)))
+        .build()
+        .unwrap();
+    let stranger: Queue<u32> = Queue::builder()
+        .broker(Broker::redis(&url, &name).authkey("another key"))
+        .build()
+        .unwrap();
+    stranger.put(666).unwrap();
+    q.put(7).unwrap();
+    assert!(matches!(q.get(), Err(GetError::Decode(m)) if m.contains("authentication")));
+    assert_eq!(q.get().unwrap(), 7, "the next item is unaffected");
+    // A consumer that read an item and died before acknowledging it: the item is delivered again
+    // once idle past the lease.
+    q.put(8).unwrap();
+    let mut c = connect(&url);
+    let stream = format!("mq:{{{name}}}:q");
+    let taken: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("g")
+        .arg("dead-consumer")
+        .arg("COUNT")
+        .arg(1)
+        .arg("STREAMS")
+        .arg(&stream)
+        .arg(">")
+        .query(&mut c)
+        .unwrap();
+    assert!(!matches!(taken, redis::Value::Nil));
+    let t = Instant::now();
+    assert_eq!(q.get_timeout(common::DEADLINE).unwrap(), 8);
+    assert!(
+        t.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        t.elapsed()
+    );
+    assert!(q.is_empty());
+}
+
+#[test]
+fn a_broker_queue_survives_a_broker_killed_and_restarted_with_its_data() {
+    let mut server = RedisServer::start("queue-restart", "always");
+    let url = server.url();
+    let q: Queue<u32> = Queue::builder()
+        .broker(queue_broker(&url, "restart"))
+        .build()
+        .unwrap();
+    for i in 0..10 {
+        q.put(i).unwrap();
+    }
+    server.kill9();
+    let getter = {
+        let q = q.clone();
+        std::thread::spawn(move || {
+            (0..10)
+                .map(|_| q.get_timeout(common::DEADLINE))
+                .collect::<Vec<_>>()
+        })
+    };
+    std::thread::sleep(Duration::from_millis(400));
+    server.restart(true);
+    let got: Vec<u32> = getter
+        .join()
+        .unwrap()
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(got, (0..10).collect::<Vec<_>>());
+    q.put(10).unwrap();
+    assert_eq!(q.get().unwrap(), 10);
+}

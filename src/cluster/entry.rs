@@ -44,6 +44,8 @@ pub(crate) const BLOB_OVER: usize = 1 << 20;
 pub(crate) enum Kind {
     Task = 1,
     Result = 2,
+    /// An item of a queue on a broker: the body is the item, in the crate's encoding.
+    Item = 3,
 }
 
 /// Why an entry was refused.
@@ -127,18 +129,9 @@ fn mac(key: &[u8]) -> Hmac<Sha256> {
     <Hmac<Sha256> as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!())
 }
 
-/// Encodes `body` as an entry of `kind`, written by build `build`, under `key`.
-pub(crate) fn encode<T: Serialize>(
-    kind: Kind,
-    build: &[u8],
-    key: &[u8],
-    body: &T,
-) -> Result<Vec<u8>, String> {
+/// An entry of `kind` holding the encoded `body`, written by build `build`, under `key`.
+pub(crate) fn encode_raw(kind: Kind, build: &[u8], key: &[u8], body: &[u8]) -> Vec<u8> {
     let build = &build[..build.len().min(MAX_BUILD)];
-    let (body, fds) = codec::encode(body)?;
-    if !fds.is_empty() {
-        return Err("a broker entry cannot carry descriptors".into());
-    }
     let mut out = Vec::with_capacity(6 + build.len() + MAC_LEN + body.len());
     out.extend_from_slice(MAGIC);
     out.push(kind as u8);
@@ -146,10 +139,24 @@ pub(crate) fn encode<T: Serialize>(
     out.extend_from_slice(build);
     let mut m = mac(key);
     m.update(&out);
-    m.update(&body);
+    m.update(body);
     out.extend_from_slice(&m.finalize().into_bytes());
-    out.extend_from_slice(&body);
-    Ok(out)
+    out.extend_from_slice(body);
+    out
+}
+
+/// Encodes `body` as an entry (see [`encode_raw`]).
+pub(crate) fn encode<T: Serialize>(
+    kind: Kind,
+    build: &[u8],
+    key: &[u8],
+    body: &T,
+) -> Result<Vec<u8>, String> {
+    let (body, fds) = codec::encode(body)?;
+    if !fds.is_empty() {
+        return Err("a broker entry cannot carry descriptors".into());
+    }
+    Ok(encode_raw(kind, build, key, &body))
 }
 
 /// An entry whose authentication checked out.
@@ -162,6 +169,11 @@ pub(crate) struct Checked<'a> {
 impl Checked<'_> {
     pub(crate) fn build_hex(&self) -> String {
         hex(self.build)
+    }
+
+    /// The body's bytes, undecoded.
+    pub(crate) fn raw(&self) -> &[u8] {
+        self.body
     }
 
     pub(crate) fn body<T: serde::de::DeserializeOwned>(&self) -> Result<T, EntryError> {
@@ -188,6 +200,7 @@ pub(crate) fn check<'a>(
     let kind = match bytes[4] {
         1 => Kind::Task,
         2 => Kind::Result,
+        3 => Kind::Item,
         k => return Err(EntryError::Kind(k)),
     };
     let b = bytes[5] as usize;

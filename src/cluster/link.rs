@@ -2,6 +2,11 @@
 //! but the server's own answer (a refused connection, a reset, a timeout) drops the connection,
 //! and the next command dials again. Every caller and worker thread owns one link, so no thread
 //! waits behind another's blocking read.
+//!
+//! A link belongs to the process that dialled it. A child forked with a copy of it (a queue
+//! handed to a `Fork` child is its parent's memory) would otherwise share the parent's socket, and
+//! the two would read each other's replies; so the first command in another process dials anew,
+//! leaving the parent's socket alone (forgotten, not closed or shut down).
 
 use redis::{Client, Connection, RedisError, RedisResult};
 use std::time::{Duration, Instant};
@@ -17,6 +22,8 @@ pub(crate) struct Link {
     /// A socket read waits at most this (longer than any `BLOCK` this link sends).
     read_timeout: Duration,
     last_dial: Option<Instant>,
+    /// The process that dialled `con`.
+    pid: i32,
     /// When the last command succeeded (or the link was made).
     pub(crate) ok_at: Instant,
 }
@@ -36,6 +43,7 @@ impl Link {
             con: None,
             read_timeout,
             last_dial: None,
+            pid: 0,
             ok_at: Instant::now(),
         })
     }
@@ -45,6 +53,10 @@ impl Link {
         &mut self,
         f: impl FnOnce(&mut Connection) -> RedisResult<T>,
     ) -> RedisResult<T> {
+        if self.con.is_some() && self.pid != crate::sys::getpid() {
+            std::mem::forget(self.con.take());
+            self.last_dial = None;
+        }
         if self.con.is_none() {
             if let Some(last) = self.last_dial {
                 let since = last.elapsed();
@@ -57,6 +69,7 @@ impl Link {
             con.set_read_timeout(Some(self.read_timeout))?;
             con.set_write_timeout(Some(self.read_timeout))?;
             self.con = Some(con);
+            self.pid = crate::sys::getpid();
         }
         let Some(con) = self.con.as_mut() else {
             unreachable!("dialled above")
@@ -95,10 +108,19 @@ pub(crate) fn is_nogroup(e: &RedisError) -> bool {
 
 /// Creates the task stream's group if it is not there (`MKSTREAM`; `BUSYGROUP` is fine).
 pub(crate) fn ensure_group(con: &mut Connection, stream: &str) -> RedisResult<()> {
+    ensure_group_named(con, stream, super::GROUP)
+}
+
+/// [`ensure_group`] for group `group`.
+pub(crate) fn ensure_group_named(
+    con: &mut Connection,
+    stream: &str,
+    group: &str,
+) -> RedisResult<()> {
     let r: RedisResult<()> = redis::cmd("XGROUP")
         .arg("CREATE")
         .arg(stream)
-        .arg(super::GROUP)
+        .arg(group)
         .arg("0")
         .arg("MKSTREAM")
         .query(con);

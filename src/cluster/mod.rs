@@ -71,10 +71,12 @@
 mod caller;
 mod entry;
 mod link;
+mod queue;
 mod status;
 mod worker;
 
 pub(crate) use caller::Caller;
+pub(crate) use queue::{BrokerQueue, QFail, QueueRef};
 pub use status::pools;
 pub use status::{PoolStatus, WorkerStatus, status};
 pub(crate) use worker::main_from_env as worker_main_from_env;

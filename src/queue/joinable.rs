@@ -92,7 +92,8 @@ impl<T> JoinableQueue<T> {
     /// Marks one item done: the consumer finished the work for an item it took.
     ///
     /// # Errors
-    /// [`TaskDoneError`] if every item put is already marked done; nothing changes.
+    /// [`TaskDoneError`] if every item put is already marked done; nothing changes. (On a broker,
+    /// also when the broker could not be reached for 10 s.)
     ///
     /// # Examples
     /// ```
@@ -104,7 +105,7 @@ impl<T> JoinableQueue<T> {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn task_done(&self) -> Result<(), TaskDoneError> {
-        if self.queue.shared().task_done() {
+        if self.queue.task_done() {
             Ok(())
         } else {
             Err(TaskDoneError)
@@ -122,12 +123,12 @@ impl<T> JoinableQueue<T> {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn unfinished(&self) -> usize {
-        self.queue.shared().unfinished() as usize
+        self.queue.unfinished()
     }
 
     /// Waits until every item put has been marked done (returns at once if none is unfinished).
     pub fn join(&self) {
-        self.queue.shared().join(Wait::Forever);
+        self.queue.join_wait(Wait::Forever);
     }
 
     /// Like [`join`](Self::join), waiting at most `timeout`; [`Timeout`] if items were still
@@ -146,7 +147,7 @@ impl<T> JoinableQueue<T> {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn join_timeout(&self, timeout: Duration) -> Result<(), Timeout> {
-        if self.queue.shared().join(Wait::timeout(timeout)) {
+        if self.queue.join_wait(Wait::timeout(timeout)) {
             Ok(())
         } else {
             Err(Timeout)

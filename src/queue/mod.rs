@@ -119,10 +119,18 @@ pub struct Queue<T> {
 
 #[derive(Debug)]
 struct Inner {
-    shared: Shared,
+    backend: Backend,
     /// The pid of the process that closed this handle (0: open). A pid, not a flag, so that a child
     /// forked with a copy of a closed handle starts with an open one, as under the other methods.
     closed_by: AtomicI32,
+}
+
+/// Where a queue's items are: shared memory of this machine, or a broker (feature `cluster`).
+#[derive(Debug)]
+enum Backend {
+    Local(Shared),
+    #[cfg(feature = "cluster")]
+    Broker(Box<crate::cluster::BrokerQueue>),
 }
 
 impl<T> Clone for Queue<T> {
@@ -150,14 +158,26 @@ impl<T> Clone for Queue<T> {
 pub struct QueueBuilder<T> {
     maxsize: usize,
     ring_bytes: usize,
+    #[cfg(feature = "cluster")]
+    broker: Option<crate::cluster::Broker>,
     _items: PhantomData<fn(T) -> T>,
 }
 
 impl<T> Clone for QueueBuilder<T> {
     fn clone(&self) -> Self {
-        QueueBuilder { ..*self }
+        QueueBuilder {
+            maxsize: self.maxsize,
+            ring_bytes: self.ring_bytes,
+            #[cfg(feature = "cluster")]
+            broker: self.broker.clone(),
+            _items: PhantomData,
+        }
     }
 }
+
+/// Marks a put's failure as the broker's (not the serializer's) on its way out of `with_scratch`.
+#[cfg(feature = "cluster")]
+const BROKER_PREFIX: &str = "\0broker\0";
 
 impl<T> fmt::Debug for QueueBuilder<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -173,6 +193,8 @@ impl<T> Default for QueueBuilder<T> {
         QueueBuilder {
             maxsize: 0,
             ring_bytes: DEFAULT_RING_BYTES,
+            #[cfg(feature = "cluster")]
+            broker: None,
             _items: PhantomData,
         }
     }
@@ -206,6 +228,18 @@ impl<T> QueueBuilder<T> {
                 format!("a queue holds at most {MAX_QUEUE_ITEMS} items"),
             ));
         }
+        #[cfg(feature = "cluster")]
+        if let Some(broker) = &self.broker {
+            let q = crate::cluster::BrokerQueue::create(broker, self.maxsize, type_id::<T>())
+                .map_err(|e| match e {
+                    crate::cluster::ClusterError::NoAuthkey
+                    | crate::cluster::ClusterError::InvalidName(_) => {
+                        io::Error::new(io::ErrorKind::InvalidInput, e)
+                    }
+                    e => io::Error::other(e),
+                })?;
+            return Ok(Queue::from_backend(Backend::Broker(Box::new(q))));
+        }
         let ring = self
             .ring_bytes
             .max(ring::MIN_RING as usize)
@@ -219,6 +253,31 @@ impl<T> QueueBuilder<T> {
             })?;
         let shared = Shared::create(ring as u32, self.maxsize as u32, type_id::<T>())?;
         Ok(Queue::from_shared(shared))
+    }
+
+    /// Puts the queue on a broker instead of this machine's shared memory (feature `cluster`):
+    /// the queue named by `broker`'s pool name, made if it is not there, reachable by every
+    /// process anywhere that builds the same (or receives a handle). `maxsize` is kept by the
+    /// broker (the first handle made sets it); `ring_bytes` does not apply.
+    ///
+    /// Items are authenticated under the broker's key, so all handles must share it. An item
+    /// taken by a process that dies before acknowledging it (a moment after the read) is
+    /// delivered again once it has been idle for the broker's [lease](crate::cluster::Broker::lease). What the broker's persistence had not written when it died
+    /// is lost (with `appendfsync everysec`, up to a second of puts and gets).
+    ///
+    /// # Examples
+    /// ```no_run
+    /// use multiprocess::{Queue, cluster::Broker};
+    ///
+    /// let broker = Broker::redis("redis://127.0.0.1:6379", "jobs").authkey("secret");
+    /// let q: Queue<String> = Queue::builder().broker(broker).build()?;
+    /// q.put("resize a.png".into()).unwrap();
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    #[cfg(feature = "cluster")]
+    pub fn broker(mut self, broker: crate::cluster::Broker) -> Self {
+        self.broker = Some(broker);
+        self
     }
 
     /// Creates a [`JoinableQueue`] with these options.
@@ -236,17 +295,59 @@ fn type_id<T>() -> u64 {
 
 impl<T> Queue<T> {
     fn from_shared(shared: Shared) -> Queue<T> {
+        Queue::from_backend(Backend::Local(shared))
+    }
+
+    fn from_backend(backend: Backend) -> Queue<T> {
         Queue {
             inner: Arc::new(Inner {
-                shared,
+                backend,
                 closed_by: AtomicI32::new(0),
             }),
             _items: PhantomData,
         }
     }
 
+    fn backend(&self) -> &Backend {
+        &self.inner.backend
+    }
+
+    /// `JoinableQueue`'s counter: one item done; false if none was unfinished.
+    pub(crate) fn task_done(&self) -> bool {
+        match self.backend() {
+            Backend::Local(s) => s.task_done(),
+            #[cfg(feature = "cluster")]
+            Backend::Broker(b) => b.task_done().unwrap_or_else(|e| {
+                crate::trace::event!(warn, "task_done on a broker queue: {e}");
+                false
+            }),
+        }
+    }
+
+    pub(crate) fn unfinished(&self) -> usize {
+        match self.backend() {
+            Backend::Local(s) => s.unfinished() as usize,
+            #[cfg(feature = "cluster")]
+            Backend::Broker(b) => b.unfinished(),
+        }
+    }
+
+    pub(crate) fn join_wait(&self, wait: Wait) -> bool {
+        match self.backend() {
+            Backend::Local(s) => s.join(wait),
+            #[cfg(feature = "cluster")]
+            Backend::Broker(b) => b.join(wait),
+        }
+    }
+
+    /// The shared memory of a local queue (tests and fuzzing only).
+    #[cfg(any(test, feature = "fuzzing"))]
     fn shared(&self) -> &Shared {
-        &self.inner.shared
+        match self.backend() {
+            Backend::Local(s) => s,
+            #[cfg(feature = "cluster")]
+            Backend::Broker(_) => panic!("not a local queue"),
+        }
     }
 
     /// Options for a new queue.
@@ -298,8 +399,15 @@ impl<T> Queue<T> {
     /// assert_eq!(q.len(), 2);
     /// # Ok::<(), std::io::Error>(())
     /// ```
+    ///
+    /// On a broker (feature `cluster`) it asks the broker, and answers the last count it got when
+    /// the broker cannot be reached (Python's `qsize()` is approximate too).
     pub fn len(&self) -> usize {
-        self.shared().len() as usize
+        match self.backend() {
+            Backend::Local(s) => s.len() as usize,
+            #[cfg(feature = "cluster")]
+            Backend::Broker(b) => b.len(),
+        }
     }
 
     /// Whether the queue holds no item right now (Python's `empty()`).
@@ -336,7 +444,11 @@ impl<T> Queue<T> {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn maxsize(&self) -> Option<usize> {
-        self.shared().maxsize().map(|m| m as usize)
+        match self.backend() {
+            Backend::Local(s) => s.maxsize().map(|m| m as usize),
+            #[cfg(feature = "cluster")]
+            Backend::Broker(b) => b.maxsize(),
+        }
     }
 
     /// The size of the shared ring (see [`QueueBuilder::ring_bytes`]).
@@ -347,8 +459,13 @@ impl<T> Queue<T> {
     /// assert_eq!(q.ring_bytes(), multiprocess::DEFAULT_RING_BYTES);
     /// # Ok::<(), std::io::Error>(())
     /// ```
+    /// (0 for a queue on a broker.)
     pub fn ring_bytes(&self) -> usize {
-        self.shared().ring_bytes() as usize
+        match self.backend() {
+            Backend::Local(s) => s.ring_bytes() as usize,
+            #[cfg(feature = "cluster")]
+            Backend::Broker(_) => 0,
+        }
     }
 
     /// Closes this process's handle, as Python's `close()`: afterwards `put`s and `get`s through it
@@ -455,10 +572,29 @@ impl<T: Serialize> Queue<T> {
                 fds.len()
             ))),
             // The descriptors are the item's own, open until it is dropped after this call.
-            Ok(fds) => self.shared().put(buf, &fds, wait).map_err(Ok),
+            Ok(fds) => match self.backend() {
+                Backend::Local(s) => s.put(buf, &fds, wait).map_err(Ok),
+                #[cfg(feature = "cluster")]
+                Backend::Broker(_) if !fds.is_empty() => Err(Err(
+                    "an item of a queue on a broker cannot carry connections or other OS objects"
+                        .into(),
+                )),
+                #[cfg(feature = "cluster")]
+                Backend::Broker(b) => b.put(buf, wait).map_err(|e| match e {
+                    crate::cluster::QFail::WouldBlock => Ok(Fail::WouldBlock),
+                    crate::cluster::QFail::Corrupt(r) => Ok(Fail::Corrupt(r)),
+                    crate::cluster::QFail::Broker(r) => Err(BROKER_PREFIX.to_string() + &r),
+                }),
+            },
         });
         match outcome {
             Ok(()) => Ok(()),
+            #[cfg(feature = "cluster")]
+            Err(Err(reason)) if reason.starts_with(BROKER_PREFIX) => Err(PutError::Broker {
+                item,
+                reason: reason[BROKER_PREFIX.len()..].to_string(),
+            }
+            .into()),
             Err(Err(reason)) => Err(PutError::Encode { item, reason }.into()),
             Err(Ok(Fail::WouldBlock)) => Err(TryPutError::Full(item)),
             Err(Ok(Fail::Corrupt(reason))) => Err(PutError::Corrupt { item, reason }.into()),
@@ -536,7 +672,23 @@ impl<T: DeserializeOwned> Queue<T> {
         if self.is_closed() {
             return Err(GetError::Closed.into());
         }
-        with_scratch(|buf| match self.shared().get(buf, wait) {
+        #[allow(clippy::infallible_destructuring_match)] // (without the `cluster` feature)
+        let shared = match self.backend() {
+            Backend::Local(s) => s,
+            #[cfg(feature = "cluster")]
+            Backend::Broker(b) => {
+                use crate::cluster::QFail;
+                return match b.get(wait) {
+                    Ok(bytes) => {
+                        codec::decode(&bytes, Vec::new()).map_err(|e| GetError::Decode(e).into())
+                    }
+                    Err(QFail::WouldBlock) => Err(TryGetError::Empty),
+                    Err(QFail::Corrupt(why)) => Err(GetError::Decode(why).into()),
+                    Err(QFail::Broker(why)) => Err(GetError::Broker(why).into()),
+                };
+            }
+        };
+        with_scratch(|buf| match shared.get(buf, wait) {
             Ok(got) => match got.fds {
                 Ok(fds) => codec::decode(buf, fds).map_err(|e| GetError::Decode(e).into()),
                 Err(why) => Err(GetError::DescriptorsLost(why).into()),
@@ -698,34 +850,66 @@ impl<T> fmt::Debug for Queue<T> {
 
 /// A queue travels as its four descriptors (the shared mapping, the overflow file, and the two
 /// ends of the side channel for items that carry descriptors).
+///
+/// A queue on a broker travels as its broker's address, name and key.
 impl<T> Serialize for Queue<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let shared = self.shared();
-        let (tx, rx) = shared.side();
-        (
-            codec::FdRef(shared.region().as_fd(), "Queue"),
-            codec::FdRef(shared.log_file().as_fd(), "Queue"),
-            codec::FdRef(tx, "Queue"),
-            codec::FdRef(rx, "Queue"),
-        )
-            .serialize(s)
+        match self.backend() {
+            Backend::Local(shared) => {
+                let (tx, rx) = shared.side();
+                WireOut::Local(
+                    codec::FdRef(shared.region().as_fd(), "Queue"),
+                    codec::FdRef(shared.log_file().as_fd(), "Queue"),
+                    codec::FdRef(tx, "Queue"),
+                    codec::FdRef(rx, "Queue"),
+                )
+                .serialize(s)
+            }
+            #[cfg(feature = "cluster")]
+            Backend::Broker(b) => WireOut::Broker(b.to_ref()).serialize(s),
+        }
     }
+}
+
+#[derive(Serialize)]
+enum WireOut<'a> {
+    Local(
+        codec::FdRef<'a>,
+        codec::FdRef<'a>,
+        codec::FdRef<'a>,
+        codec::FdRef<'a>,
+    ),
+    #[cfg(feature = "cluster")]
+    Broker(crate::cluster::QueueRef),
+}
+
+#[derive(Deserialize)]
+enum WireIn {
+    Local(
+        codec::ReceivedFd,
+        codec::ReceivedFd,
+        codec::ReceivedFd,
+        codec::ReceivedFd,
+    ),
+    #[cfg(feature = "cluster")]
+    Broker(crate::cluster::QueueRef),
 }
 
 /// A received queue is checked before use: its shared memory must be a queue's, of a consistent size,
 /// created for the same item type. A fresh handle is open even if the sender's was closed.
 impl<'de, T> Deserialize<'de> for Queue<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        type Fds = (
-            codec::ReceivedFd,
-            codec::ReceivedFd,
-            codec::ReceivedFd,
-            codec::ReceivedFd,
-        );
-        let (region, log, tx, rx) = Fds::deserialize(d)?;
-        Shared::open(region.0, log.0, (tx.0, rx.0), type_id::<T>())
-            .map(Queue::from_shared)
-            .map_err(serde::de::Error::custom)
+        match WireIn::deserialize(d)? {
+            WireIn::Local(region, log, tx, rx) => {
+                Shared::open(region.0, log.0, (tx.0, rx.0), type_id::<T>())
+                    .map(Queue::from_shared)
+                    .map_err(serde::de::Error::custom)
+            }
+            #[cfg(feature = "cluster")]
+            WireIn::Broker(r) => crate::cluster::BrokerQueue::open(r, type_id::<T>())
+                .map(|b| Queue::from_backend(Backend::Broker(Box::new(b))))
+                .map_err(serde::de::Error::custom),
+        }
     }
 }
 
