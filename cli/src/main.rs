@@ -1,9 +1,11 @@
-//! The `multiprocess` command: serve a manager standalone, and look at a running one.
+//! The `multiprocess` command: serve a manager standalone, look at a running one, and look at a
+//! pool on a broker.
 //!
 //! ```text
 //! multiprocess manager serve  --address 0.0.0.0:5000 --authkey-file key [--tls-cert c.pem --tls-key k.pem]
 //! multiprocess manager status --address 10.0.0.7:5000 --authkey-file key [--tls-ca ca.pem [--tls-name NAME]]
 //! multiprocess manager stop   --address ... --authkey-file key
+//! multiprocess pool status    --redis redis://10.0.0.9:6379 [--pool NAME]
 //! ```
 //!
 //! An address is `host:port` (TCP), `unix:PATH` (a socket file) or `@name` (a Linux abstract name).
@@ -21,7 +23,7 @@ use std::process::ExitCode;
 #[command(
     name = "multiprocess",
     version,
-    about = "Serve and inspect multiprocess managers"
+    about = "Serve and inspect multiprocess managers, and inspect pools on a broker"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -33,6 +35,26 @@ enum Command {
     /// A manager server: shared dicts, lists, namespaces, values and locks.
     #[command(subcommand)]
     Manager(ManagerCommand),
+    /// A pool on a broker (Redis Streams): its workers and tasks.
+    #[command(subcommand)]
+    Pool(PoolCommand),
+}
+
+#[derive(Subcommand)]
+enum PoolCommand {
+    /// Lists a pool's live workers, its tasks queued, in flight, reclaimed and lost, and its dead
+    /// consumers (every pool on the broker when no --pool is given).
+    Status(PoolStatusArgs),
+}
+
+#[derive(Args)]
+struct PoolStatusArgs {
+    /// The broker: `redis://[:password@]host[:port][/db]`.
+    #[arg(long)]
+    redis: String,
+    /// The pool's name (default: every pool on the broker).
+    #[arg(long)]
+    pool: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -187,6 +209,58 @@ fn status(args: Remote) -> Result<(), String> {
     Ok(())
 }
 
+fn pool_status(args: PoolStatusArgs) -> Result<(), String> {
+    use multiprocess::cluster;
+    let pools = match args.pool {
+        Some(p) => vec![p],
+        None => cluster::pools(&args.redis).map_err(|e| e.to_string())?,
+    };
+    if pools.is_empty() {
+        println!("no pool on this broker");
+    }
+    for name in pools {
+        let s = cluster::status(&args.redis, &name).map_err(|e| e.to_string())?;
+        let live = s.workers.iter().filter(|w| w.alive).count();
+        println!("pool {name}");
+        println!(
+            "  tasks: {} queued, {} in flight, {} reclaimed, {} lost",
+            s.queued, s.in_flight, s.reclaimed, s.lost
+        );
+        println!(
+            "  workers: {live} live ({} processes), {} not responding",
+            s.workers
+                .iter()
+                .filter(|w| w.alive)
+                .map(|w| w.processes)
+                .sum::<usize>(),
+            s.workers.len() - live
+        );
+        if !s.workers.is_empty() {
+            println!(
+                "    {:<44} {:<16} {:>8} {:>6} {:>6} {:<16} {}",
+                "consumer", "host", "pid", "procs", "holds", "build", "state"
+            );
+        }
+        for w in &s.workers {
+            println!(
+                "    {:<44} {:<16} {:>8} {:>6} {:>6} {:<16} {}",
+                w.consumer,
+                w.host,
+                w.pid,
+                w.processes,
+                w.pending,
+                w.build.chars().take(16).collect::<String>(),
+                if w.alive { "live" } else { "dead" }
+            );
+        }
+        println!("  dead consumers: {}", s.dead_consumers.len());
+        for (name, holds) in &s.dead_consumers {
+            println!("    {name} (holds {holds})");
+        }
+    }
+    Ok(())
+}
+
 fn stop(args: Remote) -> Result<(), String> {
     connect(&args)?.shutdown().map_err(|e| e.to_string())
 }
@@ -208,6 +282,7 @@ fn main() -> ExitCode {
         Command::Manager(ManagerCommand::Serve(a)) => serve(a),
         Command::Manager(ManagerCommand::Status(a)) => status(a),
         Command::Manager(ManagerCommand::Stop(a)) => stop(a),
+        Command::Pool(PoolCommand::Status(a)) => pool_status(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -271,3 +271,105 @@ fn a_wrong_key_and_a_missing_key_file_are_clear_errors() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(wait_exit(served).success());
 }
+
+/// A task that waits until its file exists (so that the test decides when it ends).
+fn wait_for_file(path: String) -> u32 {
+    let end = Instant::now() + DEADLINE;
+    while !Path::new(&path).exists() && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    7
+}
+
+#[test]
+fn pool_status_shows_workers_and_tasks_on_the_broker() {
+    use multiprocess::Pool;
+    use multiprocess::cluster::{self, Broker};
+    let url = std::env::var("MP_REDIS_URL").expect(
+        "MP_REDIS_URL is not set: run the tests through `.ci/with-redis` (the README's test command)",
+    );
+    let pool = format!("cli-{}", std::process::id());
+    let dir = Dir::new("pool");
+    // A worker: this test binary in worker mode, with one local process.
+    let worker = Served(
+        Command::new(std::env::current_exe().unwrap())
+            .env(cluster::ENV_WORKER, &pool)
+            .env(cluster::ENV_BROKER, &url)
+            .env(cluster::ENV_AUTHKEY, "k")
+            .env(cluster::ENV_PROCESSES, "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let pid = worker.0.id();
+    until_up(|| match cluster::status(&url, &pool) {
+        Ok(s) if s.workers.iter().any(|w| w.alive) => Ok(()),
+        other => Err(format!("{other:?}")),
+    });
+    let p = Pool::builder()
+        .broker(Broker::redis(&url, &pool).authkey("k"))
+        .build()
+        .unwrap();
+    // The worker takes two (twice its processes); the third waits on the stream.
+    let gate = dir.0.join("gate").to_string_lossy().into_owned();
+    let tasks: Vec<_> = (0..3)
+        .map(|_| p.apply_async(wait_for_file, gate.clone()))
+        .collect();
+    until_up(|| match cluster::status(&url, &pool) {
+        Ok(s) if s.in_flight == 2 && s.queued == 1 => Ok(()),
+        other => Err(format!("{other:?}")),
+    });
+    let out = run(&["pool", "status", "--redis", &url, "--pool", &pool]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains(&format!("pool {pool}")), "{t}");
+    assert!(
+        t.contains("tasks: 1 queued, 2 in flight, 0 reclaimed, 0 lost"),
+        "{t}"
+    );
+    assert!(
+        t.contains("workers: 1 live (1 processes), 0 not responding"),
+        "{t}"
+    );
+    let line = t
+        .lines()
+        .find(|l| l.contains(&format!(" {pid} ")))
+        .unwrap_or_else(|| panic!("{t}"));
+    assert!(
+        line.contains(&cluster::this_build()[..16]) && line.ends_with("live"),
+        "{line}"
+    );
+    // Every pool on the broker, when none is named.
+    let all = text(&run(&["pool", "status", "--redis", &url]));
+    assert!(all.contains(&format!("pool {pool}")), "{all}");
+    std::fs::write(&gate, b"").unwrap();
+    for t in tasks {
+        assert_eq!(t.get(), Ok(7));
+    }
+    // The worker killed: it is shown dead once its heartbeat expires (the default lease, 30 s,
+    // is its lifetime; the description stays until another worker cleans it up).
+    drop(worker);
+    let out = run(&[
+        "pool",
+        "status",
+        "--redis",
+        "redis://127.0.0.1:1",
+        "--pool",
+        &pool,
+    ]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("redis://127.0.0.1:1"), "{}", text(&out));
+    drop(p);
+    let mut c = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("mp:{{{pool}}}:*"))
+        .query(&mut c)
+        .unwrap();
+    if !keys.is_empty() {
+        let _: () = redis::cmd("DEL").arg(&keys).query(&mut c).unwrap();
+    }
+}
