@@ -237,8 +237,8 @@ fn pool_status(args: PoolStatusArgs) -> Result<(), String> {
         );
         if !s.workers.is_empty() {
             println!(
-                "    {:<44} {:<16} {:>8} {:>6} {:>6} {:<16} {}",
-                "consumer", "host", "pid", "procs", "holds", "build", "state"
+                "    {:<44} {:<16} {:>8} {:>6} {:>6} {:<16} state",
+                "consumer", "host", "pid", "procs", "holds", "build"
             );
         }
         for w in &s.workers {
