@@ -7,7 +7,9 @@
 //!
 //! Each section shows one part of the library and prints measured values (pids, return values, wall
 //! times, error messages as the library formats them). Sections for synchronization primitives, shared
-//! memory, queues, pools and managers join as those parts land. The whole tour takes about a second.
+//! memory, queues, pools, managers and the broker backend join as those parts land. The whole tour
+//! takes a few seconds (section 10 starts a redis-server of its own when one is installed, and
+//! waits out a worker's 1 s lease).
 
 use multiprocess::{
     Array, AtomicValue, Barrier, BarrierError, Condition, Connection, Event, GetError,
@@ -17,6 +19,10 @@ use multiprocess::{
 };
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
+
+#[cfg(feature = "cluster")]
+#[path = "support/redis.rs"]
+mod support;
 use std::error::Error;
 use std::io::Write;
 use std::os::fd::AsRawFd;
@@ -100,8 +106,14 @@ fn main() -> Result {
     section("9. Under load");
     busy_cpus()?;
 
+    section("10. Past one machine: Pool and Queue on Redis Streams");
+    #[cfg(feature = "cluster")]
+    past_one_machine()?;
+    #[cfg(not(feature = "cluster"))]
+    println!("   (built without the `cluster` feature)");
+
     section("Still to come");
-    println!("   Pool and Queue on Redis Streams across machines; Python clients of the manager");
+    println!("   Python clients of the manager, Rust clients of Python managers");
     println!("\ntour finished in {}", ms(t.elapsed()));
     Ok(())
 }
@@ -1712,6 +1724,112 @@ fn manager_served() -> Result {
     println!(
         "   during a 200 ms call on another thread, this one made {calls} dict calls (its connection was handed to a fresh reader)"
     );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------
+// 10. Past one machine
+
+/// A slow square, with the pid of the process that ran it.
+#[cfg(feature = "cluster")]
+fn slow_square_with_pid(x: u64) -> (u64, u32) {
+    std::thread::sleep(Duration::from_millis(10));
+    (x * x, std::process::id())
+}
+
+#[cfg(feature = "cluster")]
+fn put_ten(q: Queue<String>) {
+    for i in 0..10 {
+        q.put(format!("job {i}")).unwrap();
+    }
+}
+
+#[cfg(feature = "cluster")]
+fn past_one_machine() -> Result {
+    use multiprocess::cluster::{self, Broker};
+    const KEY: &str = "tour key";
+    let server = match support::RedisServer::start() {
+        Ok(s) => s,
+        Err(why) => {
+            println!("   skipped: {why}");
+            return Ok(());
+        }
+    };
+    let url = server.url.clone();
+    step(
+        "Two workers (this program in worker mode: MULTIPROCESS_WORKER=tour ...), one local process each",
+    );
+    let mut workers = support::LocalWorkers::start(&url, "tour", KEY, 2, 1)?;
+    support::LocalWorkers::wait_live(&url, "tour", 2)?;
+    let pool = Pool::builder()
+        .broker(Broker::redis(&url, "tour").authkey(KEY))
+        .build()?;
+    let t = Instant::now();
+    let out = pool.map(slow_square_with_pid, 0..100)?;
+    let mut pids: Vec<u32> = out.iter().map(|(_, p)| *p).collect();
+    pids.sort_unstable();
+    pids.dedup();
+    println!(
+        "   map of 100 slow squares through {url}: sum {} in {}, run by processes {pids:?}",
+        out.iter().map(|(v, _)| v).sum::<u64>(),
+        ms(t.elapsed())
+    );
+    let rt = median_of(200, || {
+        let t = Instant::now();
+        pool.apply(cube, 3)?;
+        Ok(t.elapsed())
+    })?;
+    println!(
+        "   apply round trip through the broker: {} (median of 200)",
+        us(rt)
+    );
+
+    step(
+        "A worker is SIGKILLed in the middle of a map: its tasks are reclaimed after the 1 s lease",
+    );
+    let pending = pool.map_async(slow_square_with_pid, 0..200);
+    std::thread::sleep(Duration::from_millis(300));
+    let victim = workers.0[0].id();
+    workers.0[0].kill()?;
+    workers.0[0].wait()?;
+    let t = Instant::now();
+    let out = pending.get()?;
+    let right = out
+        .iter()
+        .enumerate()
+        .filter(|(i, (v, _))| *v == (*i as u64).pow(2))
+        .count();
+    let s = cluster::status(&url, "tour")?;
+    println!(
+        "   killed worker {victim}: {right} of 200 results right, each once; {} task(s) reclaimed; {} after the kill",
+        s.reclaimed,
+        ms(t.elapsed())
+    );
+    println!(
+        "   `multiprocess pool status` says: {} queued, {} in flight, {} live workers, {} not responding",
+        s.queued,
+        s.in_flight,
+        s.workers.iter().filter(|w| w.alive).count(),
+        s.workers.iter().filter(|w| !w.alive).count()
+    );
+
+    step("A Queue on the broker: a child process puts ten jobs, this one takes them");
+    let q: Queue<String> = Queue::builder()
+        .broker(Broker::redis(&url, "tour-jobs").authkey(KEY))
+        .build()?;
+    let child = Process::spawn(put_ten, q.clone())?;
+    child.join()?;
+    let jobs: Vec<String> = (0..10)
+        .map(|_| q.get())
+        .collect::<std::result::Result<_, _>>()?;
+    println!(
+        "   {} jobs, first {:?}, last {:?}; the queue is empty: {}",
+        jobs.len(),
+        jobs[0],
+        jobs[9],
+        q.is_empty()
+    );
+    drop((pool, q, workers, server));
     Ok(())
 }
 

@@ -249,6 +249,13 @@
 //! [`imap`]: Pool::imap
 //! [`imap_unordered`]: Pool::imap_unordered
 //!
+//! # Past one machine
+//! The same `Pool` and `Queue` calls fan out to workers on many machines through a broker, Redis
+//! Streams (feature `cluster`, on by default): build the pool with
+//! [`PoolBuilder::broker`], and start the same program anywhere with `MULTIPROCESS_WORKER` set to
+//! join it as a worker. Tasks run at least once and each result arrives once; a dead worker's
+//! tasks are reclaimed after their lease; a broker restart is survived. See [`cluster`].
+//!
 //! # Listeners, clients and Python
 //! [`Listener`] and [`Client`] connect unrelated processes over a Unix socket file, a Linux
 //! abstract name or TCP, with Python's framing and authentication handshake, so the peer may be a
@@ -287,6 +294,9 @@
 //! # Optional features
 //! - `tls` (default): TLS for listeners and clients, with rustls and the ring provider
 //!   (`default-features = false` leaves both out).
+//! - `cluster` (default): [`Pool`] and [`Queue`] on a broker (Redis Streams, Redis 6.2+ or
+//!   Valkey), with workers on many machines: see the [`cluster`] module. It brings the `redis`
+//!   crate (sync API, streams only, no async runtime).
 //! - `tracing`: events (target `multiprocess`) for what the crate does on its own behalf (a lock
 //!   taken over from a dead holder, a fork server replaced, a queue repaired after a dead producer or
 //!   consumer, corrupt shared state) and for errors it has nobody to return to. Without the feature

@@ -238,7 +238,7 @@ pub(crate) fn field(
 
 /// For the fuzz target: checks `bytes` as a task and as a result under a fixed key and decodes
 /// the bodies that pass. Never panics.
-#[cfg(feature = "fuzzing")]
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) fn fuzz_decode(bytes: &[u8]) -> Result<String, String> {
     const KEY: &[u8] = b"fuzz";
     let mut out = String::new();
@@ -321,7 +321,6 @@ mod tests {
     /// Real entries (a task, a result, an item) under the fuzz target's key, and every one-byte
     /// change and prefix of them, through the fuzz entry point: answers, never panics. With
     /// `MP_WRITE_FUZZ_SEEDS=dir` the entries are written there as the target's seeds.
-    #[cfg(feature = "fuzzing")]
     #[test]
     fn the_fuzz_entry_point_answers_real_and_altered_entries() {
         use crate::sys::entry::Func;

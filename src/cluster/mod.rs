@@ -82,7 +82,7 @@ pub use status::{PoolStatus, WorkerStatus, status};
 pub(crate) use worker::main_from_env as worker_main_from_env;
 pub use worker::{RunningWorker, Worker};
 
-#[cfg(feature = "fuzzing")]
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) use entry::fuzz_decode;
 
 use std::time::Duration;

@@ -555,6 +555,8 @@ fn the_fuzzing_entry_points_answer_without_panicking() {
     for data in &inputs {
         answers.push(fuzzing::get_from_forged_queue(data).map_err(|e| e.to_string()));
         let _ = fuzzing::boot_prelude(data);
+        #[cfg(feature = "cluster")]
+        let _ = fuzzing::broker_entry(data);
     }
     assert!(
         answers.iter().any(|a| a.is_err()),
