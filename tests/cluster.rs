@@ -810,3 +810,147 @@ fn a_broker_queue_survives_a_broker_killed_and_restarted_with_its_data() {
     q.put(10).unwrap();
     assert_eq!(q.get().unwrap(), 10);
 }
+
+// ---- A worker cut off from the broker (a network namespace and an nft drop rule) ----
+
+/// Runs a command, failing the test with its output if it fails.
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?}: {}{} (this test needs root, iproute2 and nftables; .ci/run installs nftables)",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A network namespace joined to this one by a veth pair: 10.77.N.1 here, 10.77.N.2 there.
+/// Removed (with its veth pair) when dropped.
+struct Netns {
+    name: String,
+    here: String,
+    there: String,
+}
+
+impl Netns {
+    fn new() -> Netns {
+        let id = std::process::id();
+        let n = id % 250 + 1;
+        let ns = Netns {
+            name: format!("mp-{id}"),
+            here: format!("10.77.{n}.1"),
+            there: format!("10.77.{n}.2"),
+        };
+        let (vh, vw) = (format!("vh{id}"), format!("vw{id}"));
+        sh(&["ip", "netns", "add", &ns.name]);
+        sh(&[
+            "ip", "link", "add", &vh, "type", "veth", "peer", "name", &vw,
+        ]);
+        sh(&["ip", "link", "set", &vw, "netns", &ns.name]);
+        sh(&["ip", "addr", "add", &format!("{}/30", ns.here), "dev", &vh]);
+        sh(&["ip", "link", "set", &vh, "up"]);
+        let inside = |args: &[&str]| {
+            let mut v = vec!["ip", "netns", "exec", &ns.name];
+            v.extend_from_slice(args);
+            sh(&v);
+        };
+        inside(&["ip", "addr", "add", &format!("{}/30", ns.there), "dev", &vw]);
+        inside(&["ip", "link", "set", &vw, "up"]);
+        inside(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Drops every packet between the namespace and the broker's address (both ways).
+    fn cut(&self) {
+        let nft = |rule: &str| sh(&["ip", "netns", "exec", &self.name, "nft", rule]);
+        nft("add table inet mpcut");
+        nft("add chain inet mpcut out { type filter hook output priority 0 ; }");
+        nft("add chain inet mpcut in { type filter hook input priority 0 ; }");
+        nft(&format!(
+            "add rule inet mpcut out ip daddr {} drop",
+            self.here
+        ));
+        nft(&format!(
+            "add rule inet mpcut in ip saddr {} drop",
+            self.here
+        ));
+    }
+
+    fn heal(&self) {
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &self.name,
+            "nft",
+            "delete table inet mpcut",
+        ]);
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+#[test]
+fn a_worker_cut_off_from_the_broker_has_its_tasks_reclaimed_and_its_late_results_dropped() {
+    let mut rng = seed("partition");
+    let ns = Netns::new();
+    let server = RedisServer::start_on("partition", "everysec", Some(&ns.here));
+    let url = server.url();
+    let pool = pool_name("partition");
+    let log = RunLog::new("partition");
+    let mut w = Workers::new(&url, &pool).env(cluster::ENV_LEASE_MS, 600);
+    // The worker in the namespace reaches the broker at the veth address.
+    let cut_off = Command::new("ip")
+        .args(["netns", "exec", &ns.name])
+        .arg(std::env::current_exe().unwrap())
+        .env(cluster::ENV_WORKER, &pool)
+        .env(
+            cluster::ENV_BROKER,
+            format!("redis://{}:{}/", ns.here, server.port()),
+        )
+        .env(cluster::ENV_AUTHKEY, KEY)
+        .env(cluster::ENV_PROCESSES, "2")
+        .env(cluster::ENV_LEASE_MS, "600")
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let cut_pid = cut_off.id();
+    w.children.push(cut_off);
+    w.wait_live(1);
+    w.start(1);
+    w.wait_live(2);
+    let p = Pool::builder().broker(broker(&url, &pool)).build().unwrap();
+    let items: Vec<u64> = (0..16).collect();
+    let args: Vec<(String, u64, u64)> = items.iter().map(|&x| (log.dir(), x, 200)).collect();
+    let pending = p.map_async(logged_square, args);
+    // Cut while the namespace's worker holds tasks.
+    assert!(common::eventually(|| cluster::status(&url, &pool)
+        .is_ok_and(|s| s
+            .workers
+            .iter()
+            .any(|w| w.pid == cut_pid && w.pending > 0))));
+    std::thread::sleep(Duration::from_millis(next(&mut rng) % 100));
+    ns.cut();
+    let results = pending.get_timeout(common::DEADLINE).unwrap();
+    let outcomes: Vec<_> = results.into_iter().map(Ok).enumerate().collect();
+    check_history(&items, &outcomes, &log, 3, |_| false);
+    let s = cluster::status(&url, &pool).unwrap();
+    assert!(s.reclaimed >= 1, "{s:?}");
+    // Healed: the cut-off worker delivers what it ran; each is a duplicate, and dropped.
+    ns.heal();
+    assert!(common::eventually(
+        || p.broker_stats().unwrap().duplicates >= 1
+    ));
+    assert_eq!(p.map(square, 0..20).unwrap().len(), 20);
+    drop(w);
+    drop(server);
+}

@@ -29,6 +29,8 @@ pub struct RedisServer {
     port: u16,
     dir: PathBuf,
     fsync: &'static str,
+    /// Another address to listen on besides 127.0.0.1 (a veth's, for a network namespace).
+    also: Option<String>,
     child: Option<Child>,
 }
 
@@ -36,6 +38,11 @@ impl RedisServer {
     /// Starts one; `fsync` is its `appendfsync` (`always` makes what a test wrote survive a
     /// SIGKILL, `everysec` may lose the last second, as in production).
     pub fn start(tag: &str, fsync: &'static str) -> RedisServer {
+        Self::start_on(tag, fsync, None)
+    }
+
+    /// [`start`](Self::start), listening on `also` too.
+    pub fn start_on(tag: &str, fsync: &'static str, also: Option<&str>) -> RedisServer {
         let dir = std::env::temp_dir().join(format!("mp-redis-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -47,6 +54,7 @@ impl RedisServer {
             port,
             dir,
             fsync,
+            also: also.map(str::to_string),
             child: None,
         };
         s.spawn();
@@ -54,8 +62,15 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) {
+        // Protected mode refuses clients from other addresses without a password: off for the
+        // namespace's veth address (the server listens on nothing else but loopback).
+        let (bind, protected) = match &self.also {
+            Some(a) => (format!("127.0.0.1 {a}"), "no"),
+            None => ("127.0.0.1".into(), "yes"),
+        };
         let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--bind", &bind, "--protected-mode", protected])
+            .args(["--port", &self.port.to_string()])
             .arg("--dir")
             .arg(&self.dir)
             .args([
@@ -81,6 +96,11 @@ impl RedisServer {
                 .is_ok()
         });
         assert!(up, "the private redis-server did not answer at {url}");
+    }
+
+    /// Its port.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// Its URL.
