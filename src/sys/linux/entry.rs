@@ -42,6 +42,12 @@
 //! tokens of its tasks: they come from the worker's own task queue, which only the pool (the worker's
 //! parent, which started it through one of the paths above) holds a handle to; a process able to
 //! write that queue's memory is one the worker's user already trusts with its address space.
+//!
+//! A worker of a pool on a broker (`cluster`) hands its local pool tasks that came over the
+//! network. It does so only for an entry whose HMAC-SHA256 under the pool's key verifies (it was
+//! written by a holder of the key) and whose build ID, covered by that MAC, is this executable's
+//! own; the key is the same kind of trust as Python's authkey: whoever holds it may run this
+//! program's functions here. The type name travels with the token and is compared as above.
 
 #![allow(unsafe_code)]
 
@@ -210,7 +216,8 @@ pub(crate) fn take_env(key: &str) -> Option<std::ffi::OsString> {
 
 /// A function token with the type name it was made for: received from a verified parent (see the
 /// module notes), or, in a pool worker, from the worker's own task queue, which only the pool's
-/// owner (the worker's parent, which forked or verified it) holds a handle to write.
+/// owner (the worker's parent, which forked or verified it) holds a handle to write (a broker
+/// worker fills it only with entries authenticated under its pool's key, of its own build).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Func {
     token: i64,
@@ -241,9 +248,11 @@ fn resolve<F: FnPtr>(token: i64, signature: &str) -> Result<F, String> {
         return Err("a function token points outside this executable".into());
     }
     // SAFETY: the token was read by `accept_boot` from our verified parent, or by a pool worker
-    // from the task queue only its pool writes (see the module notes); either runs this very
-    // executable and made it with `FnPtr::token` for the type named `signature`, which is `F`'s
-    // (checked above); the address is inside this executable image (checked above).
+    // from the task queue only its pool writes, whose tasks came from that pool's own caller or
+    // from a broker entry authenticated under the pool's key and made by this very build (see the
+    // module notes); each of them runs this executable and made it with `FnPtr::token` for the
+    // type named `signature`, which is `F`'s (checked above); the address is inside this
+    // executable image (checked above).
     Ok(unsafe { F::from_token(token) })
 }
 
