@@ -16,6 +16,8 @@ const KEY: &str = "cluster tests";
 
 /// Worker processes of one pool: this test binary in worker mode. Killed (SIGKILL) and reaped
 /// when dropped; their local pools' processes go with them (each holds a lifeline to its worker).
+/// Each one's stdin is a pipe from this process (`MULTIPROCESS_WORKER_EXIT_ON_EOF`): should the
+/// test binary die without dropping them, they end too.
 struct Workers {
     url: String,
     pool: String,
@@ -45,7 +47,8 @@ impl Workers {
             .env(cluster::ENV_BROKER, &self.url)
             .env(cluster::ENV_AUTHKEY, KEY)
             .env(cluster::ENV_PROCESSES, processes.to_string())
-            .stdin(Stdio::null())
+            .env(cluster::ENV_EXIT_ON_EOF, "1")
+            .stdin(Stdio::piped())
             .stdout(Stdio::null());
         for (k, v) in &self.env {
             cmd.env(k, v);
@@ -102,6 +105,36 @@ impl Drop for Workers {
     }
 }
 
+/// Ends the test binary if the test runs past twice [`common::DEADLINE`] (a wait on the broker
+/// that never ends would otherwise hang the suite): the workers follow through their stdin.
+struct Watchdog(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+fn watchdog(test: &'static str) -> Watchdog {
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let d = done.clone();
+    std::thread::spawn(move || {
+        let end = Instant::now() + 2 * common::DEADLINE;
+        while Instant::now() < end {
+            if d.load(std::sync::atomic::Ordering::Relaxed) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!(
+            "{test}: past its deadline of {:?}; aborting",
+            2 * common::DEADLINE
+        );
+        std::process::abort();
+    });
+    Watchdog(done)
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// A pool name unique to this test run.
 fn pool_name(test: &str) -> String {
     format!("{test}-{}", std::process::id())
@@ -131,6 +164,7 @@ fn add(a: u64, b: u64) -> u64 {
 
 #[test]
 fn the_pool_api_works_through_the_broker() {
+    let _deadline = watchdog("the_pool_api_works_through_the_broker");
     let url = shared_url();
     let pool = pool_name("api");
     let mut w = Workers::new(&url, &pool);
@@ -280,6 +314,7 @@ fn check_history(
 
 #[test]
 fn workers_killed_mid_task_have_their_tasks_run_elsewhere() {
+    let _deadline = watchdog("workers_killed_mid_task_have_their_tasks_run_elsewhere");
     let mut rng = seed("sigkill");
     let url = shared_url();
     let pool = pool_name("sigkill");
@@ -348,6 +383,8 @@ fn kill_my_worker(_: u32) -> u32 {
 
 #[test]
 fn a_task_that_loses_every_worker_fails_as_worker_lost_after_the_most_deliveries() {
+    let _deadline =
+        watchdog("a_task_that_loses_every_worker_fails_as_worker_lost_after_the_most_deliveries");
     let url = shared_url();
     let pool = pool_name("lost");
     let mut w = Workers::new(&url, &pool)
@@ -385,6 +422,8 @@ fn a_task_that_loses_every_worker_fails_as_worker_lost_after_the_most_deliveries
 
 #[test]
 fn a_worker_paused_past_its_lease_runs_again_but_its_result_is_delivered_once() {
+    let _deadline =
+        watchdog("a_worker_paused_past_its_lease_runs_again_but_its_result_is_delivered_once");
     let mut rng = seed("sigstop");
     let url = shared_url();
     let pool = pool_name("sigstop");
@@ -418,6 +457,7 @@ fn a_worker_paused_past_its_lease_runs_again_but_its_result_is_delivered_once() 
 
 #[test]
 fn a_caller_with_no_live_worker_gets_an_error_after_the_timeout() {
+    let _deadline = watchdog("a_caller_with_no_live_worker_gets_an_error_after_the_timeout");
     let url = shared_url();
     let pool = pool_name("noworker");
     let _w = Workers::new(&url, &pool);
@@ -427,8 +467,12 @@ fn a_caller_with_no_live_worker_gets_an_error_after_the_timeout() {
         .build()
         .unwrap();
     let t = Instant::now();
-    let r = p.apply(square, 2);
+    let r = p.apply_async(square, 2).get_timeout(common::DEADLINE);
     assert!(t.elapsed() >= wait);
+    let r = r.map_err(|e| match e {
+        multiprocess::ResultTimeoutError::Failed(e) => e,
+        e => panic!("{e}"),
+    });
     assert!(
         matches!(&r, Err(TaskError::NoWorkers(m)) if m.contains("no worker is alive")),
         "{r:?}"
@@ -440,6 +484,7 @@ fn a_caller_with_no_live_worker_gets_an_error_after_the_timeout() {
 
 #[test]
 fn a_worker_of_another_build_refuses_the_task_naming_both_builds() {
+    let _deadline = watchdog("a_worker_of_another_build_refuses_the_task_naming_both_builds");
     let url = shared_url();
     let pool = pool_name("build");
     // A copy of this test binary whose build ID differs in one byte: the same code, another build.
@@ -464,7 +509,8 @@ fn a_worker_of_another_build_refuses_the_task_naming_both_builds() {
         .env(cluster::ENV_BROKER, &url)
         .env(cluster::ENV_AUTHKEY, KEY)
         .env(cluster::ENV_PROCESSES, "1")
-        .stdin(Stdio::null())
+        .env(cluster::ENV_EXIT_ON_EOF, "1")
+        .stdin(Stdio::piped())
         .spawn()
         .unwrap();
     w.children.push(child);
@@ -497,6 +543,7 @@ fn big(n: usize) -> Vec<u8> {
 
 #[test]
 fn large_arguments_and_results_go_beside_the_stream() {
+    let _deadline = watchdog("large_arguments_and_results_go_beside_the_stream");
     let url = shared_url();
     let pool = pool_name("blobs");
     let mut w = Workers::new(&url, &pool);
@@ -519,6 +566,7 @@ fn large_arguments_and_results_go_beside_the_stream() {
 
 #[test]
 fn cancel_withdraws_a_task_not_taken_and_terminate_fails_the_rest() {
+    let _deadline = watchdog("cancel_withdraws_a_task_not_taken_and_terminate_fails_the_rest");
     let url = shared_url();
     let pool = pool_name("cancel");
     let log = RunLog::new("cancel");
@@ -593,11 +641,14 @@ fn map_across_a_broker_restart(keep_data: bool) {
 
 #[test]
 fn a_map_completes_across_a_broker_killed_and_restarted_with_its_data() {
+    let _deadline = watchdog("a_map_completes_across_a_broker_killed_and_restarted_with_its_data");
     map_across_a_broker_restart(true);
 }
 
 #[test]
 fn a_map_completes_across_a_broker_killed_and_restarted_without_its_data() {
+    let _deadline =
+        watchdog("a_map_completes_across_a_broker_killed_and_restarted_without_its_data");
     map_across_a_broker_restart(false);
 }
 
@@ -645,6 +696,8 @@ fn consume_and_mark(q: JoinableQueue<u64>) -> u64 {
 
 #[test]
 fn a_queue_on_the_broker_carries_items_between_processes_under_every_start_method() {
+    let _deadline =
+        watchdog("a_queue_on_the_broker_carries_items_between_processes_under_every_start_method");
     let url = shared_url();
     for method in [
         StartMethod::Fork,
@@ -695,6 +748,7 @@ fn a_queue_on_the_broker_carries_items_between_processes_under_every_start_metho
 
 #[test]
 fn a_broker_queue_keeps_its_bound_and_its_deadlines() {
+    let _deadline = watchdog("a_broker_queue_keeps_its_bound_and_its_deadlines");
     let url = shared_url();
     let name = pool_name("queue-bound");
     let _keys = QueueKeys(url.clone(), name.clone());
@@ -736,6 +790,8 @@ fn a_broker_queue_keeps_its_bound_and_its_deadlines() {
 
 #[test]
 fn a_broker_queue_refuses_items_put_under_another_key_and_redelivers_orphans() {
+    let _deadline =
+        watchdog("a_broker_queue_refuses_items_put_under_another_key_and_redelivers_orphans");
     let url = shared_url();
     let name = pool_name("queue-key");
     let _keys = QueueKeys(url.clone(), name.clone());
@@ -780,6 +836,7 @@ fn a_broker_queue_refuses_items_put_under_another_key_and_redelivers_orphans() {
 
 #[test]
 fn a_broker_queue_survives_a_broker_killed_and_restarted_with_its_data() {
+    let _deadline = watchdog("a_broker_queue_survives_a_broker_killed_and_restarted_with_its_data");
     let mut server = RedisServer::start("queue-restart", "always");
     let url = server.url();
     let q: Queue<u32> = Queue::builder()
@@ -901,6 +958,9 @@ impl Drop for Netns {
 
 #[test]
 fn a_worker_cut_off_from_the_broker_has_its_tasks_reclaimed_and_its_late_results_dropped() {
+    let _deadline = watchdog(
+        "a_worker_cut_off_from_the_broker_has_its_tasks_reclaimed_and_its_late_results_dropped",
+    );
     let mut rng = seed("partition");
     let ns = Netns::new();
     let server = RedisServer::start_on("partition", "everysec", Some(&ns.here));
@@ -920,7 +980,8 @@ fn a_worker_cut_off_from_the_broker_has_its_tasks_reclaimed_and_its_late_results
         .env(cluster::ENV_AUTHKEY, KEY)
         .env(cluster::ENV_PROCESSES, "2")
         .env(cluster::ENV_LEASE_MS, "600")
-        .stdin(Stdio::null())
+        .env(cluster::ENV_EXIT_ON_EOF, "1")
+        .stdin(Stdio::piped())
         .spawn()
         .unwrap();
     let cut_pid = cut_off.id();
@@ -953,4 +1014,60 @@ fn a_worker_cut_off_from_the_broker_has_its_tasks_reclaimed_and_its_late_results
     assert_eq!(p.map(square, 0..20).unwrap().len(), 20);
     drop(w);
     drop(server);
+}
+
+#[test]
+fn a_task_longer_than_its_lease_is_renewed_not_reclaimed() {
+    let _deadline = watchdog("renewed");
+    let url = shared_url();
+    let pool = pool_name("renew");
+    let log = RunLog::new("renew");
+    let mut w = Workers::new(&url, &pool).env(cluster::ENV_LEASE_MS, 300);
+    w.start(1);
+    w.start(1);
+    w.wait_live(2);
+    let p = Pool::builder().broker(broker(&url, &pool)).build().unwrap();
+    // Five leases long, on two healthy workers: renewed every third of the lease, never idle past
+    // it, so never taken by the other worker.
+    let tasks: Vec<_> = (0..2)
+        .map(|x| p.apply_async(logged_square, (log.dir(), x, 1500)))
+        .collect();
+    for (x, t) in tasks.iter().enumerate() {
+        assert_eq!(t.get_timeout(common::DEADLINE).unwrap(), (x * x) as u64);
+    }
+    assert_eq!((log.runs(0), log.runs(1)), (1, 1));
+    let s = cluster::status(&url, &pool).unwrap();
+    assert_eq!(s.reclaimed, 0, "{s:?}");
+    assert_eq!(p.broker_stats().unwrap().duplicates, 0);
+}
+
+#[test]
+fn a_worker_tied_to_its_stdin_ends_with_it_and_leaves_the_pool() {
+    let _deadline = watchdog("stdin");
+    let url = shared_url();
+    let pool = pool_name("stdin");
+    let mut w = Workers::new(&url, &pool);
+    w.start(2);
+    w.wait_live(1);
+    let child = &mut w.children[0];
+    drop(child.stdin.take());
+    let end = Instant::now() + common::DEADLINE;
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < end, "the worker did not end");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(child.try_wait().unwrap().unwrap().success());
+    // Its local pool's processes went with it.
+    let pid = child.id() as i32;
+    assert!(common::eventually(|| !std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .any(|e| {
+            std::fs::read_to_string(e.path().join("stat")).is_ok_and(|st| {
+                st.rsplit(')')
+                    .next()
+                    .and_then(|r| r.split_whitespace().nth(1))
+                    == Some(&pid.to_string())
+            })
+        })));
 }

@@ -302,6 +302,9 @@ pub const ENV_BROKER: &str = "MULTIPROCESS_BROKER";
 pub const ENV_AUTHKEY: &str = "MULTIPROCESS_AUTHKEY";
 /// Worker mode: the local worker processes (default: the CPUs this process may use).
 pub const ENV_PROCESSES: &str = "MULTIPROCESS_PROCESSES";
+/// Worker mode: `1` ends the worker when its standard input ends (so that a supervisor holding
+/// the other end of a pipe takes its workers with it when it dies).
+pub const ENV_EXIT_ON_EOF: &str = "MULTIPROCESS_WORKER_EXIT_ON_EOF";
 /// Worker mode: the lease, in milliseconds.
 pub const ENV_LEASE_MS: &str = "MULTIPROCESS_LEASE_MS";
 /// Worker mode: the most deliveries of a task.

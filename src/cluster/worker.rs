@@ -790,6 +790,15 @@ impl Inner {
 /// Worker mode from the environment (before `main`, when `MULTIPROCESS_WORKER` is set): serves
 /// until the process is stopped, then exits. Never returns.
 pub(crate) fn main_from_env() -> ! {
+    if crate::sys::entry::take_env(super::ENV_EXIT_ON_EOF).is_some_and(|v| v == "1") {
+        // Tied to whoever started it: when its stdin ends (that process died, or closed the
+        // pipe), so does the worker (its local pool's processes follow, by their lifelines).
+        let _ = std::thread::Builder::new().name("worker-stdin".into()).spawn(|| {
+            let mut sink = [0u8; 256];
+            while matches!(std::io::Read::read(&mut std::io::stdin(), &mut sink), Ok(n) if n > 0) {}
+            std::process::exit(0)
+        });
+    }
     let code = match worker_from_env() {
         Ok(w) => match w.run() {
             Ok(()) => 0,
