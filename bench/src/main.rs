@@ -11,8 +11,10 @@
 //! stays a clean table.
 //!
 //! Usage: `cargo run --release -p multiprocess-bench -- [--quick] [GROUP...]` with groups `process`,
-//! `pipe`, `codec`, `sync`, `queue`, `pool`, `socket`, `manager` and `load` (all of them when none is named). See `bench/README.md`.
+//! `pipe`, `codec`, `sync`, `queue`, `pool`, `socket`, `manager`, `load` and `cluster` (all of them when
+//! none is named). See `bench/README.md`.
 
+mod cluster;
 mod codec;
 mod load;
 mod manager;
@@ -35,8 +37,8 @@ use python::Python;
 use table::Table;
 
 /// The groups, in the order they run when none is named.
-const GROUPS: [&str; 9] = [
-    "process", "pipe", "codec", "sync", "queue", "pool", "socket", "manager", "load",
+const GROUPS: [&str; 10] = [
+    "process", "pipe", "codec", "sync", "queue", "pool", "socket", "manager", "load", "cluster",
 ];
 
 /// What every group needs: the run's mode and the Python side.
@@ -61,7 +63,9 @@ usage: multiprocess-bench [--quick] [GROUP...]
 Measures multiprocess against Python's multiprocessing and prints
 figure<TAB>multiprocess<TAB>python<TAB>unit<TAB>speedup   (speedup > 1: multiprocess is better)
 
-groups: process, pipe, codec, sync, queue, pool, socket, manager, load (default: all)
+groups: process, pipe, codec, sync, queue, pool, socket, manager, load, cluster
+        (default: all; cluster starts its own redis-server and installs Celery
+        into target/bench-venv with python/setup-celery.sh)
 options:
   --quick     fewer samples (the whole run takes well under a minute)
   -h, --help  this text
@@ -139,6 +143,7 @@ fn main() -> ExitCode {
             "socket" => socket::run(&ctx, &mut table),
             "manager" => manager::run(&ctx, &mut table),
             "load" => load::run(&ctx, &mut table),
+            "cluster" => cluster::run(&ctx, &mut table),
             _ => unreachable!("parse_args accepts only the names in GROUPS"),
         }
     }
