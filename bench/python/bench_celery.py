@@ -38,6 +38,31 @@ from celery import Celery, group
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 URL_ENV = "MP_BENCH_REDIS_URL"
+PR_SET_PDEATHSIG = 1
+
+# A Celery worker started as `python -c WORKER_MAIN worker ...`: `celery` itself, which gets SIGTERM
+# (a warm shutdown, its prefork children with it) when this script dies, however it dies.
+WORKER_MAIN = """\
+import ctypes, signal, sys
+try:
+    ctypes.CDLL(None).prctl(%d, signal.SIGTERM, 0, 0, 0)
+except (OSError, AttributeError):
+    pass
+from celery.__main__ import main
+sys.argv[0] = "celery"
+sys.exit(main())
+""" % PR_SET_PDEATHSIG
+
+
+def die_with_parent():
+    """This script ends (SIGTERM, handled below: the workers are stopped) when the harness that
+    started it does, so that a harness killed mid-run leaves no Celery behind."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
 
 # The harness always passes --redis; the workers, which import this module, find it here.
 app = Celery("bench_celery", broker=os.environ.get(URL_ENV), backend=os.environ.get(URL_ENV))
@@ -92,7 +117,7 @@ class Workers:
             name = "mp-bench-%d-%d@localhost" % (os.getpid(), i)
             log = tempfile.TemporaryFile()
             cmd = [
-                sys.executable, "-m", "celery", "-A", "bench_celery", "worker",
+                sys.executable, "-c", WORKER_MAIN, "-A", "bench_celery", "worker",
                 "--pool=" + pool, "--concurrency=1", "-n", name,
                 "--without-gossip", "--without-mingle", "--without-heartbeat",
                 "--loglevel=WARNING",
@@ -214,23 +239,65 @@ def parse_args(argv):
     return args
 
 
-def main(argv):
-    args = parse_args(argv)
+# The workers of this run, for the SIGTERM handler.
+RUNNING = []
+
+
+def say(text):
+    """A line on stderr, if stderr is still there (the harness may be gone)."""
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
+
+
+def stop_all_and_exit(code):
+    """Stops the workers and leaves at once, without the interpreter's finalization: kombu's
+    clean-up there may retry a connection to a server that is gone (the harness's, when the
+    harness was killed) for ever. Stopping twice (should SIGTERM come now) does no harm."""
+    try:
+        for workers in RUNNING:
+            workers.stop()
+    finally:
+        try:
+            sys.stdout.flush()
+        except (OSError, ValueError):
+            pass
+        os._exit(code)
+
+
+def on_sigterm(signum, frame):
+    """Nothing is raised here: library code the main thread happens to be in could catch it."""
+    say("bench_celery: terminated")
+    stop_all_and_exit(143)
+
+
+def run(args):
     app.conf.broker_url = args.redis
     app.conf.result_backend = args.redis
     app.control.purge()  # nothing left on the bench's queue from an earlier run
-    workers = Workers(args.redis, args.workers, args.pool)
-    try:
-        workers.wait_ready()
-        samples = FIGURES[args.figure](args)
-    finally:
-        workers.stop()
+    RUNNING.append(Workers(args.redis, args.workers, args.pool))
+    RUNNING[0].wait_ready()
+    samples = FIGURES[args.figure](args)
     import celery
 
-    json.dump(
-        {"figure": args.figure, "seconds_per_op": samples, "celery": celery.__version__}, sys.stdout
-    )
+    out = {"figure": args.figure, "seconds_per_op": samples, "celery": celery.__version__}
+    json.dump(out, sys.stdout)
     sys.stdout.write("\n")
+
+
+def main(argv):
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, on_sigterm)
+    die_with_parent()
+    code = 1
+    try:
+        run(args)
+        code = 0
+    except BaseException as e:
+        say("bench_celery: %s: %s" % (type(e).__name__, e))
+    finally:
+        stop_all_and_exit(code)
 
 
 if __name__ == "__main__":

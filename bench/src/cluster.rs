@@ -55,7 +55,8 @@ struct Redis {
 
 impl Redis {
     fn start() -> Result<Redis, String> {
-        let dir = std::env::temp_dir().join(format!("mp-bench-redis-{}", std::process::id()));
+        remove_stale_dirs();
+        let dir = std::env::temp_dir().join(format!("{DIR_PREFIX}{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         // A free port: bound by the kernel for a moment, then handed to the server.
@@ -115,6 +116,30 @@ impl Redis {
                 ));
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// The server's directory: this prefix and the harness's pid, in the temporary directory.
+const DIR_PREFIX: &str = "mp-bench-redis-";
+
+/// Removes the directories of servers whose harness is gone (one killed by a signal cannot remove
+/// its own).
+fn remove_stale_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(DIR_PREFIX))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
         }
     }
 }
