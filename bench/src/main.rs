@@ -44,7 +44,7 @@ const GROUPS: [&str; 10] = [
 /// What every group needs: the run's mode and the Python side.
 #[derive(Debug)]
 pub(crate) struct Ctx {
-    /// `--quick`: fewer samples, the whole run well under a minute.
+    /// `--quick`: fewer samples, the whole run in a minute or two (`cluster` about half a minute).
     pub(crate) quick: bool,
     /// The Python interpreter and script, or the reason there is none.
     pub(crate) python: Python,
@@ -67,7 +67,7 @@ groups: process, pipe, codec, sync, queue, pool, socket, manager, load, cluster
         (default: all; cluster starts its own redis-server and installs Celery
         into target/bench-venv with python/setup-celery.sh)
 options:
-  --quick     fewer samples (the whole run takes well under a minute)
+  --quick     fewer samples (the whole run takes a minute or two)
   -h, --help  this text
 environment:
   PYTHON      the Python interpreter to compare with (default: python3)";
