@@ -26,7 +26,7 @@ Run by the Rust harness (bench/src/python.rs), one figure per invocation:
     bench_mp.py pool-imap-unordered                          [plan]
     bench_mp.py pool-apply                                   [plan]
     bench_mp.py pool-start                                   [plan]
-    bench_mp.py pool-cpu    --workers N                      [plan]
+    bench_mp.py pool-cpu    --workers N [--spin-us US] [--chunksize N] [plan]
     bench_mp.py pool-respawn                                 [plan]
 
     bench_mp.py manager-dict-rt                              [plan]
@@ -642,11 +642,12 @@ def fig_pool_start(args):
 
 
 def fig_pool_cpu(args):
-    """map over ops tasks of 1 ms of spinning, on --workers workers."""
+    """map over ops tasks of --spin-us (default 1 ms) of spinning, on --workers workers, with
+    --chunksize when given (else Python's default)."""
     with mp.get_context("fork").Pool(args.workers) as pool:
 
         def batch(ops):
-            got = pool.map(spin_us, [1000] * ops)
+            got = pool.map(spin_us, [args.spin_us] * ops, chunksize=args.chunksize)
             if len(got) != ops:
                 raise RuntimeError("missing results")
 
@@ -946,8 +947,9 @@ def parse_args(argv):
         "--cpus", type=cpu_pair, help="PARENT,CHILD: pin the two processes of pipe-*, lock-incr and event-rt"
     )
     ap.add_argument("--timeout-ms", type=int, default=1, help="the *-timeout figures' timeout")
-    ap.add_argument("--chunksize", type=int, help="pool-map's chunk size (default: Python's rule)")
+    ap.add_argument("--chunksize", type=int, help="pool-map's and pool-cpu's chunk size (default: Python's rule)")
     ap.add_argument("--workers", type=int, default=2, help="pool-cpu's workers")
+    ap.add_argument("--spin-us", type=int, default=1000, help="pool-cpu's spin per task (µs)")
     ap.add_argument("--family", choices=["unix", "tcp"], default="unix", help="socket-*'s transport")
     ap.add_argument("--warmup", type=int)
     ap.add_argument("--samples", type=int)

@@ -11,8 +11,10 @@
 //! stays a clean table.
 //!
 //! Usage: `cargo run --release -p multiprocess-bench -- [--quick] [GROUP...]` with groups `process`,
-//! `pipe`, `codec`, `sync`, `queue`, `pool`, `socket`, `manager` and `load` (all of them when none is named). See `bench/README.md`.
+//! `pipe`, `codec`, `sync`, `queue`, `pool`, `socket`, `manager`, `load` and `cluster` (all of them when
+//! none is named). See `bench/README.md`.
 
+mod cluster;
 mod codec;
 mod load;
 mod manager;
@@ -35,14 +37,14 @@ use python::Python;
 use table::Table;
 
 /// The groups, in the order they run when none is named.
-const GROUPS: [&str; 9] = [
-    "process", "pipe", "codec", "sync", "queue", "pool", "socket", "manager", "load",
+const GROUPS: [&str; 10] = [
+    "process", "pipe", "codec", "sync", "queue", "pool", "socket", "manager", "load", "cluster",
 ];
 
 /// What every group needs: the run's mode and the Python side.
 #[derive(Debug)]
 pub(crate) struct Ctx {
-    /// `--quick`: fewer samples, the whole run well under a minute.
+    /// `--quick`: fewer samples, the whole run in a minute or two (`cluster` about half a minute).
     pub(crate) quick: bool,
     /// The Python interpreter and script, or the reason there is none.
     pub(crate) python: Python,
@@ -61,9 +63,11 @@ usage: multiprocess-bench [--quick] [GROUP...]
 Measures multiprocess against Python's multiprocessing and prints
 figure<TAB>multiprocess<TAB>python<TAB>unit<TAB>speedup   (speedup > 1: multiprocess is better)
 
-groups: process, pipe, codec, sync, queue, pool, socket, manager, load (default: all)
+groups: process, pipe, codec, sync, queue, pool, socket, manager, load, cluster
+        (default: all; cluster starts its own redis-server and installs Celery
+        into target/bench-venv with python/setup-celery.sh)
 options:
-  --quick     fewer samples (the whole run takes well under a minute)
+  --quick     fewer samples (the whole run takes a minute or two)
   -h, --help  this text
 environment:
   PYTHON      the Python interpreter to compare with (default: python3)";
@@ -139,6 +143,7 @@ fn main() -> ExitCode {
             "socket" => socket::run(&ctx, &mut table),
             "manager" => manager::run(&ctx, &mut table),
             "load" => load::run(&ctx, &mut table),
+            "cluster" => cluster::run(&ctx, &mut table),
             _ => unreachable!("parse_args accepts only the names in GROUPS"),
         }
     }

@@ -25,12 +25,12 @@ use crate::Ctx;
 use crate::measure::Plan;
 use crate::table::{Row, Table, Target, Unit};
 
-fn ident(x: u64) -> u64 {
+pub(crate) fn ident(x: u64) -> u64 {
     x
 }
 
 /// Spins for `us` microseconds of wall time (the same work on every side: time, not iterations).
-fn spin_us(us: u64) -> u64 {
+pub(crate) fn spin_us(us: u64) -> u64 {
     let end = Instant::now() + Duration::from_micros(us);
     let mut x = us;
     while Instant::now() < end {
@@ -40,7 +40,7 @@ fn spin_us(us: u64) -> u64 {
     us
 }
 
-fn fork_pool(n: usize) -> Result<Pool, String> {
+pub(crate) fn fork_pool(n: usize) -> Result<Pool, String> {
     Pool::builder()
         .processes(n)
         .start_method(StartMethod::Fork)
@@ -65,7 +65,7 @@ fn map_figure(plan: Plan, chunksize: Option<usize>) -> Result<f64, String> {
     })
 }
 
-fn check_len(got: usize, want: usize) -> Result<(), String> {
+pub(crate) fn check_len(got: usize, want: usize) -> Result<(), String> {
     (got == want)
         .then_some(())
         .ok_or_else(|| format!("{got} results for {want} items"))

@@ -4,7 +4,8 @@
 //! directly so that `multiprocess` can be compared with the floor the OS sets, measured in the same run.
 //! It is the only place in the harness that needs `unsafe`; every block says why it is sound. The CPU
 //! affinity helpers at the end live here for the same reason: the pipe figures pin their two processes
-//! to two CPUs.
+//! to two CPUs; so does the parent-death signal that group `cluster` arms in the servers and workers it
+//! starts.
 //!
 //! Children forked here only run `read`/`write` on a socket they were handed and then `_exit`, so they
 //! never touch a lock another thread might have held at the fork, run no destructors and flush no
@@ -228,4 +229,28 @@ pub(crate) fn set_allowed_cpus(cpus: &[usize]) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Makes the child `cmd` starts receive `SIGKILL` when this process's main thread ends (Linux's
+/// parent-death signal), so that a harness ended by a signal (Ctrl-C) leaves no redis-server or
+/// worker of group `cluster` behind. Spawn `cmd` from the main thread: the signal follows the
+/// thread that forked.
+pub(crate) fn kill_with_parent(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id();
+    // SAFETY: the closure runs in the forked child before `exec`, where only async-signal-safe calls
+    // are sound: it makes two system calls (`prctl`, `getppid`) and allocates nothing (its errors
+    // are raw OS codes).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The parent may have died before the signal was armed.
+            if libc::getppid() as u32 != parent {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
 }
