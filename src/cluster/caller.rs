@@ -464,17 +464,21 @@ impl Caller {
         {
             let mut st = self.lock();
             for e in &entries {
-                let body = entry::field(&e.map)
+                let bodies = entry::field(&e.map)
                     .and_then(|m| entry::check(m, Kind::Result, &self.key))
-                    .and_then(|c| c.body::<ResultBody>());
-                match body {
-                    Ok(r) => match st.out.remove(&r.task) {
-                        Some(o) => {
-                            o.batch.lock().tasks.remove(&r.task);
-                            got.push((o, r.outcome));
+                    .and_then(|c| c.body::<Vec<ResultBody>>());
+                match bodies {
+                    Ok(rs) => {
+                        for r in rs {
+                            match st.out.remove(&r.task) {
+                                Some(o) => {
+                                    o.batch.lock().tasks.remove(&r.task);
+                                    got.push((o, r.outcome));
+                                }
+                                None => st.duplicates += 1,
+                            }
                         }
-                        None => st.duplicates += 1,
-                    },
+                    }
                     Err(err) => {
                         crate::trace::event!(warn, "a pool dropped a result entry {}: {err}", e.id);
                     }

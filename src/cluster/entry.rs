@@ -108,7 +108,8 @@ impl TaskBody {
     }
 }
 
-/// A task's outcome, on a caller's result stream.
+/// A task's outcome, on a caller's result stream (an entry holds several: a `Vec<ResultBody>`,
+/// written with the acknowledgement of all their tasks in one transaction).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct ResultBody {
     pub(crate) task: u64,
@@ -252,13 +253,13 @@ pub(crate) fn fuzz_decode(bytes: &[u8]) -> Result<String, String> {
     match check(bytes, Kind::Result, KEY) {
         Ok(c) => out.push_str(&format!(
             "{:?}",
-            c.body::<ResultBody>().map_err(|e| e.to_string())?
+            c.body::<Vec<ResultBody>>().map_err(|e| e.to_string())?
         )),
         Err(e) => out.push_str(&e.to_string()),
     }
     // Bodies as a holder of the key could write them (the MAC is no obstacle to a key holder).
     let _ = codec::decode::<TaskBody>(bytes, Vec::new());
-    let _ = codec::decode::<ResultBody>(bytes, Vec::new());
+    let _ = codec::decode::<Vec<ResultBody>>(bytes, Vec::new());
     Ok(out)
 }
 
@@ -339,7 +340,7 @@ mod tests {
         };
         let seeds = [
             encode(Kind::Task, b"build", b"fuzz", &task).unwrap(),
-            encode(Kind::Result, b"build", b"fuzz", &body()).unwrap(),
+            encode(Kind::Result, b"build", b"fuzz", &vec![body(), body()]).unwrap(),
             encode_raw(Kind::Item, b"build", b"fuzz", &[7, 0, 0, 0]),
         ];
         let ok = fuzz_decode(&seeds[0]).unwrap();

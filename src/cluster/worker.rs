@@ -79,7 +79,10 @@ struct Inner {
     /// Stream ids of the tasks this worker holds (taken, not yet answered).
     held: Mutex<HashSet<String>>,
     freed: Condvar,
-    capacity: usize,
+    /// The local pool's processes.
+    processes: usize,
+    /// A running average of how long tasks take here (µs, from taken to answered).
+    task_us: AtomicU64,
     done: Mutex<Option<mpsc::Sender<Done>>>,
     stop: AtomicBool,
     blobs: AtomicU64,
@@ -95,11 +98,19 @@ impl std::fmt::Debug for Inner {
 
 /// A task's outcome, for the writer.
 struct Done {
+    /// When the task was taken.
+    taken: Instant,
+    /// A result too large for the stream, with the key it goes to (set again on every try
+    /// until the answer is written).
+    blob: Option<(String, Vec<u8>)>,
     stream_id: String,
     caller: String,
     task: u64,
     outcome: Outcome,
 }
+
+/// The most answers in one result entry.
+const ANSWERS_PER_ENTRY: usize = 64;
 
 /// A caller's name as a key part: what `unique_name` makes.
 fn plausible_name(s: &str) -> bool {
@@ -175,7 +186,8 @@ impl Worker {
             pool,
             held: Mutex::new(HashSet::new()),
             freed: Condvar::new(),
-            capacity: 2 * processes,
+            processes,
+            task_us: AtomicU64::new(u64::MAX),
             done: Mutex::new(Some(tx)),
             stop: AtomicBool::new(false),
             blobs: AtomicU64::new(0),
@@ -270,6 +282,30 @@ impl Inner {
         self.stop.load(Ordering::Acquire)
     }
 
+    /// How many tasks this worker holds at most: two per local process, so that none waits on
+    /// the broker between tasks, while tasks are slow (another worker may be free for them);
+    /// sixteen per process (at most 256) while they take under 2 ms, where the round trips to
+    /// the broker, not the tasks, would set the pace.
+    fn capacity(&self) -> usize {
+        if self.task_us.load(Ordering::Relaxed) < 2_000 {
+            (16 * self.processes).min(256)
+        } else {
+            2 * self.processes
+        }
+    }
+
+    /// Folds one task's time into the running average.
+    fn timed(&self, took: Duration) {
+        let us = took.as_micros().min(u128::from(u32::MAX)) as u64;
+        let avg = self.task_us.load(Ordering::Relaxed);
+        let next = if avg == u64::MAX {
+            us
+        } else {
+            (avg * 7 + us) / 8
+        };
+        self.task_us.store(next, Ordering::Relaxed);
+    }
+
     fn link(&self) -> Option<Link> {
         Link::new(&self.broker.url, Duration::from_secs(5)).ok()
     }
@@ -280,14 +316,14 @@ impl Inner {
         while !self.stopping() {
             let free = {
                 let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-                if held.len() >= self.capacity {
+                if held.len() >= self.capacity() {
                     held = self
                         .freed
                         .wait_timeout(held, Duration::from_millis(100))
                         .unwrap_or_else(|p| p.into_inner())
                         .0;
                 }
-                self.capacity.saturating_sub(held.len())
+                self.capacity().saturating_sub(held.len())
             };
             if free == 0 || self.stopping() {
                 continue;
@@ -355,10 +391,15 @@ impl Inner {
     }
 
     fn release(&self, id: &str) {
-        self.held
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
+        self.release_all(std::iter::once(id));
+    }
+
+    fn release_all<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        for id in ids {
+            held.remove(id);
+        }
+        drop(held);
         self.freed.notify_all();
     }
 
@@ -387,6 +428,8 @@ impl Inner {
                 self.consumer
             );
             return self.answer(Done {
+                taken: Instant::now(),
+                blob: None,
                 stream_id: id,
                 caller: body.caller,
                 task: body.task,
@@ -402,6 +445,8 @@ impl Inner {
                 Ok(b) => ByteBuf::from(b),
                 Err(why) => {
                     return self.answer(Done {
+                        taken: Instant::now(),
+                        blob: None,
                         stream_id: id,
                         caller: body.caller,
                         task: body.task,
@@ -413,6 +458,7 @@ impl Inner {
         let chunk = body.chunk(args);
         let me = self.clone();
         let (caller, task) = (body.caller, body.task);
+        let taken = Instant::now();
         self.pool.submit_raw(
             body.runner,
             chunk,
@@ -422,6 +468,8 @@ impl Inner {
                     return;
                 }
                 me.answer(Done {
+                    taken,
+                    blob: None,
                     stream_id: id,
                     caller,
                     task,
@@ -436,7 +484,6 @@ impl Inner {
 
     fn write_loop(self: Arc<Self>, rx: mpsc::Receiver<Done>) {
         let Some(mut link) = self.link() else { return };
-        let stream = self.keys.tasks();
         let mut pending: Vec<Done> = Vec::new();
         let mut failures = 0u32;
         loop {
@@ -453,71 +500,15 @@ impl Inner {
                     Err(_) => break,
                 }
             }
-            let mut p = redis::pipe();
-            for d in &mut pending {
-                let outcome = match &mut d.outcome {
-                    Outcome::Results(Payload::Inline(b)) if b.len() > BLOB_OVER => {
-                        let n = self.blobs.fetch_add(1, Ordering::Relaxed);
-                        let key = self.keys.blob(&self.consumer, n);
-                        let bytes = std::mem::take(b).into_vec();
-                        let blob = Payload::Blob {
-                            key: key.clone(),
-                            len: bytes.len() as u64,
-                            sha256: sha2::Sha256::digest(&bytes).into(),
-                        };
-                        p.cmd("SET")
-                            .arg(&key)
-                            .arg(bytes)
-                            .arg("PX")
-                            .arg(BLOB_TTL_MS)
-                            .ignore();
-                        d.outcome = Outcome::Results(blob);
-                        &d.outcome
-                    }
-                    o => &*o,
-                };
-                let body = ResultBody {
-                    task: d.task,
-                    consumer: self.consumer.clone(),
-                    outcome: outcome.clone(),
-                };
-                let entry = match entry::encode(Kind::Result, build_id(), &self.key, &body) {
-                    Ok(e) => e,
-                    Err(e) => {
-                        let failed = ResultBody {
-                            task: d.task,
-                            consumer: self.consumer.clone(),
-                            outcome: Outcome::Failed(TaskError::Child(format!(
-                                "the result could not be encoded: {e}"
-                            ))),
-                        };
-                        entry::encode(Kind::Result, build_id(), &self.key, &failed)
-                            .unwrap_or_default()
-                    }
-                };
-                let results = self.keys.results(&d.caller);
-                p.cmd("MULTI").ignore();
-                p.cmd("XADD")
-                    .arg(&results)
-                    .arg("*")
-                    .arg("m")
-                    .arg(entry)
-                    .ignore();
-                p.cmd("PEXPIRE").arg(&results).arg(3_600_000u64).ignore();
-                p.cmd("XACK")
-                    .arg(&stream)
-                    .arg(GROUP)
-                    .arg(&d.stream_id)
-                    .ignore();
-                p.cmd("XDEL").arg(&stream).arg(&d.stream_id).ignore();
-                p.cmd("EXEC").ignore();
-            }
+            let p = self.answers(&mut pending);
             match link.run(|c| p.query::<()>(c)) {
                 Ok(()) => {
                     failures = 0;
-                    for d in pending.drain(..) {
-                        self.release(&d.stream_id);
+                    for d in &pending {
+                        self.timed(d.taken.elapsed());
                     }
+                    self.release_all(pending.iter().map(|d| d.stream_id.as_str()));
+                    pending.clear();
                 }
                 Err(e) => {
                     failures += 1;
@@ -534,6 +525,97 @@ impl Inner {
                 }
             }
         }
+    }
+
+    /// The pipeline that answers `pending`: per caller, one result entry for up to
+    /// [`ANSWERS_PER_ENTRY`] tasks (or about 4 MiB), written with the acknowledgement and the
+    /// deletion of those tasks in one transaction; results over 1 MiB go beside the stream first.
+    fn answers(&self, pending: &mut [Done]) -> redis::Pipeline {
+        let stream = self.keys.tasks();
+        let mut p = redis::pipe();
+        let mut by_caller: std::collections::BTreeMap<String, Vec<(ResultBody, String)>> =
+            std::collections::BTreeMap::new();
+        for d in pending.iter_mut() {
+            if let Outcome::Results(Payload::Inline(b)) = &mut d.outcome
+                && b.len() > BLOB_OVER
+            {
+                let n = self.blobs.fetch_add(1, Ordering::Relaxed);
+                let key = self.keys.blob(&self.consumer, n);
+                let bytes = std::mem::take(b).into_vec();
+                d.outcome = Outcome::Results(Payload::Blob {
+                    key: key.clone(),
+                    len: bytes.len() as u64,
+                    sha256: sha2::Sha256::digest(&bytes).into(),
+                });
+                d.blob = Some((key, bytes));
+            }
+            if let Some((key, bytes)) = &d.blob {
+                p.cmd("SET")
+                    .arg(key)
+                    .arg(&bytes[..])
+                    .arg("PX")
+                    .arg(BLOB_TTL_MS)
+                    .ignore();
+            }
+            let body = ResultBody {
+                task: d.task,
+                consumer: self.consumer.clone(),
+                outcome: d.outcome.clone(),
+            };
+            by_caller
+                .entry(d.caller.clone())
+                .or_default()
+                .push((body, d.stream_id.clone()));
+        }
+        for (caller, answers) in by_caller {
+            let results = self.keys.results(&caller);
+            let mut rest = &answers[..];
+            while !rest.is_empty() {
+                // As many answers as fit one entry.
+                let mut n = 0;
+                let mut bytes = 0;
+                while n < rest.len() && n < ANSWERS_PER_ENTRY && (n == 0 || bytes < 4 << 20) {
+                    bytes += match &rest[n].0.outcome {
+                        Outcome::Results(Payload::Inline(b)) => b.len(),
+                        _ => 256,
+                    };
+                    n += 1;
+                }
+                let (these, more) = rest.split_at(n);
+                rest = more;
+                let bodies: Vec<&ResultBody> = these.iter().map(|(b, _)| b).collect();
+                let entry = entry::encode(Kind::Result, build_id(), &self.key, &bodies)
+                    .unwrap_or_else(|e| {
+                        let failed: Vec<ResultBody> = these
+                            .iter()
+                            .map(|(b, _)| ResultBody {
+                                task: b.task,
+                                consumer: self.consumer.clone(),
+                                outcome: Outcome::Failed(TaskError::Child(format!(
+                                    "the result could not be encoded: {e}"
+                                ))),
+                            })
+                            .collect();
+                        entry::encode(Kind::Result, build_id(), &self.key, &failed)
+                            .unwrap_or_default()
+                    });
+                let ids: Vec<&str> = these.iter().map(|(_, id)| id.as_str()).collect();
+                p.cmd("MULTI").ignore();
+                p.cmd("XADD")
+                    .arg(&results)
+                    .arg("*")
+                    .arg("m")
+                    .arg(entry)
+                    .ignore();
+                p.cmd("XACK").arg(&stream).arg(GROUP).arg(&ids).ignore();
+                p.cmd("XDEL").arg(&stream).arg(&ids).ignore();
+                p.cmd("EXEC").ignore();
+            }
+            // The caller's result stream lives an hour past the last answer (a caller that died
+            // leaves nothing behind for long).
+            p.cmd("PEXPIRE").arg(&results).arg(3_600_000u64).ignore();
+        }
+        p
     }
 
     fn keep_loop(self: Arc<Self>) {
@@ -726,6 +808,8 @@ impl Inner {
                 Ok(b) if plausible_name(&b.caller) => {
                     let _ = link.run(|c| redis::cmd("INCR").arg(self.keys.lost()).query::<()>(c));
                     self.answer(Done {
+                        taken: Instant::now(),
+                        blob: None,
                         stream_id: id,
                         caller: b.caller,
                         task: b.task,

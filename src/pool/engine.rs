@@ -33,6 +33,16 @@ impl Engine {
         }
     }
 
+    /// `imap`'s default window, in tasks: four per worker here; sixteen per worker process on a
+    /// broker, where every task also pays the round trips to it.
+    pub(crate) fn default_in_flight(&self) -> usize {
+        match self {
+            Engine::Local(s) => 4 * s.config.processes,
+            #[cfg(feature = "cluster")]
+            Engine::Cluster(c) => 16 * c.processes(),
+        }
+    }
+
     pub(crate) fn pids(&self) -> Vec<i32> {
         match self {
             Engine::Local(s) => s.pids(),

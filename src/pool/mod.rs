@@ -1321,7 +1321,7 @@ where
             input,
             input_done: false,
             chunksize: 1,
-            in_flight: 4 * pool.processes(),
+            in_flight: pool.shared.default_in_flight(),
             yielded: 0,
             ordered,
             decoded: BTreeMap::new(),
@@ -1335,7 +1335,8 @@ where
         self
     }
 
-    /// Tasks submitted ahead of what has been yielded (default: 4 per worker).
+    /// Tasks submitted ahead of what has been yielded (default: 4 per worker; 16 per worker
+    /// process on a broker).
     pub fn in_flight(mut self, tasks: usize) -> Self {
         self.in_flight = tasks.max(1);
         self
@@ -1546,7 +1547,8 @@ where
         ImapUnordered(self.0.chunksize(n))
     }
 
-    /// Tasks submitted ahead of what has been yielded (default: 4 per worker).
+    /// Tasks submitted ahead of what has been yielded (default: 4 per worker; 16 per worker
+    /// process on a broker).
     pub fn in_flight(self, tasks: usize) -> Self {
         ImapUnordered(self.0.in_flight(tasks))
     }
