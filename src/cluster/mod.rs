@@ -23,6 +23,31 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! The same, whole, on one machine: a worker in this process's threads (its tasks still run in
+//! processes of its own local pool), a caller, a map, and the pool's state as the broker sees it.
+//! (The crate's tests point `MP_REDIS_URL` at a Redis server.)
+//!
+//! ```
+//! use multiprocess::Pool;
+//! use multiprocess::cluster::{self, Broker, Worker};
+//! use std::time::Duration;
+//!
+//! fn square(x: u64) -> u64 {
+//!     x * x
+//! }
+//!
+//! # let url = std::env::var("MP_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+//! let broker = Broker::redis(&url, "doc-squares").authkey("secret");
+//! let worker = Worker::new(broker.clone()).processes(2).start()?;
+//! let pool = Pool::builder().broker(broker).processes(2).build()?;
+//! assert_eq!(pool.map(square, 1..=100)?.iter().sum::<u64>(), 338_350);
+//! let status = cluster::status(&url, "doc-squares")?;
+//! assert!(status.workers.iter().any(|w| w.consumer == worker.consumer() && w.alive));
+//! assert_eq!(pool.broker_stats().unwrap().outstanding, 0);
+//! worker.stop(Duration::from_secs(1));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! # What is promised
 //! - **At-least-once execution, each item's result delivered once.** A task runs at least once
 //!   and may run more than once (after a worker was lost, or paused past its lease): write tasks

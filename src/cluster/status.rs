@@ -90,6 +90,22 @@ pub(crate) fn describe(build: &str, processes: usize) -> String {
 
 /// Pool `pool`'s state on the broker at `url` (no key is needed: nothing secret is read).
 ///
+/// # Examples
+/// ```
+/// use multiprocess::cluster::{self, Broker, Worker};
+/// use std::time::Duration;
+///
+/// # let url = std::env::var("MP_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+/// let worker = Worker::new(Broker::redis(&url, "doc-status").authkey("k")).processes(1).start()?;
+/// let s = cluster::status(&url, "doc-status")?;
+/// let me = s.workers.iter().find(|w| w.consumer == worker.consumer()).unwrap();
+/// assert!(me.alive && me.processes == 1 && me.pid == std::process::id());
+/// assert_eq!((s.queued, s.in_flight), (0, 0));
+/// assert!(cluster::pools(&url)?.contains(&"doc-status".to_string()));
+/// worker.stop(Duration::ZERO);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
 /// # Errors
 /// The broker could not be reached or answered with an error.
 pub fn status(url: &str, pool: &str) -> Result<PoolStatus, ClusterError> {

@@ -330,6 +330,29 @@ impl PoolBuilder {
     /// `cluster`): see [`cluster`](crate::cluster) for the workers, what is promised, and how it
     /// differs from a local pool. `processes` then only sets the default chunk size and `imap`'s
     /// window (default: the live workers' processes).
+    ///
+    /// # Examples
+    /// ```
+    /// use multiprocess::{Pool, TaskError};
+    /// use multiprocess::cluster::{Broker, Worker};
+    /// use std::time::Duration;
+    ///
+    /// fn halve(x: u32) -> u32 {
+    ///     assert!(x % 2 == 0, "odd");
+    ///     x / 2
+    /// }
+    ///
+    /// # let url = std::env::var("MP_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    /// let broker = Broker::redis(&url, "doc-halve").authkey("k");
+    /// let worker = Worker::new(broker.clone()).processes(1).start()?;
+    /// let pool = Pool::builder().broker(broker).build()?;
+    /// assert_eq!(pool.apply(halve, 8), Ok(4));
+    /// let each = pool.map_results(halve, [2, 3]);
+    /// assert!(matches!(&each[1], Err(TaskError::Panicked { message }) if message == "odd"));
+    /// drop(pool);
+    /// worker.stop(Duration::from_secs(1));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[cfg(feature = "cluster")]
     pub fn broker(mut self, broker: crate::cluster::Broker) -> Self {
         self.broker = Some(broker);

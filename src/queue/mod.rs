@@ -266,13 +266,19 @@ impl<T> QueueBuilder<T> {
     /// is lost (with `appendfsync everysec`, up to a second of puts and gets).
     ///
     /// # Examples
-    /// ```no_run
-    /// use multiprocess::{Queue, cluster::Broker};
+    /// ```
+    /// use multiprocess::{Process, Queue, cluster::Broker};
     ///
-    /// let broker = Broker::redis("redis://127.0.0.1:6379", "jobs").authkey("secret");
+    /// fn produce(q: Queue<String>) {
+    ///     q.put("resize a.png".into()).unwrap();
+    /// }
+    ///
+    /// # let url = std::env::var("MP_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    /// let broker = Broker::redis(&url, "doc-jobs").authkey("secret");
     /// let q: Queue<String> = Queue::builder().broker(broker).build()?;
-    /// q.put("resize a.png".into()).unwrap();
-    /// # Ok::<(), std::io::Error>(())
+    /// Process::spawn(produce, q.clone())?.join()?; // the handle travels as the queue's address
+    /// assert_eq!(q.get()?, "resize a.png");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     #[cfg(feature = "cluster")]
     pub fn broker(mut self, broker: crate::cluster::Broker) -> Self {
