@@ -1071,3 +1071,29 @@ fn a_worker_tied_to_its_stdin_ends_with_it_and_leaves_the_pool() {
             })
         })));
 }
+
+fn sleep_ms(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+#[test]
+fn a_workers_task_timeout_fails_the_task_at_its_caller() {
+    let _deadline = watchdog("timeout");
+    let url = shared_url();
+    let pool = pool_name("timeout");
+    let mut w = Workers::new(&url, &pool).env(cluster::ENV_TASK_TIMEOUT_MS, 200);
+    w.start(1);
+    w.wait_live(1);
+    let p = Pool::builder().broker(broker(&url, &pool)).build().unwrap();
+    let r = p.apply_async(sleep_ms, 5_000).get_timeout(common::DEADLINE);
+    assert!(
+        matches!(r, Err(multiprocess::ResultTimeoutError::Failed(TaskError::Timeout(t))) if t == Duration::from_millis(200)),
+        "{r:?}"
+    );
+    // The worker replaced its local process and goes on.
+    assert_eq!(
+        p.apply_async(sleep_ms, 1).get_timeout(common::DEADLINE),
+        Ok(1)
+    );
+}

@@ -84,7 +84,9 @@
 //!   [`PoolBuilder::processes`](crate::PoolBuilder::processes) said); it sets the default chunk
 //!   size and `imap`'s window. `worker_pids()` is empty.
 //! - The builder's initializer, task and memory limits, task timeout and retries belong to the
-//!   workers' own pools; a broker pool ignores them.
+//!   workers' own pools; a broker pool ignores them. A worker sets its task timeout with
+//!   [`Worker::task_timeout`] (or `MULTIPROCESS_TASK_TIMEOUT_MS`); a task past it fails with
+//!   [`TaskError::Timeout`] at its caller.
 //!
 //! # Keys
 //! Every key of pool `P` carries the hash tag `{P}` (one Redis Cluster slot per pool):
@@ -330,6 +332,8 @@ pub const ENV_PROCESSES: &str = "MULTIPROCESS_PROCESSES";
 /// Worker mode: `1` ends the worker when its standard input ends (so that a supervisor holding
 /// the other end of a pipe takes its workers with it when it dies).
 pub const ENV_EXIT_ON_EOF: &str = "MULTIPROCESS_WORKER_EXIT_ON_EOF";
+/// Worker mode: the local pool's task timeout, in milliseconds (see [`Worker::task_timeout`]).
+pub const ENV_TASK_TIMEOUT_MS: &str = "MULTIPROCESS_TASK_TIMEOUT_MS";
 /// Worker mode: the lease, in milliseconds.
 pub const ENV_LEASE_MS: &str = "MULTIPROCESS_LEASE_MS";
 /// Worker mode: the most deliveries of a task.

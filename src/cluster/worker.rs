@@ -60,6 +60,7 @@ pub struct Worker {
     broker: Broker,
     processes: Option<usize>,
     method: Option<StartMethod>,
+    task_timeout: Option<Duration>,
 }
 
 /// A worker started with [`Worker::start`]; stop it with [`stop`](RunningWorker::stop).
@@ -127,7 +128,16 @@ impl Worker {
             broker,
             processes: None,
             method: None,
+            task_timeout: None,
         }
+    }
+
+    /// Kills the local process running a task for longer than `limit` (and replaces it); the
+    /// task fails with [`TaskError::Timeout`](crate::TaskError::Timeout), which goes back to its
+    /// caller (the local pool's [`task_timeout`](crate::PoolBuilder::task_timeout)).
+    pub fn task_timeout(mut self, limit: Duration) -> Worker {
+        self.task_timeout = Some(limit);
+        self
     }
 
     /// The processes of its local pool (default: the CPUs this process may use).
@@ -174,6 +184,9 @@ impl Worker {
         let mut b = Pool::builder().processes(processes);
         if let Some(m) = self.method {
             b = b.start_method(m);
+        }
+        if let Some(t) = self.task_timeout {
+            b = b.task_timeout(t);
         }
         let pool = b.build().map_err(ClusterError::LocalPool)?;
         let (tx, rx) = mpsc::channel();
@@ -903,6 +916,7 @@ fn worker_from_env() -> Result<Worker, ClusterError> {
     let broker = Broker::from_env()?;
     let key = crate::sys::entry::take_env(super::ENV_AUTHKEY);
     let processes = crate::sys::entry::take_env(super::ENV_PROCESSES);
+    let timeout = crate::sys::entry::take_env(super::ENV_TASK_TIMEOUT_MS);
     for k in [
         super::ENV_WORKER,
         super::ENV_BROKER,
@@ -924,6 +938,18 @@ fn worker_from_env() -> Result<Worker, ClusterError> {
                 ClusterError::Env(format!("{}={n:?} is not a number", super::ENV_PROCESSES))
             })?;
         w = w.processes(n);
+    }
+    if let Some(ms) = timeout {
+        let ms = ms
+            .to_str()
+            .and_then(|s| s.parse::<u64>().ok())
+            .ok_or_else(|| {
+                ClusterError::Env(format!(
+                    "{}={ms:?} is not a number",
+                    super::ENV_TASK_TIMEOUT_MS
+                ))
+            })?;
+        w = w.task_timeout(Duration::from_millis(ms));
     }
     Ok(w)
 }
