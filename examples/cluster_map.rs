@@ -36,6 +36,7 @@ fn count_primes((from, to): (u64, u64)) -> (u64, u32) {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    support::refuse_main_in_a_worker();
     const POOL: &str = "primes";
     let key = std::env::var(cluster::ENV_AUTHKEY).unwrap_or_else(|_| "example key".into());
     // A broker given on the command line has workers of its own; otherwise start everything here.

@@ -20,7 +20,7 @@ use multiprocess::{
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
-#[cfg(feature = "cluster")]
+#[cfg(feature = "worker-env")]
 #[path = "support/redis.rs"]
 mod support;
 use std::error::Error;
@@ -32,6 +32,8 @@ use std::time::{Duration, Instant};
 type Result<T = (), E = Box<dyn Error>> = std::result::Result<T, E>;
 
 fn main() -> Result {
+    #[cfg(feature = "worker-env")]
+    support::refuse_main_in_a_worker();
     let me = current_process();
     println!(
         "multiprocess tour: {} is pid {}, {} CPUs, default start method {}",
@@ -107,10 +109,10 @@ fn main() -> Result {
     busy_cpus()?;
 
     section("10. Past one machine: Pool and Queue on Redis Streams");
-    #[cfg(feature = "cluster")]
+    #[cfg(feature = "worker-env")]
     past_one_machine()?;
-    #[cfg(not(feature = "cluster"))]
-    println!("   (built without the `cluster` feature)");
+    #[cfg(not(feature = "worker-env"))]
+    println!("   (built without the `worker-env` feature)");
 
     section("Still to come");
     println!("   Python clients of the manager, Rust clients of Python managers");
@@ -1731,20 +1733,20 @@ fn manager_served() -> Result {
 // 10. Past one machine
 
 /// A slow square, with the pid of the process that ran it.
-#[cfg(feature = "cluster")]
+#[cfg(feature = "worker-env")]
 fn slow_square_with_pid(x: u64) -> (u64, u32) {
     std::thread::sleep(Duration::from_millis(10));
     (x * x, std::process::id())
 }
 
-#[cfg(feature = "cluster")]
+#[cfg(feature = "worker-env")]
 fn put_ten(q: Queue<String>) {
     for i in 0..10 {
         q.put(format!("job {i}")).unwrap();
     }
 }
 
-#[cfg(feature = "cluster")]
+#[cfg(feature = "worker-env")]
 fn past_one_machine() -> Result {
     use multiprocess::cluster::{self, Broker};
     const KEY: &str = "tour key";

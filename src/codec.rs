@@ -33,6 +33,51 @@ thread_local! {
     static INCOMING: RefCell<Vec<Vec<Option<OwnedFd>>>> = const { RefCell::new(Vec::new()) };
 }
 
+thread_local! {
+    /// Set while encoding what will leave this machine through a broker (nonzero: how deep).
+    static LEAVING: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Set for good in a broker worker's local processes: everything they encode is a result that
+/// goes back through the broker.
+static PROCESS_LEAVING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether the value being encoded will leave this machine through a broker, in clear: objects
+/// that travel as their key (a `Manager`, a proxy, a `Queue` on a broker) refuse to.
+pub(crate) fn leaves_machine() -> bool {
+    PROCESS_LEAVING.load(std::sync::atomic::Ordering::Relaxed)
+        || LEAVING.try_with(|l| l.get() > 0).unwrap_or(false)
+}
+
+/// Marks this process as a broker worker's local process (see [`leaves_machine`]).
+#[cfg(feature = "cluster")]
+pub(crate) fn mark_process_leaving() {
+    PROCESS_LEAVING.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The refusal of an object whose key would travel in clear.
+pub(crate) const KEY_WOULD_LEAVE: &str = "cannot travel through a broker: its key would be \
+     stored there in clear; send its address or name, and build it with the key on the other side";
+
+/// [`encode`], for bytes that will leave this machine through a broker when `leaving` is set.
+pub(crate) fn encode_leaving<T: Serialize + ?Sized>(
+    value: &T,
+    leaving: bool,
+) -> Result<(Vec<u8>, Vec<RawFd>), String> {
+    leaving_if(leaving, || encode(value))
+}
+
+/// Runs `f` (an encode) as one whose bytes leave this machine through a broker, if `leaving`.
+pub(crate) fn leaving_if<R>(leaving: bool, f: impl FnOnce() -> R) -> R {
+    if !leaving {
+        return f();
+    }
+    let _ = LEAVING.try_with(|l| l.set(l.get() + 1));
+    let r = f();
+    let _ = LEAVING.try_with(|l| l.set(l.get().saturating_sub(1)));
+    r
+}
+
 fn options() -> impl Options {
     bincode::DefaultOptions::new().with_fixint_encoding()
 }

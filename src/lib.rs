@@ -297,6 +297,10 @@
 //! - `cluster` (default): [`Pool`] and [`Queue`] on a broker (Redis Streams, Redis 6.2+ or
 //!   Valkey), with workers on many machines: see the [`cluster`] module. It brings the `redis`
 //!   crate (sync API, streams only, no async runtime).
+//! - `worker-env` (default): worker mode from the environment: a program started with
+//!   `MULTIPROCESS_WORKER` set becomes a worker of that pool before `main` (see
+//!   [`cluster::Broker::from_env`]). A tool that links the crate but must never serve tasks leaves
+//!   it out (the `multiprocess` command does).
 //! - `tracing`: events (target `multiprocess`) for what the crate does on its own behalf (a lock
 //!   taken over from a dead holder, a fork server replaced, a queue repaired after a dead producer or
 //!   consumer, corrupt shared state) and for errors it has nobody to return to. Without the feature

@@ -290,23 +290,12 @@ fn pool_status_shows_workers_and_tasks_on_the_broker() {
     );
     let pool = format!("cli-{}", std::process::id());
     let dir = Dir::new("pool");
-    // A worker: this test binary in worker mode, with one local process.
-    let worker = Served(
-        Command::new(std::env::current_exe().unwrap())
-            .env(cluster::ENV_WORKER, &pool)
-            .env(cluster::ENV_BROKER, &url)
-            .env(cluster::ENV_AUTHKEY, "k")
-            .env(cluster::ENV_PROCESSES, "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let pid = worker.0.id();
-    until_up(|| match cluster::status(&url, &pool) {
-        Ok(s) if s.workers.iter().any(|w| w.alive) => Ok(()),
-        other => Err(format!("{other:?}")),
-    });
+    // A worker in this process's threads (its tasks run in a local process of its own).
+    let worker = cluster::Worker::new(Broker::redis(&url, &pool).authkey("k"))
+        .processes(1)
+        .start()
+        .unwrap();
+    let pid = std::process::id();
     let p = Pool::builder()
         .broker(Broker::redis(&url, &pool).authkey("k"))
         .build()
@@ -347,9 +336,7 @@ fn pool_status_shows_workers_and_tasks_on_the_broker() {
     for t in tasks {
         assert_eq!(t.get(), Ok(7));
     }
-    // The worker killed: it is shown dead once its heartbeat expires (the default lease, 30 s,
-    // is its lifetime; the description stays until another worker cleans it up).
-    drop(worker);
+    worker.stop(Duration::from_secs(1));
     let out = run(&[
         "pool",
         "status",

@@ -56,6 +56,19 @@ impl Drop for RedisServer {
     }
 }
 
+/// Set for the workers started here: such a process is a worker, and must never run `main`
+/// (see [`refuse_main_in_a_worker`]).
+const NOT_MAIN: &str = "MP_EXAMPLE_WORKER";
+
+/// Ends a process started as a worker that reached `main` (worker mode not built in), before it
+/// starts workers of its own.
+pub(crate) fn refuse_main_in_a_worker() {
+    if std::env::var_os(NOT_MAIN).is_some() {
+        eprintln!("started as a worker, but this build has no worker mode (feature worker-env)");
+        std::process::exit(3);
+    }
+}
+
 /// Worker processes: this program started in worker mode. Killed when dropped.
 pub(crate) struct LocalWorkers(pub(crate) Vec<Child>);
 
@@ -76,7 +89,10 @@ impl LocalWorkers {
                     .env(multiprocess::cluster::ENV_AUTHKEY, key)
                     .env(multiprocess::cluster::ENV_PROCESSES, processes.to_string())
                     .env(multiprocess::cluster::ENV_LEASE_MS, "1000")
-                    .stdin(Stdio::null())
+                    // Tied to this program: they end when it does, however it ends.
+                    .env(multiprocess::cluster::ENV_EXIT_ON_EOF, "1")
+                    .env(NOT_MAIN, "1")
+                    .stdin(Stdio::piped())
                     .spawn()?,
             );
         }

@@ -38,6 +38,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+/// A caller's socket reads wait at most this (its blocking reads block a tenth of it): a broker
+/// that stops answering costs a look at most a few of these.
+const LINK_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often the caller looks after its table.
 const LOOK_EVERY: Duration = Duration::from_millis(250);
 /// A task sent this long ago is checked for having vanished from the stream.
@@ -95,6 +98,8 @@ struct Out {
     blob: Option<Blob>,
     stream_id: Option<String>,
     sent: Instant,
+    /// In `unsent` now (so that it is queued once).
+    queued: bool,
 }
 
 fn io_error(e: ClusterError) -> std::io::Error {
@@ -113,22 +118,25 @@ impl Caller {
         crate::process::bootstrap::ensure_constructor_linked();
         let (keys, key) = broker.ready().map_err(io_error)?;
         let name = unique_name();
-        let mut link = Link::new(&broker.url, Duration::from_secs(5))
-            .map_err(|e| io_error(broker.error(e)))?;
+        let mut link =
+            Link::new(&broker.url, LINK_TIMEOUT).map_err(|e| io_error(broker.error(e)))?;
         let setup = link.run(|c| {
             ensure_group(c, &keys.tasks())?;
             let workers = read_workers(c, &keys)?;
             Ok(workers)
         });
         let workers = setup.map_err(|e| io_error(broker.error(e)))?;
+        let mine = super::key_id(&key);
         let live: usize = workers
             .iter()
-            .filter(|w| w.alive && w.build == hex(build_id()))
+            .filter(|w| w.alive && w.build == hex(build_id()) && w.key_id == mine)
             .map(|w| w.processes)
-            .sum();
+            .fold(0, usize::saturating_add);
         let caller = Arc::new(Caller {
             results: keys.results(&name),
-            processes: processes.unwrap_or(live).max(1),
+            processes: processes
+                .unwrap_or(live)
+                .clamp(1, super::status::MAX_PROCESSES),
             broker,
             keys,
             key,
@@ -220,6 +228,7 @@ impl Caller {
                                 blob,
                                 stream_id: None,
                                 sent: Instant::now(),
+                                queued: true,
                             },
                         );
                         st.unsent.push_back(id);
@@ -229,7 +238,15 @@ impl Caller {
             }
         }
         run_all(cbs);
-        self.flush();
+        // Sent from here, unless another thread is sending (it takes these too) or the broker
+        // was just found down (the reader's next look sends them): a submit does not wait on a
+        // broker that does not answer.
+        let Ok(mut link) = self.send.try_lock() else {
+            return;
+        };
+        if !link.down_lately(Duration::from_secs(1)) {
+            self.flush_with(&mut link);
+        }
     }
 
     fn entry_of(
@@ -251,6 +268,7 @@ impl Caller {
             (Payload::Inline(chunk.args), None)
         };
         let body = TaskBody {
+            pool: self.broker.pool.clone(),
             caller: self.name.clone(),
             task: id,
             runner: runner.clone(),
@@ -268,6 +286,10 @@ impl Caller {
     /// Sends the tasks waiting to be sent, pipelined; those that could not go stay waiting.
     fn flush(&self) {
         let mut link = self.send.lock().unwrap_or_else(|p| p.into_inner());
+        self.flush_with(&mut link);
+    }
+
+    fn flush_with(&self, link: &mut Link) {
         loop {
             let batch: Vec<(u64, Arc<Vec<u8>>, Option<Blob>)> = {
                 let mut st = self.lock();
@@ -276,7 +298,8 @@ impl Caller {
                     let Some(id) = st.unsent.pop_front() else {
                         break;
                     };
-                    if let Some(o) = st.out.get(&id) {
+                    if let Some(o) = st.out.get_mut(&id) {
+                        o.queued = false;
                         v.push((id, o.entry.clone(), o.blob.clone()));
                     }
                 }
@@ -317,7 +340,12 @@ impl Caller {
                 Err(e) => {
                     crate::trace::event!(warn, "a pool could not send tasks to its broker: {e}");
                     for (id, _, _) in batch.into_iter().rev() {
-                        st.unsent.push_front(id);
+                        if let Some(o) = st.out.get_mut(&id)
+                            && !o.queued
+                        {
+                            o.queued = true;
+                            st.unsent.push_front(id);
+                        }
                     }
                     return;
                 }
@@ -416,7 +444,7 @@ impl Caller {
 
     /// The reader: results as they come, and a look after the table every [`LOOK_EVERY`].
     fn receive(self: Arc<Self>) {
-        let mut link = match Link::new(&self.broker.url, Duration::from_secs(5)) {
+        let mut link = match Link::new(&self.broker.url, LINK_TIMEOUT) {
             Ok(l) => l,
             Err(_) => return, // the URL parsed in `start`
         };
@@ -470,6 +498,14 @@ impl Caller {
                 match bodies {
                     Ok(rs) => {
                         for r in rs {
+                            if r.caller != self.name {
+                                crate::trace::event!(
+                                    warn,
+                                    "a pool dropped a result for another caller ({})",
+                                    r.caller
+                                );
+                                continue;
+                            }
                             match st.out.remove(&r.task) {
                                 Some(o) => {
                                     o.batch.lock().tasks.remove(&r.task);
@@ -511,8 +547,11 @@ impl Caller {
                 Outcome::Failed(e) => Body::Failed(e),
                 Outcome::Results(Payload::Inline(b)) => Body::Results(b),
                 Outcome::Results(Payload::Blob { key, len, sha256 }) => {
-                    let got = fetch_blob(link, &key, len, sha256);
-                    let _ = link.run(|c| redis::cmd("DEL").arg(&key).query::<()>(c));
+                    let prefix = self.keys.blob_prefix();
+                    let got = fetch_blob(link, &prefix, &key, len, sha256);
+                    if key.starts_with(&prefix) {
+                        let _ = link.run(|c| redis::cmd("DEL").arg(&key).query::<()>(c));
+                    }
                     match got {
                         Ok(b) => Body::Results(ByteBuf::from(b)),
                         Err(e) => Body::Failed(TaskError::Broker(e)),
@@ -557,7 +596,14 @@ impl Caller {
                     drop(st);
                     let _ = link.run(|c| ensure_group(c, &self.keys.tasks()));
                     let mut st = self.lock();
-                    let ids: Vec<u64> = st.out.keys().copied().collect();
+                    let mut ids = Vec::new();
+                    for (id, o) in st.out.iter_mut() {
+                        o.stream_id = None;
+                        if !o.queued {
+                            o.queued = true;
+                            ids.push(*id);
+                        }
+                    }
                     st.resent += ids.len() as u64;
                     st.unsent.extend(ids);
                     *last = "0-0".into();
@@ -657,8 +703,11 @@ impl Caller {
             for id in resend {
                 if let Some(o) = st.out.get_mut(&id) {
                     o.stream_id = None;
+                    if !o.queued {
+                        o.queued = true;
+                        st.unsent.push_back(id);
+                    }
                 }
-                st.unsent.push_back(id);
             }
         }
     }
@@ -669,13 +718,20 @@ impl Caller {
             return;
         };
         let mine = hex(build_id());
+        let key = super::key_id(&self.key);
         let live: Vec<_> = workers.iter().filter(|w| w.alive).collect();
         let mut st = self.lock();
-        if live.iter().any(|w| w.build == mine) {
+        if live.iter().any(|w| w.build == mine && w.key_id == key) {
             st.live_at = Instant::now();
             st.seen.clear();
         } else if live.is_empty() {
             st.seen = "; no worker is alive".into();
+        } else if live.iter().any(|w| w.build == mine) {
+            st.seen = format!(
+                "; {} live workers of this build hold another pool key (fingerprint {}, not {key})",
+                live.len(),
+                live[0].key_id
+            );
         } else {
             let builds: Vec<String> = live.iter().map(|w| short(&w.build)).collect();
             st.seen = format!(
@@ -695,10 +751,14 @@ pub(crate) fn short(build: &str) -> String {
 /// A blob's bytes, checked against its length and digest.
 pub(crate) fn fetch_blob(
     link: &mut Link,
+    prefix: &str,
     key: &str,
     len: u64,
     sha256: [u8; 32],
 ) -> Result<Vec<u8>, String> {
+    if !key.starts_with(prefix) || len > entry::MAX_BLOB {
+        return Err(format!("a payload key {key:?} that is not this pool's"));
+    }
     let got: Option<Vec<u8>> = link
         .run(|c| redis::cmd("GET").arg(key).query(c))
         .map_err(|e| format!("could not read the payload {key}: {e}"))?;

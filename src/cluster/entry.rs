@@ -37,6 +37,8 @@ const MAC_LEN: usize = 32;
 const MAX_BUILD: usize = 64;
 /// The most bytes an entry may hold (larger payloads go beside the stream as blobs).
 pub(crate) const MAX_ENTRY: usize = 8 << 20;
+/// The largest payload kept beside the stream (Redis's own limit for a string is 512 MB).
+pub(crate) const MAX_BLOB: u64 = 512 << 20;
 /// Payloads above this go beside the stream, in a key of their own.
 pub(crate) const BLOB_OVER: usize = 1 << 20;
 
@@ -85,6 +87,8 @@ pub(crate) enum Payload {
 /// A task on the stream.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct TaskBody {
+    /// The pool it was sent to (an entry copied into another pool's stream is refused there).
+    pub(crate) pool: String,
     /// The caller's name: its results go to `Keys::results(caller)`.
     pub(crate) caller: String,
     /// The task's number at the caller.
@@ -112,6 +116,8 @@ impl TaskBody {
 /// written with the acknowledgement of all their tasks in one transaction).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct ResultBody {
+    /// The caller it answers (an entry copied into another caller's stream is refused there).
+    pub(crate) caller: String,
     pub(crate) task: u64,
     /// The worker (consumer) that answered.
     pub(crate) consumer: String,
@@ -269,6 +275,7 @@ mod tests {
 
     fn body() -> ResultBody {
         ResultBody {
+            caller: "c".into(),
             task: 7,
             consumer: "c".into(),
             outcome: Outcome::Failed(TaskError::WorkerLost { deliveries: 3 }),
@@ -330,6 +337,7 @@ mod tests {
         }
         let func = Func::of(f).unwrap();
         let task = TaskBody {
+            pool: "p".into(),
             caller: "host-1-00".into(),
             task: 3,
             runner: func.clone(),

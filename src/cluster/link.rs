@@ -26,6 +26,8 @@ pub(crate) struct Link {
     pid: i32,
     /// When the last command succeeded (or the link was made).
     pub(crate) ok_at: Instant,
+    /// When a command last failed for want of the broker.
+    failed_at: Option<Instant>,
 }
 
 impl std::fmt::Debug for Link {
@@ -45,6 +47,7 @@ impl Link {
             last_dial: None,
             pid: 0,
             ok_at: Instant::now(),
+            failed_at: None,
         })
     }
 
@@ -65,7 +68,13 @@ impl Link {
                 }
             }
             self.last_dial = Some(Instant::now());
-            let con = self.client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
+            let con = match self.client.get_connection_with_timeout(CONNECT_TIMEOUT) {
+                Ok(con) => con,
+                Err(e) => {
+                    self.failed_at = Some(Instant::now());
+                    return Err(e);
+                }
+            };
             con.set_read_timeout(Some(self.read_timeout))?;
             con.set_write_timeout(Some(self.read_timeout))?;
             self.con = Some(con);
@@ -82,12 +91,20 @@ impl Link {
             Err(e) => {
                 if !is_answer(&e) {
                     self.con = None;
+                    self.failed_at = Some(Instant::now());
                 } else {
                     self.ok_at = Instant::now();
                 }
                 Err(e)
             }
         }
+    }
+
+    /// Whether a command failed for want of the broker less than `within` ago (and none has
+    /// succeeded since).
+    pub(crate) fn down_lately(&self, within: std::time::Duration) -> bool {
+        self.failed_at
+            .is_some_and(|f| f > self.ok_at && f.elapsed() < within)
     }
 
     /// Whether a connection is open now.

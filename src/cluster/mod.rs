@@ -106,6 +106,7 @@ pub(crate) use caller::Caller;
 pub(crate) use queue::{BrokerQueue, QFail, QueueRef};
 pub use status::pools;
 pub use status::{PoolStatus, WorkerStatus, status};
+#[cfg(feature = "worker-env")]
 pub(crate) use worker::main_from_env as worker_main_from_env;
 pub use worker::{RunningWorker, Worker};
 
@@ -374,6 +375,10 @@ impl Keys {
     pub(crate) fn blob(&self, owner: &str, id: u64) -> String {
         format!("{}b:{owner}:{id}", self.prefix)
     }
+    /// What every blob key of the pool starts with (a blob named elsewhere is refused).
+    pub(crate) fn blob_prefix(&self) -> String {
+        format!("{}b:", self.prefix)
+    }
     pub(crate) fn workers(&self) -> String {
         format!("{}workers", self.prefix)
     }
@@ -426,6 +431,15 @@ pub(crate) fn hostname() -> String {
         .ok()
         .filter(|h: &String| !h.is_empty())
         .unwrap_or_else(|| "host".into())
+}
+
+/// A fingerprint of a pool key: the first 8 bytes of HMAC-SHA256(key, a fixed text), in hex.
+pub(crate) fn key_id(key: &[u8]) -> String {
+    use hmac::Mac;
+    let mut m = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(key)
+        .unwrap_or_else(|_| unreachable!("HMAC takes a key of any length"));
+    m.update(b"multiprocess pool key id");
+    hex(&m.finalize().into_bytes()[..8])
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {

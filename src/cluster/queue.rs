@@ -76,8 +76,9 @@ pub(crate) struct BrokerQueue {
     unfinished: String,
     /// This process's consumer name, and the pid it was made for (a forked child makes its own).
     consumer: Mutex<(i32, String)>,
-    put: Mutex<Link>,
-    get: Mutex<Link>,
+    /// Connections not in use (each operation takes one, so that a blocking get does not hold
+    /// up a put, a `len` or another thread's get).
+    links: Links,
     last_len: AtomicU64,
     last_claim: Mutex<Option<Instant>>,
 }
@@ -155,7 +156,6 @@ impl BrokerQueue {
                 r.name, r.item
             )));
         }
-        let get = link()?;
         let r = QueueRef {
             maxsize: maxsize.parse().unwrap_or(r.maxsize),
             ..r
@@ -164,8 +164,10 @@ impl BrokerQueue {
             stream,
             unfinished: format!("{prefix}u"),
             consumer: Mutex::new((crate::sys::getpid(), unique_name())),
-            put: Mutex::new(put),
-            get: Mutex::new(get),
+            links: Links {
+                url: r.url.clone(),
+                idle: Mutex::new(vec![put]),
+            },
             last_len: AtomicU64::new(0),
             last_claim: Mutex::new(None),
             r,
@@ -191,15 +193,21 @@ impl BrokerQueue {
 
     /// The items in the queue (the last count the broker gave, when it cannot be reached now).
     pub(crate) fn len(&self) -> usize {
-        let mut link = self.put.lock().unwrap_or_else(|p| p.into_inner());
-        if let Ok(n) = link.run(|c| redis::cmd("XLEN").arg(&self.stream).query::<u64>(c)) {
+        if let Ok(mut link) = self.links.take()
+            && let Ok(n) = link.run(|c| redis::cmd("XLEN").arg(&self.stream).query::<u64>(c))
+        {
             self.last_len.store(n, Ordering::Relaxed);
         }
         self.last_len.load(Ordering::Relaxed) as usize
     }
 
+    /// An item's entry: the queue's name, a NUL, the item (all under the MAC).
     fn item_entry(&self, item: &[u8]) -> Vec<u8> {
-        entry::encode_raw(Kind::Item, super::build_id(), &self.r.key, item)
+        let mut body = Vec::with_capacity(self.r.name.len() + 1 + item.len());
+        body.extend_from_slice(self.r.name.as_bytes());
+        body.push(0);
+        body.extend_from_slice(item);
+        entry::encode_raw(Kind::Item, super::build_id(), &self.r.key, &body)
     }
 
     /// Puts one encoded item, waiting for room as `wait` allows.
@@ -212,7 +220,7 @@ impl BrokerQueue {
             )));
         }
         let e = self.item_entry(item);
-        let mut link = self.put.lock().unwrap_or_else(|p| p.into_inner());
+        let mut link = self.links.take()?;
         let mut pause = Duration::from_millis(1);
         let mut failing_since: Option<Instant> = None;
         loop {
@@ -246,7 +254,7 @@ impl BrokerQueue {
     /// Takes one item, waiting as `wait` allows.
     pub(crate) fn get(&self, wait: Wait) -> Result<Vec<u8>, QFail> {
         let consumer = self.consumer();
-        let mut link = self.get.lock().unwrap_or_else(|p| p.into_inner());
+        let mut link = self.links.take()?;
         let mut failing_since: Option<Instant> = None;
         loop {
             let block = match wait {
@@ -300,10 +308,19 @@ impl BrokerQueue {
                             "a broker queue could not acknowledge {id}: {e}"
                         );
                     }
-                    return entry::field(&map)
+                    let item = entry::field(&map)
                         .and_then(|m| entry::check(m, Kind::Item, &self.r.key))
-                        .map(|c| c.raw().to_vec())
-                        .map_err(|e| QFail::Corrupt(format!("entry {id}: {e}")));
+                        .map_err(|e| QFail::Corrupt(format!("entry {id}: {e}")))?;
+                    // Bound to this queue: an item copied from another queue under the same key
+                    // is refused, not decoded as this queue's type.
+                    return item
+                        .raw()
+                        .strip_prefix(self.r.name.as_bytes())
+                        .and_then(|rest| rest.strip_prefix(b"\0"))
+                        .map(<[u8]>::to_vec)
+                        .ok_or_else(|| {
+                            QFail::Corrupt(format!("entry {id} is an item of another queue"))
+                        });
                 }
                 Some(Ok(None)) | None => failing_since = None,
                 Some(Err(e)) if is_nogroup(&e) => {
@@ -360,7 +377,9 @@ impl BrokerQueue {
 
     /// Marks one item done; false if none is unfinished.
     pub(crate) fn task_done(&self) -> Result<bool, String> {
-        let mut link = self.put.lock().unwrap_or_else(|p| p.into_inner());
+        let Ok(mut link) = self.links.take() else {
+            return Err("the broker could not be reached".into());
+        };
         link.run(|c| {
             redis::cmd("EVAL")
                 .arg(TASK_DONE)
@@ -373,7 +392,9 @@ impl BrokerQueue {
     }
 
     pub(crate) fn unfinished(&self) -> usize {
-        let mut link = self.put.lock().unwrap_or_else(|p| p.into_inner());
+        let Ok(mut link) = self.links.take() else {
+            return 0;
+        };
         link.run(|c| {
             redis::cmd("GET")
                 .arg(&self.unfinished)
@@ -405,7 +426,9 @@ impl Drop for BrokerQueue {
     /// to take over).
     fn drop(&mut self) {
         let consumer = self.consumer();
-        let link = self.get.get_mut().unwrap_or_else(|p| p.into_inner());
+        let Ok(mut link) = self.links.take() else {
+            return;
+        };
         let _ = link.run(|c| {
             let mine: redis::streams::StreamPendingCountReply = redis::cmd("XPENDING")
                 .arg(&self.stream)
@@ -425,6 +448,62 @@ impl Drop for BrokerQueue {
             }
             Ok(())
         });
+    }
+}
+
+/// A queue handle's idle connections.
+struct Links {
+    url: String,
+    idle: Mutex<Vec<Link>>,
+}
+
+/// A connection taken from [`Links`], given back when dropped.
+struct Taken<'a> {
+    links: &'a Links,
+    link: Option<Link>,
+}
+
+impl Links {
+    /// An idle connection, or a new one. Never waits on another thread: the list is only
+    /// tried (a `Fork` child of a process whose other thread held it would wait for ever).
+    fn take(&self) -> Result<Taken<'_>, QFail> {
+        let idle = self.idle.try_lock().ok().and_then(|mut v| v.pop());
+        let link = match idle {
+            Some(l) => l,
+            None => Link::new(&self.url, Duration::from_secs(5))
+                .map_err(|e| QFail::Broker(e.to_string()))?,
+        };
+        Ok(Taken {
+            links: self,
+            link: Some(link),
+        })
+    }
+}
+
+impl std::ops::Deref for Taken<'_> {
+    type Target = Link;
+    fn deref(&self) -> &Link {
+        self.link
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("taken until dropped"))
+    }
+}
+
+impl std::ops::DerefMut for Taken<'_> {
+    fn deref_mut(&mut self) -> &mut Link {
+        self.link
+            .as_mut()
+            .unwrap_or_else(|| unreachable!("taken until dropped"))
+    }
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        if let (Some(link), Ok(mut idle)) = (self.link.take(), self.links.idle.try_lock())
+            && idle.len() < 4
+        {
+            idle.push(link);
+        }
     }
 }
 

@@ -22,6 +22,9 @@ pub struct WorkerStatus {
     pub processes: usize,
     /// Its program's build (hex).
     pub build: String,
+    /// A fingerprint of its pool key (the first 8 bytes of an HMAC under it, hex): a worker
+    /// whose key differs from a caller's cannot read that caller's tasks.
+    pub key_id: String,
     /// Whether its heartbeat is current.
     pub alive: bool,
     /// The tasks it holds (delivered to it and not yet answered).
@@ -65,13 +68,15 @@ pub(crate) fn read_workers(c: &mut Connection, keys: &Keys) -> RedisResult<Vec<W
         .map(|((consumer, info), alive)| {
             let mut f = info.split(' ');
             let mut next = || f.next().unwrap_or("").to_string();
-            let (build, host, pid, processes) = (next(), next(), next(), next());
+            let (build, host, pid, processes, key_id) = (next(), next(), next(), next(), next());
             WorkerStatus {
                 consumer,
                 host,
                 pid: pid.parse().unwrap_or(0),
-                processes: processes.parse().unwrap_or(0),
+                // (Anyone who can write to the broker writes this: bounded.)
+                processes: processes.parse::<usize>().unwrap_or(0).min(MAX_PROCESSES),
                 build,
+                key_id,
                 alive,
                 pending: 0,
             }
@@ -80,13 +85,16 @@ pub(crate) fn read_workers(c: &mut Connection, keys: &Keys) -> RedisResult<Vec<W
 }
 
 /// The description a worker registers under its consumer name.
-pub(crate) fn describe(build: &str, processes: usize) -> String {
+pub(crate) fn describe(build: &str, processes: usize, key_id: &str) -> String {
     format!(
-        "{build} {} {} {processes}",
+        "{build} {} {} {processes} {key_id}",
         super::hostname(),
         std::process::id()
     )
 }
+
+/// The most processes a worker's description may claim.
+pub(crate) const MAX_PROCESSES: usize = 4096;
 
 /// Pool `pool`'s state on the broker at `url` (no key is needed: nothing secret is read).
 ///

@@ -110,6 +110,37 @@ struct Done {
     outcome: Outcome,
 }
 
+/// Answers tasks: the result entry, then (only if it was written) the acknowledgement and the
+/// deletion of the tasks, in one script, which Redis runs whole or, on an error, stops there.
+/// (`MULTI` would go on past a failed `XADD` and acknowledge tasks whose result was lost.)
+/// KEYS: the caller's result stream, the task stream; ARGV: the entry, the group, the result
+/// stream's time to live (ms), then the task ids.
+const ANSWER: &str = r"
+redis.call('XADD', KEYS[1], '*', 'm', ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('XACK', KEYS[2], ARGV[2], unpack(ARGV, 4))
+redis.call('XDEL', KEYS[2], unpack(ARGV, 4))
+return 1
+";
+
+/// Removes a consumer from the group, and its description, only if it holds nothing: atomic,
+/// unlike a look (`XINFO`) then a `DELCONSUMER`. KEYS: the task stream, the workers' hash;
+/// ARGV: the group, the consumer.
+const FORGET_IDLE_CONSUMER: &str = r"
+local held = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
+if #held > 0 then return 0 end
+redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HDEL', KEYS[2], ARGV[2])
+return 1
+";
+
+/// A caller's result stream lives this long past the last answer (a caller that died leaves
+/// nothing behind for long).
+const RESULTS_TTL_MS: u64 = 3_600_000;
+
+/// The most items in one task a worker takes (a task claiming more is not one a caller made).
+const MAX_TASK_ITEMS: u32 = 1 << 24;
+
 /// The most answers in one result entry.
 const ANSWERS_PER_ENTRY: usize = 64;
 
@@ -178,10 +209,18 @@ impl Worker {
         let build = hex(build_id());
         link.run(|c| {
             ensure_group(c, &keys.tasks())?;
-            register(c, &keys, &consumer, &build, processes, self.broker.lease)
+            register(
+                c,
+                &keys,
+                &consumer,
+                &build,
+                processes,
+                self.broker.lease,
+                &super::key_id(&key),
+            )
         })
         .map_err(|e| self.broker.error(e))?;
-        let mut b = Pool::builder().processes(processes);
+        let mut b = Pool::builder().processes(processes).leaving();
         if let Some(m) = self.method {
             b = b.start_method(m);
         }
@@ -234,12 +273,13 @@ fn register(
     build: &str,
     processes: usize,
     lease: Duration,
+    key_id: &str,
 ) -> RedisResult<()> {
     redis::pipe()
         .cmd("HSET")
         .arg(keys.workers())
         .arg(consumer)
-        .arg(describe(build, processes))
+        .arg(describe(build, processes, key_id))
         .ignore()
         .cmd("SET")
         .arg(keys.heartbeat(consumer))
@@ -403,6 +443,16 @@ impl Inner {
         self.release(id);
     }
 
+    /// Leaves an entry this worker cannot read pending (see `take`), unrenewed.
+    fn leave(&self, id: &str, why: &str) {
+        crate::trace::event!(
+            warn,
+            "worker {}: left entry {id} to others: {why}",
+            self.consumer
+        );
+        self.release(id);
+    }
+
     fn release(&self, id: &str) {
         self.release_all(std::iter::once(id));
     }
@@ -423,15 +473,23 @@ impl Inner {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id.clone());
+        // An entry this worker cannot read (another key, another version of the crate, or
+        // junk) is left pending, not deleted: a worker that can read it takes it after the lease,
+        // and one that finds it past the most deliveries drops it. Deleting it here would make a
+        // misconfigured worker swallow every task.
         let checked =
             match entry::field(&e.map).and_then(|m| entry::check(m, Kind::Task, &self.key)) {
                 Ok(c) => c,
-                Err(why) => return self.discard(link, &id, &why.to_string()),
+                Err(why) => return self.leave(&id, &why.to_string()),
             };
         let body = match checked.body::<TaskBody>() {
-            Ok(b) if plausible_name(&b.caller) => b,
-            Ok(_) => return self.discard(link, &id, "the caller's name is not one"),
-            Err(why) => return self.discard(link, &id, &why.to_string()),
+            Ok(b) if b.pool != self.broker.pool => {
+                // Authentic, but sent to another pool (copied here): not this pool's to run.
+                return self.discard(link, &id, "a task of another pool");
+            }
+            Ok(b) if plausible_name(&b.caller) && b.count <= MAX_TASK_ITEMS => b,
+            Ok(_) => return self.discard(link, &id, "not a task this worker can run"),
+            Err(why) => return self.leave(&id, &why.to_string()),
         };
         let theirs = checked.build_hex();
         if theirs != self.build {
@@ -454,19 +512,21 @@ impl Inner {
         }
         let args = match &body.args {
             Payload::Inline(b) => b.clone(),
-            Payload::Blob { key, len, sha256 } => match fetch_blob(link, key, *len, *sha256) {
-                Ok(b) => ByteBuf::from(b),
-                Err(why) => {
-                    return self.answer(Done {
-                        taken: Instant::now(),
-                        blob: None,
-                        stream_id: id,
-                        caller: body.caller,
-                        task: body.task,
-                        outcome: Outcome::Failed(TaskError::Broker(why)),
-                    });
+            Payload::Blob { key, len, sha256 } => {
+                match fetch_blob(link, &self.keys.blob_prefix(), key, *len, *sha256) {
+                    Ok(b) => ByteBuf::from(b),
+                    Err(why) => {
+                        return self.answer(Done {
+                            taken: Instant::now(),
+                            blob: None,
+                            stream_id: id,
+                            caller: body.caller,
+                            task: body.task,
+                            outcome: Outcome::Failed(TaskError::Broker(why)),
+                        });
+                    }
                 }
-            },
+            }
         };
         let chunk = body.chunk(args);
         let me = self.clone();
@@ -513,29 +573,56 @@ impl Inner {
                     Err(_) => break,
                 }
             }
-            let p = self.answers(&mut pending);
-            match link.run(|c| p.query::<()>(c)) {
-                Ok(()) => {
-                    failures = 0;
-                    for d in &pending {
-                        self.timed(d.taken.elapsed());
-                    }
-                    self.release_all(pending.iter().map(|d| d.stream_id.as_str()));
-                    pending.clear();
+            let (blobs, groups) = self.answers(&mut pending);
+            if !blobs.is_empty()
+                && let Err(e) = link.run(|c| blobs.query::<()>(c))
+            {
+                failures += 1;
+                crate::trace::event!(warn, "worker {}: storing results: {e}", self.consumer);
+                if self.stopping() && failures > 20 {
+                    return;
                 }
-                Err(e) => {
-                    failures += 1;
-                    crate::trace::event!(
-                        warn,
-                        "worker {}: answering {} tasks: {e}",
-                        self.consumer,
-                        pending.len()
-                    );
-                    if self.stopping() && failures > 20 {
-                        return;
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+            // One script per caller: one that fails does not hold up the others' answers.
+            let mut retry: HashSet<String> = HashSet::new();
+            for (ids, script) in groups {
+                match link.run(|c| script.query::<i64>(c)) {
+                    Ok(_) => {
+                        self.release_all(ids.iter().map(String::as_str));
                     }
-                    std::thread::sleep(Duration::from_millis(100));
+                    Err(e) if super::link::is_answer(&e) => {
+                        // Refused by the broker (a caller's result key holding something else):
+                        // left pending, for a later delivery or, past the most, to be dropped.
+                        crate::trace::event!(
+                            warn,
+                            "worker {}: an answer was refused: {e}",
+                            self.consumer
+                        );
+                        self.release_all(ids.iter().map(String::as_str));
+                    }
+                    Err(e) => {
+                        crate::trace::event!(warn, "worker {}: answering: {e}", self.consumer);
+                        retry.extend(ids);
+                    }
                 }
+            }
+            pending.retain(|d| {
+                let again = retry.contains(&d.stream_id);
+                if !again {
+                    self.timed(d.taken.elapsed());
+                }
+                again
+            });
+            if pending.is_empty() {
+                failures = 0;
+            } else {
+                failures += 1;
+                if self.stopping() && failures > 20 {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
             }
         }
     }
@@ -543,9 +630,10 @@ impl Inner {
     /// The pipeline that answers `pending`: per caller, one result entry for up to
     /// [`ANSWERS_PER_ENTRY`] tasks (or about 4 MiB), written with the acknowledgement and the
     /// deletion of those tasks in one transaction; results over 1 MiB go beside the stream first.
-    fn answers(&self, pending: &mut [Done]) -> redis::Pipeline {
+    fn answers(&self, pending: &mut [Done]) -> (redis::Pipeline, Vec<(Vec<String>, redis::Cmd)>) {
         let stream = self.keys.tasks();
         let mut p = redis::pipe();
+        let mut groups = Vec::new();
         let mut by_caller: std::collections::BTreeMap<String, Vec<(ResultBody, String)>> =
             std::collections::BTreeMap::new();
         for d in pending.iter_mut() {
@@ -571,6 +659,7 @@ impl Inner {
                     .ignore();
             }
             let body = ResultBody {
+                caller: d.caller.clone(),
                 task: d.task,
                 consumer: self.consumer.clone(),
                 outcome: d.outcome.clone(),
@@ -602,6 +691,7 @@ impl Inner {
                         let failed: Vec<ResultBody> = these
                             .iter()
                             .map(|(b, _)| ResultBody {
+                                caller: b.caller.clone(),
                                 task: b.task,
                                 consumer: self.consumer.clone(),
                                 outcome: Outcome::Failed(TaskError::Child(format!(
@@ -612,23 +702,21 @@ impl Inner {
                         entry::encode(Kind::Result, build_id(), &self.key, &failed)
                             .unwrap_or_default()
                     });
-                let ids: Vec<&str> = these.iter().map(|(_, id)| id.as_str()).collect();
-                p.cmd("MULTI").ignore();
-                p.cmd("XADD")
+                let ids: Vec<String> = these.iter().map(|(_, id)| id.clone()).collect();
+                let mut script = redis::cmd("EVAL");
+                script
+                    .arg(ANSWER)
+                    .arg(2)
                     .arg(&results)
-                    .arg("*")
-                    .arg("m")
+                    .arg(&stream)
                     .arg(entry)
-                    .ignore();
-                p.cmd("XACK").arg(&stream).arg(GROUP).arg(&ids).ignore();
-                p.cmd("XDEL").arg(&stream).arg(&ids).ignore();
-                p.cmd("EXEC").ignore();
+                    .arg(GROUP)
+                    .arg(RESULTS_TTL_MS)
+                    .arg(&ids);
+                groups.push((ids, script));
             }
-            // The caller's result stream lives an hour past the last answer (a caller that died
-            // leaves nothing behind for long).
-            p.cmd("PEXPIRE").arg(&results).arg(3_600_000u64).ignore();
         }
-        p
+        (p, groups)
     }
 
     fn keep_loop(self: Arc<Self>) {
@@ -654,6 +742,7 @@ impl Inner {
                         &self.build,
                         self.pool.processes(),
                         lease,
+                        &super::key_id(&self.key),
                     )
                 } else {
                     redis::cmd("SET")
@@ -859,14 +948,14 @@ impl Inner {
                     && idle_long
                     && !alive.contains(con.name.as_str())
                 {
-                    p.cmd("XGROUP")
-                        .arg("DELCONSUMER")
+                    // Checked again inside the script: a consumer that woke up and read a task
+                    // since XINFO keeps it (DELCONSUMER would drop its pending entries).
+                    p.cmd("EVAL")
+                        .arg(FORGET_IDLE_CONSUMER)
+                        .arg(2)
                         .arg(&stream)
-                        .arg(GROUP)
-                        .arg(&con.name)
-                        .ignore();
-                    p.cmd("HDEL")
                         .arg(self.keys.workers())
+                        .arg(GROUP)
                         .arg(&con.name)
                         .ignore();
                 }
@@ -886,7 +975,18 @@ impl Inner {
 
 /// Worker mode from the environment (before `main`, when `MULTIPROCESS_WORKER` is set): serves
 /// until the process is stopped, then exits. Never returns.
+#[cfg(feature = "worker-env")]
 pub(crate) fn main_from_env() -> ! {
+    if crate::sys::secure_execution() {
+        // Set-user-ID or with capabilities gained by exec: the environment is whoever started us.
+        eprintln!(
+            "multiprocess worker: refused in secure-execution mode (set-user-ID or capabilities)"
+        );
+        std::process::exit(2);
+    }
+    // Before `main`, Rust's runtime has not yet made SIGPIPE ignored (it does for every program):
+    // a task writing to a closed pipe gets EPIPE, not death, as on a local pool.
+    crate::sys::ignore_sigpipe();
     if crate::sys::entry::take_env(super::ENV_EXIT_ON_EOF).is_some_and(|v| v == "1") {
         // Tied to whoever started it: when its stdin ends (that process died, or closed the
         // pipe), so does the worker (its local pool's processes follow, by their lifelines).
@@ -912,6 +1012,7 @@ pub(crate) fn main_from_env() -> ! {
     std::process::exit(code)
 }
 
+#[cfg(feature = "worker-env")]
 fn worker_from_env() -> Result<Worker, ClusterError> {
     let broker = Broker::from_env()?;
     let key = crate::sys::entry::take_env(super::ENV_AUTHKEY);

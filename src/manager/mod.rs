@@ -949,6 +949,12 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ManagerError> {
 /// A Manager travels as its address and key (see the type's notes).
 impl Serialize for Manager {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if codec::leaves_machine() {
+            return Err(serde::ser::Error::custom(format!(
+                "a Manager (or proxy) {}",
+                codec::KEY_WOULD_LEAVE
+            )));
+        }
         (&self.core.address, serde_bytes::Bytes::new(&self.core.key)).serialize(s)
     }
 }

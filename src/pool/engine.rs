@@ -39,7 +39,16 @@ impl Engine {
         match self {
             Engine::Local(s) => 4 * s.config.processes,
             #[cfg(feature = "cluster")]
-            Engine::Cluster(c) => 16 * c.processes(),
+            Engine::Cluster(c) => c.processes().saturating_mul(16),
+        }
+    }
+
+    /// Whether tasks leave this machine (through a broker): their arguments must not carry keys.
+    pub(crate) fn leaves_machine(&self) -> bool {
+        match self {
+            Engine::Local(_) => false,
+            #[cfg(feature = "cluster")]
+            Engine::Cluster(_) => true,
         }
     }
 

@@ -32,6 +32,8 @@ pub(crate) struct Config {
     pub(crate) retries: u32,
     /// Tasks handed to a worker ahead of the one it runs.
     pub(crate) prefetch: usize,
+    /// The pool of a broker worker: its processes' results leave the machine.
+    pub(crate) leaving: bool,
 }
 
 /// The most messages the collector handles under one lock.
@@ -349,6 +351,7 @@ impl Shared {
             init: self.config.init.clone(),
             max_tasks: self.config.max_tasks,
             max_memory: self.config.max_memory,
+            leaving: self.config.leaving,
         };
         let mut b = Process::builder()
             .name(format!("PoolWorker-{}.{}", slot, id.generation))

@@ -248,6 +248,8 @@ pub struct PoolBuilder {
     retries: u32,
     #[cfg(feature = "cluster")]
     broker: Option<crate::cluster::Broker>,
+    /// A broker worker's local pool (see `codec::leaves_machine`).
+    leaving: bool,
 }
 
 impl std::fmt::Debug for PoolBuilder {
@@ -283,7 +285,7 @@ impl PoolBuilder {
     /// panics, the pool is broken: every task fails with [`TaskError::Initializer`], and no worker
     /// is restarted for it (no respawn storm).
     pub fn initializer<A: Serialize + DeserializeOwned>(mut self, f: fn(A), arg: A) -> Self {
-        self.init = Some(prepare(f, &arg).map(|(runner, func, args)| {
+        self.init = Some(prepare(f, &arg, false).map(|(runner, func, args)| {
             (
                 runner,
                 Chunk {
@@ -359,6 +361,13 @@ impl PoolBuilder {
         self
     }
 
+    /// A broker worker's local pool: what its processes return leaves the machine.
+    #[cfg(feature = "cluster")]
+    pub(crate) fn leaving(mut self) -> Self {
+        self.leaving = true;
+        self
+    }
+
     /// Starts the workers.
     ///
     /// # Errors
@@ -393,6 +402,7 @@ impl PoolBuilder {
             task_timeout: self.task_timeout,
             retries: self.retries,
             prefetch: 2,
+            leaving: self.leaving,
         })?;
         let spawn = |name: &str, f: fn(&Arc<Shared>)| {
             let s = shared.clone();
@@ -422,9 +432,14 @@ impl PoolBuilder {
 fn prepare<A: Serialize + DeserializeOwned, R: Serialize + DeserializeOwned>(
     f: fn(A) -> R,
     arg: &A,
+    leaving: bool,
 ) -> Result<(Func, Func, ByteBuf), String> {
     let (runner, func) = tokens(f)?;
-    Ok((runner, func, encode_args(std::slice::from_ref(arg))?))
+    Ok((
+        runner,
+        func,
+        encode_args(std::slice::from_ref(arg), leaving)?,
+    ))
 }
 
 /// The runner and function tokens of a two-argument function, whose items are pairs.
@@ -443,8 +458,8 @@ fn tokens<A: DeserializeOwned, R: Serialize>(f: fn(A) -> R) -> Result<(Func, Fun
 }
 
 /// `args`, encoded as one `Vec<A>`.
-fn encode_args<A: Serialize>(args: &[A]) -> Result<ByteBuf, String> {
-    match codec::encode(args) {
+fn encode_args<A: Serialize>(args: &[A], leaving: bool) -> Result<ByteBuf, String> {
+    match codec::encode_leaving(args, leaving) {
         Ok((bytes, fds)) if fds.is_empty() => Ok(ByteBuf::from(bytes)),
         Ok(_) => Err(
             "the argument holds descriptors (a Connection, a Lock, ...), which a pool does not \
@@ -691,7 +706,7 @@ impl Pool {
                 }
             }));
         }
-        match prepare(f, arg) {
+        match prepare(f, arg, self.shared.leaves_machine()) {
             Ok((runner, func, args)) => {
                 let chunk = Chunk {
                     func,
@@ -973,7 +988,7 @@ type ResultCallback<R> = Box<dyn FnOnce(Result<R, TaskError>) + Send + 'static>;
 
 /// Python's default chunk size for `map`: `ceil(len / (4 * workers))`, at least 1.
 fn python_chunksize(len: usize, workers: usize) -> usize {
-    len.div_ceil(4 * workers.max(1)).max(1)
+    len.div_ceil(workers.clamp(1, usize::MAX / 4) * 4).max(1)
 }
 
 /// Gives item `index` of `batch` the error `e`.
@@ -1072,13 +1087,14 @@ impl<A: Serialize + DeserializeOwned, R: Serialize + DeserializeOwned> Feed<A, R
     /// alone (its index is left out).
     fn encode(&self, first: u64, items: Vec<A>) -> (Vec<u64>, ByteBuf) {
         let all = first..first + items.len() as u64;
-        if let Ok(args) = encode_args(&items) {
+        let leaving = self.shared.leaves_machine();
+        if let Ok(args) = encode_args(&items, leaving) {
             return (all.collect(), args);
         }
         let mut good = Vec::with_capacity(items.len());
         let mut indices = Vec::with_capacity(items.len());
         for (index, item) in all.zip(items) {
-            match encode_args(std::slice::from_ref(&item)) {
+            match encode_args(std::slice::from_ref(&item), leaving) {
                 Ok(_) => {
                     indices.push(index);
                     good.push(item);
@@ -1087,7 +1103,7 @@ impl<A: Serialize + DeserializeOwned, R: Serialize + DeserializeOwned> Feed<A, R
             }
         }
         // What encoded alone encodes together (an encoder that fails at random does not count).
-        let args = encode_args(&good).unwrap_or_default();
+        let args = encode_args(&good, leaving).unwrap_or_default();
         (indices, args)
     }
 }

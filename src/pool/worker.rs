@@ -92,6 +92,9 @@ pub(crate) struct WorkerArgs {
     pub(crate) max_tasks: Option<u64>,
     /// Resident memory (bytes) past which the worker leaves after a task.
     pub(crate) max_memory: Option<u64>,
+    /// A broker worker's local process: its results leave the machine (see
+    /// `codec::leaves_machine`).
+    pub(crate) leaving: bool,
 }
 
 /// The code that runs a chunk of `fn(A) -> R`: resolved in the worker from its token.
@@ -255,7 +258,14 @@ pub(crate) fn worker_main(args: WorkerArgs) {
         init,
         max_tasks,
         max_memory,
+        leaving,
     } = args;
+    #[cfg(feature = "cluster")]
+    if leaving {
+        codec::mark_process_leaving();
+    }
+    #[cfg(not(feature = "cluster"))]
+    let _ = leaving;
     let tell = |msg: FromWorker| {
         if let Err(e) = results.put(msg) {
             crate::trace::event!(warn, "pool worker {id:?} could not report: {e}");

@@ -124,7 +124,7 @@ fn on_load() {
         sys::close_from(BOOT_FD + 1);
         super::forkserver::serve(Connection::from_socket(fd));
     }
-    #[cfg(feature = "cluster")]
+    #[cfg(feature = "worker-env")]
     if std::env::var_os(crate::cluster::ENV_WORKER).is_some_and(|v| !v.is_empty()) {
         // Worker mode: this program joins a pool on a broker instead of running `main`.
         crate::cluster::worker_main_from_env();

@@ -570,7 +570,12 @@ impl<T: Serialize> Queue<T> {
         if self.is_closed() {
             return Err(PutError::Closed(item).into());
         }
-        let outcome = with_scratch(|buf| match codec::encode_into(buf, &item) {
+        #[cfg(feature = "cluster")]
+        let leaving = matches!(self.backend(), Backend::Broker(_));
+        #[cfg(not(feature = "cluster"))]
+        let leaving = false;
+        let outcome = with_scratch(|buf| {
+            match codec::leaving_if(leaving, || codec::encode_into(buf, &item)) {
             Err(reason) => Err(Err(reason)),
             Ok(fds) if fds.len() > crate::sys::MAX_FDS_PER_MESSAGE => Err(Err(format!(
                 "an item can carry at most {} connections or other OS objects, this one has {}",
@@ -592,6 +597,7 @@ impl<T: Serialize> Queue<T> {
                     crate::cluster::QFail::Broker(r) => Err(BROKER_PREFIX.to_string() + &r),
                 }),
             },
+        }
         });
         match outcome {
             Ok(()) => Ok(()),
@@ -871,6 +877,10 @@ impl<T> Serialize for Queue<T> {
                 )
                 .serialize(s)
             }
+            #[cfg(feature = "cluster")]
+            Backend::Broker(_) if codec::leaves_machine() => Err(serde::ser::Error::custom(
+                format!("a Queue on a broker {}", codec::KEY_WOULD_LEAVE),
+            )),
             #[cfg(feature = "cluster")]
             Backend::Broker(b) => WireOut::Broker(b.to_ref()).serialize(s),
         }

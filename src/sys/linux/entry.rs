@@ -203,7 +203,7 @@ pub(crate) fn take_env_fd(key: &str) -> Option<std::os::fd::RawFd> {
     value.to_str()?.parse().ok()
 }
 
-#[cfg(feature = "cluster")]
+#[cfg(feature = "worker-env")]
 /// Reads and removes an environment variable (worker mode's settings, which the worker's own
 /// children must not see). Called only from the constructor, before `main`.
 pub(crate) fn take_env(key: &str) -> Option<std::ffi::OsString> {

@@ -495,6 +495,12 @@ pub(super) fn disposition(sig: i32) -> Option<(libc::sighandler_t, libc::c_int)>
 }
 
 /// Sets `sig` to its default action or to be ignored. Async-signal-safe (one `sigaction`).
+/// Ignores SIGPIPE, as Rust's runtime does before `main` runs (for code that runs before it).
+#[cfg(feature = "worker-env")]
+pub(crate) fn ignore_sigpipe() {
+    set_disposition(libc::SIGPIPE, Plain::Ignore);
+}
+
 pub(crate) fn set_disposition(sig: i32, plain: Plain) {
     let action = match plain {
         Plain::Default => libc::SIG_DFL,
