@@ -75,7 +75,28 @@
 //! - **Only this program's tasks run.** Entries are authenticated with HMAC-SHA256 under the
 //!   pool's key, and carry the executable's build ID. A worker runs a task's functions only when
 //!   its build is the caller's; a worker of another build answers
-//!   [`TaskError::Build`], naming both, without decoding the arguments.
+//!   [`TaskError::Build`], naming both, without decoding the arguments. A worker with another
+//!   key cannot read a task and leaves it for one that can; callers count only workers of their
+//!   build and key as live, so a pool served only by misconfigured workers ends in
+//!   [`TaskError::NoWorkers`], whose message says what was seen.
+//!
+//! # Trust
+//! The key is the boundary, as Python's authkey is: whoever holds it can have the workers run
+//! any function of the program. It never travels through the broker: a `Manager`, a proxy or a
+//! `Queue` on a broker, which travel as their key, refuse to be part of a task, a result or an
+//! item of a broker queue (send a name, and build the object with the key on the other side).
+//! The broker itself sees entries in clear and can drop, delay or replay them: a replayed task
+//! runs again (as at-least-once allows), a replayed result is a duplicate and is dropped, and an
+//! entry copied into another pool, caller or queue is refused there. Give the broker a
+//! password or ACL (`redis://:password@host`) and keep it on a network you trust.
+//!
+//! # Worker mode
+//! With the `worker-env` feature (on by default) a program started with `MULTIPROCESS_WORKER`,
+//! `MULTIPROCESS_BROKER` and `MULTIPROCESS_AUTHKEY` set becomes a worker before `main` runs
+//! (`MULTIPROCESS_PROCESSES`, `MULTIPROCESS_LEASE_MS`, `MULTIPROCESS_MAX_DELIVERIES`,
+//! `MULTIPROCESS_TASK_TIMEOUT_MS` and `MULTIPROCESS_WORKER_EXIT_ON_EOF` are optional). A tool
+//! that links the crate but must never serve tasks builds without it, as the `multiprocess`
+//! command does.
 //!
 //! # How it differs from the local pool
 //! - A running task is not killed by `cancel` or `terminate`: a task not yet taken is withdrawn,
