@@ -313,12 +313,7 @@ impl Caller {
                 let mut p = redis::pipe();
                 for (_, entry, blob) in &batch {
                     if let Some((key, bytes)) = blob {
-                        p.cmd("SET")
-                            .arg(key)
-                            .arg(&bytes[..])
-                            .arg("PX")
-                            .arg(BLOB_TTL_MS)
-                            .ignore();
+                        set_blob(&mut p, key, bytes);
                     }
                     p.cmd("XADD").arg(&stream).arg("*").arg("m").arg(&entry[..]);
                 }
@@ -746,6 +741,16 @@ impl Caller {
 /// A build ID's first 16 hex digits.
 pub(crate) fn short(build: &str) -> String {
     build.chars().take(16).collect()
+}
+
+/// Adds the `SET` of a payload kept beside the stream (with its expiry) to `p`.
+pub(crate) fn set_blob(p: &mut redis::Pipeline, key: &str, bytes: &[u8]) {
+    p.cmd("SET")
+        .arg(key)
+        .arg(bytes)
+        .arg("PX")
+        .arg(BLOB_TTL_MS)
+        .ignore();
 }
 
 /// A blob's bytes, checked against its length and digest.

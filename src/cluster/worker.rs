@@ -19,7 +19,7 @@
 //! with the local pool's error, which is sent back like any result. Only the loss of the whole
 //! worker (or its connection) leaves a task to be reclaimed.
 
-use super::caller::{BLOB_TTL_MS, fetch_blob};
+use super::caller::{fetch_blob, set_blob};
 use super::entry::{self, BLOB_OVER, Kind, Outcome, Payload, ResultBody, TaskBody};
 use super::link::{Link, ensure_group, is_nogroup};
 use super::status::describe;
@@ -443,6 +443,18 @@ impl Inner {
         self.release(id);
     }
 
+    /// Answers task `body` (entry `id`) with an error, without running it.
+    fn refuse(&self, id: String, body: TaskBody, e: TaskError) {
+        self.answer(Done {
+            taken: Instant::now(),
+            blob: None,
+            stream_id: id,
+            caller: body.caller,
+            task: body.task,
+            outcome: Outcome::Failed(e),
+        });
+    }
+
     /// Leaves an entry this worker cannot read pending (see `take`), unrenewed.
     fn leave(&self, id: &str, why: &str) {
         crate::trace::event!(
@@ -498,17 +510,11 @@ impl Inner {
                 "worker {}: refused a task of build {theirs}",
                 self.consumer
             );
-            return self.answer(Done {
-                taken: Instant::now(),
-                blob: None,
-                stream_id: id,
-                caller: body.caller,
-                task: body.task,
-                outcome: Outcome::Failed(TaskError::Build {
-                    caller: theirs,
-                    worker: self.build.clone(),
-                }),
-            });
+            let e = TaskError::Build {
+                caller: theirs,
+                worker: self.build.clone(),
+            };
+            return self.refuse(id, body, e);
         }
         let args = match &body.args {
             Payload::Inline(b) => b.clone(),
@@ -516,14 +522,7 @@ impl Inner {
                 match fetch_blob(link, &self.keys.blob_prefix(), key, *len, *sha256) {
                     Ok(b) => ByteBuf::from(b),
                     Err(why) => {
-                        return self.answer(Done {
-                            taken: Instant::now(),
-                            blob: None,
-                            stream_id: id,
-                            caller: body.caller,
-                            task: body.task,
-                            outcome: Outcome::Failed(TaskError::Broker(why)),
-                        });
+                        return self.refuse(id, body, TaskError::Broker(why));
                     }
                 }
             }
@@ -651,12 +650,7 @@ impl Inner {
                 d.blob = Some((key, bytes));
             }
             if let Some((key, bytes)) = &d.blob {
-                p.cmd("SET")
-                    .arg(key)
-                    .arg(&bytes[..])
-                    .arg("PX")
-                    .arg(BLOB_TTL_MS)
-                    .ignore();
+                set_blob(&mut p, key, bytes);
             }
             let body = ResultBody {
                 caller: d.caller.clone(),
