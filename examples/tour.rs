@@ -1792,6 +1792,11 @@ fn past_one_machine() -> Result {
     let pending = pool.map_async(slow_square_with_pid, 0..200);
     std::thread::sleep(Duration::from_millis(300));
     let victim = workers.0[0].id();
+    let held = cluster::status(&url, "tour")?
+        .workers
+        .iter()
+        .find(|w| w.pid == victim)
+        .map_or(0, |w| w.pending);
     workers.0[0].kill()?;
     workers.0[0].wait()?;
     let t = Instant::now();
@@ -1803,7 +1808,7 @@ fn past_one_machine() -> Result {
         .count();
     let s = cluster::status(&url, "tour")?;
     println!(
-        "   killed worker {victim}: {right} of 200 results right, each once; {} task(s) reclaimed; {} after the kill",
+        "   killed worker {victim} (holding {held} tasks): {right} of 200 results right, each once; {} task(s) reclaimed; {} after the kill",
         s.reclaimed,
         ms(t.elapsed())
     );

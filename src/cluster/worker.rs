@@ -32,7 +32,7 @@ use redis::RedisResult;
 use redis::streams::{StreamClaimReply, StreamId, StreamPendingCountReply, StreamReadReply};
 use serde_bytes::ByteBuf;
 use sha2::Digest;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
@@ -78,10 +78,13 @@ struct Inner {
     build: String,
     pool: Pool,
     /// Stream ids of the tasks this worker holds (taken, not yet answered).
-    held: Mutex<HashSet<String>>,
+    /// With when each was taken.
+    held: Mutex<HashMap<String, Instant>>,
     freed: Condvar,
     /// The local pool's processes.
     processes: usize,
+    /// Rounds of tasks let go of (answered, or left) so far.
+    answered: AtomicU64,
     /// A running average of how long tasks take here (µs, from taken to answered).
     task_us: AtomicU64,
     done: Mutex<Option<mpsc::Sender<Done>>>,
@@ -236,10 +239,11 @@ impl Worker {
             consumer,
             build,
             pool,
-            held: Mutex::new(HashSet::new()),
+            held: Mutex::new(HashMap::new()),
             freed: Condvar::new(),
             processes,
             task_us: AtomicU64::new(u64::MAX),
+            answered: AtomicU64::new(0),
             done: Mutex::new(Some(tx)),
             stop: AtomicBool::new(false),
             blobs: AtomicU64::new(0),
@@ -339,8 +343,14 @@ impl Inner {
     /// the broker between tasks, while tasks are slow (another worker may be free for them);
     /// sixteen per process (at most 256) while they take under 2 ms, where the round trips to
     /// the broker, not the tasks, would set the pace.
-    fn capacity(&self) -> usize {
-        if self.task_us.load(Ordering::Relaxed) < 2_000 {
+    /// A task held longer than 20 ms means the quick ones are over (a slow map after quick
+    /// calls): back to two per process at once, not after the average has caught up, so that one
+    /// worker does not hoard a slow map's tasks.
+    fn capacity(&self, held: &HashMap<String, Instant>) -> usize {
+        let slow_now = held
+            .values()
+            .any(|t| t.elapsed() > Duration::from_millis(20));
+        if !slow_now && self.task_us.load(Ordering::Relaxed) < 2_000 {
             (16 * self.processes).min(256)
         } else {
             2 * self.processes
@@ -366,17 +376,33 @@ impl Inner {
     fn read_loop(self: Arc<Self>) {
         let Some(mut link) = self.link() else { return };
         let stream = self.keys.tasks();
+        let mut answered_at_read = 0u64;
         while !self.stopping() {
             let free = {
                 let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-                if held.len() >= self.capacity() {
+                // Past two per process, more only once one of those has been answered since the
+                // last read: whether tasks are quick is known by their answers, and until then a
+                // slow map after quick calls would all go to the first worker to read.
+                let base = 2 * self.processes;
+                let done = self.answered.load(Ordering::Relaxed);
+                let stalled = held.len() >= base && done == answered_at_read;
+                if stalled || held.len() >= self.capacity(&held) {
                     held = self
                         .freed
                         .wait_timeout(held, Duration::from_millis(100))
                         .unwrap_or_else(|p| p.into_inner())
                         .0;
                 }
-                self.capacity().saturating_sub(held.len())
+                let done = self.answered.load(Ordering::Relaxed);
+                if held.len() < base {
+                    answered_at_read = done;
+                    base - held.len()
+                } else if done == answered_at_read {
+                    0
+                } else {
+                    answered_at_read = done;
+                    self.capacity(&held).saturating_sub(held.len())
+                }
             };
             if free == 0 || self.stopping() {
                 continue;
@@ -474,6 +500,7 @@ impl Inner {
         for id in ids {
             held.remove(id);
         }
+        self.answered.fetch_add(1, Ordering::Relaxed);
         drop(held);
         self.freed.notify_all();
     }
@@ -484,7 +511,7 @@ impl Inner {
         self.held
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id.clone());
+            .insert(id.clone(), Instant::now());
         // An entry this worker cannot read (another key, another version of the crate, or
         // junk) is left pending, not deleted: a worker that can read it takes it after the lease,
         // and one that finds it past the most deliveries drops it. Deleting it here would make a
@@ -773,7 +800,13 @@ impl Inner {
 
     /// Renews the lease of every task this worker holds that the group still says is its own.
     fn renew(&self, link: &mut Link) {
-        let held: HashSet<String> = self.held.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let held: HashSet<String> = self
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
         if held.is_empty() {
             return;
         }
@@ -825,7 +858,13 @@ impl Inner {
                 .query(c)
         });
         let Ok(idle) = idle else { return };
-        let held = self.held.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let held: HashSet<String> = self
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
         let max = self.broker.max_deliveries as usize;
         let (lost, again): (Vec<_>, Vec<_>) = idle
             .ids
@@ -878,7 +917,7 @@ impl Inner {
             self.held
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .insert(id.clone());
+                .insert(id.clone(), Instant::now());
             let entry: RedisResult<redis::streams::StreamRangeReply> =
                 link.run(|c| redis::cmd("XRANGE").arg(&stream).arg(&id).arg(&id).query(c));
             let Ok(entry) = entry else {
