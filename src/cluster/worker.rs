@@ -798,15 +798,15 @@ impl Inner {
         });
     }
 
+    /// The stream ids of the tasks held now.
+    fn held_ids(&self) -> HashSet<String> {
+        let held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        held.keys().cloned().collect()
+    }
+
     /// Renews the lease of every task this worker holds that the group still says is its own.
     fn renew(&self, link: &mut Link) {
-        let held: HashSet<String> = self
-            .held
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .cloned()
-            .collect();
+        let held = self.held_ids();
         if held.is_empty() {
             return;
         }
@@ -858,13 +858,7 @@ impl Inner {
                 .query(c)
         });
         let Ok(idle) = idle else { return };
-        let held: HashSet<String> = self
-            .held
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .cloned()
-            .collect();
+        let held = self.held_ids();
         let max = self.broker.max_deliveries as usize;
         let (lost, again): (Vec<_>, Vec<_>) = idle
             .ids
