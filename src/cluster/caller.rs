@@ -62,6 +62,9 @@ pub(crate) struct Caller {
     broker: Broker,
     keys: Keys,
     key: Vec<u8>,
+    /// The pool key's fingerprint, and this program's build (hex): what a live worker must match.
+    key_id: String,
+    build: String,
     name: String,
     results: String,
     processes: usize,
@@ -126,10 +129,10 @@ impl Caller {
             Ok(workers)
         });
         let workers = setup.map_err(|e| io_error(broker.error(e)))?;
-        let mine = super::key_id(&key);
+        let (key_id, build) = (super::key_id(&key), hex(build_id()));
         let live: usize = workers
             .iter()
-            .filter(|w| w.alive && w.build == hex(build_id()) && w.key_id == mine)
+            .filter(|w| w.alive && w.build == build && w.key_id == key_id)
             .map(|w| w.processes)
             .fold(0, usize::saturating_add);
         let caller = Arc::new(Caller {
@@ -140,6 +143,8 @@ impl Caller {
             broker,
             keys,
             key,
+            key_id,
+            build,
             name,
             state: Mutex::new(State {
                 phase: Phase::Running,
@@ -626,7 +631,7 @@ impl Caller {
             let e = if reachable {
                 TaskError::NoWorkers(format!(
                     "none of build {} on pool {:?} for {waited:?}{seen}",
-                    short(&hex(build_id())),
+                    short(&self.build),
                     self.broker.pool
                 ))
             } else {
@@ -712,8 +717,7 @@ impl Caller {
         let Ok(workers) = link.run(|c| read_workers(c, &self.keys)) else {
             return;
         };
-        let mine = hex(build_id());
-        let key = super::key_id(&self.key);
+        let (mine, key) = (self.build.as_str(), self.key_id.as_str());
         let live: Vec<_> = workers.iter().filter(|w| w.alive).collect();
         let mut st = self.lock();
         if live.iter().any(|w| w.build == mine && w.key_id == key) {

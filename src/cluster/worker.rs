@@ -74,6 +74,8 @@ struct Inner {
     broker: Broker,
     keys: Keys,
     key: Vec<u8>,
+    /// The key's fingerprint, as registered.
+    key_id: String,
     consumer: String,
     build: String,
     pool: Pool,
@@ -209,6 +211,7 @@ impl Worker {
         let mut link = Link::new(&self.broker.url, Duration::from_secs(5))
             .map_err(|e| self.broker.error(e))?;
         let consumer = unique_name();
+        let key_id = super::key_id(&key);
         let build = hex(build_id());
         link.run(|c| {
             ensure_group(c, &keys.tasks())?;
@@ -219,7 +222,7 @@ impl Worker {
                 &build,
                 processes,
                 self.broker.lease,
-                &super::key_id(&key),
+                &key_id,
             )
         })
         .map_err(|e| self.broker.error(e))?;
@@ -236,6 +239,7 @@ impl Worker {
             broker: self.broker,
             keys,
             key,
+            key_id,
             consumer,
             build,
             pool,
@@ -763,7 +767,7 @@ impl Inner {
                         &self.build,
                         self.pool.processes(),
                         lease,
-                        &super::key_id(&self.key),
+                        &self.key_id,
                     )
                 } else {
                     redis::cmd("SET")
