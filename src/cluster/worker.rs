@@ -2,12 +2,14 @@
 //! own, and answers each in one transaction with its acknowledgement.
 //!
 //! # Three threads, three connections
-//! - The **reader** takes tasks (`XREADGROUP ... COUNT <free slots> BLOCK`): never more than the
-//!   local pool has room for (twice its processes), so a worker does not hoard tasks that another
-//!   could run now. It checks each entry (its MAC, then its build) before anything else is read.
-//! - The **writer** answers: `MULTI XADD <caller's results> XACK XDEL EXEC` per task, pipelined,
-//!   retried until the broker takes it (a result is never dropped because the broker was down for
-//!   a while; the task stays leased to this worker meanwhile).
+//! - The **reader** takes tasks (`XREADGROUP ... COUNT <free slots> BLOCK`): two per local
+//!   process while tasks are slow, so a worker does not hoard tasks that another could run now;
+//!   up to sixteen per process while they are quick, taken many at a time (see `Inner::room`).
+//!   It checks each entry (its MAC, then its build) before anything else is read.
+//! - The **writer** answers: one script per caller (`XADD` of the results, then `XACK` and
+//!   `XDEL` of their tasks; sent by its digest), retried until the broker takes it (a result is
+//!   never dropped because the broker was down for a while; the task stays leased to this worker
+//!   meanwhile).
 //! - The **keeper** does what time asks for, every quarter lease: the heartbeat, renewing the lease
 //!   of every task the local pool holds (`XCLAIM <me> 0 ... JUSTID`, only for tasks the group still
 //!   says are ours, so that a worker resumed after a pause does not take back what another took),
@@ -120,13 +122,19 @@ struct Done {
 /// (`MULTI` would go on past a failed `XADD` and acknowledge tasks whose result was lost.)
 /// KEYS: the caller's result stream, the task stream; ARGV: the entry, the group, the result
 /// stream's time to live (ms), then the task ids.
-const ANSWER: &str = r"
+/// Sent by its digest (`EVALSHA`; loaded again when the broker has lost it): the text and its
+/// hashing on every answer cost the broker more than the answer itself.
+static ANSWER: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r"
 redis.call('XADD', KEYS[1], '*', 'm', ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('XACK', KEYS[2], ARGV[2], unpack(ARGV, 4))
 redis.call('XDEL', KEYS[2], unpack(ARGV, 4))
 return 1
-";
+",
+    )
+});
 
 /// Removes a consumer from the group, and its description, only if it holds nothing: atomic,
 /// unlike a look (`XINFO`) then a `DELCONSUMER`. KEYS: the task stream, the workers' hash;
@@ -361,6 +369,30 @@ impl Inner {
         }
     }
 
+    /// How many tasks to take now (none: wait for answers).
+    ///
+    /// Past two per process, more only once a task has been answered since the last read
+    /// (`answered_since`): whether tasks are quick is known by their answers, and until then a
+    /// slow map after quick calls would all go to the first worker to read. When they are quick,
+    /// the worker reads again only once it holds half its capacity or less, and then fills it:
+    /// tasks come from the broker many at a time (one read, one batch to the local processes,
+    /// their answers together) rather than one per answer, which would cost every task its own
+    /// round of wake-ups in every process on the way.
+    fn room(&self, held: &HashMap<String, Instant>, answered_since: bool) -> usize {
+        let base = 2 * self.processes;
+        let cap = self.capacity(held);
+        let (limit, low) = if cap > base && answered_since {
+            (cap, cap / 2)
+        } else {
+            (base, base - 1)
+        };
+        if held.len() > low {
+            0
+        } else {
+            limit - held.len()
+        }
+    }
+
     /// Folds one task's time into the running average.
     fn timed(&self, took: Duration) {
         let us = took.as_micros().min(u128::from(u32::MAX)) as u64;
@@ -384,13 +416,8 @@ impl Inner {
         while !self.stopping() {
             let free = {
                 let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-                // Past two per process, more only once one of those has been answered since the
-                // last read: whether tasks are quick is known by their answers, and until then a
-                // slow map after quick calls would all go to the first worker to read.
-                let base = 2 * self.processes;
                 let done = self.answered.load(Ordering::Relaxed);
-                let stalled = held.len() >= base && done == answered_at_read;
-                if stalled || held.len() >= self.capacity(&held) {
+                if self.room(&held, done != answered_at_read) == 0 {
                     held = self
                         .freed
                         .wait_timeout(held, Duration::from_millis(100))
@@ -398,15 +425,11 @@ impl Inner {
                         .0;
                 }
                 let done = self.answered.load(Ordering::Relaxed);
-                if held.len() < base {
+                let room = self.room(&held, done != answered_at_read);
+                if room > 0 {
                     answered_at_read = done;
-                    base - held.len()
-                } else if done == answered_at_read {
-                    0
-                } else {
-                    answered_at_read = done;
-                    self.capacity(&held).saturating_sub(held.len())
                 }
+                room
             };
             if free == 0 || self.stopping() {
                 continue;
@@ -618,7 +641,7 @@ impl Inner {
             // One script per caller: one that fails does not hold up the others' answers.
             let mut retry: HashSet<String> = HashSet::new();
             for (ids, script) in groups {
-                match link.run(|c| script.query::<i64>(c)) {
+                match link.run(|c| script.invoke::<i64>(c)) {
                     Ok(_) => {
                         self.release_all(ids.iter().map(String::as_str));
                     }
@@ -660,7 +683,13 @@ impl Inner {
     /// The pipeline that answers `pending`: per caller, one result entry for up to
     /// [`ANSWERS_PER_ENTRY`] tasks (or about 4 MiB), written with the acknowledgement and the
     /// deletion of those tasks in one transaction; results over 1 MiB go beside the stream first.
-    fn answers(&self, pending: &mut [Done]) -> (redis::Pipeline, Vec<(Vec<String>, redis::Cmd)>) {
+    fn answers(
+        &self,
+        pending: &mut [Done],
+    ) -> (
+        redis::Pipeline,
+        Vec<(Vec<String>, redis::ScriptInvocation<'static>)>,
+    ) {
         let stream = self.keys.tasks();
         let mut p = redis::pipe();
         let mut groups = Vec::new();
@@ -728,12 +757,10 @@ impl Inner {
                             .unwrap_or_default()
                     });
                 let ids: Vec<String> = these.iter().map(|(_, id)| id.clone()).collect();
-                let mut script = redis::cmd("EVAL");
+                let mut script = ANSWER.prepare_invoke();
                 script
-                    .arg(ANSWER)
-                    .arg(2)
-                    .arg(&results)
-                    .arg(&stream)
+                    .key(&results)
+                    .key(&stream)
                     .arg(entry)
                     .arg(GROUP)
                     .arg(RESULTS_TTL_MS)

@@ -33,13 +33,14 @@ impl Engine {
         }
     }
 
-    /// `imap`'s default window, in tasks: four per worker here; sixteen per worker process on a
-    /// broker, where every task also pays the round trips to it.
+    /// `imap`'s default window, in tasks: four per worker here; on a broker, thirty-two per
+    /// worker process, twice what a worker holds of quick tasks (sixteen per process), so that
+    /// the stream keeps a backlog and a worker with room takes many tasks in one read.
     pub(crate) fn default_in_flight(&self) -> usize {
         match self {
             Engine::Local(s) => 4 * s.config.processes,
             #[cfg(feature = "cluster")]
-            Engine::Cluster(c) => c.processes().saturating_mul(16),
+            Engine::Cluster(c) => c.processes().saturating_mul(32),
         }
     }
 

@@ -1374,7 +1374,7 @@ where
         self
     }
 
-    /// Tasks submitted ahead of what has been yielded (default: 4 per worker; 16 per worker
+    /// Tasks submitted ahead of what has been yielded (default: 4 per worker; 32 per worker
     /// process on a broker).
     pub fn in_flight(mut self, tasks: usize) -> Self {
         self.in_flight = tasks.max(1);
@@ -1586,7 +1586,7 @@ where
         ImapUnordered(self.0.chunksize(n))
     }
 
-    /// Tasks submitted ahead of what has been yielded (default: 4 per worker; 16 per worker
+    /// Tasks submitted ahead of what has been yielded (default: 4 per worker; 32 per worker
     /// process on a broker).
     pub fn in_flight(self, tasks: usize) -> Self {
         ImapUnordered(self.0.in_flight(tasks))
