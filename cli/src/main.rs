@@ -2,7 +2,7 @@
 //! pool on a broker.
 //!
 //! ```text
-//! multiprocess manager serve  --address 0.0.0.0:5000 --authkey-file key [--tls-cert c.pem --tls-key k.pem]
+//! multiprocess manager serve  --address 0.0.0.0:5000 --authkey-file key [--tls-cert c.pem --tls-key k.pem | --python]
 //! multiprocess manager status --address 10.0.0.7:5000 --authkey-file key [--tls-ca ca.pem [--tls-name NAME]]
 //! multiprocess manager stop   --address ... --authkey-file key
 //! multiprocess pool status    --redis redis://10.0.0.9:6379 [--pool NAME]
@@ -14,6 +14,7 @@
 //! (`RUST_LOG=debug` for more).
 
 use clap::{Args, Parser, Subcommand};
+use multiprocess::manager::python::PythonServer;
 use multiprocess::manager::{Manager, Server};
 use multiprocess::{Address, Listener};
 use std::path::PathBuf;
@@ -87,6 +88,10 @@ struct Serve {
     /// The server's private key (PEM).
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Serves Python clients (`multiprocessing.managers.SyncManager(address, authkey).connect()`)
+    /// with Python's protocol and pickles, instead of this crate's clients.
+    #[arg(long, conflicts_with = "tls_cert")]
+    python: bool,
 }
 
 #[derive(Args)]
@@ -138,6 +143,13 @@ fn serve(args: Serve) -> Result<(), String> {
     let listener = b
         .bind()
         .map_err(|e| format!("cannot listen at {at}: {e}"))?;
+    if args.python {
+        let server = PythonServer::new(listener).map_err(|e| e.to_string())?;
+        tracing::info!("manager serving Python clients at {}", server.address());
+        server.serve().map_err(|e| e.to_string())?;
+        tracing::info!("manager stopped");
+        return Ok(());
+    }
     let server = Server::new(listener).map_err(|e| e.to_string())?;
     let tls = if args.tls_cert.is_some() {
         " over TLS"

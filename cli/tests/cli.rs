@@ -360,3 +360,41 @@ fn pool_status_shows_workers_and_tasks_on_the_broker() {
         let _: () = redis::cmd("DEL").arg(&keys).query(&mut c).unwrap();
     }
 }
+
+/// A Python client of `manager serve --python`: makes a dict and a queue, reads them back, and
+/// shuts the server down with the protocol's `shutdown` verb.
+const PY_CLIENT: &str = r#"
+import sys
+from multiprocessing.managers import SyncManager, dispatch
+host, port = sys.argv[1].rsplit(':', 1)
+m = SyncManager(address=(host, int(port)), authkey=sys.argv[2].encode())
+m.connect()
+d = m.dict({'a': 1}); d[1.0] = 'one'; q = m.Queue(); q.put([1, 2])
+print(d[True], d['a'], q.get(), flush=True)
+dispatch(m._Client(m.address, authkey=m._authkey), None, 'shutdown')
+"#;
+
+#[test]
+fn serve_python_clients() {
+    let dir = Dir::new("python");
+    let key = dir.file("key", b"a key for python");
+    let address = free_tcp_address();
+    let served = serve(&[
+        "--address",
+        &address,
+        "--authkey-file",
+        key.to_str().unwrap(),
+        "--python",
+    ]);
+    until_up(|| {
+        multiprocess::Client::builder(address.as_str())
+            .authkey(b"a key for python")
+            .connect()
+    });
+    let out = Command::new("python3")
+        .args(["-c", PY_CLIENT, &address, "a key for python"])
+        .output()
+        .unwrap();
+    assert_eq!(text(&out).trim(), "one 1 [1, 2]", "{}", text(&out));
+    assert!(wait_exit(served).success());
+}

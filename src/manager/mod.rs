@@ -48,6 +48,7 @@
 
 mod client;
 mod proto;
+pub mod python;
 mod serve;
 mod server;
 

@@ -747,6 +747,16 @@ pub(crate) fn resident_bytes() -> io::Result<u64> {
     Ok(pages * rustix::param::page_size() as u64)
 }
 
+/// When process `pid` started (clock ticks after boot, `/proc/<pid>/stat`'s 22nd field), or
+/// `None` when there is no such process: with the pid, a name for one process run that a reused
+/// pid does not take over.
+pub(crate) fn process_started(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold anything: count after its end.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_ascii_whitespace().nth(19)?.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

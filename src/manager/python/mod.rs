@@ -1,0 +1,702 @@
+//! A manager server for Python clients: it speaks the protocol of CPython's
+//! `multiprocessing.managers`, so that `SyncManager(address, authkey).connect()` in an unchanged
+//! Python program gets its dicts, lists, queues and locks from a Rust process.
+//!
+//! ```no_run
+//! use multiprocess::Listener;
+//! use multiprocess::manager::python::PythonServer;
+//!
+//! let listener = Listener::builder("127.0.0.1:50000").authkey(b"secret").bind()?;
+//! let server = PythonServer::new(listener)?;
+//! println!("serving Python clients at {}", server.address());
+//! server.serve()?; // until a client calls `shutdown`, or a `PythonStopper` stops it
+//! # Ok::<(), std::io::Error>(())
+//! ```
+//!
+//! and in Python:
+//!
+//! ```text
+//! from multiprocessing.managers import SyncManager
+//! m = SyncManager(address=('127.0.0.1', 50000), authkey=b'secret'); m.connect()
+//! d = m.dict(); d['x'] = [1, 2]; q = m.Queue(); q.put('job')
+//! ```
+//!
+//! # The protocol, and how this server keeps it
+//! Every connection starts with the handshake of `multiprocessing.connection` (the [`Listener`]
+//! runs it: the current `{sha256}` form and the legacy one of Python 3.11 and older), then
+//! carries pickles. A fresh connection sends one control request `(None, verb, args, kwds)`:
+//! `create`, `incref`, `decref`, `dummy`, `debug_info`, `number_of_objects`, `get_methods`,
+//! `shutdown`, or `accept_connection`, after which the connection carries method calls
+//! `(ident, method, args, kwds)` of one proxy in one client thread. Replies are `('#RETURN',
+//! value)`, `('#ERROR', exception)` (raised as is by the client), `('#TRACEBACK', text)` (a
+//! `RemoteError` there), and `('#PROXY', (exposed, Token))` for a method that returns a new
+//! shared object (a dict's `__iter__`). A Python client opens a connection for every proxy it
+//! makes and every reference it takes or drops, so the server is built for many short
+//! connections: a thread per connection, started as soon as the listener has checked the key.
+//!
+//! The objects are values, not Python objects: the server runs no Python, and holds what clients
+//! send as [`pickle::Value`]s. Python's semantics for them are written out in `value.rs` (which
+//! keys are one key, equality, ordering, negative indices and slices, `repr`) and the types'
+//! methods in `objects.rs`, with the exceptions CPython's types raise. What needs Python code to
+//! run (a `sort(key=...)`, a `Barrier`'s `action`) is refused with a `TypeError` that says so.
+//!
+//! # Better than CPython's server
+//! - A lock, an RLock or semaphore slots taken through a connection that ends (the client
+//!   exited or was killed) are given back ([`objects`]): with CPython's server they stay taken
+//!   forever, and every later acquirer hangs.
+//! - Objects held by a client that died are freed: every reference a client takes over a Unix
+//!   socket is counted against its process (the kernel says which), and when that process is gone
+//!   its references go with it. (Over TCP the server cannot tell a client's process, and counts
+//!   as CPython does.)
+//! - A request that is not one (a bad pickle, a wrong shape, an unknown object) is answered with
+//!   `#TRACEBACK` and the connection goes on; nothing a client sends can stop the server.
+//! - A client waiting in a blocking call (`get`, `acquire`, `wait`) that hangs up gives up its
+//!   place at once.
+
+mod objects;
+mod value;
+
+use crate::pickle::{self, Limits, Object, Value};
+use crate::{Address, Connection, Listener};
+use objects::{Call, ConnId, Outcome, Referent};
+use std::collections::HashMap;
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use value::{Fail, repr};
+
+/// A manager server for Python clients (`multiprocessing.managers.SyncManager` and
+/// `BaseManager`s with the same type ids); see the [module documentation](self).
+#[derive(Debug)]
+pub struct PythonServer {
+    listener: Listener,
+    shared: Arc<Shared>,
+}
+
+/// Stops a [`PythonServer`] from another thread: [`PythonServer::serve`] returns soon after.
+#[derive(Debug, Clone)]
+pub struct PythonStopper {
+    shared: Arc<Shared>,
+}
+
+impl PythonStopper {
+    /// Asks the server to stop: it stops accepting, and blocked calls give up.
+    pub fn stop(&self) {
+        self.shared.stopping.store(true, Ordering::Release);
+    }
+}
+
+/// The shared objects, with their references.
+#[derive(Default)]
+struct Table {
+    objects: HashMap<String, Entry>,
+    next: u64,
+}
+
+struct Entry {
+    obj: Arc<Referent>,
+    typeid: &'static str,
+    refs: u64,
+    /// References taken by client processes the server can tell (over Unix sockets), with the
+    /// process's start time (a pid can be reused).
+    by_process: HashMap<(i32, u64), u64>,
+}
+
+struct Shared {
+    table: Mutex<Table>,
+    stopping: AtomicBool,
+    next_conn: AtomicU64,
+    /// The server's address as a Python client writes it (`('host', port)` or a path).
+    address: Value,
+    limits: Limits,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("objects", &self.table().objects.len())
+            .field("stopping", &self.stopping)
+            .finish()
+    }
+}
+
+/// The most a request may make the decoder hold (a Python client's values are small; a hostile
+/// one gets a `#TRACEBACK`, not the server's memory).
+const REQUEST_LIMITS: Limits = Limits {
+    max_nodes: 4_000_000,
+    max_depth: 200,
+    max_marks: 10_000,
+    max_stack: 1_000_000,
+    max_memo: 1_000_000,
+    max_bytes: 256 << 20,
+};
+
+/// How often the server looks for client processes that died holding references.
+const REAP_EVERY: Duration = Duration::from_millis(500);
+
+impl PythonServer {
+    /// A server on `listener`, which must check a key when it is on TCP (Python clients always
+    /// send one: give the listener the manager's `authkey`).
+    ///
+    /// # Errors
+    /// A TCP listener without a key ([`io::ErrorKind::InvalidInput`]).
+    pub fn new(listener: Listener) -> io::Result<PythonServer> {
+        if matches!(listener.address(), Address::Tcp(_)) && !listener.has_authkey() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a manager on TCP needs a key: bind its listener with one",
+            ));
+        }
+        let address = python_address(listener.address());
+        Ok(PythonServer {
+            listener,
+            shared: Arc::new(Shared {
+                table: Mutex::new(Table::default()),
+                stopping: AtomicBool::new(false),
+                next_conn: AtomicU64::new(1),
+                address,
+                limits: REQUEST_LIMITS,
+            }),
+        })
+    }
+
+    /// Where clients connect.
+    pub fn address(&self) -> &Address {
+        self.listener.address()
+    }
+
+    /// A handle that stops the server from another thread.
+    pub fn stopper(&self) -> PythonStopper {
+        PythonStopper {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Serves until stopped (a client's `shutdown`, or a [`PythonStopper`]). A client that fails
+    /// its handshake is dropped and the others go on.
+    ///
+    /// # Errors
+    /// The listener failed for a reason other than one client's.
+    pub fn serve(self) -> io::Result<()> {
+        let reaper = {
+            let shared = self.shared.clone();
+            std::thread::Builder::new()
+                .name("pymanager-reaper".into())
+                .spawn(move || shared.reap_loop())?
+        };
+        let mut threads: Vec<std::thread::JoinHandle<()>> = Vec::new();
+        let result: io::Result<()> = loop {
+            if self.shared.stopping.load(Ordering::Acquire) {
+                break Ok(());
+            }
+            match self.listener.accept_timeout(Duration::from_millis(100)) {
+                Ok(conn) => {
+                    let id = self.shared.next_conn.fetch_add(1, Ordering::Relaxed);
+                    let shared = self.shared.clone();
+                    threads.retain(|t| !t.is_finished());
+                    match std::thread::Builder::new()
+                        .name(format!("pymanager-{id}"))
+                        .spawn(move || shared.handle(conn, id))
+                    {
+                        Ok(t) => threads.push(t),
+                        Err(e) => {
+                            crate::trace::event!(
+                                warn,
+                                "python manager: no thread for a client: {e}"
+                            );
+                        }
+                    }
+                }
+                Err(crate::AcceptError::Timeout) => {}
+                Err(e) if e.is_per_client() => {
+                    crate::trace::event!(info, "python manager: a client was refused: {e}");
+                }
+                Err(e) => {
+                    // Out of descriptors or the like: this client is refused, the others are
+                    // served, and accepting resumes a little later.
+                    crate::trace::event!(warn, "python manager: accept failed: {e}");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        };
+        self.shared.stopping.store(true, Ordering::Release);
+        // Connections waiting on a client's next request end when the listener closes them;
+        // blocked calls give up within `objects::LOOK`.
+        drop(self.listener);
+        for t in threads {
+            let _ = t.join();
+        }
+        let _ = reaper.join();
+        result
+    }
+}
+
+/// `Listener.address` as a Python client has it.
+fn python_address(a: &Address) -> Value {
+    match a {
+        Address::Tcp(sa) => Value::Tuple(vec![
+            Value::Str(sa.ip().to_string()),
+            Value::Int(i64::from(sa.port())),
+        ]),
+        Address::Unix(p) => Value::Str(p.to_string_lossy().into_owned()),
+        Address::Abstract(name) => Value::Str(format!("\0{}", String::from_utf8_lossy(name))),
+    }
+}
+
+/// A request as the client sent it: `(ident, name, args, kwds)`.
+struct Request {
+    ident: Value,
+    name: String,
+    args: Vec<Value>,
+    kwds: Vec<(String, Value)>,
+}
+
+fn parse(v: Value) -> Result<Request, String> {
+    let Value::Tuple(mut parts) = v else {
+        return Err("a request is a tuple (ident, method, args, kwds)".into());
+    };
+    if parts.len() != 4 {
+        return Err(format!("a request has 4 items, not {}", parts.len()));
+    }
+    let kwds = parts.pop().expect("4");
+    let args = parts.pop().expect("3");
+    let name = parts.pop().expect("2");
+    let ident = parts.pop().expect("1");
+    let Value::Str(name) = name else {
+        return Err("a method name is a str".into());
+    };
+    let args = match args {
+        Value::Tuple(a) | Value::List(a) => a,
+        _ => return Err("arguments are a tuple".into()),
+    };
+    let kwds = match kwds {
+        Value::Dict(e) => e
+            .into_iter()
+            .map(|(k, v)| match k {
+                Value::Str(k) => Ok((k, v)),
+                _ => Err("keyword names are str".to_string()),
+            })
+            .collect::<Result<_, _>>()?,
+        Value::None => Vec::new(),
+        _ => return Err("keywords are a dict".into()),
+    };
+    Ok(Request {
+        ident,
+        name,
+        args,
+        kwds,
+    })
+}
+
+fn reply(kind: &str, v: Value) -> Value {
+    Value::Tuple(vec![Value::Str(kind.into()), v])
+}
+
+fn traceback(text: &str) -> Value {
+    reply(
+        "#TRACEBACK",
+        Value::Str(format!(
+            "Traceback (most recent call last):\n  (in the multiprocess manager server, in Rust)\n{text}\n"
+        )),
+    )
+}
+
+fn fail_reply(f: Fail) -> Value {
+    match f {
+        Fail::Raise(e) => reply("#ERROR", e),
+        Fail::Traceback(t) => traceback(&t),
+    }
+}
+
+/// A `Token(typeid, address, id)` as pickle carries it.
+fn token(typeid: &str, address: &Value, id: &str) -> Value {
+    Value::Object(Box::new(Object {
+        callable: Value::global("multiprocessing.managers", "Token"),
+        args: Value::Tuple(vec![]),
+        kwargs: None,
+        state: vec![Value::Tuple(vec![
+            Value::Str(typeid.into()),
+            address.clone(),
+            Value::Str(id.into()),
+        ])],
+        items: Vec::new(),
+        entries: Vec::new(),
+        new: true,
+    }))
+}
+
+/// The object id in a `Token`, or in a proxy a client sent (`RebuildProxy(func, token, ...)`).
+fn token_id(v: &Value) -> Option<String> {
+    let Value::Object(o) = v else { return None };
+    match &o.callable {
+        Value::Global { name, .. } if name == "Token" => match o.state.first() {
+            Some(Value::Tuple(t)) if t.len() == 3 => match &t[2] {
+                Value::Str(id) => Some(id.clone()),
+                _ => None,
+            },
+            _ => None,
+        },
+        Value::Global { name, .. } if name == "RebuildProxy" => match &o.args {
+            Value::Tuple(a) if a.len() >= 2 => token_id(&a[1]),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn ident_of(v: &Value) -> Result<String, Fail> {
+    match v {
+        Value::Str(s) => Ok(s.clone()),
+        other => Err(Fail::Traceback(format!("KeyError: {}", repr(other)))),
+    }
+}
+
+impl Shared {
+    fn table(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    fn recv(&self, conn: &Connection) -> Option<Result<Value, String>> {
+        let bytes = conn.recv_bytes().ok()?;
+        Some(
+            pickle::decode_with(&bytes, &self.limits)
+                .map_err(|e| format!("the request could not be read: {e}")),
+        )
+    }
+
+    fn send(&self, conn: &Connection, v: &Value) -> bool {
+        let bytes = match pickle::encode(v) {
+            Ok(b) => b,
+            Err(e) => pickle::encode(&reply(
+                "#UNSERIALIZABLE",
+                Value::Str(format!("the reply could not be pickled: {e}")),
+            ))
+            .unwrap_or_default(),
+        };
+        conn.send_bytes(&bytes).is_ok()
+    }
+
+    /// A new connection: one control request, or, after `accept_connection`, a proxy's calls.
+    fn handle(self: &Arc<Self>, conn: Connection, id: ConnId) {
+        let process = crate::sys::socket_peer(std::os::fd::AsFd::as_fd(&conn))
+            .ok()
+            .map(|(pid, _)| pid)
+            .filter(|&pid| pid > 0)
+            .and_then(|pid| crate::sys::process_started(pid).map(|t| (pid, t)));
+        let Some(request) = self.recv(&conn) else {
+            return;
+        };
+        let answer = match request.and_then(parse) {
+            Err(e) => traceback(&e),
+            Ok(r) if r.name == "accept_connection" => {
+                if self.send(&conn, &reply("#RETURN", Value::None)) {
+                    self.serve_client(&conn, id, process);
+                }
+                return;
+            }
+            Ok(r) => match self.control(&r, id, process) {
+                Ok(v) => reply("#RETURN", v),
+                Err(f) => fail_reply(f),
+            },
+        };
+        self.send(&conn, &answer);
+    }
+
+    /// The control verbs of CPython's `Server.public`.
+    fn control(
+        self: &Arc<Self>,
+        r: &Request,
+        id: ConnId,
+        process: Option<(i32, u64)>,
+    ) -> Result<Value, Fail> {
+        match r.name.as_str() {
+            "dummy" => Ok(Value::None),
+            "create" => {
+                let Some(Value::Str(typeid)) = r.args.first() else {
+                    return Err(Fail::Traceback("TypeError: create() needs a typeid".into()));
+                };
+                let Some(&typeid) = objects::CREATABLE.iter().find(|t| **t == typeid) else {
+                    return Err(Fail::Traceback(format!(
+                        "KeyError: {} (this server makes {})",
+                        repr(&Value::Str(typeid.clone())),
+                        objects::CREATABLE.join(", ")
+                    )));
+                };
+                let call = Call {
+                    conn: id,
+                    args: &r.args[1..],
+                    kwds: &r.kwds,
+                    gone: &|| false,
+                };
+                let obj = Referent::create(typeid, &call, &|v| self.lookup(v))?;
+                let ident = self.insert(typeid, obj, process);
+                Ok(Value::Tuple(vec![Value::Str(ident), exposed_value(typeid)]))
+            }
+            "incref" => {
+                let ident = ident_of(r.args.first().unwrap_or(&Value::None))?;
+                let mut t = self.table();
+                let Some(e) = t.objects.get_mut(&ident) else {
+                    return Err(Fail::Traceback(format!(
+                        "KeyError: {}",
+                        repr(&Value::Str(ident))
+                    )));
+                };
+                e.refs += 1;
+                if let Some(p) = process {
+                    *e.by_process.entry(p).or_insert(0) += 1;
+                }
+                Ok(Value::None)
+            }
+            "decref" => {
+                let ident = ident_of(r.args.first().unwrap_or(&Value::None))?;
+                self.decref(&ident, process).map(|()| Value::None)
+            }
+            "number_of_objects" => Ok(Value::Int(self.table().objects.len() as i64)),
+            "debug_info" => {
+                let t = self.table();
+                let mut ids: Vec<&String> = t.objects.keys().collect();
+                ids.sort();
+                let lines: Vec<String> = ids
+                    .into_iter()
+                    .map(|i| {
+                        let e = &t.objects[i];
+                        let mut text = e.obj.repr();
+                        text.truncate(75);
+                        format!("  {i}:       refcount={}\n    {text}", e.refs)
+                    })
+                    .collect();
+                Ok(Value::Str(lines.join("\n")))
+            }
+            "get_methods" => {
+                let id = r.args.first().and_then(token_id).ok_or_else(|| {
+                    Fail::Traceback("TypeError: get_methods() needs a Token".into())
+                })?;
+                let t = self.table();
+                let e = t.objects.get(&id).ok_or_else(|| {
+                    Fail::Traceback(format!("KeyError: {}", repr(&Value::Str(id.clone()))))
+                })?;
+                Ok(exposed_value(e.typeid))
+            }
+            "shutdown" => {
+                self.stopping.store(true, Ordering::Release);
+                Ok(Value::None)
+            }
+            other => Err(Fail::Traceback(format!(
+                "AssertionError: {} unrecognized",
+                repr(&Value::Str(other.into()))
+            ))),
+        }
+    }
+
+    /// Stores a new object with one reference (the creator's), as CPython's `create`.
+    fn insert(&self, typeid: &'static str, obj: Referent, process: Option<(i32, u64)>) -> String {
+        let mut t = self.table();
+        t.next += 1;
+        let ident = format!("{:x}", t.next);
+        let mut by_process = HashMap::new();
+        if let Some(p) = process {
+            by_process.insert(p, 1);
+        }
+        t.objects.insert(
+            ident.clone(),
+            Entry {
+                obj: Arc::new(obj),
+                typeid,
+                refs: 1,
+                by_process,
+            },
+        );
+        ident
+    }
+
+    fn decref(&self, ident: &str, process: Option<(i32, u64)>) -> Result<(), Fail> {
+        let freed = {
+            let mut t = self.table();
+            let Some(e) = t.objects.get_mut(ident) else {
+                return Err(Fail::Traceback(format!(
+                    "KeyError: {}",
+                    repr(&Value::Str(ident.into()))
+                )));
+            };
+            e.refs = e.refs.saturating_sub(1);
+            if let Some(p) = process
+                && let Some(n) = e.by_process.get_mut(&p)
+            {
+                *n -= 1;
+                if *n == 0 {
+                    e.by_process.remove(&p);
+                }
+            }
+            if e.refs == 0 {
+                t.objects.remove(ident)
+            } else {
+                None
+            }
+        };
+        // Dropped outside the table's lock.
+        drop(freed);
+        Ok(())
+    }
+
+    /// An object of this server a client names by a proxy or a token.
+    fn lookup(&self, v: &Value) -> Option<Arc<Referent>> {
+        let id = token_id(v)?;
+        self.table().objects.get(&id).map(|e| e.obj.clone())
+    }
+
+    /// A proxy's connection: method calls until the client hangs up or the server stops.
+    fn serve_client(self: &Arc<Self>, conn: &Connection, id: ConnId, process: Option<(i32, u64)>) {
+        // What this connection took and may still hold (locks, semaphores).
+        let mut holds: Vec<Arc<Referent>> = Vec::new();
+        let gone = || self.stopping() || conn.poll(Duration::ZERO).unwrap_or(true);
+        while !self.stopping() {
+            // Wake now and then to see whether the server stops.
+            match conn.poll(Duration::from_millis(200)) {
+                Ok(false) => continue,
+                Ok(true) => {}
+                Err(_) => break,
+            }
+            let Some(request) = self.recv(conn) else {
+                break;
+            };
+            let answer = match request.and_then(parse) {
+                Err(e) => traceback(&e),
+                Ok(r) => self.method(&r, id, process, &gone, &mut holds),
+            };
+            if !self.send(conn, &answer) {
+                break;
+            }
+        }
+        for h in holds {
+            h.release_held(id);
+        }
+    }
+
+    fn method(
+        self: &Arc<Self>,
+        r: &Request,
+        id: ConnId,
+        process: Option<(i32, u64)>,
+        gone: &dyn Fn() -> bool,
+        holds: &mut Vec<Arc<Referent>>,
+    ) -> Value {
+        let ident = match ident_of(&r.ident) {
+            Ok(i) => i,
+            Err(f) => return fail_reply(f),
+        };
+        let Some((obj, typeid)) = self
+            .table()
+            .objects
+            .get(&ident)
+            .map(|e| (e.obj.clone(), e.typeid))
+        else {
+            return traceback(&format!("KeyError: {}", repr(&Value::Str(ident))));
+        };
+        match r.name.as_str() {
+            "#GETVALUE" => {
+                return match obj.getvalue() {
+                    Ok(v) => reply("#RETURN", v),
+                    Err(f) => fail_reply(f),
+                };
+            }
+            "__repr__" | "__str__" if !objects::exposed(typeid).contains(&r.name.as_str()) => {
+                return reply("#RETURN", Value::Str(obj.repr()));
+            }
+            name if !objects::exposed(typeid).contains(&name) => {
+                return traceback(&format!(
+                    "AttributeError: method {} of {typeid} object is not in exposed={}",
+                    repr(&Value::Str(name.into())),
+                    repr(&exposed_value(typeid))
+                ));
+            }
+            _ => {}
+        }
+        let call = Call {
+            conn: id,
+            args: &r.args,
+            kwds: &r.kwds,
+            gone,
+        };
+        if obj.takes(&r.name) && !holds.iter().any(|h| Arc::ptr_eq(h, &obj)) {
+            holds.push(obj.clone());
+        }
+        match obj.call(&r.name, &call) {
+            Ok(Outcome::Return(v)) => reply("#RETURN", v),
+            Ok(Outcome::Proxy(typeid, made)) => {
+                let rident = self.insert(typeid, made, process);
+                reply(
+                    "#PROXY",
+                    Value::Tuple(vec![
+                        exposed_value(typeid),
+                        token(typeid, &self.address, &rident),
+                    ]),
+                )
+            }
+            Err(f) => fail_reply(f),
+        }
+    }
+
+    /// Drops the references of client processes that are gone.
+    fn reap_loop(self: Arc<Self>) {
+        while !self.stopping() {
+            std::thread::sleep(REAP_EVERY);
+            let processes: Vec<(i32, u64)> = {
+                let t = self.table();
+                let mut p: Vec<(i32, u64)> = t
+                    .objects
+                    .values()
+                    .flat_map(|e| e.by_process.keys().copied())
+                    .collect();
+                p.sort_unstable();
+                p.dedup();
+                p
+            };
+            let dead: Vec<(i32, u64)> = processes
+                .into_iter()
+                .filter(|&(pid, started)| crate::sys::process_started(pid) != Some(started))
+                .collect();
+            if dead.is_empty() {
+                continue;
+            }
+            let freed: Vec<Entry> = {
+                let mut t = self.table();
+                for e in t.objects.values_mut() {
+                    for p in &dead {
+                        if let Some(n) = e.by_process.remove(p) {
+                            e.refs = e.refs.saturating_sub(n);
+                        }
+                    }
+                }
+                let gone: Vec<String> = t
+                    .objects
+                    .iter()
+                    .filter(|(_, e)| e.refs == 0)
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                gone.iter().filter_map(|k| t.objects.remove(k)).collect()
+            };
+            if !freed.is_empty() {
+                crate::trace::event!(
+                    info,
+                    "python manager: freed {} objects of {} dead clients",
+                    freed.len(),
+                    dead.len()
+                );
+            }
+        }
+    }
+}
+
+fn exposed_value(typeid: &str) -> Value {
+    Value::Tuple(
+        objects::exposed(typeid)
+            .iter()
+            .map(|m| Value::Str((*m).into()))
+            .collect(),
+    )
+}
