@@ -35,6 +35,9 @@ Run by the Rust harness (bench/src/python.rs), one figure per invocation:
     bench_mp.py manager-updates-each                         [plan]
     bench_mp.py manager-snapshot                             [plan]
     bench_mp.py manager-served-rt                            [plan]
+    bench_mp.py pyclient-dict   [--connect ADDR --key HEX]   [plan]
+    bench_mp.py pyclient-list   [--connect ADDR --key HEX]   [plan]
+    bench_mp.py pyclient-queue  [--connect ADDR --key HEX]   [plan]
 
     plan: [--warmup W] [--samples S] [--ops N] [--quick]
 
@@ -89,6 +92,9 @@ DEFAULTS = {
     "manager-updates-each": {"full": (1, 11, 1), "quick": (1, 5, 1)},
     "manager-snapshot": {"full": (1, 11, 1), "quick": (1, 5, 1)},
     "manager-served-rt": {"full": (1, 31, 500), "quick": (1, 9, 100)},
+    "pyclient-dict": {"full": (1, 31, 500), "quick": (1, 9, 100)},
+    "pyclient-list": {"full": (1, 31, 500), "quick": (1, 9, 100)},
+    "pyclient-queue": {"full": (1, 31, 500), "quick": (1, 9, 100)},
 }
 
 
@@ -890,6 +896,59 @@ def fig_manager_served_rt(args):
         return run_plan(args, batch)
 
 
+def python_client(args):
+    """A SyncManager client: of the server at --connect (the Rust one), else of Python's own,
+    started here. Gives (manager, stop)."""
+    from multiprocessing.managers import SyncManager
+
+    if args.connect:
+        if args.connect.startswith("/"):
+            address = args.connect
+        else:
+            host, port = args.connect.rsplit(":", 1)
+            address = (host, int(port))
+        m = SyncManager(address=address, authkey=bytes.fromhex(args.key))
+        m.connect()
+        return m, lambda: None
+    m = mp.get_context("fork").Manager()
+    return m, m.shutdown
+
+
+def fig_pyclient(args, what):
+    """One op through a Python client's proxy: dict d[k] = v then d[k]; list append; queue put
+    then get. The same script measures the Rust server (--connect) and Python's."""
+    m, stop = python_client(args)
+    try:
+        if what == "dict":
+            d = m.dict()
+
+            def batch(ops):
+                for i in range(ops):
+                    d[i % 64] = i
+                    if d[i % 64] != i:
+                        raise RuntimeError("a wrong value")
+
+        elif what == "list":
+            lst = m.list()
+
+            def batch(ops):
+                for i in range(ops):
+                    lst.append(i)
+
+        else:
+            q = m.Queue()
+
+            def batch(ops):
+                for i in range(ops):
+                    q.put(i)
+                    if q.get() != i:
+                        raise RuntimeError("a wrong item")
+
+        return run_plan(args, batch)
+    finally:
+        stop()
+
+
 FIGURES = {
     "process": fig_process,
     "pipe-rt": fig_pipe_rt,
@@ -925,6 +984,9 @@ FIGURES = {
     "manager-updates-each": fig_manager_updates_each,
     "manager-snapshot": fig_manager_snapshot,
     "manager-served-rt": fig_manager_served_rt,
+    "pyclient-dict": lambda args: fig_pyclient(args, "dict"),
+    "pyclient-list": lambda args: fig_pyclient(args, "list"),
+    "pyclient-queue": lambda args: fig_pyclient(args, "queue"),
 }
 
 
@@ -951,6 +1013,8 @@ def parse_args(argv):
     ap.add_argument("--workers", type=int, default=2, help="pool-cpu's workers")
     ap.add_argument("--spin-us", type=int, default=1000, help="pool-cpu's spin per task (µs)")
     ap.add_argument("--family", choices=["unix", "tcp"], default="unix", help="socket-*'s transport")
+    ap.add_argument("--connect", help="pyclient-*: the address of the manager to use (else Python's own)")
+    ap.add_argument("--key", default="", help="pyclient-*: its key, in hex")
     ap.add_argument("--warmup", type=int)
     ap.add_argument("--samples", type=int)
     ap.add_argument("--ops", type=int, help="operations per timed batch")

@@ -19,7 +19,7 @@ use multiprocess::manager::{Dict, Manager, Registrations, Registry, Serve};
 
 use crate::Ctx;
 use crate::measure::Plan;
-use crate::table::{Row, Table, Target, Unit};
+use crate::table::{Cell, Row, Table, Target, Unit};
 
 fn start() -> Result<Manager, String> {
     Manager::builder()
@@ -189,6 +189,7 @@ pub(crate) fn run(ctx: &Ctx, table: &mut Table) {
         ctx.python
             .measure("manager-served-rt", &[], plan, Unit::Micros),
     ));
+    python_clients(ctx, plan, table);
     let plan = Plan {
         warmup: 1,
         samples: ctx.pick(5, 11),
@@ -222,4 +223,65 @@ pub(crate) fn run(ctx: &Ctx, table: &mut Table) {
         ctx.python
             .measure("manager-snapshot", &[], plan, Unit::Millis),
     ));
+}
+
+/// Python's own client (`SyncManager(...).connect()`, unchanged) against the Rust server in
+/// Python mode (`manager::python::PythonServer`, on a Unix socket, on a thread here), and against
+/// Python's server (`multiprocessing.Manager()`), by the same script in the same run.
+fn python_clients(ctx: &Ctx, plan: Plan, table: &mut Table) {
+    const KEY: &[u8] = b"bench python clients";
+    let dir = std::env::temp_dir().join(format!("mp-bench-pyman-{}", std::process::id()));
+    let served = std::fs::create_dir_all(&dir)
+        .map_err(|e| e.to_string())
+        .and_then(|()| {
+            let l = multiprocess::Listener::builder(dir.join("m.sock"))
+                .authkey(KEY)
+                .bind()
+                .map_err(|e| e.to_string())?;
+            multiprocess::manager::python::PythonServer::new(l).map_err(|e| e.to_string())
+        });
+    let (stopper, thread, extra) = match served {
+        Ok(server) => {
+            let stopper = server.stopper();
+            let extra = vec![
+                "--connect".to_string(),
+                dir.join("m.sock").display().to_string(),
+                "--key".to_string(),
+                KEY.iter().map(|b| format!("{b:02x}")).collect(),
+            ];
+            (
+                Some(stopper),
+                Some(std::thread::spawn(move || server.serve())),
+                Some(extra),
+            )
+        }
+        Err(e) => {
+            eprintln!("manager: the Python-mode server did not start: {e}");
+            (None, None, None)
+        }
+    };
+    for (figure, name) in [
+        ("pyclient-dict", "Python client: dict set+get round trip"),
+        ("pyclient-list", "Python client: list append"),
+        ("pyclient-queue", "Python client: queue put+get round trip"),
+    ] {
+        let ours = match &extra {
+            Some(extra) => ctx.python.measure(figure, extra, plan, Unit::Micros),
+            None => Cell::Error("the Python-mode server did not start".into()),
+        };
+        let theirs = ctx.python.measure(figure, &[], plan, Unit::Micros);
+        table.push(Row::cells(
+            format!("{name} (Rust server; python: Python's server)"),
+            Unit::Micros,
+            ours,
+            theirs,
+        ));
+    }
+    if let Some(s) = stopper {
+        s.stop();
+    }
+    if let Some(t) = thread {
+        let _ = t.join();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -167,6 +167,18 @@ impl Row {
         }
     }
 
+    /// A figure whose both sides were measured by other means (a Python client of our server
+    /// and of Python's: both cells come from the Python script).
+    pub(crate) fn cells(figure: impl Into<String>, unit: Unit, ours: Cell, python: Cell) -> Row {
+        Row {
+            figure: figure.into(),
+            unit,
+            ours,
+            python,
+            target: None,
+        }
+    }
+
     /// A raw OS baseline: no Python counterpart, no speedup.
     pub(crate) fn baseline(
         figure: impl Into<String>,

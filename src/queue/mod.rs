@@ -970,6 +970,13 @@ pub mod fuzzing {
         crate::manager::fuzz_requests(data)
     }
 
+    /// Runs the Python-protocol manager requests encoded in `data` (chunks of a 2-byte
+    /// little-endian length and one pickled request) against a fresh Python-mode server state;
+    /// how many it answered.
+    pub fn python_manager_requests(data: &[u8]) -> usize {
+        crate::manager::python::fuzz_requests(data)
+    }
+
     /// The item type the forged queue holds.
     pub type Item = (u64, String, Vec<u8>);
 

@@ -53,8 +53,13 @@
 //! - A client waiting in a blocking call (`get`, `acquire`, `wait`) that hangs up gives up its
 //!   place at once.
 
+mod client;
 mod objects;
 mod value;
+
+pub use client::{
+    PyDict, PyError, PyException, PyList, PyNamespace, PyQueue, PyValue, PythonManager,
+};
 
 use crate::pickle::{self, Limits, Object, Value};
 use crate::{Address, Connection, Listener};
@@ -92,6 +97,8 @@ impl PythonStopper {
 struct Table {
     objects: HashMap<String, Entry>,
     next: u64,
+    /// The objects every client's `typeid()` gets ([`PythonServer::share`]), by type id.
+    shared: HashMap<String, String>,
 }
 
 struct Entry {
@@ -101,6 +108,8 @@ struct Entry {
     /// References taken by client processes the server can tell (over Unix sockets), with the
     /// process's start time (a pid can be reused).
     by_process: HashMap<(i32, u64), u64>,
+    /// Held by the server itself ([`PythonServer::share`]): never freed.
+    pinned: bool,
 }
 
 struct Shared {
@@ -110,6 +119,10 @@ struct Shared {
     /// The server's address as a Python client writes it (`('host', port)` or a path).
     address: Value,
     limits: Limits,
+    /// Some client stored a proxy of this server inside an object: from then on an object
+    /// nobody references may still be reachable from one, and is freed only once it is not
+    /// (`Shared::sweep`).
+    nested: AtomicBool,
 }
 
 impl std::fmt::Debug for Shared {
@@ -157,8 +170,55 @@ impl PythonServer {
                 next_conn: AtomicU64::new(1),
                 address,
                 limits: REQUEST_LIMITS,
+                nested: AtomicBool::new(false),
             }),
         })
+    }
+
+    /// Serves one object of type `kind` (`"Queue"`, `"dict"`, ... : the type ids of
+    /// `SyncManager`) that every client's `typeid()` returns: Python's
+    /// `BaseManager.register(typeid, callable=lambda: the_queue)` on the server, which clients
+    /// declare with `register(typeid)` (and a proxy type, for a dict or a list) and call.
+    ///
+    /// ```
+    /// use multiprocess::Listener;
+    /// use multiprocess::manager::python::PythonServer;
+    ///
+    /// let listener = Listener::builder("127.0.0.1:0").authkey(b"key").bind()?;
+    /// let server = PythonServer::new(listener)?.share("get_queue", "Queue")?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// `kind` is not a type this server makes, or `typeid` is one of them
+    /// ([`io::ErrorKind::InvalidInput`]).
+    pub fn share(self, typeid: &str, kind: &str) -> io::Result<PythonServer> {
+        let invalid = |m: String| io::Error::new(io::ErrorKind::InvalidInput, m);
+        let Some(&kind) = objects::CREATABLE.iter().find(|k| **k == kind) else {
+            return Err(invalid(format!(
+                "{kind:?} is not a type this server makes ({})",
+                objects::CREATABLE.join(", ")
+            )));
+        };
+        if objects::CREATABLE.contains(&typeid) || typeid.is_empty() {
+            return Err(invalid(format!("{typeid:?} cannot name a shared object")));
+        }
+        let call = Call {
+            conn: 0,
+            args: &[],
+            kwds: &[],
+            gone: &|| false,
+        };
+        let obj = Referent::create(kind, &call, &|_| None)
+            .map_err(|f| invalid(format!("{kind} could not be made: {f:?}")))?;
+        let ident = self.shared.insert(kind, obj, None);
+        let mut t = self.shared.table();
+        if let Some(e) = t.objects.get_mut(&ident) {
+            e.pinned = true;
+        }
+        t.shared.insert(typeid.to_string(), ident);
+        drop(t);
+        Ok(self)
     }
 
     /// Where clients connect.
@@ -420,6 +480,10 @@ impl Shared {
                 let Some(Value::Str(typeid)) = r.args.first() else {
                     return Err(Fail::Traceback("TypeError: create() needs a typeid".into()));
                 };
+                if let Some(found) = self.take_shared(typeid, process) {
+                    return Ok(found);
+                }
+                self.note_nested(r);
                 let Some(&typeid) = objects::CREATABLE.iter().find(|t| **t == typeid) else {
                     return Err(Fail::Traceback(format!(
                         "KeyError: {} (this server makes {})",
@@ -509,9 +573,71 @@ impl Shared {
                 typeid,
                 refs: 1,
                 by_process,
+                pinned: false,
             },
         );
         ident
+    }
+
+    /// A shared object's `(ident, exposed)`, with a reference taken for the caller, if
+    /// `typeid` names one.
+    fn take_shared(&self, typeid: &str, process: Option<(i32, u64)>) -> Option<Value> {
+        let mut t = self.table();
+        let ident = t.shared.get(typeid)?.clone();
+        let e = t.objects.get_mut(&ident)?;
+        e.refs += 1;
+        if let Some(p) = process {
+            *e.by_process.entry(p).or_insert(0) += 1;
+        }
+        Some(Value::Tuple(vec![
+            Value::Str(ident),
+            exposed_value(e.typeid),
+        ]))
+    }
+
+    /// Notes that a request carries a proxy of this server (to be stored, maybe).
+    fn note_nested(&self, r: &Request) {
+        if !self.nested.load(Ordering::Relaxed)
+            && (r.args.iter().any(holds_token) || r.kwds.iter().any(|(_, v)| holds_token(v)))
+        {
+            self.nested.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Frees the objects nobody references that no referenced object holds a proxy of (and so
+    /// on, through proxies in proxies): a mark from the referenced ones through the stored
+    /// values.
+    fn sweep(&self) {
+        let freed: Vec<Entry> = {
+            let mut t = self.table();
+            let mut marked: std::collections::HashSet<String> = t
+                .objects
+                .iter()
+                .filter(|(_, e)| e.refs > 0 || e.pinned)
+                .map(|(k, _)| k.clone())
+                .collect();
+            let mut todo: Vec<String> = marked.iter().cloned().collect();
+            while let Some(id) = todo.pop() {
+                let Some(e) = t.objects.get(&id) else {
+                    continue;
+                };
+                let mut found = Vec::new();
+                e.obj.visit(&mut |v| tokens_in(v, &mut found, 0));
+                for f in found {
+                    if t.objects.contains_key(&f) && marked.insert(f.clone()) {
+                        todo.push(f);
+                    }
+                }
+            }
+            let gone: Vec<String> = t
+                .objects
+                .keys()
+                .filter(|k| !marked.contains(*k))
+                .cloned()
+                .collect();
+            gone.iter().filter_map(|k| t.objects.remove(k)).collect()
+        };
+        drop(freed);
     }
 
     fn decref(&self, ident: &str, process: Option<(i32, u64)>) -> Result<(), Fail> {
@@ -532,14 +658,21 @@ impl Shared {
                     e.by_process.remove(&p);
                 }
             }
-            if e.refs == 0 {
-                t.objects.remove(ident)
-            } else {
+            let unreferenced = e.refs == 0 && !e.pinned;
+            if unreferenced && !self.nested.load(Ordering::Relaxed) {
+                Some(t.objects.remove(ident))
+            } else if unreferenced {
+                // Maybe still held inside another object: the sweep tells.
                 None
+            } else {
+                Some(None)
             }
         };
-        // Dropped outside the table's lock.
-        drop(freed);
+        match freed {
+            // Dropped outside the table's lock.
+            Some(freed) => drop(freed),
+            None => self.sweep(),
+        }
         Ok(())
     }
 
@@ -622,6 +755,7 @@ impl Shared {
             kwds: &r.kwds,
             gone,
         };
+        self.note_nested(r);
         if obj.takes(&r.name) && !holds.iter().any(|h| Arc::ptr_eq(h, &obj)) {
             holds.push(obj.clone());
         }
@@ -663,7 +797,7 @@ impl Shared {
             if dead.is_empty() {
                 continue;
             }
-            let freed: Vec<Entry> = {
+            let before = {
                 let mut t = self.table();
                 for e in t.objects.values_mut() {
                     for p in &dead {
@@ -672,23 +806,71 @@ impl Shared {
                         }
                     }
                 }
-                let gone: Vec<String> = t
-                    .objects
-                    .iter()
-                    .filter(|(_, e)| e.refs == 0)
-                    .map(|(k, _)| k.clone())
-                    .collect();
-                gone.iter().filter_map(|k| t.objects.remove(k)).collect()
+                t.objects.len()
             };
-            if !freed.is_empty() {
+            if self.nested.load(Ordering::Relaxed) {
+                self.sweep();
+            } else {
+                let freed: Vec<Entry> = {
+                    let mut t = self.table();
+                    let gone: Vec<String> = t
+                        .objects
+                        .iter()
+                        .filter(|(_, e)| e.refs == 0 && !e.pinned)
+                        .map(|(k, _)| k.clone())
+                        .collect();
+                    gone.iter().filter_map(|k| t.objects.remove(k)).collect()
+                };
+                drop(freed);
+            }
+            let after = self.table().objects.len();
+            if after < before {
                 crate::trace::event!(
                     info,
                     "python manager: freed {} objects of {} dead clients",
-                    freed.len(),
+                    before - after,
                     dead.len()
                 );
             }
         }
+    }
+}
+
+/// Whether `v` holds a proxy or a token anywhere inside.
+fn holds_token(v: &Value) -> bool {
+    let mut found = Vec::new();
+    tokens_in(v, &mut found, 0);
+    !found.is_empty()
+}
+
+/// The object ids of the proxies and tokens inside `v` (to a bounded depth: what is deeper
+/// was refused by the request decoder anyway).
+fn tokens_in(v: &Value, out: &mut Vec<String>, depth: usize) {
+    if depth > 256 {
+        return;
+    }
+    if let Some(id) = token_id(v) {
+        out.push(id);
+        return;
+    }
+    match v {
+        Value::List(x) | Value::Tuple(x) | Value::Set(x) | Value::FrozenSet(x) => {
+            x.iter().for_each(|i| tokens_in(i, out, depth + 1));
+        }
+        Value::Dict(e) => e.iter().for_each(|(k, i)| {
+            tokens_in(k, out, depth + 1);
+            tokens_in(i, out, depth + 1);
+        }),
+        Value::Object(o) => {
+            tokens_in(&o.args, out, depth + 1);
+            o.state.iter().for_each(|i| tokens_in(i, out, depth + 1));
+            o.items.iter().for_each(|i| tokens_in(i, out, depth + 1));
+            o.entries.iter().for_each(|(k, i)| {
+                tokens_in(k, out, depth + 1);
+                tokens_in(i, out, depth + 1);
+            });
+        }
+        _ => {}
     }
 }
 
@@ -699,4 +881,131 @@ fn exposed_value(typeid: &str) -> Value {
             .map(|m| Value::Str((*m).into()))
             .collect(),
     )
+}
+
+/// Runs the Python-protocol requests encoded in `data` (chunks of a 2-byte little-endian length
+/// and one pickled request) against a fresh server state, as one client whose connection never
+/// waits (a blocking call gives up at once); how many it answered. Every answer must pickle.
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn fuzz_requests(data: &[u8]) -> usize {
+    let shared = Arc::new(Shared {
+        table: Mutex::new(Table::default()),
+        stopping: AtomicBool::new(false),
+        next_conn: AtomicU64::new(1),
+        address: Value::Str("/fuzz".into()),
+        limits: REQUEST_LIMITS,
+        nested: AtomicBool::new(false),
+    });
+    let mut holds = Vec::new();
+    let mut rest = data;
+    let mut answered = 0;
+    while rest.len() >= 2 {
+        let n = usize::from(u16::from_le_bytes([rest[0], rest[1]])).min(rest.len() - 2);
+        let (chunk, tail) = rest[2..].split_at(n);
+        rest = tail;
+        let answer = match pickle::decode_with(chunk, &shared.limits)
+            .map_err(|e| e.to_string())
+            .and_then(parse)
+        {
+            Err(e) => traceback(&e),
+            Ok(r) if r.ident == Value::None => match r.name.as_str() {
+                "accept_connection" | "shutdown" => continue,
+                _ => match shared.control(&r, 1, None) {
+                    Ok(v) => reply("#RETURN", v),
+                    Err(f) => fail_reply(f),
+                },
+            },
+            Ok(r) => shared.method(&r, 1, None, &|| true, &mut holds),
+        };
+        assert!(
+            pickle::encode(&answer).is_ok(),
+            "an answer that does not pickle"
+        );
+        answered += 1;
+    }
+    for h in holds {
+        h.release_held(1);
+    }
+    answered
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    // Through the public fuzzing entry, as the fuzz target calls it.
+    use crate::queue::fuzzing::python_manager_requests as fuzz_requests;
+
+    fn request(ident: Value, name: &str, args: Vec<Value>) -> Vec<u8> {
+        let bytes = pickle::encode(&Value::Tuple(vec![
+            ident,
+            Value::Str(name.into()),
+            Value::Tuple(args),
+            Value::Dict(vec![]),
+        ]))
+        .unwrap();
+        let mut out = (bytes.len() as u16).to_le_bytes().to_vec();
+        out.extend(bytes);
+        out
+    }
+
+    /// A session of well-formed requests in the fuzz entry's format (the corpus's seed: with
+    /// `MP_WRITE_FUZZ_SEEDS=dir`, it is written there).
+    fn session() -> Vec<u8> {
+        let s = |t: &str| Value::Str(t.into());
+        let mut out = Vec::new();
+        for typeid in objects::CREATABLE {
+            let args = match *typeid {
+                "Value" => vec![s(typeid), s("i"), Value::Int(1)],
+                "Array" => vec![s(typeid), s("i"), Value::List(vec![Value::Int(1)])],
+                "Barrier" => vec![s(typeid), Value::Int(2)],
+                _ => vec![s(typeid)],
+            };
+            out.extend(request(Value::None, "create", args));
+        }
+        // The ids are 1, 2, ... in creation order: a call on each.
+        for (i, typeid) in objects::CREATABLE.iter().enumerate() {
+            let ident = s(&format!("{:x}", i + 1));
+            for method in objects::exposed(typeid) {
+                out.extend(request(
+                    ident.clone(),
+                    method,
+                    vec![Value::Int(0), Value::Int(1)],
+                ));
+            }
+        }
+        out.extend(request(Value::None, "number_of_objects", vec![]));
+        out.extend(request(Value::None, "debug_info", vec![]));
+        out.extend(request(Value::None, "decref", vec![s("1")]));
+        out
+    }
+
+    #[test]
+    fn the_fuzz_entry_answers_a_session_and_its_mutations() {
+        let seed = session();
+        if let Some(dir) = std::env::var_os("MP_WRITE_FUZZ_SEEDS") {
+            std::fs::write(
+                std::path::Path::new(&dir).join("python_manager_session"),
+                &seed,
+            )
+            .unwrap();
+        }
+        assert!(fuzz_requests(&seed) > 80);
+        // Bytes flipped at spread positions: answered or refused, never a panic.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let rounds: usize = std::env::var("MP_FUZZ_ROUNDS")
+            .ok()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(200);
+        for _ in 0..rounds {
+            let mut m = seed.clone();
+            for _ in 0..4 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let at = (x as usize) % m.len();
+                m[at] ^= (x >> 32) as u8 | 1;
+            }
+            fuzz_requests(&m);
+        }
+    }
 }

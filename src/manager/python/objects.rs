@@ -420,8 +420,13 @@ pub(crate) enum Referent {
         state: Blocking<CondState>,
     },
     Barrier(Blocking<BarrierState>),
-    /// A dict's keys, handed out one at a time (`__iter__`).
-    Iterator(Mutex<std::vec::IntoIter<Value>>),
+    /// A dict's keys, handed out one at a time (`__iter__`), with the dict and its size then:
+    /// a dict whose size changed fails the next step, as Python's iterators do.
+    Iterator {
+        keys: Mutex<std::vec::IntoIter<Value>>,
+        dict: std::sync::Weak<Referent>,
+        len: usize,
+    },
 }
 
 /// The methods each type answers (CPython's `_exposed_` for its proxy type, which a Python
@@ -726,14 +731,14 @@ impl Referent {
                     b.parties
                 )
             }
-            Referent::Iterator(_) => "<dict_keyiterator object>".into(),
+            Referent::Iterator { .. } => "<dict_keyiterator object>".into(),
         }
     }
 
     /// Runs `method`.
-    pub(crate) fn call(&self, method: &str, call: &Call<'_>) -> Res<Outcome> {
-        match self {
-            Referent::Dict(d) => dict_method(d, method, call),
+    pub(crate) fn call(self: &std::sync::Arc<Self>, method: &str, call: &Call<'_>) -> Res<Outcome> {
+        match &**self {
+            Referent::Dict(d) => dict_method(d, method, call, self),
             Referent::List(l) => list_method(l, method, call),
             Referent::Namespace(ns) => namespace_method(ns, method, call),
             Referent::Value(v) => match method {
@@ -778,11 +783,25 @@ impl Referent {
             },
             Referent::Condition { lock, state } => condition_method(lock, state, method, call),
             Referent::Barrier(b) => barrier_method(b, method, call),
-            Referent::Iterator(it) => match method {
-                "__next__" => match lock(it).next() {
-                    Some(v) => ret(v),
-                    None => Err(Fail::Raise(exception("builtins", "StopIteration", vec![]))),
-                },
+            Referent::Iterator { keys, dict, len } => match method {
+                "__next__" => {
+                    let mut keys = lock(keys);
+                    if let Some(d) = dict.upgrade()
+                        && let Referent::Dict(d) = &*d
+                        && lock(d).0.len() != *len
+                    {
+                        // Emptied too, so that it stays failed (as Python's).
+                        keys.by_ref().for_each(drop);
+                        return Err(raise(
+                            "RuntimeError",
+                            "dictionary changed size during iteration",
+                        ));
+                    }
+                    match keys.next() {
+                        Some(v) => ret(v),
+                        None => Err(Fail::Raise(exception("builtins", "StopIteration", vec![]))),
+                    }
+                }
                 _ => Err(no_method(method)),
             },
         }
@@ -809,6 +828,22 @@ impl Referent {
                 }
             }
             Referent::Condition { lock, .. } => lock.release_held(conn),
+            _ => {}
+        }
+    }
+
+    /// Every value this object stores (for the proxies of this server they may hold).
+    pub(crate) fn visit(&self, f: &mut dyn FnMut(&Value)) {
+        match self {
+            Referent::Dict(d) => lock(d).0.values().for_each(|(k, v)| {
+                f(k);
+                f(v);
+            }),
+            Referent::List(l) => lock(l).iter().for_each(f),
+            Referent::Namespace(ns) => lock(ns).values().for_each(f),
+            Referent::Value(v) => f(&lock(v).1),
+            Referent::Queue(q) => q.lock().items.iter().for_each(f),
+            Referent::Iterator { keys, .. } => lock(keys).as_slice().iter().for_each(f),
             _ => {}
         }
     }
@@ -848,7 +883,12 @@ fn no_method(method: &str) -> Fail {
     ))
 }
 
-fn dict_method(d: &Mutex<Dict>, method: &str, call: &Call<'_>) -> Res<Outcome> {
+fn dict_method(
+    d: &Mutex<Dict>,
+    method: &str,
+    call: &Call<'_>,
+    this: &std::sync::Arc<Referent>,
+) -> Res<Outcome> {
     let key = |name: &str| call.need(0, "key", name);
     let mut d = lock(d);
     match method {
@@ -875,12 +915,16 @@ fn dict_method(d: &Mutex<Dict>, method: &str, call: &Call<'_>) -> Res<Outcome> {
         "__len__" => ret(Value::Int(d.0.len() as i64)),
         "__iter__" => Ok(Outcome::Proxy(
             "Iterator",
-            Referent::Iterator(Mutex::new(
-                d.0.values()
-                    .map(|(k, _)| k.clone())
-                    .collect::<Vec<_>>()
-                    .into_iter(),
-            )),
+            Referent::Iterator {
+                keys: Mutex::new(
+                    d.0.values()
+                        .map(|(k, _)| k.clone())
+                        .collect::<Vec<_>>()
+                        .into_iter(),
+                ),
+                dict: std::sync::Arc::downgrade(this),
+                len: d.0.len(),
+            },
         )),
         "clear" => {
             d.0.clear();
@@ -1618,7 +1662,7 @@ mod tests {
         }
     }
 
-    fn run(r: &Referent, method: &str, args: &[Value]) -> Res<Value> {
+    fn run(r: &std::sync::Arc<Referent>, method: &str, args: &[Value]) -> Res<Value> {
         match r.call(method, &call(args, &[]))? {
             Outcome::Return(v) => Ok(v),
             Outcome::Proxy(..) => Ok(Value::Str("proxy".into())),
@@ -1638,12 +1682,14 @@ mod tests {
 
     #[test]
     fn a_list_does_what_python_lists_do() {
-        let l = Referent::create(
-            "list",
-            &call(&[Value::List(vec![Value::Int(3), Value::Int(1)])], &[]),
-            &|_| None,
-        )
-        .unwrap();
+        let l = std::sync::Arc::new(
+            Referent::create(
+                "list",
+                &call(&[Value::List(vec![Value::Int(3), Value::Int(1)])], &[]),
+                &|_| None,
+            )
+            .unwrap(),
+        );
         run(&l, "append", &[Value::Int(2)]).unwrap();
         assert_eq!(
             run(&l, "__getitem__", &[Value::Int(-1)]).unwrap(),
@@ -1661,7 +1707,7 @@ mod tests {
 
     #[test]
     fn a_lock_held_by_a_connection_that_ended_is_released() {
-        let l = new_lock(false);
+        let l = std::sync::Arc::new(new_lock(false));
         assert_eq!(run(&l, "acquire", &[]).unwrap(), Value::Bool(true));
         assert_eq!(
             run(&l, "acquire", &[Value::Bool(false)]).unwrap(),

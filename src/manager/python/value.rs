@@ -553,6 +553,33 @@ pub(crate) fn iterate(v: &Value) -> Res<Vec<Value>> {
             b.iter().map(|&c| Value::Int(i64::from(c))).collect()
         }
         Value::Str(t) => t.chars().map(|c| Value::Str(c.to_string())).collect(),
+        Value::Object(o) if is_global(&o.callable, "builtins", "range") => {
+            let Value::Tuple(a) = &o.args else {
+                return Err(type_error("a range without arguments"));
+            };
+            let n = |v: &Value| index(v);
+            let (start, stop, step) = match a.as_slice() {
+                [stop] => (0, n(stop)?, 1),
+                [start, stop] => (n(start)?, n(stop)?, 1),
+                [start, stop, step] => (n(start)?, n(stop)?, n(step)?),
+                _ => return Err(type_error("range expected at most 3 arguments")),
+            };
+            if step == 0 {
+                return Err(value_error("range() arg 3 must not be zero"));
+            }
+            let len = if step > 0 {
+                (i128::from(stop) - i128::from(start) + i128::from(step) - 1) / i128::from(step)
+            } else {
+                (i128::from(start) - i128::from(stop) - i128::from(step) - 1) / -i128::from(step)
+            }
+            .max(0);
+            if len > 1 << 24 {
+                return Err(raise("MemoryError", "the range is too long to store"));
+            }
+            (0..len as i64)
+                .map(|i| Value::Int(start + i * step))
+                .collect()
+        }
         other => {
             return Err(type_error(format!(
                 "'{}' object is not iterable",
@@ -560,6 +587,11 @@ pub(crate) fn iterate(v: &Value) -> Res<Vec<Value>> {
             )));
         }
     })
+}
+
+/// Whether `v` is the global `module.name`.
+pub(crate) fn is_global(v: &Value, module: &str, name: &str) -> bool {
+    matches!(v, Value::Global { module: m, name: n } if m == module && n == name)
 }
 
 /// Python's truth of a value (`bool(v)`), for flags such as `block`.
@@ -688,6 +720,26 @@ mod tests {
         assert_eq!(position(-1, 3, "list").unwrap(), 2);
         assert!(position(3, 3, "list").is_err());
         assert!(position(i64::MIN, 3, "list").is_err());
+    }
+
+    #[test]
+    fn ranges_iterate_as_python_ranges() {
+        let range = |args: Vec<i64>| {
+            iterate(&Value::Object(Box::new(Object {
+                callable: Value::global("builtins", "range"),
+                args: Value::Tuple(args.into_iter().map(Value::Int).collect()),
+                kwargs: None,
+                state: vec![],
+                items: vec![],
+                entries: vec![],
+                new: false,
+            })))
+        };
+        assert_eq!(range(vec![3]).unwrap(), ints(&[0, 1, 2]));
+        assert_eq!(range(vec![5, 0, -2]).unwrap(), ints(&[5, 3, 1]));
+        assert_eq!(range(vec![2, 2]).unwrap(), ints(&[]));
+        assert!(range(vec![0, 1, 0]).is_err());
+        assert!(range(vec![0, i64::MAX]).is_err());
     }
 
     #[test]
