@@ -38,6 +38,7 @@ Run by the Rust harness (bench/src/python.rs), one figure per invocation:
     bench_mp.py pyclient-dict   [--connect ADDR --key HEX]   [plan]
     bench_mp.py pyclient-list   [--connect ADDR --key HEX]   [plan]
     bench_mp.py pyclient-queue  [--connect ADDR --key HEX]   [plan]
+    bench_mp.py pyclient-churn  [--connect ADDR --key HEX]   [plan]
 
     plan: [--warmup W] [--samples S] [--ops N] [--quick]
 
@@ -95,6 +96,7 @@ DEFAULTS = {
     "pyclient-dict": {"full": (1, 31, 500), "quick": (1, 9, 100)},
     "pyclient-list": {"full": (1, 31, 500), "quick": (1, 9, 100)},
     "pyclient-queue": {"full": (1, 31, 500), "quick": (1, 9, 100)},
+    "pyclient-churn": {"full": (1, 11, 100), "quick": (1, 5, 30)},
 }
 
 
@@ -935,6 +937,15 @@ def fig_pyclient(args, what):
                 for i in range(ops):
                     lst.append(i)
 
+        elif what == "churn":
+            # A proxy's whole life: create, incref, decref (three connections), its method
+            # connection, one call, and the decref when it goes.
+            def batch(ops):
+                for i in range(ops):
+                    d = m.dict()
+                    d["k"] = i
+                    del d
+
         else:
             q = m.Queue()
 
@@ -987,6 +998,7 @@ FIGURES = {
     "pyclient-dict": lambda args: fig_pyclient(args, "dict"),
     "pyclient-list": lambda args: fig_pyclient(args, "list"),
     "pyclient-queue": lambda args: fig_pyclient(args, "queue"),
+    "pyclient-churn": lambda args: fig_pyclient(args, "churn"),
 }
 
 

@@ -264,7 +264,21 @@ fn python_clients(ctx: &Ctx, plan: Plan, table: &mut Table) {
         ("pyclient-dict", "Python client: dict set+get round trip"),
         ("pyclient-list", "Python client: list append"),
         ("pyclient-queue", "Python client: queue put+get round trip"),
+        (
+            "pyclient-churn",
+            "Python client: a dict proxy made, used once and dropped",
+        ),
     ] {
+        // The churn figure is a whole proxy's life (five connections): fewer of them per batch.
+        let plan = if figure == "pyclient-churn" {
+            Plan {
+                ops: ctx.pick(30, 100),
+                samples: ctx.pick(5, 11),
+                ..plan
+            }
+        } else {
+            plan
+        };
         let ours = match &extra {
             Some(extra) => ctx.python.measure(figure, extra, plan, Unit::Micros),
             None => Cell::Error("the Python-mode server did not start".into()),

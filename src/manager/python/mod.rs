@@ -119,6 +119,8 @@ struct Shared {
     /// The server's address as a Python client writes it (`('host', port)` or a path).
     address: Value,
     limits: Limits,
+    /// The open connections, ended when the server stops (their threads block in a receive).
+    conns: Mutex<HashMap<ConnId, Arc<Connection>>>,
     /// Some client stored a proxy of this server inside an object: from then on an object
     /// nobody references may still be reachable from one, and is freed only once it is not
     /// (`Shared::sweep`).
@@ -171,6 +173,7 @@ impl PythonServer {
                 address,
                 limits: REQUEST_LIMITS,
                 nested: AtomicBool::new(false),
+                conns: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -253,6 +256,8 @@ impl PythonServer {
             match self.listener.accept_timeout(Duration::from_millis(100)) {
                 Ok(conn) => {
                     let id = self.shared.next_conn.fetch_add(1, Ordering::Relaxed);
+                    let conn = Arc::new(conn);
+                    self.shared.conns().insert(id, conn.clone());
                     let shared = self.shared.clone();
                     threads.retain(|t| !t.is_finished());
                     match std::thread::Builder::new()
@@ -281,9 +286,12 @@ impl PythonServer {
             }
         };
         self.shared.stopping.store(true, Ordering::Release);
-        // Connections waiting on a client's next request end when the listener closes them;
-        // blocked calls give up within `objects::LOOK`.
+        // Threads waiting on a client's next request wake to end-of-file; blocked calls give up
+        // within `objects::LOOK`.
         drop(self.listener);
+        for conn in self.shared.conns().values() {
+            conn.shutdown();
+        }
         for t in threads {
             let _ = t.join();
         }
@@ -417,6 +425,10 @@ impl Shared {
         self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn conns(&self) -> std::sync::MutexGuard<'_, HashMap<ConnId, Arc<Connection>>> {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn stopping(&self) -> bool {
         self.stopping.load(Ordering::Acquire)
     }
@@ -442,7 +454,15 @@ impl Shared {
     }
 
     /// A new connection: one control request, or, after `accept_connection`, a proxy's calls.
-    fn handle(self: &Arc<Self>, conn: Connection, id: ConnId) {
+    fn handle(self: &Arc<Self>, conn: Arc<Connection>, id: ConnId) {
+        // A server stopping between the accept and here: the connection is not served.
+        if !self.stopping() {
+            self.handle_one(&conn, id);
+        }
+        self.conns().remove(&id);
+    }
+
+    fn handle_one(self: &Arc<Self>, conn: &Connection, id: ConnId) {
         let process = crate::sys::socket_peer(std::os::fd::AsFd::as_fd(&conn))
             .ok()
             .map(|(pid, _)| pid)
@@ -688,12 +708,6 @@ impl Shared {
         let mut holds: Vec<Arc<Referent>> = Vec::new();
         let gone = || self.stopping() || conn.poll(Duration::ZERO).unwrap_or(true);
         while !self.stopping() {
-            // Wake now and then to see whether the server stops.
-            match conn.poll(Duration::from_millis(200)) {
-                Ok(false) => continue,
-                Ok(true) => {}
-                Err(_) => break,
-            }
             let Some(request) = self.recv(conn) else {
                 break;
             };
@@ -895,6 +909,7 @@ pub(crate) fn fuzz_requests(data: &[u8]) -> usize {
         address: Value::Str("/fuzz".into()),
         limits: REQUEST_LIMITS,
         nested: AtomicBool::new(false),
+        conns: Mutex::new(HashMap::new()),
     });
     let mut holds = Vec::new();
     let mut rest = data;
