@@ -463,19 +463,19 @@ impl Shared {
     }
 
     fn handle_one(self: &Arc<Self>, conn: &Connection, id: ConnId) {
-        let process = crate::sys::socket_peer(std::os::fd::AsFd::as_fd(&conn))
+        let process = crate::sys::socket_peer(std::os::fd::AsFd::as_fd(conn))
             .ok()
             .map(|(pid, _)| pid)
             .filter(|&pid| pid > 0)
             .and_then(|pid| crate::sys::process_started(pid).map(|t| (pid, t)));
-        let Some(request) = self.recv(&conn) else {
+        let Some(request) = self.recv(conn) else {
             return;
         };
         let answer = match request.and_then(parse) {
             Err(e) => traceback(&e),
             Ok(r) if r.name == "accept_connection" => {
-                if self.send(&conn, &reply("#RETURN", Value::None)) {
-                    self.serve_client(&conn, id, process);
+                if self.send(conn, &reply("#RETURN", Value::None)) {
+                    self.serve_client(conn, id, process);
                 }
                 return;
             }
@@ -484,7 +484,7 @@ impl Shared {
                 Err(f) => fail_reply(f),
             },
         };
-        self.send(&conn, &answer);
+        self.send(conn, &answer);
     }
 
     /// The control verbs of CPython's `Server.public`.
