@@ -114,8 +114,15 @@ fn main() -> Result {
     #[cfg(not(feature = "worker-env"))]
     println!("   (built without the `worker-env` feature)");
 
+    section("11. Python clients of the manager, and Python managers");
+    python_clients_of_the_rust_server()?;
+    python_client_killed_holding_a_lock()?;
+    rust_client_of_a_python_manager()?;
+
     section("Still to come");
-    println!("   Python clients of the manager, Rust clients of Python managers");
+    println!(
+        "   xmlrpclib-serialized managers; Python's Pool proxy (a manager's Pool) on the Rust server"
+    );
     println!("\ntour finished in {}", ms(t.elapsed()));
     Ok(())
 }
@@ -1863,4 +1870,184 @@ fn ms(d: Duration) -> String {
 
 fn us(d: Duration) -> String {
     format!("{:.1} µs", d.as_secs_f64() * 1e6)
+}
+
+// ---------------------------------------------------------------------------------------------------
+// 11. Python clients of the manager, and Python managers
+
+/// A Rust server for Python clients on a Unix socket in a fresh directory, on a thread.
+struct PyServed {
+    path: std::path::PathBuf,
+    stopper: multiprocess::manager::python::PythonStopper,
+    thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+}
+
+impl PyServed {
+    fn start(tag: &str) -> Result<PyServed> {
+        let dir = std::env::temp_dir().join(format!("mp-tour-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join("m.sock");
+        let listener = multiprocess::Listener::builder(&path)
+            .authkey(b"tour key")
+            .bind()?;
+        let server = multiprocess::manager::python::PythonServer::new(listener)?;
+        let stopper = server.stopper();
+        let thread = Some(std::thread::spawn(move || server.serve()));
+        Ok(PyServed {
+            path,
+            stopper,
+            thread,
+        })
+    }
+}
+
+impl Drop for PyServed {
+    fn drop(&mut self) {
+        self.stopper.stop();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        if let Some(dir) = self.path.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+fn python() -> String {
+    std::env::var("PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+fn python_clients_of_the_rust_server() -> Result {
+    use multiprocess::manager::python::PythonManager;
+    step("an unchanged Python SyncManager client of the Rust server, and a Rust client beside it");
+    let served = PyServed::start("pyclients")?;
+    let m = PythonManager::connect(served.path.as_path(), b"tour key")?;
+    let shared = m.dict::<String, String>()?;
+    let script = r#"
+import sys, queue
+from multiprocessing.managers import SyncManager, Token, DictProxy
+m = SyncManager(address=sys.argv[1], authkey=b'tour key'); m.connect()
+d = m.dict(); d[1] = 'int one'; d[1.0] = 'float one'
+print('   python: d[True] =', repr(d[True]), '(1, 1.0 and True are one key), len', len(d))
+l = m.list(range(10)); print('   python: l[-3:] =', l[-3:], ' l[::4] =', l[::4])
+q = m.Queue()
+try:
+    q.get(timeout=0.05)
+except queue.Empty as e:
+    print('   python: an empty queue raised', type(e).__module__ + '.' + type(e).__name__)
+rust = DictProxy(Token('dict', m.address, sys.argv[2]), 'pickle', manager=m, authkey=m._authkey)
+rust['from'] = 'python %d.%d' % sys.version_info[:2]
+"#;
+    let t = Instant::now();
+    let status = std::process::Command::new(python())
+        .args(["-c", script])
+        .arg(&served.path)
+        .arg(shared.id())
+        .status();
+    match status {
+        Ok(s) if s.success() => println!(
+            "   the Rust client reads what Python wrote into its dict: {:?} ({} for the script)",
+            shared.get(&"from".into())?,
+            ms(t.elapsed())
+        ),
+        Ok(s) => println!("   the Python client failed: {s}"),
+        Err(e) => println!("   skipped: {} did not start: {e}", python()),
+    }
+    Ok(())
+}
+
+fn python_client_killed_holding_a_lock() -> Result {
+    use multiprocess::manager::python::PythonManager;
+    use multiprocess::pickle::Value as Py;
+    use std::io::BufRead;
+    step("a Python client SIGKILLed holding a Lock: the server gives the lock back");
+    let served = PyServed::start("pylock")?;
+    let m = PythonManager::connect(served.path.as_path(), b"tour key")?;
+    let lock = m.object("Lock", vec![])?;
+    let script = r#"
+import sys, time
+from multiprocessing.managers import SyncManager, Token, AcquirerProxy
+m = SyncManager(address=sys.argv[1], authkey=b'tour key'); m.connect()
+lk = AcquirerProxy(Token('Lock', m.address, sys.argv[2]), 'pickle', manager=m, authkey=m._authkey)
+lk.acquire(); print('held', flush=True); time.sleep(60)
+"#;
+    let Ok(mut child) = std::process::Command::new(python())
+        .args(["-c", script])
+        .arg(&served.path)
+        .arg(lock.id())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+    else {
+        println!("   skipped: {} did not start", python());
+        return Ok(());
+    };
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
+    let try_now = lock.call("acquire", vec![Py::Bool(false)])?;
+    println!(
+        "   Python {} holds it: acquire(False) here gives {try_now:?}",
+        child.id()
+    );
+    child.kill()?;
+    child.wait()?;
+    let t = Instant::now();
+    let got = lock.call("acquire", vec![Py::Bool(true), Py::Int(10)])?;
+    println!(
+        "   killed: acquire(timeout=10) gives {got:?} after {} (CPython's server would keep it locked forever)",
+        ms(t.elapsed())
+    );
+    Ok(())
+}
+
+fn rust_client_of_a_python_manager() -> Result {
+    use multiprocess::manager::python::{PyException, PythonManager};
+    use std::io::BufRead;
+    step("a Rust client of CPython's own manager server (SyncManager.get_server())");
+    let dir = std::env::temp_dir().join(format!("mp-tour-pyserver-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("py.sock");
+    let script = r#"
+import sys
+from multiprocessing.managers import SyncManager
+s = SyncManager(address=sys.argv[1], authkey=b'tour key').get_server()
+print('up', flush=True); s.serve_forever()
+"#;
+    let Ok(mut server) = std::process::Command::new(python())
+        .args(["-c", script])
+        .arg(&path)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+    else {
+        println!("   skipped: {} did not start", python());
+        return Ok(());
+    };
+    let mut line = String::new();
+    std::io::BufReader::new(server.stdout.take().expect("piped")).read_line(&mut line)?;
+    let outcome = (|| -> Result {
+        let m = PythonManager::connect(path.as_path(), b"tour key")?;
+        let d = m.dict::<String, Vec<u32>>()?;
+        d.set(&"primes".into(), &vec![2, 3, 5, 7])?;
+        println!(
+            "   d['primes'] = {:?}, len {}",
+            d.get(&"primes".into())?,
+            d.len()?
+        );
+        let q = m.queue::<(String, f64)>()?;
+        q.put(&("pi".into(), std::f64::consts::PI))?;
+        println!("   q.get() = {:?}", q.get()?);
+        let e = q.get_timeout(Duration::from_millis(50)).unwrap_err();
+        println!(
+            "   an empty get: {e} (typed: {})",
+            e.exception() == Some(&PyException::Empty)
+        );
+        println!(
+            "   objects on the Python server: {}",
+            m.number_of_objects()?
+        );
+        Ok(())
+    })();
+    let _ = server.kill();
+    let _ = server.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    outcome
 }

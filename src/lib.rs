@@ -291,6 +291,10 @@
 //! batches and version-checked transactions, snapshots in one round trip, and a dead client's locks
 //! released: see the [`manager`] module.
 //!
+//! [`manager::python`] speaks CPython's manager protocol instead: `PythonServer` serves unchanged
+//! Python clients (`SyncManager(address, authkey).connect()`), and `PythonManager` is a Rust
+//! client of any server that speaks it, CPython's own included.
+//!
 //! # Optional features
 //! - `tls` (default): TLS for listeners and clients, with rustls and the ring provider
 //!   (`default-features = false` leaves both out).

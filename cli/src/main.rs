@@ -2,7 +2,7 @@
 //! pool on a broker.
 //!
 //! ```text
-//! multiprocess manager serve  --address 0.0.0.0:5000 --authkey-file key [--tls-cert c.pem --tls-key k.pem | --python]
+//! multiprocess manager serve  --address 0.0.0.0:5000 --authkey-file key [--tls-cert c.pem --tls-key k.pem | --python [--share get_queue=Queue]]
 //! multiprocess manager status --address 10.0.0.7:5000 --authkey-file key [--tls-ca ca.pem [--tls-name NAME]]
 //! multiprocess manager stop   --address ... --authkey-file key
 //! multiprocess pool status    --redis redis://10.0.0.9:6379 [--pool NAME]
@@ -92,6 +92,11 @@ struct Serve {
     /// with Python's protocol and pickles, instead of this crate's clients.
     #[arg(long, conflicts_with = "tls_cert")]
     python: bool,
+    /// With --python: one object of type KIND (Queue, dict, list, Lock, ...) that every client's
+    /// TYPEID() returns, as a Python `BaseManager.register('get_queue', callable=...)` serves
+    /// (repeatable: --share get_queue=Queue --share get_dict=dict).
+    #[arg(long, value_name = "TYPEID=KIND", requires = "python")]
+    share: Vec<String>,
 }
 
 #[derive(Args)]
@@ -144,7 +149,17 @@ fn serve(args: Serve) -> Result<(), String> {
         .bind()
         .map_err(|e| format!("cannot listen at {at}: {e}"))?;
     if args.python {
-        let server = PythonServer::new(listener).map_err(|e| e.to_string())?;
+        let mut server = PythonServer::new(listener).map_err(|e| e.to_string())?;
+        for s in &args.share {
+            let Some((typeid, kind)) = s.split_once('=') else {
+                return Err(format!(
+                    "--share {s:?}: expected TYPEID=KIND, such as get_queue=Queue"
+                ));
+            };
+            server = server
+                .share(typeid, kind)
+                .map_err(|e| format!("--share {s:?}: {e}"))?;
+        }
         tracing::info!("manager serving Python clients at {}", server.address());
         server.serve().map_err(|e| e.to_string())?;
         tracing::info!("manager stopped");

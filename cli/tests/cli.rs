@@ -370,7 +370,10 @@ host, port = sys.argv[1].rsplit(':', 1)
 m = SyncManager(address=(host, int(port)), authkey=sys.argv[2].encode())
 m.connect()
 d = m.dict({'a': 1}); d[1.0] = 'one'; q = m.Queue(); q.put([1, 2])
-print(d[True], d['a'], q.get(), flush=True)
+print(d[True], d['a'], q.get(), end=' ', flush=True)
+SyncManager.register('get_jobs')
+m2 = SyncManager(address=(host, int(port)), authkey=sys.argv[2].encode()); m2.connect()
+m2.get_jobs().put('job'); print(m.get_jobs().get(timeout=5), flush=True)
 dispatch(m._Client(m.address, authkey=m._authkey), None, 'shutdown')
 "#;
 
@@ -385,6 +388,8 @@ fn serve_python_clients() {
         "--authkey-file",
         key.to_str().unwrap(),
         "--python",
+        "--share",
+        "get_jobs=Queue",
     ]);
     until_up(|| {
         multiprocess::Client::builder(address.as_str())
@@ -395,6 +400,6 @@ fn serve_python_clients() {
         .args(["-c", PY_CLIENT, &address, "a key for python"])
         .output()
         .unwrap();
-    assert_eq!(text(&out).trim(), "one 1 [1, 2]", "{}", text(&out));
+    assert_eq!(text(&out).trim(), "one 1 [1, 2] job", "{}", text(&out));
     assert!(wait_exit(served).success());
 }

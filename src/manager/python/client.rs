@@ -345,7 +345,7 @@ impl PythonManager {
 
     /// An object another client made, by its id (a Python proxy's `_token.id`): a reference is
     /// taken on it (`incref`), and given back when the proxy is dropped.
-    fn attach(&self, id: &str) -> Result<Handle, PyError> {
+    fn attach_handle(&self, id: &str) -> Result<Handle, PyError> {
         self.inner
             .control("incref", vec![Value::Str(id.into())], vec![])?;
         Ok(Handle::new(self.inner.clone(), id.into()))
@@ -358,7 +358,7 @@ impl PythonManager {
 
     /// The dict another client made, by its id (`proxy._token.id` in Python).
     pub fn attach_dict<K, V>(&self, id: &str) -> Result<PyDict<K, V>, PyError> {
-        Ok(PyDict(self.attach(id)?, PhantomData))
+        Ok(PyDict(self.attach_handle(id)?, PhantomData))
     }
 
     /// A new list.
@@ -388,9 +388,20 @@ impl PythonManager {
         Ok(PyQueue(self.create("Queue", args, vec![])?, PhantomData))
     }
 
+    /// A new object of any type the server makes (`typeid(*args)`: `"Lock"`, `"Event"`,
+    /// `"Barrier"`, ...), used through raw calls.
+    pub fn object(&self, typeid: &str, args: Vec<Value>) -> Result<PyObject, PyError> {
+        Ok(PyObject(self.create(typeid, args, vec![])?))
+    }
+
+    /// An object another client made, by its id, used through raw calls.
+    pub fn attach(&self, id: &str) -> Result<PyObject, PyError> {
+        Ok(PyObject(self.attach_handle(id)?))
+    }
+
     /// The queue another client made, by its id.
     pub fn attach_queue<T>(&self, id: &str) -> Result<PyQueue<T>, PyError> {
-        Ok(PyQueue(self.attach(id)?, PhantomData))
+        Ok(PyQueue(self.attach_handle(id)?, PhantomData))
     }
 
     /// How many objects the server holds (`number_of_objects`).
@@ -486,6 +497,28 @@ macro_rules! proxy_common {
         }
     };
 }
+
+/// Any object on a Python-protocol manager (a `Lock`, an `Event`, ...), used through raw calls:
+/// [`call`](Self::call) with [`Value`] arguments.
+///
+/// ```no_run
+/// # use multiprocess::manager::python::PythonManager;
+/// # use multiprocess::pickle::Value;
+/// # let m = PythonManager::connect("127.0.0.1:50000", b"key")?;
+/// let lock = m.object("Lock", vec![])?;
+/// // acquire(blocking=True, timeout=5)
+/// assert_eq!(lock.call("acquire", vec![Value::Bool(true), Value::Int(5)])?, Value::Bool(true));
+/// lock.call("release", vec![])?;
+/// # Ok::<(), multiprocess::manager::python::PyError>(())
+/// ```
+pub struct PyObject(Handle);
+
+impl PyObject {
+    fn handle(&self) -> &Handle {
+        &self.0
+    }
+}
+proxy_common!(PyObject);
 
 /// A `dict` on a Python-protocol manager, with keys `K` and values `V` (converted with serde).
 pub struct PyDict<K, V>(Handle, PhantomData<fn(K, V)>);

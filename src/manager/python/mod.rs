@@ -58,7 +58,7 @@ mod objects;
 mod value;
 
 pub use client::{
-    PyDict, PyError, PyException, PyList, PyNamespace, PyQueue, PyValue, PythonManager,
+    PyDict, PyError, PyException, PyList, PyNamespace, PyObject, PyQueue, PyValue, PythonManager,
 };
 
 use crate::pickle::{self, Limits, Object, Value};
