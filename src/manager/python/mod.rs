@@ -42,7 +42,7 @@
 //!
 //! # Better than CPython's server
 //! - A lock, an RLock or semaphore slots taken through a connection that ends (the client
-//!   exited or was killed) are given back ([`objects`]): with CPython's server they stay taken
+//!   exited or was killed) are given back: with CPython's server they stay taken
 //!   forever, and every later acquirer hangs.
 //! - Objects held by a client that died are freed: every reference a client takes over a Unix
 //!   socket is counted against its process (the kernel says which), and when that process is gone
