@@ -241,6 +241,11 @@ check(b.broken, 'Barrier broken by a timeout')
 b.reset()
 check(not b.broken, 'Barrier reset')
 
+# a method not exposed, and a server-side fault, are RemoteErrors (as _TestMyManager checks)
+from multiprocessing.managers import RemoteError
+raises(RemoteError, m.dict()._callmethod, '_hidden')
+raises(RemoteError, m.list()._callmethod, 'no_such_method')
+
 # control verbs
 check(m._number_of_objects() > 0 and 'refcount=' in m._debug_info(), 'number_of_objects, debug_info')
 print('OK', checks, flush=True)
