@@ -159,6 +159,18 @@ th.start()
 jq.join()
 th.join()
 raises(ValueError, jq.task_done)
+if sys.version_info >= (3, 13):
+    sq = m.Queue()
+    sq.put(1)
+    sq.shutdown()
+    raises(queue.ShutDown, sq.put, 2)
+    check(sq.get() == 1, 'a shut-down queue still gives what it holds')
+    raises(queue.ShutDown, sq.get)
+    iq = m.JoinableQueue()
+    iq.put(1)
+    iq.shutdown(immediate=True)
+    raises(queue.ShutDown, iq.get)
+    iq.join()  # the dropped item counts as done
 
 # Lock, RLock, Semaphore, BoundedSemaphore
 lk = m.Lock()

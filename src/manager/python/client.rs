@@ -65,6 +65,8 @@ pub enum PyException {
     Empty,
     /// `queue.Full`: no room to put (in time).
     Full,
+    /// `queue.ShutDown`: the queue was shut down (Python 3.13's `Queue.shutdown`).
+    ShutDown,
     /// `threading.BrokenBarrierError`.
     BrokenBarrier,
     /// Any other exception: its class and arguments.
@@ -89,6 +91,7 @@ impl std::fmt::Display for PyException {
             PyException::RuntimeError(m) => write!(f, "RuntimeError: {m}"),
             PyException::Empty => f.write_str("queue.Empty"),
             PyException::Full => f.write_str("queue.Full"),
+            PyException::ShutDown => f.write_str("queue.ShutDown"),
             PyException::BrokenBarrier => f.write_str("threading.BrokenBarrierError"),
             PyException::Other { module, name, args } => {
                 write!(
@@ -130,6 +133,7 @@ impl PyException {
             ("builtins", "RuntimeError") => PyException::RuntimeError(message()),
             ("_queue" | "queue", "Empty") => PyException::Empty,
             ("queue", "Full") => PyException::Full,
+            ("queue", "ShutDown") => PyException::ShutDown,
             ("threading", "BrokenBarrierError") => PyException::BrokenBarrier,
             _ => PyException::Other { module, name, args },
         }

@@ -377,6 +377,8 @@ pub(crate) struct QueueState {
     /// None: unbounded.
     maxsize: Option<usize>,
     unfinished: u64,
+    /// `shutdown()` was called (Python 3.13's queues): puts fail, and gets once it is empty.
+    shut: bool,
 }
 
 #[derive(Default)]
@@ -484,6 +486,7 @@ pub(crate) fn exposed(typeid: &str) -> &'static [&'static str] {
             "put",
             "put_nowait",
             "qsize",
+            "shutdown",
             "task_done",
         ],
         "Lock" | "RLock" | "Semaphore" | "BoundedSemaphore" => &["acquire", "release"],
@@ -579,6 +582,7 @@ impl Referent {
                     items: VecDeque::new(),
                     maxsize: usize::try_from(maxsize).ok().filter(|&m| m > 0),
                     unfinished: 0,
+                    shut: false,
                 }))
             }
             "Lock" => new_lock(false),
@@ -1291,6 +1295,11 @@ fn full() -> Fail {
     Fail::Raise(exception("queue", "Full", vec![]))
 }
 
+/// `queue.ShutDown` (Python 3.13 and later: only their clients shut queues down).
+fn shut_down() -> Fail {
+    Fail::Raise(exception("queue", "ShutDown", vec![]))
+}
+
 fn queue_method(q: &Blocking<QueueState>, method: &str, call: &Call<'_>) -> Res<Outcome> {
     match method {
         "put" | "put_nowait" => {
@@ -1301,7 +1310,10 @@ fn queue_method(q: &Blocking<QueueState>, method: &str, call: &Call<'_>) -> Res<
                 (false, None)
             };
             let g = q.lock();
-            let room = |s: &mut QueueState| s.maxsize.is_none_or(|m| s.items.len() < m);
+            if g.shut {
+                return Err(shut_down());
+            }
+            let room = |s: &mut QueueState| s.shut || s.maxsize.is_none_or(|m| s.items.len() < m);
             let (mut g, ok) = if block {
                 q.wait_until(g, deadline(t), call, room)
             } else {
@@ -1309,6 +1321,9 @@ fn queue_method(q: &Blocking<QueueState>, method: &str, call: &Call<'_>) -> Res<
                 let ok = room(&mut g);
                 (g, ok)
             };
+            if g.shut {
+                return Err(shut_down());
+            }
             if !ok {
                 return Err(full());
             }
@@ -1326,11 +1341,14 @@ fn queue_method(q: &Blocking<QueueState>, method: &str, call: &Call<'_>) -> Res<
             };
             let g = q.lock();
             let (mut g, ok) = if block {
-                q.wait_until(g, deadline(t), call, |s| !s.items.is_empty())
+                q.wait_until(g, deadline(t), call, |s| s.shut || !s.items.is_empty())
             } else {
                 let ok = !g.items.is_empty();
                 (g, ok)
             };
+            if g.shut && g.items.is_empty() {
+                return Err(shut_down());
+            }
             if !ok {
                 return Err(empty());
             }
@@ -1358,6 +1376,19 @@ fn queue_method(q: &Blocking<QueueState>, method: &str, call: &Call<'_>) -> Res<
         "join" => {
             let g = q.lock();
             let (_g, _) = q.wait_until(g, None, call, |s| s.unfinished == 0);
+            none()
+        }
+        "shutdown" => {
+            let immediate = call.arg(0, "immediate").is_some_and(value::truthy);
+            let mut g = q.lock();
+            g.shut = true;
+            if immediate {
+                let n = g.items.len() as u64;
+                g.items.clear();
+                g.unfinished = g.unfinished.saturating_sub(n);
+            }
+            drop(g);
+            q.wake();
             none()
         }
         _ => Err(no_method(method)),
