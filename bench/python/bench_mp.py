@@ -798,32 +798,40 @@ def fig_socket_connect(args):
 # --- manager: Manager().dict() through its proxy --------------------------------------------------
 
 
+def dict_rt_batch(d):
+    """A batch of d[k] = v, then d[k] (two round trips per op)."""
+
+    def batch(ops):
+        for i in range(ops):
+            d[i % 64] = i
+            if d[i % 64] != i:
+                raise RuntimeError("a wrong value")
+
+    return batch
+
+
+def queue_rt_batch(q):
+    """A batch of q.put(i), then q.get() (two round trips per op)."""
+
+    def batch(ops):
+        for i in range(ops):
+            q.put(i)
+            if q.get() != i:
+                raise RuntimeError("a wrong item")
+
+    return batch
+
+
 def fig_manager_dict_rt(args):
     """One op: d[k] = v, then d[k] (two round trips, as the Rust side's set + get)."""
     with mp.get_context("fork").Manager() as m:
-        d = m.dict()
-
-        def batch(ops):
-            for i in range(ops):
-                d[i % 64] = i
-                if d[i % 64] != i:
-                    raise RuntimeError("a wrong value")
-
-        return run_plan(args, batch)
+        return run_plan(args, dict_rt_batch(m.dict()))
 
 
 def fig_manager_queue_rt(args):
     """One op: q.put(i) then q.get() on a Manager().Queue() (two round trips)."""
     with mp.get_context("fork").Manager() as m:
-        q = m.Queue()
-
-        def batch(ops):
-            for i in range(ops):
-                q.put(i)
-                if q.get() != i:
-                    raise RuntimeError("a wrong item")
-
-        return run_plan(args, batch)
+        return run_plan(args, queue_rt_batch(m.Queue()))
 
 
 def fig_manager_updates_each(args):
@@ -922,14 +930,7 @@ def fig_pyclient(args, what):
     m, stop = python_client(args)
     try:
         if what == "dict":
-            d = m.dict()
-
-            def batch(ops):
-                for i in range(ops):
-                    d[i % 64] = i
-                    if d[i % 64] != i:
-                        raise RuntimeError("a wrong value")
-
+            batch = dict_rt_batch(m.dict())
         elif what == "list":
             lst = m.list()
 
@@ -947,14 +948,7 @@ def fig_pyclient(args, what):
                     del d
 
         else:
-            q = m.Queue()
-
-            def batch(ops):
-                for i in range(ops):
-                    q.put(i)
-                    if q.get() != i:
-                        raise RuntimeError("a wrong item")
-
+            batch = queue_rt_batch(m.Queue())
         return run_plan(args, batch)
     finally:
         stop()
