@@ -253,8 +253,48 @@ check(b.broken, 'Barrier broken by a timeout')
 b.reset()
 check(not b.broken, 'Barrier reset')
 
-# a method not exposed, and a server-side fault, are RemoteErrors (as _TestMyManager checks)
+# what a thread takes stays taken when the thread ends (its connection closes): a Lock used as a
+# signal, a bounded buffer's slots, a counting semaphore's permits
+lk2 = m.Lock()
+t = threading.Thread(target=lk2.acquire)
+t.start()
+t.join()
+time.sleep(0.3)
+lk2.release()
+slots = m.BoundedSemaphore(2)
+t = threading.Thread(target=lambda: [slots.acquire() for _ in range(2)])
+t.start()
+t.join()
+time.sleep(0.3)
+check(not slots.acquire(False), 'slots stay taken after the taker thread ended')
+slots.release()
+slots.release()
+items = m.Semaphore(0)
+for _ in range(3):
+    items.release()
+t = threading.Thread(target=lambda: [items.acquire() for _ in range(3)])
+t.start()
+t.join()
+time.sleep(0.3)
+check(not items.acquire(False), 'no phantom permits after the consumer thread ended')
+
+# a sort that fails leaves the list as it was
+bad = m.list([3, 'a', 1])
+raises(TypeError, bad.sort)
+check(bad[:] == [3, 'a', 1], 'a failed sort keeps the list: %r' % bad[:])
+check(m.list() * (2 ** 62) == [], 'an empty list times a huge number')
+
+# timeouts as threading's types read them
+check(m.Lock().acquire(timeout=-1), 'Lock.acquire(timeout=-1) waits without a deadline')
+check(not m.Semaphore(0).acquire(timeout=-1), 'Semaphore.acquire(timeout=-1) does not wait')
+check(not m.Event().wait(-1), 'Event.wait(-1) does not wait')
+
+# what a constructor raises is a RemoteError, as CPython's server sends it
 from multiprocessing.managers import RemoteError
+raises(RemoteError, m.list, 5)
+raises(RemoteError, m.Semaphore, -1)
+
+# a method not exposed, and a server-side fault, are RemoteErrors (as _TestMyManager checks)
 raises(RemoteError, m.dict()._callmethod, '_hidden')
 raises(RemoteError, m.list()._callmethod, 'no_such_method')
 

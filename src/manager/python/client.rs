@@ -458,8 +458,13 @@ impl Handle {
         match r? {
             Reply::Value(v) => Ok(v),
             // A new object the caller does not keep: its reference is given back at once.
-            Reply::Proxy(token) => {
-                if let Some(id) = super::token_id(&token) {
+            Reply::Proxy(answer) => {
+                // (exposed, Token)
+                let token = match &answer {
+                    Value::Tuple(t) if t.len() == 2 => Some(&t[1]),
+                    _ => None,
+                };
+                if let Some(id) = token.and_then(super::token_id) {
                     let _ = self.inner.control("decref", vec![Value::Str(id)], vec![]);
                 }
                 Err(PyError::Protocol(format!(

@@ -92,6 +92,12 @@ impl PythonStopper {
     }
 }
 
+/// A lock a client process took, kept until that process is gone (see `Shared::orphans`).
+type Orphan = (ProcessId, Arc<Referent>);
+
+/// A client process: its pid and its start time (so that a reused pid is another process).
+type ProcessId = (i32, u64);
+
 /// The shared objects, with their references.
 #[derive(Default)]
 struct Table {
@@ -110,6 +116,8 @@ struct Entry {
     by_process: HashMap<(i32, u64), u64>,
     /// Held by the server itself ([`PythonServer::share`]): never freed.
     pinned: bool,
+    /// Was sent a proxy of this server (to store): the sweep looks inside only these.
+    holds_proxies: bool,
 }
 
 struct Shared {
@@ -121,6 +129,16 @@ struct Shared {
     limits: Limits,
     /// The open connections, ended when the server stops (their threads block in a receive).
     conns: Mutex<HashMap<ConnId, Arc<Connection>>>,
+    /// Locks held by client processes whose connection to them ended: given back when the
+    /// process is gone (the reaper looks), forgotten once released.
+    orphans: Mutex<Vec<Orphan>>,
+    /// Objects that the last sweep found unreachable: freed if the next finds them so too.
+    candidates: Mutex<std::collections::HashSet<String>>,
+    /// An object lost its last reference since the last sweep (with proxies stored somewhere).
+    dirty: AtomicBool,
+    /// Objects whose proxies just left in an answer (taken out of a container) and that nothing
+    /// else may hold until the receiver takes its reference: kept until then, or a while.
+    in_flight: Mutex<HashMap<String, std::time::Instant>>,
     /// Some client stored a proxy of this server inside an object: from then on an object
     /// nobody references may still be reachable from one, and is freed only once it is not
     /// (`Shared::sweep`).
@@ -143,9 +161,13 @@ const REQUEST_LIMITS: Limits = Limits {
     max_depth: 200,
     max_marks: 10_000,
     max_stack: 1_000_000,
-    max_memo: 1_000_000,
+    max_memo: 4_000_000,
     max_bytes: 256 << 20,
 };
+
+/// How long an object whose proxy left in an answer is kept for its receiver to take a
+/// reference (a Python client does at once; a slow one has this long).
+const IN_FLIGHT: Duration = Duration::from_secs(30);
 
 /// How often the server looks for client processes that died holding references.
 const REAP_EVERY: Duration = Duration::from_millis(500);
@@ -174,6 +196,10 @@ impl PythonServer {
                 limits: REQUEST_LIMITS,
                 nested: AtomicBool::new(false),
                 conns: Mutex::new(HashMap::new()),
+                orphans: Mutex::new(Vec::new()),
+                in_flight: Mutex::new(HashMap::new()),
+                candidates: Mutex::new(std::collections::HashSet::new()),
+                dirty: AtomicBool::new(false),
             }),
         })
     }
@@ -210,6 +236,7 @@ impl PythonServer {
             conn: 0,
             args: &[],
             kwds: &[],
+            process: None,
             gone: &|| false,
         };
         let obj = Referent::create(kind, &call, &|_| None)
@@ -256,7 +283,9 @@ impl PythonServer {
             match self.listener.accept_timeout(Duration::from_millis(100)) {
                 Ok(conn) => {
                     let id = self.shared.next_conn.fetch_add(1, Ordering::Relaxed);
-                    let conn = Arc::new(conn);
+                    // A request is held whole before it is decoded: never more than the decoder
+                    // would take (Unix sockets have no limit of their own).
+                    let conn = Arc::new(conn.with_max_message(Some(REQUEST_LIMITS.max_bytes)));
                     self.shared.conns().insert(id, conn.clone());
                     let shared = self.shared.clone();
                     threads.retain(|t| !t.is_finished());
@@ -429,6 +458,14 @@ impl Shared {
         self.conns.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn orphans(&self) -> std::sync::MutexGuard<'_, Vec<Orphan>> {
+        self.orphans.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<String, std::time::Instant>> {
+        self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn stopping(&self) -> bool {
         self.stopping.load(Ordering::Acquire)
     }
@@ -455,11 +492,16 @@ impl Shared {
 
     /// A new connection: one control request, or, after `accept_connection`, a proxy's calls.
     fn handle(self: &Arc<Self>, conn: Arc<Connection>, id: ConnId) {
-        // A server stopping between the accept and here: the connection is not served.
+        // A server stopping between the accept and here: the connection is not served. A panic
+        // of this server's own ends the connection (the client sees it close), never leaves it
+        // open with nobody reading.
         if !self.stopping() {
-            self.handle_one(&conn, id);
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.handle_one(&conn, id)
+            }));
         }
         self.conns().remove(&id);
+        conn.shutdown();
     }
 
     fn handle_one(self: &Arc<Self>, conn: &Connection, id: ConnId) {
@@ -503,7 +545,7 @@ impl Shared {
                 if let Some(found) = self.take_shared(typeid, process) {
                     return Ok(found);
                 }
-                self.note_nested(r);
+                let carries = self.note_nested(r);
                 let Some(&typeid) = objects::CREATABLE.iter().find(|t| **t == typeid) else {
                     return Err(Fail::Traceback(format!(
                         "KeyError: {} (this server makes {})",
@@ -515,10 +557,20 @@ impl Shared {
                     conn: id,
                     args: &r.args[1..],
                     kwds: &r.kwds,
+                    process,
                     gone: &|| false,
                 };
-                let obj = Referent::create(typeid, &call, &|v| self.lookup(v))?;
+                // As CPython's `create`: what the constructor raises is the request's failure
+                // (a `RemoteError` for the client), not an exception of a method.
+                let obj =
+                    Referent::create(typeid, &call, &|v| self.lookup(v)).map_err(|f| match f {
+                        Fail::Raise(e) => Fail::Traceback(exception_text(&e)),
+                        other => other,
+                    })?;
                 let ident = self.insert(typeid, obj, process);
+                if carries {
+                    self.may_hold_proxies(&ident);
+                }
                 Ok(Value::Tuple(vec![Value::Str(ident), exposed_value(typeid)]))
             }
             "incref" => {
@@ -549,8 +601,7 @@ impl Shared {
                     .into_iter()
                     .map(|i| {
                         let e = &t.objects[i];
-                        let mut text = e.obj.repr();
-                        text.truncate(75);
+                        let text: String = e.obj.repr().chars().take(75).collect();
                         format!("  {i}:       refcount={}\n    {text}", e.refs)
                     })
                     .collect();
@@ -594,6 +645,7 @@ impl Shared {
                 refs: 1,
                 by_process,
                 pinned: false,
+                holds_proxies: false,
             },
         );
         ident
@@ -615,46 +667,107 @@ impl Shared {
         ]))
     }
 
+    /// Keeps the objects whose proxies `v` carries until the receiver has taken its reference
+    /// (it increfs at once) or `IN_FLIGHT` has passed.
+    fn mark_in_flight(&self, v: &Value) {
+        let mut ids = Vec::new();
+        tokens_in(v, &mut ids, 0);
+        if ids.is_empty() {
+            return;
+        }
+        let until = std::time::Instant::now() + IN_FLIGHT;
+        let mut f = self.in_flight();
+        for id in ids {
+            f.insert(id, until);
+        }
+    }
+
     /// Notes that a request carries a proxy of this server (to be stored, maybe).
-    fn note_nested(&self, r: &Request) {
-        if !self.nested.load(Ordering::Relaxed)
-            && (r.args.iter().any(holds_token) || r.kwds.iter().any(|(_, v)| holds_token(v)))
-        {
+    /// Whether the request carries proxies of this server (to store, maybe), noting it.
+    fn note_nested(&self, r: &Request) -> bool {
+        let carries = r.args.iter().any(holds_token) || r.kwds.iter().any(|(_, v)| holds_token(v));
+        if carries {
             self.nested.store(true, Ordering::Relaxed);
+        }
+        carries
+    }
+
+    /// Marks object `ident` as one that may hold proxies: the sweep looks inside it.
+    fn may_hold_proxies(&self, ident: &str) {
+        if let Some(e) = self.table().objects.get_mut(ident) {
+            e.holds_proxies = true;
         }
     }
 
     /// Frees the objects nobody references that no referenced object holds a proxy of (and so
     /// on, through proxies in proxies): a mark from the referenced ones through the stored
-    /// values.
+    /// values. An object is freed only when two sweeps in a row (the reaper's, half a second
+    /// apart) found it so: a proxy taken out of a container is in neither the container nor
+    /// the in-flight list for a moment, and the second look finds it in flight (or referenced
+    /// by its receiver).
     fn sweep(&self) {
-        let freed: Vec<Entry> = {
-            let mut t = self.table();
-            let mut marked: std::collections::HashSet<String> = t
+        let now = std::time::Instant::now();
+        let in_flight: Vec<String> = {
+            let mut f = self.in_flight();
+            f.retain(|_, until| *until > now);
+            f.keys().cloned().collect()
+        };
+        // The objects and their roots, taken under the table's lock; their contents visited
+        // outside it (an object busy in a long call holds up the sweep, not the server).
+        let (objects, mut todo): (HashMap<String, Arc<Referent>>, Vec<String>) = {
+            let t = self.table();
+            let objects = t
+                .objects
+                .iter()
+                .filter(|(_, e)| e.holds_proxies)
+                .map(|(k, e)| (k.clone(), e.obj.clone()))
+                .collect();
+            let mut roots: Vec<String> = t
                 .objects
                 .iter()
                 .filter(|(_, e)| e.refs > 0 || e.pinned)
                 .map(|(k, _)| k.clone())
                 .collect();
-            let mut todo: Vec<String> = marked.iter().cloned().collect();
-            while let Some(id) = todo.pop() {
-                let Some(e) = t.objects.get(&id) else {
-                    continue;
-                };
-                let mut found = Vec::new();
-                e.obj.visit(&mut |v| tokens_in(v, &mut found, 0));
-                for f in found {
-                    if t.objects.contains_key(&f) && marked.insert(f.clone()) {
-                        todo.push(f);
-                    }
+            roots.extend(in_flight.into_iter().filter(|k| t.objects.contains_key(k)));
+            (objects, roots)
+        };
+        let mut marked: std::collections::HashSet<String> = todo.iter().cloned().collect();
+        while let Some(id) = todo.pop() {
+            let Some(obj) = objects.get(&id) else {
+                continue;
+            };
+            let mut found = Vec::new();
+            obj.visit(&mut |v| tokens_in(v, &mut found, 0));
+            for f in found {
+                if marked.insert(f.clone()) {
+                    todo.push(f);
                 }
             }
-            let gone: Vec<String> = t
+        }
+        drop(objects);
+        let freed: Vec<Entry> = {
+            let mut t = self.table();
+            let in_flight = self.in_flight();
+            // Unmarked, still unreferenced (an incref may have come meanwhile) and not in flight.
+            let unreachable: std::collections::HashSet<String> = t
                 .objects
-                .keys()
-                .filter(|k| !marked.contains(*k))
+                .iter()
+                .filter(|(k, e)| {
+                    !marked.contains(*k) && e.refs == 0 && !e.pinned && !in_flight.contains_key(*k)
+                })
+                .map(|(k, _)| k.clone())
+                .collect();
+            drop(in_flight);
+            let mut candidates = self.candidates.lock().unwrap_or_else(|p| p.into_inner());
+            let gone: Vec<String> = unreachable
+                .iter()
+                .filter(|k| candidates.contains(*k))
                 .cloned()
                 .collect();
+            *candidates = unreachable;
+            for k in &gone {
+                candidates.remove(k);
+            }
             gone.iter().filter_map(|k| t.objects.remove(k)).collect()
         };
         drop(freed);
@@ -680,19 +793,17 @@ impl Shared {
             }
             let unreferenced = e.refs == 0 && !e.pinned;
             if unreferenced && !self.nested.load(Ordering::Relaxed) {
-                Some(t.objects.remove(ident))
-            } else if unreferenced {
-                // Maybe still held inside another object: the sweep tells.
-                None
+                t.objects.remove(ident)
             } else {
-                Some(None)
+                if unreferenced {
+                    // Maybe still held inside another object: the reaper's sweeps tell.
+                    self.dirty.store(true, Ordering::Relaxed);
+                }
+                None
             }
         };
-        match freed {
-            // Dropped outside the table's lock.
-            Some(freed) => drop(freed),
-            None => self.sweep(),
-        }
+        // Dropped outside the table's lock.
+        drop(freed);
         Ok(())
     }
 
@@ -713,14 +824,30 @@ impl Shared {
             };
             let answer = match request.and_then(parse) {
                 Err(e) => traceback(&e),
-                Ok(r) => self.method(&r, id, process, &gone, &mut holds),
+                // A fault of this server's own (a panic) fails the request, not the connection:
+                // the objects' locks recover from poisoning, and the client gets an answer.
+                Ok(r) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    self.method(&r, id, process, &gone, &mut holds)
+                }))
+                .unwrap_or_else(|_| traceback("SystemError: the server failed this request")),
             };
             if !self.send(conn, &answer) {
                 break;
             }
         }
         for h in holds {
-            h.release_held(id);
+            h.connection_ended(id);
+            // A Lock still held by this client's process is given back once that process is
+            // gone (it may still be exiting: the reaper looks again).
+            if let Some(p) = process
+                && h.held_by(p)
+            {
+                if crate::sys::process_started(p.0) == Some(p.1) {
+                    self.orphans().push((p, h));
+                } else {
+                    h.process_died(p);
+                }
+            }
         }
     }
 
@@ -767,14 +894,22 @@ impl Shared {
             conn: id,
             args: &r.args,
             kwds: &r.kwds,
+            process,
             gone,
         };
-        self.note_nested(r);
+        if self.note_nested(r) {
+            self.may_hold_proxies(&ident);
+        }
         if obj.takes(&r.name) && !holds.iter().any(|h| Arc::ptr_eq(h, &obj)) {
             holds.push(obj.clone());
         }
         match obj.call(&r.name, &call) {
-            Ok(Outcome::Return(v)) => reply("#RETURN", v),
+            Ok(Outcome::Return(v)) => {
+                if self.nested.load(Ordering::Relaxed) {
+                    self.mark_in_flight(&v);
+                }
+                reply("#RETURN", v)
+            }
             Ok(Outcome::Proxy(typeid, made)) => {
                 let rident = self.insert(typeid, made, process);
                 reply(
@@ -793,6 +928,19 @@ impl Shared {
     fn reap_loop(self: Arc<Self>) {
         while !self.stopping() {
             std::thread::sleep(REAP_EVERY);
+            // Locks of processes that have since gone; those released meanwhile are forgotten.
+            let dead_holders: Vec<((i32, u64), Arc<Referent>)> = {
+                let mut o = self.orphans();
+                let (dead, live): (Vec<_>, Vec<_>) = std::mem::take(&mut *o)
+                    .into_iter()
+                    .filter(|(p, h)| h.held_by(*p))
+                    .partition(|(p, _)| crate::sys::process_started(p.0) != Some(p.1));
+                *o = live;
+                dead
+            };
+            for (p, h) in dead_holders {
+                h.process_died(p);
+            }
             let processes: Vec<(i32, u64)> = {
                 let t = self.table();
                 let mut p: Vec<(i32, u64)> = t
@@ -808,9 +956,6 @@ impl Shared {
                 .into_iter()
                 .filter(|&(pid, started)| crate::sys::process_started(pid) != Some(started))
                 .collect();
-            if dead.is_empty() {
-                continue;
-            }
             let before = {
                 let mut t = self.table();
                 for e in t.objects.values_mut() {
@@ -823,8 +968,17 @@ impl Shared {
                 t.objects.len()
             };
             if self.nested.load(Ordering::Relaxed) {
-                self.sweep();
-            } else {
+                // Only after something lost its last reference, or to confirm what the last
+                // sweep found (a sweep visits what containers hold: not every tick for nothing).
+                let pending = !self
+                    .candidates
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .is_empty();
+                if self.dirty.swap(false, Ordering::Relaxed) || pending || !dead.is_empty() {
+                    self.sweep();
+                }
+            } else if !dead.is_empty() {
                 let freed: Vec<Entry> = {
                     let mut t = self.table();
                     let gone: Vec<String> = t
@@ -838,10 +992,10 @@ impl Shared {
                 drop(freed);
             }
             let after = self.table().objects.len();
-            if after < before {
+            if after < before && !dead.is_empty() {
                 crate::trace::event!(
                     info,
-                    "python manager: freed {} objects of {} dead clients",
+                    "python manager: freed {} objects after {} clients died",
                     before - after,
                     dead.len()
                 );
@@ -888,6 +1042,27 @@ fn tokens_in(v: &Value, out: &mut Vec<String>, depth: usize) {
     }
 }
 
+/// `Name: message` of an exception value, for a traceback's last line.
+fn exception_text(e: &Value) -> String {
+    match e {
+        Value::Object(o) => {
+            let name = match &o.callable {
+                Value::Global { name, .. } => name.clone(),
+                other => repr(other),
+            };
+            match &o.args {
+                Value::Tuple(a) if a.len() == 1 => match &a[0] {
+                    Value::Str(m) => format!("{name}: {m}"),
+                    other => format!("{name}: {}", repr(other)),
+                },
+                Value::Tuple(a) if a.is_empty() => name,
+                other => format!("{name}{}", repr(other)),
+            }
+        }
+        other => repr(other),
+    }
+}
+
 fn exposed_value(typeid: &str) -> Value {
     Value::Tuple(
         objects::exposed(typeid)
@@ -910,6 +1085,10 @@ pub(crate) fn fuzz_requests(data: &[u8]) -> usize {
         limits: REQUEST_LIMITS,
         nested: AtomicBool::new(false),
         conns: Mutex::new(HashMap::new()),
+        orphans: Mutex::new(Vec::new()),
+        in_flight: Mutex::new(HashMap::new()),
+        candidates: Mutex::new(std::collections::HashSet::new()),
+        dirty: AtomicBool::new(false),
     });
     let mut holds = Vec::new();
     let mut rest = data;
@@ -939,7 +1118,7 @@ pub(crate) fn fuzz_requests(data: &[u8]) -> usize {
         answered += 1;
     }
     for h in holds {
-        h.release_held(1);
+        h.connection_ended(1);
     }
     answered
 }

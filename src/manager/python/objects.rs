@@ -33,6 +33,9 @@ pub(crate) struct Call<'a> {
     pub(crate) conn: ConnId,
     pub(crate) args: &'a [Value],
     pub(crate) kwds: &'a [(String, Value)],
+    /// The client's process, when the server can tell it (a Unix-socket peer): its pid and
+    /// start time.
+    pub(crate) process: Option<(i32, u64)>,
     /// The client hung up, or the server stops: a blocked method gives up.
     pub(crate) gone: &'a dyn Fn() -> bool,
 }
@@ -109,10 +112,17 @@ impl<T> Blocking<T> {
         call: &Call<'_>,
         mut ready: impl FnMut(&mut T) -> bool,
     ) -> (MutexGuard<'g, T>, bool) {
+        let mut waited = false;
         loop {
             if ready(&mut g) {
-                return (g, true);
+                // A caller that hung up while it waited does not take what came.
+                return if waited && (call.gone)() {
+                    (g, false)
+                } else {
+                    (g, true)
+                };
             }
+            waited = true;
             let now = Instant::now();
             let wait = match deadline {
                 Some(d) if d <= now => return (g, false),
@@ -229,6 +239,10 @@ impl TypeCode {
                     *f
                 })),
                 Value::Int(i) => Ok(Value::Float(*i as f64)),
+                Value::BigInt(b) => match value::big_to_f64(b) {
+                    f if f.is_finite() => Ok(Value::Float(f)),
+                    _ => Err(raise("OverflowError", "int too large to convert to float")),
+                },
                 Value::Bool(b) => Ok(Value::Float(f64::from(u8::from(*b)))),
                 other => Err(type_error(format!(
                     "must be real number, not {}",
@@ -246,7 +260,7 @@ impl TypeCode {
                 let i: i128 = match v {
                     Value::Int(i) => i128::from(*i),
                     Value::Bool(b) => i128::from(*b),
-                    Value::BigInt(_) => i128::MAX,
+                    Value::BigInt(b) => i128::try_from(b).unwrap_or(i128::MAX),
                     other => {
                         return Err(type_error(format!(
                             "'{}' object cannot be interpreted as an integer",
@@ -258,7 +272,11 @@ impl TypeCode {
                 if i < lo || i > hi {
                     return Err(raise("OverflowError", "array item out of range"));
                 }
-                Ok(Value::Int(i as i64))
+                // An unsigned 64-bit item past i64 (2^63 and up) stays a big int.
+                Ok(match i64::try_from(i) {
+                    Ok(i) => Value::Int(i),
+                    Err(_) => Value::BigInt(i.into()),
+                })
             }
         }
     }
@@ -273,6 +291,9 @@ impl TypeCode {
                     out.extend(u32::from(s.chars().next().unwrap_or('\0')).to_le_bytes());
                 }
                 (_, Value::Int(i)) => out.extend(&i.to_le_bytes()[..self.size()]),
+                (_, Value::BigInt(b)) => {
+                    out.extend(&u64::try_from(b).unwrap_or(0).to_le_bytes()[..self.size()]);
+                }
                 _ => out.extend(std::iter::repeat_n(0, self.size())),
             }
         }
@@ -301,7 +322,12 @@ impl TypeCode {
                         let shift = 64 - 8 * n as u32;
                         i = (i << shift) >> shift;
                     }
-                    Value::Int(i)
+                    if !code.is_ascii_lowercase() && i < 0 {
+                        // 'L' and 'Q': unsigned, 2^63 and up.
+                        Value::BigInt(u64::from_le_bytes(w).into())
+                    } else {
+                        Value::Int(i)
+                    }
                 }
             })
             .collect())
@@ -363,13 +389,13 @@ pub(crate) struct LockState {
     /// Times acquired (more than one only for an RLock).
     count: u64,
     owner: Option<ConnId>,
+    /// The process that took it, when the server can tell (see `Referent::process_died`).
+    owner_process: Option<(i32, u64)>,
 }
 
 pub(crate) struct SemState {
     value: u64,
     bound: Option<u64>,
-    /// Slots taken, by connection.
-    held: HashMap<ConnId, u64>,
 }
 
 pub(crate) struct QueueState {
@@ -522,6 +548,7 @@ fn new_lock(reentrant: bool) -> Referent {
         state: Blocking::new(LockState {
             count: 0,
             owner: None,
+            owner_process: None,
         }),
     }
 }
@@ -597,7 +624,6 @@ impl Referent {
                 Referent::Semaphore(Blocking::new(SemState {
                     value: v,
                     bound: (typeid == "BoundedSemaphore").then_some(v),
-                    held: HashMap::new(),
                 }))
             }
             "Event" => Referent::Event(Blocking::new(false)),
@@ -777,7 +803,7 @@ impl Referent {
                 "wait" => {
                     let t = match call.arg(0, "timeout") {
                         None => None,
-                        Some(t) => value::timeout(t)?,
+                        Some(t) => value::timeout_or_poll(t)?,
                     };
                     let g = e.lock();
                     let (g, _) = e.wait_until(g, deadline(t), call, |set| *set);
@@ -811,27 +837,59 @@ impl Referent {
         }
     }
 
-    /// Gives back what connection `conn` still holds of this lock or semaphore (it ended).
-    pub(crate) fn release_held(&self, conn: ConnId) {
+    /// Connection `conn` ended: an RLock it holds is given back (nobody else could release
+    /// it: an RLock belongs to its thread, and a Python client's thread has a connection of its
+    /// own).
+    pub(crate) fn connection_ended(&self, conn: ConnId) {
         match self {
-            Referent::Lock { state, .. } => {
+            Referent::Lock {
+                reentrant: true,
+                state,
+            } => {
                 let mut s = state.lock();
                 if s.owner == Some(conn) && s.count > 0 {
                     s.count = 0;
                     s.owner = None;
+                    s.owner_process = None;
                     drop(s);
                     state.wake();
                 }
             }
-            Referent::Semaphore(sem) => {
-                let mut s = sem.lock();
-                if let Some(n) = s.held.remove(&conn) {
-                    s.value += n;
+            Referent::Condition { lock, .. } => lock.connection_ended(conn),
+            _ => {}
+        }
+    }
+
+    /// Whether this Lock (or a Condition's) is held by `process`.
+    pub(crate) fn held_by(&self, process: (i32, u64)) -> bool {
+        match self {
+            Referent::Lock { state, .. } => {
+                let s = state.lock();
+                s.count > 0 && s.owner_process == Some(process)
+            }
+            Referent::Condition { lock, .. } => lock.held_by(process),
+            _ => false,
+        }
+    }
+
+    /// `process` is gone: a Lock it took and nobody released is given back. (Not on a
+    /// connection's end: a plain Lock may be taken by one thread and released by another, or
+    /// by another process, and a Python thread that ends closes its connections. Nor for
+    /// semaphores, whose slots have no owner: one process taking and another giving back is
+    /// their common use.)
+    pub(crate) fn process_died(&self, process: (i32, u64)) {
+        match self {
+            Referent::Lock { state, .. } => {
+                let mut s = state.lock();
+                if s.count > 0 && s.owner_process == Some(process) {
+                    s.count = 0;
+                    s.owner = None;
+                    s.owner_process = None;
                     drop(s);
-                    sem.wake();
+                    state.wake();
                 }
             }
-            Referent::Condition { lock, .. } => lock.release_held(conn),
+            Referent::Condition { lock, .. } => lock.process_died(process),
             _ => {}
         }
     }
@@ -852,13 +910,10 @@ impl Referent {
         }
     }
 
-    /// Whether calling `method` may leave this connection holding something to give back.
+    /// Whether calling `method` may leave this connection holding a lock.
     pub(crate) fn takes(&self, method: &str) -> bool {
-        method == "acquire"
-            && matches!(
-                self,
-                Referent::Lock { .. } | Referent::Semaphore(_) | Referent::Condition { .. }
-            )
+        matches!(method, "acquire" | "wait")
+            && matches!(self, Referent::Lock { .. } | Referent::Condition { .. })
     }
 }
 
@@ -1056,11 +1111,13 @@ fn list_method(l: &Mutex<Vec<Value>>, method: &str, call: &Call<'_>) -> Res<Outc
         "__delitem__" => {
             let i = call.need(0, "index", method)?;
             if let Some(s) = value::as_slice(i) {
-                let mut picked = value::slice_positions(s, l.len())?;
-                picked.sort_unstable();
-                for p in picked.into_iter().rev() {
-                    l.remove(p);
-                }
+                let picked: std::collections::HashSet<usize> =
+                    value::slice_positions(s, l.len())?.into_iter().collect();
+                let mut at = 0;
+                l.retain(|_| {
+                    at += 1;
+                    !picked.contains(&(at - 1))
+                });
                 return none();
             }
             let p = value::position(value::index(i)?, l.len(), "list assignment")?;
@@ -1081,8 +1138,20 @@ fn list_method(l: &Mutex<Vec<Value>>, method: &str, call: &Call<'_>) -> Res<Outc
             let n = value::index(call.need(0, "value", method)?)
                 .map_err(|_| type_error("can't multiply sequence by non-int"))?;
             let n = usize::try_from(n).unwrap_or(0);
-            if l.len().saturating_mul(n) > 1 << 26 {
-                return Err(raise("MemoryError", "the list would be too long"));
+            if n == 0 || l.is_empty() {
+                if method == "__imul__" {
+                    l.clear();
+                }
+                return ret(Value::List(if method == "__imul__" || n == 0 {
+                    Vec::new()
+                } else {
+                    l.clone()
+                }));
+            }
+            // Bounded by what the result would take, not only its length (an item may be big).
+            let item_bytes: usize = l.iter().map(value::size_hint).sum();
+            if l.len().saturating_mul(n) > 1 << 26 || item_bytes.saturating_mul(n) > 256 << 20 {
+                return Err(raise("MemoryError", "the list would be too big"));
             }
             let out: Vec<Value> = std::iter::repeat_n(l.iter().cloned(), n)
                 .flatten()
@@ -1305,7 +1374,7 @@ fn queue_method(q: &Blocking<QueueState>, method: &str, call: &Call<'_>) -> Res<
         "put" | "put_nowait" => {
             let item = call.need(0, "item", method)?.clone();
             let (block, t) = if method == "put" {
-                block_timeout(call, 1)?
+                block_timeout(call, 1, Rule::Queue)?
             } else {
                 (false, None)
             };
@@ -1335,7 +1404,7 @@ fn queue_method(q: &Blocking<QueueState>, method: &str, call: &Call<'_>) -> Res<
         }
         "get" | "get_nowait" => {
             let (block, t) = if method == "get" {
-                block_timeout(call, 0)?
+                block_timeout(call, 0, Rule::Queue)?
             } else {
                 (false, None)
             };
@@ -1395,18 +1464,39 @@ fn queue_method(q: &Blocking<QueueState>, method: &str, call: &Call<'_>) -> Res<
     }
 }
 
+/// How a method reads its timeout, as the CPython type it stands for does.
+#[derive(Clone, Copy)]
+enum Rule {
+    /// `queue.Queue`: negative is `ValueError`.
+    Queue,
+    /// `_thread.lock`: -1 is no deadline, other negatives are `ValueError`.
+    Lock,
+    /// `threading.Semaphore`: negative (or NaN) means do not wait.
+    Poll,
+}
+
 /// `(block=True, timeout=None)` from argument `first` on.
-fn block_timeout(call: &Call<'_>, first: usize) -> Res<(bool, Option<Duration>)> {
+fn block_timeout(call: &Call<'_>, first: usize, rule: Rule) -> Res<(bool, Option<Duration>)> {
     let block = call.arg(first, "block").is_none_or(value::truthy);
     let timeout = match call.arg(first + 1, "timeout") {
         None => None,
-        Some(t) => value::timeout(t)?,
+        Some(t) => match rule {
+            Rule::Queue => value::timeout(t)?,
+            Rule::Poll => value::timeout_or_poll(t)?,
+            Rule::Lock => match t {
+                Value::Int(-1) => None,
+                Value::Float(f) if *f == -1.0 => None,
+                t => {
+                    value::timeout(t).map_err(|_| value_error("timeout value must be positive"))?
+                }
+            },
+        },
     };
     Ok((block, timeout))
 }
 
 fn acquire_lock(reentrant: bool, state: &Blocking<LockState>, call: &Call<'_>) -> Res<bool> {
-    let (block, t) = block_timeout(call, 0)?;
+    let (block, t) = block_timeout(call, 0, Rule::Lock)?;
     if !block && t.is_some() {
         return Err(value_error(
             "can't specify a timeout for a non-blocking call",
@@ -1425,6 +1515,7 @@ fn acquire_lock(reentrant: bool, state: &Blocking<LockState>, call: &Call<'_>) -
     if ok {
         g.count += 1;
         g.owner = Some(conn);
+        g.owner_process = call.process;
     }
     Ok(ok)
 }
@@ -1432,11 +1523,19 @@ fn acquire_lock(reentrant: bool, state: &Blocking<LockState>, call: &Call<'_>) -
 fn release_lock(reentrant: bool, state: &Blocking<LockState>, conn: ConnId) -> Res<()> {
     let mut g = state.lock();
     if g.count == 0 || (reentrant && g.owner != Some(conn)) {
-        return Err(raise("RuntimeError", "cannot release un-acquired lock"));
+        return Err(raise(
+            "RuntimeError",
+            if reentrant {
+                "cannot release un-acquired lock"
+            } else {
+                "release unlocked lock"
+            },
+        ));
     }
     g.count -= 1;
     if g.count == 0 {
         g.owner = None;
+        g.owner_process = None;
         drop(g);
         state.wake();
     }
@@ -1446,7 +1545,7 @@ fn release_lock(reentrant: bool, state: &Blocking<LockState>, conn: ConnId) -> R
 fn semaphore_method(s: &Blocking<SemState>, method: &str, call: &Call<'_>) -> Res<Outcome> {
     match method {
         "acquire" => {
-            let (block, t) = block_timeout(call, 0)?;
+            let (block, t) = block_timeout(call, 0, Rule::Poll)?;
             if !block && t.is_some() {
                 return Err(value_error(
                     "can't specify timeout for non-blocking acquire",
@@ -1461,7 +1560,6 @@ fn semaphore_method(s: &Blocking<SemState>, method: &str, call: &Call<'_>) -> Re
             };
             if ok {
                 g.value -= 1;
-                *g.held.entry(call.conn).or_insert(0) += 1;
             }
             ret(Value::Bool(ok))
         }
@@ -1475,28 +1573,16 @@ fn semaphore_method(s: &Blocking<SemState>, method: &str, call: &Call<'_>) -> Re
                 .filter(|&n| n >= 1)
                 .ok_or_else(|| value_error("n must be one or more"))?;
             let mut g = s.lock();
-            if g.bound.is_some_and(|b| g.value + n > b) {
+            let Some(value) = g.value.checked_add(n) else {
+                return Err(raise(
+                    "OverflowError",
+                    "the semaphore's value would overflow",
+                ));
+            };
+            if g.bound.is_some_and(|b| value > b) {
                 return Err(value_error("Semaphore released too many times"));
             }
-            g.value += n;
-            // Slots given back count first against this connection's, then anyone's (a
-            // semaphore may be released by another than its taker).
-            let mut left = n;
-            for owner in
-                std::iter::once(call.conn).chain(g.held.keys().copied().collect::<Vec<_>>())
-            {
-                if left == 0 {
-                    break;
-                }
-                if let Some(h) = g.held.get_mut(&owner) {
-                    let take = (*h).min(left);
-                    *h -= take;
-                    left -= take;
-                    if *h == 0 {
-                        g.held.remove(&owner);
-                    }
-                }
-            }
+            g.value = value;
             drop(g);
             s.wake();
             none()
@@ -1541,7 +1627,7 @@ fn condition_method(
             }
             let t = match call.arg(0, "timeout") {
                 None => None,
-                Some(t) => value::timeout(t)?,
+                Some(t) => value::timeout_or_poll(t)?,
             };
             // Join the waiters, then let go of the lock wholly (an RLock's every level).
             let ticket = {
@@ -1556,6 +1642,7 @@ fn condition_method(
                 let saved = l.count;
                 l.count = 0;
                 l.owner = None;
+                l.owner_process = None;
                 saved
             };
             lock_state.wake();
@@ -1573,6 +1660,7 @@ fn condition_method(
             if got {
                 l.count = saved;
                 l.owner = Some(conn);
+                l.owner_process = call.process;
             }
             ret(Value::Bool(notified))
         }
@@ -1624,7 +1712,7 @@ fn barrier_method(b: &Blocking<BarrierState>, method: &str, call: &Call<'_>) -> 
         "wait" => {
             let t = match call.arg(0, "timeout") {
                 None | Some(Value::None) => None,
-                Some(t) => value::timeout(t)?,
+                Some(t) => value::timeout_or_poll(t)?,
             };
             let mut g = b.lock();
             let t = t.or(g.timeout);
@@ -1689,6 +1777,7 @@ mod tests {
             conn: 1,
             args,
             kwds,
+            process: Some((1, 1)),
             gone: &|| false,
         }
     }
@@ -1708,6 +1797,18 @@ mod tests {
         assert_eq!(b, [0xff, 0xff, 0xff, 0xff, 2, 0, 0, 0]);
         assert_eq!(c.decode_items(&b).unwrap(), items);
         assert!(TypeCode(b'B').item(&Value::Int(256)).is_err());
+        let q = TypeCode(b'Q');
+        let top = Value::BigInt(num_bigint::BigInt::from(u64::MAX));
+        assert_eq!(q.item(&top).unwrap(), top);
+        assert_eq!(
+            q.decode_items(&q.encode_items(std::slice::from_ref(&top)))
+                .unwrap(),
+            vec![top]
+        );
+        assert!(
+            q.item(&Value::BigInt(num_bigint::BigInt::from(u64::MAX) + 1))
+                .is_err()
+        );
         assert!(TypeCode(b'i').item(&Value::Float(1.5)).is_err());
     }
 
@@ -1737,19 +1838,20 @@ mod tests {
     }
 
     #[test]
-    fn a_lock_held_by_a_connection_that_ended_is_released() {
+    fn a_lock_is_given_back_when_the_process_that_took_it_dies() {
         let l = std::sync::Arc::new(new_lock(false));
         assert_eq!(run(&l, "acquire", &[]).unwrap(), Value::Bool(true));
         assert_eq!(
             run(&l, "acquire", &[Value::Bool(false)]).unwrap(),
             Value::Bool(false)
         );
-        l.release_held(2); // another connection: nothing happens
+        l.connection_ended(1); // a plain Lock outlives its connection
+        l.process_died((2, 2)); // and another process's death
         assert_eq!(
             run(&l, "acquire", &[Value::Bool(false)]).unwrap(),
             Value::Bool(false)
         );
-        l.release_held(1);
+        l.process_died((1, 1));
         assert_eq!(
             run(&l, "acquire", &[Value::Bool(false)]).unwrap(),
             Value::Bool(true)

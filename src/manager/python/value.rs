@@ -161,8 +161,16 @@ fn num(v: &Value) -> Option<Num<'_>> {
     }
 }
 
-fn big_as_f64(b: &BigInt) -> f64 {
-    // Exact enough to order a big int against a float: its decimal text parses to the nearest.
+pub(crate) fn big_to_f64(b: &BigInt) -> f64 {
+    // Past 1024 bits it is beyond every finite float; below, its decimal text (at most 309
+    // digits) parses to the nearest float, enough to order it against one.
+    if b.bits() > 1024 {
+        return if b.sign() == num_bigint::Sign::Minus {
+            f64::NEG_INFINITY
+        } else {
+            f64::INFINITY
+        };
+    }
     b.to_string().parse().unwrap_or(f64::NAN)
 }
 
@@ -176,8 +184,8 @@ fn num_cmp(a: &Num<'_>, b: &Num<'_>) -> Option<Ordering> {
         (Num::Float(x), Num::Float(y)) => x.partial_cmp(y),
         (Num::Int(x), Num::Float(y)) => int_float_cmp(*x, *y),
         (Num::Float(x), Num::Int(y)) => int_float_cmp(*y, *x).map(Ordering::reverse),
-        (Num::Big(x), Num::Float(y)) => big_as_f64(x).partial_cmp(y),
-        (Num::Float(x), Num::Big(y)) => x.partial_cmp(&big_as_f64(y)),
+        (Num::Big(x), Num::Float(y)) => big_to_f64(x).partial_cmp(y),
+        (Num::Float(x), Num::Big(y)) => x.partial_cmp(&big_to_f64(y)),
     }
 }
 
@@ -218,9 +226,23 @@ pub(crate) fn eq(a: &Value, b: &Value) -> bool {
             x.len() == y.len() && x.iter().zip(y).all(|(p, q)| eq(p, q))
         }
         (Value::Dict(x), Value::Dict(y)) => {
-            x.len() == y.len()
-                && x.iter()
-                    .all(|(k, v)| y.iter().any(|(k2, v2)| keys_eq(k, k2) && eq(v, v2)))
+            if x.len() != y.len() {
+                return false;
+            }
+            // One side indexed by key: linear, not quadratic, in the dicts' sizes.
+            let Ok(index) = y
+                .iter()
+                .map(|(k, v)| Key::of(k).map(|k| (k, v)))
+                .collect::<Res<std::collections::HashMap<Key, &Value>>>()
+            else {
+                return false;
+            };
+            x.iter().all(|(k, v)| {
+                Key::of(k)
+                    .ok()
+                    .and_then(|k| index.get(&k))
+                    .is_some_and(|v2| eq(v, v2))
+            })
         }
         (Value::Set(x) | Value::FrozenSet(x), Value::Set(y) | Value::FrozenSet(y)) => {
             let set = |s: &[Value]| {
@@ -234,13 +256,6 @@ pub(crate) fn eq(a: &Value, b: &Value) -> bool {
         (Value::Global { .. }, Value::Global { .. }) | (Value::Object(_), Value::Object(_)) => {
             a == b
         }
-        _ => false,
-    }
-}
-
-fn keys_eq(a: &Value, b: &Value) -> bool {
-    match (Key::of(a), Key::of(b)) {
-        (Ok(x), Ok(y)) => x == y,
         _ => false,
     }
 }
@@ -298,7 +313,8 @@ pub(crate) fn sort(items: &mut Vec<Value>, reverse: bool) -> Res<()> {
         out.extend(r);
         Ok(out)
     }
-    *items = merge_sort(std::mem::take(items), reverse)?;
+    // Sorted aside: a comparison that fails leaves the list as it was (as Python's).
+    *items = merge_sort(items.clone(), reverse)?;
     Ok(())
 }
 
@@ -576,8 +592,9 @@ pub(crate) fn iterate(v: &Value) -> Res<Vec<Value>> {
             if len > 1 << 24 {
                 return Err(raise("MemoryError", "the range is too long to store"));
             }
-            (0..len as i64)
-                .map(|i| Value::Int(start + i * step))
+            // In i128: start + i * step stays within i64 for every i < len, but not the way there.
+            (0..len)
+                .map(|i| Value::Int((i128::from(start) + i * i128::from(step)) as i64))
                 .collect()
         }
         other => {
@@ -587,6 +604,39 @@ pub(crate) fn iterate(v: &Value) -> Res<Vec<Value>> {
             )));
         }
     })
+}
+
+/// About how many bytes `v` takes (its text and binary data, and a few per node), to bound what a
+/// request may make the server build.
+pub(crate) fn size_hint(v: &Value) -> usize {
+    fn walk(v: &Value, depth: usize) -> usize {
+        if depth > 256 {
+            return 16;
+        }
+        16 + match v {
+            Value::Str(s) => s.len(),
+            Value::Bytes(b) | Value::ByteArray(b) => b.len(),
+            Value::BigInt(b) => (b.bits() / 8) as usize,
+            Value::List(x) | Value::Tuple(x) | Value::Set(x) | Value::FrozenSet(x) => {
+                x.iter().map(|i| walk(i, depth + 1)).sum()
+            }
+            Value::Dict(e) => e
+                .iter()
+                .map(|(k, i)| walk(k, depth + 1) + walk(i, depth + 1))
+                .sum(),
+            Value::Object(o) => {
+                walk(&o.args, depth + 1)
+                    + o.state.iter().map(|i| walk(i, depth + 1)).sum::<usize>()
+                    + o.items.iter().map(|i| walk(i, depth + 1)).sum::<usize>()
+                    + o.entries
+                        .iter()
+                        .map(|(k, i)| walk(k, depth + 1) + walk(i, depth + 1))
+                        .sum::<usize>()
+            }
+            _ => 0,
+        }
+    }
+    walk(v, 0)
 }
 
 /// Whether `v` is the global `module.name`.
@@ -634,6 +684,19 @@ pub(crate) fn timeout(v: &Value) -> Res<Option<std::time::Duration>> {
     Ok(Some(
         std::time::Duration::try_from_secs_f64(secs).unwrap_or(std::time::Duration::MAX),
     ))
+}
+
+/// A timeout as `threading`'s `Event`, `Condition`, `Semaphore` and `Barrier` take it: a
+/// negative or NaN one means do not wait.
+pub(crate) fn timeout_or_poll(v: &Value) -> Res<Option<std::time::Duration>> {
+    match v {
+        Value::Float(f) if f.is_nan() || *f < 0.0 => Ok(Some(std::time::Duration::ZERO)),
+        Value::Int(i) if *i < 0 => Ok(Some(std::time::Duration::ZERO)),
+        Value::BigInt(b) if b.sign() == num_bigint::Sign::Minus => {
+            Ok(Some(std::time::Duration::ZERO))
+        }
+        other => timeout(other),
+    }
 }
 
 #[cfg(test)]
@@ -688,8 +751,13 @@ mod tests {
         assert_eq!(v, ints(&[1, 2, 3]));
         sort(&mut v, true).unwrap();
         assert_eq!(v, ints(&[3, 2, 1]));
-        let mut mixed = vec![Value::Int(1), Value::Str("a".into())];
+        let mut mixed = vec![Value::Int(3), Value::Str("a".into()), Value::Int(1)];
         assert!(sort(&mut mixed, false).is_err());
+        // A failed sort leaves the list as it was.
+        assert_eq!(
+            mixed,
+            vec![Value::Int(3), Value::Str("a".into()), Value::Int(1)]
+        );
         // Stable: equal keys keep their order.
         let mut pairs = vec![Value::Float(1.0), Value::Int(1), Value::Bool(true)];
         sort(&mut pairs, false).unwrap();

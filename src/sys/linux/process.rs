@@ -748,13 +748,18 @@ pub(crate) fn resident_bytes() -> io::Result<u64> {
 }
 
 /// When process `pid` started (clock ticks after boot, `/proc/<pid>/stat`'s 22nd field), or
-/// `None` when there is no such process: with the pid, a name for one process run that a reused
-/// pid does not take over.
+/// `None` when there is no such process or it has ended (a zombie): with the pid, a name for one
+/// process run that a reused pid does not take over.
 pub(crate) fn process_started(pid: i32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) is in parentheses and may hold anything: count after its end.
     let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_ascii_whitespace().nth(19)?.parse().ok()
+    let mut fields = rest.split_ascii_whitespace();
+    // A zombie (or one being reaped) has ended: only its entry is left.
+    if matches!(fields.next()?, "Z" | "X" | "x") {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
 }
 
 #[cfg(test)]
