@@ -41,9 +41,12 @@
 //! run (a `sort(key=...)`, a `Barrier`'s `action`) is refused with a `TypeError` that says so.
 //!
 //! # Better than CPython's server
-//! - A lock, an RLock or semaphore slots taken through a connection that ends (the client
-//!   exited or was killed) are given back: with CPython's server they stay taken
-//!   forever, and every later acquirer hangs.
+//! - A Lock still held by a client process that is gone (it exited, or was killed) is given
+//!   back, once the server sees that process end (a Unix-socket client: the kernel names its
+//!   process); an RLock as soon as its holder's connection ends (nobody else may release it).
+//!   With CPython's server both stay locked forever, and every later acquirer hangs.
+//!   Semaphores keep CPython's rules: their slots have no owner (one process takes, another
+//!   gives back), so nothing tells a slot that was lost from one handed on.
 //! - Objects held by a client that died are freed: every reference a client takes over a Unix
 //!   socket is counted against its process (the kernel says which), and when that process is gone
 //!   its references go with it. (Over TCP the server cannot tell a client's process, and counts
@@ -815,7 +818,7 @@ impl Shared {
 
     /// A proxy's connection: method calls until the client hangs up or the server stops.
     fn serve_client(self: &Arc<Self>, conn: &Connection, id: ConnId, process: Option<(i32, u64)>) {
-        // What this connection took and may still hold (locks, semaphores).
+        // The locks this connection took and may still hold.
         let mut holds: Vec<Arc<Referent>> = Vec::new();
         let gone = || self.stopping() || conn.poll(Duration::ZERO).unwrap_or(true);
         while !self.stopping() {

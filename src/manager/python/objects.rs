@@ -8,9 +8,10 @@
 //! a client that died while waiting gives up its place at once rather than taking the lock (or
 //! the item) when its turn comes.
 //!
-//! Locks and semaphore slots remember the connection that took them, and a connection that ends
-//! gives back what it still holds ([`Referent::release_held`]): a client killed while holding a
-//! lock does not leave it locked forever (CPython's server does).
+//! Locks remember the connection and the process that took them: an RLock whose connection ends
+//! is given back ([`Referent::connection_ended`]), a Lock whose process is gone too
+//! ([`Referent::process_died`]): a client killed while holding a lock does not leave it locked
+//! forever (CPython's server does).
 
 use super::value::{
     self, Fail, Key, Res, exception, index_error, key_error, raise, repr, type_error, type_name,
