@@ -889,3 +889,56 @@ fn proxies_in_transit_are_not_freed_by_the_sweep() {
         Py::start(12, IN_TRANSIT, &served).finish(Instant::now() + Duration::from_secs(120));
     assert!(ok && out.trim() == "OK", "{out}\n{err}");
 }
+
+/// Takes both slots of the BoundedSemaphore argv[3], says so, and waits to be killed.
+const HOLD_SLOTS: &str = r#"
+import sys, time
+from multiprocessing.managers import SyncManager, Token, AcquirerProxy
+m = SyncManager(address=sys.argv[1], authkey=bytes.fromhex(sys.argv[2])); m.connect()
+s = AcquirerProxy(Token('BoundedSemaphore', m.address, sys.argv[3]), 'pickle', manager=m, authkey=m._authkey)
+s.acquire(); s.acquire()
+print('HELD', flush=True)
+time.sleep(60)
+"#;
+
+#[test]
+fn the_slots_of_a_killed_python_client_come_back_when_asked() {
+    let _deadline = watchdog(
+        "the_slots_of_a_killed_python_client_come_back_when_asked",
+        Duration::from_secs(240),
+    );
+    for give_back in [false, true] {
+        let dir =
+            std::env::temp_dir().join(format!("mp-pyslots-{}-{give_back}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let listener = Listener::builder(dir.join("m.sock"))
+            .authkey(KEY)
+            .bind()
+            .unwrap();
+        let server = PythonServer::new(listener)
+            .unwrap()
+            .give_back_slots(give_back);
+        let served = Served {
+            address: server.address().clone(),
+            stopper: server.stopper(),
+            thread: Some(std::thread::spawn(move || server.serve())),
+            dir: Some(dir),
+        };
+        let m = PythonManager::connect(served.address.clone(), KEY).unwrap();
+        let sem = m.object("BoundedSemaphore", vec![Value::Int(2)]).unwrap();
+        let mut c = Command::new(common::python(12));
+        c.args(["-c", HOLD_SLOTS, &served.arg(), &hex(KEY), sem.id()])
+            .stdout(Stdio::piped());
+        let mut holder = Py::from(c.spawn().unwrap());
+        let mut line = String::new();
+        holder.stdout().read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "HELD");
+        holder.0.kill().unwrap();
+        holder.0.wait().unwrap();
+        // acquire(True, 3): within 3 s only if the dead client's slots came back.
+        let got = sem
+            .call("acquire", vec![Value::Bool(true), Value::Int(3)])
+            .unwrap();
+        assert_eq!(got, Value::Bool(give_back), "give_back_slots({give_back})");
+    }
+}

@@ -97,6 +97,10 @@ struct Serve {
     /// (repeatable: --share get_queue=Queue --share get_dict=dict).
     #[arg(long, value_name = "TYPEID=KIND", requires = "python")]
     share: Vec<String>,
+    /// With --python: give back the semaphore slots a dead client process had taken (off by
+    /// default, as in CPython: see `PythonServer::give_back_slots`).
+    #[arg(long, requires = "python")]
+    give_back_slots: bool,
 }
 
 #[derive(Args)]
@@ -149,7 +153,9 @@ fn serve(args: Serve) -> Result<(), String> {
         .bind()
         .map_err(|e| format!("cannot listen at {at}: {e}"))?;
     if args.python {
-        let mut server = PythonServer::new(listener).map_err(|e| e.to_string())?;
+        let mut server = PythonServer::new(listener)
+            .map_err(|e| e.to_string())?
+            .give_back_slots(args.give_back_slots);
         for s in &args.share {
             let Some((typeid, kind)) = s.split_once('=') else {
                 return Err(format!(

@@ -45,7 +45,8 @@
 //!   back, once the server sees that process end (a Unix-socket client: the kernel names its
 //!   process); an RLock as soon as its holder's connection ends (nobody else may release it).
 //!   With CPython's server both stay locked forever, and every later acquirer hangs.
-//!   Semaphores keep CPython's rules: their slots have no owner (one process takes, another
+//!   Semaphores keep CPython's rules unless told otherwise
+//!   ([`PythonServer::give_back_slots`]): their slots have no owner (one process takes, another
 //!   gives back), so nothing tells a slot that was lost from one handed on.
 //! - Objects held by a client that died are freed: every reference a client takes over a Unix
 //!   socket is counted against its process (the kernel says which), and when that process is gone
@@ -135,6 +136,8 @@ struct Shared {
     /// Locks held by client processes whose connection to them ended: given back when the
     /// process is gone (the reaper looks), forgotten once released.
     orphans: Mutex<Vec<Orphan>>,
+    /// Semaphore slots a dead client process took are given back ([`PythonServer::give_back_slots`]).
+    slots: AtomicBool,
     /// Objects that the last sweep found unreachable: freed if the next finds them so too.
     candidates: Mutex<std::collections::HashSet<String>>,
     /// An object lost its last reference since the last sweep (with proxies stored somewhere).
@@ -203,6 +206,7 @@ impl PythonServer {
                 in_flight: Mutex::new(HashMap::new()),
                 candidates: Mutex::new(std::collections::HashSet::new()),
                 dirty: AtomicBool::new(false),
+                slots: AtomicBool::new(false),
             }),
         })
     }
@@ -252,6 +256,19 @@ impl PythonServer {
         t.shared.insert(typeid.to_string(), ident);
         drop(t);
         Ok(self)
+    }
+
+    /// Also gives back the semaphore slots a client process took and had not given back itself
+    /// when it is gone (a Unix-socket client), as a Lock's are; off by default, as in CPython.
+    ///
+    /// A slot has no owner: with this on, a bounded buffer whose producer process takes slots
+    /// and exits before the consumer gives them back sees them returned twice (the consumer's
+    /// `release` then raises `ValueError` on a `BoundedSemaphore`). Turn it on where each
+    /// process gives back what it takes (a pool of resources), so that one killed holding a
+    /// slot does not shrink the pool forever.
+    pub fn give_back_slots(self, on: bool) -> PythonServer {
+        self.shared.slots.store(on, Ordering::Relaxed);
+        self
     }
 
     /// Where clients connect.
@@ -848,7 +865,7 @@ impl Shared {
                 if crate::sys::process_started(p.0) == Some(p.1) {
                     self.orphans().push((p, h));
                 } else {
-                    h.process_died(p);
+                    h.process_died(p, self.slots.load(Ordering::Relaxed));
                 }
             }
         }
@@ -942,7 +959,7 @@ impl Shared {
                 dead
             };
             for (p, h) in dead_holders {
-                h.process_died(p);
+                h.process_died(p, self.slots.load(Ordering::Relaxed));
             }
             let processes: Vec<(i32, u64)> = {
                 let t = self.table();
@@ -1092,6 +1109,7 @@ pub(crate) fn fuzz_requests(data: &[u8]) -> usize {
         in_flight: Mutex::new(HashMap::new()),
         candidates: Mutex::new(std::collections::HashSet::new()),
         dirty: AtomicBool::new(false),
+        slots: AtomicBool::new(false),
     });
     let mut holds = Vec::new();
     let mut rest = data;

@@ -397,6 +397,9 @@ pub(crate) struct LockState {
 pub(crate) struct SemState {
     value: u64,
     bound: Option<u64>,
+    /// Slots each client process took and has not itself given back: returned when it is gone,
+    /// if the server was told to ([`PythonServer::give_back_slots`](super::PythonServer::give_back_slots)).
+    taken: HashMap<(i32, u64), u64>,
 }
 
 pub(crate) struct QueueState {
@@ -625,6 +628,7 @@ impl Referent {
                 Referent::Semaphore(Blocking::new(SemState {
                     value: v,
                     bound: (typeid == "BoundedSemaphore").then_some(v),
+                    taken: HashMap::new(),
                 }))
             }
             "Event" => Referent::Event(Blocking::new(false)),
@@ -869,16 +873,18 @@ impl Referent {
                 s.count > 0 && s.owner_process == Some(process)
             }
             Referent::Condition { lock, .. } => lock.held_by(process),
+            Referent::Semaphore(sem) => sem.lock().taken.contains_key(&process),
             _ => false,
         }
     }
 
     /// `process` is gone: a Lock it took and nobody released is given back. (Not on a
     /// connection's end: a plain Lock may be taken by one thread and released by another, or
-    /// by another process, and a Python thread that ends closes its connections. Nor for
-    /// semaphores, whose slots have no owner: one process taking and another giving back is
-    /// their common use.)
-    pub(crate) fn process_died(&self, process: (i32, u64)) {
+    /// by another process, and a Python thread that ends closes its connections.) Semaphore
+    /// slots it took and did not give back itself are returned only when `slots` is set: a slot
+    /// has no owner, and one process taking while another gives back is a common use (a bounded
+    /// buffer), which returning them would break.
+    pub(crate) fn process_died(&self, process: (i32, u64), slots: bool) {
         match self {
             Referent::Lock { state, .. } => {
                 let mut s = state.lock();
@@ -890,7 +896,17 @@ impl Referent {
                     state.wake();
                 }
             }
-            Referent::Condition { lock, .. } => lock.process_died(process),
+            Referent::Condition { lock, .. } => lock.process_died(process, slots),
+            Referent::Semaphore(sem) => {
+                let mut s = sem.lock();
+                let n = s.taken.remove(&process).unwrap_or(0);
+                if slots && n > 0 {
+                    let room = s.bound.map_or(u64::MAX, |b| b.saturating_sub(s.value));
+                    s.value = s.value.saturating_add(n.min(room));
+                    drop(s);
+                    sem.wake();
+                }
+            }
             _ => {}
         }
     }
@@ -914,7 +930,10 @@ impl Referent {
     /// Whether calling `method` may leave this connection holding a lock.
     pub(crate) fn takes(&self, method: &str) -> bool {
         matches!(method, "acquire" | "wait")
-            && matches!(self, Referent::Lock { .. } | Referent::Condition { .. })
+            && matches!(
+                self,
+                Referent::Lock { .. } | Referent::Condition { .. } | Referent::Semaphore(_)
+            )
     }
 }
 
@@ -1561,6 +1580,9 @@ fn semaphore_method(s: &Blocking<SemState>, method: &str, call: &Call<'_>) -> Re
             };
             if ok {
                 g.value -= 1;
+                if let Some(p) = call.process {
+                    *g.taken.entry(p).or_insert(0) += 1;
+                }
             }
             ret(Value::Bool(ok))
         }
@@ -1584,6 +1606,15 @@ fn semaphore_method(s: &Blocking<SemState>, method: &str, call: &Call<'_>) -> Re
                 return Err(value_error("Semaphore released too many times"));
             }
             g.value = value;
+            // What this process gives back counts against what it took (never another's).
+            if let Some(p) = call.process
+                && let Some(t) = g.taken.get_mut(&p)
+            {
+                *t = t.saturating_sub(n);
+                if *t == 0 {
+                    g.taken.remove(&p);
+                }
+            }
             drop(g);
             s.wake();
             none()
@@ -1847,12 +1878,12 @@ mod tests {
             Value::Bool(false)
         );
         l.connection_ended(1); // a plain Lock outlives its connection
-        l.process_died((2, 2)); // and another process's death
+        l.process_died((2, 2), true); // and another process's death
         assert_eq!(
             run(&l, "acquire", &[Value::Bool(false)]).unwrap(),
             Value::Bool(false)
         );
-        l.process_died((1, 1));
+        l.process_died((1, 1), false);
         assert_eq!(
             run(&l, "acquire", &[Value::Bool(false)]).unwrap(),
             Value::Bool(true)
