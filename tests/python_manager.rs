@@ -28,6 +28,23 @@ struct Served {
 }
 
 impl Served {
+    /// On a Unix socket in a fresh directory, with the options `tweak` sets.
+    fn with(tag: &str, tweak: impl FnOnce(PythonServer) -> PythonServer) -> Served {
+        let dir = std::env::temp_dir().join(format!("mp-pyman-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let listener = Listener::builder(dir.join("m.sock"))
+            .authkey(KEY)
+            .bind()
+            .unwrap();
+        let server = tweak(PythonServer::new(listener).unwrap());
+        Served {
+            address: server.address().clone(),
+            stopper: server.stopper(),
+            thread: Some(std::thread::spawn(move || server.serve())),
+            dir: Some(dir),
+        }
+    }
+
     fn start(tcp: bool) -> Served {
         let (listener, dir) = if tcp {
             let l = Listener::builder("127.0.0.1:0")
@@ -721,16 +738,7 @@ fn a_shared_queue_is_every_clients_get_queue() {
         "a_shared_queue_is_every_clients_get_queue",
         Duration::from_secs(240),
     );
-    let dir = std::env::temp_dir().join(format!("mp-pyshare-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let listener = Listener::builder(dir.join("m.sock"))
-        .authkey(KEY)
-        .bind()
-        .unwrap();
-    let server = PythonServer::new(listener)
-        .unwrap()
-        .share("get_queue", "Queue")
-        .unwrap();
+    let served = Served::with("share", |s| s.share("get_queue", "Queue").unwrap());
     assert!(
         PythonServer::new(
             Listener::builder("127.0.0.1:0")
@@ -742,12 +750,6 @@ fn a_shared_queue_is_every_clients_get_queue() {
         .share("get_queue", "Nope")
         .is_err()
     );
-    let served = Served {
-        address: server.address().clone(),
-        stopper: server.stopper(),
-        thread: Some(std::thread::spawn(move || server.serve())),
-        dir: Some(dir),
-    };
     let script = std::env::temp_dir().join(format!("mp-pyshare-{}.py", std::process::id()));
     // A file, not `-c`: the putter is a child process started with the default start method,
     // which must find `putter` in a module.
@@ -908,22 +910,9 @@ fn the_slots_of_a_killed_python_client_come_back_when_asked() {
         Duration::from_secs(240),
     );
     for give_back in [false, true] {
-        let dir =
-            std::env::temp_dir().join(format!("mp-pyslots-{}-{give_back}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let listener = Listener::builder(dir.join("m.sock"))
-            .authkey(KEY)
-            .bind()
-            .unwrap();
-        let server = PythonServer::new(listener)
-            .unwrap()
-            .give_back_slots(give_back);
-        let served = Served {
-            address: server.address().clone(),
-            stopper: server.stopper(),
-            thread: Some(std::thread::spawn(move || server.serve())),
-            dir: Some(dir),
-        };
+        let served = Served::with(&format!("slots-{give_back}"), |s| {
+            s.give_back_slots(give_back)
+        });
         let m = PythonManager::connect(served.address.clone(), KEY).unwrap();
         let sem = m.object("BoundedSemaphore", vec![Value::Int(2)]).unwrap();
         let mut c = Command::new(common::python(12));

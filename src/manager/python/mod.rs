@@ -194,20 +194,7 @@ impl PythonServer {
         let address = python_address(listener.address());
         Ok(PythonServer {
             listener,
-            shared: Arc::new(Shared {
-                table: Mutex::new(Table::default()),
-                stopping: AtomicBool::new(false),
-                next_conn: AtomicU64::new(1),
-                address,
-                limits: REQUEST_LIMITS,
-                nested: AtomicBool::new(false),
-                conns: Mutex::new(HashMap::new()),
-                orphans: Mutex::new(Vec::new()),
-                in_flight: Mutex::new(HashMap::new()),
-                candidates: Mutex::new(std::collections::HashSet::new()),
-                dirty: AtomicBool::new(false),
-                slots: AtomicBool::new(false),
-            }),
+            shared: Arc::new(Shared::new(address)),
         })
     }
 
@@ -470,6 +457,24 @@ fn ident_of(v: &Value) -> Result<String, Fail> {
 }
 
 impl Shared {
+    /// A server's state with nothing in it; `address` as its clients write it.
+    fn new(address: Value) -> Shared {
+        Shared {
+            table: Mutex::new(Table::default()),
+            stopping: AtomicBool::new(false),
+            next_conn: AtomicU64::new(1),
+            address,
+            limits: REQUEST_LIMITS,
+            nested: AtomicBool::new(false),
+            conns: Mutex::new(HashMap::new()),
+            orphans: Mutex::new(Vec::new()),
+            in_flight: Mutex::new(HashMap::new()),
+            candidates: Mutex::new(std::collections::HashSet::new()),
+            dirty: AtomicBool::new(false),
+            slots: AtomicBool::new(false),
+        }
+    }
+
     fn table(&self) -> std::sync::MutexGuard<'_, Table> {
         self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -1097,20 +1102,7 @@ fn exposed_value(typeid: &str) -> Value {
 /// waits (a blocking call gives up at once); how many it answered. Every answer must pickle.
 #[cfg(any(test, feature = "fuzzing"))]
 pub(crate) fn fuzz_requests(data: &[u8]) -> usize {
-    let shared = Arc::new(Shared {
-        table: Mutex::new(Table::default()),
-        stopping: AtomicBool::new(false),
-        next_conn: AtomicU64::new(1),
-        address: Value::Str("/fuzz".into()),
-        limits: REQUEST_LIMITS,
-        nested: AtomicBool::new(false),
-        conns: Mutex::new(HashMap::new()),
-        orphans: Mutex::new(Vec::new()),
-        in_flight: Mutex::new(HashMap::new()),
-        candidates: Mutex::new(std::collections::HashSet::new()),
-        dirty: AtomicBool::new(false),
-        slots: AtomicBool::new(false),
-    });
+    let shared = Arc::new(Shared::new(Value::Str("/fuzz".into())));
     let mut holds = Vec::new();
     let mut rest = data;
     let mut answered = 0;
