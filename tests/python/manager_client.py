@@ -65,6 +65,11 @@ check(d._getvalue() == {'a': 1, 1: 'uno'}, 'dict _getvalue')
 d.clear()
 check(len(d) == 0, 'dict.clear')
 raises(KeyError, m.dict().popitem)
+bigk = m.dict()
+bigk[2 ** 64] = 'big'
+check(bigk[2.0 ** 64] == 'big' and (2 ** 63 + 1) not in m.dict({2.0 ** 63: 1}), 'dict: big ints and whole floats')
+nans = m.dict({float('nan'): 1})
+check(float('nan') not in nans and len(nans) == 1, 'dict: a NaN is only itself')
 nested = m.dict({(1, 'x'): {'deep': [1, 2.5, None, b'\x00', True]}})
 check(nested[(1.0, 'x')] == {'deep': [1, 2.5, None, b'\x00', True]}, 'dict: tuple keys, nested values')
 

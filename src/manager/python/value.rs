@@ -90,8 +90,10 @@ pub(crate) enum Key {
     None,
     Int(i64),
     Big(Vec<u8>),
-    /// A float that is not a whole number (by its bits; a NaN is only itself).
+    /// A float that is not a whole number, by its bits.
     Float(u64),
+    /// A NaN: each one a key of its own.
+    Nan(u64),
     Str(String),
     Bytes(Vec<u8>),
     Tuple(Vec<Key>),
@@ -112,9 +114,18 @@ impl Key {
                 Ok(i) => Key::Int(i),
                 Err(_) => Key::Big(b.to_signed_bytes_le()),
             },
-            Value::Float(f) => match float_as_int(*f) {
-                Some(i) => Key::Int(i),
-                None => Key::Float(f.to_bits()),
+            Value::Float(f) => match (float_as_int(*f), float_as_big(*f)) {
+                (Some(i), _) => Key::Int(i),
+                // A whole float past i64 is the big int it equals (2.0**64 and 2**64).
+                (None, Some(b)) => Key::Big(b.to_signed_bytes_le()),
+                // Every NaN a client sends is an object of its own, equal to nothing: a key
+                // no other lookup finds, as in CPython's server.
+                (None, None) if f.is_nan() => {
+                    static NANS: std::sync::atomic::AtomicU64 =
+                        std::sync::atomic::AtomicU64::new(0);
+                    Key::Nan(NANS.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+                }
+                (None, None) => Key::Float(f.to_bits()),
             },
             Value::Str(s) => Key::Str(s.clone()),
             Value::Bytes(b) => Key::Bytes(b.clone()),
@@ -142,6 +153,22 @@ fn float_as_int(f: f64) -> Option<i64> {
     } else {
         None
     }
+}
+
+/// The big int a whole, finite float equals, when it is past `i64` (|f| >= 2^63: every such
+/// float is whole).
+fn float_as_big(f: f64) -> Option<BigInt> {
+    if !f.is_finite() || float_as_int(f).is_some() || f.fract() != 0.0 {
+        return None;
+    }
+    let bits = f.to_bits();
+    let exp = ((bits >> 52) & 0x7ff) as i64 - 1075;
+    let mantissa = (bits & ((1 << 52) - 1)) | (1 << 52);
+    if exp < 0 {
+        return None;
+    }
+    let magnitude = BigInt::from(mantissa) << exp as usize;
+    Some(if f < 0.0 { -magnitude } else { magnitude })
 }
 
 /// A number, for comparing across `bool`, `int` and `float` as Python does.
@@ -184,8 +211,16 @@ fn num_cmp(a: &Num<'_>, b: &Num<'_>) -> Option<Ordering> {
         (Num::Float(x), Num::Float(y)) => x.partial_cmp(y),
         (Num::Int(x), Num::Float(y)) => int_float_cmp(*x, *y),
         (Num::Float(x), Num::Int(y)) => int_float_cmp(*y, *x).map(Ordering::reverse),
-        (Num::Big(x), Num::Float(y)) => big_to_f64(x).partial_cmp(y),
-        (Num::Float(x), Num::Big(y)) => x.partial_cmp(&big_to_f64(y)),
+        // A whole float against a big int exactly; otherwise the float is small (under 2^53)
+        // or infinite or NaN, and the big int's nearest float orders them.
+        (Num::Big(x), Num::Float(y)) => match float_as_big(*y) {
+            Some(b) => Some((*x).cmp(&b)),
+            None => big_to_f64(x).partial_cmp(y),
+        },
+        (Num::Float(x), Num::Big(y)) => match float_as_big(*x) {
+            Some(b) => Some(b.cmp(y)),
+            None => x.partial_cmp(&big_to_f64(y)),
+        },
     }
 }
 
@@ -723,6 +758,23 @@ mod tests {
             Key::of(&Value::Tuple(vec![Value::Float(1.0)])).unwrap()
         );
         assert!(matches!(Key::of(&Value::List(vec![])), Err(Fail::Raise(_))));
+        // 2.0**64 is the key 2**64; two NaNs are two keys.
+        let two64 = BigInt::from(1u8) << 64usize;
+        assert_eq!(
+            Key::of(&Value::Float(18446744073709551616.0)).unwrap(),
+            Key::of(&Value::BigInt(two64.clone())).unwrap()
+        );
+        assert_ne!(
+            Key::of(&Value::Float(f64::NAN)).unwrap(),
+            Key::of(&Value::Float(f64::NAN)).unwrap()
+        );
+        // 2**63 + 1 is not 2.0**63 (a float rounding would say it is).
+        let big = Value::BigInt((BigInt::from(1u8) << 63usize) + 1);
+        assert!(!eq(&big, &Value::Float(9223372036854775808.0)));
+        assert!(eq(
+            &Value::BigInt(two64),
+            &Value::Float(18446744073709551616.0)
+        ));
     }
 
     #[test]
