@@ -167,7 +167,7 @@ fn from_value<T: DeserializeOwned>(v: &Value) -> Result<T, PyError> {
 fn plain(v: Value) -> Value {
     match v {
         Value::Object(o) => {
-            let is_list = matches!(&o.callable, Value::Global { module, name } if module == "builtins" && name == "list");
+            let is_list = super::value::is_global(&o.callable, "builtins", "list");
             match (is_list, o.args) {
                 (true, Value::Tuple(mut a)) if a.len() == 1 && o.state.is_empty() => {
                     match a.pop().expect("1") {
@@ -648,15 +648,7 @@ impl<T: Serialize + DeserializeOwned> PyList<T> {
 
     /// A copy of the whole list (`l[:]`).
     pub fn to_vec(&self) -> Result<Vec<T>, PyError> {
-        let all = Value::Object(Box::new(Object {
-            callable: Value::global("builtins", "slice"),
-            args: Value::Tuple(vec![Value::None, Value::None, Value::None]),
-            kwargs: None,
-            state: Vec::new(),
-            items: Vec::new(),
-            entries: Vec::new(),
-            new: false,
-        }));
+        let all = super::value::reduce("builtins", "slice", vec![Value::None; 3]);
         from_value(&self.0.call("__getitem__", vec![all], vec![])?)
     }
 }

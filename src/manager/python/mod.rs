@@ -65,9 +65,9 @@ pub use client::{
     PyDict, PyError, PyException, PyList, PyNamespace, PyObject, PyQueue, PyValue, PythonManager,
 };
 
-use crate::pickle::{self, Limits, Object, Value};
+use crate::pickle::{self, Limits, Value};
 use crate::{Address, Connection, Listener};
-use objects::{Call, ConnId, Outcome, Referent};
+use objects::{Call, ConnId, Outcome, Referent, lock};
 use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -293,7 +293,7 @@ impl PythonServer {
                     // A request is held whole before it is decoded: never more than the decoder
                     // would take (Unix sockets have no limit of their own).
                     let conn = Arc::new(conn.with_max_message(Some(REQUEST_LIMITS.max_bytes)));
-                    self.shared.conns().insert(id, conn.clone());
+                    lock(&self.shared.conns).insert(id, conn.clone());
                     let shared = self.shared.clone();
                     threads.retain(|t| !t.is_finished());
                     match std::thread::Builder::new()
@@ -325,7 +325,7 @@ impl PythonServer {
         // Threads waiting on a client's next request wake to end-of-file; blocked calls give up
         // within `objects::LOOK`.
         drop(self.listener);
-        for conn in self.shared.conns().values() {
+        for conn in lock(&self.shared.conns).values() {
             conn.shutdown();
         }
         for t in threads {
@@ -415,19 +415,15 @@ fn fail_reply(f: Fail) -> Value {
 
 /// A `Token(typeid, address, id)` as pickle carries it.
 fn token(typeid: &str, address: &Value, id: &str) -> Value {
-    Value::Object(Box::new(Object {
-        callable: Value::global("multiprocessing.managers", "Token"),
-        args: Value::Tuple(vec![]),
-        kwargs: None,
-        state: vec![Value::Tuple(vec![
+    value::built(
+        "multiprocessing.managers",
+        "Token",
+        Value::Tuple(vec![
             Value::Str(typeid.into()),
             address.clone(),
             Value::Str(id.into()),
-        ])],
-        items: Vec::new(),
-        entries: Vec::new(),
-        new: true,
-    }))
+        ]),
+    )
 }
 
 /// The object id in a `Token`, or in a proxy a client sent (`RebuildProxy(func, token, ...)`).
@@ -476,19 +472,7 @@ impl Shared {
     }
 
     fn table(&self) -> std::sync::MutexGuard<'_, Table> {
-        self.table.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn conns(&self) -> std::sync::MutexGuard<'_, HashMap<ConnId, Arc<Connection>>> {
-        self.conns.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn orphans(&self) -> std::sync::MutexGuard<'_, Vec<Orphan>> {
-        self.orphans.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<String, std::time::Instant>> {
-        self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.table)
     }
 
     fn stopping(&self) -> bool {
@@ -525,7 +509,7 @@ impl Shared {
                 self.handle_one(&conn, id)
             }));
         }
-        self.conns().remove(&id);
+        lock(&self.conns).remove(&id);
         conn.shutdown();
     }
 
@@ -701,7 +685,7 @@ impl Shared {
             return;
         }
         let until = std::time::Instant::now() + IN_FLIGHT;
-        let mut f = self.in_flight();
+        let mut f = lock(&self.in_flight);
         for id in ids {
             f.insert(id, until);
         }
@@ -733,7 +717,7 @@ impl Shared {
     fn sweep(&self) {
         let now = std::time::Instant::now();
         let in_flight: Vec<String> = {
-            let mut f = self.in_flight();
+            let mut f = lock(&self.in_flight);
             f.retain(|_, until| *until > now);
             f.keys().cloned().collect()
         };
@@ -772,7 +756,7 @@ impl Shared {
         drop(objects);
         let freed: Vec<Entry> = {
             let mut t = self.table();
-            let in_flight = self.in_flight();
+            let in_flight = lock(&self.in_flight);
             // Unmarked, still unreferenced (an incref may have come meanwhile) and not in flight.
             let unreachable: std::collections::HashSet<String> = t
                 .objects
@@ -783,7 +767,7 @@ impl Shared {
                 .map(|(k, _)| k.clone())
                 .collect();
             drop(in_flight);
-            let mut candidates = self.candidates.lock().unwrap_or_else(|p| p.into_inner());
+            let mut candidates = lock(&self.candidates);
             let gone: Vec<String> = unreachable
                 .iter()
                 .filter(|k| candidates.contains(*k))
@@ -868,7 +852,7 @@ impl Shared {
                 && h.held_by(p)
             {
                 if crate::sys::process_started(p.0) == Some(p.1) {
-                    self.orphans().push((p, h));
+                    lock(&self.orphans).push((p, h));
                 } else {
                     h.process_died(p, self.slots.load(Ordering::Relaxed));
                 }
@@ -955,7 +939,7 @@ impl Shared {
             std::thread::sleep(REAP_EVERY);
             // Locks of processes that have since gone; those released meanwhile are forgotten.
             let dead_holders: Vec<((i32, u64), Arc<Referent>)> = {
-                let mut o = self.orphans();
+                let mut o = lock(&self.orphans);
                 let (dead, live): (Vec<_>, Vec<_>) = std::mem::take(&mut *o)
                     .into_iter()
                     .filter(|(p, h)| h.held_by(*p))
@@ -995,11 +979,7 @@ impl Shared {
             if self.nested.load(Ordering::Relaxed) {
                 // Only after something lost its last reference, or to confirm what the last
                 // sweep found (a sweep visits what containers hold: not every tick for nothing).
-                let pending = !self
-                    .candidates
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .is_empty();
+                let pending = !lock(&self.candidates).is_empty();
                 if self.dirty.swap(false, Ordering::Relaxed) || pending || !dead.is_empty() {
                     self.sweep();
                 }

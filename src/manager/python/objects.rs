@@ -14,10 +14,10 @@
 //! forever (CPython's server does).
 
 use super::value::{
-    self, Fail, Key, Res, exception, index_error, key_error, raise, repr, type_error, type_name,
+    self, Fail, Key, Res, index_error, key_error, raise, raised, repr, type_error, type_name,
     value_error,
 };
-use crate::pickle::{Object, Value};
+use crate::pickle::Value;
 use indexmap::IndexMap;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Condvar, Mutex, MutexGuard};
@@ -144,6 +144,16 @@ impl<T> Blocking<T> {
 
 fn deadline(timeout: Option<Duration>) -> Option<Instant> {
     timeout.and_then(|t| Instant::now().checked_add(t))
+}
+
+/// The deadline of a call that blocks (for `timeout`) or not (now: `wait_until` then looks once,
+/// and never waits).
+fn until(block: bool, timeout: Option<Duration>) -> Option<Instant> {
+    if block {
+        deadline(timeout)
+    } else {
+        Some(Instant::now())
+    }
 }
 
 /// A dict in insertion order whose keys are Python's equal keys, keeping the first key object
@@ -337,18 +347,14 @@ impl TypeCode {
 
 /// An `array.array` as pickled between the server and its clients: `array.array(code, bytes)`.
 fn array_value(code: TypeCode, items: &[Value]) -> Value {
-    Value::Object(Box::new(Object {
-        callable: Value::global("array", "array"),
-        args: Value::Tuple(vec![
+    value::reduce(
+        "array",
+        "array",
+        vec![
             Value::Str((code.0 as char).to_string()),
             Value::Bytes(code.encode_items(items)),
-        ]),
-        kwargs: None,
-        state: Vec::new(),
-        items: Vec::new(),
-        entries: Vec::new(),
-        new: false,
-    }))
+        ],
+    )
 }
 
 /// The typecode and items of an `array.array` a client sent, in either pickled form.
@@ -834,7 +840,7 @@ impl Referent {
                     }
                     match keys.next() {
                         Some(v) => ret(v),
-                        None => Err(Fail::Raise(exception("builtins", "StopIteration", vec![]))),
+                        None => Err(raised("builtins", "StopIteration", vec![])),
                     }
                 }
                 _ => Err(no_method(method)),
@@ -937,22 +943,16 @@ impl Referent {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+/// A mutex's guard, also after a panic elsewhere poisoned it (the state is always whole: no
+/// method leaves it half changed across a panic point).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A `managers.<class>` object made by `__new__` with `state` as its `__dict__` (how pickle
 /// carries `Namespace` and `Value`).
 fn plain_object(class: &str, state: Vec<(Value, Value)>) -> Value {
-    Value::Object(Box::new(Object {
-        callable: Value::global("multiprocessing.managers", class),
-        args: Value::Tuple(vec![]),
-        kwargs: None,
-        state: vec![Value::Dict(state)],
-        items: Vec::new(),
-        entries: Vec::new(),
-        new: true,
-    }))
+    value::built("multiprocessing.managers", class, Value::Dict(state))
 }
 
 fn no_method(method: &str) -> Fail {
@@ -1183,15 +1183,11 @@ fn list_method(l: &Mutex<Vec<Value>>, method: &str, call: &Call<'_>) -> Res<Outc
                 ret(Value::List(out))
             }
         }
-        "__reversed__" => ret(Value::Object(Box::new(Object {
-            callable: Value::global("builtins", "reversed"),
-            args: Value::Tuple(vec![Value::List(l.clone())]),
-            kwargs: None,
-            state: Vec::new(),
-            items: Vec::new(),
-            entries: Vec::new(),
-            new: false,
-        }))),
+        "__reversed__" => ret(value::reduce(
+            "builtins",
+            "reversed",
+            vec![Value::List(l.clone())],
+        )),
         "append" => {
             l.push(call.need(0, "object", method)?.clone());
             none()
@@ -1377,16 +1373,16 @@ fn array_method(a: &Mutex<(TypeCode, Vec<Value>)>, method: &str, call: &Call<'_>
 }
 
 fn empty() -> Fail {
-    Fail::Raise(exception("_queue", "Empty", vec![]))
+    raised("_queue", "Empty", vec![])
 }
 
 fn full() -> Fail {
-    Fail::Raise(exception("queue", "Full", vec![]))
+    raised("queue", "Full", vec![])
 }
 
 /// `queue.ShutDown` (Python 3.13 and later: only their clients shut queues down).
 fn shut_down() -> Fail {
-    Fail::Raise(exception("queue", "ShutDown", vec![]))
+    raised("queue", "ShutDown", vec![])
 }
 
 fn queue_method(q: &Blocking<QueueState>, method: &str, call: &Call<'_>) -> Res<Outcome> {
@@ -1403,13 +1399,7 @@ fn queue_method(q: &Blocking<QueueState>, method: &str, call: &Call<'_>) -> Res<
                 return Err(shut_down());
             }
             let room = |s: &mut QueueState| s.shut || s.maxsize.is_none_or(|m| s.items.len() < m);
-            let (mut g, ok) = if block {
-                q.wait_until(g, deadline(t), call, room)
-            } else {
-                let mut g = g;
-                let ok = room(&mut g);
-                (g, ok)
-            };
+            let (mut g, ok) = q.wait_until(g, until(block, t), call, room);
             if g.shut {
                 return Err(shut_down());
             }
@@ -1429,12 +1419,8 @@ fn queue_method(q: &Blocking<QueueState>, method: &str, call: &Call<'_>) -> Res<
                 (false, None)
             };
             let g = q.lock();
-            let (mut g, ok) = if block {
-                q.wait_until(g, deadline(t), call, |s| s.shut || !s.items.is_empty())
-            } else {
-                let ok = !g.items.is_empty();
-                (g, ok)
-            };
+            let (mut g, ok) =
+                q.wait_until(g, until(block, t), call, |s| s.shut || !s.items.is_empty());
             if g.shut && g.items.is_empty() {
                 return Err(shut_down());
             }
@@ -1525,13 +1511,7 @@ fn acquire_lock(reentrant: bool, state: &Blocking<LockState>, call: &Call<'_>) -
     let g = state.lock();
     let conn = call.conn;
     let free = |s: &mut LockState| s.count == 0 || (reentrant && s.owner == Some(conn));
-    let (mut g, ok) = if block {
-        state.wait_until(g, deadline(t), call, free)
-    } else {
-        let mut g = g;
-        let ok = free(&mut g);
-        (g, ok)
-    };
+    let (mut g, ok) = state.wait_until(g, until(block, t), call, free);
     if ok {
         g.count += 1;
         g.owner = Some(conn);
@@ -1572,12 +1552,7 @@ fn semaphore_method(s: &Blocking<SemState>, method: &str, call: &Call<'_>) -> Re
                 ));
             }
             let g = s.lock();
-            let (mut g, ok) = if block {
-                s.wait_until(g, deadline(t), call, |st| st.value > 0)
-            } else {
-                let ok = g.value > 0;
-                (g, ok)
-            };
+            let (mut g, ok) = s.wait_until(g, until(block, t), call, |st| st.value > 0);
             if ok {
                 g.value -= 1;
                 if let Some(p) = call.process {
@@ -1724,7 +1699,7 @@ fn condition_method(
 }
 
 fn broken_barrier() -> Fail {
-    Fail::Raise(exception("threading", "BrokenBarrierError", vec![]))
+    raised("threading", "BrokenBarrierError", vec![])
 }
 
 fn barrier_method(b: &Blocking<BarrierState>, method: &str, call: &Call<'_>) -> Res<Outcome> {

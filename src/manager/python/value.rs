@@ -21,8 +21,9 @@ pub(crate) enum Fail {
 
 pub(crate) type Res<T = Value> = Result<T, Fail>;
 
-/// An exception instance, pickled as `module.name(*args)`.
-pub(crate) fn exception(module: &str, name: &str, args: Vec<Value>) -> Value {
+/// `module.name(*args)` as pickle carries it (`REDUCE`): an exception, an `array.array`, a
+/// `slice`.
+pub(crate) fn reduce(module: &str, name: &str, args: Vec<Value>) -> Value {
     Value::Object(Box::new(Object {
         callable: Value::global(module, name),
         args: Value::Tuple(args),
@@ -34,13 +35,28 @@ pub(crate) fn exception(module: &str, name: &str, args: Vec<Value>) -> Value {
     }))
 }
 
+/// An object of `module.name` made by `__new__` and given `state` (`NEWOBJ`, then `BUILD`): a
+/// `Token`, a `Namespace`.
+pub(crate) fn built(module: &str, name: &str, state: Value) -> Value {
+    Value::Object(Box::new(Object {
+        callable: Value::global(module, name),
+        args: Value::Tuple(vec![]),
+        kwargs: None,
+        state: vec![state],
+        items: Vec::new(),
+        entries: Vec::new(),
+        new: true,
+    }))
+}
+
+/// Raises `module.name(*args)` (an `#ERROR` for the client).
+pub(crate) fn raised(module: &str, name: &str, args: Vec<Value>) -> Fail {
+    Fail::Raise(reduce(module, name, args))
+}
+
 /// A builtin exception with one message.
 pub(crate) fn raise(name: &str, message: impl Into<String>) -> Fail {
-    Fail::Raise(exception(
-        "builtins",
-        name,
-        vec![Value::Str(message.into())],
-    ))
+    raised("builtins", name, vec![Value::Str(message.into())])
 }
 
 pub(crate) fn type_error(message: impl Into<String>) -> Fail {
@@ -57,7 +73,7 @@ pub(crate) fn index_error(message: impl Into<String>) -> Fail {
 
 /// `KeyError(key)`: the key itself is the argument, as Python's.
 pub(crate) fn key_error(key: &Value) -> Fail {
-    Fail::Raise(exception("builtins", "KeyError", vec![key.clone()]))
+    raised("builtins", "KeyError", vec![key.clone()])
 }
 
 /// Python's name of a value's type, for messages.
@@ -845,15 +861,11 @@ mod tests {
     #[test]
     fn ranges_iterate_as_python_ranges() {
         let range = |args: Vec<i64>| {
-            iterate(&Value::Object(Box::new(Object {
-                callable: Value::global("builtins", "range"),
-                args: Value::Tuple(args.into_iter().map(Value::Int).collect()),
-                kwargs: None,
-                state: vec![],
-                items: vec![],
-                entries: vec![],
-                new: false,
-            })))
+            iterate(&reduce(
+                "builtins",
+                "range",
+                args.into_iter().map(Value::Int).collect(),
+            ))
         };
         assert_eq!(range(vec![3]).unwrap(), ints(&[0, 1, 2]));
         assert_eq!(range(vec![5, 0, -2]).unwrap(), ints(&[5, 3, 1]));
