@@ -92,16 +92,41 @@ pub fn children_of_self() -> Vec<(i32, String)> {
         .collect()
 }
 
-/// The pid of this process's fork server, if one runs (it is the child whose initial environment
-/// says so).
+/// The pid of this process's fork server, if one runs.
+///
+/// Its initial environment says so, but so does that of every child it forked (they are children
+/// of this process too, and keep the server's environment block), and pids wrap (32768 on CI), so a
+/// child may well come before its server in `/proc`. The server is the one that ignores SIGINT and
+/// SIGTERM (a booted child takes this process's dispositions); a child forked a moment ago may not
+/// have dropped them yet, but it started after its server, so the earliest started is taken.
 pub fn forkserver_pid() -> Option<i32> {
-    children_of_self().into_iter().find_map(|(pid, state)| {
-        let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
-        let is_server = env
-            .split(|&b| b == 0)
-            .any(|kv| kv.starts_with(b"MULTIPROCESS_FORKSERVER="));
-        (is_server && state != "Z").then_some(pid)
-    })
+    const INT_AND_TERM: u64 = 1 << (2 - 1) | 1 << (15 - 1);
+    children_of_self()
+        .into_iter()
+        .filter_map(|(pid, state)| {
+            let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+            let marked = env
+                .split(|&b| b == 0)
+                .any(|kv| kv.starts_with(b"MULTIPROCESS_FORKSERVER="));
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+            let ignored = status
+                .lines()
+                .find_map(|l| l.strip_prefix("SigIgn:"))
+                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // Field 22, the start time, is the 20th after the command name.
+            let started: u64 = stat
+                .rsplit(')')
+                .next()?
+                .split_whitespace()
+                .nth(19)?
+                .parse()
+                .ok()?;
+            (marked && state != "Z" && ignored & INT_AND_TERM == INT_AND_TERM)
+                .then_some((started, pid))
+        })
+        .min()
+        .map(|(_, pid)| pid)
 }
 
 /// The highest descriptor number open in this process.
