@@ -931,3 +931,250 @@ fn the_slots_of_a_killed_python_client_come_back_when_asked() {
         assert_eq!(got, Value::Bool(give_back), "give_back_slots({give_back})");
     }
 }
+
+/// A Python client of the objects a Rust client named (`register(name)` finds them), checking
+/// what the Rust client stored and storing its own.
+const OF_RUST: &str = r#"
+import sys
+from multiprocessing.managers import SyncManager, DictProxy, ListProxy, AcquirerProxy, ValueProxy
+class M(SyncManager):
+    pass
+M.register('shared', proxytype=DictProxy)
+M.register('log', proxytype=ListProxy)
+M.register('jobs')
+M.register('gate', proxytype=AcquirerProxy)
+M.register('count', proxytype=ValueProxy)
+a = sys.argv[1]
+addr = a if a.startswith('/') else (a.rsplit(':', 1)[0], int(a.rsplit(':', 1)[1]))
+m = M(address=addr, authkey=bytes.fromhex(sys.argv[2])); m.connect()
+d, log, jobs, gate, count = m.shared(), m.log(), m.jobs(), m.gate(), m.count()
+# What the Rust client stored, as Python sees it: structs are dicts, vectors lists, and the key
+# 1 is the key 1.0 and True.
+assert d['point'] == {'x': 3, 'y': -4}, d['point']
+assert d['one'] == [1, 2, 3], d['one']
+assert log[-1] == 'from rust' and len(log) == 1, log[:]
+assert count.value == 41
+count.value = 42
+d['from python'] = [4, 5]
+d['version'] = list(sys.version_info[:2])
+log.append('from python')
+for i in range(50):
+    jobs.put(i * i)
+# The Rust client holds the gate: it cannot be taken until it lets go.
+assert not gate.acquire(timeout=0.2)
+print('BLOCKED', flush=True)
+assert gate.acquire(timeout=30)
+gate.release()
+print('OK', flush=True)
+"#;
+
+#[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+struct Point {
+    x: i64,
+    y: i64,
+}
+
+/// The typed proxies of `multiprocess::manager` (a Rust `Manager`) on the server for Python
+/// clients: the same objects as the Python clients', under every start method for the Rust
+/// children that receive them, over a Unix socket and TCP.
+#[test]
+fn rust_manager_proxies_share_objects_with_python_clients() {
+    use multiprocess::StartMethod;
+    use multiprocess::manager::{Manager, ManagerError, RemoteError};
+    let _deadline = watchdog(
+        "rust_manager_proxies_share_objects_with_python_clients",
+        Duration::from_secs(240),
+    );
+    for tcp in [false, true] {
+        let served = Served::start(tcp);
+        let m = Manager::connect(served.address.clone(), KEY).unwrap();
+        let d = m.named("shared").dict::<String, Point>().unwrap();
+        d.set(&"point".into(), &Point { x: 3, y: -4 }).unwrap();
+        let any = m.named("shared").dict::<String, Vec<i64>>().unwrap();
+        any.set(&"one".into(), &vec![1, 2, 3]).unwrap();
+        let log = m.named("log").list::<String>().unwrap();
+        log.append(&"from rust".into()).unwrap();
+        let jobs = m.named("jobs").queue::<i64>(0).unwrap();
+        let gate = m.named("gate").lock().unwrap();
+        let count = m.named("count").value(&41i64).unwrap();
+        // Another kind under a taken name is refused.
+        assert!(matches!(
+            m.named("jobs").dict::<String, i64>(),
+            Err(ManagerError::Remote(RemoteError::WrongKind { .. }))
+        ));
+        let held = gate.lock().unwrap();
+        let mut py = Py::start(if tcp { 11 } else { 13 }, OF_RUST, &served);
+        let mut out = py.stdout();
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        if line.trim() != "BLOCKED" {
+            let (_, _, err) = py.finish(Instant::now() + Duration::from_secs(60));
+            panic!("the Python client said {line:?}: {err}");
+        }
+        drop(held);
+        for i in 0..50 {
+            assert_eq!(jobs.get_timeout(Duration::from_secs(30)).unwrap(), i * i);
+        }
+        line.clear();
+        out.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "OK");
+        let (ok, rest, err) = py.finish(Instant::now() + Duration::from_secs(60));
+        assert!(ok, "{rest}\n{err}");
+        assert_eq!(
+            any.get(&"from python".into()).unwrap(),
+            Some(vec![4, 5]),
+            "{err}"
+        );
+        assert_eq!(count.get().unwrap(), 42);
+        assert_eq!(log.snapshot().unwrap().1, ["from rust", "from python"]);
+        // Python's semantics for the Rust client too: 1.0, 1 and True are one key (one named
+        // dict, through proxies of three key types).
+        let floats = m.named("numbers").dict::<f64, String>().unwrap();
+        floats.set(&1.0, &"float".into()).unwrap();
+        let ints = m.named("numbers").dict::<i64, String>().unwrap();
+        assert_eq!(ints.get(&1).unwrap().as_deref(), Some("float"));
+        ints.set(&1, &"int".into()).unwrap();
+        let bools = m.named("numbers").dict::<bool, String>().unwrap();
+        assert_eq!(bools.get(&true).unwrap().as_deref(), Some("int"));
+        assert_eq!(floats.len().unwrap(), 1);
+        drop((floats, ints, bools));
+        // Children started every way reach the same objects through proxies in their argument.
+        for method in StartMethod::ALL {
+            let child = multiprocess::Process::builder()
+                .start_method(method)
+                .spawn(
+                    fill_from_child,
+                    (log.clone(), jobs.clone(), method.to_string()),
+                )
+                .unwrap();
+            assert_eq!(
+                child.join_timeout(Duration::from_secs(60)).unwrap(),
+                Ok::<(), String>(())
+            );
+            assert_eq!(log.get(-1).unwrap(), format!("child {method}"));
+            assert_eq!(jobs.get_timeout(Duration::from_secs(10)).unwrap(), 7);
+        }
+        drop((d, any, log, jobs, gate, count));
+    }
+}
+
+fn fill_from_child(
+    (log, jobs, method): (
+        multiprocess::manager::List<String>,
+        multiprocess::manager::Queue<i64>,
+        String,
+    ),
+) -> Result<(), String> {
+    log.append(&format!("child {method}"))
+        .map_err(|e| e.to_string())?;
+    jobs.put(&7).map_err(|e| e.to_string())
+}
+
+/// What the server for Python clients does not serve to a Rust client is refused with a typed
+/// error, and what a Rust client holds goes with its connection: its objects are freed and the
+/// locks its threads hold are given back.
+#[test]
+fn a_rust_client_of_the_python_server_gets_typed_errors_and_leaves_nothing_held() {
+    use multiprocess::manager::{Manager, ManagerError, RemoteError};
+    let _deadline = watchdog(
+        "a_rust_client_of_the_python_server_gets_typed_errors_and_leaves_nothing_held",
+        Duration::from_secs(120),
+    );
+    let served = Served::start(false);
+    let before = number_of_objects(&served);
+    let m = Manager::connect(served.address.clone(), KEY).unwrap();
+    let l = m.list::<i64>().unwrap();
+    l.extend(&[1, 2, 3]).unwrap();
+    assert!(matches!(
+        l.get(5),
+        Err(ManagerError::Remote(RemoteError::IndexError {
+            index: 5,
+            len: 3
+        }))
+    ));
+    assert!(matches!(
+        l.remove(&9),
+        Err(ManagerError::Remote(RemoteError::NotFound))
+    ));
+    assert_eq!(l.pop(Some(-1)).unwrap(), 3);
+    let q = m.queue::<String>(1).unwrap();
+    q.put(&"a".into()).unwrap();
+    let t = Instant::now();
+    assert!(matches!(
+        q.put_timeout(&"b".into(), Duration::from_millis(100)),
+        Err(ManagerError::Remote(RemoteError::Full))
+    ));
+    assert!(t.elapsed() >= Duration::from_millis(100));
+    // A key Python cannot hash is Python's TypeError, in words.
+    let d = m.dict::<Vec<i64>, i64>().unwrap();
+    match d.set(&vec![1], &1) {
+        Err(ManagerError::Remote(RemoteError::Exception(e))) => {
+            assert!(e.contains("TypeError") && e.contains("unhashable"), "{e}")
+        }
+        other => panic!("{other:?}"),
+    }
+    // A version moves with every change, and a watch sees it.
+    let v0 = l.version().unwrap();
+    let watcher = {
+        let l = l.clone();
+        std::thread::spawn(move || l.watch_timeout(v0, Duration::from_secs(30)))
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    l.append(&4).unwrap();
+    assert!(watcher.join().unwrap().unwrap().is_some_and(|v| v > v0));
+    assert!(matches!(
+        m.barrier(0),
+        Err(ManagerError::Remote(RemoteError::Exception(_)))
+    ));
+    let lock = m.lock().unwrap();
+    let sem = m.semaphore(2).unwrap();
+    sem.acquire().unwrap();
+    assert_eq!(sem.value().unwrap(), 1);
+    assert!(number_of_objects(&served) > before);
+    // A second process holds the lock, then its connection ends without a release.
+    let child = multiprocess::Process::builder()
+        .spawn(hold_and_vanish, lock.clone())
+        .unwrap();
+    assert_eq!(
+        child.join_timeout(Duration::from_secs(60)).unwrap(),
+        Ok::<(), String>(())
+    );
+    assert!(lock.acquire_timeout(Duration::from_secs(30)).unwrap());
+    lock.release().unwrap();
+    drop((l, q, d, lock, sem, m));
+    assert!(
+        common::eventually(|| number_of_objects(&served) == before),
+        "the objects of a Rust client that let go are freed"
+    );
+}
+
+fn hold_and_vanish(lock: multiprocess::manager::Lock) -> Result<(), String> {
+    let g = lock.lock().map_err(|e| e.to_string())?;
+    std::mem::forget(g);
+    Ok(())
+}
+
+/// A Rust `Manager` that reaches CPython's own manager server is told which client to use.
+#[test]
+fn a_rust_manager_at_a_cpython_server_is_told_to_use_the_python_client() {
+    let _deadline = watchdog(
+        "a_rust_manager_at_a_cpython_server_is_told_to_use_the_python_client",
+        Duration::from_secs(120),
+    );
+    let mut server = Py::from(
+        Command::new(common::python(12))
+            .args(["-c", PY_SERVER, "tcp", &hex(KEY)])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    server.stdout().read_line(&mut line).unwrap();
+    let address = line.strip_prefix("ADDR ").unwrap().trim().to_string();
+    match multiprocess::manager::Manager::connect(address.as_str(), KEY) {
+        Err(multiprocess::manager::ManagerError::Decode(e)) => {
+            assert!(e.contains("PythonManager"), "{e}")
+        }
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+}

@@ -9,7 +9,7 @@
 //! costs a cross-CPU wake-up on these machines); many threads share one connection with as many
 //! requests in flight as they make.
 
-use super::proto::{ObjectId, Op, Reply, Request, Response};
+use super::proto::{ObjectId, Op, Reply, Request, Response, Values};
 use super::{ManagerError, RemoteError};
 use crate::{Address, Connection};
 use std::collections::{HashMap, HashSet};
@@ -33,6 +33,8 @@ pub(crate) struct Core {
     arrived: Condvar,
     /// Objects this connection took a hold on for proxies inherited through `fork`.
     attached: Mutex<HashSet<ObjectId>>,
+    /// How the server stores keys and values: the proxies encode them so.
+    pub(crate) values: Values,
 }
 
 #[derive(Debug, Default)]
@@ -48,8 +50,40 @@ struct Inbox {
 }
 
 impl Core {
-    pub(crate) fn new(conn: Connection, address: Address, key: Vec<u8>) -> Core {
-        Core {
+    /// The connection `conn` to the manager at `address`, once the server has said how it
+    /// stores values (the `Hello` exchange, the first on every connection).
+    pub(crate) fn open(
+        conn: Connection,
+        address: Address,
+        key: Vec<u8>,
+    ) -> Result<Core, ManagerError> {
+        let gone = |e: &dyn std::fmt::Display| ManagerError::Disconnected(e.to_string());
+        conn.send_bytes(&super::proto::hello())
+            .map_err(|e| gone(&e))?;
+        let answer = conn.recv_bytes().map_err(|e| gone(&e))?;
+        // A pickle (CPython's server answers what it cannot read with a `#TRACEBACK`).
+        if answer.first() == Some(&0x80) {
+            return Err(ManagerError::Decode(
+                "this server speaks only Python's manager protocol (a CPython manager): connect \
+                 to it with manager::python::PythonManager"
+                    .into(),
+            ));
+        }
+        let response =
+            crate::codec::decode::<Response>(&answer, Vec::new()).map_err(ManagerError::Decode)?;
+        let values = match response {
+            Response {
+                id: 0,
+                result: Ok(Reply::Values(v)),
+            } => v,
+            other => {
+                return Err(ManagerError::Decode(format!(
+                    "the server did not answer the manager's first request: {other:?}"
+                )));
+            }
+        };
+        Ok(Core {
+            values,
             conn,
             address,
             key,
@@ -59,7 +93,7 @@ impl Core {
             state: Mutex::new(Inbox::default()),
             arrived: Condvar::new(),
             attached: Mutex::default(),
-        }
+        })
     }
 
     fn inbox(&self) -> MutexGuard<'_, Inbox> {

@@ -62,7 +62,7 @@ pub(crate) use server::fuzz_requests;
 use crate::codec;
 use crate::{Address, Connection, Process, StartMethod, ToAddress};
 use client::Core;
-use proto::{Bytes, Call, Expect, ObjectId, Op, Reply};
+use proto::{Bytes, Call, Expect, ObjectId, Op, Reply, Values};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -165,6 +165,10 @@ pub enum RemoteError {
     /// The server could not make sense of the request.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// A server for Python clients ([`python::PythonServer`]) raised this Python exception
+    /// (`"TypeError: unhashable type: 'list'"`), where no other variant says what went wrong.
+    #[error("the server raised {0}")]
+    Exception(String),
 }
 
 /// Why a manager operation failed.
@@ -539,7 +543,7 @@ fn connect_core(
         b = b.max_message(max);
     }
     let conn = b.connect()?;
-    Ok(Core::new(conn, address.clone(), key.to_vec()))
+    Core::open(conn, address.clone(), key.to_vec())
 }
 
 /// This process's connections, by manager address and key: a process receiving proxies connects
@@ -605,7 +609,7 @@ impl Manager {
             )));
         };
         let conn = builder.connect()?;
-        let core = Arc::new(Core::new(conn, address.clone(), key.clone()));
+        let core = Arc::new(Core::open(conn, address.clone(), key.clone())?);
         connections()
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -711,7 +715,7 @@ impl Manager {
     pub fn served<T: Serve>(&self, init: &T::Init) -> Result<Served<T>, ManagerError> {
         Ok(Served::wrap(self.create_op(Op::CreateServed {
             type_name: T::NAME.to_string(),
-            init: encode(init)?,
+            init: self.enc(init)?,
         })?))
     }
 
@@ -832,7 +836,7 @@ constructors! {
 
     /// A new value, set to `init`.
     fn value[T: Serialize](init: &T) -> Value<T> => |mk| {
-        Ok(Value::wrap(mk.make(Kind::Value, Some(encode(init)?), Vec::new())?))
+        Ok(Value::wrap(mk.make(Kind::Value, Some(mk.manager.enc(init)?), Vec::new())?))
     };
 
     /// A new lock (Python's `Manager().Lock()`): held by a thread of a client, released if that
@@ -863,7 +867,7 @@ constructors! {
     /// A new array holding `items` (Python's `Manager().Array()`): a list whose length never
     /// changes (`get`, `set`, `len`, `snapshot`, `iter`).
     fn array[T: Serialize](items: &[T]) -> Array<T> => |mk| {
-        let items = items.iter().map(encode).collect::<Result<_, _>>()?;
+        let items = items.iter().map(|x| mk.manager.enc(x)).collect::<Result<_, _>>()?;
         Ok(Array::wrap(mk.make(Kind::Array, None, items)?))
     };
 
@@ -933,18 +937,39 @@ fn unexpected(reply: &Reply) -> ManagerError {
     ManagerError::Decode(format!("an answer of the wrong shape: {reply:?}"))
 }
 
-fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Bytes, ManagerError> {
-    let (bytes, fds) = codec::encode(value).map_err(ManagerError::Encode)?;
-    if !fds.is_empty() {
-        return Err(ManagerError::Encode(
-            "OS objects (connections, locks, queues) cannot be stored in a manager".into(),
-        ));
-    }
+/// A key or value as the server stores them: in the crate's codec, or pickled for a server of
+/// Python clients (which then holds it as the Python value it is: see `python`).
+fn encode<T: Serialize + ?Sized>(values: Values, value: &T) -> Result<Bytes, ManagerError> {
+    let bytes = match values {
+        Values::Crate => {
+            let (bytes, fds) = codec::encode(value).map_err(ManagerError::Encode)?;
+            if !fds.is_empty() {
+                return Err(ManagerError::Encode(
+                    "OS objects (connections, locks, queues) cannot be stored in a manager".into(),
+                ));
+            }
+            bytes
+        }
+        Values::Pickle => {
+            crate::pickle::to_vec(value).map_err(|e| ManagerError::Encode(e.to_string()))?
+        }
+    };
     Ok(Bytes::from(bytes))
 }
 
-fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ManagerError> {
-    codec::decode(bytes, Vec::new()).map_err(ManagerError::Decode)
+fn decode<T: DeserializeOwned>(values: Values, bytes: &[u8]) -> Result<T, ManagerError> {
+    match values {
+        Values::Crate => codec::decode(bytes, Vec::new()).map_err(ManagerError::Decode),
+        Values::Pickle => {
+            crate::pickle::from_slice(bytes).map_err(|e| ManagerError::Decode(e.to_string()))
+        }
+    }
+}
+
+impl Manager {
+    fn enc<T: Serialize + ?Sized>(&self, value: &T) -> Result<Bytes, ManagerError> {
+        encode(self.core.values, value)
+    }
 }
 
 /// A Manager travels as its address and key (see the type's notes).
@@ -986,6 +1011,14 @@ impl Drop for HandleInner {
 impl Handle {
     fn id(&self) -> ObjectId {
         self.0.id
+    }
+
+    fn enc<T: Serialize + ?Sized>(&self, value: &T) -> Result<Bytes, ManagerError> {
+        self.0.manager.enc(value)
+    }
+
+    fn dec<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, ManagerError> {
+        decode(self.0.manager.core.values, bytes)
     }
 
     /// Calls on a batch go by object id: this process must hold the object (see `call`).
@@ -1235,8 +1268,8 @@ proxy_common!(Dict<K, V>, Expect::Dict);
 impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> Dict<K, V> {
     /// The value of `key`, if it has one.
     pub fn get(&self, key: &K) -> Result<Option<V>, ManagerError> {
-        match self.h.call(Call::DictGet(encode(key)?))? {
-            Reply::Maybe(v) => v.map(|b| decode(&b)).transpose(),
+        match self.h.call(Call::DictGet(self.h.enc(key)?))? {
+            Reply::Maybe(v) => v.map(|b| self.h.dec(&b)).transpose(),
             other => Err(unexpected(&other)),
         }
     }
@@ -1248,7 +1281,8 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> Dict<K, V
 
     /// Sets `key` to `value`.
     pub fn set(&self, key: &K, value: &V) -> Result<(), ManagerError> {
-        self.h.unit(Call::DictSet(encode(key)?, encode(value)?))
+        self.h
+            .unit(Call::DictSet(self.h.enc(key)?, self.h.enc(value)?))
     }
 
     /// Sets `key` to `value` if it has no value; returns the value it has then (Python's
@@ -1256,24 +1290,24 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> Dict<K, V
     pub fn set_default(&self, key: &K, value: &V) -> Result<V, ManagerError> {
         match self
             .h
-            .call(Call::DictSetDefault(encode(key)?, encode(value)?))?
+            .call(Call::DictSetDefault(self.h.enc(key)?, self.h.enc(value)?))?
         {
-            Reply::Bytes(b) => decode(&b),
+            Reply::Bytes(b) => self.h.dec(&b),
             other => Err(unexpected(&other)),
         }
     }
 
     /// Removes `key`; its value, if it had one.
     pub fn remove(&self, key: &K) -> Result<Option<V>, ManagerError> {
-        match self.h.call(Call::DictRemove(encode(key)?))? {
-            Reply::Maybe(v) => v.map(|b| decode(&b)).transpose(),
+        match self.h.call(Call::DictRemove(self.h.enc(key)?))? {
+            Reply::Maybe(v) => v.map(|b| self.h.dec(&b)).transpose(),
             other => Err(unexpected(&other)),
         }
     }
 
     /// Whether `key` has a value.
     pub fn contains(&self, key: &K) -> Result<bool, ManagerError> {
-        match self.h.call(Call::DictContains(encode(key)?))? {
+        match self.h.call(Call::DictContains(self.h.enc(key)?))? {
             Reply::Bool(b) => Ok(b),
             other => Err(unexpected(&other)),
         }
@@ -1292,7 +1326,7 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> Dict<K, V
     /// The keys, in insertion order.
     pub fn keys(&self) -> Result<Vec<K>, ManagerError> {
         match self.h.call(Call::DictKeys)? {
-            Reply::Many(v) => v.iter().map(|b| decode(b)).collect(),
+            Reply::Many(v) => v.iter().map(|b| self.h.dec(b)).collect(),
             other => Err(unexpected(&other)),
         }
     }
@@ -1300,7 +1334,7 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> Dict<K, V
     /// The values, in insertion order.
     pub fn values(&self) -> Result<Vec<V>, ManagerError> {
         match self.h.call(Call::DictValues)? {
-            Reply::Many(v) => v.iter().map(|b| decode(b)).collect(),
+            Reply::Many(v) => v.iter().map(|b| self.h.dec(b)).collect(),
             other => Err(unexpected(&other)),
         }
     }
@@ -1318,7 +1352,7 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> Dict<K, V
                     let mut parts = RawParts::new(&raw, 2)?;
                     let mut out = Vec::with_capacity(parts.count);
                     for _ in 0..parts.count {
-                        out.push((decode(parts.next()?)?, decode(parts.next()?)?));
+                        out.push((self.h.dec(parts.next()?)?, self.h.dec(parts.next()?)?));
                     }
                     Ok((version, out))
                 }
@@ -1339,7 +1373,7 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> Dict<K, V
     {
         let kv = entries
             .into_iter()
-            .map(|(k, v)| Ok((encode(k)?, encode(v)?)))
+            .map(|(k, v)| Ok((self.h.enc(k)?, self.h.enc(v)?)))
             .collect::<Result<_, ManagerError>>()?;
         self.h.unit(Call::DictUpdate(kv))
     }
@@ -1379,7 +1413,7 @@ const LIST_CHUNK: u64 = 256;
 impl<T: Serialize + DeserializeOwned> List<T> {
     /// Adds `item` at the end.
     pub fn append(&self, item: &T) -> Result<(), ManagerError> {
-        self.h.unit(Call::ListAppend(encode(item)?))
+        self.h.unit(Call::ListAppend(self.h.enc(item)?))
     }
 
     /// Adds `items` at the end, in one round trip.
@@ -1387,39 +1421,42 @@ impl<T: Serialize + DeserializeOwned> List<T> {
     where
         T: 'a,
     {
-        let v = items.into_iter().map(encode).collect::<Result<_, _>>()?;
+        let v = items
+            .into_iter()
+            .map(|x| self.h.enc(x))
+            .collect::<Result<_, _>>()?;
         self.h.unit(Call::ListExtend(v))
     }
 
     /// Inserts `item` before `index` (clamped to the list, as Python's `insert`).
     pub fn insert(&self, index: i64, item: &T) -> Result<(), ManagerError> {
-        self.h.unit(Call::ListInsert(index, encode(item)?))
+        self.h.unit(Call::ListInsert(index, self.h.enc(item)?))
     }
 
     /// The item at `index` ([`RemoteError::IndexError`] past the end).
     pub fn get(&self, index: i64) -> Result<T, ManagerError> {
         match self.h.call(Call::ListGet(index))? {
-            Reply::Bytes(b) => decode(&b),
+            Reply::Bytes(b) => self.h.dec(&b),
             other => Err(unexpected(&other)),
         }
     }
 
     /// Replaces the item at `index`.
     pub fn set(&self, index: i64, item: &T) -> Result<(), ManagerError> {
-        self.h.unit(Call::ListSet(index, encode(item)?))
+        self.h.unit(Call::ListSet(index, self.h.enc(item)?))
     }
 
     /// Removes and returns the item at `index` (`None`: the last).
     pub fn pop(&self, index: Option<i64>) -> Result<T, ManagerError> {
         match self.h.call(Call::ListPop(index))? {
-            Reply::Bytes(b) => decode(&b),
+            Reply::Bytes(b) => self.h.dec(&b),
             other => Err(unexpected(&other)),
         }
     }
 
     /// Removes the first item equal to `item` (by encoding; [`RemoteError::NotFound`] if none).
     pub fn remove(&self, item: &T) -> Result<(), ManagerError> {
-        self.h.unit(Call::ListRemove(encode(item)?))
+        self.h.unit(Call::ListRemove(self.h.enc(item)?))
     }
 
     /// How many items.
@@ -1445,7 +1482,7 @@ impl<T: Serialize + DeserializeOwned> List<T> {
                     let mut parts = RawParts::new(&raw, 1)?;
                     let mut out = Vec::with_capacity(parts.count);
                     for _ in 0..parts.count {
-                        out.push(decode(parts.next()?)?);
+                        out.push(self.h.dec(parts.next()?)?);
                     }
                     Ok((version, out))
                 }
@@ -1495,7 +1532,7 @@ impl<T: Serialize + DeserializeOwned> Iterator for ListIter<'_, T> {
 
     fn next(&mut self) -> Option<Self::Item> {
         if let Some(b) = self.buffer.next() {
-            return Some(decode(&b));
+            return Some(self.list.h.dec(&b));
         }
         if self.done {
             return None;
@@ -1506,7 +1543,7 @@ impl<T: Serialize + DeserializeOwned> Iterator for ListIter<'_, T> {
                 self.next += v.len() as u64;
                 self.done = (v.len() as u64) < LIST_CHUNK;
                 self.buffer = v.into_iter();
-                self.buffer.next().map(|b| decode(&b))
+                self.buffer.next().map(|b| self.list.h.dec(&b))
             }
             Ok(other) => {
                 self.done = true;
@@ -1541,14 +1578,15 @@ impl Namespace {
     /// The value called `name`, if set.
     pub fn get<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, ManagerError> {
         match self.0.call(Call::NsGet(name.to_string()))? {
-            Reply::Maybe(v) => v.map(|b| decode(&b)).transpose(),
+            Reply::Maybe(v) => v.map(|b| self.0.dec(&b)).transpose(),
             other => Err(unexpected(&other)),
         }
     }
 
     /// Sets the value called `name`.
     pub fn set<T: Serialize + ?Sized>(&self, name: &str, value: &T) -> Result<(), ManagerError> {
-        self.0.unit(Call::NsSet(name.to_string(), encode(value)?))
+        self.0
+            .unit(Call::NsSet(name.to_string(), self.0.enc(value)?))
     }
 
     /// Removes the value called `name`; whether it was set.
@@ -1595,23 +1633,23 @@ impl<T: Serialize + DeserializeOwned> Value<T> {
     /// The value.
     pub fn get(&self) -> Result<T, ManagerError> {
         match self.h.call(Call::ValueGet)? {
-            Reply::Bytes(b) => decode(&b),
+            Reply::Bytes(b) => self.h.dec(&b),
             other => Err(unexpected(&other)),
         }
     }
 
     /// Sets the value.
     pub fn set(&self, value: &T) -> Result<(), ManagerError> {
-        self.h.unit(Call::ValueSet(encode(value)?))
+        self.h.unit(Call::ValueSet(self.h.enc(value)?))
     }
 
     /// Sets the value to `new` if it is `current` (by encoding); whether it did. A
     /// read-modify-write loop on it loses no update from any client.
     pub fn compare_and_set(&self, current: &T, new: &T) -> Result<bool, ManagerError> {
-        match self
-            .h
-            .call(Call::ValueCompareSet(encode(current)?, encode(new)?))?
-        {
+        match self.h.call(Call::ValueCompareSet(
+            self.h.enc(current)?,
+            self.h.enc(new)?,
+        ))? {
             Reply::Bool(b) => Ok(b),
             other => Err(unexpected(&other)),
         }
@@ -1788,7 +1826,7 @@ proxy_common!(Queue<T>, Expect::Queue);
 impl<T: Serialize + DeserializeOwned> Queue<T> {
     fn put_for(&self, item: &T, timeout: Option<Duration>) -> Result<(), ManagerError> {
         self.h.unit(Call::QueuePut {
-            item: encode(item)?,
+            item: self.h.enc(item)?,
             timeout_us: micros(timeout),
         })
     }
@@ -1797,7 +1835,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         match self.h.call(Call::QueueGet {
             timeout_us: micros(timeout),
         })? {
-            Reply::Bytes(b) => decode(&b),
+            Reply::Bytes(b) => self.h.dec(&b),
             other => Err(unexpected(&other)),
         }
     }
@@ -1884,14 +1922,14 @@ impl<T: Serialize + DeserializeOwned> Array<T> {
     /// The item at `index` (Python's: `-1` is the last; [`RemoteError::IndexError`] past it).
     pub fn get(&self, index: i64) -> Result<T, ManagerError> {
         match self.h.call(Call::ListGet(index))? {
-            Reply::Bytes(b) => decode(&b),
+            Reply::Bytes(b) => self.h.dec(&b),
             other => Err(unexpected(&other)),
         }
     }
 
     /// Replaces the item at `index`.
     pub fn set(&self, index: i64, item: &T) -> Result<(), ManagerError> {
-        self.h.unit(Call::ListSet(index, encode(item)?))
+        self.h.unit(Call::ListSet(index, self.h.enc(item)?))
     }
 
     /// How many items (fixed).
@@ -2049,8 +2087,8 @@ impl<'de, T: Serve> Deserialize<'de> for Served<T> {
 impl<T: Serve> Served<T> {
     /// Runs `request` on the object, in the server.
     pub fn call(&self, request: &T::Request) -> Result<T::Response, ManagerError> {
-        match self.h.call(Call::Served(encode(request)?))? {
-            Reply::Bytes(b) => decode(&b),
+        match self.h.call(Call::Served(self.h.enc(request)?))? {
+            Reply::Bytes(b) => self.h.dec(&b),
             other => Err(unexpected(&other)),
         }
     }
@@ -2292,7 +2330,7 @@ impl Batch {
         key: &K,
         value: &V,
     ) -> Result<&mut Self, ManagerError> {
-        Ok(self.push(&dict.h, Call::DictSet(encode(key)?, encode(value)?)))
+        Ok(self.push(&dict.h, Call::DictSet(dict.h.enc(key)?, dict.h.enc(value)?)))
     }
 
     /// Adds removing `key` from `dict`.
@@ -2301,7 +2339,7 @@ impl Batch {
         dict: &Dict<K, V>,
         key: &K,
     ) -> Result<&mut Self, ManagerError> {
-        Ok(self.push(&dict.h, Call::DictRemove(encode(key)?)))
+        Ok(self.push(&dict.h, Call::DictRemove(dict.h.enc(key)?)))
     }
 
     /// Adds appending `item` to `list`.
@@ -2310,7 +2348,7 @@ impl Batch {
         list: &List<T>,
         item: &T,
     ) -> Result<&mut Self, ManagerError> {
-        Ok(self.push(&list.h, Call::ListAppend(encode(item)?)))
+        Ok(self.push(&list.h, Call::ListAppend(list.h.enc(item)?)))
     }
 
     /// Adds `list[index] = item` ([`RemoteError::IndexError`] past the end, which fails a
@@ -2321,7 +2359,7 @@ impl Batch {
         index: i64,
         item: &T,
     ) -> Result<&mut Self, ManagerError> {
-        Ok(self.push(&list.h, Call::ListSet(index, encode(item)?)))
+        Ok(self.push(&list.h, Call::ListSet(index, list.h.enc(item)?)))
     }
 
     /// Adds setting `value`.
@@ -2330,7 +2368,7 @@ impl Batch {
         value: &Value<T>,
         new: &T,
     ) -> Result<&mut Self, ManagerError> {
-        Ok(self.push(&value.h, Call::ValueSet(encode(new)?)))
+        Ok(self.push(&value.h, Call::ValueSet(value.h.enc(new)?)))
     }
 
     /// Adds setting `name` in `namespace`.
@@ -2340,7 +2378,10 @@ impl Batch {
         name: &str,
         value: &T,
     ) -> Result<&mut Self, ManagerError> {
-        Ok(self.push(&namespace.0, Call::NsSet(name.to_string(), encode(value)?)))
+        Ok(self.push(
+            &namespace.0,
+            Call::NsSet(name.to_string(), namespace.0.enc(value)?),
+        ))
     }
 
     /// How many calls so far.

@@ -60,6 +60,20 @@ pub(crate) enum Op {
     Status,
     /// Stop the server (its clients' connections end).
     Shutdown,
+    /// A connection's first request: how the server stores keys and values (`Reply::Values`).
+    /// It always goes out with id 0, so that its bytes are fixed: a server that also speaks
+    /// Python's protocol tells it from a pickle (which never starts with a zero byte).
+    Hello,
+}
+
+/// How a server stores the keys and values of its objects, and so how a client encodes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Values {
+    /// The crate's codec (the Rust server: it compares them as bytes).
+    Crate,
+    /// Pickles (the server for Python clients, which holds them as Python values, with
+    /// Python's equality).
+    Pickle,
 }
 
 /// The kinds of object a manager serves.
@@ -272,6 +286,18 @@ pub(crate) enum Reply {
         broken: bool,
     },
     Status(super::Status),
+    /// The answer to `Hello`.
+    Values(Values),
+}
+
+/// The bytes of a `Hello` request, as a client sends it.
+pub(crate) fn hello() -> Vec<u8> {
+    crate::codec::encode(&Request {
+        id: 0,
+        op: Op::Hello,
+    })
+    .map(|(bytes, _)| bytes)
+    .unwrap_or_default()
 }
 
 /// One answer.

@@ -1094,6 +1094,7 @@ impl Shared {
             } => batch(st, calls, atomic, expect),
             Op::Status => Ok(Reply::Status(status(st))),
             Op::Shutdown => Ok(Reply::Unit),
+            Op::Hello => Ok(Reply::Values(super::proto::Values::Crate)),
         };
         wake_watchers(st, &mut out);
         out.push((conn, Response { id, result }));

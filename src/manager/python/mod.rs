@@ -58,6 +58,7 @@
 //!   place at once.
 
 mod client;
+mod native;
 mod objects;
 mod value;
 
@@ -122,6 +123,9 @@ struct Entry {
     pinned: bool,
     /// Was sent a proxy of this server (to store): the sweep looks inside only these.
     holds_proxies: bool,
+    /// Moves on every call that may change the object (`objects::reads_only` tells which do
+    /// not), from either protocol: a Rust client's `version`, `watch` and snapshots read it.
+    version: Arc<AtomicU64>,
 }
 
 struct Shared {
@@ -149,6 +153,9 @@ struct Shared {
     /// nobody references may still be reachable from one, and is freed only once it is not
     /// (`Shared::sweep`).
     nested: AtomicBool,
+    /// Rust clients watching versions (`Shared::watch`), and how they are woken.
+    watchers: AtomicU64,
+    moved: (Mutex<()>, std::sync::Condvar),
 }
 
 impl std::fmt::Debug for Shared {
@@ -468,6 +475,8 @@ impl Shared {
             candidates: Mutex::new(std::collections::HashSet::new()),
             dirty: AtomicBool::new(false),
             slots: AtomicBool::new(false),
+            watchers: AtomicU64::new(0),
+            moved: (Mutex::new(()), std::sync::Condvar::new()),
         }
     }
 
@@ -481,10 +490,58 @@ impl Shared {
 
     fn recv(&self, conn: &Connection) -> Option<Result<Value, String>> {
         let bytes = conn.recv_bytes().ok()?;
-        Some(
-            pickle::decode_with(&bytes, &self.limits)
-                .map_err(|e| format!("the request could not be read: {e}")),
-        )
+        Some(self.unpickle(&bytes))
+    }
+
+    fn unpickle(&self, bytes: &[u8]) -> Result<Value, String> {
+        pickle::decode_with(bytes, &self.limits)
+            .map_err(|e| format!("the request could not be read: {e}"))
+    }
+
+    /// Version `v` moved: Rust clients watching are woken.
+    fn changed(&self, v: &AtomicU64) {
+        v.fetch_add(1, Ordering::AcqRel);
+        if self.watchers.load(Ordering::Acquire) > 0 {
+            let _g = lock(&self.moved.0);
+            self.moved.1.notify_all();
+        }
+    }
+
+    /// Waits until version `v` is past `since`, at most `timeout_us` (or until `gone`): the
+    /// version then, or `None` at the deadline.
+    fn watch(
+        &self,
+        v: &AtomicU64,
+        since: u64,
+        timeout_us: Option<u64>,
+        gone: &dyn Fn() -> bool,
+    ) -> Option<u64> {
+        let deadline = timeout_us
+            .and_then(|us| std::time::Instant::now().checked_add(Duration::from_micros(us)));
+        self.watchers.fetch_add(1, Ordering::AcqRel);
+        let mut g = lock(&self.moved.0);
+        let out = loop {
+            let now = v.load(Ordering::Acquire);
+            if now > since {
+                break Some(now);
+            }
+            let left = match deadline {
+                Some(d) => d.saturating_duration_since(std::time::Instant::now()),
+                None => objects::LOOK,
+            };
+            if left.is_zero() || gone() {
+                break None;
+            }
+            g = self
+                .moved
+                .1
+                .wait_timeout(g, left.min(objects::LOOK))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        };
+        drop(g);
+        self.watchers.fetch_sub(1, Ordering::AcqRel);
+        out
     }
 
     fn send(&self, conn: &Connection, v: &Value) -> bool {
@@ -513,16 +570,21 @@ impl Shared {
         conn.shutdown();
     }
 
-    fn handle_one(self: &Arc<Self>, conn: &Connection, id: ConnId) {
+    fn handle_one(self: &Arc<Self>, conn: &Arc<Connection>, id: ConnId) {
         let process = crate::sys::socket_peer(std::os::fd::AsFd::as_fd(conn))
             .ok()
             .map(|(pid, _)| pid)
             .filter(|&pid| pid > 0)
             .and_then(|pid| crate::sys::process_started(pid).map(|t| (pid, t)));
-        let Some(request) = self.recv(conn) else {
+        let Ok(first) = conn.recv_bytes() else {
             return;
         };
-        let answer = match request.and_then(parse) {
+        // A Rust client's `Hello`: the crate's own protocol from here on (see `native`).
+        if first == crate::manager::proto::hello() {
+            self.serve_native(conn, id, process);
+            return;
+        }
+        let answer = match self.unpickle(&first).and_then(parse) {
             Err(e) => traceback(&e),
             Ok(r) if r.name == "accept_connection" => {
                 if self.send(conn, &reply("#RETURN", Value::None)) {
@@ -655,6 +717,7 @@ impl Shared {
                 by_process,
                 pinned: false,
                 holds_proxies: false,
+                version: Arc::new(AtomicU64::new(0)),
             },
         );
         ident
@@ -872,11 +935,11 @@ impl Shared {
             Ok(i) => i,
             Err(f) => return fail_reply(f),
         };
-        let Some((obj, typeid)) = self
+        let Some((obj, typeid, version)) = self
             .table()
             .objects
             .get(&ident)
-            .map(|e| (e.obj.clone(), e.typeid))
+            .map(|e| (e.obj.clone(), e.typeid, e.version.clone()))
         else {
             return traceback(&format!("KeyError: {}", repr(&Value::Str(ident))));
         };
@@ -912,7 +975,11 @@ impl Shared {
         if obj.takes(&r.name) && !holds.iter().any(|h| Arc::ptr_eq(h, &obj)) {
             holds.push(obj.clone());
         }
-        match obj.call(&r.name, &call) {
+        let outcome = obj.call(&r.name, &call);
+        if !objects::reads_only(&obj, &r.name) {
+            self.changed(&version);
+        }
+        match outcome {
             Ok(Outcome::Return(v)) => {
                 if self.nested.load(Ordering::Relaxed) {
                     self.mark_in_flight(&v);

@@ -402,6 +402,8 @@ pub(crate) struct LockState {
 
 pub(crate) struct SemState {
     value: u64,
+    /// The value it was made with.
+    initial: u64,
     bound: Option<u64>,
     /// Slots each client process took and has not itself given back: returned when it is gone,
     /// if the server was told to ([`PythonServer::give_back_slots`](super::PythonServer::give_back_slots)).
@@ -633,6 +635,7 @@ impl Referent {
                     .map_err(|_| value_error("semaphore initial value must be >= 0"))?;
                 Referent::Semaphore(Blocking::new(SemState {
                     value: v,
+                    initial: v,
                     bound: (typeid == "BoundedSemaphore").then_some(v),
                     taken: HashMap::new(),
                 }))
@@ -784,6 +787,16 @@ impl Referent {
             Referent::Namespace(ns) => namespace_method(ns, method, call),
             Referent::Value(v) => match method {
                 "get" => ret(lock(v).1.clone()),
+                // The Rust clients' compare-and-set (not exposed to Python clients).
+                "native_compare_set" => {
+                    let (old, new) = (call.need(0, "old", method)?, call.need(1, "new", method)?);
+                    let mut g = lock(v);
+                    let same = value::eq(&g.1, old);
+                    if same {
+                        g.1 = new.clone();
+                    }
+                    ret(Value::Bool(same))
+                }
                 "set" => {
                     lock(v).1 = call.need(0, "value", "set")?.clone();
                     none()
@@ -871,6 +884,99 @@ impl Referent {
         }
     }
 
+    /// A Lock or RLock (or a Condition's) held under `conn` is given back, however many times
+    /// it was taken: a Rust client's connection ended (a Rust client has one connection per
+    /// process, and its locks go with it, as with the Rust manager).
+    pub(crate) fn give_back(&self, conn: ConnId) {
+        match self {
+            Referent::Lock { state, .. } => {
+                let mut s = state.lock();
+                if s.owner == Some(conn) && s.count > 0 {
+                    s.count = 0;
+                    s.owner = None;
+                    s.owner_process = None;
+                    drop(s);
+                    state.wake();
+                }
+            }
+            Referent::Condition { lock, .. } => lock.give_back(conn),
+            _ => {}
+        }
+    }
+
+    /// What a Rust client's proxy calls this object (`None`: a kind it has no proxy for, an
+    /// iterator).
+    pub(crate) fn native_kind(&self) -> Option<crate::manager::Kind> {
+        use crate::manager::Kind;
+        Some(match self {
+            Referent::Dict(_) => Kind::Dict,
+            Referent::List(_) => Kind::List,
+            Referent::Namespace(_) => Kind::Namespace,
+            Referent::Value(_) => Kind::Value,
+            Referent::Array(_) => Kind::Array,
+            Referent::Queue(q) => Kind::Queue {
+                maxsize: q.lock().maxsize.map_or(0, |m| m as u64),
+            },
+            Referent::Lock { reentrant, .. } => Kind::Lock {
+                reentrant: *reentrant,
+            },
+            Referent::Semaphore(s) => {
+                let s = s.lock();
+                Kind::Semaphore {
+                    value: s.initial,
+                    bounded: s.bound.is_some(),
+                }
+            }
+            Referent::Event(_) => Kind::Event,
+            Referent::Condition { .. } => Kind::Condition,
+            Referent::Barrier(b) => Kind::Barrier {
+                parties: b.lock().parties,
+            },
+            Referent::Iterator { .. } => return None,
+        })
+    }
+
+    /// A copy of what a container holds, for a Rust client's snapshot: a dict's entries
+    /// (`Value::Dict`), a list's or an array's items (`Value::List`), a namespace's
+    /// (`Value::Dict` of names), a value's value.
+    pub(crate) fn contents(&self) -> Option<Value> {
+        Some(match self {
+            Referent::Dict(d) => lock(d).value(),
+            Referent::List(l) => Value::List(lock(l).clone()),
+            Referent::Array(a) => Value::List(lock(a).1.clone()),
+            Referent::Namespace(ns) => Value::Dict(
+                lock(ns)
+                    .iter()
+                    .map(|(k, v)| (Value::Str(k.clone()), v.clone()))
+                    .collect(),
+            ),
+            Referent::Value(v) => lock(v).1.clone(),
+            _ => return None,
+        })
+    }
+
+    /// A list's or an array's items `start..end` (clamped), for a Rust client's iteration.
+    pub(crate) fn items_in(&self, start: u64, end: u64) -> Option<Vec<Value>> {
+        let cut = |items: &[Value]| {
+            let end = end.min(items.len() as u64) as usize;
+            let start = (start.min(end as u64)) as usize;
+            items[start..end].to_vec()
+        };
+        match self {
+            Referent::List(l) => Some(cut(&lock(l))),
+            Referent::Array(a) => Some(cut(&lock(a).1)),
+            _ => None,
+        }
+    }
+
+    /// A semaphore's slots free now (for the Rust clients' `len`).
+    pub(crate) fn slots(&self) -> Option<u64> {
+        match self {
+            Referent::Semaphore(s) => Some(s.lock().value),
+            _ => None,
+        }
+    }
+
     /// Whether this Lock (or a Condition's) is held by `process`.
     pub(crate) fn held_by(&self, process: (i32, u64)) -> bool {
         match self {
@@ -940,6 +1046,35 @@ impl Referent {
                 self,
                 Referent::Lock { .. } | Referent::Condition { .. } | Referent::Semaphore(_)
             )
+    }
+}
+
+/// Whether `method` only reads `obj` (its version stays: see `Entry::version`). Every other
+/// call moves the version, whether or not it changed anything.
+pub(crate) fn reads_only(obj: &Referent, method: &str) -> bool {
+    let read =
+        |names: &[&str]| names.contains(&method) || method == "__repr__" || method == "__str__";
+    match obj {
+        Referent::Dict(_) => read(&[
+            "__contains__",
+            "__getitem__",
+            "__len__",
+            "__iter__",
+            "copy",
+            "get",
+            "items",
+            "keys",
+            "values",
+        ]),
+        Referent::List(_) => read(&["__contains__", "__getitem__", "__len__", "count", "index"]),
+        Referent::Array(_) => read(&["__len__", "__getitem__"]),
+        Referent::Namespace(_) => read(&["__getattribute__", "native_len"]),
+        Referent::Value(_) => read(&["get"]),
+        Referent::Queue(_) => read(&["qsize", "empty", "full"]),
+        Referent::Event(_) => read(&["is_set"]),
+        Referent::Barrier(_) => read(&["__getattribute__"]),
+        Referent::Iterator { .. } => true,
+        _ => false,
     }
 }
 
@@ -1307,6 +1442,12 @@ fn namespace_method(
     };
     let mut ns = lock(ns);
     match method {
+        // The Rust clients' length and clear (not exposed to Python clients; `name` unused).
+        "native_len" => ret(Value::Int(ns.len() as i64)),
+        "native_clear" => {
+            ns.clear();
+            none()
+        }
         "__getattribute__" => ns
             .get(&name)
             .cloned()
@@ -1452,6 +1593,17 @@ fn queue_method(q: &Blocking<QueueState>, method: &str, call: &Call<'_>) -> Res<
             let g = q.lock();
             let (_g, _) = q.wait_until(g, None, call, |s| s.unfinished == 0);
             none()
+        }
+        // The Rust clients' join, with a timeout (not exposed to Python clients): whether every
+        // item put is done.
+        "native_join" => {
+            let t = match call.arg(0, "timeout") {
+                None => None,
+                Some(t) => value::timeout(t)?,
+            };
+            let g = q.lock();
+            let (_g, done) = q.wait_until(g, deadline(t), call, |s| s.unfinished == 0);
+            ret(Value::Bool(done))
         }
         "shutdown" => {
             let immediate = call.arg(0, "immediate").is_some_and(value::truthy);
