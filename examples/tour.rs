@@ -117,6 +117,7 @@ fn main() -> Result {
     section("11. Python clients of the manager, and Python managers");
     python_clients_of_the_rust_server()?;
     python_client_killed_holding_a_lock()?;
+    rust_proxies_beside_python_clients()?;
     rust_client_of_a_python_manager()?;
 
     section("Still to come");
@@ -1996,6 +1997,55 @@ lk.acquire(); print('held', flush=True); time.sleep(60)
         "   killed: acquire(timeout=10) gives {got:?} after {} (CPython's server would keep it locked forever)",
         ms(t.elapsed())
     );
+    Ok(())
+}
+
+fn rust_proxies_beside_python_clients() -> Result {
+    use multiprocess::manager::Manager;
+    #[derive(serde::Serialize, serde::Deserialize, Debug)]
+    struct Job {
+        id: u32,
+        word: String,
+    }
+    step(
+        "the Rust manager's own typed proxies on the same server: a Rust struct is a dict to Python",
+    );
+    let served = PyServed::start("pynative")?;
+    let m = Manager::connect(served.path.as_path(), b"tour key")?;
+    let jobs = m.named("jobs").queue::<Job>(0)?;
+    let done = m.named("done").dict::<u32, usize>()?;
+    for (id, word) in [(1, "spam"), (2, "eggs"), (3, "ham")] {
+        jobs.put(&Job {
+            id,
+            word: word.into(),
+        })?;
+    }
+    let script = r#"
+import sys
+from multiprocessing.managers import BaseManager, DictProxy
+class M(BaseManager): pass
+M.register('jobs'); M.register('done', proxytype=DictProxy)
+m = M(address=sys.argv[1], authkey=b'tour key'); m.connect()
+jobs, done = m.jobs(), m.done()
+for _ in range(3):
+    job = jobs.get(timeout=10)
+    done[job['id']] = len(job['word'])
+print('   python: got', job, 'from the Rust queue', flush=True)
+"#;
+    let t = Instant::now();
+    match std::process::Command::new(python())
+        .args(["-c", script])
+        .arg(&served.path)
+        .status()
+    {
+        Ok(s) if s.success() => println!(
+            "   the Rust dict<u32, usize> Python filled: {:?} ({} for the script)",
+            done.items()?,
+            ms(t.elapsed())
+        ),
+        Ok(s) => println!("   the Python client failed: {s}"),
+        Err(e) => println!("   skipped: {} did not start: {e}", python()),
+    }
     Ok(())
 }
 

@@ -292,8 +292,9 @@
 //! released: see the [`manager`] module.
 //!
 //! [`manager::python`] speaks CPython's manager protocol instead: `PythonServer` serves unchanged
-//! Python clients (`SyncManager(address, authkey).connect()`), and `PythonManager` is a Rust
-//! client of any server that speaks it, CPython's own included.
+//! Python clients (`SyncManager(address, authkey).connect()`) and, on the same objects, Rust
+//! clients through the [`manager`] proxies; `PythonManager` is a Rust client of any server that
+//! speaks it, CPython's own included.
 //!
 //! # Optional features
 //! - `tls` (default): TLS for listeners and clients, with rustls and the ring provider

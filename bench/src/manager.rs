@@ -77,8 +77,11 @@ fn dict(m: &Manager) -> Result<Dict<u64, u64>, String> {
 }
 
 fn set_get(plan: Plan) -> Result<f64, String> {
-    let m = start()?;
-    let d = dict(&m)?;
+    set_get_on(&start()?, plan)
+}
+
+fn set_get_on(m: &Manager, plan: Plan) -> Result<f64, String> {
+    let d = dict(m)?;
     plan.run(|ops| {
         for i in 0..ops as u64 {
             d.set(&(i % 64), &i).map_err(|e| e.to_string())?;
@@ -260,6 +263,7 @@ fn python_clients(ctx: &Ctx, plan: Plan, table: &mut Table) {
             (None, None, None)
         }
     };
+    let mut python_dict = None;
     for (figure, name) in [
         ("pyclient-dict", "Python client: dict set+get round trip"),
         ("pyclient-list", "Python client: list append"),
@@ -284,6 +288,9 @@ fn python_clients(ctx: &Ctx, plan: Plan, table: &mut Table) {
             None => Cell::Error("the Python-mode server did not start".into()),
         };
         let theirs = ctx.python.measure(figure, &[], plan, Unit::Micros);
+        if figure == "pyclient-dict" {
+            python_dict = Some(theirs.clone());
+        }
         table.push(Row::cells(
             format!("{name} (Rust server; python: Python's server)"),
             Unit::Micros,
@@ -291,6 +298,20 @@ fn python_clients(ctx: &Ctx, plan: Plan, table: &mut Table) {
             theirs,
         ));
     }
+    // The Rust manager's own proxies on the same server (pickled values, Python's semantics),
+    // beside the Python client of Python's server measured above.
+    let ours = match &stopper {
+        Some(_) => Manager::connect(dir.join("m.sock"), KEY)
+            .map_err(|e| e.to_string())
+            .and_then(|m| set_get_on(&m, plan)),
+        None => Err("the Python-mode server did not start".into()),
+    };
+    table.push(Row::compare(
+        "manager::Dict set+get round trip on the server for Python clients (python: Python's client and server)",
+        Unit::Micros,
+        ours,
+        python_dict.unwrap_or_else(|| Cell::Error("not measured".into())),
+    ));
     if let Some(s) = stopper {
         s.stop();
     }

@@ -569,8 +569,9 @@ impl Manager {
         ManagerBuilder::default()
     }
 
-    /// Connects to a running manager (one that another process started, or a standalone
-    /// [`Server`]), proving `key`. The connection is this process's for that manager: a second
+    /// Connects to a running manager (one that another process started, a standalone
+    /// [`Server`], or a server for Python clients, [`python::PythonServer`], whose objects
+    /// Python programs share), proving `key`. The connection is this process's for that manager: a second
     /// `connect`, a proxy received from elsewhere, and the connection of a manager this process
     /// [`start`](Self::start)ed all share it.
     pub fn connect(

@@ -40,6 +40,28 @@
 //! methods in `objects.rs`, with the exceptions CPython's types raise. What needs Python code to
 //! run (a `sort(key=...)`, a `Barrier`'s `action`) is refused with a `TypeError` that says so.
 //!
+//! # Rust clients of the same objects
+//! A Rust program connects with [`Manager::connect`](crate::manager::Manager::connect) and gets the
+//! crate's typed proxies ([`Dict`](crate::manager::Dict), [`List`](crate::manager::List),
+//! [`Queue`](crate::manager::Queue), [`Lock`](crate::manager::Lock), ...) of the objects Python
+//! clients use: this server tells a Rust client by its first message and answers it in the crate's
+//! own protocol (`native.rs`), from the same objects, with the same Python semantics. Keys and
+//! values are pickled by serde (a struct is a dict to Python). A Rust client's
+//! [`named`](crate::manager::Manager::named) object is what every Python client's
+//! `register(name)` type id returns, and the other way round for [`PythonServer::share`]d ones.
+//! What the Rust server alone has is refused with [`RemoteError::Unsupported`](crate::manager::RemoteError::Unsupported):
+//! transactions, types of your own, `status`.
+//!
+//! ```no_run
+//! use multiprocess::manager::Manager;
+//!
+//! // Served by `multiprocess manager serve --python --address 127.0.0.1:50000 ...`.
+//! let m = Manager::connect("127.0.0.1:50000", b"secret")?;
+//! let jobs = m.named("jobs").queue::<(u32, String)>(0)?; // Python: m.jobs().get() == (1, 'a')
+//! jobs.put(&(1, "a".into()))?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! # Better than CPython's server
 //! - A Lock still held by a client process that is gone (it exited, or was killed) is given
 //!   back, once the server sees that process end (a Unix-socket client: the kernel names its

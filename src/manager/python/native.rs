@@ -95,6 +95,15 @@ impl Shared {
             }
             if may_wait(&request.op) {
                 waiting.retain(|t| !t.is_finished());
+                if waiting.len() >= MAX_WAITING {
+                    client.answer(
+                        request.id,
+                        Err(RemoteError::Unsupported(format!(
+                            "{MAX_WAITING} calls of this client wait already"
+                        ))),
+                    );
+                    continue;
+                }
                 let c = client.clone();
                 let rid = request.id;
                 let spawned = std::thread::Builder::new()
@@ -121,6 +130,9 @@ impl Shared {
         client.end();
     }
 }
+
+/// The most calls of one Rust client that may wait at once (each has a thread).
+const MAX_WAITING: usize = 256;
 
 /// Whether a request may wait on other clients (and so runs on a thread of its own).
 fn may_wait(op: &Op) -> bool {
