@@ -977,6 +977,13 @@ pub mod fuzzing {
         crate::manager::python::fuzz_requests(data)
     }
 
+    /// Runs the Rust-protocol manager requests encoded in `data` (chunks of a 2-byte
+    /// little-endian length and one request in the crate's codec) against a fresh server for
+    /// Python clients (the Rust clients' side of it); how many it answered.
+    pub fn python_manager_native_requests(data: &[u8]) -> usize {
+        crate::manager::python::fuzz_native_requests(data)
+    }
+
     /// The item type the forged queue holds.
     pub type Item = (u64, String, Vec<u8>);
 

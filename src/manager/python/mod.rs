@@ -1170,6 +1170,9 @@ fn exposed_value(typeid: &str) -> Value {
 /// and one pickled request) against a fresh server state, as one client whose connection never
 /// waits (a blocking call gives up at once); how many it answered. Every answer must pickle.
 #[cfg(any(test, feature = "fuzzing"))]
+pub(crate) use native::fuzz_requests as fuzz_native_requests;
+
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) fn fuzz_requests(data: &[u8]) -> usize {
     let shared = Arc::new(Shared::new(Value::Str("/fuzz".into())));
     let mut holds = Vec::new();

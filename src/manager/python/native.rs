@@ -904,3 +904,166 @@ fn same_kind(found: Kind, wanted: Kind) -> bool {
         (a, b) => a == b,
     }
 }
+
+/// Runs the Rust-protocol requests encoded in `data` (chunks of a 2-byte little-endian length and
+/// one request in the crate's codec) against a fresh server state, as one Rust client whose calls
+/// never wait (a waiting call gives up at once); how many it answered. Every answer must encode.
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn fuzz_requests(data: &[u8]) -> usize {
+    let shared = Arc::new(Shared::new(Value::Str("/fuzz".into())));
+    let (conn, _peer) = crate::pipe().expect("a pipe");
+    let client = Client {
+        shared: shared.clone(),
+        conn: Arc::new(conn),
+        process: None,
+        holds: Mutex::new(HashMap::new()),
+        threads: Mutex::new(HashMap::from([(0, 1)])),
+        locks: Mutex::new(Vec::new()),
+        gone: Box::new(|| true),
+    };
+    let mut rest = data;
+    let mut answered = 0;
+    while rest.len() >= 2 {
+        let n = usize::from(u16::from_le_bytes([rest[0], rest[1]])).min(rest.len() - 2);
+        let (chunk, tail) = rest[2..].split_at(n);
+        rest = tail;
+        let Ok(request) = crate::codec::decode::<Request>(chunk, Vec::new()) else {
+            continue;
+        };
+        if matches!(request.op, Op::Shutdown) {
+            continue;
+        }
+        let response = Response {
+            id: request.id,
+            result: client.op(request.op),
+        };
+        assert!(
+            crate::codec::encode(&response).is_ok(),
+            "an answer that does not encode"
+        );
+        answered += 1;
+    }
+    client.end();
+    answered
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manager::proto::Call;
+
+    fn chunk(out: &mut Vec<u8>, op: Op) {
+        let (b, _) = crate::codec::encode(&Request { id: 1, op }).unwrap();
+        out.extend_from_slice(&(b.len() as u16).to_le_bytes());
+        out.extend_from_slice(&b);
+    }
+
+    /// A session of every kind of object and call, answered without a panic (and written out as
+    /// the fuzz target's seed when `MP_WRITE_FUZZ_SEEDS` names a directory).
+    #[test]
+    fn a_rust_session_on_the_python_server_runs_through() {
+        let mut data = Vec::new();
+        let p = |v: &Value| Bytes::from(pickle::encode(v).unwrap());
+        let kinds = [
+            Kind::Dict,
+            Kind::List,
+            Kind::Namespace,
+            Kind::Value,
+            Kind::Array,
+            Kind::Queue { maxsize: 1 },
+            Kind::Lock { reentrant: true },
+            Kind::Semaphore {
+                value: 1,
+                bounded: true,
+            },
+            Kind::Event,
+            Kind::Condition,
+            Kind::Barrier { parties: 1 },
+        ];
+        for (i, kind) in kinds.into_iter().enumerate() {
+            chunk(
+                &mut data,
+                Op::Create {
+                    kind,
+                    name: (i % 2 == 0).then(|| format!("n{i}")),
+                    existing: true,
+                    init: Some(p(&Value::Int(1))),
+                    items: vec![p(&Value::Int(2)), p(&Value::Float(0.5))],
+                },
+            );
+        }
+        let k = p(&Value::Int(1));
+        let calls = [
+            Call::DictSet(k.clone(), k.clone()),
+            Call::DictGet(k.clone()),
+            Call::Snapshot,
+            Call::ListAppend(k.clone()),
+            Call::ListGet(-1),
+            Call::ListRange(0, 9),
+            Call::NsSet("a".into(), k.clone()),
+            Call::NsRemove("a".into()),
+            Call::ValueCompareSet(k.clone(), k.clone()),
+            Call::QueuePut {
+                item: k.clone(),
+                timeout_us: Some(0),
+            },
+            Call::QueueGet { timeout_us: None },
+            Call::QueueJoin {
+                timeout_us: Some(0),
+            },
+            Call::LockAcquire {
+                timeout_us: None,
+                thread: 3,
+            },
+            Call::CondNotify { n: 1, thread: 3 },
+            Call::CondWait {
+                timeout_us: Some(0),
+                thread: 3,
+            },
+            Call::SemAcquire {
+                timeout_us: Some(0),
+            },
+            Call::SemRelease,
+            Call::BarrierWait { timeout_us: None },
+            Call::BarrierState,
+            Call::EventSet,
+            Call::EventWait { timeout_us: None },
+            Call::Watch {
+                since: 0,
+                timeout_us: Some(0),
+            },
+            Call::Len,
+            Call::Version,
+        ];
+        for object in 1..=11 {
+            for call in &calls {
+                chunk(
+                    &mut data,
+                    Op::Call {
+                        object,
+                        call: call.clone(),
+                    },
+                );
+            }
+        }
+        chunk(&mut data, Op::Lookup { name: "n0".into() });
+        chunk(
+            &mut data,
+            Op::Attach {
+                object: 2,
+                expect: Expect::Lock,
+            },
+        );
+        chunk(&mut data, Op::Release { object: 1 });
+        chunk(&mut data, Op::Status);
+        let answered = fuzz_requests(&data);
+        assert_eq!(answered, 11 + 11 * calls.len() + 4);
+        if let Some(dir) = std::env::var_os("MP_WRITE_FUZZ_SEEDS") {
+            std::fs::write(
+                std::path::Path::new(&dir).join("python_native_session"),
+                &data,
+            )
+            .unwrap();
+        }
+    }
+}

@@ -838,6 +838,10 @@ mod tests {
         crate::init().unwrap(); // a fork server started before the change below
         set_disposition(libc::SIGUSR1, Plain::Ignore);
         set_disposition(libc::SIGHUP, Plain::Default);
+        // Whoever ran the tests may have had them ignored (a shell's background job ignores
+        // SIGINT): the children must not take them from the fork server.
+        set_disposition(libc::SIGINT, Plain::Default);
+        set_disposition(libc::SIGTERM, Plain::Default);
         [StartMethod::Spawn, StartMethod::ForkServer]
             .iter()
             .map(|&m| (m.to_string(), join(start(m, ignored_here, ())).unwrap()))
