@@ -1056,7 +1056,7 @@ mod tests {
         );
         chunk(&mut data, Op::Release { object: 1 });
         chunk(&mut data, Op::Status);
-        let answered = fuzz_requests(&data);
+        let answered = crate::queue::fuzzing::python_manager_native_requests(&data);
         assert_eq!(answered, 11 + 11 * calls.len() + 4);
         if let Some(dir) = std::env::var_os("MP_WRITE_FUZZ_SEEDS") {
             std::fs::write(
