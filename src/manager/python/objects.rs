@@ -865,31 +865,20 @@ impl Referent {
     /// it: an RLock belongs to its thread, and a Python client's thread has a connection of its
     /// own).
     pub(crate) fn connection_ended(&self, conn: ConnId) {
-        match self {
-            Referent::Lock {
-                reentrant: true,
-                state,
-            } => {
-                let mut s = state.lock();
-                if s.owner == Some(conn) && s.count > 0 {
-                    s.count = 0;
-                    s.owner = None;
-                    s.owner_process = None;
-                    drop(s);
-                    state.wake();
-                }
-            }
-            Referent::Condition { lock, .. } => lock.connection_ended(conn),
-            _ => {}
-        }
+        self.free_lock(conn, true);
     }
 
     /// A Lock or RLock (or a Condition's) held under `conn` is given back, however many times
     /// it was taken: a Rust client's connection ended (a Rust client has one connection per
     /// process, and its locks go with it, as with the Rust manager).
     pub(crate) fn give_back(&self, conn: ConnId) {
+        self.free_lock(conn, false);
+    }
+
+    /// Frees this lock (or a Condition's) if `conn` holds it (only an RLock when `only_rlock`).
+    fn free_lock(&self, conn: ConnId, only_rlock: bool) {
         match self {
-            Referent::Lock { state, .. } => {
+            Referent::Lock { reentrant, state } if *reentrant || !only_rlock => {
                 let mut s = state.lock();
                 if s.owner == Some(conn) && s.count > 0 {
                     s.count = 0;
@@ -899,7 +888,7 @@ impl Referent {
                     state.wake();
                 }
             }
-            Referent::Condition { lock, .. } => lock.give_back(conn),
+            Referent::Condition { lock, .. } => lock.free_lock(conn, only_rlock),
             _ => {}
         }
     }
