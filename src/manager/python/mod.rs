@@ -365,6 +365,34 @@ impl PythonServer {
     }
 }
 
+/// Stores a new object with one reference (the creator's) in `t`.
+fn insert_in(
+    t: &mut Table,
+    typeid: &'static str,
+    obj: Referent,
+    process: Option<(i32, u64)>,
+) -> String {
+    t.next += 1;
+    let ident = format!("{:x}", t.next);
+    let mut by_process = HashMap::new();
+    if let Some(p) = process {
+        by_process.insert(p, 1);
+    }
+    t.objects.insert(
+        ident.clone(),
+        Entry {
+            obj: Arc::new(obj),
+            typeid,
+            refs: 1,
+            by_process,
+            pinned: false,
+            holds_proxies: false,
+            version: Arc::new(AtomicU64::new(0)),
+        },
+    );
+    ident
+}
+
 /// `Listener.address` as a Python client has it.
 fn python_address(a: &Address) -> Value {
     match a {
@@ -723,26 +751,7 @@ impl Shared {
 
     /// Stores a new object with one reference (the creator's), as CPython's `create`.
     fn insert(&self, typeid: &'static str, obj: Referent, process: Option<(i32, u64)>) -> String {
-        let mut t = self.table();
-        t.next += 1;
-        let ident = format!("{:x}", t.next);
-        let mut by_process = HashMap::new();
-        if let Some(p) = process {
-            by_process.insert(p, 1);
-        }
-        t.objects.insert(
-            ident.clone(),
-            Entry {
-                obj: Arc::new(obj),
-                typeid,
-                refs: 1,
-                by_process,
-                pinned: false,
-                holds_proxies: false,
-                version: Arc::new(AtomicU64::new(0)),
-            },
-        );
-        ident
+        insert_in(&mut self.table(), typeid, obj, process)
     }
 
     /// A shared object's `(ident, exposed)`, with a reference taken for the caller, if

@@ -260,13 +260,17 @@ impl Client {
     }
 
     fn run(&self, request: Request) {
+        // A release is told, never answered (as on the Rust server).
+        let silent = matches!(request.op, Op::Release { .. });
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.op(request.op)))
             .unwrap_or_else(|_| {
                 Err(RemoteError::Protocol(
                     "the server failed this request".into(),
                 ))
             });
-        self.answer(request.id, result);
+        if !silent {
+            self.answer(request.id, result);
+        }
     }
 
     fn op(&self, op: Op) -> Answer {
@@ -436,8 +440,25 @@ impl Client {
         }
         let call = self.py_call(0, &args);
         let obj = Referent::create(typeid, &call, &|_| None).map_err(remote)?;
-        let ident = self.shared.insert(typeid, obj, None);
         let mut t = self.shared.table();
+        // The name again, under the same guard as the insert: another client may have taken
+        // it since the look above (the object made for nothing is dropped).
+        if let Some(n) = &name
+            && let Some(ident) = t.shared.get(n).cloned()
+        {
+            let found = t.objects.get(&ident).and_then(|e| e.obj.native_kind());
+            return match found {
+                Some(k) if existing && same_kind(k, kind) => {
+                    self.hold(&mut t, &ident);
+                    Ok(Reply::Object {
+                        id: object_id(&ident),
+                        kind: k,
+                    })
+                }
+                _ => Err(RemoteError::NameTaken(n.clone())),
+            };
+        }
+        let ident = super::insert_in(&mut t, typeid, obj, None);
         *lock(&self.holds).entry(ident.clone()).or_insert(0) += 1;
         if let Some(n) = name {
             // Named: found by every client (a Python one through `register(name)`), for good.
