@@ -1124,8 +1124,19 @@ fn a_rust_client_of_the_python_server_gets_typed_errors_and_leaves_nothing_held(
     assert!(watcher.join().unwrap().unwrap().is_some_and(|v| v > v0));
     assert!(matches!(
         m.barrier(0),
-        Err(ManagerError::Remote(RemoteError::Exception(_)))
+        Err(ManagerError::Remote(RemoteError::NoParties))
     ));
+    // Bools would come back as ints from an array: refused, as other items than numbers are.
+    assert!(matches!(
+        m.array(&[true, false]),
+        Err(ManagerError::Remote(RemoteError::Unsupported(_)))
+    ));
+    assert_eq!(m.array(&[1.5, 2.0]).unwrap().get(-1).unwrap(), 2.0);
+    let ns = m.namespace().unwrap();
+    ns.set("x", &1).unwrap();
+    assert!(ns.remove("x").unwrap());
+    assert!(!ns.remove("x").unwrap());
+    drop(ns);
     let lock = m.lock().unwrap();
     let sem = m.semaphore(2).unwrap();
     sem.acquire().unwrap();
@@ -1176,5 +1187,81 @@ fn a_rust_manager_at_a_cpython_server_is_told_to_use_the_python_client() {
             assert!(e.contains("PythonManager"), "{e}")
         }
         other => panic!("{:?}", other.map(|_| ())),
+    }
+}
+
+fn take_a_slot_and_exit(sem: multiprocess::manager::Semaphore) -> Result<(), String> {
+    sem.acquire().map_err(|e| e.to_string())
+}
+
+/// With `give_back_slots`, the semaphore slots a Rust client process took and did not give back
+/// come back when it is gone, as a Python client's do.
+#[test]
+fn the_slots_of_a_gone_rust_client_come_back_when_asked() {
+    let _deadline = watchdog(
+        "the_slots_of_a_gone_rust_client_come_back_when_asked",
+        Duration::from_secs(120),
+    );
+    let served = Served::with("rustslots", |s| s.give_back_slots(true));
+    let m = multiprocess::manager::Manager::connect(served.address.clone(), KEY).unwrap();
+    let sem = m.semaphore(2).unwrap();
+    for method in multiprocess::StartMethod::ALL {
+        let child = multiprocess::Process::builder()
+            .start_method(method)
+            .spawn(take_a_slot_and_exit, sem.clone())
+            .unwrap();
+        assert_eq!(
+            child.join_timeout(Duration::from_secs(60)).unwrap(),
+            Ok::<(), String>(())
+        );
+        assert!(
+            common::eventually(|| sem.value().unwrap() == 2),
+            "{method}: the slot of a gone client stays taken"
+        );
+    }
+}
+
+fn name_then_id(
+    (go, name, at): (multiprocess::manager::Event, String, PathBuf),
+) -> Result<u64, String> {
+    let m =
+        multiprocess::manager::Manager::connect(at.as_path(), KEY).map_err(|e| e.to_string())?;
+    go.wait().map_err(|e| e.to_string())?;
+    let d = m.named(&name).dict::<u8, u8>().map_err(|e| e.to_string())?;
+    Ok(d.id())
+}
+
+/// Clients of several processes asking for one name at once all get the one object.
+#[test]
+fn clients_racing_for_a_name_get_one_object() {
+    let _deadline = watchdog(
+        "clients_racing_for_a_name_get_one_object",
+        Duration::from_secs(120),
+    );
+    let served = Served::start(false);
+    let Address::Unix(at) = served.address.clone() else {
+        unreachable!("a Unix socket")
+    };
+    let m = multiprocess::manager::Manager::connect(served.address.clone(), KEY).unwrap();
+    for round in 0..20 {
+        let go = m.event().unwrap();
+        let name = format!("race-{round}");
+        let children: Vec<_> = (0..4)
+            .map(|_| {
+                multiprocess::Process::builder()
+                    // Not Fork: this test binary has servers on threads, and a fork copies
+                    // whatever lock another thread holds at that moment.
+                    .start_method(multiprocess::StartMethod::ForkServer)
+                    .spawn(name_then_id, (go.clone(), name.clone(), at.clone()))
+                    .unwrap()
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(20));
+        go.set().unwrap();
+        let ids: Vec<u64> = children
+            .into_iter()
+            .map(|c| c.join_timeout(Duration::from_secs(60)).unwrap().unwrap())
+            .collect();
+        assert!(ids.iter().all(|&i| i == ids[0]), "round {round}: {ids:?}");
     }
 }

@@ -256,6 +256,33 @@ pub(crate) enum Call {
     },
 }
 
+impl Call {
+    /// Whether this call may go in a batch: not one that waits, hands a lock or slot on, or
+    /// wakes waiters (a batch runs in one go, with no other client's call between).
+    pub(crate) fn goes_in_a_batch(&self) -> bool {
+        !matches!(
+            self,
+            Call::LockAcquire { .. }
+                | Call::LockRelease { .. }
+                | Call::SemAcquire { .. }
+                | Call::SemRelease
+                | Call::EventSet
+                | Call::EventWait { .. }
+                | Call::QueuePut { .. }
+                | Call::QueueGet { .. }
+                | Call::QueueTaskDone
+                | Call::QueueJoin { .. }
+                | Call::Watch { .. }
+                | Call::BarrierWait { .. }
+                | Call::BarrierAbort
+                | Call::BarrierReset
+                | Call::CondWait { .. }
+                | Call::CondNotify { .. }
+                | Call::Served(_)
+        )
+    }
+}
+
 /// A successful answer.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Reply {

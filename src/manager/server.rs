@@ -2025,28 +2025,7 @@ fn batch(
     atomic: bool,
     expect: Vec<(ObjectId, u64)>,
 ) -> Result<Reply, RemoteError> {
-    if calls.iter().any(|(_, c)| {
-        matches!(
-            c,
-            Call::LockAcquire { .. }
-                | Call::LockRelease { .. }
-                | Call::SemAcquire { .. }
-                | Call::SemRelease
-                | Call::EventSet
-                | Call::EventWait { .. }
-                | Call::QueuePut { .. }
-                | Call::QueueGet { .. }
-                | Call::QueueTaskDone
-                | Call::QueueJoin { .. }
-                | Call::Watch { .. }
-                | Call::BarrierWait { .. }
-                | Call::BarrierAbort
-                | Call::BarrierReset
-                | Call::CondWait { .. }
-                | Call::CondNotify { .. }
-                | Call::Served(_)
-        )
-    }) {
+    if calls.iter().any(|(_, c)| !c.goes_in_a_batch()) {
         return Err(RemoteError::Unsupported(
             "locks, semaphores, events and queues cannot be waited on inside a batch".into(),
         ));

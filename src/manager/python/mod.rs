@@ -550,8 +550,9 @@ impl Shared {
 
     /// Version `v` moved: Rust clients watching are woken.
     fn changed(&self, v: &AtomicU64) {
-        v.fetch_add(1, Ordering::AcqRel);
-        if self.watchers.load(Ordering::Acquire) > 0 {
+        // SeqCst with the watcher's count-then-look (`watch`): one of the two sees the other.
+        v.fetch_add(1, Ordering::SeqCst);
+        if self.watchers.load(Ordering::SeqCst) > 0 {
             let _g = lock(&self.moved.0);
             self.moved.1.notify_all();
         }
@@ -568,10 +569,10 @@ impl Shared {
     ) -> Option<u64> {
         let deadline = timeout_us
             .and_then(|us| std::time::Instant::now().checked_add(Duration::from_micros(us)));
-        self.watchers.fetch_add(1, Ordering::AcqRel);
+        self.watchers.fetch_add(1, Ordering::SeqCst);
         let mut g = lock(&self.moved.0);
         let out = loop {
-            let now = v.load(Ordering::Acquire);
+            let now = v.load(Ordering::SeqCst);
             if now > since {
                 break Some(now);
             }

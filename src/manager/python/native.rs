@@ -51,7 +51,8 @@ struct Client {
     holds: Mutex<HashMap<String, u64>>,
     /// The server-side owner of each client thread's locks, by the thread's token.
     threads: Mutex<HashMap<u64, ConnId>>,
-    /// Locks and conditions taken through this connection: given back when it ends.
+    /// Locks, conditions and semaphores taken through this connection: given back when it
+    /// ends (a semaphore's slots when its process is gone, and only if the server says so).
     locks: Mutex<Vec<Arc<Referent>>>,
     /// The connection ended, or the server stops: calls waiting give up.
     gone: Box<dyn Fn() -> bool + Send + Sync>,
@@ -87,8 +88,17 @@ impl Shared {
                 break;
             };
             // A request that is not one ends this connection (as on the Rust server).
-            let Ok(request) = crate::codec::decode::<Request>(&bytes, Vec::new()) else {
-                break;
+            let request = match crate::codec::decode::<Request>(&bytes, Vec::new()) {
+                Ok(r) => r,
+                Err(e) => {
+                    client.answer(
+                        0,
+                        Err(RemoteError::Protocol(format!(
+                            "a request that does not decode: {e}"
+                        ))),
+                    );
+                    break;
+                }
             };
             if matches!(request.op, Op::Shutdown) {
                 self.stopping.store(true, Ordering::Release);
@@ -134,9 +144,24 @@ impl Shared {
 /// The most calls of one Rust client that may wait at once (each has a thread).
 const MAX_WAITING: usize = 256;
 
+/// The most client threads of one connection that may take locks (past that, an acquire by a
+/// new thread fails: see `Client::owner`).
+const MAX_THREADS: usize = 4096;
+
+/// The owner of nothing: the calls of a client thread that never took a lock.
+const NOBODY: ConnId = ConnId::MAX;
+
 /// Whether a request may wait on other clients (and so runs on a thread of its own).
 fn may_wait(op: &Op) -> bool {
-    let waits = |c: &Call| {
+    match op {
+        Op::Call { call, .. } => waits(call),
+        _ => false,
+    }
+}
+
+/// Whether a call may wait on other clients.
+fn waits(c: &Call) -> bool {
+    {
         matches!(
             c,
             Call::LockAcquire { .. }
@@ -149,11 +174,6 @@ fn may_wait(op: &Op) -> bool {
                 | Call::EventWait { .. }
                 | Call::Watch { .. }
         )
-    };
-    match op {
-        Op::Call { call, .. } => waits(call),
-        Op::Batch { calls, .. } => calls.iter().any(|(_, c)| waits(c)),
-        _ => false,
     }
 }
 
@@ -352,6 +372,12 @@ impl Client {
                 atomic,
                 expect,
             } => {
+                if calls.iter().any(|(_, c)| !c.goes_in_a_batch()) {
+                    return Err(RemoteError::Unsupported(
+                        "locks, semaphores, events and queues cannot be waited on inside a batch"
+                            .into(),
+                    ));
+                }
                 if atomic || !expect.is_empty() {
                     return Err(RemoteError::Unsupported(
                         "transactions are the Rust manager's (the server for Python clients \
@@ -432,13 +458,14 @@ impl Client {
             }
             Kind::Queue { maxsize } => vec![int(maxsize)],
             Kind::Semaphore { value, .. } => vec![int(value)],
+            Kind::Barrier { parties: 0 } => return Err(RemoteError::NoParties),
             Kind::Barrier { parties } => vec![int(parties)],
             _ => Vec::new(),
         };
         if kind == Kind::Condition {
             args.clear(); // its own RLock
         }
-        let call = self.py_call(0, &args);
+        let call = self.py_call(0, false, &args).map_err(remote)?;
         let obj = Referent::create(typeid, &call, &|_| None).map_err(remote)?;
         let mut t = self.shared.table();
         // The name again, under the same guard as the insert: another client may have taken
@@ -473,22 +500,40 @@ impl Client {
         })
     }
 
-    /// A Python call of `args`, by the client thread `thread`.
-    fn py_call<'a>(&'a self, thread: u64, args: &'a [Value]) -> objects::Call<'a> {
-        objects::Call {
-            conn: self.owner(thread),
+    /// A Python call of `args`, by the client thread `thread` (an acquire when `taking`).
+    fn py_call<'a>(
+        &'a self,
+        thread: u64,
+        taking: bool,
+        args: &'a [Value],
+    ) -> Result<objects::Call<'a>, Fail> {
+        Ok(objects::Call {
+            conn: self.owner(thread, taking)?,
             args,
             kwds: &[],
             process: self.process,
             gone: &*self.gone,
-        }
+        })
     }
 
-    /// The server-side owner of the locks client thread `thread` takes.
-    fn owner(&self, thread: u64) -> ConnId {
-        *lock(&self.threads)
-            .entry(thread)
-            .or_insert_with(|| self.shared.next_conn.fetch_add(1, Ordering::Relaxed))
+    /// The server-side owner of the locks client thread `thread` takes: made by an acquire
+    /// only (`taking`); a thread that never took a lock has none, and its releases, waits and
+    /// notifies go under an owner that holds nothing (so that a client sending thread numbers
+    /// at random grows nothing).
+    fn owner(&self, thread: u64, taking: bool) -> Result<ConnId, Fail> {
+        let mut t = lock(&self.threads);
+        match t.get(&thread) {
+            Some(&o) => Ok(o),
+            None if !taking => Ok(NOBODY),
+            None if t.len() < MAX_THREADS => {
+                let o = self.shared.next_conn.fetch_add(1, Ordering::Relaxed);
+                t.insert(thread, o);
+                Ok(o)
+            }
+            None => Err(Fail::Traceback(format!(
+                "RuntimeError: {MAX_THREADS} threads of this client took locks already"
+            ))),
+        }
     }
 
     /// `method(*args)` on `obj` by client thread `thread`.
@@ -500,7 +545,7 @@ impl Client {
         method: &str,
         args: Vec<Value>,
     ) -> Result<Value, Fail> {
-        let call = self.py_call(thread, &args);
+        let call = self.py_call(thread, method == "acquire", &args)?;
         let out = obj.call(method, &call);
         if !objects::reads_only(obj, method) {
             self.shared.changed(version);
@@ -537,7 +582,8 @@ impl Client {
                 Kind::Queue { .. } => py("qsize", vec![]),
                 Kind::Namespace => py("native_len", vec![Value::None]),
                 Kind::Semaphore { .. } => return Ok(obj.slots().unwrap_or(0)),
-                _ => py("__len__", vec![]),
+                Kind::Dict | Kind::List | Kind::Array => py("__len__", vec![]),
+                _ => return Err(unsupported(&Call::Len)),
             }
             .map_err(remote)?;
             Ok(u64::try_from(value::index(&n).map_err(remote)?).unwrap_or(0))
@@ -662,18 +708,11 @@ impl Client {
                 Reply::Unit
             }
             (Kind::Namespace, Call::NsRemove(name)) => {
-                let old = match py("__getattribute__", vec![Value::Str(name.clone())]) {
-                    Ok(x) => x,
-                    Err(f) if raised(&f) == Some("AttributeError") => {
-                        return Ok(Reply::Maybe(None));
+                match py("native_pop", vec![Value::Str(name)]).map_err(remote)? {
+                    Value::Tuple(mut old) if old.len() == 1 => {
+                        Reply::Maybe(Some(bytes_of(&old.remove(0))?))
                     }
-                    Err(f) => return Err(remote(f)),
-                };
-                match py("__delattr__", vec![Value::Str(name)]) {
-                    Ok(_) => Reply::Maybe(Some(bytes_of(&old)?)),
-                    // Removed by another client in between.
-                    Err(f) if raised(&f) == Some("AttributeError") => Reply::Maybe(None),
-                    Err(f) => return Err(remote(f)),
+                    _ => Reply::Maybe(None),
                 }
             }
             (Kind::Value, Call::ValueGet) => {
@@ -727,6 +766,7 @@ impl Client {
             (Kind::Semaphore { .. }, Call::SemAcquire { timeout_us }) => {
                 let got =
                     py("acquire", vec![Value::Bool(true), seconds(timeout_us)]).map_err(remote)?;
+                self.took(&obj);
                 Reply::Bool(value::truthy(&got))
             }
             (Kind::Semaphore { .. }, Call::SemRelease) => match py("release", vec![]) {
@@ -815,8 +855,8 @@ impl Client {
         Ok(reply)
     }
 
-    /// Notes that this connection took `obj` (a lock, or a condition's), to give it back at
-    /// the end if it still holds it.
+    /// Notes that this connection took `obj` (a lock, a condition's, a semaphore's slot), to
+    /// give it back at the end if it still holds it.
     fn took(&self, obj: &Arc<Referent>) {
         let mut l = lock(&self.locks);
         if !l.iter().any(|h| Arc::ptr_eq(h, obj)) {
@@ -827,9 +867,22 @@ impl Client {
     /// The connection ended: its locks are given back and its holds dropped.
     fn end(&self) {
         let owners: Vec<ConnId> = lock(&self.threads).values().copied().collect();
+        let slots = self.shared.slots.load(Ordering::Relaxed);
         for obj in std::mem::take(&mut *lock(&self.locks)) {
             for &o in &owners {
                 obj.give_back(o);
+            }
+            // Semaphore slots this process took and did not give back: as for a Python client,
+            // they come back when the process is gone, if the server was told to
+            // (`PythonServer::give_back_slots`).
+            if let Some(p) = self.process
+                && obj.held_by(p)
+            {
+                if crate::sys::process_started(p.0) == Some(p.1) {
+                    lock(&self.shared.orphans).push((p, obj));
+                } else {
+                    obj.process_died(p, slots);
+                }
             }
         }
         for (ident, n) in std::mem::take(&mut *lock(&self.holds)) {
@@ -903,7 +956,8 @@ fn many(v: Value) -> Result<Vec<Bytes>, RemoteError> {
 /// The `array.array` type code a Rust client's items fit: `q` for integers, `d` for numbers
 /// with a float among them.
 fn array_code(items: &[Value]) -> Result<Value, RemoteError> {
-    let int = |v: &Value| matches!(v, Value::Int(_) | Value::Bool(_));
+    // Not bools: an array stores them as ints, which a Rust `bool` would not read back.
+    let int = |v: &Value| matches!(v, Value::Int(_));
     if items.iter().all(int) {
         return Ok(Value::Str("q".into()));
     }
@@ -911,8 +965,8 @@ fn array_code(items: &[Value]) -> Result<Value, RemoteError> {
         return Ok(Value::Str("d".into()));
     }
     Err(RemoteError::Unsupported(
-        "an Array of this server holds numbers of one array type code (integers or floats): \
-         use a List for other items"
+        "an Array of this server holds numbers of one array type code (integers that fit 64 \
+         bits, or floats): use a List for other items"
             .into(),
     ))
 }

@@ -1437,6 +1437,11 @@ fn namespace_method(
             ns.clear();
             none()
         }
+        // The Rust clients' remove: the value taken out, in one step (`None` as a dict: absent).
+        "native_pop" => ret(match ns.shift_remove(&name) {
+            Some(v) => Value::Tuple(vec![v]),
+            None => Value::Tuple(vec![]),
+        }),
         "__getattribute__" => ns
             .get(&name)
             .cloned()
