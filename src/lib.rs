@@ -352,6 +352,7 @@ pub mod cluster;
 mod codec;
 mod connection;
 mod error;
+mod forkgate;
 pub mod manager;
 pub mod pickle;
 mod pool;

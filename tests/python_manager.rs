@@ -1249,9 +1249,9 @@ fn clients_racing_for_a_name_get_one_object() {
         let children: Vec<_> = (0..4)
             .map(|_| {
                 multiprocess::Process::builder()
-                    // Not Fork: this test binary has servers on threads, and a fork copies
-                    // whatever lock another thread holds at that moment.
-                    .start_method(multiprocess::StartMethod::ForkServer)
+                    // Fork: a child forked while another thread of this binary connects must
+                    // not find the connection table locked (it hung, before the fork gate).
+                    .start_method(multiprocess::StartMethod::Fork)
                     .spawn(name_then_id, (go.clone(), name.clone(), at.clone()))
                     .unwrap()
             })

@@ -486,10 +486,7 @@ impl ManagerBuilder {
         };
         let core = Arc::new(connect_core(&address, &key, self.max_message)?);
         // This process's connection to that manager (proxies received back share it).
-        connections()
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert((address.clone(), key.clone()), Arc::downgrade(&core));
+        with_connections(|all| all.insert((address.clone(), key.clone()), Arc::downgrade(&core)));
         Ok(Manager {
             server: Some(Arc::new(ServerProcess {
                 process,
@@ -611,10 +608,7 @@ impl Manager {
         };
         let conn = builder.connect()?;
         let core = Arc::new(Core::open(conn, address.clone(), key.clone())?);
-        connections()
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert((address, key), Arc::downgrade(&core));
+        with_connections(|all| all.insert((address, key), Arc::downgrade(&core)));
         Ok(Manager { core, server: None })
     }
 
@@ -886,16 +880,32 @@ constructors! {
 }
 
 fn shared_core(address: &Address, key: &[u8]) -> Result<Arc<Core>, ManagerError> {
-    let mut all = connections().lock().unwrap_or_else(|p| p.into_inner());
     let tag = (address.clone(), key.to_vec());
-    if let Some(core) = all.get(&tag).and_then(Weak::upgrade)
-        && core.in_this_process()
-    {
+    let live = |all: &Connections| {
+        all.get(&tag)
+            .and_then(Weak::upgrade)
+            .filter(|core| core.in_this_process())
+    };
+    if let Some(core) = with_connections(|all| live(all)) {
         return Ok(core);
     }
+    // Connected outside the table's lock (a fork waits for it: see `forkgate`); a thread that
+    // connected meanwhile wins, and this connection closes unused.
     let core = Arc::new(connect_core(address, key, None)?);
-    all.insert(tag, Arc::downgrade(&core));
-    Ok(core)
+    Ok(with_connections(|all| match live(all) {
+        Some(theirs) => theirs,
+        None => {
+            all.insert(tag.clone(), Arc::downgrade(&core));
+            core
+        }
+    }))
+}
+
+/// Runs `f` on this process's connections, inside a section of the fork gate (so that a forked
+/// child finds the table unlocked).
+fn with_connections<T>(f: impl FnOnce(&mut Connections) -> T) -> T {
+    let _section = crate::forkgate::section();
+    f(&mut connections().lock().unwrap_or_else(|p| p.into_inner()))
 }
 
 /// Reads a [`Reply::Raw`]: its count, then its parts one by one, each checked against what is

@@ -487,6 +487,8 @@ fn fork_child<A: Serialize, R: Serialize>(
     // consistent and unlocked: stdout and stderr (another thread may be printing; the child prints its
     // own panic message and flushes at exit), the state and the set of tracked descriptors.
     // Flushing first keeps the child from printing a second copy of our buffered output.
+    // First the gate of the tables above this layer (see `forkgate`), then this layer's own.
+    let gate = crate::forkgate::shut();
     let mut out = io::stdout().lock();
     let _ = out.flush();
     let err = io::stderr().lock();
@@ -511,6 +513,7 @@ fn fork_child<A: Serialize, R: Serialize>(
         guard.become_child(name, daemon, parent);
         drop(guard);
         drop((out, err));
+        drop(gate);
         // The forking thread's mask is not the child's business (a blocked SIGTERM would make
         // `terminate` powerless).
         sys::unblock_all_signals();
