@@ -422,24 +422,8 @@ impl Client {
                     "{n:?} is a type id of this server, not a name for an object"
                 )));
             }
-            let mut t = self.shared.table();
-            if let Some(ident) = t.shared.get(n).cloned() {
-                let found = t.objects.get(&ident).and_then(|e| e.obj.native_kind());
-                return match found {
-                    Some(k) if existing && same_kind(k, kind) => {
-                        self.hold(&mut t, &ident);
-                        Ok(Reply::Object {
-                            id: object_id(&ident),
-                            kind: k,
-                        })
-                    }
-                    Some(k) if existing => Err(RemoteError::WrongKind {
-                        object: object_id(&ident),
-                        kind: format!("{k:?}"),
-                        wanted: format!("{kind:?}"),
-                    }),
-                    _ => Err(RemoteError::NameTaken(n.clone())),
-                };
+            if let Some(answer) = self.named(&mut self.shared.table(), n, existing, kind) {
+                return answer;
             }
         }
         let mut args = match kind {
@@ -471,19 +455,9 @@ impl Client {
         // The name again, under the same guard as the insert: another client may have taken
         // it since the look above (the object made for nothing is dropped).
         if let Some(n) = &name
-            && let Some(ident) = t.shared.get(n).cloned()
+            && let Some(answer) = self.named(&mut t, n, existing, kind)
         {
-            let found = t.objects.get(&ident).and_then(|e| e.obj.native_kind());
-            return match found {
-                Some(k) if existing && same_kind(k, kind) => {
-                    self.hold(&mut t, &ident);
-                    Ok(Reply::Object {
-                        id: object_id(&ident),
-                        kind: k,
-                    })
-                }
-                _ => Err(RemoteError::NameTaken(n.clone())),
-            };
+            return answer;
         }
         let ident = super::insert_in(&mut t, typeid, obj, None);
         *lock(&self.holds).entry(ident.clone()).or_insert(0) += 1;
@@ -497,6 +471,29 @@ impl Client {
         Ok(Reply::Object {
             id: object_id(&ident),
             kind,
+        })
+    }
+
+    /// The answer to a create of `kind` called `n` when an object has that name already (held
+    /// once more for this connection when `existing` allows it and it is of that kind), or
+    /// `None` when the name is free.
+    fn named(&self, t: &mut super::Table, n: &str, existing: bool, kind: Kind) -> Option<Answer> {
+        let ident = t.shared.get(n).cloned()?;
+        let found = t.objects.get(&ident).and_then(|e| e.obj.native_kind());
+        Some(match found {
+            Some(k) if existing && same_kind(k, kind) => {
+                self.hold(t, &ident);
+                Ok(Reply::Object {
+                    id: object_id(&ident),
+                    kind: k,
+                })
+            }
+            Some(k) if existing => Err(RemoteError::WrongKind {
+                object: object_id(&ident),
+                kind: format!("{k:?}"),
+                wanted: format!("{kind:?}"),
+            }),
+            _ => Err(RemoteError::NameTaken(n.to_string())),
         })
     }
 
