@@ -58,7 +58,7 @@ impl Core {
         key: Vec<u8>,
     ) -> Result<Core, ManagerError> {
         let gone = |e: &dyn std::fmt::Display| ManagerError::Disconnected(e.to_string());
-        conn.send_bytes(&super::proto::hello())
+        conn.send_bytes(super::proto::hello())
             .map_err(|e| gone(&e))?;
         let answer = conn.recv_bytes().map_err(|e| gone(&e))?;
         // A pickle (CPython's server answers what it cannot read with a `#TRACEBACK`).

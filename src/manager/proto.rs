@@ -317,14 +317,33 @@ pub(crate) enum Reply {
     Values(Values),
 }
 
-/// The bytes of a `Hello` request, as a client sends it.
-pub(crate) fn hello() -> Vec<u8> {
-    crate::codec::encode(&Request {
-        id: 0,
-        op: Op::Hello,
+/// The bytes of a `Hello` request, as a client sends it (encoded once: the server for Python
+/// clients compares every connection's first message with them).
+pub(crate) fn hello() -> &'static [u8] {
+    static HELLO: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    HELLO.get_or_init(|| {
+        crate::codec::encode(&Request {
+            id: 0,
+            op: Op::Hello,
+        })
+        .map(|(bytes, _)| bytes)
+        .unwrap_or_default()
     })
-    .map(|(bytes, _)| bytes)
-    .unwrap_or_default()
+}
+
+/// The chunks of a fuzz input: each a 2-byte little-endian length and that many bytes (cut short
+/// at the end of the input).
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn fuzz_chunks(mut rest: &[u8]) -> impl Iterator<Item = &[u8]> {
+    std::iter::from_fn(move || {
+        if rest.len() < 2 {
+            return None;
+        }
+        let n = usize::from(u16::from_le_bytes([rest[0], rest[1]])).min(rest.len() - 2);
+        let (chunk, tail) = rest[2..].split_at(n);
+        rest = tail;
+        Some(chunk)
+    })
 }
 
 /// One answer.

@@ -2240,12 +2240,8 @@ pub(crate) fn fuzz_requests(data: &[u8]) -> usize {
     let shared = Shared::new(FREE_AFTER);
     let address = crate::Address::Abstract(b"fuzz".to_vec());
     let (id, mailbox) = shared.join(Arc::new(here), &address);
-    let mut rest = data;
     let mut handled = 0;
-    while rest.len() >= 2 {
-        let n = usize::from(u16::from_le_bytes([rest[0], rest[1]])).min(rest.len() - 2);
-        let (chunk, tail) = rest[2..].split_at(n);
-        rest = tail;
+    for chunk in super::proto::fuzz_chunks(data) {
         let Ok(request) = crate::codec::decode::<Request>(chunk, Vec::new()) else {
             break;
         };

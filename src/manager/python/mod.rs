@@ -1186,12 +1186,8 @@ pub(crate) use native::fuzz_requests as fuzz_native_requests;
 pub(crate) fn fuzz_requests(data: &[u8]) -> usize {
     let shared = Arc::new(Shared::new(Value::Str("/fuzz".into())));
     let mut holds = Vec::new();
-    let mut rest = data;
     let mut answered = 0;
-    while rest.len() >= 2 {
-        let n = usize::from(u16::from_le_bytes([rest[0], rest[1]])).min(rest.len() - 2);
-        let (chunk, tail) = rest[2..].split_at(n);
-        rest = tail;
+    for chunk in crate::manager::proto::fuzz_chunks(data) {
         let answer = match pickle::decode_with(chunk, &shared.limits)
             .map_err(|e| e.to_string())
             .and_then(parse)

@@ -72,15 +72,7 @@ impl Shared {
             let (ended, shared) = (ended.clone(), self.clone());
             Box::new(move || ended.load(Ordering::Acquire) || shared.stopping())
         };
-        let client = Arc::new(Client {
-            shared: self.clone(),
-            conn: conn.clone(),
-            process,
-            holds: Mutex::new(HashMap::new()),
-            threads: Mutex::new(HashMap::from([(0, id)])),
-            locks: Mutex::new(Vec::new()),
-            gone,
-        });
+        let client = Arc::new(Client::new(self.clone(), conn.clone(), process, id, gone));
         client.answer(0, Ok(Reply::Values(Values::Pickle)));
         let mut waiting: Vec<std::thread::JoinHandle<()>> = Vec::new();
         while !self.stopping() {
@@ -274,6 +266,25 @@ fn int(n: impl TryInto<i64>) -> Value {
 }
 
 impl Client {
+    /// A client on `conn`, whose thread 0 owns its locks as `first` (the connection's id).
+    fn new(
+        shared: Arc<Shared>,
+        conn: Arc<Connection>,
+        process: Option<ProcessId>,
+        first: ConnId,
+        gone: Box<dyn Fn() -> bool + Send + Sync>,
+    ) -> Client {
+        Client {
+            shared,
+            conn,
+            process,
+            holds: Mutex::new(HashMap::new()),
+            threads: Mutex::new(HashMap::from([(0, first)])),
+            locks: Mutex::new(Vec::new()),
+            gone,
+        }
+    }
+
     fn answer(&self, id: u64, result: Answer) {
         // A client that is gone is noticed by the reader.
         let _ = self.conn.send(&Response { id, result });
@@ -422,11 +433,12 @@ impl Client {
                     "{n:?} is a type id of this server, not a name for an object"
                 )));
             }
+            // An object of that name is the answer, whatever `init` and `items` say.
             if let Some(answer) = self.named(&mut self.shared.table(), n, existing, kind) {
                 return answer;
             }
         }
-        let mut args = match kind {
+        let args = match kind {
             Kind::Value => {
                 let init =
                     init.ok_or_else(|| RemoteError::Protocol("a value without one".into()))?;
@@ -446,9 +458,7 @@ impl Client {
             Kind::Barrier { parties } => vec![int(parties)],
             _ => Vec::new(),
         };
-        if kind == Kind::Condition {
-            args.clear(); // its own RLock
-        }
+
         let call = self.py_call(0, false, &args).map_err(remote)?;
         let obj = Referent::create(typeid, &call, &|_| None).map_err(remote)?;
         let mut t = self.shared.table();
@@ -984,21 +994,9 @@ fn same_kind(found: Kind, wanted: Kind) -> bool {
 pub(crate) fn fuzz_requests(data: &[u8]) -> usize {
     let shared = Arc::new(Shared::new(Value::Str("/fuzz".into())));
     let (conn, _peer) = crate::pipe().expect("a pipe");
-    let client = Client {
-        shared: shared.clone(),
-        conn: Arc::new(conn),
-        process: None,
-        holds: Mutex::new(HashMap::new()),
-        threads: Mutex::new(HashMap::from([(0, 1)])),
-        locks: Mutex::new(Vec::new()),
-        gone: Box::new(|| true),
-    };
-    let mut rest = data;
+    let client = Client::new(shared, Arc::new(conn), None, 1, Box::new(|| true));
     let mut answered = 0;
-    while rest.len() >= 2 {
-        let n = usize::from(u16::from_le_bytes([rest[0], rest[1]])).min(rest.len() - 2);
-        let (chunk, tail) = rest[2..].split_at(n);
-        rest = tail;
+    for chunk in crate::manager::proto::fuzz_chunks(data) {
         let Ok(request) = crate::codec::decode::<Request>(chunk, Vec::new()) else {
             continue;
         };

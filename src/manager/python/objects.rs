@@ -1437,7 +1437,7 @@ fn namespace_method(
             ns.clear();
             none()
         }
-        // The Rust clients' remove: the value taken out, in one step (`None` as a dict: absent).
+        // The Rust clients' remove, in one step: a 1-tuple of the value taken out, or `()`.
         "native_pop" => ret(match ns.shift_remove(&name) {
             Some(v) => Value::Tuple(vec![v]),
             None => Value::Tuple(vec![]),
